@@ -1,0 +1,133 @@
+#!/usr/bin/env node
+// The test runner: node's own test runner (via tsx for TypeScript) over every *.test.ts, plus a
+// leak check after the run: no container, network, volume or process of this test session may
+// remain. In CI (CI=true) the check is strict: anything on the engine that was not there before the
+// run is a leak. Locally it is scoped to objects and processes carrying this run's session id, so
+// several developers' runs can share one engine.
+//
+//   node scripts/run-tests.mjs [--unit | --integration | --e2e] [file-or-substring …]
+import { spawn, execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { readdirSync, readFileSync, statSync, existsSync } from 'node:fs';
+import { join, relative } from 'node:path';
+
+const root = new URL('..', import.meta.url).pathname;
+const args = process.argv.slice(2);
+const only = args.find((a) => ['--unit', '--integration', '--e2e'].includes(a));
+const filters = args.filter((a) => !a.startsWith('--'));
+
+function* walk(dir) {
+  if (!existsSync(dir)) return;
+  for (const name of readdirSync(dir)) {
+    if (name === 'node_modules' || name === 'dist' || name.startsWith('.')) continue;
+    const p = join(dir, name);
+    if (statSync(p).isDirectory()) yield* walk(p);
+    else if (p.endsWith('.test.ts')) yield relative(root, p);
+  }
+}
+
+const kindOf = (f) => (f.startsWith('test/') ? 'e2e' : f.endsWith('.int.test.ts') ? 'integration' : 'unit');
+let files = [...walk(join(root, 'src')), ...walk(join(root, 'test'))].sort();
+if (only) files = files.filter((f) => kindOf(f) === only.slice(2));
+if (filters.length) files = files.filter((f) => filters.some((s) => f.includes(s)));
+if (files.length === 0) {
+  console.error('no test files matched');
+  process.exit(1);
+}
+
+const session = process.env.BERTH_TEST_SESSION ?? `ts${randomBytes(4).toString('hex')}`;
+const strict = process.env.CI === 'true' || process.env.BERTH_LEAK_CHECK === 'strict';
+const needsEngine = files.some((f) => kindOf(f) !== 'unit');
+const docker = existsSync('/usr/bin/docker') ? '/usr/bin/docker' : 'docker';
+
+function engineSnapshot() {
+  const q = (what) => {
+    try {
+      return execFileSync(docker, what, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
+        .split('\n')
+        .filter(Boolean);
+    } catch {
+      return null;
+    }
+  };
+  const c = q(['ps', '-aq', '--no-trunc']);
+  if (c === null) return null;
+  return {
+    containers: c,
+    networks: q(['network', 'ls', '-q', '--no-trunc']) ?? [],
+    volumes: q(['volume', 'ls', '-q']) ?? [],
+  };
+}
+
+function labelled(kind) {
+  const cmd =
+    kind === 'containers'
+      ? ['ps', '-a', '--format', '{{.ID}} {{.Names}} {{.Labels}}']
+      : kind === 'networks'
+        ? ['network', 'ls', '--format', '{{.ID}} {{.Name}} {{.Labels}}']
+        : ['volume', 'ls', '--format', '{{.Name}} {{.Labels}}'];
+  try {
+    return execFileSync(docker, cmd, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
+      .split('\n')
+      .filter((l) => l.includes(session));
+  } catch {
+    return [];
+  }
+}
+
+function sessionProcesses() {
+  const found = [];
+  for (const pid of readdirSync('/proc')) {
+    if (!/^\d+$/.test(pid) || Number(pid) === process.pid) continue;
+    try {
+      const env = readFileSync(`/proc/${pid}/environ`, 'utf8');
+      if (env.split('\0').includes(`BERTH_TEST_SESSION=${session}`)) {
+        const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ').trim();
+        found.push(`${pid} ${cmd}`);
+      }
+    } catch {
+      /* gone or not ours */
+    }
+  }
+  return found;
+}
+
+const before = needsEngine && strict ? engineSnapshot() : null;
+const concurrency = process.env.BERTH_TEST_CONCURRENCY ?? '3';
+console.log(
+  `berth tests: ${files.length} files, session ${session}, leak check ${strict ? 'strict' : 'session-scoped'}`,
+);
+
+const child = spawn(
+  process.execPath,
+  ['--import', 'tsx', '--test', `--test-concurrency=${concurrency}`, '--test-reporter=spec', ...files],
+  { cwd: root, stdio: 'inherit', env: { ...process.env, BERTH_TEST_SESSION: session } },
+);
+const code = await new Promise((resolve) => child.on('exit', (c, sig) => resolve(c ?? (sig ? 1 : 0))));
+
+// Leak check. Give asynchronous cleanups a moment to land, then look.
+await new Promise((r) => setTimeout(r, 500));
+const leaks = [];
+for (const p of sessionProcesses()) leaks.push(`process ${p}`);
+if (needsEngine) {
+  for (const kind of ['containers', 'networks', 'volumes'])
+    for (const l of labelled(kind)) leaks.push(`${kind}: ${l}`);
+  if (before) {
+    const after = engineSnapshot();
+    if (after) {
+      for (const kind of ['containers', 'networks', 'volumes']) {
+        const was = new Set(before[kind]);
+        for (const id of after[kind])
+          if (!was.has(id)) leaks.push(`${kind}: ${id} (new since the run started)`);
+      }
+    }
+  }
+}
+const unique = [...new Set(leaks)];
+if (unique.length) {
+  console.error(`\nleak check: FAILED, ${unique.length} leftover(s) after the tests:`);
+  for (const l of unique) console.error(`  ${l}`);
+  process.exit(1);
+}
+console.log('leak check: ok (no containers, networks, volumes or processes left behind)');
+process.exit(code);

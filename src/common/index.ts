@@ -1,0 +1,4 @@
+export { BerthError, ERRORS, errorMessage, isBerthError } from './errors.js';
+export type { BerthErrorOptions, ErrorCode, ErrorSpec } from './errors.js';
+export * from './labels.js';
+export { sleep, withTimeout, deadline } from './time.js';
