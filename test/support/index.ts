@@ -73,10 +73,18 @@ export function run(
   });
 }
 
-/** Runs the built berth CLI (npm run build first; scripts/test-all.sh does). */
+/** The command line that runs the berth CLI from source (always current; no build needed). */
+export const BERTH_CMD: readonly string[] = [
+  process.execPath,
+  '--import',
+  'tsx',
+  join(ROOT, 'src/cli/main.ts'),
+];
+
+/** Runs the berth CLI from source. Tests that need the built CLI (inside containers) use BERTH_BIN. */
 export function berth(args: readonly string[], opts: Parameters<typeof run>[2] = {}): Promise<RunResult> {
-  if (!existsSync(BERTH_BIN)) throw new Error(`${BERTH_BIN} is missing: run npm run build first`);
-  return run(process.execPath, [BERTH_BIN, ...args], opts);
+  const [node, ...pre] = BERTH_CMD;
+  return run(node ?? process.execPath, [...pre, ...args], { cwd: ROOT, ...opts });
 }
 
 /** Runs Debian's docker CLI against `host` (a DOCKER_HOST value). */
