@@ -65,9 +65,63 @@ export interface ParsedRequest {
   readonly body: unknown;
 }
 
+/**
+ * The answer of the policy. An allowed request may be rewritten: `body` and `query`, when present,
+ * replace what the proxy forwards (labels added, bind sources translated, the tenant network
+ * defaulted, limits applied). A refusal is answered as `{"message": "berth: <rule>: <why>"}`.
+ */
 export type Decision =
-  | { readonly allow: true; readonly rule?: undefined }
-  | { readonly allow: false; readonly status: 400 | 403 | 404 | 409; readonly rule: RuleName; readonly message: string };
+  | { readonly allow: true; readonly body?: unknown; readonly query?: URLSearchParams }
+  | {
+      readonly allow: false;
+      readonly status: 400 | 403 | 404 | 409;
+      readonly rule: RuleName;
+      readonly message: string;
+    };
+
+/** What a referenced object turned out to be, resolved once upstream by the proxy. */
+export interface ResolvedRef {
+  /** Full ID upstream; undefined when it does not exist (or is invisible to the tenant). */
+  readonly id: string | undefined;
+  /** Whether the tenant owns it. */
+  readonly owned: boolean;
+  /** The object's name upstream (containers: without the leading slash). */
+  readonly name?: string | undefined;
+}
+
+/**
+ * Facts the proxy gathered upstream (or on the host filesystem) before the pure decision, keyed by
+ * the reference exactly as it appears in the request. The pure half says what it needs via
+ * `references(req)`; the proxy resolves each and passes them here.
+ */
+export interface Facts {
+  readonly containers: ReadonlyMap<string, ResolvedRef>;
+  readonly networks: ReadonlyMap<string, ResolvedRef>;
+  readonly volumes: ReadonlyMap<string, ResolvedRef>;
+  /** Bind source (job path as written) -> host path after translation and realpath, or undefined if outside every map. */
+  readonly binds: ReadonlyMap<string, string | undefined>;
+  /** Number of containers the tenant owns now (for the container-count limit). */
+  readonly containerCount: number;
+}
+
+/** The tenant a decision is made for. */
+export interface TenantContext {
+  readonly tenant: string;
+  /** Labels to put on everything the tenant creates (always includes io.berth.tenant). */
+  readonly labels: Readonly<Record<string, string>>;
+  /** Name of the per-tenant network containers join when they name none. */
+  readonly network: string;
+  readonly maps: readonly PathMap[];
+  readonly policy: Policy;
+}
+
+/** What the pure half asks the proxy to resolve for a request. */
+export interface References {
+  readonly containers: readonly string[];
+  readonly networks: readonly string[];
+  readonly volumes: readonly string[];
+  readonly binds: readonly string[];
+}
 
 export interface PathMap {
   /** Path as the job sees it (inside the job container), absolute. */
