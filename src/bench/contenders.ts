@@ -1,0 +1,146 @@
+/**
+ * The contenders: the raw socket (DooD), HAProxy as a path-filtering socket proxy (the common
+ * choice), berth guard, a nested daemon started the plain way (TCP, as a stock docker:dind), and
+ * berth dind. Each is started here and stopped after the run.
+ */
+import { spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { BerthError, deadline, sleep } from '../common/index.js';
+import { DockerClient, parseEndpoint } from '../engine/index.js';
+import type { Contender } from './types.js';
+
+export function rawContender(): Contender {
+  const client = new DockerClient();
+  return {
+    id: 'raw',
+    title: 'raw socket (DooD)',
+    dockerHost: client.dockerHost,
+    client,
+    shared: true,
+    stop: () => {
+      client.close();
+      return Promise.resolve();
+    },
+  };
+}
+
+/**
+ * HAProxy configured the way path-filtering socket proxies are: sections of the API allowed by
+ * path prefix (containers, images, exec, build, networks, volumes, events, info/version/ping,
+ * POST allowed), everything else refused. It inspects nothing but the URL.
+ */
+export function haproxyConfig(socket: string, upstreamSocket: string): string {
+  const allowed = [
+    '_ping',
+    'version',
+    'info',
+    'events',
+    'containers',
+    'images',
+    'exec',
+    'build',
+    'networks',
+    'volumes',
+    'system',
+    'distribution',
+    'commit',
+    'auth',
+  ];
+  return [
+    'global',
+    '  maxconn 4096',
+    '',
+    'defaults',
+    '  mode http',
+    '  timeout connect 5s',
+    '  timeout client 10m',
+    '  timeout server 10m',
+    '  timeout tunnel 1h',
+    '',
+    'frontend docker',
+    `  bind unix@${socket} mode 666`,
+    '  http-request set-var(txn.api) path,regsub(^/v[0-9.]+/,/)',
+    `  acl allowed var(txn.api) -m reg ^/(${allowed.join('|')})(/|$)`,
+    '  http-request deny unless allowed',
+    '  default_backend engine',
+    '',
+    'backend engine',
+    `  server engine ${upstreamSocket}`,
+    '',
+  ].join('\n');
+}
+
+export async function haproxyContender(): Promise<Contender> {
+  const bin = ['/usr/sbin/haproxy', '/usr/bin/haproxy'].find((p) => existsSync(p));
+  if (!bin)
+    throw new BerthError('BERTH_CONFIG', 'haproxy is not installed', { hint: 'apt-get install haproxy' });
+  const upstream = parseEndpoint();
+  if (upstream.kind !== 'unix')
+    throw new BerthError('BERTH_CONFIG', 'the haproxy contender needs a unix-socket engine');
+  const dir = mkdtempSync(join(tmpdir(), 'berth-bench-haproxy-'));
+  const socket = join(dir, 'docker.sock');
+  const cfg = join(dir, 'haproxy.cfg');
+  writeFileSync(cfg, haproxyConfig(socket, upstream.socketPath));
+  const child = spawn(bin, ['-db', '-f', cfg], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+  const client = new DockerClient({ env: { DOCKER_HOST: `unix://${socket}` } });
+  await waitReady(client, child, () => stderr);
+  return {
+    id: 'haproxy',
+    title: 'HAProxy path filter',
+    dockerHost: `unix://${socket}`,
+    client,
+    shared: true,
+    pid: child.pid,
+    stop: async () => {
+      client.close();
+      await stopChild(child);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+export async function waitReady(
+  client: DockerClient,
+  child: ChildProcess | undefined,
+  log: () => string,
+  ms = 20_000,
+): Promise<void> {
+  const left = deadline(ms);
+  for (;;) {
+    if (child && child.exitCode !== null) {
+      throw new BerthError('BERTH_INTERNAL', `contender exited with ${child.exitCode}: ${log().slice(-500)}`);
+    }
+    try {
+      await client.ping();
+      return;
+    } catch (err) {
+      if (left() <= 0) throw err;
+      await sleep(50);
+    }
+  }
+}
+
+export async function stopChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+  await exited;
+  clearTimeout(timer);
+}
+
+/** Resident set size of a process in bytes (Linux), or undefined when it is gone. */
+export function rssOf(pid: number): number | undefined {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    const m = /VmRSS:\s+(\d+) kB/.exec(status);
+    return m ? Number(m[1]) * 1024 : undefined;
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,103 @@
+/** Renders benchmark results as Markdown and JSON. Pure. */
+import { fmt, summarize } from './stats.js';
+import type { ContenderId, Measurement } from './types.js';
+
+export interface MachineInfo {
+  cores: number;
+  memoryGiB: number;
+  engineVersion: string;
+  apiVersion: string;
+  storageDriver: string;
+  kernel: string;
+  node: string;
+}
+
+export interface BenchReport {
+  date: string;
+  machine: MachineInfo;
+  mode: 'full' | 'quick';
+  reps: number;
+  contenders: { id: ContenderId; title: string; note?: string }[];
+  skipped: { id: string; reason: string }[];
+  measurements: Measurement[];
+  notes: string[];
+}
+
+export interface Row {
+  scenario: string;
+  metric: string;
+  unit: string;
+  contender: ContenderId;
+  median: number;
+  iqr: number;
+  n: number;
+  /** Median relative to the raw socket's median for the same metric (undefined without raw). */
+  ratio: number | undefined;
+}
+
+export function rows(report: BenchReport): Row[] {
+  const raw = new Map<string, number>();
+  for (const m of report.measurements) {
+    if (m.contender === 'raw') raw.set(`${m.scenario}/${m.metric}`, summarize(m.samples).median);
+  }
+  return report.measurements.map((m) => {
+    const s = summarize(m.samples);
+    const base = raw.get(`${m.scenario}/${m.metric}`);
+    return {
+      scenario: m.scenario,
+      metric: m.metric,
+      unit: m.unit,
+      contender: m.contender,
+      median: s.median,
+      iqr: s.iqr,
+      n: s.n,
+      ratio: base === undefined || base === 0 ? undefined : s.median / base,
+    };
+  });
+}
+
+export function toMarkdown(report: BenchReport, titles: Record<string, string>): string {
+  const out: string[] = [];
+  const m = report.machine;
+  out.push('# berth benchmark');
+  out.push('');
+  out.push(
+    `${report.date} · ${m.cores} cores · ${m.memoryGiB.toFixed(1)} GiB · engine ${m.engineVersion} (API ${m.apiVersion}, ${m.storageDriver}) · kernel ${m.kernel} · node ${m.node} · ${report.mode} mode, ${report.reps} repetition(s), contenders alternated within each repetition`,
+  );
+  out.push('');
+  out.push(
+    'Contenders: ' +
+      report.contenders.map((c) => `**${c.id}** — ${c.title}${c.note ? ` (${c.note})` : ''}`).join('; ') +
+      '.',
+  );
+  if (report.skipped.length) {
+    out.push('');
+    out.push('Not measured: ' + report.skipped.map((s) => `${s.id} (${s.reason})`).join('; ') + '.');
+  }
+  out.push('');
+  out.push(
+    'Median and interquartile range over the repetitions; ratio = median / raw socket median (for throughputs, higher is better; for times, lower).',
+  );
+  const all = rows(report);
+  const scenarios = [...new Set(all.map((r) => r.scenario))];
+  for (const sc of scenarios) {
+    out.push('');
+    out.push(`## ${titles[sc] ?? sc}`);
+    out.push('');
+    out.push('| metric | contender | median | spread (IQR) | ratio to raw | n |');
+    out.push('| --- | --- | ---: | ---: | ---: | ---: |');
+    for (const r of all.filter((x) => x.scenario === sc)) {
+      out.push(
+        `| ${r.metric} (${r.unit}) | ${r.contender} | ${fmt(r.median)} | ${fmt(r.iqr)} | ${r.ratio === undefined ? '–' : `${fmt(r.ratio)}×`} | ${r.n} |`,
+      );
+    }
+  }
+  if (report.notes.length) {
+    out.push('');
+    out.push('## Notes');
+    out.push('');
+    for (const n of report.notes) out.push(`- ${n}`);
+  }
+  out.push('');
+  return out.join('\n');
+}

@@ -1,0 +1,149 @@
+/**
+ * The benchmark driver: starts every available contender, runs each scenario against each of them
+ * in alternating order for several repetitions, and writes bench/results/latest.{md,json}.
+ */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { cpus, totalmem } from 'node:os';
+import { join } from 'node:path';
+import { errorMessage } from '../common/index.js';
+import { DockerClient, system } from '../engine/index.js';
+import { haproxyContender, rawContender } from './contenders.js';
+import type { BenchReport, MachineInfo } from './report.js';
+import { toMarkdown } from './report.js';
+import { ALL_SCENARIOS } from './scenarios.js';
+import type { BenchOptions, Contender, ContenderId, Measurement, Scenario } from './types.js';
+
+export type ContenderFactory = { id: ContenderId; start: () => Promise<Contender> };
+
+/** Contenders berth knows how to start; other subsystems add theirs via `extraContenders`. */
+export function defaultContenders(): ContenderFactory[] {
+  return [
+    { id: 'raw', start: () => Promise.resolve(rawContender()) },
+    { id: 'haproxy', start: haproxyContender },
+  ];
+}
+
+export async function machineInfo(client: DockerClient): Promise<MachineInfo> {
+  const [info, version] = await Promise.all([system(client).info(), system(client).version()]);
+  return {
+    cores: cpus().length,
+    memoryGiB: totalmem() / 1024 ** 3,
+    engineVersion: version.Version,
+    apiVersion: version.ApiVersion,
+    storageDriver: info.Driver,
+    kernel: info.KernelVersion,
+    node: process.version,
+  };
+}
+
+export async function runBench(
+  o: BenchOptions,
+  extra: { contenders?: ContenderFactory[]; scenarios?: Scenario[]; notes?: string[] } = {},
+): Promise<BenchReport> {
+  const factories = [...defaultContenders(), ...(extra.contenders ?? [])].filter(
+    (f) => o.contenders.length === 0 || o.contenders.includes(f.id),
+  );
+  const scenarios = [...ALL_SCENARIOS, ...(extra.scenarios ?? [])].filter(
+    (s) => o.only.length === 0 || o.only.includes(s.id),
+  );
+  const probe = new DockerClient();
+  const machine = await machineInfo(probe);
+  probe.close();
+
+  const started: Contender[] = [];
+  const skipped: { id: string; reason: string }[] = [];
+  const measurements: Measurement[] = [];
+  try {
+    for (const f of factories) {
+      try {
+        o.log(`starting contender ${f.id}`);
+        started.push(await f.start());
+      } catch (err) {
+        skipped.push({ id: f.id, reason: errorMessage(err) });
+        o.log(`contender ${f.id} unavailable: ${errorMessage(err)}`);
+      }
+    }
+    for (const sc of scenarios) {
+      const targets = started.filter((c) => sc.applies?.(c) ?? true);
+      o.log(`scenario ${sc.id}: ${sc.title} (${targets.map((c) => c.id).join(', ')})`);
+      const ready: Contender[] = [];
+      for (const c of targets) {
+        try {
+          await sc.prepare?.(c, o);
+          ready.push(c);
+        } catch (err) {
+          skipped.push({ id: `${sc.id}/${c.id}`, reason: errorMessage(err) });
+          o.log(`  ${c.id}: prepare failed: ${errorMessage(err)}`);
+        }
+      }
+      const samples = new Map<string, number[]>();
+      for (let rep = 0; rep < o.reps; rep++) {
+        // Rotate the order each repetition so no contender always runs first (warm caches, drift).
+        const order = ready.map((_, i) => ready[(i + rep) % ready.length] as Contender);
+        for (const c of order) {
+          try {
+            const values = await sc.run(c, o);
+            for (const [metric, v] of Object.entries(values)) {
+              const k = `${c.id}\u0000${metric}`;
+              samples.set(k, [...(samples.get(k) ?? []), v]);
+            }
+          } catch (err) {
+            o.log(`  ${c.id}: repetition ${rep + 1} failed: ${errorMessage(err)}`);
+            skipped.push({ id: `${sc.id}/${c.id}#${rep + 1}`, reason: errorMessage(err) });
+          }
+        }
+      }
+      for (const c of ready) {
+        for (const [metric, spec] of Object.entries(sc.metrics)) {
+          const s = samples.get(`${c.id}\u0000${metric}`);
+          if (s?.length)
+            measurements.push({
+              scenario: sc.id,
+              metric,
+              unit: spec.unit,
+              better: spec.better,
+              contender: c.id,
+              samples: s,
+            });
+        }
+        try {
+          await sc.cleanup?.(c, o);
+        } catch (err) {
+          o.log(`  ${c.id}: cleanup failed: ${errorMessage(err)}`);
+        }
+      }
+    }
+  } finally {
+    for (const c of started.reverse()) {
+      try {
+        await c.stop();
+      } catch (err) {
+        o.log(`stopping ${c.id} failed: ${errorMessage(err)}`);
+      }
+    }
+  }
+  return {
+    date: new Date().toISOString(),
+    machine,
+    mode: o.quick ? 'quick' : 'full',
+    reps: o.reps,
+    contenders: started.map((c) => ({ id: c.id, title: c.title })),
+    skipped,
+    measurements,
+    notes: extra.notes ?? [],
+  };
+}
+
+export function writeReport(
+  report: BenchReport,
+  outDir: string,
+  scenarios: readonly Scenario[] = ALL_SCENARIOS,
+): { md: string; json: string } {
+  mkdirSync(outDir, { recursive: true });
+  const titles = Object.fromEntries(scenarios.map((s) => [s.id, s.title]));
+  const md = join(outDir, 'latest.md');
+  const json = join(outDir, 'latest.json');
+  writeFileSync(md, toMarkdown(report, titles));
+  writeFileSync(json, `${JSON.stringify(report, null, 2)}\n`);
+  return { md, json };
+}

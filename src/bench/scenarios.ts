@@ -1,0 +1,288 @@
+/**
+ * The benchmark scenarios. Each runs against one contender at a time; the driver alternates
+ * contenders within every repetition so drift on the machine hits all of them alike.
+ */
+import { performance } from 'node:perf_hooks';
+import { Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type { DockerClient } from '../engine/index.js';
+import { containers, encodeFilters, images, readAll } from '../engine/index.js';
+import { LABEL_ROLE } from '../common/index.js';
+import { MiB, buildContext } from './payload.js';
+import { summarize } from './stats.js';
+import type { BenchOptions, Contender, Scenario } from './types.js';
+
+const BENCH_LABEL = 'io.berth.bench';
+const BUSYBOX = 'berth-local/busybox';
+
+function labels(c: Contender, extra: Record<string, string> = {}): Record<string, string> {
+  return { [BENCH_LABEL]: c.id, [LABEL_ROLE]: 'bench', ...extra };
+}
+
+async function timed(fn: () => Promise<unknown>): Promise<number> {
+  const t0 = performance.now();
+  await fn();
+  return performance.now() - t0;
+}
+
+/** Counts bytes of a stream, draining it with backpressure. */
+async function drain(stream: NodeJS.ReadableStream): Promise<number> {
+  let n = 0;
+  await pipeline(
+    stream,
+    new Writable({
+      write(chunk: Buffer, _e, cb) {
+        n += chunk.length;
+        cb();
+      },
+    }),
+  );
+  return n;
+}
+
+function mibPerSec(bytes: number, ms: number): number {
+  return bytes / MiB / (ms / 1000);
+}
+
+const state = new Map<string, string[]>();
+const key = (scenario: string, c: Contender) => `${scenario}:${c.id}`;
+
+async function removeAll(client: DockerClient, ids: readonly string[]): Promise<void> {
+  for (const id of ids) await containers(client).remove(id, { force: true, volumes: true });
+}
+
+export const apiRoundTrip: Scenario = {
+  id: 'api',
+  title: 'API round trip (/_ping, container list with 50 containers, inspect)',
+  metrics: {
+    ping_p50: { unit: 'ms', better: 'lower' },
+    ping_p99: { unit: 'ms', better: 'lower' },
+    list_p50: { unit: 'ms', better: 'lower' },
+    list_p99: { unit: 'ms', better: 'lower' },
+    inspect_p50: { unit: 'ms', better: 'lower' },
+    inspect_p99: { unit: 'ms', better: 'lower' },
+  },
+  async prepare(c) {
+    const ids: string[] = [];
+    for (let i = 0; i < 50; i++) {
+      const r = await containers(c.client).create({
+        Image: BUSYBOX,
+        Cmd: ['true'],
+        Labels: labels(c),
+        HostConfig: { NetworkMode: 'none' },
+      });
+      ids.push(r.Id);
+    }
+    state.set(key('api', c), ids);
+  },
+  async run(c, o) {
+    const ids = state.get(key('api', c)) ?? [];
+    const n = o.quick ? 50 : 300;
+    const ping: number[] = [];
+    const list: number[] = [];
+    const inspect: number[] = [];
+    const filters = encodeFilters({ label: [`${BENCH_LABEL}=${c.id}`] });
+    for (let i = 0; i < n; i++) ping.push(await timed(() => c.client.ping()));
+    for (let i = 0; i < n / 4; i++)
+      list.push(
+        await timed(() => c.client.json('GET', '/containers/json', { query: { all: true, filters } })),
+      );
+    for (let i = 0; i < n; i++) {
+      const id = ids[i % ids.length] ?? '';
+      inspect.push(await timed(() => c.client.json('GET', `/containers/${id}/json`)));
+    }
+    const p = summarize(ping);
+    const l = summarize(list);
+    const s = summarize(inspect);
+    return {
+      ping_p50: p.median,
+      ping_p99: p.p99,
+      list_p50: l.median,
+      list_p99: l.p99,
+      inspect_p50: s.median,
+      inspect_p99: s.p99,
+    };
+  },
+  async cleanup(c) {
+    await removeAll(c.client, state.get(key('api', c)) ?? []);
+  },
+};
+
+export const lifecycle: Scenario = {
+  id: 'lifecycle',
+  title: 'Container create + start + wait + remove',
+  metrics: { cycle: { unit: 'ms', better: 'lower' } },
+  async run(c, o) {
+    const times: number[] = [];
+    for (let i = 0; i < (o.quick ? 2 : 8); i++) {
+      times.push(
+        await timed(async () => {
+          const { Id } = await containers(c.client).create({
+            Image: BUSYBOX,
+            Cmd: ['true'],
+            Labels: labels(c),
+            HostConfig: { NetworkMode: 'none' },
+          });
+          try {
+            const waiting = containers(c.client).wait(Id, 'next-exit');
+            await containers(c.client).start(Id);
+            await waiting;
+          } finally {
+            await containers(c.client).remove(Id);
+          }
+        }),
+      );
+    }
+    return { cycle: summarize(times).median };
+  },
+};
+
+function payloadTag(o: BenchOptions): string {
+  return `berth-bench/payload:${o.payloadMiB}m`;
+}
+
+/** Builds the payload image on the contender's daemon when missing (FROM scratch + one file). */
+async function ensurePayload(c: Contender, o: BenchOptions): Promise<void> {
+  const tag = payloadTag(o);
+  if (await images(c.client).find(tag)) return;
+  const ctx = buildContext('FROM scratch\nCOPY payload /payload\n', { payload: o.payloadMiB * MiB });
+  const [repo, t] = tag.split(':') as [string, string];
+  await images(c.client).build(ctx, { t: `${repo}:${t}`, rm: true, labels: JSON.stringify(labels(c)) });
+}
+
+export const save: Scenario = {
+  id: 'save',
+  title: 'docker save of an image with a large payload',
+  metrics: { throughput: { unit: 'MiB/s', better: 'higher' } },
+  prepare: ensurePayload,
+  async run(c, o) {
+    const t0 = performance.now();
+    const res = await c.client.request({ path: '/images/get', query: { names: [payloadTag(o)] } });
+    const bytes = await drain(res);
+    return { throughput: mibPerSec(bytes, performance.now() - t0) };
+  },
+};
+
+export const copyOut: Scenario = {
+  id: 'cp',
+  title: 'docker cp of a large file out of a container',
+  metrics: { throughput: { unit: 'MiB/s', better: 'higher' } },
+  async prepare(c, o) {
+    await ensurePayload(c, o);
+    const { Id } = await containers(c.client).create({
+      Image: payloadTag(o),
+      Cmd: ['/payload'],
+      Labels: labels(c),
+      HostConfig: { NetworkMode: 'none' },
+    });
+    state.set(key('cp', c), [Id]);
+  },
+  async run(c) {
+    const id = state.get(key('cp', c))?.[0] ?? '';
+    const t0 = performance.now();
+    const res = await containers(c.client).getArchive(id, '/payload');
+    const bytes = await drain(res);
+    return { throughput: mibPerSec(bytes, performance.now() - t0) };
+  },
+  async cleanup(c) {
+    await removeAll(c.client, state.get(key('cp', c)) ?? []);
+  },
+};
+
+export const buildContextUpload: Scenario = {
+  id: 'context',
+  title: 'Build context upload',
+  metrics: { throughput: { unit: 'MiB/s', better: 'higher' } },
+  async run(c, o) {
+    const bytes = o.payloadMiB * MiB;
+    const t0 = performance.now();
+    const ctx = buildContext('FROM scratch\nCOPY Dockerfile /Dockerfile\n', { big: bytes });
+    const { imageId } = await images(c.client).build(ctx, { rm: true, labels: JSON.stringify(labels(c)) });
+    const ms = performance.now() - t0;
+    if (imageId) await images(c.client).remove(imageId, true);
+    return { throughput: mibPerSec(bytes, ms) };
+  },
+};
+
+export const logs: Scenario = {
+  id: 'logs',
+  title: 'docker logs of a large output',
+  metrics: { throughput: { unit: 'MiB/s', better: 'higher' } },
+  async prepare(c, o) {
+    const { Id } = await containers(c.client).create({
+      Image: BUSYBOX,
+      Cmd: [
+        'sh',
+        '-c',
+        `yes 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde | head -c ${o.logsMiB * MiB}`,
+      ],
+      Labels: labels(c),
+      HostConfig: { NetworkMode: 'none' },
+    });
+    const waiting = containers(c.client).wait(Id, 'next-exit');
+    await containers(c.client).start(Id);
+    await waiting;
+    state.set(key('logs', c), [Id]);
+  },
+  async run(c) {
+    const id = state.get(key('logs', c))?.[0] ?? '';
+    const t0 = performance.now();
+    const res = await containers(c.client).logs(id, { follow: false });
+    const bytes = await drain(res);
+    return { throughput: mibPerSec(bytes, performance.now() - t0) };
+  },
+  async cleanup(c) {
+    await removeAll(c.client, state.get(key('logs', c)) ?? []);
+  },
+};
+
+const BUILD_DOCKERFILE = [
+  `FROM ${BUSYBOX}`,
+  'RUN dd if=/dev/urandom of=/blob bs=1048576 count=32 2>/dev/null',
+  'RUN sha256sum /blob > /blob.sum',
+  'COPY Dockerfile /Dockerfile',
+  'RUN for i in 1 2 3 4 5 6 7 8; do echo step $i >> /steps; done',
+  'CMD ["cat", "/blob.sum"]',
+  '',
+].join('\n');
+
+export const buildCache: Scenario = {
+  id: 'build',
+  title: 'Dockerfile build, cold and warm cache',
+  metrics: { cold: { unit: 'ms', better: 'lower' }, warm: { unit: 'ms', better: 'lower' } },
+  async run(c) {
+    const tag = `berth-bench/build:${c.id}`;
+    const cold = await timed(() =>
+      images(c.client).build(buildContext(BUILD_DOCKERFILE), {
+        t: tag,
+        nocache: true,
+        rm: true,
+        labels: JSON.stringify(labels(c)),
+      }),
+    );
+    const warm = await timed(() =>
+      images(c.client).build(buildContext(BUILD_DOCKERFILE), {
+        t: tag,
+        rm: true,
+        labels: JSON.stringify(labels(c)),
+      }),
+    );
+    return { cold, warm };
+  },
+  async cleanup(c) {
+    await images(c.client).remove(`berth-bench/build:${c.id}`, true);
+  },
+};
+
+export const ALL_SCENARIOS: readonly Scenario[] = [
+  apiRoundTrip,
+  lifecycle,
+  save,
+  copyOut,
+  buildContextUpload,
+  logs,
+  buildCache,
+];
+
+/** Reads a response body fully; re-exported for the load scenario. */
+export { readAll };
