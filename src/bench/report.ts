@@ -76,20 +76,37 @@ export function toMarkdown(report: BenchReport, titles: Record<string, string>):
   }
   out.push('');
   out.push(
-    'Median and interquartile range over the repetitions; ratio = median / raw socket median (for throughputs, higher is better; for times, lower).',
+    'Each cell: median ± half the interquartile range over the repetitions, then in brackets the ratio to the raw socket measured in the same run (and, for times, the difference in ms). Times: lower is better; throughputs: higher is better.',
   );
   const all = rows(report);
   const scenarios = [...new Set(all.map((r) => r.scenario))];
   for (const sc of scenarios) {
+    const here = all.filter((x) => x.scenario === sc);
+    const contenders = [...new Set(here.map((r) => r.contender))];
+    const metrics = [...new Set(here.map((r) => r.metric))];
     out.push('');
     out.push(`## ${titles[sc] ?? sc}`);
     out.push('');
-    out.push('| metric | contender | median | spread (IQR) | ratio to raw | n |');
-    out.push('| --- | --- | ---: | ---: | ---: | ---: |');
-    for (const r of all.filter((x) => x.scenario === sc)) {
-      out.push(
-        `| ${r.metric} (${r.unit}) | ${r.contender} | ${fmt(r.median)} | ${fmt(r.iqr)} | ${r.ratio === undefined ? '–' : `${fmt(r.ratio)}×`} | ${r.n} |`,
-      );
+    out.push(`| metric | ${contenders.join(' | ')} |`);
+    out.push(`| --- |${contenders.map(() => ' ---: |').join('')}`);
+    for (const metric of metrics) {
+      const unit = here.find((r) => r.metric === metric)?.unit ?? '';
+      const cells = contenders.map((c) => {
+        const r = here.find((x) => x.metric === metric && x.contender === c);
+        if (!r || r.n === 0 || !Number.isFinite(r.median)) return '–';
+        const spread = r.n > 1 ? ` ±${fmt(r.iqr / 2)}` : '';
+        const base = here.find((x) => x.metric === metric && x.contender === 'raw');
+        const delta =
+          r.unit === 'ms' && base && Number.isFinite(base.median)
+            ? `, ${r.median >= base.median ? '+' : '−'}${fmt(Math.abs(r.median - base.median))} ms`
+            : '';
+        const ratio =
+          c !== 'raw' && r.ratio !== undefined && Number.isFinite(r.ratio)
+            ? ` (${fmt(r.ratio)}×${delta})`
+            : '';
+        return `${fmt(r.median)}${spread}${ratio}`;
+      });
+      out.push(`| ${metric} (${unit}) | ${cells.join(' | ')} |`);
     }
   }
   if (report.notes.length) {

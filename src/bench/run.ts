@@ -77,7 +77,7 @@ export async function runBench(
         }
       }
       const samples = new Map<string, number[]>();
-      for (let rep = 0; rep < o.reps; rep++) {
+      for (let rep = 0; rep < (sc.once ? 1 : o.reps); rep++) {
         // Rotate the order each repetition so no contender always runs first (warm caches, drift).
         const order = ready.map((_, i) => ready[(i + rep) % ready.length] as Contender);
         for (const c of order) {

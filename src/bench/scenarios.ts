@@ -6,10 +6,11 @@ import { performance } from 'node:perf_hooks';
 import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { DockerClient } from '../engine/index.js';
-import { containers, encodeFilters, images, readAll } from '../engine/index.js';
+import { containers, encodeFilters, images } from '../engine/index.js';
 import { LABEL_ROLE } from '../common/index.js';
 import { MiB, buildContext } from './payload.js';
 import { summarize } from './stats.js';
+import { load } from './load.js';
 import type { BenchOptions, Contender, Scenario } from './types.js';
 
 const BENCH_LABEL = 'io.berth.bench';
@@ -282,7 +283,5 @@ export const ALL_SCENARIOS: readonly Scenario[] = [
   buildContextUpload,
   logs,
   buildCache,
+  load,
 ];
-
-/** Reads a response body fully; re-exported for the load scenario. */
-export { readAll };

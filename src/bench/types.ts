@@ -52,6 +52,8 @@ export interface Measurement {
 export interface Scenario {
   readonly id: string;
   readonly title: string;
+  /** Run once whatever the repetition count (long scenarios such as the soak). */
+  readonly once?: boolean;
   /** Contenders it applies to (all by default). */
   readonly applies?: (c: Contender) => boolean;
   /** Once per contender before the repetitions. */

@@ -1,0 +1,86 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { haproxyConfig } from './contenders.js';
+import { rows, toMarkdown } from './report.js';
+import type { BenchReport } from './report.js';
+
+const report: BenchReport = {
+  date: '2026-11-23T00:00:00.000Z',
+  machine: {
+    cores: 2,
+    memoryGiB: 23.5,
+    engineVersion: '20.10.24',
+    apiVersion: '1.41',
+    storageDriver: 'overlay2',
+    kernel: '6.1',
+    node: 'v20',
+  },
+  mode: 'full',
+  reps: 3,
+  contenders: [
+    { id: 'raw', title: 'raw socket' },
+    { id: 'guard', title: 'berth guard' },
+  ],
+  skipped: [{ id: 'dind-plain', reason: 'no image' }],
+  notes: ['a note'],
+  measurements: [
+    {
+      scenario: 'api',
+      metric: 'ping_p50',
+      unit: 'ms',
+      better: 'lower',
+      contender: 'raw',
+      samples: [0.2, 0.3, 0.25],
+    },
+    {
+      scenario: 'api',
+      metric: 'ping_p50',
+      unit: 'ms',
+      better: 'lower',
+      contender: 'guard',
+      samples: [0.3, 0.4, 0.35],
+    },
+    {
+      scenario: 'save',
+      metric: 'throughput',
+      unit: 'MiB/s',
+      better: 'higher',
+      contender: 'raw',
+      samples: [200, 180, 220],
+    },
+    {
+      scenario: 'save',
+      metric: 'throughput',
+      unit: 'MiB/s',
+      better: 'higher',
+      contender: 'guard',
+      samples: [190],
+    },
+  ],
+};
+
+test('ratios are computed against the raw socket of the same run', () => {
+  const r = rows(report);
+  const guardPing = r.find((x) => x.contender === 'guard' && x.metric === 'ping_p50');
+  assert.ok(guardPing?.ratio !== undefined);
+  assert.ok(Math.abs(guardPing.ratio - 0.35 / 0.25) < 1e-9);
+  assert.equal(r.find((x) => x.contender === 'raw' && x.scenario === 'save')?.ratio, 1);
+});
+
+test('the Markdown names the machine, the skipped contenders, and shows ratio and ms difference', () => {
+  const md = toMarkdown(report, { api: 'API round trip', save: 'docker save' });
+  assert.match(md, /2 cores · 23\.5 GiB · engine 20\.10\.24 \(API 1\.41, overlay2\)/);
+  assert.match(md, /Not measured: dind-plain \(no image\)/);
+  assert.match(md, /\| ping_p50 \(ms\) \| 0\.25 ±0\.025 \| 0\.35 ±0\.025 \(1\.4×, \+0\.1 ms\) \|/);
+  assert.match(md, /\| throughput \(MiB\/s\) \| 200 ±10 \| 190 \(0\.95×\) \|/);
+  assert.match(md, /- a note/);
+});
+
+test('the HAProxy contender filters by path prefix only, after stripping the version', () => {
+  const cfg = haproxyConfig('/tmp/h.sock', '/var/run/docker.sock');
+  assert.match(cfg, /bind unix@\/tmp\/h\.sock mode 666/);
+  assert.match(cfg, /server engine \/var\/run\/docker\.sock/);
+  assert.match(cfg, /regsub\(\^\/v\[0-9\.\]\+\/,\/\)/);
+  assert.match(cfg, /http-request deny unless allowed/);
+  assert.doesNotMatch(cfg, /plugins|swarm|secrets/);
+});
