@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseEndpoint, loadTlsMaterial } from './endpoint.js';
@@ -90,8 +90,9 @@ test('bad addresses are ENGINE_ENDPOINT errors that say what to write instead', 
   }
 });
 
-test('TLS material: verify needs ca.pem; a cert needs its key', () => {
+test('TLS material: verify needs ca.pem; a cert needs its key', (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'berth-tls-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
   const settings = {
     verify: true,
     certPath: dir,
