@@ -1,0 +1,103 @@
+/**
+ * A minimal async SQL adapter over SQLite (better-sqlite3, embedded default) and PostgreSQL (pg),
+ * so the server's store runs on either. Statements are written with `?` placeholders; the
+ * PostgreSQL adapter numbers them ($1, $2, …).
+ */
+import Database from 'better-sqlite3';
+import pg from 'pg';
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { BerthError } from '../common/index.js';
+
+export type SqlValue = string | number | null;
+export type Row = Record<string, unknown>;
+
+export interface Sql {
+  readonly dialect: 'sqlite' | 'postgres';
+  all<T extends Row = Row>(sql: string, params?: readonly SqlValue[]): Promise<T[]>;
+  get<T extends Row = Row>(sql: string, params?: readonly SqlValue[]): Promise<T | undefined>;
+  run(sql: string, params?: readonly SqlValue[]): Promise<{ changes: number }>;
+  /** Runs statements separated by `;` (DDL). */
+  exec(sql: string): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Parses `--db`: `sqlite:PATH` (default) or `postgres://…` / `postgresql://…`. */
+export function parseDbUrl(
+  url: string,
+): { kind: 'sqlite'; path: string } | { kind: 'postgres'; url: string } {
+  if (url.startsWith('postgres://') || url.startsWith('postgresql://')) return { kind: 'postgres', url };
+  if (url.startsWith('sqlite:')) {
+    const path = url.slice('sqlite:'.length);
+    if (path === '')
+      throw new BerthError('BERTH_USAGE', '--db sqlite: needs a path, e.g. sqlite:.berth/server.db');
+    return { kind: 'sqlite', path };
+  }
+  throw new BerthError('BERTH_USAGE', `--db ${url}: expected sqlite:PATH or postgres://user@host/db`);
+}
+
+export function openSqlite(path: string): Sql {
+  if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
+  const db = new Database(path);
+  db.pragma('journal_mode = WAL');
+  db.pragma('busy_timeout = 5000');
+  db.pragma('foreign_keys = ON');
+  return {
+    dialect: 'sqlite',
+    all: <T extends Row>(sql: string, params: readonly SqlValue[] = []) =>
+      Promise.resolve(db.prepare(sql).all(...params) as T[]),
+    get: <T extends Row>(sql: string, params: readonly SqlValue[] = []) =>
+      Promise.resolve(db.prepare(sql).get(...params) as T | undefined),
+    run: (sql: string, params: readonly SqlValue[] = []) =>
+      Promise.resolve({ changes: db.prepare(sql).run(...params).changes }),
+    exec: (sql: string) => {
+      db.exec(sql);
+      return Promise.resolve();
+    },
+    close: () => {
+      db.close();
+      return Promise.resolve();
+    },
+  };
+}
+
+function numbered(sql: string): string {
+  let n = 0;
+  return sql.replace(/\?/g, () => `$${++n}`);
+}
+
+export async function openPostgres(url: string): Promise<Sql> {
+  const pool = new pg.Pool({ connectionString: url, max: 8 });
+  // BIGINT columns hold millisecond timestamps: read them back as numbers.
+  pg.types.setTypeParser(pg.types.builtins.INT8, (v: string) => Number(v));
+  try {
+    await pool.query('SELECT 1');
+  } catch (cause) {
+    await pool.end();
+    throw new BerthError('STORE_FAILED', `cannot connect to PostgreSQL at ${redact(url)}`, { cause });
+  }
+  return {
+    dialect: 'postgres',
+    all: async <T extends Row>(sql: string, params: readonly SqlValue[] = []) =>
+      (await pool.query(numbered(sql), [...params])).rows as T[],
+    get: async <T extends Row>(sql: string, params: readonly SqlValue[] = []) =>
+      (await pool.query(numbered(sql), [...params])).rows[0] as T | undefined,
+    run: async (sql: string, params: readonly SqlValue[] = []) => ({
+      changes: (await pool.query(numbered(sql), [...params])).rowCount ?? 0,
+    }),
+    exec: async (sql: string) => {
+      await pool.query(sql);
+    },
+    close: () => pool.end(),
+  };
+}
+
+/** A connection URL with its password hidden, for messages. */
+export function redact(url: string): string {
+  return url.replace(/(\/\/[^:/@]+:)[^@]*@/, '$1***@');
+}
+
+export async function openSql(dbUrl: string): Promise<Sql> {
+  const parsed = parseDbUrl(dbUrl);
+  return parsed.kind === 'sqlite' ? openSqlite(parsed.path) : openPostgres(parsed.url);
+}
