@@ -36,3 +36,21 @@ export type {
   VersionInfo,
   VolumeInspect,
 } from './api.js';
+export {
+  APT_PACKAGES,
+  aptInstall,
+  defaultLayout,
+  dockerdArgs,
+  engineDown,
+  engineStatus,
+  engineUp,
+  enginePaths,
+} from './bootstrap.js';
+export type {
+  DownResult,
+  EngineLayout,
+  EnginePaths,
+  EngineStatus,
+  UpOptions,
+  UpResult,
+} from './bootstrap.js';

@@ -1,10 +1,13 @@
 /** Every CLI command, registered on the root program. One module per command group. */
 import type { Command } from 'commander';
 import { registerBench } from './bench.js';
+import { registerDoctor } from './doctor.js';
+import { registerEngine } from './engine.js';
+import { registerImages } from './images.js';
 
 type Register = (program: Command) => void;
 
-const registrations: Register[] = [registerBench];
+const registrations: Register[] = [registerEngine, registerImages, registerDoctor, registerBench];
 
 export function registerAll(program: Command): void {
   for (const register of registrations) register(program);

@@ -1,0 +1,69 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { dockerdArgs, engineDown, engineStatus, engineUp } from './index.js';
+import type { EngineLayout } from './index.js';
+import { tempDir } from '../../test/support/index.js';
+
+test('dockerd gets its own data root, exec root, pid file and socket', () => {
+  const l: EngineLayout = { stateDir: '/s', runDir: '/r', socket: '/r/d.sock', dockerd: '/usr/sbin/dockerd' };
+  assert.deepEqual(dockerdArgs(l, ['--iptables=false']), [
+    '--data-root',
+    '/s/data',
+    '--exec-root',
+    '/r/exec',
+    '--pidfile',
+    '/r/dockerd.pid',
+    '-H',
+    'unix:///r/d.sock',
+    '--iptables=false',
+  ]);
+});
+
+test('engine up uses an engine that already answers and starts nothing', async () => {
+  const r = await engineUp({ env: { ...process.env, DOCKER_HOST: '' } });
+  assert.equal(r.action, 'existing');
+  const down = await engineDown({
+    layout: {
+      stateDir: '/nonexistent',
+      runDir: '/nonexistent/run',
+      socket: '/x',
+      dockerd: '/usr/sbin/dockerd',
+    },
+  });
+  assert.equal(down.action, 'not-started-by-berth');
+});
+
+test(
+  'engine up starts a private dockerd when none answers; idempotent; down stops only what it started',
+  { skip: !existsSync('/usr/sbin/dockerd') && 'dockerd is not installed' },
+  async () => {
+    using dir = tempDir('berth-engine-');
+    const layout: EngineLayout = {
+      stateDir: join(dir.path, 'state'),
+      runDir: join(dir.path, 'run'),
+      socket: join(dir.path, 'run', 'docker.sock'),
+      dockerd: '/usr/sbin/dockerd',
+    };
+    const env = { ...process.env, DOCKER_HOST: `unix://${layout.socket}` };
+    // A private daemon beside the shared one: no bridge, no iptables, so the two cannot collide.
+    const flags = ['--bridge', 'none', '--iptables=false', '--ip-masq=false'];
+    try {
+      const first = await engineUp({ layout, env, dockerdFlags: flags });
+      assert.equal(first.action, 'started');
+      assert.ok(first.action === 'started' && existsSync(first.logFile));
+      const again = await engineUp({ layout, env, dockerdFlags: flags });
+      assert.equal(again.action, 'existing', 'a second up reuses the running daemon');
+      const status = await engineStatus({ layout, env });
+      assert.equal(status.reachable, true);
+      assert.equal(status.startedByBerth?.running, true);
+    } finally {
+      const down = await engineDown({ layout });
+      assert.equal(down.action, 'stopped');
+    }
+    const after = await engineStatus({ layout, env });
+    assert.equal(after.reachable, false);
+    assert.equal(after.startedByBerth, undefined);
+  },
+);
