@@ -36,10 +36,7 @@ test('the doctor report matches what the engine really does with --privileged', 
   }
   // Where privileged is refused, the fallback is what makes dind available.
   if (!privilegedWorks)
-    assert.equal(
-      report.modes.dind.available,
-      (report.privileges?.fallback.ok) && report.dindImage.present,
-    );
+    assert.equal(report.modes.dind.available, report.privileges?.fallback.ok && report.dindImage.present);
   assert.equal(report.modes.guard.available, true);
   assert.equal(report.modes.host.available, true);
 });
