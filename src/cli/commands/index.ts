@@ -3,11 +3,20 @@ import type { Command } from 'commander';
 import { registerBench } from './bench.js';
 import { registerDoctor } from './doctor.js';
 import { registerEngine } from './engine.js';
+import { registerGuard } from './guard.js';
 import { registerImages } from './images.js';
+import { registerRun } from './run.js';
 
 type Register = (program: Command) => void;
 
-const registrations: Register[] = [registerEngine, registerImages, registerDoctor, registerBench];
+const registrations: Register[] = [
+  registerEngine,
+  registerImages,
+  registerDoctor,
+  registerGuard,
+  registerBench,
+  registerRun,
+];
 
 export function registerAll(program: Command): void {
   for (const register of registrations) register(program);

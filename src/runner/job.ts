@@ -1,0 +1,393 @@
+/**
+ * One job's lifecycle: its network, its services (readiness polled), its Docker access, the
+ * long-lived job container with the workspace at /workspace, steps run in order via exec, artifacts
+ * copied out, and cleanup of everything whatever happens.
+ */
+import { createWriteStream, mkdirSync, rmSync } from 'node:fs';
+import { dirname, join, normalize, posix } from 'node:path';
+import { Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import tar from 'tar-stream';
+import { LABEL_JOB, LABEL_ROLE, errorMessage, sleep } from '../common/index.js';
+import { containers, exec, images, isNotFound, networks } from '../engine/index.js';
+import type { DockerClient } from '../engine/index.js';
+import { dockerAccess } from './access.js';
+import type { DockerAccess } from './access.js';
+import type { JobStatus, RunEvent, StepStatus } from './events.js';
+import { now } from './events.js';
+import { jobTempRoot, objectName } from './paths.js';
+import type { JobSpec } from './spec.js';
+import { maskSecrets } from './spec.js';
+
+export interface JobContext {
+  client: DockerClient;
+  runId: string;
+  job: JobSpec;
+  workspace: string;
+  /** Environment for every step (pipeline env, vars, secrets, CI variables). */
+  env: Record<string, string>;
+  secrets: string[];
+  labels: Record<string, string>;
+  artifactsDir: string;
+  graceMs: number;
+  emit(e: RunEvent): void;
+  /** Full (masked) log text for the job's log file. */
+  log(text: string): void;
+  onStep(
+    idx: number,
+    fields: {
+      status: StepStatus;
+      exit_code?: number | null;
+      started_at?: string;
+      finished_at?: string;
+      duration_ms?: number;
+    },
+  ): void;
+}
+
+export interface JobOutcome {
+  status: JobStatus;
+  exitCode?: number;
+  reason?: string;
+}
+
+/** Keeps the job container alive; steps run beside it via exec. */
+const KEEPER = ['sh', '-c', 'trap "exit 0" TERM INT; while :; do sleep 3600 & wait $!; done'];
+const PIDFILE = '/tmp/.berth-step.pid';
+const STEP_WRAPPER = `mkdir -p /tmp && echo $$ > ${PIDFILE} && exec sh -e -c "$1"`;
+
+/** A running job that can be stopped from outside (Ctrl-C) or by its timeout. */
+export class JobRun {
+  private stopping: 'cancel' | 'timeout' | undefined;
+  private containerId: string | undefined;
+  private killTimer: NodeJS.Timeout | undefined;
+  private readonly killed: Promise<void>;
+  private resolveKilled!: () => void;
+
+  constructor(private readonly ctx: JobContext) {
+    this.killed = new Promise((r) => (this.resolveKilled = r));
+  }
+
+  /** Graceful stop: SIGTERM to the running step's process group, then SIGKILL after the grace. */
+  cancel(force = false): void {
+    this.stopping ??= 'cancel';
+    if (force) {
+      void this.kill();
+      return;
+    }
+    void this.signalStep('TERM');
+    this.killTimer ??= setTimeout(() => void this.kill(), this.ctx.graceMs);
+  }
+
+  private async signalStep(sig: string): Promise<void> {
+    const id = this.containerId;
+    if (!id) return;
+    try {
+      await exec(this.ctx.client).run(id, [
+        'sh',
+        '-c',
+        `p=$(cat ${PIDFILE} 2>/dev/null) && kill -${sig} -- -$p 2>/dev/null || kill -${sig} $p 2>/dev/null; true`,
+      ]);
+    } catch {
+      // the container may be gone already
+    }
+  }
+
+  private async kill(): Promise<void> {
+    clearTimeout(this.killTimer);
+    const id = this.containerId;
+    this.resolveKilled();
+    if (!id) return;
+    try {
+      await containers(this.ctx.client).remove(id, { force: true });
+    } catch {
+      // removed again in cleanup
+    }
+  }
+
+  async run(): Promise<JobOutcome> {
+    const { ctx } = this;
+    const { client, job, runId } = ctx;
+    const start = Date.now();
+    const labels = { ...ctx.labels, [LABEL_JOB]: job.name };
+    const netName = objectName(runId, job.name);
+    const jobDir = join(jobTempRoot(runId), job.name.replace(/[^a-zA-Z0-9_.-]/g, '-'));
+    const cleanups: (() => Promise<unknown>)[] = [];
+    const sys = (line: string) => this.logLine(undefined, 'system', line);
+    let timer: NodeJS.Timeout | undefined;
+    if (job.timeoutMs !== undefined) {
+      timer = setTimeout(() => {
+        this.stopping ??= 'timeout';
+        sys(`timeout of ${job.timeoutMs}ms reached: killing the job`);
+        void this.kill();
+      }, job.timeoutMs);
+    }
+    try {
+      mkdirSync(jobDir, { recursive: true, mode: 0o700 });
+      cleanups.push(() => Promise.resolve(rmSync(jobDir, { recursive: true, force: true })));
+      for (const img of new Set([job.image, ...job.services.map((s) => s.image)])) {
+        if (!(await images(client).find(img))) {
+          return {
+            status: 'failed',
+            reason: `image ${img} is not on the engine (no registry is pulled from); build or load it first`,
+          };
+        }
+      }
+      await networks(client).create({ Name: netName, Labels: { ...labels, [LABEL_ROLE]: 'network' } });
+      cleanups.push(() => networks(client).remove(netName));
+      const access: DockerAccess = await dockerAccess(job.docker.mode)({
+        client,
+        runId,
+        job: job.name,
+        spec: job.docker,
+        workspace: ctx.workspace,
+        jobDir,
+        network: netName,
+        labels,
+        warn: (message) => ctx.emit({ kind: 'warning', time: now(), runId, job: job.name, message }),
+        log: sys,
+      });
+      cleanups.push(() => access.close());
+      if (this.stopping) return this.stoppedOutcome();
+      for (const svc of job.services) {
+        const name = objectName(runId, job.name, svc.name);
+        cleanups.push(() => containers(client).remove(name, { force: true }));
+        await containers(client).create(
+          {
+            Image: svc.image,
+            Cmd: svc.command,
+            Env: Object.entries(svc.env).map(([k, v]) => `${k}=${v}`),
+            Labels: { ...labels, [LABEL_ROLE]: 'service', 'io.berth.service': svc.name },
+            HostConfig: { NetworkMode: netName, Init: true },
+            NetworkingConfig: { EndpointsConfig: { [netName]: { Aliases: [svc.name] } } },
+          },
+          name,
+        );
+        await containers(client).start(name);
+        sys(`service ${svc.name} started (${svc.image})`);
+      }
+      for (const svc of job.services) {
+        if (!svc.ready) continue;
+        const ok = await this.waitReady(objectName(runId, job.name, svc.name), svc.ready, svc.readyTimeoutMs);
+        if (this.stopping) return this.stoppedOutcome();
+        if (!ok)
+          return {
+            status: 'failed',
+            reason: `service ${svc.name} not ready within ${svc.readyTimeoutMs}ms (ready: ${svc.ready})`,
+          };
+        sys(`service ${svc.name} ready`);
+      }
+      const jobName = objectName(runId, job.name);
+      cleanups.push(() => containers(client).remove(jobName, { force: true }));
+      const env = { ...ctx.env, ...job.env, ...access.env };
+      const created = await containers(client).create(
+        {
+          Image: job.image,
+          Entrypoint: [],
+          Cmd: KEEPER,
+          Env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
+          WorkingDir: '/workspace',
+          Labels: { ...labels, [LABEL_ROLE]: 'job' },
+          Hostname: job.name.slice(0, 63).replace(/[^a-zA-Z0-9-]/g, '-'),
+          HostConfig: {
+            NetworkMode: netName,
+            Init: true,
+            Binds: [`${ctx.workspace}:/workspace`, ...access.binds],
+          },
+        },
+        jobName,
+      );
+      this.containerId = created.Id;
+      if (this.stopping) return this.stoppedOutcome();
+      await containers(client).start(created.Id);
+      let failed: JobOutcome | undefined;
+      for (let i = 0; i < job.steps.length; i++) {
+        const step = job.steps[i];
+        if (!step) continue;
+        if (failed || this.stopping) {
+          const st: StepStatus = this.stopping ? 'cancelled' : 'skipped';
+          ctx.onStep(i, { status: st });
+          ctx.emit({
+            kind: 'step.finished',
+            time: now(),
+            runId,
+            job: job.name,
+            step: i,
+            name: step.name,
+            status: st,
+            durationMs: 0,
+          });
+          continue;
+        }
+        const t0 = Date.now();
+        const startedAt = now();
+        ctx.emit({ kind: 'step.started', time: startedAt, runId, job: job.name, step: i, name: step.name });
+        ctx.log(`--- step ${i + 1}: ${maskSecrets(step.name, ctx.secrets)}\n`);
+        ctx.onStep(i, { status: 'running', started_at: startedAt });
+        let exitCode: number | undefined;
+        let errorText: string | undefined;
+        try {
+          const r = await exec(client).run(created.Id, ['sh', '-c', STEP_WRAPPER, 'step', step.run], {
+            env: Object.entries(step.env).map(([k, v]) => `${k}=${v}`),
+            workdir: '/workspace',
+            stdout: this.lineSink(i, 'stdout'),
+            stderr: this.lineSink(i, 'stderr'),
+          });
+          exitCode = r.exitCode;
+        } catch (err) {
+          errorText = errorMessage(err);
+        }
+        const status: StepStatus =
+          this.stopping === 'timeout'
+            ? 'timed_out'
+            : this.stopping
+              ? 'cancelled'
+              : exitCode === 0
+                ? 'passed'
+                : 'failed';
+        const durationMs = Date.now() - t0;
+        ctx.onStep(i, { status, exit_code: exitCode ?? null, finished_at: now(), duration_ms: durationMs });
+        ctx.emit({
+          kind: 'step.finished',
+          time: now(),
+          runId,
+          job: job.name,
+          step: i,
+          name: step.name,
+          status,
+          exitCode,
+          durationMs,
+        });
+        if (status === 'failed') {
+          failed = {
+            status: 'failed',
+            exitCode,
+            reason: errorText
+              ? `step ${i + 1} (${step.name}): ${errorText}`
+              : `step ${i + 1} (${step.name}) exited ${exitCode}`,
+          };
+        }
+      }
+      if (this.stopping) return this.stoppedOutcome();
+      if (job.artifacts.length > 0) await this.collectArtifacts(created.Id);
+      return failed ?? { status: 'passed', exitCode: 0 };
+    } catch (err) {
+      if (this.stopping) return this.stoppedOutcome();
+      return { status: 'failed', reason: errorMessage(err) };
+    } finally {
+      clearTimeout(timer);
+      clearTimeout(this.killTimer);
+      this.resolveKilled();
+      for (const c of cleanups.reverse()) {
+        try {
+          await c();
+        } catch (err) {
+          if (!isNotFound(err))
+            ctx.emit({
+              kind: 'warning',
+              time: now(),
+              runId,
+              job: job.name,
+              message: `cleanup: ${errorMessage(err)}`,
+            });
+        }
+      }
+      void start;
+    }
+  }
+
+  private stoppedOutcome(): JobOutcome {
+    return this.stopping === 'timeout'
+      ? { status: 'timed_out', reason: `timed out after ${this.ctx.job.timeoutMs}ms` }
+      : { status: 'cancelled', reason: 'interrupted' };
+  }
+
+  private async waitReady(container: string, cmd: string, timeoutMs: number): Promise<boolean> {
+    const until = Date.now() + timeoutMs;
+    while (Date.now() < until && !this.stopping) {
+      try {
+        const r = await exec(this.ctx.client).run(container, ['sh', '-c', cmd]);
+        if (r.exitCode === 0) return true;
+      } catch {
+        // not running yet
+      }
+      await Promise.race([sleep(500), this.killed]);
+    }
+    return false;
+  }
+
+  private logLine(step: number | undefined, stream: 'stdout' | 'stderr' | 'system', raw: string): void {
+    const line = maskSecrets(raw, this.ctx.secrets);
+    this.ctx.log(`${stream === 'stderr' ? '! ' : stream === 'system' ? '# ' : ''}${line}\n`);
+    this.ctx.emit({
+      kind: 'log',
+      time: now(),
+      runId: this.ctx.runId,
+      job: this.ctx.job.name,
+      step,
+      stream,
+      line,
+    });
+  }
+
+  /** A writable that splits output into lines and reports each (masked). */
+  private lineSink(step: number, stream: 'stdout' | 'stderr'): Writable {
+    let pending = '';
+    return new Writable({
+      write: (chunk: Buffer, _enc, cb) => {
+        pending += chunk.toString('utf8');
+        let nl: number;
+        while ((nl = pending.indexOf('\n')) >= 0) {
+          this.logLine(step, stream, pending.slice(0, nl).replace(/\r$/, ''));
+          pending = pending.slice(nl + 1);
+        }
+        cb();
+      },
+      final: (cb) => {
+        if (pending) this.logLine(step, stream, pending);
+        pending = '';
+        cb();
+      },
+    });
+  }
+
+  private async collectArtifacts(containerId: string): Promise<void> {
+    const dest = join(this.ctx.artifactsDir, this.ctx.job.name);
+    for (const p of this.ctx.job.artifacts) {
+      const inContainer = posix.isAbsolute(p) ? p : posix.join('/workspace', p);
+      try {
+        const res = await containers(this.ctx.client).getArchive(containerId, inContainer);
+        const extract = tar.extract();
+        extract.on('entry', (header, stream, next) => {
+          const target = normalize(join(dest, header.name));
+          if (!target.startsWith(dest)) {
+            stream.resume();
+            next();
+            return;
+          }
+          if (header.type === 'directory') {
+            mkdirSync(target, { recursive: true });
+            stream.resume();
+            next();
+          } else if (header.type === 'file') {
+            mkdirSync(dirname(target), { recursive: true });
+            stream.pipe(createWriteStream(target)).on('finish', next).on('error', next);
+          } else {
+            stream.resume();
+            next();
+          }
+        });
+        await pipeline(res, extract);
+        this.logLine(undefined, 'system', `artifact ${p} saved to ${dest}`);
+      } catch (err) {
+        this.ctx.emit({
+          kind: 'warning',
+          time: now(),
+          runId: this.ctx.runId,
+          job: this.ctx.job.name,
+          message: `artifact ${p}: ${errorMessage(err)}`,
+        });
+      }
+    }
+  }
+}

@@ -1,0 +1,103 @@
+/**
+ * The reaper: removes what runs left behind when their runner died (kill -9, crash, power loss).
+ * Every object of a run carries `io.berth.run` and the owner's pid and host; an object whose owner
+ * runs on this host and is no longer alive is a leftover.
+ */
+import { hostname } from 'node:os';
+import { rmSync } from 'node:fs';
+import { LABEL_OWNER_HOST, LABEL_OWNER_PID, LABEL_RUN, errorMessage } from '../common/index.js';
+import { containers, networks, volumes } from '../engine/index.js';
+import type { DockerClient } from '../engine/index.js';
+import type { Store } from './store.js';
+import { jobTempRoot } from './paths.js';
+
+export interface ReapOptions {
+  /** Only this run (its owner must be dead unless `force`). */
+  runId?: string;
+  /** Remove even if the owner looks alive (for a run id given explicitly). */
+  force?: boolean;
+  /** Also mark the store's runs of dead owners as abandoned. */
+  store?: Store;
+  /** Extra label filters (`k=v`), e.g. a test session. */
+  labelFilter?: string[];
+}
+
+export interface ReapResult {
+  runs: string[];
+  containers: number;
+  networks: number;
+  volumes: number;
+  errors: string[];
+}
+
+/** Whether a process is alive on this host. */
+export function pidAlive(pid: number): boolean {
+  if (!Number.isInteger(pid) || pid <= 0) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Whether objects with these labels belong to a run whose runner is gone. */
+export function isStale(labels: Record<string, string> | null | undefined, host = hostname()): boolean {
+  if (!labels) return false;
+  if (labels[LABEL_OWNER_HOST] !== host) return false;
+  return !pidAlive(Number(labels[LABEL_OWNER_PID]));
+}
+
+export async function reap(client: DockerClient, opts: ReapOptions = {}): Promise<ReapResult> {
+  const host = hostname();
+  const label = [opts.runId ? `${LABEL_RUN}=${opts.runId}` : LABEL_RUN, ...(opts.labelFilter ?? [])];
+  const pick = (labels: Record<string, string> | null | undefined) =>
+    labels !== null &&
+    labels !== undefined &&
+    (opts.force === true ? opts.runId !== undefined : isStale(labels, host));
+  const result: ReapResult = { runs: [], containers: 0, networks: 0, volumes: 0, errors: [] };
+  const runs = new Set<string>();
+  const note = (labels: Record<string, string> | null | undefined) => {
+    const r = labels?.[LABEL_RUN];
+    if (r) runs.add(r);
+  };
+  for (const c of await containers(client).list({ all: true, filters: { label } })) {
+    if (!pick(c.Labels)) continue;
+    note(c.Labels);
+    try {
+      if (await containers(client).remove(c.Id, { force: true, volumes: true })) result.containers++;
+    } catch (err) {
+      result.errors.push(`container ${c.Names[0] ?? c.Id}: ${errorMessage(err)}`);
+    }
+  }
+  for (const n of await networks(client).list({ label })) {
+    if (!pick(n.Labels)) continue;
+    note(n.Labels);
+    try {
+      if (await networks(client).remove(n.Id)) result.networks++;
+    } catch (err) {
+      result.errors.push(`network ${n.Name}: ${errorMessage(err)}`);
+    }
+  }
+  for (const v of await volumes(client).list({ label })) {
+    if (!pick(v.Labels)) continue;
+    note(v.Labels);
+    try {
+      if (await volumes(client).remove(v.Name)) result.volumes++;
+    } catch (err) {
+      result.errors.push(`volume ${v.Name}: ${errorMessage(err)}`);
+    }
+  }
+  if (opts.store) {
+    for (const r of opts.store.runningRuns()) {
+      if (opts.runId !== undefined && r.id !== opts.runId) continue;
+      if (r.owner_host === host && (!pidAlive(r.owner_pid) || opts.force === true)) {
+        opts.store.abandonRun(r.id, new Date().toISOString());
+        runs.add(r.id);
+      }
+    }
+  }
+  for (const r of runs) rmSync(jobTempRoot(r), { recursive: true, force: true });
+  result.runs = [...runs].sort();
+  return result;
+}
