@@ -27,6 +27,7 @@ export type RuleName =
   | 'links'
   | 'binds'
   | 'volume-options'
+  | 'network-driver'
   | 'build-options'
   | 'image-import'
   | 'ownership'

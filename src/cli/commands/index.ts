@@ -4,6 +4,7 @@ import { registerBench } from './bench.js';
 import { registerDoctor } from './doctor.js';
 import { registerEngine } from './engine.js';
 import { registerGuard } from './guard.js';
+import { registerGuard } from './guard.js';
 import { registerImages } from './images.js';
 import { registerRun } from './run.js';
 

@@ -1,0 +1,90 @@
+import type { Command } from 'commander';
+import { BerthError } from '../../common/index.js';
+import { createGuard } from '../../guard/index.js';
+
+function collect(v: string, prev: string[]): string[] {
+  return [...prev, v];
+}
+
+export function parseMap(spec: string): { jobPath: string; hostPath: string } {
+  const i = spec.indexOf('=');
+  const jobPath = spec.slice(0, i);
+  const hostPath = spec.slice(i + 1);
+  if (i <= 0 || !jobPath.startsWith('/') || !hostPath.startsWith('/')) {
+    throw new BerthError('BERTH_USAGE', `--map ${spec}: expected JOBPATH=HOSTPATH, both absolute`);
+  }
+  return { jobPath, hostPath };
+}
+
+export function registerGuard(program: Command): void {
+  program
+    .command('guard')
+    .description('serve a guarded Docker API socket for one tenant (foreground; SIGTERM cleans up)')
+    .requiredOption(
+      '--tenant <name>',
+      'the tenant (a CI job, or a persistent environment like env/production)',
+    )
+    .requiredOption('--listen <address>', 'socket path, or tcp://HOST:PORT')
+    .option('--upstream <address>', 'the engine (default: DOCKER_HOST or the default socket)')
+    .option(
+      '--map <JOBPATH=HOSTPATH>',
+      'translate bind sources from the job’s view to the host’s (repeatable)',
+      collect,
+      [],
+    )
+    .option('--policy <file>', 'a policy file that loosens named rules for trusted tenants')
+    .option('--audit <file|->', 'write one JSON line per decision')
+    .option('--keep', 'keep the tenant’s objects when the guard stops')
+    .option('--insecure-tcp', 'allow tcp:// without TLS client certificates')
+    .option('--tls-cert <file>', 'server certificate (tcp://)')
+    .option('--tls-key <file>', 'server key (tcp://)')
+    .option('--tls-ca <file>', 'CA for client certificates (tcp://)')
+    .action(
+      async (o: {
+        tenant: string;
+        listen: string;
+        upstream?: string;
+        map: string[];
+        policy?: string;
+        audit?: string;
+        keep?: boolean;
+        insecureTcp?: boolean;
+        tlsCert?: string;
+        tlsKey?: string;
+        tlsCa?: string;
+      }) => {
+        const tls =
+          o.tlsCert && o.tlsKey && o.tlsCa ? { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa } : undefined;
+        const guard = await createGuard({
+          tenant: o.tenant,
+          listen: o.listen,
+          upstream: o.upstream,
+          maps: o.map.map(parseMap),
+          policy: o.policy,
+          audit: o.audit,
+          keep: o.keep === true,
+          tls,
+          insecureTcp: o.insecureTcp === true,
+        });
+        process.stderr.write(`berth guard: tenant ${o.tenant} ready at ${guard.address}\n`);
+        process.stdout.write(`DOCKER_HOST=${guard.address}\n`);
+        await new Promise<void>((resolve) => {
+          let stopping = false;
+          const stop = (sig: string) => {
+            if (stopping) return;
+            stopping = true;
+            process.stderr.write(
+              `berth guard: ${sig}: ${o.keep ? 'keeping' : 'removing'} the tenant's objects\n`,
+            );
+            guard.close({ cleanup: !o.keep }).then(resolve, (err: unknown) => {
+              process.stderr.write(`berth guard: cleanup failed: ${String(err)}\n`);
+              process.exitCode = 1;
+              resolve();
+            });
+          };
+          process.once('SIGTERM', () => stop('SIGTERM'));
+          process.once('SIGINT', () => stop('SIGINT'));
+        });
+      },
+    );
+}

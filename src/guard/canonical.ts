@@ -1,0 +1,284 @@
+/**
+ * Decodes request bodies the way dockerd's Go code does — object keys match struct fields
+ * case-insensitively (with Go's folding of U+017F ſ to s and U+212A K to k), the last duplicate
+ * wins, unknown keys are ignored, null leaves the zero value — into canonical field names, checking
+ * scalar types as Go would. The proxy forwards only the re-encoding of this canonical value. Pure.
+ */
+import { JObject, parseOrdered, toPlain } from './json.js';
+import type { JValue } from './json.js';
+
+export type Schema =
+  'string' | 'bool' | 'int' | 'any' | { arr: Schema } | { map: Schema } | { obj: Record<string, Schema> };
+
+export class BodyError extends Error {}
+
+/** Go's field-name folding for ASCII field names. */
+export function foldKey(k: string): string {
+  return k
+    .replace(/\u017f/g, 's')
+    .replace(/\u212a/g, 'k')
+    .toLowerCase();
+}
+
+function typeName(v: JValue): string {
+  if (v instanceof JObject) return 'object';
+  if (Array.isArray(v)) return 'array';
+  return typeof v;
+}
+
+function decode(v: JValue, s: Schema, path: string): unknown {
+  if (v === null) return undefined; // Go leaves the zero value
+  const bad = (want: string): never => {
+    throw new BodyError(`json: cannot unmarshal ${typeName(v)} into Go struct field ${path} of type ${want}`);
+  };
+  if (s === 'any') return toPlain(v);
+  if (s === 'string') return typeof v === 'string' ? v : bad('string');
+  if (s === 'bool') return typeof v === 'boolean' ? v : bad('bool');
+  if (s === 'int') return typeof v === 'number' && Number.isInteger(v) ? v : bad('int64');
+  if ('arr' in s) {
+    if (!Array.isArray(v)) return bad('[]');
+    return v.map((x, i) => decode(x, s.arr, `${path}[${i}]`));
+  }
+  if ('map' in s) {
+    if (!(v instanceof JObject)) return bad('map');
+    const out: Record<string, unknown> = {};
+    for (const [k, x] of v.pairs) {
+      const d = decode(x, s.map, `${path}.${k}`);
+      Object.defineProperty(out, k, {
+        value: d ?? (s.map === 'string' ? '' : null),
+        enumerable: true,
+        writable: true,
+        configurable: true,
+      });
+    }
+    return out;
+  }
+  if (!(v instanceof JObject)) return bad('struct');
+  const fields = new Map<string, string>();
+  for (const name of Object.keys(s.obj)) fields.set(foldKey(name), name);
+  const out: Record<string, unknown> = {};
+  for (const [k, x] of v.pairs) {
+    const name = fields.get(foldKey(k));
+    if (name === undefined) continue; // unknown: Go ignores it, so do we (and we do not forward it)
+    const sub = s.obj[name] as Schema;
+    const d = decode(x, sub, `${path}.${name}`);
+    if (d === undefined) delete out[name];
+    else out[name] = d;
+  }
+  return out;
+}
+
+/** Parses and canonicalises a JSON body against a schema. Empty body → `{}` (as dockerd treats it). */
+export function canonicalize(body: string, schema: Schema, root: string): Record<string, unknown> {
+  if (body.trim() === '') return {};
+  let parsed: JValue;
+  try {
+    parsed = parseOrdered(body);
+  } catch (err) {
+    throw new BodyError(`invalid JSON: ${(err as Error).message}`);
+  }
+  if (parsed === null) return {};
+  const out = decode(parsed, schema, root);
+  return (out ?? {}) as Record<string, unknown>;
+}
+
+const S: 'string' = 'string';
+const B: 'bool' = 'bool';
+const I: 'int' = 'int';
+const A: 'any' = 'any';
+const strings = { arr: S } as const;
+const stringMap = { map: S } as const;
+
+const Resources: Record<string, Schema> = {
+  CpuShares: I,
+  Memory: I,
+  CgroupParent: S,
+  BlkioWeight: I,
+  BlkioWeightDevice: A,
+  BlkioDeviceReadBps: A,
+  BlkioDeviceWriteBps: A,
+  BlkioDeviceReadIOps: A,
+  BlkioDeviceWriteIOps: A,
+  CpuPeriod: I,
+  CpuQuota: I,
+  CpuRealtimePeriod: I,
+  CpuRealtimeRuntime: I,
+  CpusetCpus: S,
+  CpusetMems: S,
+  Devices: { arr: A },
+  DeviceCgroupRules: strings,
+  DeviceRequests: { arr: A },
+  KernelMemory: I,
+  KernelMemoryTCP: I,
+  MemoryReservation: I,
+  MemorySwap: I,
+  MemorySwappiness: I,
+  NanoCpus: I,
+  OomKillDisable: B,
+  Init: B,
+  PidsLimit: I,
+  Ulimits: A,
+  CpuCount: I,
+  CpuPercent: I,
+  IOMaximumIOps: I,
+  IOMaximumBandwidth: I,
+};
+
+const Mount: Schema = {
+  obj: {
+    Target: S,
+    Source: S,
+    Type: S,
+    ReadOnly: B,
+    Consistency: S,
+    BindOptions: A,
+    VolumeOptions: {
+      obj: { NoCopy: B, Labels: stringMap, DriverConfig: { obj: { Name: S, Options: stringMap } } },
+    },
+    TmpfsOptions: A,
+  },
+};
+
+export const HOST_CONFIG: Schema = {
+  obj: {
+    ...Resources,
+    Binds: strings,
+    ContainerIDFile: S,
+    LogConfig: { obj: { Type: S, Config: stringMap } },
+    NetworkMode: S,
+    PortBindings: A,
+    RestartPolicy: A,
+    AutoRemove: B,
+    VolumeDriver: S,
+    VolumesFrom: strings,
+    Mounts: { arr: Mount },
+    CapAdd: strings,
+    CapDrop: strings,
+    CgroupnsMode: S,
+    Dns: strings,
+    DnsOptions: strings,
+    DnsSearch: strings,
+    ExtraHosts: strings,
+    GroupAdd: strings,
+    IpcMode: S,
+    Cgroup: S,
+    Links: strings,
+    OomScoreAdj: I,
+    PidMode: S,
+    Privileged: B,
+    PublishAllPorts: B,
+    ReadonlyRootfs: B,
+    SecurityOpt: strings,
+    StorageOpt: stringMap,
+    Tmpfs: stringMap,
+    UTSMode: S,
+    UsernsMode: S,
+    ShmSize: I,
+    Sysctls: stringMap,
+    Runtime: S,
+    ConsoleSize: A,
+    Isolation: S,
+    MaskedPaths: strings,
+    ReadonlyPaths: strings,
+  },
+};
+
+const ENDPOINT: Schema = {
+  obj: {
+    IPAMConfig: A,
+    Links: strings,
+    Aliases: strings,
+    NetworkID: S,
+    EndpointID: S,
+    Gateway: S,
+    IPAddress: S,
+    IPPrefixLen: I,
+    IPv6Gateway: S,
+    GlobalIPv6Address: S,
+    GlobalIPv6PrefixLen: I,
+    MacAddress: S,
+    DriverOpts: stringMap,
+  },
+};
+
+export const CONTAINER_CONFIG: Record<string, Schema> = {
+  Hostname: S,
+  Domainname: S,
+  User: S,
+  AttachStdin: B,
+  AttachStdout: B,
+  AttachStderr: B,
+  ExposedPorts: A,
+  Tty: B,
+  OpenStdin: B,
+  StdinOnce: B,
+  Env: strings,
+  Cmd: strings,
+  Healthcheck: A,
+  ArgsEscaped: B,
+  Image: S,
+  Volumes: A,
+  WorkingDir: S,
+  Entrypoint: strings,
+  NetworkDisabled: B,
+  MacAddress: S,
+  OnBuild: strings,
+  Labels: stringMap,
+  StopSignal: S,
+  StopTimeout: I,
+  Shell: strings,
+};
+
+export const SCHEMAS = {
+  'container.create': {
+    obj: {
+      ...CONTAINER_CONFIG,
+      HostConfig: HOST_CONFIG,
+      NetworkingConfig: { obj: { EndpointsConfig: { map: ENDPOINT } } },
+    },
+  },
+  'container.update': { obj: { ...Resources, RestartPolicy: A } },
+  'exec.create': {
+    obj: {
+      AttachStdin: B,
+      AttachStdout: B,
+      AttachStderr: B,
+      DetachKeys: S,
+      Tty: B,
+      Env: strings,
+      Cmd: strings,
+      Privileged: B,
+      User: S,
+      WorkingDir: S,
+      ConsoleSize: A,
+    },
+  },
+  'exec.start': { obj: { Detach: B, Tty: B, ConsoleSize: A } },
+  'exec.resize': { obj: {} },
+  'image.commit': { obj: CONTAINER_CONFIG },
+  'network.create': {
+    obj: {
+      Name: S,
+      CheckDuplicate: B,
+      Driver: S,
+      Scope: S,
+      Internal: B,
+      Attachable: B,
+      Ingress: B,
+      IPAM: A,
+      EnableIPv6: B,
+      Options: stringMap,
+      Labels: stringMap,
+      ConfigOnly: B,
+      ConfigFrom: A,
+    },
+  },
+  'network.connect': { obj: { Container: S, EndpointConfig: ENDPOINT } },
+  'network.disconnect': { obj: { Container: S, Force: B } },
+  'volume.create': {
+    obj: { Name: S, Driver: S, DriverOpts: stringMap, Labels: stringMap, ClusterVolumeSpec: A },
+  },
+  auth: { obj: { username: S, password: S, email: S, serveraddress: S, identitytoken: S, registrytoken: S } },
+} as const satisfies Record<string, Schema>;
+
+export type SchemaRoute = keyof typeof SCHEMAS;

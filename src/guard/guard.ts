@@ -1,0 +1,162 @@
+/**
+ * createGuard: one tenant's guarded socket (unix or TCP+TLS) onto the upstream engine. Several
+ * guards can live in one process; each has its own listener and tenant state.
+ */
+import http from 'node:http';
+import https from 'node:https';
+import { chmodSync, createWriteStream, existsSync, mkdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { dirname } from 'node:path';
+import type { Writable } from 'node:stream';
+import { BerthError, LABEL_TENANT, errorMessage } from '../common/index.js';
+import { createTransport, parseEndpoint } from '../engine/index.js';
+import type { AuditRecord, PathMap, Policy } from './contracts.js';
+import { loadPolicyFile } from './policy-file.js';
+import { defaultPolicy } from './policy.js';
+import { GuardProxy } from './proxy.js';
+
+export interface GuardOptions {
+  tenant: string;
+  /** A socket path (or unix://path), or tcp://host:port. */
+  listen: string;
+  /** DOCKER_HOST-style upstream; default: the environment's engine. */
+  upstream?: string;
+  maps?: readonly PathMap[];
+  /** A policy file path, or a Policy. */
+  policy?: string | Policy;
+  /** Audit destination: a file path, `-` for stdout, or a stream. */
+  audit?: string | Writable;
+  keep?: boolean;
+  /** Labels added to everything the tenant creates (the tenant label is always added). */
+  labels?: Record<string, string>;
+  /** For tcp:// listeners: server certificate, key and the CA that signs client certificates. */
+  tls?: { cert: string; key: string; ca: string };
+  insecureTcp?: boolean;
+}
+
+export interface GuardHandle {
+  /** DOCKER_HOST value that reaches this guard. */
+  readonly address: string;
+  readonly tenant: string;
+  close(opts?: { cleanup?: boolean }): Promise<void>;
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+export const TENANT_NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.\/-]{0,127}$/;
+
+function auditSink(audit: GuardOptions['audit']): { write: (r: AuditRecord) => void; close: () => void } {
+  if (audit === undefined) return { write: () => undefined, close: () => undefined };
+  if (audit === '-')
+    return { write: (r) => process.stdout.write(`${JSON.stringify(r)}\n`), close: () => undefined };
+  if (typeof audit === 'string') {
+    mkdirSync(dirname(audit), { recursive: true });
+    const s = createWriteStream(audit, { flags: 'a' });
+    return { write: (r) => s.write(`${JSON.stringify(r)}\n`), close: () => s.end() };
+  }
+  return { write: (r) => audit.write(`${JSON.stringify(r)}\n`), close: () => undefined };
+}
+
+export async function createGuard(o: GuardOptions): Promise<GuardHandle> {
+  if (!TENANT_NAME.test(o.tenant)) {
+    throw new BerthError('BERTH_USAGE', `tenant name ${JSON.stringify(o.tenant)} is not valid`, {
+      hint: 'letters, digits, . _ - / (max 128), starting with a letter or digit',
+    });
+  }
+  const upstream = parseEndpoint(o.upstream ? { DOCKER_HOST: o.upstream } : process.env);
+  const transport = createTransport(upstream);
+  const policy =
+    typeof o.policy === 'string' ? loadPolicyFile(o.policy, o.tenant) : (o.policy ?? defaultPolicy());
+  const sink = auditSink(o.audit);
+  const proxy = new GuardProxy({
+    tenant: o.tenant,
+    transport,
+    maps: (o.maps ?? []).map((m) => ({ jobPath: m.jobPath, hostPath: m.hostPath })),
+    policy,
+    labels: { ...o.labels, [LABEL_TENANT]: o.tenant },
+    audit: sink.write,
+  });
+  const handler = (req: http.IncomingMessage, res: http.ServerResponse) => {
+    proxy.handle(req, res).catch((err: unknown) => {
+      if (!res.headersSent) {
+        res.writeHead(500, { 'Content-Type': 'application/json' });
+        res.end(JSON.stringify({ message: `berth: internal: ${errorMessage(err)}` }));
+      } else res.destroy();
+    });
+  };
+  let server: http.Server;
+  let address: string;
+  const tcp = /^tcp:\/\/([^:]+|\[[^\]]+\]):(\d+)$/.exec(o.listen);
+  if (tcp) {
+    if (o.tls) {
+      server = https.createServer(
+        {
+          cert: readFileSync(o.tls.cert),
+          key: readFileSync(o.tls.key),
+          ca: readFileSync(o.tls.ca),
+          requestCert: true,
+          rejectUnauthorized: true,
+        },
+        handler,
+      );
+    } else if (o.insecureTcp) {
+      server = http.createServer(handler);
+    } else {
+      throw new BerthError('BERTH_USAGE', `listening on ${o.listen} needs TLS client certificates`, {
+        hint: 'pass --tls-cert, --tls-key and --tls-ca, or --insecure-tcp on a network nobody else shares',
+      });
+    }
+    address = o.listen;
+  } else {
+    server = http.createServer(handler);
+    address = `unix://${o.listen.replace(/^unix:\/\//, '')}`;
+  }
+  server.on('upgrade', (req: http.IncomingMessage, socket, head: Buffer) => {
+    socket.on('error', () => socket.destroy());
+    void proxy.upgrade(req, socket, head);
+  });
+  server.on('clientError', (_err, socket) => {
+    if (socket.writable)
+      socket.end(
+        'HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n{"message":"berth: malformed: bad HTTP request"}',
+      );
+  });
+  // Logs -f, events, attach and builds may be idle for a long time.
+  server.requestTimeout = 0;
+  server.timeout = 0;
+  server.headersTimeout = 60_000;
+  server.keepAliveTimeout = 30_000;
+
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    if (tcp) {
+      server.listen(Number(tcp[2]), (tcp[1] ?? '').replace(/^\[|\]$/g, ''), () => resolve());
+    } else {
+      const path = o.listen.replace(/^unix:\/\//, '');
+      mkdirSync(dirname(path), { recursive: true });
+      if (existsSync(path) && statSync(path).isSocket()) rmSync(path);
+      server.listen(path, () => {
+        // Job containers may run as any user: the socket is the job's to use.
+        chmodSync(path, 0o666);
+        resolve();
+      });
+    }
+  });
+  const sockets = new Set<import('node:net').Socket>();
+  server.on('connection', (s) => {
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+  });
+  let closed = false;
+  const close = async (opts: { cleanup?: boolean } = {}): Promise<void> => {
+    if (closed) return;
+    closed = true;
+    await new Promise<void>((resolve) => {
+      server.close(() => resolve());
+      for (const s of sockets) s.destroy();
+    });
+    if (opts.cleanup ?? !o.keep) await proxy.cleanup();
+    transport.close();
+    sink.close();
+    if (!tcp) rmSync(o.listen.replace(/^unix:\/\//, ''), { force: true });
+  };
+  return { address, tenant: o.tenant, close, [Symbol.asyncDispose]: () => close() };
+}

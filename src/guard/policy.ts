@@ -1,0 +1,394 @@
+/**
+ * The guard's rules: pure functions over a canonical request body plus facts the proxy resolved
+ * upstream. Each refusal names its rule; a policy file may allow named rules for trusted tenants.
+ */
+import { posix } from 'node:path';
+import type { Decision, PathMap, Policy, RuleName, TenantLimits } from './contracts.js';
+
+export const DEFAULT_SAFE_SYSCTLS: readonly string[] = [
+  'net.ipv4.ip_unprivileged_port_start',
+  'net.ipv4.ping_group_range',
+  'net.ipv4.ip_local_port_range',
+  'net.ipv4.tcp_syncookies',
+  'net.ipv4.tcp_keepalive_time',
+  'net.ipv4.tcp_keepalive_intvl',
+  'net.ipv4.tcp_keepalive_probes',
+  'net.ipv4.tcp_fin_timeout',
+  'net.core.somaxconn',
+];
+
+export function defaultPolicy(): Policy {
+  return { allow: new Set(), safeSysctls: new Set(DEFAULT_SAFE_SYSCTLS), limits: {} };
+}
+
+export class Refusal extends Error {
+  constructor(
+    readonly rule: RuleName,
+    readonly why: string,
+    readonly status: 400 | 403 | 404 | 409 = 403,
+  ) {
+    super(`berth: ${rule}: ${why}`);
+  }
+  decision(): Extract<Decision, { allow: false }> {
+    return { allow: false, status: this.status, rule: this.rule, message: this.message };
+  }
+}
+
+/** Resolves container/network/volume references; throws a 404 Refusal for what the tenant cannot see. */
+export interface Resolver {
+  container(ref: string): string; // full ID of an owned container
+  network(ref: string): string; // full ID of an owned network
+  /** Whether a named volume exists owned by the tenant (true), does not exist (false); throws if not owned. */
+  volume(name: string): boolean;
+  /** Host path a bind source resolves to (translated through the maps, symlinks and `..` resolved), or undefined. */
+  bind(source: string): string | undefined;
+}
+
+function check(policy: Policy, rule: RuleName, refused: boolean, why: string): void {
+  if (refused && !policy.allow.has(rule)) throw new Refusal(rule, why);
+}
+
+const str = (v: unknown): string => (typeof v === 'string' ? v : '');
+const list = (v: unknown): string[] =>
+  Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : [];
+const obj = (v: unknown): Record<string, unknown> =>
+  typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : {};
+
+/** Translates a job path into the host path through the maps (longest prefix wins). Pure. */
+export function translateJobPath(source: string, maps: readonly PathMap[]): string | undefined {
+  const clean = posix.normalize(source);
+  let best: PathMap | undefined;
+  for (const m of maps) {
+    const jp = posix.normalize(m.jobPath).replace(/\/+$/, '') || '/';
+    if (clean === jp || clean.startsWith(jp === '/' ? '/' : `${jp}/`)) {
+      if (!best || jp.length > posix.normalize(best.jobPath).length) best = m;
+    }
+  }
+  if (!best) return undefined;
+  const jp = posix.normalize(best.jobPath).replace(/\/+$/, '') || '/';
+  const rest = clean.slice(jp.length).replace(/^\/+/, '');
+  return rest === '' ? posix.normalize(best.hostPath) : posix.join(best.hostPath, rest);
+}
+
+/** Whether `path` is `root` or inside it. */
+export function isInside(path: string, root: string): boolean {
+  const r = root.replace(/\/+$/, '') || '/';
+  return path === r || path.startsWith(r === '/' ? '/' : `${r}/`);
+}
+
+const NS_FIELDS = ['PidMode', 'IpcMode', 'UTSMode', 'UsernsMode', 'CgroupnsMode'] as const;
+const NS_ALLOWED: Record<(typeof NS_FIELDS)[number], readonly string[]> = {
+  PidMode: [''],
+  IpcMode: ['', 'private', 'shareable', 'none'],
+  UTSMode: [''],
+  UsernsMode: [''],
+  CgroupnsMode: ['', 'private'],
+};
+const SAFE_SECURITY_OPTS = /^no-new-privileges([:=]true)?$/;
+const SAFE_LOG_DRIVERS = new Set(['', 'json-file', 'local']);
+
+export interface CreateContext {
+  labels: Readonly<Record<string, string>>;
+  network: string;
+  policy: Policy;
+  containerCount: number;
+}
+
+/** Applies every container rule to a canonical create body; returns the body to forward. */
+export function checkContainerCreate(
+  body: Record<string, unknown>,
+  ctx: CreateContext,
+  r: Resolver,
+): Record<string, unknown> {
+  const p = ctx.policy;
+  const hc = { ...obj(body.HostConfig) };
+  const out: Record<string, unknown> = { ...body, HostConfig: hc };
+
+  check(p, 'privileged', hc.Privileged === true, 'privileged containers are not allowed');
+  check(
+    p,
+    'capabilities',
+    list(hc.CapAdd).length > 0,
+    `added capabilities are not allowed (${list(hc.CapAdd).join(', ')})`,
+  );
+  check(p, 'devices', Array.isArray(hc.Devices) && hc.Devices.length > 0, 'host devices are not allowed');
+  check(p, 'devices', list(hc.DeviceCgroupRules).length > 0, 'device cgroup rules are not allowed');
+  check(
+    p,
+    'devices',
+    Array.isArray(hc.DeviceRequests) && hc.DeviceRequests.length > 0,
+    'device requests are not allowed',
+  );
+  for (const f of NS_FIELDS) {
+    const v = str(hc[f]);
+    if (f !== 'UTSMode' && f !== 'UsernsMode' && v.startsWith('container:')) {
+      hc[f] = `container:${r.container(v.slice('container:'.length))}`;
+      continue;
+    }
+    check(
+      p,
+      'namespaces',
+      !NS_ALLOWED[f].includes(v),
+      `${f}=${v} shares a namespace with the host or another container`,
+    );
+  }
+  for (const opt of list(hc.SecurityOpt)) {
+    check(
+      p,
+      'security-opt',
+      !SAFE_SECURITY_OPTS.test(opt),
+      `security option ${JSON.stringify(opt)} is not allowed`,
+    );
+  }
+  check(p, 'masked-paths', hc.MaskedPaths !== undefined, 'overriding masked paths is not allowed');
+  check(p, 'masked-paths', hc.ReadonlyPaths !== undefined, 'overriding read-only paths is not allowed');
+  check(
+    p,
+    'cgroup-parent',
+    str(hc.CgroupParent) !== '' || str(hc.Cgroup) !== '',
+    'choosing the cgroup parent is not allowed',
+  );
+  check(
+    p,
+    'runtime',
+    str(hc.Runtime) !== '' && str(hc.Runtime) !== 'runc',
+    `runtime ${str(hc.Runtime)} is not allowed`,
+  );
+  const logType = str(obj(hc.LogConfig).Type);
+  check(p, 'log-driver', !SAFE_LOG_DRIVERS.has(logType), `log driver ${logType} is not allowed`);
+  check(p, 'volume-driver', str(hc.VolumeDriver) !== '', 'volume drivers are not allowed');
+  for (const key of Object.keys(obj(hc.Sysctls))) {
+    check(p, 'sysctls', !p.safeSysctls.has(key), `sysctl ${key} is not on the safe list`);
+  }
+  // Other containers: resolved to owned full IDs, or refused as absent.
+  if (Array.isArray(hc.VolumesFrom)) {
+    hc.VolumesFrom = list(hc.VolumesFrom).map((v) => {
+      const [ref = '', mode] = v.split(':');
+      const id = r.container(ref);
+      return mode ? `${id}:${mode}` : id;
+    });
+  }
+  if (Array.isArray(hc.Links)) {
+    hc.Links = list(hc.Links).map((l) => {
+      const [ref = '', alias] = l.split(':');
+      const id = r.container(ref);
+      return `${id}:${alias ?? ref.replace(/^\//, '')}`;
+    });
+  }
+  // Networks: none stays none; default/bridge/empty → the tenant network; others must be owned.
+  const mode = str(hc.NetworkMode);
+  const endpoints = obj(obj(out.NetworkingConfig).EndpointsConfig);
+  const newEndpoints: Record<string, unknown> = {};
+  if (mode === 'host') check(p, 'namespaces', true, 'the host network namespace is not allowed');
+  if (mode === '' || mode === 'default' || mode === 'bridge') {
+    hc.NetworkMode = ctx.network;
+  } else if (mode.startsWith('container:')) {
+    hc.NetworkMode = `container:${r.container(mode.slice('container:'.length))}`;
+  } else if (mode !== 'none' && mode !== 'host') {
+    hc.NetworkMode = r.network(mode);
+  }
+  for (const [name, ep] of Object.entries(endpoints)) {
+    const epObj = { ...obj(ep) };
+    if (Array.isArray(epObj.Links))
+      epObj.Links = list(epObj.Links).map(
+        (l) => `${r.container(l.split(':')[0] ?? '')}:${l.split(':')[1] ?? l}`,
+      );
+    const key =
+      name === mode
+        ? str(hc.NetworkMode)
+        : name === 'bridge' || name === 'default'
+          ? ctx.network
+          : r.network(name);
+    newEndpoints[key] = epObj;
+  }
+  if (Object.keys(endpoints).length) out.NetworkingConfig = { EndpointsConfig: newEndpoints };
+  // Binds: host paths only inside a mapped job path, after translation and resolution.
+  if (Array.isArray(hc.Binds)) {
+    hc.Binds = list(hc.Binds).map((b) => {
+      const parts = b.split(':');
+      const src = parts[0] ?? '';
+      if (parts.length < 2) return b; // anonymous volume
+      if (!src.startsWith('/')) {
+        r.volume(src);
+        return b;
+      }
+      const host = r.bind(src);
+      check(p, 'binds', host === undefined, `bind source ${src} is not inside a mapped job path`);
+      return [host ?? src, ...parts.slice(1)].join(':');
+    });
+  }
+  if (Array.isArray(hc.Mounts)) {
+    hc.Mounts = (hc.Mounts as Record<string, unknown>[]).map((m) => {
+      const type = str(m.Type);
+      const src = str(m.Source);
+      if (type === 'bind') {
+        const host = r.bind(src);
+        check(p, 'binds', host === undefined, `bind mount source ${src} is not inside a mapped job path`);
+        return { ...m, Source: host ?? src };
+      }
+      if (type === 'volume') {
+        const driver = obj(obj(m.VolumeOptions).DriverConfig);
+        check(
+          p,
+          'volume-driver',
+          str(driver.Name) !== '' || Object.keys(obj(driver.Options)).length > 0,
+          'volume driver options are not allowed',
+        );
+        if (src !== '') r.volume(src);
+        return m;
+      }
+      if (type === 'tmpfs') return m;
+      check(p, 'binds', true, `mount type ${JSON.stringify(type)} is not allowed`);
+      return m;
+    });
+  }
+  applyLimits(hc, p.limits, ctx.containerCount);
+  out.Labels = { ...obj(body.Labels), ...ctx.labels };
+  return out;
+}
+
+export function applyLimits(hc: Record<string, unknown>, l: TenantLimits, containerCount?: number): void {
+  if (containerCount !== undefined && l.maxContainers !== undefined && containerCount >= l.maxContainers) {
+    throw new Refusal(
+      'limits',
+      `the tenant already has ${containerCount} containers (limit ${l.maxContainers})`,
+    );
+  }
+  const capped = (field: string, def: number | undefined, max: number | undefined, what: string) => {
+    const v = typeof hc[field] === 'number' ? (hc[field] as number) : 0;
+    if (v === 0 && def !== undefined) hc[field] = def;
+    else if (max !== undefined && (v > max || (v <= 0 && field === 'PidsLimit'))) {
+      throw new Refusal('limits', `${what} ${v} is over the tenant's limit ${max}`);
+    }
+    if (v === 0 && def === undefined && max !== undefined) hc[field] = max;
+  };
+  capped('Memory', l.defaultMemoryBytes, l.maxMemoryBytes, 'memory');
+  capped('NanoCpus', l.defaultNanoCpus, l.maxNanoCpus, 'CPU (nano CPUs)');
+  capped('PidsLimit', l.defaultPidsLimit, l.maxPidsLimit, 'pids limit');
+}
+
+/** Rules for `docker update` (its body is Resources + RestartPolicy). */
+export function checkContainerUpdate(body: Record<string, unknown>, policy: Policy): Record<string, unknown> {
+  check(policy, 'cgroup-parent', str(body.CgroupParent) !== '', 'choosing the cgroup parent is not allowed');
+  check(
+    policy,
+    'devices',
+    Array.isArray(body.Devices) && body.Devices.length > 0,
+    'host devices are not allowed',
+  );
+  check(policy, 'devices', list(body.DeviceCgroupRules).length > 0, 'device cgroup rules are not allowed');
+  check(
+    policy,
+    'devices',
+    Array.isArray(body.DeviceRequests) && body.DeviceRequests.length > 0,
+    'device requests are not allowed',
+  );
+  const out = { ...body };
+  const l = policy.limits;
+  for (const [f, max] of [
+    ['Memory', l.maxMemoryBytes],
+    ['NanoCpus', l.maxNanoCpus],
+    ['PidsLimit', l.maxPidsLimit],
+  ] as const) {
+    const v = out[f];
+    if (max !== undefined && typeof v === 'number' && v > max)
+      throw new Refusal('limits', `${f} ${v} is over the tenant's limit ${max}`);
+  }
+  return out;
+}
+
+export function checkExecCreate(body: Record<string, unknown>, policy: Policy): void {
+  check(policy, 'privileged', body.Privileged === true, 'privileged exec is not allowed');
+}
+
+export function checkNetworkCreate(
+  body: Record<string, unknown>,
+  labels: Readonly<Record<string, string>>,
+  policy: Policy,
+): Record<string, unknown> {
+  const driver = str(body.Driver);
+  check(
+    policy,
+    'network-driver',
+    driver !== '' && driver !== 'bridge',
+    `network driver ${driver} is not allowed (bridge only)`,
+  );
+  for (const k of Object.keys(obj(body.Options))) {
+    check(
+      policy,
+      'network-driver',
+      k !== 'com.docker.network.driver.mtu',
+      `network option ${k} is not allowed`,
+    );
+  }
+  check(
+    policy,
+    'network-driver',
+    body.ConfigFrom !== undefined || body.ConfigOnly === true,
+    'config-only networks are not allowed',
+  );
+  return { ...body, Labels: { ...obj(body.Labels), ...labels } };
+}
+
+export function checkVolumeCreate(
+  body: Record<string, unknown>,
+  labels: Readonly<Record<string, string>>,
+  policy: Policy,
+): Record<string, unknown> {
+  const driver = str(body.Driver);
+  check(
+    policy,
+    'volume-driver',
+    driver !== '' && driver !== 'local',
+    `volume driver ${driver} is not allowed`,
+  );
+  for (const k of Object.keys(obj(body.DriverOpts))) {
+    check(policy, 'volume-options', k !== 'size', `volume driver option ${k} is not allowed (only size)`);
+  }
+  const out: Record<string, unknown> = { ...body, Labels: { ...obj(body.Labels), ...labels } };
+  delete out.ClusterVolumeSpec;
+  return out;
+}
+
+/** dockerd's boolean query parsing (httputils.BoolValue). */
+export function boolValue(v: string | null): boolean {
+  if (v === null) return false;
+  return !['', '0', 'no', 'false', 'none'].includes(v.trim().toLowerCase());
+}
+
+/** Build query rules; returns the query to forward (labels added). */
+export function checkBuild(
+  q: URLSearchParams,
+  labels: Readonly<Record<string, string>>,
+  policy: Policy,
+): URLSearchParams {
+  const out = new URLSearchParams(q);
+  const net = q.get('networkmode') ?? '';
+  check(
+    policy,
+    'build-options',
+    net === 'host' || net.startsWith('container:'),
+    `build network mode ${net} is not allowed`,
+  );
+  check(policy, 'build-options', (q.get('cgroupparent') ?? '') !== '', 'build cgroup parent is not allowed');
+  check(policy, 'build-options', (q.get('remote') ?? '') !== '', 'builds from a remote URL are not allowed');
+  const iso = q.get('isolation') ?? '';
+  check(policy, 'build-options', iso !== '' && iso !== 'default', `build isolation ${iso} is not allowed`);
+  check(
+    policy,
+    'build-options',
+    (q.get('version') ?? '1') === '2',
+    'BuildKit sessions are not supported (use DOCKER_BUILDKIT=0)',
+  );
+  let existing: Record<string, string> = {};
+  const raw = q.get('labels');
+  if (raw) {
+    try {
+      existing = JSON.parse(raw) as Record<string, string>;
+    } catch {
+      throw new Refusal('malformed', 'labels is not a JSON object', 400);
+    }
+  }
+  out.set('labels', JSON.stringify({ ...existing, ...labels }));
+  return out;
+}

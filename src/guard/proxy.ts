@@ -1,0 +1,1237 @@
+/**
+ * The guard's proxy: an HTTP server in front of the engine for one tenant. Every request is
+ * normalised and matched against the known routes, bodies are decoded as dockerd decodes them and
+ * checked, references are resolved once upstream and forwarded as full IDs, and only canonical
+ * bytes go upstream. Streams (logs, events, build contexts, save/load, archives) flow with
+ * backpressure; attach/exec connections are spliced with half-close in both directions.
+ */
+import http from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Duplex, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { existsSync, realpathSync } from 'node:fs';
+import { dirname, basename, join } from 'node:path';
+import { LABEL_ROLE, LABEL_TENANT, errorMessage } from '../common/index.js';
+import type { Transport } from '../engine/index.js';
+import { JsonLines } from '../engine/index.js';
+import type { AuditRecord, PathMap, Policy, RuleName } from './contracts.js';
+import { BodyError, SCHEMAS, canonicalize } from './canonical.js';
+import type { SchemaRoute } from './canonical.js';
+import { TenantState, isImageId, normalizeTag, tenantSlug } from './ownership.js';
+import {
+  Refusal,
+  checkBuild,
+  checkContainerCreate,
+  checkContainerUpdate,
+  checkExecCreate,
+  checkNetworkCreate,
+  checkVolumeCreate,
+  isInside,
+  translateJobPath,
+} from './policy.js';
+import type { Resolver } from './policy.js';
+import { PathError, buildPath, matchRoute, normalizePath } from './routes.js';
+import type { Matched } from './routes.js';
+
+export const MAX_JSON_BODY = 4 * 1024 * 1024;
+
+export interface ProxyConfig {
+  tenant: string;
+  transport: Transport;
+  maps: readonly PathMap[];
+  policy: Policy;
+  labels: Readonly<Record<string, string>>;
+  audit: (r: AuditRecord) => void;
+}
+
+interface Upstream {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  body: IncomingMessage;
+}
+
+class NotFound extends Refusal {
+  constructor(message: string) {
+    super('ownership', message, 404);
+  }
+  override decision() {
+    return { allow: false as const, status: 404 as const, rule: this.rule, message: this.why };
+  }
+}
+
+function send(res: ServerResponse, status: number, body: unknown): void {
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text) });
+  res.end(text);
+}
+
+function contentType(h: http.IncomingHttpHeaders): string {
+  return (h['content-type'] ?? '').split(';')[0]?.trim().toLowerCase() ?? '';
+}
+
+async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+  const declared = Number(req.headers['content-length'] ?? '0');
+  if (declared > limit)
+    throw new Refusal('body', `request body of ${declared} bytes is over the ${limit}-byte limit`, 400);
+  const chunks: Buffer[] = [];
+  let n = 0;
+  for await (const c of req) {
+    n += (c as Buffer).length;
+    if (n > limit) throw new Refusal('body', `request body is over the ${limit}-byte limit`, 400);
+    chunks.push(c as Buffer);
+  }
+  return Buffer.concat(chunks);
+}
+
+export class GuardProxy {
+  readonly state: TenantState;
+  private networkId: Promise<string> | undefined;
+  readonly networkName: string;
+
+  constructor(readonly cfg: ProxyConfig) {
+    this.state = new TenantState(cfg.tenant);
+    this.networkName = `berth-${tenantSlug(cfg.tenant)}`;
+  }
+
+  // ---------------------------------------------------------------- upstream
+
+  upstream(
+    method: string,
+    path: string,
+    opts: { body?: Buffer | IncomingMessage; headers?: http.OutgoingHttpHeaders } = {},
+  ): Promise<Upstream> {
+    const base = this.cfg.transport.requestOptions();
+    return new Promise((resolve, reject) => {
+      const headers: http.OutgoingHttpHeaders = {
+        ...(base.headers as http.OutgoingHttpHeaders | undefined),
+        ...opts.headers,
+      };
+      if (Buffer.isBuffer(opts.body)) headers['content-length'] = opts.body.length;
+      const req = this.cfg.transport.request({ ...base, method, path, headers });
+      req.on('error', reject);
+      req.on('response', (res) =>
+        resolve({ status: res.statusCode ?? 502, headers: res.headers, body: res }),
+      );
+      if (opts.body === undefined) req.end();
+      else if (Buffer.isBuffer(opts.body)) req.end(opts.body);
+      else {
+        opts.body.on('error', (e) => req.destroy(e));
+        opts.body.pipe(req);
+      }
+    });
+  }
+
+  async upstreamJson<T>(method: string, path: string, body?: unknown): Promise<{ status: number; json: T }> {
+    const buf = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+    const r = await this.upstream(method, path, {
+      body: buf,
+      headers: buf ? { 'content-type': 'application/json' } : {},
+    });
+    const chunks: Buffer[] = [];
+    for await (const c of r.body) chunks.push(c as Buffer);
+    const text = Buffer.concat(chunks).toString('utf8');
+    let json: unknown = undefined;
+    try {
+      json = text === '' ? undefined : JSON.parse(text);
+    } catch {
+      json = { message: text };
+    }
+    return { status: r.status, json: json as T };
+  }
+
+  // ---------------------------------------------------------------- ownership lookups
+
+  async resolveContainer(ref: string): Promise<{ id: string; name: string }> {
+    const r = ref.replace(/^\//, '');
+    if (r === '') throw new NotFound(`No such container: ${ref}`);
+    const { status, json } = await this.upstreamJson<{
+      Id: string;
+      Name: string;
+      Config?: { Labels?: Record<string, string> | null };
+    }>('GET', `/containers/${encodeURIComponent(r)}/json`);
+    if (status !== 200 || !this.state.owns(json.Config?.Labels))
+      throw new NotFound(`No such container: ${r}`);
+    return { id: json.Id, name: json.Name.replace(/^\//, '') };
+  }
+
+  async resolveNetwork(ref: string): Promise<string> {
+    if (ref === this.networkName) return this.ensureNetwork();
+    const { status, json } = await this.upstreamJson<{ Id: string; Labels?: Record<string, string> | null }>(
+      'GET',
+      `/networks/${encodeURIComponent(ref)}`,
+    );
+    if (status !== 200 || !this.state.owns(json.Labels)) throw new NotFound(`network ${ref} not found`);
+    this.state.networks.add(json.Id);
+    return json.Id;
+  }
+
+  /** true: an owned volume exists; false: no such volume; throws when it exists and is not the tenant's. */
+  async volumeOwned(name: string): Promise<boolean> {
+    const { status, json } = await this.upstreamJson<{ Labels?: Record<string, string> | null }>(
+      'GET',
+      `/volumes/${encodeURIComponent(name)}`,
+    );
+    if (status === 404) return false;
+    if (status !== 200 || !this.state.owns(json.Labels)) throw new NotFound(`get ${name}: no such volume`);
+    this.state.volumes.add(name);
+    return true;
+  }
+
+  ensureNetwork(): Promise<string> {
+    this.networkId ??= (async () => {
+      const found = await this.upstreamJson<{ Id: string; Labels?: Record<string, string> | null }>(
+        'GET',
+        `/networks/${encodeURIComponent(this.networkName)}`,
+      );
+      if (found.status === 200) {
+        if (!this.state.owns(found.json.Labels))
+          throw new Refusal(
+            'ownership',
+            `network ${this.networkName} exists and belongs to someone else`,
+            409,
+          );
+        return found.json.Id;
+      }
+      const created = await this.upstreamJson<{ Id: string; message?: string }>('POST', '/networks/create', {
+        Name: this.networkName,
+        CheckDuplicate: true,
+        Labels: { ...this.cfg.labels, [LABEL_ROLE]: 'guard-network' },
+      });
+      if (created.status >= 300)
+        throw new Refusal(
+          'ownership',
+          `cannot create the tenant network: ${created.json.message ?? created.status}`,
+          409,
+        );
+      return created.json.Id;
+    })().then(
+      (id) => {
+        this.state.networks.add(id);
+        return id;
+      },
+      (err: unknown) => {
+        this.networkId = undefined;
+        throw err;
+      },
+    );
+    return this.networkId;
+  }
+
+  /** Host path for a bind source, through the maps, with `..` and symlinks resolved; undefined if outside. */
+  bindHostPath(source: string): string | undefined {
+    const translated = translateJobPath(source, this.cfg.maps);
+    if (translated === undefined) return undefined;
+    const real = realpathExisting(translated);
+    for (const m of this.cfg.maps) {
+      const root = realpathExisting(m.hostPath);
+      if (isInside(real, root)) return real;
+    }
+    return undefined;
+  }
+
+  // ---------------------------------------------------------------- request handling
+
+  audit(
+    method: string,
+    path: string,
+    decision: AuditRecord['decision'],
+    extra: { rule?: RuleName; status?: number; message?: string } = {},
+  ): void {
+    this.cfg.audit({
+      time: new Date().toISOString(),
+      tenant: this.cfg.tenant,
+      method,
+      path,
+      decision,
+      ...extra,
+    });
+  }
+
+  async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const method = (req.method ?? 'GET').toUpperCase();
+    let normalized = '';
+    try {
+      const url = new URL(req.url ?? '/', 'http://guard');
+      normalized = normalizePath(url.pathname);
+      const m = matchRoute(method, normalized);
+      if (!m) throw new Refusal('endpoint', `${method} ${normalized} is not an endpoint berth allows`);
+      let query = new URLSearchParams(url.search);
+      let body: Buffer | undefined;
+      const ct = contentType(req.headers);
+      if (ct === 'application/x-www-form-urlencoded' && ['POST', 'PUT', 'PATCH'].includes(method)) {
+        // Go's ParseForm: body values come first and win over the query.
+        const form = new URLSearchParams((await readBody(req, MAX_JSON_BODY)).toString('utf8'));
+        const merged = new URLSearchParams();
+        for (const [k, v] of form) merged.append(k, v);
+        for (const [k, v] of query) merged.append(k, v);
+        query = firstWins(merged);
+        body = Buffer.alloc(0);
+      } else if (m.route.body === 'json') {
+        body = await readBody(req, MAX_JSON_BODY);
+      }
+      await this.dispatch(m, req, res, query, body);
+      this.audit(method, m.path, 'allow', { status: res.statusCode });
+    } catch (err) {
+      if (err instanceof Refusal) {
+        const d = err.decision();
+        this.audit(method, normalized, d.status === 404 ? 'deny' : 'deny', {
+          rule: err.rule,
+          status: d.status,
+          message: d.message,
+        });
+        send(res, d.status, { message: d.message });
+      } else if (err instanceof BodyError || err instanceof PathError) {
+        this.audit(method, normalized, 'deny', { rule: 'malformed', status: 400, message: err.message });
+        send(res, 400, { message: `berth: malformed: ${err.message}` });
+      } else {
+        this.audit(method, normalized, 'error', { status: 502, message: errorMessage(err) });
+        send(res, 502, { message: `berth: upstream: ${errorMessage(err)}` });
+      }
+    }
+  }
+
+  private body<T extends SchemaRoute>(id: T, body: Buffer | undefined): Record<string, unknown> {
+    return canonicalize(
+      (body ?? Buffer.alloc(0)).toString('utf8'),
+      SCHEMAS[id],
+      id === 'container.create' ? 'Config' : id,
+    );
+  }
+
+  private async dispatch(
+    m: Matched,
+    req: IncomingMessage,
+    res: ServerResponse,
+    query: URLSearchParams,
+    body: Buffer | undefined,
+  ): Promise<unknown> {
+    const id = m.route.id;
+    const v = m.apiVersion;
+    const path = (params: Record<string, string> = m.params) => buildPath(m.route, params, v);
+    const q = (qs: URLSearchParams) => (qs.toString() === '' ? '' : `?${qs.toString()}`);
+    const p = this.cfg.policy;
+
+    switch (id) {
+      case 'system.ping':
+      case 'system.version':
+      case 'system.info':
+      case 'image.list':
+      case 'image.search':
+      case 'image.inspect':
+      case 'image.history':
+      case 'image.get':
+      case 'image.get-all':
+      case 'image.distribution':
+      case 'image.push':
+        return this.forward(req, res, m.route.method, path() + q(query));
+      case 'auth':
+        return this.forwardJson(req, res, 'POST', path(), this.body('auth', body));
+      case 'system.events':
+        return this.events(res, path() + q(query));
+      case 'system.df':
+        return this.df(res, path() + q(query));
+      case 'container.list':
+      case 'volume.list':
+      case 'network.list':
+        return this.scopedList(id, res, path(), query);
+      case 'container.prune':
+      case 'volume.prune':
+      case 'network.prune':
+        return this.forward(req, res, 'POST', path() + q(withTenantFilter(query, this.cfg.tenant)));
+      case 'image.prune':
+        return this.imagePrune(res);
+      case 'image.build-prune':
+        return send(res, 200, { CachesDeleted: [], SpaceReclaimed: 0 });
+      case 'container.create':
+        return this.containerCreate(req, res, path() + q(query), query, this.body('container.create', body));
+      case 'container.update': {
+        const { id: cid } = await this.resolveContainer(m.params.id ?? '');
+        return this.forwardJson(
+          req,
+          res,
+          'POST',
+          path({ id: cid }),
+          checkContainerUpdate(this.body('container.update', body), p),
+        );
+      }
+      case 'container.rename': {
+        const { id: cid } = await this.resolveContainer(m.params.id ?? '');
+        return this.forward(req, res, 'POST', path({ id: cid }) + q(query));
+      }
+      case 'container.attach':
+        throw new Refusal('endpoint', 'attach needs a connection upgrade (Upgrade: tcp)', 400);
+      case 'exec.create': {
+        const { id: cid } = await this.resolveContainer(m.params.id ?? '');
+        const b = this.body('exec.create', body);
+        checkExecCreate(b, p);
+        return this.forwardJson(req, res, 'POST', path({ id: cid }), b);
+      }
+      case 'exec.start': {
+        const eid = await this.resolveExec(m.params.id ?? '');
+        return this.forwardJson(req, res, 'POST', path({ id: eid }), this.body('exec.start', body));
+      }
+      case 'exec.resize':
+      case 'exec.inspect': {
+        const eid = await this.resolveExec(m.params.id ?? '');
+        return this.forward(req, res, m.route.method, path({ id: eid }) + q(query));
+      }
+      case 'image.build':
+        return this.build(req, res, path(), query);
+      case 'image.create':
+        return this.imageCreate(req, res, path(), query);
+      case 'image.load':
+        return this.imageLoad(req, res, path() + q(query));
+      case 'image.commit': {
+        const { id: cid } = await this.resolveContainer(query.get('container') ?? '');
+        const target = this.claimTag(query.get('repo'), query.get('tag'));
+        const b = this.body('image.commit', body);
+        const qs = new URLSearchParams(query);
+        qs.set('container', cid);
+        const r = await this.forwardJson(req, res, 'POST', path() + q(qs), b, { capture: true });
+        if (r && r.status < 300 && target) await this.confirmTag(target);
+        return;
+      }
+      case 'image.tag': {
+        const target = this.claimTag(query.get('repo'), query.get('tag'));
+        await this.assertTagWritable(target);
+        const r = await this.forward(req, res, 'POST', path() + q(query), { capture: true });
+        if (r && r.status < 300 && target) this.state.addTag(target);
+        return;
+      }
+      case 'image.delete':
+        return this.imageDelete(req, res, m, query);
+      case 'volume.create': {
+        const b = checkVolumeCreate(this.body('volume.create', body), this.cfg.labels, p);
+        const name = typeof b.Name === 'string' ? b.Name : '';
+        if (name !== '') {
+          await this.volumeOwned(name); // refuses another tenant's volume of that name
+        }
+        const r = await this.forwardJson(req, res, 'POST', path(), b, { capture: true });
+        const created = r?.json as { Name?: string } | undefined;
+        if (r && r.status < 300 && created?.Name) this.state.volumes.add(created.Name);
+        return;
+      }
+      case 'volume.inspect':
+      case 'volume.delete': {
+        const name = m.params.name ?? '';
+        if (!(await this.volumeOwned(name))) throw new NotFound(`get ${name}: no such volume`);
+        return this.forward(req, res, m.route.method, path() + q(query));
+      }
+      case 'network.create': {
+        const b = checkNetworkCreate(this.body('network.create', body), this.cfg.labels, p);
+        const r = await this.forwardJson(req, res, 'POST', path(), b, { capture: true });
+        const created = r?.json as { Id?: string } | undefined;
+        if (created?.Id) this.state.networks.add(created.Id);
+        return;
+      }
+      case 'network.inspect':
+      case 'network.delete': {
+        const nid = await this.resolveNetwork(m.params.id ?? '');
+        return this.forward(req, res, m.route.method, path({ id: nid }) + q(query));
+      }
+      case 'network.connect':
+      case 'network.disconnect': {
+        const nid = await this.resolveNetwork(m.params.id ?? '');
+        const b = this.body(id, body);
+        const { id: cid } = await this.resolveContainer(typeof b.Container === 'string' ? b.Container : '');
+        b.Container = cid;
+        if (id === 'network.connect' && b.EndpointConfig && typeof b.EndpointConfig === 'object') {
+          const ep = b.EndpointConfig as Record<string, unknown>;
+          if (Array.isArray(ep.Links)) {
+            const links: string[] = [];
+            for (const l of ep.Links as string[]) {
+              const [ref = '', alias] = l.split(':');
+              links.push(`${(await this.resolveContainer(ref)).id}:${alias ?? ref}`);
+            }
+            ep.Links = links;
+          }
+        }
+        return this.forwardJson(req, res, 'POST', path({ id: nid }), b);
+      }
+      default: {
+        // Every other route is a container operation on {id}: resolve, check, forward with the full ID.
+        if (id.startsWith('container.') && m.params.id !== undefined) {
+          const { id: cid } = await this.resolveContainer(m.params.id);
+          const r = m.route.body === 'stream' ? req : undefined;
+          return this.forward(r ?? req, res, m.route.method, path({ id: cid }) + q(query), { body: r });
+        }
+        throw new Refusal('endpoint', `${m.route.method} ${m.path} is not an endpoint berth allows`);
+      }
+    }
+  }
+
+  async resolveExec(execId: string): Promise<string> {
+    const { status, json } = await this.upstreamJson<{ ID?: string; ContainerID?: string }>(
+      'GET',
+      `/exec/${encodeURIComponent(execId)}/json`,
+    );
+    if (status !== 200 || !json.ContainerID) throw new NotFound(`No such exec instance: ${execId}`);
+    try {
+      await this.resolveContainer(json.ContainerID);
+    } catch {
+      throw new NotFound(`No such exec instance: ${execId}`);
+    }
+    return json.ID ?? execId;
+  }
+
+  // ---------------------------------------------------------------- forwarding
+
+  /** Forwards a request and pipes the answer back. With `capture`, JSON answers are also returned. */
+  async forward(
+    req: IncomingMessage,
+    res: ServerResponse,
+    method: string,
+    target: string,
+    opts: { body?: IncomingMessage | Buffer; capture?: boolean; headers?: http.OutgoingHttpHeaders } = {},
+  ): Promise<{ status: number; json: unknown } | undefined> {
+    const headers: http.OutgoingHttpHeaders = { ...opts.headers };
+    for (const h of ['x-registry-auth', 'x-registry-config', 'content-type']) {
+      const v = req.headers[h];
+      if (v !== undefined && headers[h] === undefined) headers[h] = v;
+    }
+    if (opts.body && !Buffer.isBuffer(opts.body) && req.headers['content-length'])
+      headers['content-length'] = req.headers['content-length'];
+    const up = await this.upstream(method, target, { body: opts.body, headers });
+    const outHeaders: http.OutgoingHttpHeaders = {};
+    for (const [k, v] of Object.entries(up.headers)) {
+      if (v !== undefined && !['connection', 'keep-alive', 'transfer-encoding'].includes(k))
+        outHeaders[k] = v;
+    }
+    if (
+      opts.capture &&
+      (up.headers['content-type'] ?? '').includes('json') &&
+      !(up.headers['transfer-encoding'] === 'chunked' && method === 'POST' && target.includes('/build'))
+    ) {
+      const chunks: Buffer[] = [];
+      for await (const c of up.body) chunks.push(c as Buffer);
+      const buf = Buffer.concat(chunks);
+      let json: unknown;
+      try {
+        json = JSON.parse(buf.toString('utf8'));
+      } catch {
+        json = undefined;
+      }
+      if (up.status === 409 && target.includes('/containers/create')) {
+        send(res, 409, { message: 'Conflict. The container name is already in use.' });
+        return { status: 409, json };
+      }
+      outHeaders['content-length'] = buf.length;
+      delete outHeaders['transfer-encoding'];
+      res.writeHead(up.status, outHeaders);
+      res.end(buf);
+      return { status: up.status, json };
+    }
+    res.writeHead(up.status, outHeaders);
+    res.flushHeaders();
+    await pipeline(up.body, res).catch(() => undefined);
+    return { status: up.status, json: undefined };
+  }
+
+  forwardJson(
+    req: IncomingMessage,
+    res: ServerResponse,
+    method: string,
+    target: string,
+    body: unknown,
+    opts: { capture?: boolean } = {},
+  ): Promise<{ status: number; json: unknown } | undefined> {
+    const buf = Buffer.from(JSON.stringify(body));
+    return this.forward(req, res, method, target, {
+      body: buf,
+      capture: opts.capture,
+      headers: { 'content-type': 'application/json' },
+    });
+  }
+
+  // ---------------------------------------------------------------- containers
+
+  private async containerCreate(
+    req: IncomingMessage,
+    res: ServerResponse,
+    target: string,
+    query: URLSearchParams,
+    body: Record<string, unknown>,
+  ): Promise<void> {
+    void query;
+    // Resolve every reference the rules need, then run the pure rules with the answers.
+    const answers = new Map<string, string>();
+    const volumes = new Map<string, boolean>();
+    const nets = new Map<string, string>();
+    const refs = collectRefs(body);
+    for (const c of refs.containers) answers.set(c, (await this.resolveContainer(c)).id);
+    for (const n of refs.networks) {
+      if (
+        n === '' ||
+        n === 'default' ||
+        n === 'bridge' ||
+        n === 'none' ||
+        n === 'host' ||
+        n.startsWith('container:')
+      )
+        continue;
+      nets.set(n, await this.resolveNetwork(n));
+    }
+    for (const vname of refs.volumes) volumes.set(vname, await this.volumeOwned(vname));
+    const needsTenantNet = refs.needsTenantNetwork;
+    const tenantNet = needsTenantNet ? await this.ensureNetwork() : this.networkName;
+    const count = await this.ownedContainerCount();
+    const resolver: Resolver = {
+      container: (ref) => {
+        const hit = answers.get(ref) ?? answers.get(ref.replace(/^\//, ''));
+        if (!hit) throw new NotFound(`No such container: ${ref}`);
+        return hit;
+      },
+      network: (ref) => {
+        const hit = nets.get(ref);
+        if (!hit) throw new NotFound(`network ${ref} not found`);
+        return hit;
+      },
+      volume: (name) => volumes.get(name) ?? false,
+      bind: (src) => this.bindHostPath(src),
+    };
+    const out = checkContainerCreate(
+      body,
+      { labels: this.cfg.labels, network: tenantNet, policy: this.cfg.policy, containerCount: count },
+      resolver,
+    );
+    // Named volumes that do not exist yet are created now, labelled, so they are the tenant's.
+    for (const [vname, exists] of volumes) {
+      if (!exists) {
+        const r = await this.upstreamJson<{ message?: string }>('POST', '/volumes/create', {
+          Name: vname,
+          Labels: this.cfg.labels,
+        });
+        if (r.status >= 300)
+          throw new Refusal('ownership', `cannot create volume ${vname}: ${r.json.message ?? r.status}`, 409);
+        this.state.volumes.add(vname);
+      }
+    }
+    await this.forwardJson(req, res, 'POST', target, out, { capture: true });
+  }
+
+  private async ownedContainerCount(): Promise<number> {
+    if (this.cfg.policy.limits.maxContainers === undefined) return 0;
+    const filters = JSON.stringify({ label: [`${LABEL_TENANT}=${this.cfg.tenant}`] });
+    const { json } = await this.upstreamJson<unknown[]>(
+      'GET',
+      `/containers/json?all=1&filters=${encodeURIComponent(filters)}`,
+    );
+    return Array.isArray(json) ? json.length : 0;
+  }
+
+  private async scopedList(
+    id: string,
+    res: ServerResponse,
+    target: string,
+    query: URLSearchParams,
+  ): Promise<void> {
+    const qs = withTenantFilter(query, this.cfg.tenant);
+    const { status, json } = await this.upstreamJson<unknown>('GET', `${target}?${qs.toString()}`);
+    if (status !== 200) return send(res, status, json);
+    if (id === 'volume.list') {
+      const v = json as { Volumes?: { Labels?: Record<string, string> | null }[] | null; Warnings?: unknown };
+      return send(res, 200, { ...v, Volumes: (v.Volumes ?? []).filter((x) => this.state.owns(x.Labels)) });
+    }
+    const arr = Array.isArray(json) ? (json as { Labels?: Record<string, string> | null }[]) : [];
+    send(
+      res,
+      200,
+      arr.filter((x) => this.state.owns(x.Labels)),
+    );
+  }
+
+  // ---------------------------------------------------------------- events and df
+
+  private async events(res: ServerResponse, target: string): Promise<void> {
+    const up = await this.upstream('GET', target);
+    if (up.status !== 200) {
+      res.writeHead(up.status, up.headers);
+      await pipeline(up.body, res).catch(() => undefined);
+      return;
+    }
+    res.writeHead(200, { 'Content-Type': 'application/json' });
+    res.flushHeaders();
+    res.on('close', () => up.body.destroy());
+    const lines = up.body.pipe(new JsonLines());
+    for await (const ev of lines) {
+      if (this.visibleEvent(ev as DockerEvent)) {
+        if (!res.write(`${JSON.stringify(ev)}\n`)) await new Promise((r) => res.once('drain', r));
+      }
+    }
+    res.end();
+  }
+
+  visibleEvent(ev: DockerEvent): boolean {
+    const attrs = ev.Actor?.Attributes ?? {};
+    const actorId = ev.Actor?.ID ?? ev.id ?? '';
+    switch (ev.Type) {
+      case 'container':
+        return attrs[LABEL_TENANT] === this.cfg.tenant;
+      case 'network':
+        return this.state.networks.has(actorId);
+      case 'volume':
+        return this.state.volumes.has(actorId);
+      case 'image':
+        return this.state.ownsTag(attrs.name ?? actorId) || this.state.builtImages.has(actorId);
+      default:
+        return false;
+    }
+  }
+
+  private async df(res: ServerResponse, target: string): Promise<void> {
+    const { status, json } = await this.upstreamJson<DfResult>('GET', target);
+    if (status !== 200) return send(res, status, json);
+    const containers = (json.Containers ?? []).filter((c) => this.state.owns(c.Labels));
+    const volumes = (json.Volumes ?? []).filter((vol) => this.state.owns(vol.Labels));
+    const used = new Set(containers.map((c) => c.ImageID));
+    const imgs = (json.Images ?? []).filter(
+      (i) =>
+        used.has(i.Id) ||
+        this.state.builtImages.has(i.Id) ||
+        (i.RepoTags ?? []).some((t) => this.state.ownsTag(t)),
+    );
+    send(res, 200, {
+      LayersSize: imgs.reduce((a, i) => a + (i.SharedSize > 0 ? 0 : i.Size), 0),
+      Images: imgs,
+      Containers: containers,
+      Volumes: volumes,
+      BuildCache: [],
+    });
+  }
+
+  // ---------------------------------------------------------------- images
+
+  /** Validates repo/tag query params naming a new tag; returns the normalised tag (or undefined). */
+  claimTag(repo: string | null, tag: string | null): string | undefined {
+    if (!repo) return undefined;
+    return normalizeTag(tag ? `${repo}:${tag}` : repo);
+  }
+
+  async assertTagWritable(tag: string | undefined): Promise<void> {
+    if (tag === undefined || this.state.ownsTag(tag)) return;
+    const { status } = await this.upstreamJson('GET', `/images/${encodeURIComponent(tag)}/json`);
+    if (status === 200)
+      throw new Refusal('image-tag', `the tag ${tag} belongs to someone else; choose another name`);
+  }
+
+  private async confirmTag(tag: string): Promise<void> {
+    this.state.addTag(tag);
+    const { json } = await this.upstreamJson<{ Id?: string }>(
+      'GET',
+      `/images/${encodeURIComponent(tag)}/json`,
+    );
+    if (json.Id) this.state.builtImages.add(json.Id);
+  }
+
+  private async build(
+    req: IncomingMessage,
+    res: ServerResponse,
+    target: string,
+    query: URLSearchParams,
+  ): Promise<void> {
+    const qs = checkBuild(query, this.cfg.labels, this.cfg.policy);
+    const tags = qs.getAll('t').map((t) => normalizeTag(t));
+    for (const t of tags) await this.assertTagWritable(t);
+    for (const t of tags) this.state.addTag(t);
+    const up = await this.upstream('POST', `${target}?${qs.toString()}`, {
+      body: req,
+      headers: {
+        'content-type': req.headers['content-type'] ?? 'application/x-tar',
+        ...(req.headers['x-registry-config']
+          ? { 'x-registry-config': req.headers['x-registry-config'] }
+          : {}),
+      },
+    });
+    res.writeHead(up.status, { 'Content-Type': up.headers['content-type'] ?? 'application/json' });
+    res.flushHeaders();
+    // Pass the progress through as it comes, and note the image IDs it reports.
+    let tail = '';
+    up.body.on('data', (c: Buffer) => {
+      tail = (tail + c.toString('utf8')).slice(-4096);
+      for (const m of tail.matchAll(/"ID":"(sha256:[0-9a-f]{64})"|Successfully built ([0-9a-f]{12,64})/g)) {
+        const idv = m[1] ?? m[2];
+        if (idv) this.state.builtImages.add(idv.startsWith('sha256:') ? idv : idv);
+      }
+    });
+    await pipeline(up.body, res).catch(() => undefined);
+    for (const t of tags) {
+      const { json } = await this.upstreamJson<{ Id?: string }>(
+        'GET',
+        `/images/${encodeURIComponent(t)}/json`,
+      );
+      if (json.Id) this.state.builtImages.add(json.Id);
+    }
+  }
+
+  private async imageCreate(
+    req: IncomingMessage,
+    res: ServerResponse,
+    target: string,
+    query: URLSearchParams,
+  ): Promise<void> {
+    const fromSrc = query.get('fromSrc');
+    let tag: string | undefined;
+    if (fromSrc !== null) {
+      if (fromSrc !== '-')
+        throw new Refusal(
+          'image-import',
+          'importing an image from a URL is not allowed (use docker import - with a file)',
+        );
+      tag = this.claimTag(query.get('repo'), query.get('tag'));
+    } else {
+      const from = query.get('fromImage') ?? '';
+      tag = from.includes('@') ? undefined : this.claimTag(from, query.get('tag'));
+    }
+    if (tag) {
+      await this.assertTagWritable(tag);
+      this.state.addTag(tag);
+    }
+    await this.forward(req, res, 'POST', `${target}?${query.toString()}`, {
+      body: fromSrc === '-' ? req : undefined,
+    });
+    if (tag) await this.confirmTag(tag).catch(() => undefined);
+  }
+
+  private async imageLoad(req: IncomingMessage, res: ServerResponse, target: string): Promise<void> {
+    const before = await this.tagMap();
+    const up = await this.upstream('POST', target, {
+      body: req,
+      headers: { 'content-type': 'application/x-tar' },
+    });
+    const chunks: Buffer[] = [];
+    for await (const c of up.body) chunks.push(c as Buffer);
+    const after = await this.tagMap();
+    const notes: string[] = [];
+    for (const [tag, idv] of after) {
+      const was = before.get(tag);
+      if (was === idv) continue;
+      if (was === undefined || this.state.ownsTag(tag)) {
+        this.state.addTag(tag);
+        this.state.builtImages.add(idv);
+        continue;
+      }
+      // The archive overwrote a tag the tenant does not own: put it back.
+      const [repo, t] = splitTag(tag);
+      await this.upstreamJson(
+        'POST',
+        `/images/${encodeURIComponent(was)}/tag?repo=${encodeURIComponent(repo)}&tag=${encodeURIComponent(t)}`,
+      );
+      notes.push(tag);
+    }
+    if (notes.length) {
+      send(res, 403, {
+        message: `berth: image-tag: the archive tried to overwrite ${notes.join(', ')}, which belong to someone else; those tags were restored`,
+      });
+      return;
+    }
+    const buf = Buffer.concat(chunks);
+    res.writeHead(up.status, {
+      'Content-Type': up.headers['content-type'] ?? 'application/json',
+      'Content-Length': buf.length,
+    });
+    res.end(buf);
+  }
+
+  private async tagMap(): Promise<Map<string, string>> {
+    const { json } = await this.upstreamJson<{ Id: string; RepoTags: string[] | null }[]>(
+      'GET',
+      '/images/json',
+    );
+    const m = new Map<string, string>();
+    for (const i of Array.isArray(json) ? json : [])
+      for (const t of i.RepoTags ?? []) if (t !== '<none>:<none>') m.set(t, i.Id);
+    return m;
+  }
+
+  private async imageDelete(
+    req: IncomingMessage,
+    res: ServerResponse,
+    m: Matched,
+    query: URLSearchParams,
+  ): Promise<void> {
+    const name = m.params.name ?? '';
+    const qs = new URLSearchParams(query);
+    if (isImageId(name)) {
+      const { status, json } = await this.upstreamJson<{ Id?: string; RepoTags?: string[] | null }>(
+        'GET',
+        `/images/${encodeURIComponent(name)}/json`,
+      );
+      const idv = json.Id ?? '';
+      const tags = (json.RepoTags ?? []).filter((t) => t !== '<none>:<none>');
+      if (
+        status !== 200 ||
+        !(this.state.builtImages.has(idv) || (tags.length > 0 && tags.every((t) => this.state.ownsTag(t))))
+      ) {
+        throw new Refusal('image-tag', `image ${name} is not one you built; remove your tags instead`);
+      }
+      await this.forward(
+        req,
+        res,
+        'DELETE',
+        `${buildPath(m.route, { name: idv }, m.apiVersion)}?${qs.toString()}`,
+      );
+      return;
+    }
+    const tag = normalizeTag(name);
+    if (!this.state.ownsTag(tag)) {
+      const { status } = await this.upstreamJson('GET', `/images/${encodeURIComponent(tag)}/json`);
+      if (status === 200) throw new Refusal('image-tag', `the tag ${tag} is not yours to remove`);
+      throw new NotFound(`No such image: ${tag}`);
+    }
+    qs.delete('force'); // a tag removal never needs force; force could remove the image under others' tags
+    const r = await this.forward(
+      req,
+      res,
+      'DELETE',
+      `${buildPath(m.route, { name: tag }, m.apiVersion)}?${qs.toString()}`,
+      { capture: true },
+    );
+    if (r && r.status < 300) this.state.tags.delete(tag);
+  }
+
+  private async imagePrune(res: ServerResponse): Promise<void> {
+    const deleted: { Deleted?: string; Untagged?: string }[] = [];
+    for (const idv of [...this.state.builtImages]) {
+      const { status, json } = await this.upstreamJson<{ RepoTags?: string[] | null }>(
+        'GET',
+        `/images/${encodeURIComponent(idv)}/json`,
+      );
+      if (status !== 200) {
+        this.state.builtImages.delete(idv);
+        continue;
+      }
+      if ((json.RepoTags ?? []).length > 0) continue;
+      const r = await this.upstreamJson<{ Deleted?: string; Untagged?: string }[]>(
+        'DELETE',
+        `/images/${encodeURIComponent(idv)}`,
+      );
+      if (r.status < 300 && Array.isArray(r.json)) {
+        deleted.push(...r.json);
+        this.state.builtImages.delete(idv);
+      }
+    }
+    send(res, 200, { ImagesDeleted: deleted, SpaceReclaimed: 0 });
+  }
+
+  // ---------------------------------------------------------------- hijacked connections
+
+  async upgrade(req: IncomingMessage, client: Duplex, head: Buffer): Promise<void> {
+    const method = (req.method ?? 'POST').toUpperCase();
+    let normalized = '';
+    try {
+      const url = new URL(req.url ?? '/', 'http://guard');
+      normalized = normalizePath(url.pathname);
+      const m = matchRoute(method, normalized);
+      if (!m || (m.route.id !== 'container.attach' && m.route.id !== 'exec.start')) {
+        throw new Refusal('endpoint', `${method} ${normalized} cannot be upgraded`);
+      }
+      let body: Buffer = Buffer.alloc(0);
+      let rest: Buffer = head;
+      let target: string;
+      if (m.route.id === 'exec.start') {
+        const len = Number(req.headers['content-length'] ?? '0');
+        if (len > MAX_JSON_BODY) throw new Refusal('body', 'body too large', 400);
+        body = await readExactly(client, head, len);
+        rest = Buffer.alloc(0);
+        const eid = await this.resolveExec(m.params.id ?? '');
+        body = Buffer.from(
+          JSON.stringify(canonicalize(body.toString('utf8'), SCHEMAS['exec.start'], 'exec.start')),
+        );
+        target = buildPath(m.route, { id: eid }, m.apiVersion);
+      } else {
+        const { id: cid } = await this.resolveContainer(m.params.id ?? '');
+        target =
+          buildPath(m.route, { id: cid }, m.apiVersion) +
+          (url.search === '' ? '' : `?${new URLSearchParams(url.search).toString()}`);
+      }
+      const upstream = await this.hijackUpstream(target, body);
+      this.audit(method, m.path, 'allow', { status: 101 });
+      client.write(
+        `HTTP/1.1 101 UPGRADED\r\nContent-Type: ${upstream.contentType}\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n`,
+      );
+      if (upstream.head.length) client.write(upstream.head);
+      if (rest.length) upstream.socket.write(rest);
+      splice(client, upstream.socket);
+    } catch (err) {
+      const { status, message, rule } =
+        err instanceof Refusal
+          ? { ...err.decision() }
+          : err instanceof BodyError || err instanceof PathError
+            ? { status: 400, message: `berth: malformed: ${err.message}`, rule: 'malformed' as RuleName }
+            : { status: 502, message: `berth: upstream: ${errorMessage(err)}`, rule: undefined };
+      this.audit(method, normalized, status === 502 ? 'error' : 'deny', { rule, status, message });
+      const text = JSON.stringify({ message });
+      client.end(
+        `HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? ''}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(text)}\r\nConnection: close\r\n\r\n${text}`,
+      );
+    }
+  }
+
+  private hijackUpstream(
+    target: string,
+    body: Buffer,
+  ): Promise<{ socket: Duplex; head: Buffer; contentType: string }> {
+    const base = this.cfg.transport.requestOptions();
+    return new Promise((resolve, reject) => {
+      const req = this.cfg.transport.request({
+        ...base,
+        agent: false,
+        method: 'POST',
+        path: target,
+        headers: {
+          ...(base.headers as http.OutgoingHttpHeaders | undefined),
+          Connection: 'Upgrade',
+          Upgrade: 'tcp',
+          'Content-Type': 'application/json',
+          'Content-Length': body.length,
+        },
+      });
+      req.on('error', reject);
+      req.on('upgrade', (r, socket, head) =>
+        resolve({
+          socket,
+          head,
+          contentType: String(r.headers['content-type'] ?? 'application/vnd.docker.raw-stream'),
+        }),
+      );
+      req.on('response', (r) => {
+        const chunks: Buffer[] = [];
+        r.on('data', (c: Buffer) => chunks.push(c));
+        r.on('end', () => {
+          let msg = Buffer.concat(chunks).toString('utf8');
+          try {
+            msg = (JSON.parse(msg) as { message?: string }).message ?? msg;
+          } catch {
+            /* keep text */
+          }
+          const status = r.statusCode ?? 502;
+          reject(status === 404 ? new NotFound(msg) : new UpstreamStatus(status, msg));
+        });
+      });
+      req.end(body);
+    });
+  }
+
+  // ---------------------------------------------------------------- cleanup
+
+  /** Removes every container, network, volume and image tag the tenant owns. */
+  async cleanup(): Promise<{ containers: number; networks: number; volumes: number; tags: number }> {
+    const filters = encodeURIComponent(JSON.stringify({ label: [`${LABEL_TENANT}=${this.cfg.tenant}`] }));
+    const counts = { containers: 0, networks: 0, volumes: 0, tags: 0 };
+    const cs = await this.upstreamJson<{ Id: string; Labels?: Record<string, string> | null }[]>(
+      'GET',
+      `/containers/json?all=1&filters=${filters}`,
+    );
+    for (const c of Array.isArray(cs.json) ? cs.json : []) {
+      if (!this.state.owns(c.Labels)) continue;
+      const r = await this.upstreamJson('DELETE', `/containers/${c.Id}?force=1&v=1`);
+      if (r.status < 300) counts.containers++;
+    }
+    const ns = await this.upstreamJson<{ Id: string; Labels?: Record<string, string> | null }[]>(
+      'GET',
+      `/networks?filters=${filters}`,
+    );
+    for (const n of Array.isArray(ns.json) ? ns.json : []) {
+      if (!this.state.owns(n.Labels)) continue;
+      const r = await this.upstreamJson('DELETE', `/networks/${n.Id}`);
+      if (r.status < 300) counts.networks++;
+    }
+    this.networkId = undefined;
+    const vs = await this.upstreamJson<{
+      Volumes?: { Name: string; Labels?: Record<string, string> | null }[] | null;
+    }>('GET', `/volumes?filters=${filters}`);
+    for (const vol of vs.json.Volumes ?? []) {
+      if (!this.state.owns(vol.Labels)) continue;
+      const r = await this.upstreamJson('DELETE', `/volumes/${encodeURIComponent(vol.Name)}?force=1`);
+      if (r.status < 300) counts.volumes++;
+    }
+    for (const tag of [...this.state.tags]) {
+      const r = await this.upstreamJson('DELETE', `/images/${encodeURIComponent(tag)}`);
+      if (r.status < 300) counts.tags++;
+      this.state.tags.delete(tag);
+    }
+    for (const idv of [...this.state.builtImages]) {
+      await this.upstreamJson('DELETE', `/images/${encodeURIComponent(idv)}`);
+      this.state.builtImages.delete(idv);
+    }
+    return counts;
+  }
+}
+
+class UpstreamStatus extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+interface DockerEvent {
+  Type?: string;
+  id?: string;
+  Actor?: { ID?: string; Attributes?: Record<string, string> };
+}
+
+interface DfResult {
+  Images?: { Id: string; RepoTags?: string[] | null; Size: number; SharedSize: number }[];
+  Containers?: { ImageID: string; Labels?: Record<string, string> | null }[];
+  Volumes?: { Labels?: Record<string, string> | null }[];
+}
+
+function splitTag(tag: string): [string, string] {
+  const i = tag.lastIndexOf(':');
+  return [tag.slice(0, i), tag.slice(i + 1)];
+}
+
+/** Go's FormValue semantics: the first value of each key wins; keep only that for single-valued keys. */
+function firstWins(q: URLSearchParams): URLSearchParams {
+  const out = new URLSearchParams();
+  const multi = new Set(['t', 'names', 'changes']);
+  for (const [k, v] of q) {
+    if (multi.has(k)) out.append(k, v);
+    else if (!out.has(k)) out.set(k, v);
+  }
+  return out;
+}
+
+/** Adds `label=io.berth.tenant=<t>` to a list/prune query's `filters`. */
+export function withTenantFilter(query: URLSearchParams, tenant: string): URLSearchParams {
+  const out = new URLSearchParams(query);
+  let filters: Record<string, unknown> = {};
+  const raw = query.get('filters');
+  if (raw) {
+    try {
+      const parsed: unknown = JSON.parse(raw);
+      if (parsed && typeof parsed === 'object' && !Array.isArray(parsed))
+        filters = parsed as Record<string, unknown>;
+      else throw new Error('not an object');
+    } catch {
+      throw new Refusal('malformed', 'filters is not a JSON object', 400);
+    }
+  }
+  const label = filters.label;
+  const want = `${LABEL_TENANT}=${tenant}`;
+  if (Array.isArray(label)) filters.label = [...(label as unknown[]), want];
+  else if (label && typeof label === 'object')
+    filters.label = { ...(label as Record<string, boolean>), [want]: true };
+  else filters.label = [want];
+  out.set('filters', JSON.stringify(filters));
+  return out;
+}
+
+function realpathExisting(p: string): string {
+  // Resolve the longest existing ancestor (symlinks, ..), then append the part that does not exist yet.
+  let cur = p;
+  const tail: string[] = [];
+  while (!existsSync(cur) && dirname(cur) !== cur) {
+    tail.unshift(basename(cur));
+    cur = dirname(cur);
+  }
+  const base = realpathSync(cur);
+  return tail.length ? join(base, ...tail) : base;
+}
+
+interface Refs {
+  containers: string[];
+  networks: string[];
+  volumes: string[];
+  needsTenantNetwork: boolean;
+}
+
+/** What a create body refers to, so the proxy can resolve it once before the pure rules run. */
+export function collectRefs(body: Record<string, unknown>): Refs {
+  const hc = (body.HostConfig ?? {}) as Record<string, unknown>;
+  const strs = (v: unknown) => (Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : []);
+  const containers = new Set<string>();
+  const networks = new Set<string>();
+  const volumes = new Set<string>();
+  for (const f of ['PidMode', 'IpcMode', 'NetworkMode']) {
+    const v = typeof hc[f] === 'string' ? (hc[f] as string) : '';
+    if (v.startsWith('container:')) containers.add(v.slice('container:'.length));
+  }
+  for (const v of strs(hc.VolumesFrom)) containers.add(v.split(':')[0] ?? '');
+  for (const l of strs(hc.Links)) containers.add(l.split(':')[0] ?? '');
+  const mode = typeof hc.NetworkMode === 'string' ? hc.NetworkMode : '';
+  networks.add(mode);
+  const eps = ((body.NetworkingConfig ?? {}) as Record<string, unknown>).EndpointsConfig;
+  if (eps && typeof eps === 'object') {
+    for (const [name, ep] of Object.entries(eps as Record<string, unknown>)) {
+      networks.add(name);
+      for (const l of strs((ep as Record<string, unknown>).Links)) containers.add(l.split(':')[0] ?? '');
+    }
+  }
+  for (const b of strs(hc.Binds)) {
+    const [src = '', ...rest] = b.split(':');
+    if (rest.length > 0 && !src.startsWith('/') && src !== '') volumes.add(src);
+  }
+  if (Array.isArray(hc.Mounts)) {
+    for (const mnt of hc.Mounts as Record<string, unknown>[]) {
+      if (mnt.Type === 'volume' && typeof mnt.Source === 'string' && mnt.Source !== '')
+        volumes.add(mnt.Source);
+    }
+  }
+  const needsTenantNetwork =
+    mode === '' ||
+    mode === 'default' ||
+    mode === 'bridge' ||
+    networks.has('bridge') ||
+    networks.has('default');
+  return {
+    containers: [...containers].map((c) => c.replace(/^\//, '')),
+    networks: [...networks],
+    volumes: [...volumes],
+    needsTenantNetwork,
+  };
+}
+
+function readExactly(socket: Duplex, head: Buffer, n: number): Promise<Buffer> {
+  if (head.length >= n) return Promise.resolve(head.subarray(0, n));
+  return new Promise((resolve, reject) => {
+    let buf = head;
+    const onData = (c: Buffer) => {
+      buf = Buffer.concat([buf, c]);
+      if (buf.length >= n) {
+        socket.off('data', onData);
+        socket.pause();
+        if (buf.length > n) socket.unshift(buf.subarray(n));
+        resolve(buf.subarray(0, n));
+      }
+    };
+    socket.on('data', onData);
+    socket.once('error', reject);
+  });
+}
+
+/** Splices two sockets with half-close in both directions. */
+export function splice(a: Duplex, b: Duplex): void {
+  const pipeHalf = (from: Duplex, to: Writable) => {
+    from.on('data', (c: Buffer) => {
+      if (!to.write(c)) {
+        from.pause();
+        to.once('drain', () => from.resume());
+      }
+    });
+    from.on('end', () => to.end());
+  };
+  pipeHalf(a, b);
+  pipeHalf(b, a);
+  const kill = () => {
+    a.destroy();
+    b.destroy();
+  };
+  a.on('error', kill);
+  b.on('error', kill);
+  a.on('close', () => {
+    if (!b.writableEnded) b.end();
+  });
+  b.on('close', () => {
+    if (!a.writableEnded) a.end();
+  });
+  a.resume();
+  b.resume();
+}
