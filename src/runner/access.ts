@@ -29,6 +29,8 @@ export interface DockerAccessContext {
   network: string;
   /** Labels to put on everything created for the job (run, job, owner, test session…). */
   labels: Record<string, string>;
+  /** Only the caller's extra labels (no run/owner): for objects that must outlive the run. */
+  extraLabels: Record<string, string>;
   warn(message: string): void;
   log(line: string): void;
 }

@@ -1,4 +1,5 @@
 /** Public API of the runner: `berth run`, its events, its store, the reaper. */
+import './modes.js';
 export { runPipeline, selectJobs, effectiveNeeds, shouldRun } from './run.js';
 export type { RunOptions, RunOutcome } from './run.js';
 /** Pipeline reading used by the runner (stop-gap until src/pipeline lands). */

@@ -28,6 +28,7 @@ export interface JobContext {
   env: Record<string, string>;
   secrets: string[];
   labels: Record<string, string>;
+  extraLabels: Record<string, string>;
   artifactsDir: string;
   graceMs: number;
   emit(e: RunEvent): void;
@@ -144,6 +145,7 @@ export class JobRun {
         jobDir,
         network: netName,
         labels,
+        extraLabels: ctx.extraLabels,
         warn: (message) => ctx.emit({ kind: 'warning', time: now(), runId, job: job.name, message }),
         log: sys,
       });

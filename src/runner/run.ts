@@ -284,6 +284,7 @@ export async function runPipeline(opts: RunOptions): Promise<RunOutcome> {
             env: baseEnv,
             secrets: secretValues,
             labels,
+            extraLabels: { ...opts.labels },
             artifactsDir: join(store.runDir(runId), 'artifacts'),
             graceMs: opts.graceMs ?? 10_000,
             emit: (e) => emit(e),

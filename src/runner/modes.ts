@@ -1,0 +1,32 @@
+/**
+ * The guard (and, when it lands, dind) docker modes, plugged into the runner's provider table.
+ */
+import { chmodSync } from 'node:fs';
+import { join } from 'node:path';
+import { createGuard } from '../guard/index.js';
+import { registerDockerAccess } from './access.js';
+
+/** Where the job's private host folder (with the guard socket) is mounted in the job container. */
+export const GUARD_MOUNT = '/var/run/berth';
+
+registerDockerAccess('guard', async (ctx) => {
+  const persistent = ctx.spec.tenant !== undefined;
+  const tenant = ctx.spec.tenant ?? `run/${ctx.runId}/${ctx.job}`;
+  chmodSync(ctx.jobDir, 0o755);
+  const guard = await createGuard({
+    tenant,
+    listen: join(ctx.jobDir, 'docker.sock'),
+    upstream: ctx.client.dockerHost,
+    maps: [{ jobPath: '/workspace', hostPath: ctx.workspace }],
+    keep: ctx.spec.keep,
+    // A persistent tenant's objects must outlive the run: they carry no run/owner labels, so
+    // neither cleanup at the end nor the reaper removes them.
+    labels: persistent ? ctx.extraLabels : ctx.labels,
+  });
+  ctx.log(`docker: guard, tenant ${tenant}${ctx.spec.keep ? ' (kept after the job)' : ''}`);
+  return {
+    binds: [`${ctx.jobDir}:${GUARD_MOUNT}`],
+    env: { DOCKER_HOST: `unix://${GUARD_MOUNT}/docker.sock`, BERTH_TENANT: tenant },
+    close: () => guard.close({ cleanup: !ctx.spec.keep }),
+  };
+});
