@@ -47,13 +47,15 @@ test(
       dockerd: '/usr/sbin/dockerd',
     };
     const env = { ...process.env, DOCKER_HOST: `unix://${layout.socket}` };
-    // A private daemon beside the shared one: no bridge, no iptables, so the two cannot collide.
+    // A private daemon beside the shared one, in its own network namespace (with --bridge none,
+    // dockerd deletes docker0 in its namespace: never the host's), without iptables.
     const flags = ['--bridge', 'none', '--iptables=false', '--ip-masq=false'];
+    const launcher = ['unshare', '--net', '--'];
     try {
-      const first = await engineUp({ layout, env, dockerdFlags: flags });
+      const first = await engineUp({ layout, env, dockerdFlags: flags, launcher });
       assert.equal(first.action, 'started');
       assert.ok(first.action === 'started' && existsSync(first.logFile));
-      const again = await engineUp({ layout, env, dockerdFlags: flags });
+      const again = await engineUp({ layout, env, dockerdFlags: flags, launcher });
       assert.equal(again.action, 'existing', 'a second up reuses the running daemon');
       const status = await engineStatus({ layout, env });
       assert.equal(status.reachable, true);

@@ -183,6 +183,11 @@ export interface UpOptions {
   env?: NodeJS.ProcessEnv;
   /** Extra dockerd flags (tests use --bridge none --iptables=false for a private daemon). */
   dockerdFlags?: readonly string[];
+  /**
+   * A command prefix for dockerd, e.g. `['unshare', '--net', '--']` to give a private test daemon
+   * its own network namespace (a daemon with `--bridge none` deletes docker0 in its namespace).
+   */
+  launcher?: readonly string[];
   /** Extra apt packages to install alongside docker.io (e.g. what build-local needs). */
   extraPackages?: readonly string[];
   readyTimeoutMs?: number;
@@ -228,7 +233,8 @@ export async function engineUp(o: UpOptions = {}): Promise<UpResult> {
   if (existsSync(layout.socket)) rmSync(layout.socket, { force: true }); // stale: nothing answered on it
   const args = dockerdArgs(layout, o.dockerdFlags);
   const fd = openSync(paths.logFile, 'a');
-  const child = spawn(layout.dockerd, args, {
+  const [cmd = layout.dockerd, ...pre] = [...(o.launcher ?? []), layout.dockerd];
+  const child = spawn(cmd, [...pre, ...args], {
     detached: true,
     stdio: ['ignore', fd, fd],
     env: { ...process.env, ...env },
