@@ -120,6 +120,8 @@ export async function createGuard(o: GuardOptions): Promise<GuardHandle> {
       );
   });
   // Logs -f, events, attach and builds may be idle for a long time.
+  // A client that half-closes after its request still gets its answer (Node drops it otherwise).
+  (server as unknown as { httpAllowHalfOpen: boolean }).httpAllowHalfOpen = true;
   server.requestTimeout = 0;
   server.timeout = 0;
   server.headersTimeout = 60_000;

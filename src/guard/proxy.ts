@@ -344,6 +344,8 @@ export class GuardProxy {
         return this.forward(req, res, 'POST', path() + q(withTenantFilter(query, this.cfg.tenant)));
       case 'image.prune':
         return this.imagePrune(res);
+      case 'plugin.absent':
+        throw new NotFound(`plugin ${m.params.name ?? ''} not found`);
       case 'image.build-prune':
         return send(res, 200, { CachesDeleted: [], SpaceReclaimed: 0 });
       case 'container.create':
@@ -734,6 +736,9 @@ export class GuardProxy {
     query: URLSearchParams,
   ): Promise<void> {
     const qs = checkBuild(query, this.cfg.labels, this.cfg.policy);
+    // Intermediate containers of the legacy builder carry no labels: always remove them, even on failure.
+    qs.set('rm', '1');
+    qs.set('forcerm', '1');
     const tags = qs.getAll('t').map((t) => normalizeTag(t));
     for (const t of tags) await this.assertTagWritable(t);
     for (const t of tags) this.state.addTag(t);
@@ -1116,10 +1121,14 @@ export function withTenantFilter(query: URLSearchParams, tenant: string): URLSea
   }
   const label = filters.label;
   const want = `${LABEL_TENANT}=${tenant}`;
+  // dockerd reads either {"key": {"value": true}} or the legacy {"key": ["value"]}, not a mix.
+  const mapForm = Object.values(filters).some(
+    (v) => v !== null && typeof v === 'object' && !Array.isArray(v),
+  );
   if (Array.isArray(label)) filters.label = [...(label as unknown[]), want];
   else if (label && typeof label === 'object')
     filters.label = { ...(label as Record<string, boolean>), [want]: true };
-  else filters.label = [want];
+  else filters.label = mapForm ? { [want]: true } : [want];
   out.set('filters', JSON.stringify(filters));
   return out;
 }

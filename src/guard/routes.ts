@@ -81,6 +81,8 @@ export const ROUTES: readonly Route[] = [
   R('POST', '/volumes/prune', 'volume.prune'),
   R('GET', '/volumes/{name}', 'volume.inspect'),
   R('DELETE', '/volumes/{name}', 'volume.delete'),
+  // `docker inspect NAME` tries every object type; plugins are answered as absent, not refused.
+  R('GET', '/plugins/{name*}/json', 'plugin.absent'),
   R('GET', '/networks', 'network.list'),
   R('POST', '/networks/create', 'network.create', 'json'),
   R('POST', '/networks/prune', 'network.prune'),
