@@ -8,8 +8,8 @@ import { dirname, join, normalize, posix } from 'node:path';
 import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
-import { LABEL_JOB, LABEL_ROLE, errorMessage, sleep } from '../common/index.js';
-import { containers, exec, images, isNotFound, networks } from '../engine/index.js';
+import { LABEL_JOB, LABEL_ROLE, LOCAL_IMAGE_PREFIX, errorMessage, sleep } from '../common/index.js';
+import { containers, exec, followProgress, images, isNotFound, networks } from '../engine/index.js';
 import type { DockerClient } from '../engine/index.js';
 import { dockerAccess } from './access.js';
 import type { DockerAccess } from './access.js';
@@ -127,12 +127,25 @@ export class JobRun {
       mkdirSync(jobDir, { recursive: true, mode: 0o700 });
       cleanups.push(() => Promise.resolve(rmSync(jobDir, { recursive: true, force: true })));
       for (const img of new Set([job.image, ...job.services.map((s) => s.image)])) {
-        if (!(await images(client).find(img))) {
+        if (await images(client).find(img)) continue;
+        if (img.startsWith(LOCAL_IMAGE_PREFIX)) {
           return {
             status: 'failed',
-            reason: `image ${img} is not on the engine (no registry is pulled from); build or load it first`,
+            reason: `image ${img} is not on the engine; build it with \`berth images build-local\``,
           };
         }
+        sys(`pulling ${img}`);
+        try {
+          await pullImage(client, img);
+        } catch (err) {
+          return { status: 'failed', reason: `cannot pull image ${img}: ${errorMessage(err)}` };
+        }
+        // Images the runner pulled for this job go with it (kept if something still uses them).
+        cleanups.push(() =>
+          images(client)
+            .remove(img)
+            .catch(() => false),
+        );
       }
       await networks(client).create({ Name: netName, Labels: { ...labels, [LABEL_ROLE]: 'network' } });
       cleanups.push(() => networks(client).remove(netName));
@@ -392,4 +405,19 @@ export class JobRun {
       }
     }
   }
+}
+
+/** Pulls `ref` (repo[:tag] or repo@digest) onto the engine. */
+export async function pullImage(client: DockerClient, ref: string): Promise<void> {
+  const at = ref.indexOf('@');
+  const slash = ref.lastIndexOf('/');
+  const colon = ref.lastIndexOf(':');
+  const [fromImage, tag] =
+    at >= 0
+      ? [ref, undefined]
+      : colon > slash
+        ? [ref.slice(0, colon), ref.slice(colon + 1)]
+        : [ref, 'latest'];
+  const res = await client.request({ method: 'POST', path: '/images/create', query: { fromImage, tag } });
+  await followProgress(res);
 }

@@ -5,7 +5,7 @@
  */
 import { hostname } from 'node:os';
 import { rmSync } from 'node:fs';
-import { LABEL_OWNER_HOST, LABEL_OWNER_PID, LABEL_RUN, errorMessage } from '../common/index.js';
+import { LABEL_OWNER_HOST, LABEL_OWNER_PID, LABEL_RUN, LABEL_TENANT, errorMessage } from '../common/index.js';
 import { containers, networks, volumes } from '../engine/index.js';
 import type { DockerClient } from '../engine/index.js';
 import type { Store } from './store.js';
@@ -41,9 +41,18 @@ export function pidAlive(pid: number): boolean {
   }
 }
 
+/**
+ * False for objects of a persistent tenant (env/production…): they may carry a run's labels only
+ * because their image was built in that run (containers inherit image labels), and must survive.
+ */
+export function ofRunTenant(labels: Record<string, string>): boolean {
+  const tenant = labels[LABEL_TENANT];
+  return tenant === undefined || tenant.startsWith(`run/${labels[LABEL_RUN] ?? ''}/`);
+}
+
 /** Whether objects with these labels belong to a run whose runner is gone. */
 export function isStale(labels: Record<string, string> | null | undefined, host = hostname()): boolean {
-  if (!labels) return false;
+  if (!labels || !ofRunTenant(labels)) return false;
   if (labels[LABEL_OWNER_HOST] !== host) return false;
   return !pidAlive(Number(labels[LABEL_OWNER_PID]));
 }

@@ -132,7 +132,7 @@ export async function runPipeline(opts: RunOptions): Promise<RunOutcome> {
       secretValues.push(v);
     }
   }
-  const jobs = selectJobs(spec, opts.jobs).map((j) => {
+  let jobs = selectJobs(spec, opts.jobs).map((j) => {
     if (!opts.docker || j.docker.tenant !== undefined) return j;
     return { ...j, docker: { ...j.docker, mode: opts.docker } };
   });
@@ -197,6 +197,17 @@ export async function runPipeline(opts: RunOptions): Promise<RunOutcome> {
       ...opts.vars,
       ...secretEnv,
     };
+    const expand = (text: string) =>
+      text.replace(/\$\{([A-Za-z_][A-Za-z0-9_]*)\}/g, (m, k: string) => baseEnv[k] ?? m);
+    jobs = jobs.map((j) => ({
+      ...j,
+      image: expand(j.image),
+      services: j.services.map((s) => ({
+        ...s,
+        image: expand(s.image),
+        env: Object.fromEntries(Object.entries(s.env).map(([k, v]) => [k, expand(v)])),
+      })),
+    }));
     const needs = effectiveNeeds(jobs);
     const status = new Map<string, JobStatus>(jobs.map((j) => [j.name, 'queued']));
     const results = new Map<string, RunOutcome['jobs'][number]>();

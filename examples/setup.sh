@@ -1,0 +1,50 @@
+#!/bin/sh
+# Prepares this machine for the examples: a local image registry on 127.0.0.1:5000 (Debian's
+# `docker-registry`, with its own config and storage, no auth) unless one already answers there.
+# Idempotent; `examples/setup.sh stop` stops the registry it started.
+set -eu
+ADDR=127.0.0.1:5000
+STATE=${BERTH_EXAMPLE_STATE:-/var/tmp/berth-example-registry}
+PIDFILE=$STATE/registry.pid
+
+answers() { curl -fsS -m 2 "http://$ADDR/v2/" >/dev/null 2>&1; }
+
+if [ "${1:-}" = stop ]; then
+  if [ -f "$PIDFILE" ] && kill "$(cat "$PIDFILE")" 2>/dev/null; then echo "registry stopped"; fi
+  rm -f "$PIDFILE"
+  exit 0
+fi
+
+if answers; then
+  echo "registry: already answering on $ADDR"
+  exit 0
+fi
+command -v docker-registry >/dev/null || {
+  echo "setup: docker-registry is not installed (Debian: apt-get install docker-registry)" >&2
+  exit 1
+}
+mkdir -p "$STATE/data"
+cat > "$STATE/config.yml" <<CONF
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $STATE/data
+  delete:
+    enabled: true
+http:
+  addr: $ADDR
+CONF
+nohup docker-registry serve "$STATE/config.yml" >"$STATE/registry.log" 2>&1 &
+echo $! > "$PIDFILE"
+i=0
+until answers; do
+  i=$((i + 1))
+  if [ $i -gt 50 ]; then
+    echo "setup: the registry did not answer on $ADDR; see $STATE/registry.log" >&2
+    exit 1
+  fi
+  sleep 0.2
+done
+echo "registry: started on $ADDR (pid $(cat "$PIDFILE"), data in $STATE/data)"
