@@ -1,0 +1,105 @@
+/** `berth run` in each docker mode: the job gets exactly the Docker its pipeline asks for. */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { hasDockerAccess } from '../../src/runner/index.js';
+import { jobStatus, leftovers, logLines, removeRun, runJson, workspace } from './helpers.js';
+
+test('docker: none — steps run in order in /workspace, no Docker inside, history and logs saved', async () => {
+  using ws = workspace(`
+name: none-mode
+image: berth-local/busybox
+docker: none
+jobs:
+  only:
+    steps:
+      - echo one > /workspace/out.txt
+      - name: second
+        run: echo two >> out.txt && cat out.txt && pwd
+      - test -z "$DOCKER_HOST" && ! test -S /var/run/docker.sock && echo no-docker
+`);
+  const r = await runJson(ws.file);
+  try {
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(logLines(r.events, 'only'), ['one', 'two', '/workspace', 'no-docker']);
+    assert.equal(readFileSync(join(ws.path, 'out.txt'), 'utf8'), 'one\ntwo\n');
+    assert.ok(existsSync(join(ws.path, '.berth', 'berth.db')));
+    const log = readFileSync(join(ws.path, '.berth', 'runs', r.runId, 'only.log'), 'utf8');
+    assert.match(log, /--- step 2: second\none\ntwo\n/);
+    assert.deepEqual(await leftovers(r.runId), []);
+  } finally {
+    await removeRun(r.runId);
+  }
+});
+
+test('docker: host — the raw engine socket, with a loud warning', async () => {
+  using ws = workspace(`
+name: host-mode
+jobs:
+  h:
+    docker: host
+    steps:
+      - docker version --format 'server {{.Server.APIVersion}}'
+`);
+  const r = await runJson(ws.file);
+  try {
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    assert.ok(logLines(r.events, 'h').some((l) => /^server 1\.\d+$/.test(l)));
+    const warning = r.events.find((e) => e.kind === 'warning');
+    assert.ok(warning?.kind === 'warning' && /host's Docker socket/.test(warning.message));
+    assert.deepEqual(await leftovers(r.runId), []);
+  } finally {
+    await removeRun(r.runId);
+  }
+});
+
+test('docker: guard (default) — /workspace translated for nested bind mounts, job objects removed at the end', async () => {
+  using ws = workspace(`
+name: guard-mode
+jobs:
+  g:
+    steps:
+      - echo from-the-workspace > /workspace/data.txt
+      - docker run --rm --network none -v /workspace:/src berth-local/busybox cat /src/data.txt
+      - docker run -d --network none --name left-running berth-local/busybox sleep 300
+      - docker volume create job-volume
+      - docker ps --format '{{.Names}}'
+`);
+  const r = await runJson(ws.file);
+  try {
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    const lines = logLines(r.events, 'g');
+    assert.ok(lines.includes('from-the-workspace'), lines.join('\n'));
+    assert.ok(lines.includes('left-running'), 'the job sees its own container');
+    // The job's own container list shows only what it created, not the job container itself.
+    assert.ok(!lines.some((l) => l.startsWith(`berth-${r.runId}`)), lines.join('\n'));
+    assert.deepEqual(await leftovers(r.runId), [], 'the container and volume the job left are removed');
+  } finally {
+    await removeRun(r.runId);
+  }
+});
+
+test(
+  'docker: dind — a nested daemon per job',
+  { skip: !hasDockerAccess('dind') && 'src/dind has not landed yet' },
+  async () => {
+    using ws = workspace(`
+name: dind-mode
+jobs:
+  d:
+    docker: dind
+    steps:
+      - docker info --format '{{.Name}}'
+      - docker run --rm berth-local/busybox echo nested
+`);
+    const r = await runJson(ws.file);
+    try {
+      assert.equal(r.code, 0, r.stdout + r.stderr);
+      assert.equal(jobStatus(r.events, 'd'), 'passed');
+      assert.deepEqual(await leftovers(r.runId), []);
+    } finally {
+      await removeRun(r.runId);
+    }
+  },
+);
