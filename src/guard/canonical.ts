@@ -62,8 +62,8 @@ function decode(v: JValue, s: Schema, path: string): unknown {
     if (name === undefined) continue; // unknown: Go ignores it, so do we (and we do not forward it)
     const sub = s.obj[name] as Schema;
     const d = decode(x, sub, `${path}.${name}`);
-    if (d === undefined) delete out[name];
-    else out[name] = d;
+    // null is a no-op in Go: an earlier value for the field stays.
+    if (d !== undefined) out[name] = d;
   }
   return out;
 }
@@ -82,10 +82,10 @@ export function canonicalize(body: string, schema: Schema, root: string): Record
   return (out ?? {}) as Record<string, unknown>;
 }
 
-const S: 'string' = 'string';
-const B: 'bool' = 'bool';
-const I: 'int' = 'int';
-const A: 'any' = 'any';
+const S = 'string' as const;
+const B = 'bool' as const;
+const I = 'int' as const;
+const A = 'any' as const;
 const strings = { arr: S } as const;
 const stringMap = { map: S } as const;
 

@@ -41,7 +41,7 @@ export interface GuardHandle {
   [Symbol.asyncDispose](): Promise<void>;
 }
 
-export const TENANT_NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.\/-]{0,127}$/;
+export const TENANT_NAME = /^[a-zA-Z0-9][a-zA-Z0-9_./-]{0,127}$/;
 
 function auditSink(audit: GuardOptions['audit']): { write: (r: AuditRecord) => void; close: () => void } {
   if (audit === undefined) return { write: () => undefined, close: () => undefined };

@@ -84,7 +84,7 @@ function checkSection(v: unknown, path: string, problems: string[]): Section {
       const lim: Record<string, number> = {};
       if (typeof val !== 'object' || val === null) problems.push(`${path}.limits: expected a mapping`);
       else
-        for (const [lk, lv] of Object.entries(val)) {
+        for (const [lk, lv] of Object.entries(val as Record<string, unknown>)) {
           if (!(LIMIT_KEYS as readonly string[]).includes(lk))
             problems.push(`${path}.limits.${lk}: unknown limit; one of ${LIMIT_KEYS.join(', ')}`);
           else if (typeof lv !== 'number' || !Number.isInteger(lv) || lv <= 0)
@@ -95,7 +95,7 @@ function checkSection(v: unknown, path: string, problems: string[]): Section {
     } else if (k === 'sysctls') {
       if (!Array.isArray(val) || !val.every((s) => typeof s === 'string'))
         problems.push(`${path}.sysctls: expected a list of sysctl names`);
-      else out.sysctls = val as string[];
+      else out.sysctls = val;
     } else problems.push(`${path}.${k}: unknown key; expected allow, limits or sysctls`);
   }
   return out;

@@ -255,7 +255,7 @@ export function applyLimits(hc: Record<string, unknown>, l: TenantLimits, contai
     );
   }
   const capped = (field: string, def: number | undefined, max: number | undefined, what: string) => {
-    const v = typeof hc[field] === 'number' ? (hc[field] as number) : 0;
+    const v = typeof hc[field] === 'number' ? hc[field] : 0;
     if (v === 0 && def !== undefined) hc[field] = def;
     else if (max !== undefined && (v > max || (v <= 0 && field === 'PidsLimit'))) {
       throw new Refusal('limits', `${what} ${v} is over the tenant's limit ${max}`);

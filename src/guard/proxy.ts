@@ -125,7 +125,12 @@ export class GuardProxy {
     });
   }
 
-  async upstreamJson<T>(method: string, path: string, body?: unknown): Promise<{ status: number; json: T }> {
+  // eslint-disable-next-line @typescript-eslint/no-unnecessary-type-parameters -- the caller names the JSON shape it expects
+  async upstreamJson<T = unknown>(
+    method: string,
+    path: string,
+    body?: unknown,
+  ): Promise<{ status: number; json: T }> {
     const buf = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
     const r = await this.upstream(method, path, {
       body: buf,
@@ -294,7 +299,7 @@ export class GuardProxy {
     }
   }
 
-  private body<T extends SchemaRoute>(id: T, body: Buffer | undefined): Record<string, unknown> {
+  private body(id: SchemaRoute, body: Buffer | undefined): Record<string, unknown> {
     return canonicalize(
       (body ?? Buffer.alloc(0)).toString('utf8'),
       SCHEMAS[id],
@@ -558,7 +563,6 @@ export class GuardProxy {
     query: URLSearchParams,
     body: Record<string, unknown>,
   ): Promise<void> {
-    void query;
     // Resolve every reference the rules need, then run the pure rules with the answers.
     const answers = new Map<string, string>();
     const volumes = new Map<string, boolean>();
@@ -632,7 +636,7 @@ export class GuardProxy {
     query: URLSearchParams,
   ): Promise<void> {
     const qs = withTenantFilter(query, this.cfg.tenant);
-    const { status, json } = await this.upstreamJson<unknown>('GET', `${target}?${qs.toString()}`);
+    const { status, json } = await this.upstreamJson('GET', `${target}?${qs.toString()}`);
     if (status !== 200) return send(res, status, json);
     if (id === 'volume.list') {
       const v = json as { Volumes?: { Labels?: Record<string, string> | null }[] | null; Warnings?: unknown };
@@ -1000,7 +1004,7 @@ export class GuardProxy {
         resolve({
           socket,
           head,
-          contentType: String(r.headers['content-type'] ?? 'application/vnd.docker.raw-stream'),
+          contentType: r.headers['content-type'] ?? 'application/vnd.docker.raw-stream',
         }),
       );
       req.on('response', (r) => {
@@ -1160,7 +1164,7 @@ export function collectRefs(body: Record<string, unknown>): Refs {
   const networks = new Set<string>();
   const volumes = new Set<string>();
   for (const f of ['PidMode', 'IpcMode', 'NetworkMode']) {
-    const v = typeof hc[f] === 'string' ? (hc[f] as string) : '';
+    const v = typeof hc[f] === 'string' ? hc[f] : '';
     if (v.startsWith('container:')) containers.add(v.slice('container:'.length));
   }
   for (const v of strs(hc.VolumesFrom)) containers.add(v.split(':')[0] ?? '');

@@ -1,0 +1,162 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { BodyError, SCHEMAS, canonicalize, foldKey } from './canonical.js';
+import { JObject, parseOrdered } from './json.js';
+import { buildPath, matchRoute, normalizePath } from './routes.js';
+import { Refusal, checkBuild, checkContainerCreate, defaultPolicy, translateJobPath } from './policy.js';
+import type { Resolver } from './policy.js';
+import { policyFor } from './policy-file.js';
+import { normalizeTag, tenantSlug } from './ownership.js';
+
+const create = (body: string) => canonicalize(body, SCHEMAS['container.create'], 'Config');
+
+test('the ordered parser keeps duplicate keys in order, as Go reads them', () => {
+  const v = parseOrdered('{"a":1,"A":2,"a":3}');
+  assert.ok(v instanceof JObject);
+  assert.deepEqual(v.pairs, [
+    ['a', 1],
+    ['A', 2],
+    ['a', 3],
+  ]);
+  assert.throws(() => parseOrdered('{"a":1,}'), /expected a key/);
+  assert.throws(() => parseOrdered('{"a":1} x'), /after the value/);
+});
+
+test('keys match fields case-insensitively with Go folding; the last one wins; unknown keys are dropped', () => {
+  assert.equal(foldKey('ſecurityOpt'), 'securityopt');
+  assert.equal(foldKey('Lin\u212As'), 'links');
+  const b = create('{"image":"x","HOSTCONFIG":{"privileged":false,"PRIVILEGED":true},"Smuggled":1}');
+  assert.deepEqual(b, { Image: 'x', HostConfig: { Privileged: true } });
+  const later = create('{"HostConfig":{"Privileged":true},"hostConfig":{"Privileged":false}}');
+  assert.deepEqual(later, { HostConfig: { Privileged: false } });
+  // null is a no-op in Go: the earlier value stays.
+  assert.deepEqual(create('{"HostConfig":{"Privileged":true,"Privileged":null}}'), {
+    HostConfig: { Privileged: true },
+  });
+  // Escaped keys are keys like any other.
+  assert.deepEqual(create('{"HostConfig":{"\\u0050rivileged":true}}'), { HostConfig: { Privileged: true } });
+});
+
+test('wrong types are errors, as dockerd answers them', () => {
+  assert.throws(() => create('{"HostConfig":{"Privileged":"true"}}'), BodyError);
+  assert.throws(() => create('{"HostConfig":{"CapAdd":"SYS_ADMIN"}}'), /cannot unmarshal string/);
+  assert.throws(() => create('{"HostConfig":{"Memory":1.5}}'), /int64/);
+  assert.throws(() => create('{"HostConfig":'), /invalid JSON/);
+});
+
+test('paths are decoded and cleaned before routing; the forwarded path is rebuilt', () => {
+  assert.equal(normalizePath('/v1.41//containers/./abc/../x/json'), '/v1.41/containers/x/json');
+  assert.equal(normalizePath('/v1.41/containers/%2e%2e/swarm%2Finit'), '/v1.41/swarm/init');
+  assert.equal(matchRoute('POST', normalizePath('/v1.41/containers/%2e%2e/swarm%2Finit')), undefined);
+  const m = matchRoute('get', '/v1.41/images/registry:5000/team/app:1/json');
+  assert.equal(m?.route.id, 'image.inspect');
+  assert.equal(m?.params.name, 'registry:5000/team/app:1');
+  assert.equal(
+    buildPath(m.route, m.params, m.apiVersion),
+    '/v1.41/images/registry%3A5000/team/app%3A1/json',
+  );
+  assert.equal(matchRoute('GET', '/containers/json')?.route.id, 'container.list');
+  for (const p of ['/swarm/init', '/plugins', '/session', '/grpc', '/libpod/info', '/services'])
+    assert.equal(matchRoute('POST', p), undefined, p);
+});
+
+const resolver = (owned: Record<string, string> = {}): Resolver => ({
+  container: (ref) => {
+    const id = owned[ref];
+    if (!id) throw new Refusal('ownership', `No such container: ${ref}`, 404);
+    return id;
+  },
+  network: (ref) => {
+    throw new Refusal('ownership', `network ${ref} not found`, 404);
+  },
+  volume: () => true,
+  bind: (src) => translateJobPath(src, [{ jobPath: '/workspace', hostPath: '/srv/ws' }]),
+});
+const ctx = {
+  labels: { 'io.berth.tenant': 't' },
+  network: 'berth-t',
+  policy: defaultPolicy(),
+  containerCount: 0,
+};
+
+test('create: labels forced, default network replaced, binds translated, references resolved', () => {
+  const out = checkContainerCreate(
+    {
+      Image: 'x',
+      Labels: { 'io.berth.tenant': 'forged', app: 'a' },
+      HostConfig: { Binds: ['/workspace/src:/src:ro'], VolumesFrom: ['db:ro'] },
+    },
+    ctx,
+    resolver({ db: 'f'.repeat(64) }),
+  );
+  assert.deepEqual(out.Labels, { 'io.berth.tenant': 't', app: 'a' });
+  const hc = out.HostConfig as Record<string, unknown>;
+  assert.equal(hc.NetworkMode, 'berth-t');
+  assert.deepEqual(hc.Binds, ['/srv/ws/src:/src:ro']);
+  assert.deepEqual(hc.VolumesFrom, [`${'f'.repeat(64)}:ro`]);
+});
+
+test('create: every escape is refused with its rule', () => {
+  const cases: [Record<string, unknown>, string][] = [
+    [{ Privileged: true }, 'privileged'],
+    [{ CapAdd: ['NET_ADMIN'] }, 'capabilities'],
+    [{ DeviceCgroupRules: ['c 1:3 mr'] }, 'devices'],
+    [{ UsernsMode: 'host' }, 'namespaces'],
+    [{ IpcMode: 'host' }, 'namespaces'],
+    [{ SecurityOpt: ['label=disable'] }, 'security-opt'],
+    [{ SecurityOpt: ['apparmor=unconfined'] }, 'security-opt'],
+    [{ ReadonlyPaths: [] }, 'masked-paths'],
+    [{ Runtime: 'sysbox-runc' }, 'runtime'],
+    [{ LogConfig: { Type: 'syslog' } }, 'log-driver'],
+    [{ VolumeDriver: 'x' }, 'volume-driver'],
+    [{ Binds: ['/etc:/etc'] }, 'binds'],
+    [{ Mounts: [{ Type: 'npipe', Source: 'x', Target: 'y' }] }, 'binds'],
+  ];
+  for (const [hc, rule] of cases) {
+    assert.throws(
+      () => checkContainerCreate({ Image: 'x', HostConfig: hc }, ctx, resolver()),
+      (e: unknown) => e instanceof Refusal && e.rule === rule,
+      JSON.stringify(hc),
+    );
+  }
+  assert.throws(
+    () => checkContainerCreate({ Image: 'x', HostConfig: { Links: ['other:db'] } }, ctx, resolver()),
+    (e: unknown) => e instanceof Refusal && e.status === 404,
+  );
+});
+
+test('a policy file can allow named rules for matching tenants, and reports every problem', () => {
+  const p = policyFor(
+    'tenants:\n  "trusted/*":\n    allow: [binds]\n    limits: { maxContainers: 3 }\n',
+    'p.yml',
+    'trusted/a',
+  );
+  assert.ok(p.allow.has('binds'));
+  assert.equal(p.limits.maxContainers, 3);
+  assert.equal(policyFor('tenants:\n  "trusted/*":\n    allow: [binds]\n', 'p.yml', 'other').allow.size, 0);
+  assert.throws(
+    () => policyFor('tenants:\n  x:\n    allow: [nope]\n    limits: { maxFoo: 1 }\nextra: 1\n', 'p.yml', 'x'),
+    /3 problem\(s\)[\s\S]*allow\[0\][\s\S]*maxFoo[\s\S]*extra/,
+  );
+});
+
+test('build options and tags', () => {
+  assert.throws(
+    () => checkBuild(new URLSearchParams('networkmode=host'), {}, defaultPolicy()),
+    /build-options/,
+  );
+  assert.throws(
+    () => checkBuild(new URLSearchParams('remote=https://x/y.git'), {}, defaultPolicy()),
+    /remote URL/,
+  );
+  const q = checkBuild(
+    new URLSearchParams('t=app&labels={"a":"1","io.berth.tenant":"x"}'),
+    { 'io.berth.tenant': 't' },
+    defaultPolicy(),
+  );
+  assert.deepEqual(JSON.parse(q.get('labels') ?? ''), { a: '1', 'io.berth.tenant': 't' });
+  assert.equal(normalizeTag('busybox'), 'busybox:latest');
+  assert.equal(normalizeTag('docker.io/library/busybox:1'), 'busybox:1');
+  assert.equal(normalizeTag('127.0.0.1:5000/app'), '127.0.0.1:5000/app:latest');
+  assert.equal(tenantSlug('env/production'), 'env-production');
+});
