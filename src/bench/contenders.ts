@@ -8,6 +8,7 @@ import type { ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { BerthError, deadline, sleep } from '../common/index.js';
 import { DockerClient, parseEndpoint } from '../engine/index.js';
 import type { Contender } from './types.js';
@@ -143,4 +144,38 @@ export function rssOf(pid: number): number | undefined {
   } catch {
     return undefined;
   }
+}
+
+/** The berth CLI as this process runs it (built JS, or TypeScript through the same loader). */
+export function berthCommand(): string[] {
+  const ext = import.meta.url.endsWith('.ts') ? 'ts' : 'js';
+  const main = fileURLToPath(new URL(`../cli/main.${ext}`, import.meta.url));
+  return [process.execPath, ...process.execArgv, main];
+}
+
+/** berth guard as a separate process (so its memory can be read), one tenant, on a unix socket. */
+export async function guardContender(): Promise<Contender> {
+  const dir = mkdtempSync(join(tmpdir(), 'berth-bench-guard-'));
+  const socket = join(dir, 'docker.sock');
+  const [node = process.execPath, ...args] = berthCommand();
+  const child = spawn(node, [...args, 'guard', '--tenant', `bench-${process.pid}`, '--listen', socket], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+  const client = new DockerClient({ env: { DOCKER_HOST: `unix://${socket}` } });
+  await waitReady(client, child, () => stderr, 60_000);
+  return {
+    id: 'guard',
+    title: 'berth guard',
+    dockerHost: `unix://${socket}`,
+    client,
+    shared: true,
+    pid: child.pid,
+    stop: async () => {
+      client.close();
+      await stopChild(child);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
 }

@@ -7,7 +7,7 @@ import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { errorMessage } from '../common/index.js';
 import { DockerClient, system } from '../engine/index.js';
-import { haproxyContender, rawContender } from './contenders.js';
+import { guardContender, haproxyContender, rawContender } from './contenders.js';
 import type { BenchReport, MachineInfo } from './report.js';
 import { toMarkdown } from './report.js';
 import { ALL_SCENARIOS } from './scenarios.js';
@@ -20,6 +20,7 @@ export function defaultContenders(): ContenderFactory[] {
   return [
     { id: 'raw', start: () => Promise.resolve(rawContender()) },
     { id: 'haproxy', start: haproxyContender },
+    { id: 'guard', start: guardContender },
   ];
 }
 
