@@ -459,6 +459,16 @@ export class GuardProxy {
         }
         return this.forwardJson(req, res, 'POST', path({ id: nid }), b);
       }
+      case 'container.inspect': {
+        // One upstream call: the inspect answer itself says who owns the container.
+        const ref = (m.params.id ?? '').replace(/^\//, '');
+        const { status, json } = await this.upstreamJson<{
+          Config?: { Labels?: Record<string, string> | null };
+        }>('GET', `${path({ id: ref })}${q(query)}`);
+        if (status !== 200 || !this.state.owns(json.Config?.Labels))
+          throw new NotFound(`No such container: ${ref}`);
+        return send(res, 200, json);
+      }
       default: {
         // Every other route is a container operation on {id}: resolve, check, forward with the full ID.
         if (id.startsWith('container.') && m.params.id !== undefined) {
@@ -533,7 +543,9 @@ export class GuardProxy {
       return { status: up.status, json };
     }
     res.writeHead(up.status, outHeaders);
-    res.flushHeaders();
+    // Streams (logs -f, wait, events) must show their headers before any body arrives; a sized
+    // answer goes out with its body in one write.
+    if (up.headers['content-length'] === undefined) res.flushHeaders();
     await pipeline(up.body, res).catch(() => undefined);
     return { status: up.status, json: undefined };
   }

@@ -51,10 +51,7 @@ test('paths are decoded and cleaned before routing; the forwarded path is rebuil
   const m = matchRoute('get', '/v1.41/images/registry:5000/team/app:1/json');
   assert.equal(m?.route.id, 'image.inspect');
   assert.equal(m?.params.name, 'registry:5000/team/app:1');
-  assert.equal(
-    buildPath(m.route, m.params, m.apiVersion),
-    '/v1.41/images/registry%3A5000/team/app%3A1/json',
-  );
+  assert.equal(buildPath(m.route, m.params, m.apiVersion), '/v1.41/images/registry%3A5000/team/app%3A1/json');
   assert.equal(matchRoute('GET', '/containers/json')?.route.id, 'container.list');
   for (const p of ['/swarm/init', '/plugins', '/session', '/grpc', '/libpod/info', '/services'])
     assert.equal(matchRoute('POST', p), undefined, p);

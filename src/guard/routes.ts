@@ -127,9 +127,10 @@ export function splitVersion(path: string): { apiVersion: string | undefined; re
   return { apiVersion: m[1], rest: m[2] === '' || m[2] === undefined ? '/' : m[2] };
 }
 
-function matchPattern(pattern: string, path: string): Record<string, string> | undefined {
-  const p = pattern.split('/').filter(Boolean);
-  const s = path.split('/').filter(Boolean);
+const SPLIT = new Map<string, string[]>(ROUTES.map((r) => [r.pattern, r.pattern.split('/').filter(Boolean)]));
+
+function matchPattern(pattern: string, s: readonly string[]): Record<string, string> | undefined {
+  const p = SPLIT.get(pattern) ?? pattern.split('/').filter(Boolean);
   const params: Record<string, string> = {};
   // `{name*}` takes as many segments as leave the rest of the pattern matching.
   const star = p.findIndex((x) => x.endsWith('*}'));
@@ -160,9 +161,10 @@ function seg(pat: string, val: string, params: Record<string, string>): boolean 
 export function matchRoute(method: string, normalized: string): Matched | undefined {
   const { apiVersion, rest } = splitVersion(normalized);
   const m = method.toUpperCase();
+  const segs = rest.split('/').filter(Boolean);
   for (const route of ROUTES) {
     if (route.method !== m) continue;
-    const params = matchPattern(route.pattern, rest);
+    const params = matchPattern(route.pattern, segs);
     if (params) return { route, params, apiVersion, path: rest };
   }
   return undefined;
