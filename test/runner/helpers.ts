@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { LABEL_RUN, LABEL_TEST_SESSION } from '../../src/common/index.js';
 import { containers, networks, volumes } from '../../src/engine/index.js';
+import { ofRunTenant } from '../../src/runner/index.js';
 import type { RunEvent } from '../../src/runner/index.js';
 import { BERTH_CMD, SESSION, berth, engine, start, tempDir } from '../support/index.js';
 import type { RunResult } from '../support/index.js';
@@ -50,7 +51,11 @@ export function logLines(events: RunEvent[], job: string): string[] {
 export async function leftovers(runId: string): Promise<string[]> {
   using c = engine();
   const label = [`${LABEL_RUN}=${runId}`];
-  const cs = await containers(c).list({ all: true, filters: { label } });
+  // A persistent tenant's containers may inherit a run's labels from an image built in that run;
+  // they are not the run's (see ofRunTenant), so they are not leftovers.
+  const cs = (await containers(c).list({ all: true, filters: { label } })).filter((x) =>
+    ofRunTenant(x.Labels ?? {}),
+  );
   const ns = await networks(c).list({ label });
   const vs = await volumes(c).list({ label });
   return [
@@ -66,7 +71,7 @@ export async function removeRun(runId: string): Promise<void> {
   using c = engine();
   const label = [`${LABEL_RUN}=${runId}`];
   for (const x of await containers(c).list({ all: true, filters: { label } }))
-    await containers(c).remove(x.Id);
+    if (ofRunTenant(x.Labels ?? {})) await containers(c).remove(x.Id);
   for (const x of await networks(c).list({ label })) await networks(c).remove(x.Id);
   for (const x of await volumes(c).list({ label })) await volumes(c).remove(x.Name);
 }
