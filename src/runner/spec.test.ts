@@ -1,0 +1,151 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { isBerthError } from '../common/index.js';
+import { findCycle, maskSecrets, parseDuration, parseRunSpec } from './spec.js';
+import { effectiveNeeds, selectJobs, shouldRun } from './run.js';
+import { formatEvent, formatters } from './events.js';
+import { isStale, ofRunTenant } from './reaper.js';
+
+const FILE = '/repo/berth.yml';
+
+test('parses a pipeline: defaults, docker forms, services, steps as strings or mappings', () => {
+  const spec = parseRunSpec(
+    `
+name: demo
+env: { A: "1" }
+secrets: [TOKEN]
+jobs:
+  build:
+    steps:
+      - make
+      - name: check
+        run: make check
+        env: { V: "2" }
+  deploy:
+    needs: build
+    when: always
+    timeout: 90s
+    docker: { mode: guard, tenant: env/production, keep: true }
+    services:
+      db:
+        image: postgres
+        command: [postgres, -c, fsync=off]
+        ready: pg_isready
+    steps: [./deploy.sh]
+`,
+    FILE,
+    { defaultDocker: 'none' },
+  );
+  assert.equal(spec.name, 'demo');
+  assert.equal(spec.workspace, '/repo');
+  assert.deepEqual(spec.env, { A: '1' });
+  assert.deepEqual(spec.secrets, ['TOKEN']);
+  const [build, deploy] = spec.jobs;
+  assert.equal(build?.image, 'berth-local/tools');
+  assert.deepEqual(build?.docker, { mode: 'none', keep: false });
+  assert.deepEqual(build?.steps, [
+    { name: 'make', run: 'make', env: {} },
+    { name: 'check', run: 'make check', env: { V: '2' } },
+  ]);
+  assert.deepEqual(deploy?.needs, ['build']);
+  assert.equal(deploy?.when, 'always');
+  assert.equal(deploy?.timeoutMs, 90_000);
+  assert.deepEqual(deploy?.docker, { mode: 'guard', tenant: 'env/production', keep: true });
+  assert.deepEqual(deploy?.services[0]?.command, ['postgres', '-c', 'fsync=off']);
+  assert.equal(deploy?.services[0]?.ready, 'pg_isready');
+});
+
+test('collects every problem with line and column', () => {
+  let err: unknown;
+  try {
+    parseRunSpec(
+      'jobs:\n  a:\n    steps: []\n    when: sometimes\n  b:\n    needs: [zz]\n    steps: [x]\n',
+      FILE,
+    );
+  } catch (e) {
+    err = e;
+  }
+  assert.ok(isBerthError(err, 'PIPELINE_INVALID'));
+  assert.equal(err.exitCode, 2);
+  const problems = (err.details?.problems ?? []) as { line: number; path: string }[];
+  assert.deepEqual(
+    problems.map((p) => [p.line, p.path]),
+    [
+      [4, 'jobs.a.when'],
+      [3, 'jobs.a.steps'],
+      [6, 'jobs.b.needs'],
+    ],
+  );
+});
+
+test('durations, cycles, masking', () => {
+  assert.equal(parseDuration('1500ms'), 1500);
+  assert.equal(parseDuration('2m'), 120_000);
+  assert.equal(parseDuration('30'), 30_000);
+  assert.equal(parseDuration('soon'), undefined);
+  assert.deepEqual(
+    findCycle([
+      { name: 'a', needs: ['c'] },
+      { name: 'b', needs: ['a'] },
+      { name: 'c', needs: ['b'] },
+    ]),
+    ['a', 'c', 'b', 'a'],
+  );
+  assert.equal(
+    findCycle([
+      { name: 'a', needs: [] },
+      { name: 'b', needs: ['a'] },
+    ]),
+    undefined,
+  );
+  assert.equal(maskSecrets('x=hunter2 and hunter2!', ['hunter2', 'ab']), 'x=*** and ***!');
+  assert.equal(maskSecrets('abcd', ['abc', 'abcd']), '***', 'the longest secret wins');
+});
+
+test('when semantics, "finally" jobs, --job selection', () => {
+  assert.equal(shouldRun('on_success', ['passed', 'passed']), true);
+  assert.equal(shouldRun('on_success', ['passed', 'skipped']), false);
+  assert.equal(shouldRun('on_success', []), true);
+  assert.equal(shouldRun('always', ['failed', 'cancelled']), true);
+  assert.equal(shouldRun('on_failure', ['passed', 'timed_out']), true);
+  assert.equal(shouldRun('on_failure', ['passed']), false);
+  const spec = parseRunSpec(
+    'jobs:\n  a: { steps: [x] }\n  b: { needs: a, steps: [x] }\n  c: { steps: [x] }\n  fin: { when: always, steps: [x] }\n',
+    FILE,
+  );
+  const needs = effectiveNeeds(spec.jobs);
+  assert.deepEqual(needs.get('fin'), ['a', 'b', 'c'], 'a when: always job without needs runs last');
+  assert.deepEqual(needs.get('b'), ['a']);
+  assert.deepEqual(
+    selectJobs(spec, ['b']).map((j) => j.name),
+    ['a', 'b'],
+  );
+});
+
+test('every event kind has a formatter', () => {
+  const kinds = Object.keys(formatters).sort();
+  assert.deepEqual(kinds, [
+    'job.finished',
+    'job.queued',
+    'job.started',
+    'log',
+    'run.finished',
+    'run.started',
+    'step.finished',
+    'step.started',
+    'warning',
+  ]);
+  assert.equal(
+    formatEvent({ kind: 'log', time: '', runId: 'r', job: 'build', step: 1, stream: 'stdout', line: 'hi' }),
+    '[build#2] hi',
+  );
+});
+
+test('the reaper spares live owners, other hosts and persistent tenants', () => {
+  const base = { 'io.berth.run': 'r1', 'io.berth.owner.host': 'h1' };
+  assert.equal(isStale({ ...base, 'io.berth.owner.pid': String(process.pid) }, 'h1'), false, 'owner alive');
+  assert.equal(isStale({ ...base, 'io.berth.owner.pid': '999999999' }, 'h1'), true, 'owner dead');
+  assert.equal(isStale({ ...base, 'io.berth.owner.pid': '999999999' }, 'h2'), false, 'other host');
+  assert.equal(ofRunTenant({ ...base, 'io.berth.tenant': 'run/r1/build' }), true);
+  assert.equal(ofRunTenant({ ...base, 'io.berth.tenant': 'env/production' }), false);
+});
