@@ -4,9 +4,9 @@ import { registerBench } from './bench.js';
 import { registerDoctor } from './doctor.js';
 import { registerEngine } from './engine.js';
 import { registerGuard } from './guard.js';
-import { registerGuard } from './guard.js';
 import { registerImages } from './images.js';
 import { registerRun } from './run.js';
+import { registerServe } from './serve.js';
 
 type Register = (program: Command) => void;
 
@@ -15,8 +15,9 @@ const registrations: Register[] = [
   registerImages,
   registerDoctor,
   registerGuard,
-  registerBench,
   registerRun,
+  registerServe,
+  registerBench,
 ];
 
 export function registerAll(program: Command): void {

@@ -1,0 +1,359 @@
+/**
+ * The CI server's engine room: the queue (bounded concurrency, FIFO per project), checkout of the
+ * pushed commit into a per-run workspace, the run itself through the runner, and the record of
+ * everything it reports — jobs, steps, log lines, resource samples — in the server store, with a
+ * live feed for the API's event stream.
+ */
+import { execFile } from 'node:child_process';
+import { EventEmitter } from 'node:events';
+import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { BerthError, LABEL_JOB, LABEL_RUN, errorMessage } from '../common/index.js';
+import { DockerClient, containers } from '../engine/index.js';
+import { loadRunSpec, reap, runPipeline } from '../runner/index.js';
+import type { RunEvent } from '../runner/index.js';
+import { pickRunsToStart } from './schedule.js';
+import type { Run, RunStatus, ServerStore } from './store.js';
+
+const exec = promisify(execFile);
+
+export type ServerEvent =
+  | { kind: 'run.queued'; run: Run }
+  | { kind: 'run.updated'; run: Run }
+  | { kind: 'runner'; runId: string; event: RunEvent; seq?: number }
+  | { kind: 'sample'; runId: string; job: string; ts: number; cpuPercent: number; memBytes: number };
+
+export interface ServiceOptions {
+  store: ServerStore;
+  dataDir: string;
+  concurrency: number;
+  perProject?: number;
+  /** Extra labels on everything runs create (tests add their session label). */
+  labels?: Record<string, string>;
+  /** Seconds between resource samples of running jobs. */
+  sampleSeconds?: number;
+  log?: (line: string) => void;
+}
+
+interface Active {
+  run: Run;
+  abort: AbortController;
+  force: AbortController;
+  done: Promise<void>;
+}
+
+export class ServerService {
+  readonly events = new EventEmitter();
+  private readonly active = new Map<string, Active>();
+  private ticking = false;
+  private stopped = false;
+
+  constructor(readonly o: ServiceOptions) {
+    this.events.setMaxListeners(0);
+  }
+
+  private emit(e: ServerEvent): void {
+    this.events.emit('event', e);
+  }
+
+  /** At start: runs that were running when the server died are interrupted and their leftovers reaped. */
+  async recover(): Promise<string[]> {
+    const ids = await this.o.store.interruptRunning();
+    if (ids.length) {
+      using client = new DockerClient();
+      const r = await reap(client, {}).catch((err: unknown) => {
+        this.o.log?.(`reaping leftovers failed: ${errorMessage(err)}`);
+        return undefined;
+      });
+      this.o.log?.(`marked ${ids.length} interrupted run(s); reaped ${r?.containers ?? 0} container(s)`);
+    }
+    return ids;
+  }
+
+  async enqueue(r: Parameters<ServerStore['enqueue']>[0]): Promise<Run> {
+    const run = await this.o.store.enqueue(r);
+    this.emit({ kind: 'run.queued', run });
+    void this.tick();
+    return run;
+  }
+
+  /** Cancels a queued run, or stops a running one (graceful, like Ctrl-C). */
+  async cancel(runId: string): Promise<Run> {
+    const run = await this.o.store.run(runId);
+    if (!run) throw new BerthError('RUN_NOT_FOUND', `no run ${runId}`);
+    if (run.status === 'queued') {
+      await this.o.store.markFinished(runId, 'cancelled', null, 'cancelled while queued');
+    } else if (run.status === 'running') {
+      this.active.get(runId)?.abort.abort();
+      await this.active.get(runId)?.done;
+    }
+    const now = await this.o.store.run(runId);
+    if (now) this.emit({ kind: 'run.updated', run: now });
+    return now ?? run;
+  }
+
+  async rerun(runId: string): Promise<Run> {
+    const run = await this.o.store.run(runId);
+    if (!run) throw new BerthError('RUN_NOT_FOUND', `no run ${runId}`);
+    return this.enqueue({
+      projectId: run.projectId,
+      trigger: 'rerun',
+      ref: run.ref,
+      branch: run.branch,
+      sha: run.sha,
+      message: run.message,
+      rerunOf: run.id,
+    });
+  }
+
+  /** Starts what the limits allow. */
+  async tick(): Promise<void> {
+    if (this.ticking || this.stopped) return;
+    this.ticking = true;
+    try {
+      const queued = await this.o.store.queued();
+      const running = [...this.active.values()].map((a) => ({ id: a.run.id, project: a.run.projectId }));
+      const pick = pickRunsToStart(
+        queued.map((r) => ({ id: r.id, project: r.projectId, seq: r.seq })),
+        running,
+        { concurrency: this.o.concurrency, perProject: this.o.perProject ?? 1 },
+      );
+      for (const p of pick) {
+        const run = queued.find((r) => r.id === p.id);
+        if (run && (await this.o.store.markStarted(run.id)))
+          this.launch({ ...run, status: 'running', startedAt: Date.now() });
+      }
+    } finally {
+      this.ticking = false;
+    }
+  }
+
+  private launch(run: Run): void {
+    const abort = new AbortController();
+    const force = new AbortController();
+    const done = this.execute(run, abort.signal, force.signal)
+      .catch((err: unknown) => this.o.log?.(`run ${run.id}: ${errorMessage(err)}`))
+      .finally(() => {
+        this.active.delete(run.id);
+        void this.tick();
+      });
+    this.active.set(run.id, { run, abort, force, done });
+    this.emit({ kind: 'run.updated', run });
+  }
+
+  private async execute(run: Run, signal: AbortSignal, forceSignal: AbortSignal): Promise<void> {
+    const project = await this.o.store.projects().then((ps) => ps.find((p) => p.id === run.projectId));
+    const ws = join(this.o.dataDir, 'workspaces', run.id);
+    let status: Exclude<RunStatus, 'queued' | 'running'> = 'failed';
+    let exitCode: number | null = null;
+    let error: string | undefined;
+    const sampler = new Sampler(this, run.id, (this.o.sampleSeconds ?? 2) * 1000);
+    try {
+      if (!project) throw new BerthError('RUN_FAILED', `project ${run.projectId} no longer exists`);
+      await checkout(project.repoUrl, ws, run.sha ?? run.branch ?? project.branch ?? undefined);
+      const spec = loadRunSpec(join(ws, 'berth.yml'));
+      const outcome = await runPipeline({
+        spec,
+        storeDir: join(this.o.dataDir, 'runner'),
+        labels: this.o.labels,
+        signal,
+        forceSignal,
+        reapFirst: false,
+        onEvent: (e) => {
+          void this.record(run.id, e);
+          if (e.kind === 'run.started') sampler.runnerId = e.runId;
+          if (e.kind === 'job.started') sampler.start(e.job);
+          if (e.kind === 'job.finished') sampler.stop(e.job);
+        },
+      });
+      exitCode = outcome.exitCode;
+      status = signal.aborted ? 'cancelled' : outcome.exitCode === 0 ? 'succeeded' : 'failed';
+    } catch (err) {
+      error = errorMessage(err);
+      status = signal.aborted ? 'cancelled' : 'failed';
+      await this.o.store.appendLogs(run.id, [
+        { job: '(server)', step: null, stream: 'system', text: `berth: ${error}` },
+      ]);
+    } finally {
+      sampler.stopAll();
+      await this.o.store.markFinished(run.id, status, exitCode, error);
+      rmSync(ws, { recursive: true, force: true });
+      const now = await this.o.store.run(run.id);
+      if (now) this.emit({ kind: 'run.updated', run: now });
+    }
+  }
+
+  private pending = Promise.resolve();
+
+  /** Records runner events in order (appends are sequenced per run). */
+  private record(runId: string, e: RunEvent): Promise<void> {
+    this.pending = this.pending
+      .then(async () => {
+        const t = Date.parse(e.time);
+        switch (e.kind) {
+          case 'job.queued':
+            await this.o.store.upsertJob({
+              runId,
+              name: e.job,
+              status: 'queued',
+              needs: [],
+              startedAt: null,
+              finishedAt: null,
+              exitCode: null,
+            });
+            break;
+          case 'job.started':
+            await this.o.store.upsertJob({
+              runId,
+              name: e.job,
+              status: 'running',
+              needs: [],
+              startedAt: t,
+              finishedAt: null,
+              exitCode: null,
+            });
+            break;
+          case 'job.finished':
+            await this.o.store.upsertJob({
+              runId,
+              name: e.job,
+              status: e.status,
+              needs: [],
+              startedAt: null,
+              finishedAt: t,
+              exitCode: e.exitCode ?? null,
+            });
+            break;
+          case 'step.started':
+            await this.o.store.upsertStep({
+              runId,
+              job: e.job,
+              idx: e.step,
+              name: e.name,
+              status: 'running',
+              startedAt: t,
+              finishedAt: null,
+              exitCode: null,
+            });
+            break;
+          case 'step.finished':
+            await this.o.store.upsertStep({
+              runId,
+              job: e.job,
+              idx: e.step,
+              name: e.name,
+              status: e.status,
+              startedAt: null,
+              finishedAt: t,
+              exitCode: e.exitCode ?? null,
+            });
+            break;
+          case 'log': {
+            const [line] = await this.o.store.appendLogs(runId, [
+              { job: e.job, step: e.step ?? null, stream: e.stream, text: e.line, ts: t },
+            ]);
+            this.emit({ kind: 'runner', runId, event: e, seq: line?.seq });
+            return;
+          }
+          default:
+            break;
+        }
+        this.emit({ kind: 'runner', runId, event: e });
+      })
+      .catch((err: unknown) => this.o.log?.(`recording ${e.kind} for ${runId}: ${errorMessage(err)}`));
+    return this.pending;
+  }
+
+  recordSample(runId: string, job: string, ts: number, cpuPercent: number, memBytes: number): void {
+    void this.o.store.addSample(runId, job, { ts, cpuPercent, memBytes }).catch(() => undefined);
+    this.emit({ kind: 'sample', runId, job, ts, cpuPercent, memBytes });
+  }
+
+  running(): string[] {
+    return [...this.active.keys()];
+  }
+
+  /** Stops accepting work; running runs are stopped gracefully (their leftovers removed). */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    for (const a of this.active.values()) a.abort.abort();
+    await Promise.all([...this.active.values()].map((a) => a.done));
+  }
+}
+
+/** Samples CPU and memory of running job containers from the engine's stats. */
+class Sampler {
+  runnerId: string | undefined;
+  private readonly timers = new Map<string, NodeJS.Timeout>();
+  private readonly client = new DockerClient();
+
+  constructor(
+    private readonly svc: ServerService,
+    private readonly runId: string,
+    private readonly everyMs: number,
+  ) {}
+
+  start(job: string): void {
+    const t = setInterval(() => void this.sample(job), this.everyMs);
+    this.timers.set(job, t);
+  }
+
+  stop(job: string): void {
+    clearInterval(this.timers.get(job));
+    this.timers.delete(job);
+  }
+
+  stopAll(): void {
+    for (const t of this.timers.values()) clearInterval(t);
+    this.timers.clear();
+    this.client.close();
+  }
+
+  private async sample(job: string): Promise<void> {
+    if (!this.runnerId) return;
+    try {
+      const list = await containers(this.client).list({
+        all: false,
+        filters: { label: [`${LABEL_RUN}=${this.runnerId}`, `${LABEL_JOB}=${job}`, 'io.berth.role=job'] },
+      });
+      const c = list[0];
+      if (!c) return;
+      const s = await this.client.json<StatsJson>('GET', `/containers/${c.Id}/stats`, {
+        query: { stream: false },
+      });
+      this.svc.recordSample(this.runId, job, Date.now(), cpuPercent(s), s.memory_stats?.usage ?? 0);
+    } catch {
+      /* the job may have just ended */
+    }
+  }
+}
+
+interface StatsJson {
+  cpu_stats?: { cpu_usage?: { total_usage?: number }; system_cpu_usage?: number; online_cpus?: number };
+  precpu_stats?: { cpu_usage?: { total_usage?: number }; system_cpu_usage?: number };
+  memory_stats?: { usage?: number };
+}
+
+/** CPU percent as `docker stats` computes it. Pure. */
+export function cpuPercent(s: StatsJson): number {
+  const cpu = (s.cpu_stats?.cpu_usage?.total_usage ?? 0) - (s.precpu_stats?.cpu_usage?.total_usage ?? 0);
+  const sys = (s.cpu_stats?.system_cpu_usage ?? 0) - (s.precpu_stats?.system_cpu_usage ?? 0);
+  const n = s.cpu_stats?.online_cpus ?? 1;
+  return sys > 0 && cpu > 0 ? (cpu / sys) * n * 100 : 0;
+}
+
+/** Clones the project and checks out the commit (or branch) into a fresh workspace. */
+export async function checkout(repoUrl: string, dir: string, rev: string | undefined): Promise<void> {
+  if (existsSync(dir)) rmSync(dir, { recursive: true, force: true });
+  mkdirSync(dir, { recursive: true });
+  try {
+    await exec('git', ['clone', '--quiet', '--no-checkout', repoUrl, dir], { timeout: 300_000 });
+    await exec('git', ['-C', dir, 'checkout', '--quiet', '--detach', rev ?? 'HEAD'], { timeout: 120_000 });
+  } catch (err) {
+    throw new BerthError(
+      'RUN_FAILED',
+      `cannot check out ${rev ?? 'HEAD'} of ${repoUrl}: ${errorMessage(err).split('\n').slice(-2).join(' ')}`,
+    );
+  }
+}
