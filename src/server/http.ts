@@ -164,9 +164,10 @@ export function createHttpServer(o: HttpOptions): http.Server {
       if (method === 'POST') {
         const body = await readJson(req);
         const p = await store.createProject({
-          name: String(body.name ?? ''),
-          repoUrl: String(body.repoUrl ?? body.repo ?? ''),
-          secret: String(body.secret ?? ''),
+          name: typeof body.name === 'string' ? body.name : '',
+          repoUrl:
+            typeof body.repoUrl === 'string' ? body.repoUrl : typeof body.repo === 'string' ? body.repo : '',
+          secret: typeof body.secret === 'string' ? body.secret : '',
           branch: typeof body.branch === 'string' ? body.branch : undefined,
           pollSeconds: typeof body.pollSeconds === 'number' ? body.pollSeconds : undefined,
         });

@@ -1,0 +1,161 @@
+/**
+ * berth serve end to end (without a browser): a signed push webhook to a running server produces
+ * a run of the pushed commit's berth.yml; bad signatures, malformed payloads and unknown projects
+ * are rejected and queue nothing; logs and the live event stream follow the run.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHmac } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { startServer } from '../src/server/index.js';
+import type { ServerHandle } from '../src/server/index.js';
+import { sessionLabels, tempDir } from './support/index.js';
+
+const SECRET = 'webhook-secret-123';
+const TOKEN = 'api-token-456';
+
+function git(cwd: string, ...args: string[]): string {
+  return execFileSync('git', ['-c', 'user.name=t', '-c', 'user.email=t@example.invalid', ...args], {
+    cwd,
+    encoding: 'utf8',
+  }).trim();
+}
+
+describe('berth serve', () => {
+  const dir = tempDir('berth-serve-');
+  const repo = join(dir.path, 'repo');
+  let server: ServerHandle;
+  let sha = '';
+
+  before(async () => {
+    mkdirSync(repo, { recursive: true });
+    git(repo, 'init', '-q', '-b', 'main');
+    writeFileSync(
+      join(repo, 'berth.yml'),
+      [
+        'image: berth-local/busybox',
+        'docker: none',
+        'jobs:',
+        '  hello:',
+        '    steps:',
+        '      - echo "hello from run $BERTH_RUN_ID"',
+        '      - cat message.txt',
+        '',
+      ].join('\n'),
+    );
+    writeFileSync(join(repo, 'message.txt'), 'pushed content\n');
+    git(repo, 'add', '.');
+    git(repo, 'commit', '-q', '-m', 'first');
+    sha = git(repo, 'rev-parse', 'HEAD');
+    server = await startServer({
+      port: 0,
+      dataDir: join(dir.path, 'data'),
+      concurrency: 2,
+      token: TOKEN,
+      labels: sessionLabels(),
+    });
+    const r = await fetch(`${server.url}/api/projects`, {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${TOKEN}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ name: 'app', repoUrl: repo, secret: SECRET }),
+    });
+    assert.equal(r.status, 201, await r.text());
+  });
+
+  after(async () => {
+    await server.close();
+    dir[Symbol.dispose]();
+  });
+
+  const push = (body: string, headers: Record<string, string>, project = 'app') =>
+    fetch(`${server.url}/hooks/${project}`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', ...headers },
+      body,
+    });
+  const payload = () =>
+    JSON.stringify({
+      ref: 'refs/heads/main',
+      after: sha,
+      repository: { clone_url: repo, full_name: 't/app' },
+      head_commit: { message: 'first' },
+    });
+  const sign = (b: string) => `sha256=${createHmac('sha256', SECRET).update(b).digest('hex')}`;
+  const queuedCount = async () =>
+    (
+      (await (
+        await fetch(`${server.url}/api/runs`, { headers: { Authorization: `Bearer ${TOKEN}` } })
+      ).json()) as unknown[]
+    ).length;
+
+  test('bad signature → 401, malformed payload → 400, unknown project → 404; nothing queued', async () => {
+    const body = payload();
+    const bad = await push(body, { 'X-GitHub-Event': 'push', 'X-Hub-Signature-256': sign(`${body} `) });
+    assert.equal(bad.status, 401);
+    assert.match(((await bad.json()) as { message: string }).message, /signature does not match/);
+    const malformed = '{"ref": 1}';
+    const m = await push(malformed, { 'X-GitHub-Event': 'push', 'X-Hub-Signature-256': sign(malformed) });
+    assert.equal(m.status, 400);
+    const unknown = await push(body, { 'X-GitHub-Event': 'push', 'X-Hub-Signature-256': sign(body) }, 'nope');
+    assert.equal(unknown.status, 404);
+    assert.equal(await queuedCount(), 0);
+    const noToken = await fetch(`${server.url}/api/runs`);
+    assert.equal(noToken.status, 401);
+  });
+
+  test('a signed push runs the pushed commit; logs and the event stream follow it', async () => {
+    const ac = new AbortController();
+    const seen: string[] = [];
+    const stream = fetch(`${server.url}/api/events?token=${TOKEN}`, { signal: ac.signal })
+      .then(async (res) => {
+        const reader = res.body!.getReader();
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          seen.push(Buffer.from(value).toString('utf8'));
+        }
+      })
+      .catch(() => undefined);
+    const body = payload();
+    const r = await push(body, { 'X-GitHub-Event': 'push', 'X-Hub-Signature-256': sign(body) });
+    assert.equal(r.status, 201, await r.clone().text());
+    const run = (await r.json()) as { id: string; sha: string };
+    assert.equal(run.sha, sha);
+    let status = 'queued';
+    for (let i = 0; i < 600 && (status === 'queued' || status === 'running'); i++) {
+      await new Promise((res) => setTimeout(res, 100));
+      status = (
+        (await (
+          await fetch(`${server.url}/api/runs/${run.id}`, { headers: { Authorization: `Bearer ${TOKEN}` } })
+        ).json()) as { status: string }
+      ).status;
+    }
+    assert.equal(status, 'succeeded');
+    const logs = (await (
+      await fetch(`${server.url}/api/runs/${run.id}/logs`, { headers: { Authorization: `Bearer ${TOKEN}` } })
+    ).json()) as { text: string }[];
+    const text = logs.map((l) => l.text).join('\n');
+    assert.match(text, /hello from run \S+/);
+    assert.match(text, /pushed content/);
+    const page = (await (
+      await fetch(`${server.url}/api/runs/${run.id}/logs?after=1&limit=1`, {
+        headers: { Authorization: `Bearer ${TOKEN}` },
+      })
+    ).json()) as { seq: number }[];
+    assert.deepEqual(
+      page.map((l) => l.seq),
+      [2],
+    );
+    ac.abort();
+    await stream;
+    const events = seen.join('');
+    assert.match(events, /event: run.queued/);
+    assert.match(events, /pushed content/);
+    const badge = await fetch(`${server.url}/badge/app.svg`);
+    assert.match(await badge.text(), /succeeded/);
+    const page2 = await fetch(`${server.url}/runs/${run.id}`);
+    assert.match(await page2.text(), /<title>berth<\/title>/);
+  });
+});
