@@ -1,0 +1,83 @@
+/** What a step sees: its environment, git facts, and secret masking. */
+import { execFileSync } from 'node:child_process';
+import type { JobSpec, Pipeline } from './types.js';
+
+export interface RunContext {
+  id: string;
+  sha?: string;
+  branch?: string;
+}
+
+export interface GitInfo {
+  sha: string;
+  branch: string | undefined;
+}
+
+/**
+ * The environment of every step of `job`: CI variables, then pipeline `variables`, pipeline `env`,
+ * job `env` (later wins; job env wins over everything), then `secrets` (name → value) if given.
+ */
+export function stepEnvironment(input: {
+  pipeline: Pipeline;
+  job: JobSpec;
+  run: RunContext;
+  registry?: string;
+  secrets?: Record<string, string>;
+}): Record<string, string> {
+  const { pipeline, job, run } = input;
+  const env: Record<string, string> = {
+    CI: 'true',
+    BERTH: 'true',
+    BERTH_RUN_ID: run.id,
+    BERTH_JOB: job.name,
+    BERTH_WORKSPACE: job.workdir,
+    BERTH_DOCKER_MODE: job.docker.mode,
+  };
+  if (run.sha) env.BERTH_COMMIT_SHA = run.sha;
+  if (run.sha) env.BERTH_COMMIT_SHORT_SHA = run.sha.slice(0, 8);
+  if (run.branch) env.BERTH_BRANCH = run.branch;
+  if (input.registry) env.BERTH_REGISTRY = input.registry;
+  if (job.matrix)
+    for (const [k, v] of Object.entries(job.matrix))
+      env[`BERTH_MATRIX_${k.toUpperCase().replace(/-/g, '_')}`] = v;
+  return { ...env, ...pipeline.variables, ...pipeline.env, ...job.env, ...input.secrets };
+}
+
+/** Values shorter than this are not masked (masking `1` or `on` would wreck every log line). */
+export const MIN_SECRET_LENGTH = 4;
+
+/**
+ * Replaces every occurrence of each secret value in `line` with `***`, longest values first (so a
+ * secret containing another is masked whole). Values shorter than MIN_SECRET_LENGTH are skipped.
+ * Each multi-line value is also masked line by line. Base64 forms are NOT masked (documented).
+ */
+export function maskSecrets(line: string, values: readonly string[]): string {
+  const parts = new Set<string>();
+  for (const v of values) {
+    if (v.length >= MIN_SECRET_LENGTH) parts.add(v);
+    if (v.includes('\n'))
+      for (const l of v.split(/\r?\n/)) if (l.trim().length >= MIN_SECRET_LENGTH) parts.add(l);
+  }
+  let out = line;
+  for (const v of [...parts].sort((a, b) => b.length - a.length)) out = out.split(v).join('***');
+  return out;
+}
+
+/** The commit SHA and branch of the git repository holding `dir`; undefined outside a repo. */
+export function gitInfo(dir: string): GitInfo | undefined {
+  const git = (args: string[]): string | undefined => {
+    try {
+      return execFileSync('git', args, {
+        cwd: dir,
+        encoding: 'utf8',
+        stdio: ['ignore', 'pipe', 'ignore'],
+      }).trim();
+    } catch {
+      return undefined;
+    }
+  };
+  const sha = git(['rev-parse', '--verify', 'HEAD']);
+  if (!sha) return undefined;
+  const branch = git(['symbolic-ref', '--short', '-q', 'HEAD']);
+  return { sha, branch: branch || undefined };
+}
