@@ -94,25 +94,30 @@ const READY_KEYS = ['command', 'timeout', 'interval'];
 const STEP_KEYS = ['name', 'run'];
 const SECRET_KEYS = ['name', 'file'];
 
+/** Optimal-string-alignment distance: insertions, deletions, substitutions, transpositions. */
 function editDistance(a: string, b: string): number {
-  const d = Array.from({ length: b.length + 1 }, (_, j) => j);
+  const rows: number[][] = Array.from({ length: a.length + 1 }, (_, i) =>
+    Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)),
+  );
+  const at = (i: number, j: number): number => rows[i]?.[j] ?? 0;
   for (let i = 1; i <= a.length; i++) {
-    let prev = d[0] ?? 0;
-    d[0] = i;
     for (let j = 1; j <= b.length; j++) {
-      const tmp = d[j] ?? 0;
-      d[j] = Math.min((d[j] ?? 0) + 1, (d[j - 1] ?? 0) + 1, prev + (a[i - 1] === b[j - 1] ? 0 : 1));
-      prev = tmp;
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      let d = Math.min(at(i - 1, j) + 1, at(i, j - 1) + 1, at(i - 1, j - 1) + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1])
+        d = Math.min(d, at(i - 2, j - 2) + 1);
+      const row = rows[i];
+      if (row) row[j] = d;
     }
   }
-  return d[b.length] ?? 0;
+  return at(a.length, b.length);
 }
 
 function suggest(word: string, options: readonly string[]): string {
   let best: string | undefined;
   let bestD = Infinity;
   for (const o of options) {
-    const dist = editDistance(word.toLowerCase(), o);
+    const dist = editDistance(word.toLowerCase(), o.toLowerCase());
     if (dist < bestD) [best, bestD] = [o, dist];
   }
   return best !== undefined && bestD <= Math.max(2, Math.floor(word.length / 3))

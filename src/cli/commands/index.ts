@@ -6,6 +6,7 @@ import { registerEngine } from './engine.js';
 import { registerGuard } from './guard.js';
 import { registerImages } from './images.js';
 import { registerRun } from './run.js';
+import { registerValidate } from './validate.js';
 import { registerServe } from './serve.js';
 
 type Register = (program: Command) => void;
@@ -16,6 +17,7 @@ const registrations: Register[] = [
   registerDoctor,
   registerGuard,
   registerRun,
+  registerValidate,
   registerServe,
   registerBench,
 ];
