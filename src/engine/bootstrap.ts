@@ -233,7 +233,7 @@ export async function engineUp(o: UpOptions = {}): Promise<UpResult> {
   if (existsSync(layout.socket)) rmSync(layout.socket, { force: true }); // stale: nothing answered on it
   const args = dockerdArgs(layout, o.dockerdFlags);
   const fd = openSync(paths.logFile, 'a');
-  const [cmd = layout.dockerd, ...pre] = [...(o.launcher ?? []), layout.dockerd];
+  const [cmd, ...pre] = [...(o.launcher ?? []), layout.dockerd] as [string, ...string[]];
   const child = spawn(cmd, [...pre, ...args], {
     detached: true,
     stdio: ['ignore', fd, fd],
