@@ -233,8 +233,8 @@ export async function engineUp(o: UpOptions = {}): Promise<UpResult> {
   if (existsSync(layout.socket)) rmSync(layout.socket, { force: true }); // stale: nothing answered on it
   const args = dockerdArgs(layout, o.dockerdFlags);
   const fd = openSync(paths.logFile, 'a');
-  const [cmd, ...pre] = [...(o.launcher ?? []), layout.dockerd] as [string, ...string[]];
-  const child = spawn(cmd, [...pre, ...args], {
+  const argv = [...(o.launcher ?? []), layout.dockerd, ...args];
+  const child = spawn(argv[0] ?? layout.dockerd, argv.slice(1), {
     detached: true,
     stdio: ['ignore', fd, fd],
     env: { ...process.env, ...env },
