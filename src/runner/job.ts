@@ -109,7 +109,6 @@ export class JobRun {
   async run(): Promise<JobOutcome> {
     const { ctx } = this;
     const { client, job, runId } = ctx;
-    const start = Date.now();
     const labels = { ...ctx.labels, [LABEL_JOB]: job.name };
     const netName = objectName(runId, job.name);
     const jobDir = join(jobTempRoot(runId), job.name.replace(/[^a-zA-Z0-9_.-]/g, '-'));
@@ -163,7 +162,7 @@ export class JobRun {
         log: sys,
       });
       cleanups.push(() => access.close());
-      if (this.stopping) return this.stoppedOutcome();
+      if (this.stopped()) return this.stoppedOutcome();
       for (const svc of job.services) {
         const name = objectName(runId, job.name, svc.name);
         cleanups.push(() => containers(client).remove(name, { force: true }));
@@ -184,7 +183,7 @@ export class JobRun {
       for (const svc of job.services) {
         if (!svc.ready) continue;
         const ok = await this.waitReady(objectName(runId, job.name, svc.name), svc.ready, svc.readyTimeoutMs);
-        if (this.stopping) return this.stoppedOutcome();
+        if (this.stopped()) return this.stoppedOutcome();
         if (!ok)
           return {
             status: 'failed',
@@ -213,14 +212,14 @@ export class JobRun {
         jobName,
       );
       this.containerId = created.Id;
-      if (this.stopping) return this.stoppedOutcome();
+      if (this.stopped()) return this.stoppedOutcome();
       await containers(client).start(created.Id);
       let failed: JobOutcome | undefined;
       for (let i = 0; i < job.steps.length; i++) {
         const step = job.steps[i];
         if (!step) continue;
-        if (failed || this.stopping) {
-          const st: StepStatus = this.stopping ? 'cancelled' : 'skipped';
+        if (failed || this.stopped()) {
+          const st: StepStatus = this.stopped() ? 'cancelled' : 'skipped';
           ctx.onStep(i, { status: st });
           ctx.emit({
             kind: 'step.finished',
@@ -253,9 +252,9 @@ export class JobRun {
           errorText = errorMessage(err);
         }
         const status: StepStatus =
-          this.stopping === 'timeout'
+          this.stopped() === 'timeout'
             ? 'timed_out'
-            : this.stopping
+            : this.stopped()
               ? 'cancelled'
               : exitCode === 0
                 ? 'passed'
@@ -283,11 +282,11 @@ export class JobRun {
           };
         }
       }
-      if (this.stopping) return this.stoppedOutcome();
+      if (this.stopped()) return this.stoppedOutcome();
       if (job.artifacts.length > 0) await this.collectArtifacts(created.Id);
       return failed ?? { status: 'passed', exitCode: 0 };
     } catch (err) {
-      if (this.stopping) return this.stoppedOutcome();
+      if (this.stopped()) return this.stoppedOutcome();
       return { status: 'failed', reason: errorMessage(err) };
     } finally {
       clearTimeout(timer);
@@ -307,19 +306,23 @@ export class JobRun {
             });
         }
       }
-      void start;
     }
   }
 
+  /** Why the job is stopping (set from timers and signal handlers, so read through a call). */
+  private stopped(): 'cancel' | 'timeout' | undefined {
+    return this.stopping;
+  }
+
   private stoppedOutcome(): JobOutcome {
-    return this.stopping === 'timeout'
+    return this.stopped() === 'timeout'
       ? { status: 'timed_out', reason: `timed out after ${this.ctx.job.timeoutMs}ms` }
       : { status: 'cancelled', reason: 'interrupted' };
   }
 
   private async waitReady(container: string, cmd: string, timeoutMs: number): Promise<boolean> {
     const until = Date.now() + timeoutMs;
-    while (Date.now() < until && !this.stopping) {
+    while (Date.now() < until && !this.stopped()) {
       try {
         const r = await exec(this.ctx.client).run(container, ['sh', '-c', cmd]);
         if (r.exitCode === 0) return true;

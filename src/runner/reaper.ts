@@ -5,8 +5,15 @@
  */
 import { hostname } from 'node:os';
 import { rmSync } from 'node:fs';
-import { LABEL_OWNER_HOST, LABEL_OWNER_PID, LABEL_RUN, LABEL_TENANT, errorMessage } from '../common/index.js';
-import { containers, networks, volumes } from '../engine/index.js';
+import {
+  LABEL_OWNER_HOST,
+  LABEL_OWNER_PID,
+  LABEL_RUN,
+  LABEL_TENANT,
+  errorMessage,
+  sleep,
+} from '../common/index.js';
+import { EngineError, containers, networks, volumes } from '../engine/index.js';
 import type { DockerClient } from '../engine/index.js';
 import type { Store } from './store.js';
 import { jobTempRoot } from './paths.js';
@@ -74,7 +81,8 @@ export async function reap(client: DockerClient, opts: ReapOptions = {}): Promis
     if (!pick(c.Labels)) continue;
     note(c.Labels);
     try {
-      if (await containers(client).remove(c.Id, { force: true, volumes: true })) result.containers++;
+      if (await retrying(() => containers(client).remove(c.Id, { force: true, volumes: true })))
+        result.containers++;
     } catch (err) {
       result.errors.push(`container ${c.Names[0] ?? c.Id}: ${errorMessage(err)}`);
     }
@@ -83,7 +91,7 @@ export async function reap(client: DockerClient, opts: ReapOptions = {}): Promis
     if (!pick(n.Labels)) continue;
     note(n.Labels);
     try {
-      if (await networks(client).remove(n.Id)) result.networks++;
+      if (await retrying(() => networks(client).remove(n.Id))) result.networks++;
     } catch (err) {
       result.errors.push(`network ${n.Name}: ${errorMessage(err)}`);
     }
@@ -92,7 +100,7 @@ export async function reap(client: DockerClient, opts: ReapOptions = {}): Promis
     if (!pick(v.Labels)) continue;
     note(v.Labels);
     try {
-      if (await volumes(client).remove(v.Name)) result.volumes++;
+      if (await retrying(() => volumes(client).remove(v.Name))) result.volumes++;
     } catch (err) {
       result.errors.push(`volume ${v.Name}: ${errorMessage(err)}`);
     }
@@ -109,4 +117,21 @@ export async function reap(client: DockerClient, opts: ReapOptions = {}): Promis
   for (const r of runs) rmSync(jobTempRoot(r), { recursive: true, force: true });
   result.runs = [...runs].sort();
   return result;
+}
+
+/**
+ * Removal that tolerates a concurrent reaper (another `berth run` starting reaps too): a 409
+ * ("removal already in progress", "in use", "active endpoints") is retried for a few seconds, and
+ * an object that is gone meanwhile counts as not removed by us.
+ */
+async function retrying(remove: () => Promise<boolean>): Promise<boolean> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await remove();
+    } catch (err) {
+      const status = err instanceof EngineError ? err.statusCode : undefined;
+      if ((status !== 409 && status !== 403) || attempt >= 20) throw err;
+      await sleep(250);
+    }
+  }
 }

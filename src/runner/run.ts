@@ -216,6 +216,8 @@ export async function runPipeline(opts: RunOptions): Promise<RunOutcome> {
     let cancelled = opts.signal?.aborted === true;
     let forced = opts.forceSignal?.aborted === true;
     let wake: () => void = () => undefined;
+    // Set from signal listeners: read through a call so control-flow narrowing does not freeze it.
+    const isCancelled = () => cancelled;
     const onCancel = () => {
       cancelled = true;
       for (const r of running.values()) r.run.cancel(false);
@@ -326,7 +328,7 @@ export async function runPipeline(opts: RunOptions): Promise<RunOutcome> {
             },
           );
           running.set(j.name, { run, done });
-          if (cancelled) run.cancel(forced);
+          if (isCancelled()) run.cancel(forced);
         }
         if (progressed) continue;
         await new Promise<void>((r) => {

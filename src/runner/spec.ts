@@ -248,13 +248,13 @@ function readJob(
           if (!['name', 'run', 'env'].includes(k))
             at(pair.key as YamlNode, `${sp}.${k}`, `unknown key "${k}" (expected name, run, env)`);
         }
-        const run = str(it.get('run', true) as YamlNode | undefined, `${sp}.run`, at);
+        const run = str(it.get('run', true), `${sp}.run`, at);
         if (run === undefined) at(it, sp, 'a step needs `run:` (a shell script)');
-        const sname = str(it.get('name', true) as YamlNode | undefined, `${sp}.name`, at);
+        const sname = str(it.get('name', true), `${sp}.name`, at);
         steps.push({
           name: sname ?? firstLine(run ?? ''),
           run: run ?? '',
-          env: strMap(it.get('env', true) as YamlNode | undefined, `${sp}.env`, at),
+          env: strMap(it.get('env', true), `${sp}.env`, at),
         });
       } else {
         at(it, sp, 'a step is a shell command string or a mapping with `run:`');
@@ -290,7 +290,7 @@ function readJob(
               `unknown key "${k}" (expected image, command, env, ready, ready_timeout)`,
             );
         }
-        const image = str(v.get('image', true) as YamlNode | undefined, `${sp}.image`, at);
+        const image = str(v.get('image', true), `${sp}.image`, at);
         if (!image) at(v, `${sp}.image`, 'a service needs `image:`');
         const cmdNode = v.get('command', true) as YamlNode | undefined;
         let command: string[] | undefined;
@@ -305,8 +305,8 @@ function readJob(
           name: sname,
           image: image ?? '',
           command,
-          env: strMap(v.get('env', true) as YamlNode | undefined, `${sp}.env`, at),
-          ready: str(v.get('ready', true) as YamlNode | undefined, `${sp}.ready`, at),
+          env: strMap(v.get('env', true), `${sp}.env`, at),
+          ready: str(v.get('ready', true), `${sp}.ready`, at),
           readyTimeoutMs: rt ?? 60_000,
         });
       }
@@ -350,13 +350,9 @@ function readDocker(node: YamlNode | undefined, path: string, at: At, fallback: 
   }
   const modeNode = node.get('mode', true) as YamlNode | undefined;
   const m = modeNode ? mode(str(modeNode, `${path}.mode`, at) ?? '', modeNode) : fallback.mode;
-  const tenant = str(node.get('tenant', true) as YamlNode | undefined, `${path}.tenant`, at);
+  const tenant = str(node.get('tenant', true), `${path}.tenant`, at);
   if (tenant !== undefined && !/^[a-zA-Z0-9][a-zA-Z0-9_./-]*$/.test(tenant))
-    at(
-      node.get('tenant', true) as YamlNode,
-      `${path}.tenant`,
-      'tenant names use letters, digits, `_`, `.`, `/` and `-`',
-    );
+    at(node.get('tenant', true), `${path}.tenant`, 'tenant names use letters, digits, `_`, `.`, `/` and `-`');
   const keepNode = node.get('keep', true) as YamlNode | undefined;
   let keep = false;
   if (keepNode !== undefined) {

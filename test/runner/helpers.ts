@@ -32,7 +32,10 @@ export async function runJson(
   args: string[] = [],
   env: NodeJS.ProcessEnv = {},
 ): Promise<RunResult & { events: RunEvent[]; runId: string }> {
-  const r = await berth(['run', file, '--json', ...LABEL_ARG, ...args], { env, timeoutMs: 300_000 });
+  const r = await berth(['run', file, '--json', ...LABEL_ARG, ...args], {
+    env: { BERTH_NO_REAP_ON_START: '1', ...env },
+    timeoutMs: 300_000,
+  });
   const events = parseEvents(r.stdout);
   const started = events.find((e) => e.kind === 'run.started');
   return { ...r, events, runId: started?.runId ?? '' };

@@ -61,7 +61,8 @@ secrets: [DEPLOY_TOKEN]
 jobs:
   s:
     steps:
-      - echo "token=$DEPLOY_TOKEN"; echo "$DEPLOY_TOKEN" >&2
+      - echo "token=$DEPLOY_TOKEN"
+      - echo "$DEPLOY_TOKEN" >&2
       - echo "greeting=$GREETING"
       - echo "in the middle xx\${DEPLOY_TOKEN}yy of a line"
 `);

@@ -137,6 +137,9 @@ export function registerRun(program: Command): void {
           signal: cancel.signal,
           forceSignal: force.signal,
           graceMs,
+          // Tests that kill runners on purpose turn this off so one test's run does not reap
+          // another test's victim before it looks at it.
+          reapFirst: process.env.BERTH_NO_REAP_ON_START !== '1',
           onEvent: print,
         });
         if (!o.json) {
