@@ -778,7 +778,7 @@ function expandAndLink(c: Checker, raws: RawJob[]): JobSpec[] {
         c.at(
           n.node,
           path,
-          `unknown job \`${n.name}\`${suggest(n.name, [...byBase.keys()])}: needs must name jobs of this file`,
+          `unknown job \`${n.name}\`: needs must name jobs of this file${suggest(n.name, [...byBase.keys()])}`,
         );
         continue;
       }
