@@ -9,7 +9,7 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 packages=(docker.io iptables busybox-static debootstrap)
 if [ "${1:-}" = "--test" ]; then
-  packages+=(docker-compose docker-registry haproxy postgresql git)
+  packages+=(docker-compose docker-registry haproxy postgresql git chromium)
 fi
 
 if command -v apt-get >/dev/null 2>&1; then
