@@ -202,7 +202,8 @@ class Checker {
     if (isScalar(node) && typeof node.value === 'string' && node.value !== '') return node.value;
     if (isScalar(node) && (typeof node.value === 'number' || typeof node.value === 'boolean'))
       return String(node.value);
-    this.at(node, path, `expected ${what}, found ${typeName(node)}`);
+    const found = isScalar(node) && node.value === '' ? 'an empty string' : typeName(node);
+    this.at(node, path, `expected ${what}, found ${found}`);
     return undefined;
   }
 

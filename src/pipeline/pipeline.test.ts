@@ -4,6 +4,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import {
   PipelineError,
   formatProblems,
@@ -434,4 +435,30 @@ test('gitInfo: sha and branch inside a repo, undefined outside', () => {
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('the example in docs/pipeline.md is valid and plans as documented', () => {
+  const md = readFileSync(new URL('../../docs/pipeline.md', import.meta.url), 'utf8');
+  const example = /```yaml\n([\s\S]*?)```/.exec(md)?.[1];
+  assert.ok(example);
+  const p = parsePipeline(example, 'docs/pipeline.md');
+  assert.deepEqual(plan(p).layers, [
+    ['build', 'build-cached'],
+    ['test-1', 'test-2', 'test-3'],
+    ['deploy'],
+    ['notify'],
+  ]);
+  assert.deepEqual(p.jobs.find((j) => j.name === 'deploy')?.docker, {
+    mode: 'guard',
+    tenant: 'env/production',
+    keep: true,
+  });
+  assert.deepEqual(p.jobs.find((j) => j.name === 'test-2')?.env, { SHARD: '2' });
+});
+
+test('empty strings are named as such', () => {
+  assert.deepEqual(problems('jobs:\n  a:\n    image: ""\n    steps: [{ run: "" }]\n'), [
+    '3:12 jobs.a.image: expected an image name, found an empty string',
+    '4:20 jobs.a.steps[0].run: expected a shell command, found an empty string',
+  ]);
 });
