@@ -1,0 +1,662 @@
+/**
+ * Nested Docker daemons in sidecar containers: privilege detection with fallback, a unix socket in
+ * a host directory (or TCP in a shared network namespace), readiness on real API calls, storage
+ * driver fallback, cache volumes locked to one daemon at a time, and cleanup by label.
+ */
+import { mkdtempSync, rmSync, mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { spawnSync } from 'node:child_process';
+import tar from 'tar-stream';
+import {
+  BerthError,
+  errorMessage,
+  isBerthError,
+  LABEL_DIND,
+  LABEL_DIND_CACHE,
+  LABEL_ROLE,
+  sleep,
+} from '../common/index.js';
+import {
+  DockerClient,
+  containers,
+  images,
+  isConflict,
+  parseEndpoint,
+  readLogs,
+  system,
+  volumes,
+} from '../engine/index.js';
+import type { ContainerSummary } from '../engine/index.js';
+import { CAPABILITIES, DIND_IMAGE, fallbackHostConfig, probePrivileges } from '../doctor/index.js';
+import {
+  CONFIG_DIR_IN_CONTAINER,
+  SOCKET_DIR_IN_CONTAINER,
+  SOCKET_NAME,
+  classifyFailure,
+  daemonJson,
+  fallbackCaps,
+  lastLines,
+  names,
+  startScript,
+  storageCandidates,
+  validateOptions,
+} from './config.js';
+
+/** Label on the sidecar: the host socket dir berth created for it (removed on down). */
+const LABEL_SOCKET_DIR = 'io.berth.dind.socket-dir';
+/** Label on the sidecar: "1" when berth created the socket dir itself. */
+const LABEL_SOCKET_OWNED = 'io.berth.dind.socket-dir-owned';
+/** Label on the sidecar: the cache lock it holds. */
+const LABEL_CACHE_LOCK = 'io.berth.dind.cache-lock';
+
+/** The upstream docker image, used when it is present locally (it needs a registry to pull). */
+export const UPSTREAM_DIND_IMAGE = 'docker:dind';
+
+export interface DindOptions {
+  name: string;
+  /** Image with dockerd; default docker:dind when present locally, else berth-local/dind. */
+  image?: string;
+  /** Keep /var/lib/docker in the named volume berth-dind-cache-<key> across runs. */
+  cache?: string;
+  /** What to do when another daemon holds the cache: wait (bounded), use a fresh volume, or fail. Default wait. */
+  cacheBusy?: 'wait' | 'ephemeral' | 'fail';
+  /** How long `cacheBusy: 'wait'` waits; default 10 minutes. */
+  cacheWaitMs?: number;
+  /** Prune the cache (build cache, unused images) when it exceeds this many bytes. */
+  cacheMaxBytes?: number;
+  /** Host directory that holds docker.sock; default a fresh dir under $XDG_RUNTIME_DIR or /tmp. */
+  socketDir?: string;
+  /** Also listen on TCP (for jobs sharing the sidecar's network namespace). */
+  tcp?: { port: number; tls: boolean };
+  registryMirrors?: string[];
+  insecureRegistries?: string[];
+  /** Default: the MTU of the sidecar's own interface. */
+  mtu?: number;
+  /** Default: overlay2, else fuse-overlayfs, else vfs. */
+  storageDriver?: string;
+  labels?: Record<string, string>;
+  /** Network of the sidecar (default: the engine's default bridge). */
+  network?: string;
+  readyTimeoutMs?: number;
+  log?: (line: string) => void;
+  client?: DockerClient;
+}
+
+export interface DindHandle {
+  /** For the host side, e.g. unix:///tmp/x/docker.sock. */
+  dockerHost: string;
+  /** What a job container that mounts socketDir at /var/run/berth-dind sees (or tcp://localhost:PORT). */
+  jobDockerHost: string;
+  socketDir?: string;
+  /** With --tcp and TLS: the host dir with ca.pem, cert.pem, key.pem for clients (DOCKER_CERT_PATH). */
+  certDir?: string;
+  containerId: string;
+  name: string;
+  storageDriver: string;
+  privilegeMode: 'privileged' | 'fallback-caps' | 'sysbox';
+  /** The cache volume in use (absent when none, or when the busy cache made us run ephemeral). */
+  cacheVolume?: string;
+  close(opts?: { purge?: boolean }): Promise<void>;
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+export interface DindSummary {
+  name: string;
+  containerId: string;
+  state: string;
+  image: string;
+  cache?: string;
+  socketDir?: string;
+}
+
+let announcedFallback = false;
+
+/** Picks the privileges for the sidecar: sysbox if present, else --privileged, else the fallback. */
+async function privilegeConfig(
+  client: DockerClient,
+  log: (l: string) => void,
+): Promise<{ mode: DindHandle['privilegeMode']; hostConfig: Record<string, unknown> }> {
+  const info = await system(client).info();
+  const v2 = info.CgroupVersion === '2';
+  if (Object.keys(info.Runtimes ?? {}).includes('sysbox-runc'))
+    return { mode: 'sysbox', hostConfig: { Runtime: 'sysbox-runc' } };
+  const report = await probePrivileges(client);
+  if (report.privileged.ok)
+    return {
+      mode: 'privileged',
+      hostConfig: { Privileged: true, ...(v2 ? { CgroupnsMode: 'private' } : {}) },
+    };
+  if (!report.fallback.ok)
+    throw new BerthError(
+      'DIND_START_FAILED',
+      `this host allows neither --privileged (${report.privileged.detail}) nor the fallback (${report.fallback.detail})`,
+      { hint: 'run `berth doctor`; use the guard docker mode instead, or install sysbox' },
+    );
+  const { capDrop } = fallbackCaps(report.hostBounding, CAPABILITIES);
+  const hc = fallbackHostConfig(
+    report.privileged.missingCapabilities.length ? report.privileged.missingCapabilities : capDrop,
+  );
+  if (v2) {
+    delete hc.Binds;
+    hc.CgroupnsMode = 'private';
+  }
+  if (!announcedFallback) {
+    announcedFallback = true;
+    log(
+      `dind: --privileged is refused here (${report.privileged.detail}); using all host capabilities${
+        (hc.CapDrop as string[]).length ? ` except ${(hc.CapDrop as string[]).join(', ')}` : ''
+      } with unconfined seccomp/apparmor/systempaths and the cgroup mount`,
+    );
+  }
+  return { mode: 'fallback-caps', hostConfig: hc };
+}
+
+async function pickImage(client: DockerClient, asked: string | undefined): Promise<string> {
+  if (asked) {
+    if (!(await images(client).find(asked)))
+      throw new BerthError('DIND_START_FAILED', `the dind image ${asked} is not on the engine`, {
+        hint: 'pull or build it first (`berth images build-local` builds berth-local/dind)',
+      });
+    return asked;
+  }
+  if (await images(client).find(UPSTREAM_DIND_IMAGE)) return UPSTREAM_DIND_IMAGE;
+  if (await images(client).find(DIND_IMAGE)) return DIND_IMAGE;
+  throw new BerthError(
+    'DIND_START_FAILED',
+    `neither ${UPSTREAM_DIND_IMAGE} nor ${DIND_IMAGE} is on the engine`,
+    {
+      hint: 'run `berth images build-local` (no registry needed), or pull docker:dind',
+    },
+  );
+}
+
+/** Takes the one-daemon-per-cache lock: a container named after the key (creation is atomic on the engine). */
+async function acquireCacheLock(
+  client: DockerClient,
+  key: string,
+  owner: string,
+  image: string,
+  labels: Record<string, string>,
+  busy: 'wait' | 'ephemeral' | 'fail',
+  waitMs: number,
+  log: (l: string) => void,
+): Promise<boolean> {
+  const lockName = names.cacheLock(key);
+  const until = Date.now() + waitMs;
+  let said = false;
+  for (;;) {
+    try {
+      await containers(client).create(
+        {
+          Image: image,
+          Entrypoint: ['true'],
+          Cmd: [],
+          Labels: {
+            ...labels,
+            [LABEL_ROLE]: 'dind-cache-lock',
+            [LABEL_DIND]: owner,
+            [LABEL_DIND_CACHE]: key,
+          },
+          HostConfig: { NetworkMode: 'none' },
+        },
+        lockName,
+      );
+      return true;
+    } catch (err) {
+      if (!isConflict(err)) throw err;
+    }
+    // Held. A lock whose owner sidecar is gone (a killed runner) is stale.
+    const lock = await containers(client).find(lockName);
+    if (lock) {
+      const holder = lock.Config.Labels?.[LABEL_DIND] ?? '';
+      const age = Date.now() - Date.parse((lock as unknown as { Created: string }).Created);
+      const sidecar = holder ? await containers(client).find(names.sidecar(holder)) : undefined;
+      if (!sidecar && age > 30_000) {
+        log(`dind: removing the stale cache lock of ${holder || 'an unknown daemon'} on "${key}"`);
+        await containers(client).remove(lockName, { force: true });
+        continue;
+      }
+      if (busy === 'fail')
+        throw new BerthError(
+          'DIND_CACHE_BUSY',
+          `the dind cache "${key}" is in use by the daemon "${holder}"`,
+          {
+            hint: 'wait for it, use another --cache key, or choose --cache-busy wait|ephemeral',
+            details: { cache: key, holder },
+          },
+        );
+      if (busy === 'ephemeral') {
+        log(`dind: cache "${key}" is in use by "${holder}"; running on a fresh ephemeral volume`);
+        return false;
+      }
+      if (!said) {
+        log(
+          `dind: cache "${key}" is in use by "${holder}"; waiting for it (up to ${Math.round(waitMs / 1000)} s)`,
+        );
+        said = true;
+      }
+    }
+    if (Date.now() > until)
+      throw new BerthError(
+        'DIND_CACHE_BUSY',
+        `waited ${Math.round(waitMs / 1000)} s for the dind cache "${key}"`,
+        {
+          hint: 'use another --cache key or --cache-busy ephemeral',
+          details: { cache: key },
+        },
+      );
+    await sleep(500);
+  }
+}
+
+async function releaseCacheLock(client: DockerClient, key: string, owner: string): Promise<void> {
+  const lockName = names.cacheLock(key);
+  const lock = await containers(client).find(lockName);
+  if (lock && lock.Config.Labels?.[LABEL_DIND] === owner)
+    await containers(client).remove(lockName, { force: true });
+}
+
+function tarOf(files: Record<string, string | Buffer>): Promise<Buffer> {
+  const pack = tar.pack();
+  for (const [name, content] of Object.entries(files))
+    pack.entry({ name, mode: name.endsWith('key.pem') ? 0o600 : 0o644 }, content);
+  pack.finalize();
+  const chunks: Buffer[] = [];
+  return new Promise((resolve, reject) => {
+    pack.on('data', (b: unknown) => {
+      chunks.push(b as Buffer);
+    });
+    pack.on('end', () => resolve(Buffer.concat(chunks)));
+    pack.on('error', reject);
+  });
+}
+
+/** Generates a CA, a server and a client certificate with openssl (host tool). */
+function generateCerts(dir: string): { server: Record<string, Buffer>; client: Record<string, Buffer> } {
+  const ossl = (args: string[]) => {
+    const r = spawnSync('openssl', args, { cwd: dir, encoding: 'utf8' });
+    if (r.error || r.status !== 0)
+      throw new BerthError(
+        'DIND_START_FAILED',
+        `openssl ${args[0]} failed: ${r.error?.message ?? r.stderr}`,
+        {
+          hint: 'TLS for --tcp needs the openssl command on this host; or use --tls=false',
+        },
+      );
+  };
+  ossl([
+    'req',
+    '-x509',
+    '-newkey',
+    'rsa:2048',
+    '-nodes',
+    '-keyout',
+    'ca-key.pem',
+    '-out',
+    'ca.pem',
+    '-days',
+    '30',
+    '-subj',
+    '/CN=berth-dind-ca',
+  ]);
+  writeFileSync(
+    join(dir, 'server.ext'),
+    'subjectAltName=DNS:localhost,DNS:docker,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n',
+  );
+  writeFileSync(join(dir, 'client.ext'), 'extendedKeyUsage=clientAuth\n');
+  for (const who of ['server', 'client']) {
+    ossl([
+      'req',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-keyout',
+      `${who}-key.pem`,
+      '-out',
+      `${who}.csr`,
+      '-subj',
+      `/CN=${who === 'server' ? 'localhost' : 'berth-client'}`,
+    ]);
+    ossl([
+      'x509',
+      '-req',
+      '-in',
+      `${who}.csr`,
+      '-CA',
+      'ca.pem',
+      '-CAkey',
+      'ca-key.pem',
+      '-CAcreateserial',
+      '-out',
+      `${who}-cert.pem`,
+      '-days',
+      '30',
+      '-extfile',
+      `${who}.ext`,
+    ]);
+  }
+  const f = (n: string) => readFileSync(join(dir, n));
+  return {
+    server: {
+      'certs/ca.pem': f('ca.pem'),
+      'certs/server-cert.pem': f('server-cert.pem'),
+      'certs/server-key.pem': f('server-key.pem'),
+    },
+    client: { 'ca.pem': f('ca.pem'), 'cert.pem': f('client-cert.pem'), 'key.pem': f('client-key.pem') },
+  };
+}
+
+/** Starts a nested dockerd in a sidecar and answers once `/_ping` and `/info` answer through its socket. */
+export async function startDind(opts: DindOptions): Promise<DindHandle> {
+  validateOptions(opts);
+  const client = opts.client ?? new DockerClient();
+  const log = opts.log ?? (() => undefined);
+  const name = opts.name;
+  const sidecarName = names.sidecar(name);
+  const readyTimeoutMs = opts.readyTimeoutMs ?? 60_000;
+  if (await containers(client).find(sidecarName))
+    throw new BerthError('DIND_START_FAILED', `a dind daemon named "${name}" already exists`, {
+      hint: `stop it with \`berth dind down ${name}\` or pick another --name`,
+    });
+  const image = await pickImage(client, opts.image);
+  const priv = await privilegeConfig(client, log);
+
+  const baseLabels: Record<string, string> = { ...opts.labels, [LABEL_DIND]: name, [LABEL_ROLE]: 'dind' };
+  let cacheVolume: string | undefined;
+  let lockKey: string | undefined;
+  if (opts.cache) {
+    const got = await acquireCacheLock(
+      client,
+      opts.cache,
+      name,
+      image,
+      opts.labels ?? {},
+      opts.cacheBusy ?? 'wait',
+      opts.cacheWaitMs ?? 600_000,
+      log,
+    );
+    if (got) {
+      lockKey = opts.cache;
+      cacheVolume = names.cacheVolume(opts.cache);
+      await volumes(client).create({
+        Name: cacheVolume,
+        Labels: { ...opts.labels, [LABEL_ROLE]: 'dind-cache', [LABEL_DIND_CACHE]: opts.cache },
+      });
+    }
+  }
+
+  const ownsSocketDir = opts.socketDir === undefined;
+  const socketDir =
+    opts.socketDir ?? mkdtempSync(join(process.env.XDG_RUNTIME_DIR || tmpdir(), 'berth-dind-'));
+  if (!ownsSocketDir) mkdirSync(socketDir, { recursive: true });
+  const sockPath = join(socketDir, SOCKET_NAME);
+  let certDir: string | undefined;
+  let serverCerts: Record<string, Buffer> = {};
+  const cleanupPartial = async (id?: string) => {
+    if (id)
+      await containers(client)
+        .remove(id, { force: true, volumes: true })
+        .catch(() => undefined);
+    if (lockKey) await releaseCacheLock(client, lockKey, name).catch(() => undefined);
+    if (ownsSocketDir) rmSync(socketDir, { recursive: true, force: true });
+  };
+
+  try {
+    if (opts.tcp?.tls) {
+      certDir = join(socketDir, 'certs');
+      mkdirSync(certDir, { recursive: true });
+      const work = mkdtempSync(join(tmpdir(), 'berth-dind-ca-'));
+      try {
+        const certs = generateCerts(work);
+        serverCerts = certs.server;
+        for (const [f, b] of Object.entries(certs.client))
+          writeFileSync(join(certDir, f), b, { mode: 0o600 });
+      } finally {
+        rmSync(work, { recursive: true, force: true });
+      }
+    }
+    const dataMount = cacheVolume
+      ? { Type: 'volume', Source: cacheVolume, Target: '/var/lib/docker' }
+      : {
+          Type: 'volume',
+          Target: '/var/lib/docker',
+          VolumeOptions: { Labels: { ...baseLabels, [LABEL_ROLE]: 'dind-data' } },
+        };
+    const candidates = storageCandidates(opts.storageDriver);
+    let lastErr: BerthError | undefined;
+    for (const [i, driver] of candidates.entries()) {
+      const cfg = daemonJson({
+        storageDriver: driver,
+        registryMirrors: opts.registryMirrors,
+        insecureRegistries: opts.insecureRegistries,
+        mtu: opts.mtu,
+        tcp: opts.tcp,
+        cgroupParent: names.cgroupParent(name),
+      });
+      const hostConfig: Record<string, unknown> = { ...priv.hostConfig };
+      hostConfig.Binds = [
+        ...((hostConfig.Binds as string[] | undefined) ?? []),
+        `${socketDir}:${SOCKET_DIR_IN_CONTAINER}`,
+      ];
+      hostConfig.Mounts = [dataMount];
+      hostConfig.NetworkMode = opts.network ?? 'default';
+      hostConfig.Init = false;
+      const labels: Record<string, string> = {
+        ...baseLabels,
+        [LABEL_SOCKET_DIR]: socketDir,
+        [LABEL_SOCKET_OWNED]: ownsSocketDir ? '1' : '0',
+        ...(opts.cache ? { [LABEL_DIND_CACHE]: opts.cache } : {}),
+        ...(lockKey ? { [LABEL_CACHE_LOCK]: lockKey } : {}),
+      };
+      let id: string;
+      try {
+        id = (
+          await containers(client).create(
+            {
+              Image: image,
+              Entrypoint: [
+                'sh',
+                '-c',
+                startScript({
+                  mtuFromInterface: opts.mtu === undefined,
+                  cgroupParent: names.cgroupParent(name),
+                }),
+                'berth-dind',
+              ],
+              Cmd: [],
+              Env: ['DOCKER_TLS_CERTDIR='],
+              Labels: labels,
+              Hostname: name.slice(0, 63),
+              StopSignal: 'SIGTERM',
+              HostConfig: hostConfig,
+            },
+            sidecarName,
+          )
+        ).Id;
+      } catch (err) {
+        if (isConflict(err))
+          throw new BerthError('DIND_START_FAILED', `a dind daemon named "${name}" already exists`, {
+            hint: `stop it with \`berth dind down ${name}\` or pick another --name`,
+          });
+        throw err;
+      }
+      try {
+        await containers(client).putArchive(
+          id,
+          '/',
+          await tarOf({
+            [`${CONFIG_DIR_IN_CONTAINER.slice(1)}/daemon.json`]: `${JSON.stringify(cfg, null, 2)}\n`,
+            ...Object.fromEntries(
+              Object.entries(serverCerts).map(([k, v]) => [`${CONFIG_DIR_IN_CONTAINER.slice(1)}/${k}`, v]),
+            ),
+          }),
+        );
+        await containers(client).start(id);
+        const storageDriver = await waitReady(client, id, sockPath, readyTimeoutMs);
+        log(`dind: "${name}" ready (${storageDriver}, ${priv.mode}) at unix://${sockPath}`);
+        const tcpHost = opts.tcp ? `tcp://localhost:${opts.tcp.port}` : undefined;
+        const handle: DindHandle = {
+          dockerHost: `unix://${sockPath}`,
+          jobDockerHost: tcpHost ?? `unix://${SOCKET_DIR_IN_CONTAINER}/${SOCKET_NAME}`,
+          socketDir,
+          ...(certDir ? { certDir } : {}),
+          containerId: id,
+          name,
+          storageDriver,
+          privilegeMode: priv.mode,
+          ...(cacheVolume ? { cacheVolume } : {}),
+          close: async (o = {}) => {
+            if (opts.cacheMaxBytes !== undefined && cacheVolume)
+              await pruneIfOver(`unix://${sockPath}`, opts.cacheMaxBytes, log).catch((e: unknown) =>
+                log(`dind: cache prune failed: ${errorMessage(e)}`),
+              );
+            await stopDind(client, name, { purge: o.purge });
+          },
+          [Symbol.asyncDispose]: () => handle.close(),
+        };
+        return handle;
+      } catch (err) {
+        const retry =
+          isBerthError(err, 'DIND_START_FAILED') &&
+          err.details?.cause === 'storage' &&
+          i < candidates.length - 1;
+        await containers(client)
+          .remove(id, { force: true, volumes: true })
+          .catch(() => undefined);
+        if (!retry) throw err;
+        lastErr = err as BerthError;
+        log(`dind: storage driver ${driver} does not work here; trying ${candidates[i + 1]}`);
+      }
+    }
+    throw lastErr ?? new BerthError('DIND_START_FAILED', 'no storage driver worked');
+  } catch (err) {
+    await cleanupPartial();
+    throw err;
+  }
+}
+
+/** Polls `/_ping` then `/info` on the nested daemon; on exit or timeout fails with its last log lines and the likely cause. */
+async function waitReady(
+  client: DockerClient,
+  id: string,
+  sockPath: string,
+  timeoutMs: number,
+): Promise<string> {
+  const until = Date.now() + timeoutMs;
+  let lastProblem = '';
+  for (;;) {
+    if (existsSync(sockPath)) {
+      const nested = new DockerClient({ endpoint: parseEndpoint({ DOCKER_HOST: `unix://${sockPath}` }) });
+      try {
+        await nested.ping();
+        const info = await system(nested).info();
+        return info.Driver;
+      } catch (err) {
+        lastProblem = errorMessage(err);
+      } finally {
+        nested.close();
+      }
+    }
+    const c = await containers(client).inspect(id);
+    if (!c.State.Running) return fail(`the nested dockerd exited (code ${c.State.ExitCode})`);
+    if (Date.now() > until)
+      return fail(
+        `the nested dockerd did not answer within ${Math.round(timeoutMs / 1000)} s${lastProblem ? ` (${lastProblem})` : ''}`,
+      );
+    await sleep(50);
+  }
+  async function fail(what: string): Promise<never> {
+    const logs = await readLogs(client, id).catch(() => ({ stdout: '', stderr: '' }));
+    const text = `${logs.stdout}\n${logs.stderr}`;
+    const lines = lastLines(text, 12);
+    const { cause, hint } = classifyFailure(lines.join('\n'));
+    throw new BerthError(
+      'DIND_START_FAILED',
+      `${what}; likely cause: ${cause}\n${lines.map((l) => `  | ${l}`).join('\n')}`,
+      {
+        hint,
+        details: { cause, log: lines },
+      },
+    );
+  }
+}
+
+async function pruneIfOver(host: string, maxBytes: number, log: (l: string) => void): Promise<void> {
+  const nested = new DockerClient({ endpoint: parseEndpoint({ DOCKER_HOST: host }) });
+  try {
+    const df = await nested.json<{ LayersSize?: number; BuildCache?: { Size: number }[] | null }>(
+      'GET',
+      '/system/df',
+    );
+    const used = (df.LayersSize ?? 0) + (df.BuildCache ?? []).reduce((a, b) => a + b.Size, 0);
+    if (used <= maxBytes) return;
+    log(`dind: cache uses ${used} bytes, over the cap of ${maxBytes}: pruning`);
+    await nested.json('POST', '/build/prune', { query: { all: true } });
+    await nested.json('POST', '/images/prune', {
+      query: { filters: JSON.stringify({ dangling: ['false'] }) },
+    });
+  } finally {
+    nested.close();
+  }
+}
+
+/** Stops a dind daemon by name: its containers die with it; its anonymous volumes go; the cache volume stays unless purge. */
+export async function stopDind(
+  client: DockerClient,
+  name: string,
+  opts: { purge?: boolean | undefined } = {},
+): Promise<{ removed: boolean; purged?: string }> {
+  const c = await containers(client).find(names.sidecar(name));
+  const labels = c?.Config.Labels ?? {};
+  if (c) {
+    if (c.State.Running)
+      await containers(client)
+        .stop(c.Id, 20)
+        .catch(() => undefined);
+    await containers(client).remove(c.Id, { force: true, volumes: true });
+    const lock = labels[LABEL_CACHE_LOCK];
+    if (lock) await releaseCacheLock(client, lock, name);
+    const dir = labels[LABEL_SOCKET_DIR];
+    if (dir) {
+      if (labels[LABEL_SOCKET_OWNED] === '1') rmSync(dir, { recursive: true, force: true });
+      else {
+        rmSync(join(dir, SOCKET_NAME), { force: true });
+        rmSync(join(dir, 'certs'), { recursive: true, force: true });
+      }
+    }
+  }
+  let purged: string | undefined;
+  const key = labels[LABEL_DIND_CACHE];
+  if (opts.purge && key) {
+    await volumes(client).remove(names.cacheVolume(key));
+    purged = names.cacheVolume(key);
+  }
+  if (!c && !opts.purge)
+    throw new BerthError('DIND_NOT_FOUND', `no dind daemon named "${name}"`, { hint: 'see `berth dind ls`' });
+  return { removed: c !== undefined, ...(purged ? { purged } : {}) };
+}
+
+/** Removes a cache volume (must not be in use). */
+export async function purgeCache(client: DockerClient, key: string): Promise<boolean> {
+  return volumes(client).remove(names.cacheVolume(key));
+}
+
+/** The dind daemons on the engine (sidecars labelled io.berth.role=dind). */
+export async function listDind(client: DockerClient): Promise<DindSummary[]> {
+  const list: ContainerSummary[] = await containers(client).list({
+    all: true,
+    filters: { label: [`${LABEL_ROLE}=dind`] },
+  });
+  return list.map((c) => {
+    const l = c.Labels ?? {};
+    return {
+      name: l[LABEL_DIND] ?? c.Names[0]?.replace(/^\//, '') ?? c.Id,
+      containerId: c.Id,
+      state: c.State,
+      image: c.Image,
+      ...(l[LABEL_DIND_CACHE] ? { cache: l[LABEL_DIND_CACHE] } : {}),
+      ...(l[LABEL_SOCKET_DIR] ? { socketDir: l[LABEL_SOCKET_DIR] } : {}),
+    };
+  });
+}
