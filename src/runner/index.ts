@@ -2,26 +2,17 @@
 import './modes.js';
 export { runPipeline, selectJobs, effectiveNeeds, shouldRun } from './run.js';
 export type { RunOptions, RunOutcome } from './run.js';
-/** Pipeline reading used by the runner (stop-gap until src/pipeline lands). */
+/** The runner's view of a pipeline (parsed and validated by src/pipeline). */
 export {
   loadRunSpec,
   parseRunSpec,
   parseDuration,
   maskSecrets,
-  findCycle,
+  fromPipeline,
   DEFAULT_IMAGE,
   DOCKER_MODES,
 } from './spec.js';
-export type {
-  RunSpec,
-  JobSpec,
-  StepSpec,
-  ServiceSpec,
-  DockerSpec,
-  DockerMode,
-  When,
-  SpecProblem,
-} from './spec.js';
+export type { RunSpec, JobSpec, StepSpec, ServiceSpec, DockerSpec, DockerMode, When } from './spec.js';
 /** Events and their shared text formatters (CLI, dashboard). */
 export { formatters, formatEvent, formatDuration } from './events.js';
 export type { RunEvent, RunEventKind, EventOf, JobStatus, RunStatus, StepStatus } from './events.js';

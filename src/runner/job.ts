@@ -182,7 +182,12 @@ export class JobRun {
       }
       for (const svc of job.services) {
         if (!svc.ready) continue;
-        const ok = await this.waitReady(objectName(runId, job.name, svc.name), svc.ready, svc.readyTimeoutMs);
+        const ok = await this.waitReady(
+          objectName(runId, job.name, svc.name),
+          svc.ready,
+          svc.readyTimeoutMs,
+          svc.readyIntervalMs,
+        );
         if (this.stopped()) return this.stoppedOutcome();
         if (!ok)
           return {
@@ -193,14 +198,20 @@ export class JobRun {
       }
       const jobName = objectName(runId, job.name);
       cleanups.push(() => containers(client).remove(jobName, { force: true }));
-      const env = { ...ctx.env, ...job.env, ...access.env };
+      const env = {
+        ...ctx.env,
+        BERTH_JOB: job.name,
+        BERTH_DOCKER_MODE: job.docker.mode,
+        ...job.env,
+        ...access.env,
+      };
       const created = await containers(client).create(
         {
           Image: job.image,
           Entrypoint: [],
           Cmd: KEEPER,
           Env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
-          WorkingDir: '/workspace',
+          WorkingDir: job.workdir,
           Labels: { ...labels, [LABEL_ROLE]: 'job' },
           Hostname: job.name.slice(0, 63).replace(/[^a-zA-Z0-9-]/g, '-'),
           HostConfig: {
@@ -243,7 +254,7 @@ export class JobRun {
         try {
           const r = await exec(client).run(created.Id, ['sh', '-c', STEP_WRAPPER, 'step', step.run], {
             env: Object.entries(step.env).map(([k, v]) => `${k}=${v}`),
-            workdir: '/workspace',
+            workdir: job.workdir,
             stdout: this.lineSink(i, 'stdout'),
             stderr: this.lineSink(i, 'stderr'),
           });
@@ -320,7 +331,12 @@ export class JobRun {
       : { status: 'cancelled', reason: 'interrupted' };
   }
 
-  private async waitReady(container: string, cmd: string, timeoutMs: number): Promise<boolean> {
+  private async waitReady(
+    container: string,
+    cmd: string,
+    timeoutMs: number,
+    intervalMs: number,
+  ): Promise<boolean> {
     const until = Date.now() + timeoutMs;
     while (Date.now() < until && !this.stopped()) {
       try {
@@ -329,7 +345,7 @@ export class JobRun {
       } catch {
         // not running yet
       }
-      await Promise.race([sleep(500), this.killed]);
+      await Promise.race([sleep(intervalMs), this.killed]);
     }
     return false;
   }

@@ -123,6 +123,10 @@ export async function runPipeline(opts: RunOptions): Promise<RunOutcome> {
   const env = opts.env ?? process.env;
   const secretValues: string[] = [];
   const secretEnv: Record<string, string> = {};
+  for (const [k, v] of Object.entries(spec.secretFiles)) {
+    secretEnv[k] = v;
+    secretValues.push(v);
+  }
   for (const s of spec.secrets) {
     const v = env[s];
     if (v === undefined)
@@ -191,10 +195,11 @@ export async function runPipeline(opts: RunOptions): Promise<RunOutcome> {
       BERTH_RUN_ID: runId,
       BERTH_PIPELINE: spec.name,
       BERTH_WORKSPACE: '/workspace',
-      ...(git.commit ? { BERTH_COMMIT: git.commit } : {}),
+      ...(git.commit ? { BERTH_COMMIT_SHA: git.commit, BERTH_COMMIT_SHORT_SHA: git.commit.slice(0, 8) } : {}),
       ...(git.branch ? { BERTH_BRANCH: git.branch } : {}),
-      ...spec.env,
+      ...spec.variables,
       ...opts.vars,
+      ...spec.env,
       ...secretEnv,
     };
     const expand = (text: string) =>

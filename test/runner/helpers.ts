@@ -82,14 +82,13 @@ export async function removeRun(runId: string): Promise<void> {
 /** Starts `berth run FILE --json` in the background, collecting its events. */
 export function spawnRun(file: string, args: string[] = []) {
   const [node, ...pre] = BERTH_CMD;
-  const child: ChildProcess = start(node ?? process.execPath, [
-    ...pre,
-    'run',
-    file,
-    '--json',
-    ...LABEL_ARG,
-    ...args,
-  ]);
+  const child: ChildProcess = start(
+    node ?? process.execPath,
+    [...pre, 'run', file, '--json', ...LABEL_ARG, ...args],
+    {
+      env: { ...process.env, BERTH_NO_REAP_ON_START: '1' },
+    },
+  );
   let out = '';
   let err = '';
   child.stdout?.on('data', (b: Buffer) => (out += b.toString('utf8')));

@@ -80,7 +80,7 @@ jobs:
       'in the middle xx***yy of a line',
     ]);
     const text = await berth(['run', ws.file, ...LABEL_ARG], {
-      env: { DEPLOY_TOKEN: secret, NO_COLOR: '1' },
+      env: { DEPLOY_TOKEN: secret, NO_COLOR: '1', BERTH_NO_REAP_ON_START: '1' },
     });
     assert.equal(text.code, 0);
     assert.ok(!text.stdout.includes(secret) && text.stdout.includes('token=***'));
@@ -98,7 +98,7 @@ image: berth-local/busybox
 docker: none
 jobs:
   base: { steps: [echo base] }
-  mid: { needs: base, steps: [echo mid] }
+  mid: { needs: [base], steps: [echo mid] }
   top: { needs: [mid], steps: [echo top] }
   other: { steps: [echo other] }
 `);
@@ -120,22 +120,28 @@ test('invalid pipelines exit 2 with file, line and what to change, and start not
   const cases: [string, RegExp][] = [
     [
       'jobs:\n  a:\n    steps:\n      - echo hi\n    needs: [ghost]\n',
-      /berth\.yml:5:\d+: jobs\.a\.needs: needs unknown job "ghost"/,
+      /berth\.yml:5:\d+: jobs\.a\.needs: unknown job `ghost`/,
     ],
-    ['jobs:\n  a:\n    stepz:\n      - echo hi\n', /berth\.yml:3:5: jobs\.a\.stepz: unknown key "stepz"/],
+    [
+      'jobs:\n  a:\n    stepz:\n      - echo hi\n',
+      /berth\.yml:3:5: jobs\.a\.stepz: unknown key `stepz`.*did you mean `steps`/,
+    ],
     [
       'jobs:\n  a:\n    docker: magic\n    steps: [echo]\n',
-      /berth\.yml:3:13: jobs\.a\.docker: docker mode "magic" is not one of guard, dind, host, none/,
+      /berth\.yml:3:13: jobs\.a\.docker: unknown docker mode "magic": use one of guard, dind, host, none/,
     ],
-    ['jobs:\n  a: { needs: [b], steps: [x] }\n  b: { needs: [a], steps: [x] }\n', /cycle: a -> b -> a/],
+    [
+      'jobs:\n  a: { needs: [b], steps: [x] }\n  b: { needs: [a], steps: [x] }\n',
+      /cycle in needs: a -> b -> a/,
+    ],
     [
       'jobs:\n  a:\n    timeout: soon\n    steps: [x]\n',
-      /berth\.yml:3:14: jobs\.a\.timeout: "soon" is not a duration/,
+      /berth\.yml:3:14: jobs\.a\.timeout: expected a duration/,
     ],
-    ['jobs: [\n', /berth\.yml:1:\d+: Flow sequence .* end with a \]/],
+    ['jobs: [\n', /berth\.yml:\d+:\d+: YAML syntax: Flow sequence/],
     [
       'jobs:\n  a:\n    docker: { mode: guard, keep: true }\n    steps: [x]\n',
-      /jobs\.a\.docker\.keep: `keep: true` needs a named `tenant:`/,
+      /jobs\.a\.docker\.keep: `keep: true` needs a `tenant`/,
     ],
   ];
   for (const [yaml, expected] of cases) {

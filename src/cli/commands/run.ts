@@ -68,7 +68,7 @@ export function registerRun(program: Command): void {
     )
     .addOption(new Option('--store <dir>', 'the run store folder (default <workspace>/.berth)').hideHelp())
     .action(async (file: string, o: RunFlags) => {
-      const spec = loadRunSpec(file, { defaultDocker: (o.docker as DockerMode | undefined) ?? undefined });
+      const spec = loadRunSpec(file);
       const parallel = o.parallel === undefined ? undefined : Number(o.parallel);
       if (parallel !== undefined && (!Number.isInteger(parallel) || parallel < 1)) {
         throw new BerthError('BERTH_USAGE', `--parallel takes a positive whole number, not "${o.parallel}"`);
