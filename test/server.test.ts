@@ -158,4 +158,30 @@ describe('berth serve', () => {
     const page2 = await fetch(`${server.url}/runs/${run.id}`);
     assert.match(await page2.text(), /<title>berth<\/title>/);
   });
+
+  test('polling a branch queues a run when its head moves, and only then', async () => {
+    const p = await server.store.createProject({
+      name: 'polled',
+      repoUrl: repo,
+      secret: SECRET,
+      branch: 'main',
+      pollSeconds: 5,
+    });
+    const t0 = Date.now();
+    assert.equal(await server.service.pollOnce(t0), 1, 'an unseen head is built');
+    assert.equal(await server.service.pollOnce(t0 + 10_000), 0, 'the same head is not built twice');
+    writeFileSync(join(repo, 'message.txt'), 'second\n');
+    git(repo, 'commit', '-q', '-am', 'second');
+    const head = git(repo, 'rev-parse', 'HEAD');
+    assert.equal(await server.service.pollOnce(t0 + 20_000), 1);
+    const runs = await server.store.runs({ projectId: p.id });
+    assert.deepEqual(runs.map((r) => [r.trigger, r.sha]).slice(0, 1), [['poll', head]]);
+    for (
+      let i = 0;
+      i < 600 && (await server.store.runs({ projectId: p.id, status: ['queued', 'running'] })).length > 0;
+      i++
+    ) {
+      await new Promise((res) => setTimeout(res, 100));
+    }
+  });
 });

@@ -45,6 +45,7 @@ export async function startServer(o: ServeOptions): Promise<ServerHandle> {
   });
   const addr = http.address() as AddressInfo;
   void service.tick();
+  service.startPolling();
   return {
     url: `http://${addr.address.includes(':') ? `[${addr.address}]` : addr.address}:${addr.port}`,
     store,

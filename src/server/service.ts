@@ -270,6 +270,50 @@ export class ServerService {
     this.emit({ kind: 'sample', runId, job, ts, cpuPercent, memBytes });
   }
 
+  private readonly polled = new Map<string, string>();
+  private poller: NodeJS.Timeout | undefined;
+
+  /** Polls the branch of every project that asks for it, and queues a run when its head moves. */
+  startPolling(everyMs = 5_000): void {
+    this.poller = setInterval(() => void this.pollOnce(), everyMs);
+    this.poller.unref();
+  }
+
+  async pollOnce(now = Date.now()): Promise<number> {
+    let queued = 0;
+    for (const p of await this.o.store.projects()) {
+      if (!p.pollSeconds || !p.branch) continue;
+      const last = this.polled.get(`${p.id}@at`);
+      if (last && now - Number(last) < p.pollSeconds * 1000) continue;
+      this.polled.set(`${p.id}@at`, String(now));
+      try {
+        const { stdout } = await exec('git', ['ls-remote', p.repoUrl, `refs/heads/${p.branch}`], {
+          timeout: 60_000,
+        });
+        const sha = stdout.split(/\s/)[0] ?? '';
+        if (!/^[0-9a-f]{40}$/.test(sha)) continue;
+        const seen =
+          this.polled.get(p.id) ??
+          (await this.o.store.runs({ projectId: p.id, limit: 1 }))[0]?.sha ??
+          undefined;
+        this.polled.set(p.id, sha);
+        if (seen !== sha) {
+          await this.enqueue({
+            projectId: p.id,
+            trigger: 'poll',
+            ref: `refs/heads/${p.branch}`,
+            branch: p.branch,
+            sha,
+          });
+          queued++;
+        }
+      } catch (err) {
+        this.o.log?.(`polling ${p.name}: ${errorMessage(err)}`);
+      }
+    }
+    return queued;
+  }
+
   running(): string[] {
     return [...this.active.keys()];
   }
@@ -277,6 +321,7 @@ export class ServerService {
   /** Stops accepting work; running runs are stopped gracefully (their leftovers removed). */
   async stop(): Promise<void> {
     this.stopped = true;
+    clearInterval(this.poller);
     for (const a of this.active.values()) a.abort.abort();
     await Promise.all([...this.active.values()].map((a) => a.done));
   }

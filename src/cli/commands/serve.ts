@@ -60,16 +60,26 @@ export function registerServe(program: Command): void {
     .requiredOption('--repo <url>', 'git URL or path')
     .requiredOption('--secret <secret>', 'webhook secret (GitHub/Gitea HMAC key, GitLab token)')
     .option('--branch <branch>', 'only build pushes to this branch')
+    .option('--poll <seconds>', 'also poll the branch every N seconds (needs --branch)')
     .option('--data <dir>', 'server data dir', '.berth/server')
     .option('--db <url>', 'server store URL')
     .action(
       async (
         name: string,
-        o: { repo: string; secret: string; branch?: string; data: string; db?: string },
+        o: { repo: string; secret: string; branch?: string; poll?: string; data: string; db?: string },
       ) => {
+        if (o.poll !== undefined && !o.branch) {
+          throw new BerthError('BERTH_USAGE', '--poll needs --branch (the branch to watch)');
+        }
         const store = await ServerStore.open(await openSql(o.db ?? `sqlite:${join(o.data, 'server.db')}`));
         try {
-          const p = await store.createProject({ name, repoUrl: o.repo, secret: o.secret, branch: o.branch });
+          const p = await store.createProject({
+            name,
+            repoUrl: o.repo,
+            secret: o.secret,
+            branch: o.branch,
+            pollSeconds: o.poll === undefined ? undefined : Math.max(5, positive('poll', o.poll)),
+          });
           process.stdout.write(`project ${p.name} (${p.id}): webhook at /hooks/${p.name}\n`);
         } finally {
           await store.close();
