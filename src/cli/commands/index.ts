@@ -2,6 +2,7 @@
 import type { Command } from 'commander';
 import { registerBench } from './bench.js';
 import { registerDoctor } from './doctor.js';
+import { registerDind } from './dind.js';
 import { registerEngine } from './engine.js';
 import { registerGuard } from './guard.js';
 import { registerImages } from './images.js';
@@ -16,6 +17,7 @@ const registrations: Register[] = [
   registerImages,
   registerDoctor,
   registerGuard,
+  registerDind,
   registerRun,
   registerValidate,
   registerServe,
