@@ -1,5 +1,8 @@
 /** What a step sees: its environment, git facts, and secret masking. */
 import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import { BerthError } from '../common/index.js';
 import type { JobSpec, Pipeline } from './types.js';
 
 export interface RunContext {
@@ -80,4 +83,34 @@ export function gitInfo(dir: string): GitInfo | undefined {
   if (!sha) return undefined;
   const branch = git(['symbolic-ref', '--short', '-q', 'HEAD']);
   return { sha, branch: branch || undefined };
+}
+
+/**
+ * The values of the pipeline's `secrets`: from `environment` (default process.env), or from their
+ * `file` (relative to the pipeline file; one trailing newline dropped). A missing secret is a
+ * BERTH_CONFIG error naming every missing one.
+ */
+export function resolveSecrets(
+  pipeline: Pipeline,
+  environment: NodeJS.ProcessEnv = process.env,
+): Record<string, string> {
+  const out: Record<string, string> = {};
+  const missing: string[] = [];
+  for (const s of pipeline.secrets) {
+    if (s.file !== undefined) {
+      const path = resolve(dirname(pipeline.file), s.file);
+      try {
+        out[s.name] = readFileSync(path, 'utf8').replace(/\r?\n$/, '');
+      } catch {
+        missing.push(`${s.name} (file ${path} cannot be read)`);
+      }
+    } else if (environment[s.name] !== undefined) out[s.name] = environment[s.name] ?? '';
+    else missing.push(`${s.name} (not in the environment)`);
+  }
+  if (missing.length > 0) {
+    throw new BerthError('BERTH_CONFIG', `${pipeline.file}: missing secrets: ${missing.join(', ')}`, {
+      hint: 'export each secret in the environment of berth, or create its file',
+    });
+  }
+  return out;
 }

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import {
+  resolveSecrets,
   PipelineError,
   formatProblems,
   gitInfo,
@@ -461,4 +462,30 @@ test('empty strings are named as such', () => {
     '3:12 jobs.a.image: expected an image name, found an empty string',
     '4:20 jobs.a.steps[0].run: expected a shell command, found an empty string',
   ]);
+});
+
+test('resolveSecrets: from the environment or a file next to the pipeline; all missing ones named', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'berth-secrets-'));
+  try {
+    writeFileSync(join(dir, 'key.txt'), 'file-secret\n');
+    const file = join(dir, 'berth.yml');
+    const p = parsePipeline(
+      'secrets: [TOKEN, { name: KEY, file: key.txt }]\njobs:\n  a: { steps: [x] }\n',
+      file,
+    );
+    assert.deepEqual(resolveSecrets(p, { TOKEN: 'env-secret' }), { TOKEN: 'env-secret', KEY: 'file-secret' });
+    const q = parsePipeline(
+      'secrets: [TOKEN, { name: KEY, file: nope.txt }]\njobs:\n  a: { steps: [x] }\n',
+      file,
+    );
+    assert.throws(
+      () => resolveSecrets(q, {}),
+      (err: unknown) =>
+        err instanceof Error &&
+        err.message ===
+          `${file}: missing secrets: TOKEN (not in the environment), KEY (file ${join(dir, 'nope.txt')} cannot be read)`,
+    );
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
