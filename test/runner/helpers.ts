@@ -46,8 +46,9 @@ export function jobStatus(events: RunEvent[], job: string): string | undefined {
   return e?.kind === 'job.finished' ? e.status : undefined;
 }
 
+/** What the job's steps printed (stdout and stderr, not the runner's own lines). */
 export function logLines(events: RunEvent[], job: string): string[] {
-  return events.flatMap((e) => (e.kind === 'log' && e.job === job ? [e.line] : []));
+  return events.flatMap((e) => (e.kind === 'log' && e.job === job && e.stream !== 'system' ? [e.line] : []));
 }
 
 /** Containers, networks and volumes on the engine labelled with this run. */

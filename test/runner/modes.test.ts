@@ -18,6 +18,7 @@ jobs:
       - name: second
         run: echo two >> out.txt && cat out.txt && pwd
       - test -z "$DOCKER_HOST" && ! test -S /var/run/docker.sock && echo no-docker
+    artifacts: [out.txt]
 `);
   const r = await runJson(ws.file);
   try {
@@ -27,6 +28,8 @@ jobs:
     assert.ok(existsSync(join(ws.path, '.berth', 'berth.db')));
     const log = readFileSync(join(ws.path, '.berth', 'runs', r.runId, 'only.log'), 'utf8');
     assert.match(log, /--- step 2: second\none\ntwo\n/);
+    const artifact = join(ws.path, '.berth', 'runs', r.runId, 'artifacts', 'only', 'out.txt');
+    assert.equal(readFileSync(artifact, 'utf8'), 'one\ntwo\n', 'artifact copied out of the job');
     assert.deepEqual(await leftovers(r.runId), []);
   } finally {
     await removeRun(r.runId);
