@@ -1,0 +1,665 @@
+/**
+ * Attack suite, escape prevention: every refused container/exec/volume/build/import shape from
+ * issue 3 sent as raw HTTP (with evasions: key case, Unicode folding, `\u` escapes, duplicate keys
+ * where the last wins, null tricks, merged duplicate objects, chunked bodies split at odd places,
+ * content-type variants, odd paths) and through the Debian docker CLI. Each attack is checked
+ * upstream, directly on the engine: nothing created or changed; victims intact at the end.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { containers, exec, volumes } from '../../src/engine/index.js';
+import { buildRequest, expectRefused, messageOf, rawRequest, send } from '../support/rawhttp.js';
+import type { RawResponse } from '../support/rawhttp.js';
+import { docker, uniqueName } from '../support/index.js';
+import { IMAGE, setupArena } from './attack-harness.js';
+import type { Arena } from './attack-harness.js';
+
+const CT_VARIANTS = ['application/json', 'Application/JSON; charset=utf-8', 'APPLICATION/JSON;charset=UTF-8'];
+
+/** Key spellings dockerd's Go decoder folds onto `key`: case, Unicode folding, \u escapes. */
+function spellings(key: string): string[] {
+  const out = new Set([key, key.toLowerCase(), key.toUpperCase()]);
+  if (/s/i.test(key)) out.add(key.replace(/s/i, '\u017f')); // ſ folds to s
+  if (/k/i.test(key)) out.add(key.replace(/k/i, '\u212a')); // Kelvin sign folds to k
+  const code = key.charCodeAt(0).toString(16).padStart(4, '0');
+  out.add(`\\u${code}${key.slice(1)}`); // escaped first letter
+  return [...out];
+}
+
+/** JSON texts of a create body that dockerd reads as HostConfig[field] = bad. */
+function createVariants(field: string, bad: string, benign: string | undefined): [string, string][] {
+  const img = `"Image":"${IMAGE}","Cmd":["true"]`;
+  const hc = (inner: string, hcKey = 'HostConfig') => `{${img},"${hcKey}":{${inner}}}`;
+  const v: [string, string][] = [];
+  for (const s of spellings(field)) v.push([`key ${s}`, hc(`"${s}":${bad}`)]);
+  for (const h of ['hostconfig', 'HOSTCONFIG', 'Ho\u017ftConfig', '\\u0048ostConfig'])
+    v.push([`HostConfig spelled ${h}`, hc(`"${field}":${bad}`, h)]);
+  if (benign !== undefined)
+    v.push([`duplicate key, benign then bad`, hc(`"${field}":${benign},"${field.toLowerCase()}":${bad}`)]);
+  v.push([`null after bad (Go keeps the value)`, hc(`"${field}":${bad},"${field.toUpperCase()}":null`)]);
+  v.push([
+    `two HostConfig objects (Go merges them)`,
+    `{${img},"HostConfig":{"${field}":${bad}},"hostconfig":{"Memory":0}}`,
+  ]);
+  v.push([`whitespace and nesting noise`, `{ ${img} ,\r\n "HostConfig" : {\t"${field}"\n:\n${bad} } }`]);
+  return v;
+}
+
+interface CreateAttack {
+  rule: string;
+  field: string;
+  bad: string;
+  benign?: string;
+  /** Refused as absent (404) rather than 403 is acceptable: it names another tenant's object. */
+  absentOk?: boolean;
+}
+
+describe('guard attack suite: escape prevention', () => {
+  let a: Arena;
+  let own = ''; // the attacker's own running container
+
+  before(async () => {
+    a = await setupArena('esc');
+    const r = await docker(a.host, ['run', '-d', '--name', uniqueName('own'), IMAGE, 'sleep', '3600']);
+    assert.equal(r.code, 0, r.stderr);
+    own = r.stdout.trim();
+  });
+  after(async () => {
+    if (a) {
+      await a.victimsIntact();
+      await a.close();
+    }
+  });
+
+  /** Sends one create attack and checks the refusal and that no container by that name exists. */
+  async function createRefused(
+    what: string,
+    body: string,
+    rule: string,
+    opts: {
+      path?: string;
+      ct?: string;
+      chunks?: number[];
+      absentOk?: boolean;
+    } = {},
+  ): Promise<void> {
+    const name = uniqueName('atk');
+    const path = opts.path ?? `/v1.41/containers/create?name=${name}`;
+    const full = path.includes('name=') ? path : `${path}${path.includes('?') ? '&' : '?'}name=${name}`;
+    const spec = {
+      method: 'POST',
+      path: full,
+      headers: [['Content-Type', opts.ct ?? 'application/json']] as [string, string][],
+      body,
+      framing: opts.chunks ? ('chunked' as const) : ('length' as const),
+      chunks: opts.chunks,
+    };
+    const bytes = buildRequest(spec);
+    // Chunked attacks are also written in separate pieces so the payload arrives across reads.
+    const res: RawResponse = opts.chunks
+      ? await rawRequest(a.sock, [bytes.subarray(0, 40), bytes.subarray(40, 97), bytes.subarray(97)], {
+          gapMs: 15,
+        })
+      : await rawRequest(a.sock, bytes);
+    if (opts.absentOk && res.status === 404) {
+      assert.match(messageOf(res) ?? '', /^No such/, `${what}: ${res.text}`);
+    } else {
+      expectRefused(res, rule, what);
+    }
+    assert.equal(
+      await containers(a.c).find(name),
+      undefined,
+      `${what}: container ${name} was created upstream`,
+    );
+  }
+
+  async function attackField(t: CreateAttack): Promise<void> {
+    const before = await a.snapshot();
+    for (const [what, body] of createVariants(t.field, t.bad, t.benign)) {
+      await createRefused(`${t.field}=${t.bad}: ${what}`, body, t.rule, { absentOk: t.absentOk });
+    }
+    const plain = `{"Image":"${IMAGE}","HostConfig":{"${t.field}":${t.bad}}}`;
+    for (const ct of CT_VARIANTS.slice(1))
+      await createRefused(`${t.field}: content-type ${ct}`, plain, t.rule, { ct, absentOk: t.absentOk });
+    await createRefused(`${t.field}: chunked, odd splits`, plain, t.rule, {
+      chunks: [1, 3, 7, 2, 11, 5],
+      ct: 'Application/JSON; charset=utf-8',
+      absentOk: t.absentOk,
+    });
+    for (const p of [
+      '/containers/create',
+      '//v1.41//containers/./create',
+      '/v1.41/containers/x/../create',
+      '/v1.41/containers%2Fcreate',
+      '/v1.40/containers/create',
+      '/v1.41/containers/create/',
+    ]) {
+      const name = uniqueName('atk');
+      const path = `${p}?name=${name}`;
+      const res = await send(a.sock, {
+        method: 'POST',
+        path,
+        headers: [['Content-Type', 'application/json']],
+        body: plain,
+      });
+      // An odd path may be refused as an unknown endpoint; it must never be forwarded unchecked.
+      if (res.status === 403 && messageOf(res)?.startsWith('berth: endpoint: ')) continue;
+      if (t.absentOk && res.status === 404) continue;
+      if (res.status === 404 && /page not found/i.test(res.text)) continue; // dockerd has no such route either
+      expectRefused(res, t.rule, `${t.field} via path ${p}`);
+      assert.equal(await containers(a.c).find(name), undefined, `${p}: created upstream`);
+    }
+    await a.unchanged(before, `${t.rule} (${t.field})`);
+  }
+
+  const cases: [string, CreateAttack[]][] = [
+    ['privileged', [{ rule: 'privileged', field: 'Privileged', bad: 'true', benign: 'false' }]],
+    [
+      'capabilities',
+      [
+        { rule: 'capabilities', field: 'CapAdd', bad: '["SYS_ADMIN"]', benign: 'null' },
+        { rule: 'capabilities', field: 'CapAdd', bad: '["ALL"]', benign: '[]' },
+        { rule: 'capabilities', field: 'CapAdd', bad: '["cap_sys_ptrace"]' },
+      ],
+    ],
+    [
+      'devices',
+      [
+        {
+          rule: 'devices',
+          field: 'Devices',
+          bad: '[{"PathOnHost":"/dev/mem","PathInContainer":"/dev/mem","CgroupPermissions":"rwm"}]',
+          benign: '[]',
+        },
+        { rule: 'devices', field: 'DeviceCgroupRules', bad: '["a *:* rwm"]', benign: 'null' },
+        { rule: 'devices', field: 'DeviceRequests', bad: '[{"Driver":"nvidia","Count":-1}]', benign: '[]' },
+      ],
+    ],
+    [
+      'namespaces (host)',
+      [
+        { rule: 'namespaces', field: 'PidMode', bad: '"host"', benign: '""' },
+        { rule: 'namespaces', field: 'NetworkMode', bad: '"host"', benign: '"default"' },
+        { rule: 'namespaces', field: 'IpcMode', bad: '"host"', benign: '"private"' },
+        { rule: 'namespaces', field: 'UTSMode', bad: '"host"', benign: '""' },
+        { rule: 'namespaces', field: 'UsernsMode', bad: '"host"', benign: '""' },
+        { rule: 'namespaces', field: 'CgroupnsMode', bad: '"host"', benign: '"private"' },
+      ],
+    ],
+    [
+      'security-opt',
+      [
+        { rule: 'security-opt', field: 'SecurityOpt', bad: '["seccomp=unconfined"]', benign: '[]' },
+        { rule: 'security-opt', field: 'SecurityOpt', bad: '["seccomp:unconfined"]' },
+        { rule: 'security-opt', field: 'SecurityOpt', bad: '["apparmor=unconfined"]' },
+        { rule: 'security-opt', field: 'SecurityOpt', bad: '["label=disable"]' },
+        { rule: 'security-opt', field: 'SecurityOpt', bad: '["label:disable"]' },
+        { rule: 'security-opt', field: 'SecurityOpt', bad: '["systempaths=unconfined"]' },
+        { rule: 'security-opt', field: 'SecurityOpt', bad: '["no-new-privileges","seccomp=unconfined"]' },
+      ],
+    ],
+    [
+      'masked-paths',
+      [
+        { rule: 'masked-paths', field: 'MaskedPaths', bad: '[]' },
+        { rule: 'masked-paths', field: 'ReadonlyPaths', bad: '[]' },
+      ],
+    ],
+    ['cgroup-parent', [{ rule: 'cgroup-parent', field: 'CgroupParent', bad: '"/"', benign: '""' }]],
+    ['runtime', [{ rule: 'runtime', field: 'Runtime', bad: '"berth-evil-runtime"', benign: '"runc"' }]],
+    [
+      'log-driver',
+      [
+        {
+          rule: 'log-driver',
+          field: 'LogConfig',
+          bad: '{"Type":"syslog","Config":{"syslog-address":"udp://127.0.0.1:9"}}',
+          benign: '{"Type":"json-file"}',
+        },
+      ],
+    ],
+    ['volume-driver', [{ rule: 'volume-driver', field: 'VolumeDriver', bad: '"local"', benign: '""' }]],
+    [
+      'sysctls',
+      [
+        { rule: 'sysctls', field: 'Sysctls', bad: '{"kernel.core_pattern":"|/tmp/x"}', benign: '{}' },
+        { rule: 'sysctls', field: 'Sysctls', bad: '{"kernel.modprobe":"/tmp/x"}' },
+      ],
+    ],
+    [
+      'binds',
+      [
+        { rule: 'binds', field: 'Binds', bad: '["/:/host"]', benign: '[]' },
+        { rule: 'binds', field: 'Binds', bad: '["/var/run/docker.sock:/var/run/docker.sock"]' },
+        { rule: 'binds', field: 'Binds', bad: '["/workspace/../../../etc:/h"]' },
+        { rule: 'binds', field: 'Binds', bad: '["/workspace/..:/h"]' },
+        { rule: 'binds', field: 'Binds', bad: '["/workspace/escape:/h"]' },
+        { rule: 'binds', field: 'Binds', bad: '["/workspace/escape/etc:/h:ro"]' },
+        { rule: 'binds', field: 'Binds', bad: '["/workspace/sub/etc:/h"]' },
+        { rule: 'binds', field: 'Binds', bad: '["/workspace/hello.txt:/a","/etc:/b"]' },
+        { rule: 'binds', field: 'Binds', bad: '["/workspacex:/h"]' },
+        { rule: 'binds', field: 'Mounts', bad: '[{"Type":"bind","Source":"/","Target":"/h"}]', benign: '[]' },
+        { rule: 'binds', field: 'Mounts', bad: '[{"type":"BIND","source":"/etc","target":"/h"}]' },
+        {
+          rule: 'binds',
+          field: 'Mounts',
+          bad: '[{"Type":"bind","Source":"/workspace/escape","Target":"/h"}]',
+        },
+        {
+          rule: 'binds',
+          field: 'Mounts',
+          bad: '[{"Type":"bind","Source":"/workspace/../..","Target":"/h"}]',
+        },
+      ],
+    ],
+  ];
+
+  for (const [name, attacks] of cases) {
+    test(`${name}: raw HTTP — key case, Unicode folding, \\u escapes, duplicates, null, chunked, content types, odd paths`, async () => {
+      for (const t of attacks) await attackField(t);
+    });
+  }
+
+  test('volume drivers in Mounts: DriverConfig on a volume mount is refused', async () => {
+    const before = await a.snapshot();
+    for (const m of [
+      '[{"Type":"volume","Target":"/v","VolumeOptions":{"DriverConfig":{"Name":"local","Options":{"type":"none","o":"bind","device":"/"}}}}]',
+      '[{"type":"volume","target":"/v","volumeoptions":{"driverconfig":{"options":{"device":"/","o":"bind","type":"none"}}}}]',
+    ]) {
+      await createRefused(
+        `Mounts ${m}`,
+        `{"Image":"${IMAGE}","HostConfig":{"Mounts":${m}}}`,
+        'volume-driver',
+      );
+    }
+    await a.unchanged(before, 'volume driver mounts');
+  });
+
+  test('namespaces, volumes-from, links, networks of others: 404 as if absent, never joined', async () => {
+    const before = await a.snapshot();
+    const refs = (id: string) => [id, id.slice(0, 12), id.slice(0, 5)];
+    const otherName = (await containers(a.c).inspect(a.v.otherRunning)).Name.slice(1);
+    const hostName = (await containers(a.c).inspect(a.v.hostRunning)).Name.slice(1);
+    for (const ref of [...refs(a.v.otherRunning), ...refs(a.v.hostRunning), otherName, hostName]) {
+      for (const [field, bad] of [
+        ['PidMode', `"container:${ref}"`],
+        ['IpcMode', `"container:${ref}"`],
+        ['NetworkMode', `"container:${ref}"`],
+        ['VolumesFrom', `["${ref}"]`],
+        ['VolumesFrom', `["${ref}:ro"]`],
+        ['Links', `["${ref}:alias"]`],
+        ['Links', `["/${ref}:/own/alias"]`],
+      ] as const) {
+        await createRefused(
+          `${field}=${bad}`,
+          `{"Image":"${IMAGE}","HostConfig":{"${field}":${bad}}}`,
+          field === 'Links' ? 'links' : field === 'VolumesFrom' ? 'volumes-from' : 'namespaces',
+          { absentOk: true },
+        );
+        await createRefused(
+          `${field}=${bad} (lower-case key)`,
+          `{"Image":"${IMAGE}","hostconfig":{"${field.toLowerCase()}":${bad}}}`,
+          field === 'Links' ? 'links' : field === 'VolumesFrom' ? 'volumes-from' : 'namespaces',
+          { absentOk: true },
+        );
+      }
+    }
+    for (const net of [a.v.otherNetwork, a.v.hostNetwork, a.v.otherNetwork.slice(0, 12)]) {
+      await createRefused(
+        `NetworkMode=${net}`,
+        `{"Image":"${IMAGE}","HostConfig":{"NetworkMode":"${net}"}}`,
+        'links',
+        {
+          absentOk: true,
+        },
+      );
+      await createRefused(
+        `EndpointsConfig ${net}`,
+        `{"Image":"${IMAGE}","NetworkingConfig":{"EndpointsConfig":{"${net}":{}}}}`,
+        'links',
+        { absentOk: true },
+      );
+      await createRefused(
+        `endpointsconfig (lower case) ${net}`,
+        `{"Image":"${IMAGE}","networkingconfig":{"endpointsconfig":{"${net}":{"aliases":["x"]}}}}`,
+        'links',
+        { absentOk: true },
+      );
+    }
+    for (const vol of [a.v.otherVolume, a.v.hostVolume]) {
+      await createRefused(
+        `Binds ${vol}:/v`,
+        `{"Image":"${IMAGE}","HostConfig":{"Binds":["${vol}:/v"]}}`,
+        'ownership',
+        {
+          absentOk: true,
+        },
+      );
+      await createRefused(
+        `Mounts volume ${vol}`,
+        `{"Image":"${IMAGE}","HostConfig":{"Mounts":[{"Type":"volume","Source":"${vol}","Target":"/v"}]}}`,
+        'ownership',
+        { absentOk: true },
+      );
+    }
+    await a.unchanged(before, 'references to others');
+  });
+
+  test('HostConfig.Capabilities (API 1.40 field) via /v1.40: refused or dropped, never applied', async () => {
+    const name = uniqueName('caps');
+    const res = await send(a.sock, {
+      method: 'POST',
+      path: `/v1.40/containers/create?name=${name}`,
+      headers: [['Content-Type', 'application/json']],
+      body: `{"Image":"${IMAGE}","Cmd":["true"],"HostConfig":{"Capabilities":["CAP_SYS_ADMIN","CAP_SYS_MODULE"]}}`,
+    });
+    if (res.status === 403) {
+      expectRefused(res, 'capabilities', 'Capabilities');
+      assert.equal(await containers(a.c).find(name), undefined);
+    } else {
+      assert.equal(res.status, 201, res.text);
+      const i = (await containers(a.c).inspect(name)) as unknown as {
+        HostConfig: { Capabilities?: unknown };
+      };
+      await containers(a.c).remove(name);
+      assert.ok(
+        !i.HostConfig.Capabilities,
+        `Capabilities reached the daemon: ${JSON.stringify(i.HostConfig.Capabilities)}`,
+      );
+    }
+  });
+
+  test('privileged exec: raw HTTP variants and docker exec --privileged; no exec is created', async () => {
+    const execIds = async () =>
+      ((await containers(a.c).inspect(own)) as unknown as { ExecIDs: string[] | null }).ExecIDs ?? [];
+    const before = await execIds();
+    for (const body of [
+      '{"Cmd":["id"],"Privileged":true}',
+      '{"Cmd":["id"],"privileged":true}',
+      '{"Cmd":["id"],"PRIVILEGED":true}',
+      '{"Cmd":["id"],"\\u0050rivileged":true}',
+      '{"Cmd":["id"],"Privileged":false,"privileged":true}',
+      '{"Cmd":["id"],"Privileged":true,"Privileged":null}',
+    ]) {
+      for (const path of [`/v1.41/containers/${own}/exec`, `//containers/./${own.slice(0, 12)}/exec`]) {
+        const res = await send(a.sock, {
+          method: 'POST',
+          path,
+          headers: [['content-type', 'Application/Json']],
+          body,
+        });
+        expectRefused(res, 'privileged', `exec ${body} ${path}`);
+      }
+      const ch = await send(a.sock, {
+        method: 'POST',
+        path: `/v1.41/containers/${own}/exec`,
+        headers: [['Content-Type', 'application/json']],
+        body,
+        framing: 'chunked',
+        chunks: [2, 5, 1],
+      });
+      expectRefused(ch, 'privileged', `exec chunked ${body}`);
+    }
+    const cli = await docker(a.host, ['exec', '--privileged', own, 'true']);
+    assert.notEqual(cli.code, 0);
+    assert.match(cli.stderr, /berth: privileged: /);
+    assert.deepEqual(await execIds(), before, 'an exec was created upstream');
+    // A plain exec still works.
+    const ok = await docker(a.host, ['exec', own, 'true']);
+    assert.equal(ok.code, 0, ok.stderr);
+    void exec; // (the engine's exec helper is not needed: ExecIDs on the container are the check)
+  });
+
+  test('container update cannot add devices or cgroup parent', async () => {
+    const before = await containers(a.c).inspect(own);
+    for (const body of [
+      '{"DeviceCgroupRules":["a *:* rwm"]}',
+      '{"devices":[{"PathOnHost":"/dev/mem","PathInContainer":"/dev/mem","CgroupPermissions":"rwm"}]}',
+      '{"CgroupParent":"/"}',
+    ]) {
+      const res = await send(a.sock, {
+        method: 'POST',
+        path: `/v1.41/containers/${own}/update`,
+        headers: [['Content-Type', 'application/json']],
+        body,
+      });
+      assert.ok(res.status === 403 || res.status === 400, `update ${body}: ${res.status} ${res.text}`);
+    }
+    const now = await containers(a.c).inspect(own);
+    assert.deepEqual(now.HostConfig, before.HostConfig, 'update changed the container upstream');
+  });
+
+  test('volume-options: bind-mount volumes (type=none,o=bind,device=/) refused raw and via CLI', async () => {
+    const before = await a.snapshot();
+    for (const [what, mk] of [
+      ['plain', (n: string) => `{"Name":"${n}","DriverOpts":{"type":"none","o":"bind","device":"/"}}`],
+      [
+        'lower-case keys',
+        (n: string) => `{"name":"${n}","driveropts":{"type":"none","o":"bind","device":"/etc"}}`,
+      ],
+      [
+        'Driver local',
+        (n: string) => `{"Name":"${n}","Driver":"local","DriverOpts":{"device":"/","o":"bind"}}`,
+      ],
+      [
+        'duplicate DriverOpts',
+        (n: string) => `{"Name":"${n}","DriverOpts":{},"driverOpts":{"device":"/","o":"bind","type":"none"}}`,
+      ],
+      [
+        'folded key',
+        (n: string) => `{"Name":"${n}","DriverOpt\u017f":{"device":"/","o":"bind","type":"none"}}`,
+      ],
+      ['other driver', (n: string) => `{"Name":"${n}","Driver":"berth-evil"}`],
+    ] as const) {
+      const name = uniqueName('atkvol');
+      const res = await send(a.sock, {
+        method: 'POST',
+        path: '/v1.41/volumes/create',
+        headers: [['Content-Type', 'application/json; charset=utf-8']],
+        body: mk(name),
+      });
+      assert.equal(res.status, 403, `${what}: ${res.text}`);
+      assert.match(messageOf(res) ?? '', /^berth: (volume-options|volume-driver): /, what);
+      assert.equal((await volumes(a.c).list({ name: [name] })).length, 0, `${what}: volume created upstream`);
+    }
+    const n = uniqueName('atkvol');
+    const cli = await docker(a.host, [
+      'volume',
+      'create',
+      '-o',
+      'type=none',
+      '-o',
+      'o=bind',
+      '-o',
+      'device=/',
+      n,
+    ]);
+    assert.notEqual(cli.code, 0);
+    assert.match(cli.stderr, /berth: volume-options: /);
+    assert.equal((await volumes(a.c).list({ name: [n] })).length, 0);
+    // size is the one allowed option's name: the volume must come out owned (or be refused by the driver).
+    await a.unchanged(before, 'volume options');
+  });
+
+  test('build-options: networkmode=host / cgroupparent / remote, in the query and in form bodies', async () => {
+    const before = await a.snapshot();
+    const attempts: [string, string, string | undefined, string | undefined][] = [
+      ['query networkmode=host', '/v1.41/build?networkmode=host', undefined, undefined],
+      ['query cgroupparent', '/v1.41/build?cgroupparent=/', undefined, undefined],
+      ['query remote', '/v1.41/build?remote=http://127.0.0.1:9/ctx.tar', undefined, undefined],
+      ['query remote git', '/build?remote=git://127.0.0.1:9/x', undefined, undefined],
+      [
+        'form body overrides query',
+        '/v1.41/build?networkmode=default',
+        'networkmode=host',
+        'application/x-www-form-urlencoded',
+      ],
+      [
+        'form body, odd content type',
+        '/v1.41/build',
+        'networkmode=host&t=x',
+        'Application/X-WWW-Form-Urlencoded; charset=utf-8',
+      ],
+      ['form body cgroupparent', '/v1.41/build', 'cgroupparent=%2F', 'application/x-www-form-urlencoded'],
+      [
+        'form body remote',
+        '/v1.41/build',
+        'remote=http%3A%2F%2F127.0.0.1%3A9%2Fx',
+        'application/x-www-form-urlencoded',
+      ],
+      ['odd path', '//v1.41/./build?networkmode=host', undefined, undefined],
+      ['encoded query value', '/v1.41/build?networkmode=%68ost', undefined, undefined],
+    ];
+    for (const [what, path, body, ct] of attempts) {
+      const res = await send(a.sock, {
+        method: 'POST',
+        path,
+        headers: ct ? [['Content-Type', ct]] : [['Content-Type', 'application/x-tar']],
+        body: body ?? '',
+      });
+      expectRefused(res, 'build-options', what);
+    }
+    const cli = await docker(a.host, ['build', '--network', 'host', '-q', '-'], {
+      input: 'FROM berth-local/busybox\nRUN true\n',
+    });
+    assert.notEqual(cli.code, 0);
+    assert.match(cli.stderr, /berth: build-options: /);
+    await a.unchanged(before, 'build options');
+  });
+
+  test('image-import: import from a URL refused (query and form body); docker import http://…', async () => {
+    const before = await a.snapshot();
+    for (const [what, path, body] of [
+      ['query', '/v1.41/images/create?fromSrc=http://127.0.0.1:9/x.tar&repo=berth-atk-imp', undefined],
+      ['odd path', '/v1.41//images/./create?fromSrc=http%3A%2F%2F127.0.0.1%3A9%2Fx&repo=y', undefined],
+      ['form body', '/v1.41/images/create?fromSrc=-', 'fromSrc=http%3A%2F%2F127.0.0.1%3A9%2Fx.tar&repo=y'],
+    ] as const) {
+      const res = await send(a.sock, {
+        method: 'POST',
+        path,
+        headers: body ? [['Content-Type', 'application/x-www-form-urlencoded']] : [],
+        body: body ?? '',
+      });
+      expectRefused(res, 'image-import', what);
+    }
+    const cli = await docker(a.host, ['import', 'http://127.0.0.1:9/x.tar', 'berth-atk-imp:x']);
+    assert.notEqual(cli.code, 0);
+    assert.match(cli.stderr, /berth: image-import: /);
+    await a.unchanged(before, 'image import');
+  });
+
+  test('body: JSON over 4 MiB is refused (Content-Length and chunked), not passed; malformed is 400', async () => {
+    const before = await a.snapshot();
+    const name = uniqueName('big');
+    const big = `{"Image":"${IMAGE}","Labels":{"x":"${'a'.repeat(5 * 1024 * 1024)}"},"HostConfig":{"Privileged":true}}`;
+    for (const framing of ['length', 'chunked'] as const) {
+      const res = await send(
+        a.sock,
+        {
+          method: 'POST',
+          path: `/v1.41/containers/create?name=${name}`,
+          headers: [['Content-Type', 'application/json']],
+          body: big,
+          framing,
+          chunks: [65536, 3, 1 << 20],
+        },
+        { timeoutMs: 60_000 },
+      );
+      assert.ok([400, 413].includes(res.status), `${framing}: ${res.status} ${res.text.slice(0, 200)}`);
+      assert.match(messageOf(res) ?? '', /^berth: body: /, framing);
+      assert.equal(await containers(a.c).find(name), undefined);
+    }
+    for (const bad of [
+      '{"Image":',
+      '{"Image":"x",}',
+      '[1,2',
+      '{"HostConfig":{"Privileged":"yes"}}',
+      '\u0000',
+    ]) {
+      const res = await send(a.sock, {
+        method: 'POST',
+        path: `/v1.41/containers/create?name=${name}`,
+        headers: [['Content-Type', 'application/json']],
+        body: bad,
+      });
+      assert.equal(res.status, 400, `${JSON.stringify(bad)}: ${res.text}`);
+      assert.match(messageOf(res) ?? '', /^berth: (malformed|body): /);
+    }
+    // The guard keeps serving.
+    const ping = await send(a.sock, { path: '/_ping' });
+    assert.equal(ping.status, 200);
+    assert.equal(ping.text, 'OK');
+    await a.unchanged(before, 'body attacks');
+  });
+
+  test('CLI forms of every refused run shape fail with the rule named and create nothing', async () => {
+    const before = await a.snapshot();
+    const otherName = (await containers(a.c).inspect(a.v.otherRunning)).Name.slice(1);
+    const hostName = (await containers(a.c).inspect(a.v.hostRunning)).Name.slice(1);
+    const forms: [string[], RegExp][] = [
+      [['--privileged'], /berth: privileged: /],
+      [['--cap-add', 'SYS_ADMIN'], /berth: capabilities: /],
+      [['--cap-add', 'ALL'], /berth: capabilities: /],
+      [['--device', '/dev/mem'], /berth: devices: /],
+      [['--device-cgroup-rule', 'a *:* rwm'], /berth: devices: /],
+      [['--gpus', 'all'], /berth: devices: /],
+      [['--pid', 'host'], /berth: namespaces: /],
+      [['--network', 'host'], /berth: namespaces: /],
+      [['--ipc', 'host'], /berth: namespaces: /],
+      [['--uts', 'host'], /berth: namespaces: /],
+      [['--userns', 'host'], /berth: namespaces: /],
+      [['--cgroupns', 'host'], /berth: namespaces: /],
+      [['--security-opt', 'seccomp=unconfined'], /berth: security-opt: /],
+      [['--security-opt', 'apparmor=unconfined'], /berth: security-opt: /],
+      [['--security-opt', 'label=disable'], /berth: security-opt: /],
+      [['--security-opt', 'systempaths=unconfined'], /berth: security-opt: /],
+      [['--cgroup-parent', '/'], /berth: cgroup-parent: /],
+      [['--runtime', 'berth-evil'], /berth: runtime: /],
+      [['--log-driver', 'syslog', '--log-opt', 'syslog-address=udp://127.0.0.1:9'], /berth: log-driver: /],
+      [['--volume-driver', 'local', '-v', 'x:/x'], /berth: volume-driver: /],
+      [['--sysctl', 'kernel.core_pattern=|/x'], /berth: sysctls: /],
+      [['-v', '/:/host'], /berth: binds: /],
+      [['-v', '/var/run/docker.sock:/var/run/docker.sock'], /berth: binds: /],
+      [['-v', '/workspace/escape:/h'], /berth: binds: /],
+      [['-v', '/workspace/../../etc:/h'], /berth: binds: /],
+      [['--mount', 'type=bind,source=/,target=/h'], /berth: binds: /],
+      [['--mount', 'type=bind,source=/workspace/sub/etc,target=/h'], /berth: binds: /],
+      [['--volumes-from', otherName], /No such container|berth: volumes-from: /],
+      [['--volumes-from', hostName], /No such container|berth: volumes-from: /],
+      [['--link', `${otherName}:x`], /No such container|berth: links: /],
+      [['--network', `container:${otherName}`], /No such container|berth: namespaces: /],
+      [['--pid', `container:${a.v.hostRunning.slice(0, 12)}`], /No such container|berth: namespaces: /],
+      [['--network', a.v.otherNetwork], /No such network|not found|berth: links: /],
+      [['--network', a.v.hostNetwork.slice(0, 12)], /No such network|not found|berth: links: /],
+      [['-v', `${a.v.otherVolume}:/v`], /No such volume|not found|berth: ownership: /],
+    ];
+    for (const [flags, re] of forms) {
+      const name = uniqueName('cli');
+      const r = await docker(a.host, ['run', '--rm', '--name', name, ...flags, IMAGE, 'true']);
+      assert.notEqual(r.code, 0, `docker run ${flags.join(' ')} succeeded`);
+      assert.match(r.stderr, re, `docker run ${flags.join(' ')}`);
+      assert.equal(await containers(a.c).find(name), undefined, `${flags.join(' ')}: created upstream`);
+    }
+    await a.unchanged(before, 'CLI run forms');
+  });
+
+  test('audit: a denied request is one JSON line naming the rule, decision deny', async () => {
+    await createRefused('audit probe', `{"Image":"${IMAGE}","HostConfig":{"Privileged":true}}`, 'privileged');
+    // The audit file is written asynchronously; give the stream a moment to flush.
+    let lines = a.audit();
+    for (let i = 0; i < 50 && !lines.some((l) => l.rule === 'privileged'); i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      lines = a.audit();
+    }
+    const deny = lines.find((l) => l.rule === 'privileged' && l.decision === 'deny');
+    assert.ok(deny, `no deny line for privileged in ${lines.length} audit lines`);
+    assert.equal(deny.tenant, a.tenant);
+    assert.equal(deny.method, 'POST');
+    assert.equal(deny.path, '/containers/create');
+    assert.ok(!Number.isNaN(Date.parse(deny.time)), `time ${deny.time}`);
+    assert.ok(
+      lines.some((l) => l.decision === 'allow'),
+      'allowed requests are audited too',
+    );
+  });
+});
