@@ -298,6 +298,8 @@ export function parsePipeline(text: string, file: string): Pipeline {
       c.at(v.value, 'version', 'unsupported version: the only version is 1 (write `version: 1`)');
   }
   version = 1;
+  const nameEntry = top.get('name');
+  const name = nameEntry ? (c.str(nameEntry.value, 'name', 'a pipeline name') ?? 'pipeline') : 'pipeline';
   const defImage = top.get('image')
     ? (c.str(top.get('image')?.value ?? null, 'image', 'an image name') ?? DEFAULT_IMAGE)
     : DEFAULT_IMAGE;
@@ -342,7 +344,7 @@ export function parsePipeline(text: string, file: string): Pipeline {
 
   const jobs = expandAndLink(c, raws);
   if (c.problems.length > 0) throw new PipelineError(sortProblems(c.problems));
-  return { file, version, jobs, env, variables, secrets };
+  return { file, name, version, jobs, env, variables, secrets };
 }
 
 function sortProblems(problems: Problem[]): Problem[] {

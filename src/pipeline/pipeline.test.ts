@@ -33,6 +33,7 @@ function problems(text: string): string[] {
 test('a minimal pipeline gets every default', () => {
   const p = parsePipeline('jobs:\n  build:\n    steps: [make]\n', 'berth.yml');
   assert.equal(p.version, 1);
+  assert.equal(p.name, 'pipeline');
   assert.deepEqual(p.jobs, [
     {
       name: 'build',
@@ -53,6 +54,7 @@ test('a minimal pipeline gets every default', () => {
 
 test('a full pipeline resolves every field', () => {
   const text = `version: 1
+name: webapp
 image: berth-local/busybox
 docker: host
 env: { A: 1, B: true, C: x }
@@ -87,6 +89,7 @@ jobs:
     steps: [echo done]
 `;
   const p = parsePipeline(text, 'berth.yml');
+  assert.equal(p.name, 'webapp');
   assert.deepEqual(p.env, { A: '1', B: 'true', C: 'x' });
   assert.deepEqual(p.variables, { REGISTRY_USER: 'me' });
   assert.deepEqual(p.secrets, [{ name: 'TOKEN' }, { name: 'KEY', file: 'key.txt' }]);

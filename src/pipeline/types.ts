@@ -67,6 +67,8 @@ export interface SecretSpec {
 
 export interface Pipeline {
   file: string;
+  /** The top-level `name` (default: `pipeline`). */
+  name: string;
   version: number;
   /** In file order (matrix expansions in matrix order). */
   jobs: JobSpec[];
