@@ -626,14 +626,16 @@ export async function stopDind(
       }
     }
   }
+  if (!c)
+    throw new BerthError('DIND_NOT_FOUND', `no dind daemon named "${name}"`, {
+      hint: 'see `berth dind ls`; a kept cache is removed with `berth dind purge KEY`',
+    });
   let purged: string | undefined;
   const key = labels[LABEL_DIND_CACHE];
   if (opts.purge && key) {
     await volumes(client).remove(names.cacheVolume(key));
     purged = names.cacheVolume(key);
   }
-  if (!c && !opts.purge)
-    throw new BerthError('DIND_NOT_FOUND', `no dind daemon named "${name}"`, { hint: 'see `berth dind ls`' });
   return { removed: c !== undefined, ...(purged ? { purged } : {}) };
 }
 

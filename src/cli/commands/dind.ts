@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { Option } from 'commander';
 import { BerthError } from '../../common/index.js';
 import { DockerClient } from '../../engine/index.js';
-import { listDind, startDind, stopDind } from '../../dind/index.js';
+import { listDind, purgeCache, startDind, stopDind } from '../../dind/index.js';
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
@@ -107,6 +107,15 @@ export function registerDind(program: Command): void {
       process.stderr.write(
         `dind: ${r.removed ? `removed "${name}"` : `"${name}" was not running`}${r.purged ? `; purged ${r.purged}` : ''}\n`,
       );
+    });
+  dind
+    .command('purge')
+    .description('remove a kept cache volume (berth-dind-cache-<key>)')
+    .argument('<key>')
+    .action(async (key: string) => {
+      using client = new DockerClient();
+      const gone = await purgeCache(client, key);
+      process.stderr.write(`dind: cache "${key}" ${gone ? 'removed' : 'did not exist'}\n`);
     });
   dind
     .command('ls')
