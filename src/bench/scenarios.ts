@@ -11,6 +11,7 @@ import { LABEL_ROLE } from '../common/index.js';
 import { MiB, buildContext } from './payload.js';
 import { summarize } from './stats.js';
 import { load } from './load.js';
+import { nestedReady } from './nested.js';
 import type { BenchOptions, Contender, Scenario } from './types.js';
 
 const BENCH_LABEL = 'io.berth.bench';
@@ -284,4 +285,5 @@ export const ALL_SCENARIOS: readonly Scenario[] = [
   logs,
   buildCache,
   load,
+  nestedReady,
 ];
