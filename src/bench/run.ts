@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { errorMessage } from '../common/index.js';
 import { DockerClient, system } from '../engine/index.js';
 import { guardContender, haproxyContender, rawContender } from './contenders.js';
-import { berthDindContender, nestedReady, plainDindContender } from './nested.js';
+import { berthDindContender, plainDindContender } from './nested.js';
 import type { BenchReport, MachineInfo } from './report.js';
 import { toMarkdown } from './report.js';
 import { ALL_SCENARIOS } from './scenarios.js';

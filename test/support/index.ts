@@ -77,7 +77,8 @@ export function run(
 export const BERTH_CMD: readonly string[] = [
   process.execPath,
   '--import',
-  'tsx',
+  // Absolute, so the CLI also starts with a working directory outside the repository.
+  import.meta.resolve('tsx'),
   join(ROOT, 'src/cli/main.ts'),
 ];
 
