@@ -1,0 +1,171 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, mkdtempSync, writeFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { tmpdir } from 'node:os';
+import { isBerthError } from '../common/index.js';
+import { containers, volumes } from '../engine/index.js';
+import { DOCKER_CLI, docker, engine, run, sessionLabels, uniqueName } from '../../test/support/index.js';
+import { dindNames, startDind, stopDind } from './index.js';
+import type { DindHandle, DindOptions } from './index.js';
+
+const HOST = 'unix:///var/run/docker.sock';
+
+function opts(extra: Partial<DindOptions> = {}): DindOptions {
+  return {
+    name: uniqueName('dind'),
+    network: 'none',
+    labels: sessionLabels(),
+    readyTimeoutMs: 90_000,
+    ...extra,
+  };
+}
+
+/** Copies berth-local/busybox into the nested daemon (no registry here). */
+async function loadBusybox(dockerHost: string): Promise<void> {
+  const r = await run('sh', [
+    '-c',
+    `${DOCKER_CLI} -H ${HOST} save berth-local/busybox | ${DOCKER_CLI} -H ${dockerHost} load`,
+  ]);
+  assert.equal(r.code, 0, r.stderr);
+}
+
+function contextDir(dockerfile: string): { path: string; [Symbol.dispose](): void } {
+  const path = mkdtempSync(join(tmpdir(), 'berth-dind-ctx-'));
+  writeFileSync(join(path, 'Dockerfile'), dockerfile);
+  return { path, [Symbol.dispose]: () => rmSync(path, { recursive: true, force: true }) };
+}
+
+async function leftovers(name: string) {
+  using c = engine();
+  const cs = await containers(c).list({ all: true, filters: { label: [`io.berth.dind=${name}`] } });
+  const vs = await volumes(c).list({ label: [`io.berth.dind=${name}`] });
+  return { containers: cs.length, volumes: vs.length };
+}
+
+test('a nested daemon starts (with fallback privileges where --privileged is refused), builds and runs; down leaves nothing', async () => {
+  const o = opts();
+  const lines: string[] = [];
+  const h = await startDind({ ...o, log: (l) => lines.push(l) });
+  let closed = false;
+  try {
+    assert.match(h.dockerHost, /^unix:\/\/.*\/docker\.sock$/);
+    assert.equal(h.jobDockerHost, 'unix:///var/run/berth-dind/docker.sock');
+    assert.ok(['overlay2', 'fuse-overlayfs', 'vfs'].includes(h.storageDriver), h.storageDriver);
+    // What the engine really does with --privileged decides the mode.
+    using c = engine();
+    const probe = await containers(c).create({
+      Image: 'berth-local/busybox',
+      Cmd: ['true'],
+      Labels: sessionLabels(),
+      HostConfig: { Privileged: true, NetworkMode: 'none' },
+    });
+    let privOk = true;
+    try {
+      await containers(c).start(probe.Id);
+    } catch {
+      privOk = false;
+    } finally {
+      await containers(c).remove(probe.Id);
+    }
+    if (!privOk) {
+      assert.equal(h.privilegeMode, 'fallback-caps');
+      assert.equal(lines.filter((l) => /--privileged is refused/.test(l)).length <= 1, true);
+    }
+    const info = await docker(h.dockerHost, ['info', '--format', '{{.Driver}} {{.ServerVersion}}']);
+    assert.equal(info.code, 0, info.stderr);
+    assert.match(info.stdout, new RegExp(`^${h.storageDriver} `));
+    await loadBusybox(h.dockerHost);
+    using ctx = contextDir('FROM berth-local/busybox\nRUN echo built-inside > /msg\nCMD ["cat", "/msg"]\n');
+    const b = await docker(h.dockerHost, ['build', '-t', 'inner:1', ctx.path]);
+    assert.equal(b.code, 0, b.stderr);
+    const r = await docker(h.dockerHost, ['run', '--rm', 'inner:1']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout.trim(), 'built-inside');
+    // A long-running container inside dies with the daemon.
+    const bg = await docker(h.dockerHost, ['run', '-d', 'berth-local/busybox', 'sleep', '600']);
+    assert.equal(bg.code, 0, bg.stderr);
+    assert.ok(existsSync(h.socketDir ?? '/nonexistent'));
+    await h.close();
+    closed = true;
+    assert.deepEqual(await leftovers(h.name), { containers: 0, volumes: 0 });
+    assert.equal(existsSync(h.socketDir ?? '/nonexistent'), false, 'socket dir removed');
+    const cg = `/sys/fs/cgroup/memory${dindNames.cgroupParent(h.name)}`;
+    assert.equal(existsSync(cg), false, `nested cgroups left: ${cg}`);
+    const ps = await run('sh', ['-c', 'ps -eo args | grep -c "[s]leep 600" || true']);
+    assert.equal(ps.stdout.trim(), '0');
+  } finally {
+    if (!closed) await h.close();
+  }
+});
+
+test('the cache keeps layers across two up/down cycles; --purge removes it', async () => {
+  const key = uniqueName('ck');
+  using ctx = contextDir('FROM berth-local/busybox\nRUN echo layer-one > /one\nRUN echo layer-two > /two\n');
+  const cycle = async (purge: boolean) => {
+    const h = await startDind(opts({ cache: key }));
+    try {
+      assert.equal(h.cacheVolume, dindNames.cacheVolume(key));
+      await loadBusybox(h.dockerHost);
+      const b = await docker(h.dockerHost, ['build', '-t', 'cached:1', ctx.path]);
+      assert.equal(b.code, 0, b.stderr);
+      return b.stdout;
+    } finally {
+      await h.close({ purge });
+    }
+  };
+  using c = engine();
+  try {
+    const first = await cycle(false);
+    assert.doesNotMatch(first, /Using cache/);
+    assert.ok(await volumes(c).inspect(dindNames.cacheVolume(key)), 'cache volume kept after down');
+    const second = await cycle(true);
+    assert.equal((second.match(/Using cache/g) ?? []).length, 2, second);
+    await assert.rejects(volumes(c).inspect(dindNames.cacheVolume(key)), 'purged');
+  } finally {
+    await volumes(c).remove(dindNames.cacheVolume(key));
+  }
+});
+
+test('a busy cache is refused, run on an ephemeral volume, or waited for; never two daemons on one data root', async () => {
+  const key = uniqueName('ckb');
+  using c = engine();
+  const handles: DindHandle[] = [];
+  try {
+    const first = await startDind(opts({ cache: key }));
+    handles.push(first);
+    await assert.rejects(startDind(opts({ cache: key, cacheBusy: 'fail' })), (e: unknown) =>
+      isBerthError(e, 'DIND_CACHE_BUSY'),
+    );
+    const eph = await startDind(opts({ cache: key, cacheBusy: 'ephemeral' }));
+    handles.push(eph);
+    assert.equal(eph.cacheVolume, undefined);
+    const sidecar = await containers(c).inspect(eph.containerId);
+    const data = sidecar.Mounts.find((m) => m.Destination === '/var/lib/docker');
+    assert.notEqual(data?.Name, dindNames.cacheVolume(key));
+    // A waiting daemon starts once the first one is down (the close runs while it waits).
+    const lines: string[] = [];
+    const waiting = startDind(opts({ cache: key, cacheBusy: 'wait', log: (l) => lines.push(l) }));
+    while (!lines.some((l) => /waiting for it/.test(l))) await new Promise((r) => setTimeout(r, 100));
+    await first.close();
+    handles.shift();
+    const third = await waiting;
+    handles.push(third);
+    assert.equal(third.cacheVolume, dindNames.cacheVolume(key));
+  } finally {
+    for (const h of handles) await h.close().catch(() => undefined);
+    await volumes(c).remove(dindNames.cacheVolume(key));
+  }
+});
+
+test('a daemon that cannot start fails with its last log lines and the likely cause, and leaves nothing', async () => {
+  const o = opts({ storageDriver: 'btrfs' });
+  await assert.rejects(startDind(o), (e: unknown) => {
+    assert.ok(isBerthError(e, 'DIND_START_FAILED'), String(e));
+    assert.equal(e.details?.cause, 'storage');
+    assert.match(e.message, /\| .*btrfs|graphdriver/);
+    return true;
+  });
+  assert.deepEqual(await leftovers(o.name), { containers: 0, volumes: 0 });
+  await assert.rejects(stopDind(engine(), o.name), (e: unknown) => isBerthError(e, 'DIND_NOT_FOUND'));
+});
