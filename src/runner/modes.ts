@@ -1,8 +1,9 @@
 /**
- * The guard (and, when it lands, dind) docker modes, plugged into the runner's provider table.
+ * The guard and dind docker modes, plugged into the runner's provider table.
  */
 import { chmodSync } from 'node:fs';
 import { join } from 'node:path';
+import { SOCKET_DIR_IN_CONTAINER, startDind } from '../dind/index.js';
 import { createGuard } from '../guard/index.js';
 import { registerDockerAccess } from './access.js';
 
@@ -28,5 +29,27 @@ registerDockerAccess('guard', async (ctx) => {
     binds: [`${ctx.jobDir}:${GUARD_MOUNT}`],
     env: { DOCKER_HOST: `unix://${GUARD_MOUNT}/docker.sock`, BERTH_TENANT: tenant },
     close: () => guard.close({ cleanup: !ctx.spec.keep }),
+  };
+});
+
+/** Where the dind socket folder is mounted in the job container (the dind subsystem's contract). */
+export const DIND_MOUNT = SOCKET_DIR_IN_CONTAINER;
+
+registerDockerAccess('dind', async (ctx) => {
+  const socketDir = join(ctx.jobDir, 'dind');
+  const dind = await startDind({
+    name: `${ctx.runId}-${ctx.job}`.replace(/[^a-zA-Z0-9_.-]/g, '-'),
+    labels: ctx.labels,
+    network: ctx.network,
+    socketDir,
+    cache: ctx.spec.cache,
+    client: ctx.client,
+    log: ctx.log,
+  });
+  ctx.log(`docker: dind (${dind.privilegeMode}, ${dind.storageDriver})`);
+  return {
+    binds: [`${socketDir}:${DIND_MOUNT}`],
+    env: { DOCKER_HOST: dind.jobDockerHost },
+    close: () => dind.close(),
   };
 });

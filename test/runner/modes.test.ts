@@ -3,7 +3,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { hasDockerAccess } from '../../src/runner/index.js';
+import { images } from '../../src/engine/index.js';
+import { engine } from '../support/index.js';
 import { jobStatus, leftovers, logLines, removeRun, runJson, workspace } from './helpers.js';
 
 test('docker: none — steps run in order in /workspace, no Docker inside, history and logs saved', async () => {
@@ -83,26 +84,33 @@ jobs:
   }
 });
 
-test(
-  'docker: dind — a nested daemon per job',
-  { skip: !hasDockerAccess('dind') && 'src/dind has not landed yet' },
-  async () => {
-    using ws = workspace(`
+test('docker: dind — a nested daemon per job: builds land in it, not on the host; sidecar removed at the end', async () => {
+  using ws = workspace(`
 name: dind-mode
 jobs:
   d:
     docker: dind
     steps:
-      - docker info --format '{{.Name}}'
-      - docker run --rm berth-local/busybox echo nested
+      - docker info --format 'driver {{.Driver}}'
+      - echo payload > /workspace/f
+      - printf 'FROM scratch\\nCOPY f /f\\n' > /workspace/Dockerfile.nested
+      - docker build -q -t nested-only:1 -f Dockerfile.nested . >/dev/null
+      - docker images --format '{{.Repository}}:{{.Tag}}'
 `);
-    const r = await runJson(ws.file);
-    try {
-      assert.equal(r.code, 0, r.stdout + r.stderr);
-      assert.equal(jobStatus(r.events, 'd'), 'passed');
-      assert.deepEqual(await leftovers(r.runId), []);
-    } finally {
-      await removeRun(r.runId);
-    }
-  },
-);
+  const r = await runJson(ws.file);
+  try {
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    assert.equal(jobStatus(r.events, 'd'), 'passed');
+    const lines = logLines(r.events, 'd');
+    assert.ok(
+      lines.some((l) => /^driver \S+$/.test(l)),
+      lines.join('\n'),
+    );
+    assert.deepEqual(lines.slice(-1), ['nested-only:1'], 'the nested daemon holds only what the job built');
+    using c = engine();
+    assert.equal(await images(c).find('nested-only:1'), undefined, 'the host engine never saw the build');
+    assert.deepEqual(await leftovers(r.runId), []);
+  } finally {
+    await removeRun(r.runId);
+  }
+});
