@@ -44,7 +44,7 @@ registerDockerAccess('dind', async (ctx) => {
     socketDir,
     cache: ctx.spec.cache,
     client: ctx.client,
-    log: ctx.log,
+    log: (line) => ctx.log(line),
   });
   ctx.log(`docker: dind (${dind.privilegeMode}, ${dind.storageDriver})`);
   return {
