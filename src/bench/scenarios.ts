@@ -12,6 +12,7 @@ import { MiB, buildContext } from './payload.js';
 import { summarize } from './stats.js';
 import { load } from './load.js';
 import { nestedReady } from './nested.js';
+import { pipeline8 } from './pipeline.js';
 import type { BenchOptions, Contender, Scenario } from './types.js';
 
 const BENCH_LABEL = 'io.berth.bench';
@@ -286,4 +287,5 @@ export const ALL_SCENARIOS: readonly Scenario[] = [
   buildCache,
   load,
   nestedReady,
+  pipeline8,
 ];
