@@ -111,6 +111,28 @@ export interface DindSummary {
 }
 
 let announcedFallback = false;
+const UNKNOWN_CAP = /unknown capability:?\s*"?(?:CAP_)?([A-Z_]+)/i;
+
+/** Creates a container; where the engine does not know a capability in CapDrop, leaves it out and retries. */
+async function createTolerant(
+  client: DockerClient,
+  body: Parameters<ReturnType<typeof containers>['create']>[0],
+  name: string,
+): Promise<string> {
+  for (let i = 0; ; i++) {
+    try {
+      return (await containers(client).create(body, name)).Id;
+    } catch (err) {
+      const m = UNKNOWN_CAP.exec(errorMessage(err));
+      const drop = body.HostConfig?.CapDrop as string[] | undefined;
+      if (!m || !drop || i > 40) throw err;
+      const unknown = (m[1] ?? '').toUpperCase();
+      const next = drop.filter((c) => c.toUpperCase().replace(/^CAP_/, '') !== unknown);
+      if (next.length === drop.length) throw err;
+      body = { ...body, HostConfig: { ...body.HostConfig, CapDrop: next } };
+    }
+  }
+}
 
 /** Picks the privileges for the sidecar: sysbox if present, else --privileged, else the fallback. */
 async function privilegeConfig(
@@ -127,7 +149,9 @@ async function privilegeConfig(
       mode: 'privileged',
       hostConfig: { Privileged: true, ...(v2 ? { CgroupnsMode: 'private' } : {}) },
     };
-  if (!report.fallback.ok)
+  // An engine older than the kernel does not know some capabilities the bounding set lacks (400
+  // "unknown capability"); "ALL" never grants those, so the create below simply leaves them out.
+  if (!report.fallback.ok && !UNKNOWN_CAP.test(report.fallback.detail))
     throw new BerthError(
       'DIND_START_FAILED',
       `this host allows neither --privileged (${report.privileged.detail}) nor the fallback (${report.fallback.detail})`,
@@ -451,29 +475,28 @@ export async function startDind(opts: DindOptions): Promise<DindHandle> {
       };
       let id: string;
       try {
-        id = (
-          await containers(client).create(
-            {
-              Image: image,
-              Entrypoint: [
-                'sh',
-                '-c',
-                startScript({
-                  mtuFromInterface: opts.mtu === undefined,
-                  cgroupParent: names.cgroupParent(name),
-                }),
-                'berth-dind',
-              ],
-              Cmd: [],
-              Env: ['DOCKER_TLS_CERTDIR='],
-              Labels: labels,
-              Hostname: name.slice(0, 63),
-              StopSignal: 'SIGTERM',
-              HostConfig: hostConfig,
-            },
-            sidecarName,
-          )
-        ).Id;
+        id = await createTolerant(
+          client,
+          {
+            Image: image,
+            Entrypoint: [
+              'sh',
+              '-c',
+              startScript({
+                mtuFromInterface: opts.mtu === undefined,
+                cgroupParent: names.cgroupParent(name),
+              }),
+              'berth-dind',
+            ],
+            Cmd: [],
+            Env: ['DOCKER_TLS_CERTDIR='],
+            Labels: labels,
+            Hostname: name.slice(0, 63),
+            StopSignal: 'SIGTERM',
+            HostConfig: hostConfig,
+          },
+          sidecarName,
+        );
       } catch (err) {
         if (isConflict(err))
           throw new BerthError('DIND_START_FAILED', `a dind daemon named "${name}" already exists`, {
