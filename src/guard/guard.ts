@@ -74,8 +74,16 @@ export async function createGuard(o: GuardOptions): Promise<GuardHandle> {
     labels: { ...o.labels, [LABEL_TENANT]: o.tenant },
     audit: sink.write,
   });
+  // Requests still being handled when the guard closes must land before the cleanup looks.
+  const inflight = new Set<Promise<unknown>>();
+  const track = (p: Promise<unknown>) => {
+    inflight.add(p);
+    void p.finally(() => inflight.delete(p));
+  };
   const handler = (req: http.IncomingMessage, res: http.ServerResponse) => {
-    proxy.handle(req, res).catch((err: unknown) => {
+    const p = proxy.handle(req, res);
+    track(p);
+    p.catch((err: unknown) => {
       if (!res.headersSent) {
         res.writeHead(500, { 'Content-Type': 'application/json' });
         res.end(JSON.stringify({ message: `berth: internal: ${errorMessage(err)}` }));
@@ -111,7 +119,7 @@ export async function createGuard(o: GuardOptions): Promise<GuardHandle> {
   }
   server.on('upgrade', (req: http.IncomingMessage, socket, head: Buffer) => {
     socket.on('error', () => socket.destroy());
-    void proxy.upgrade(req, socket, head);
+    track(proxy.upgrade(req, socket, head));
   });
   server.on('clientError', (_err, socket) => {
     if (socket.writable)
@@ -155,6 +163,10 @@ export async function createGuard(o: GuardOptions): Promise<GuardHandle> {
       server.close(() => resolve());
       for (const s of sockets) s.destroy();
     });
+    await Promise.race([
+      Promise.allSettled([...inflight]),
+      new Promise((r) => setTimeout(r, 10_000).unref()),
+    ]);
     if (opts.cleanup ?? !o.keep) await proxy.cleanup();
     transport.close();
     sink.close();
