@@ -141,7 +141,8 @@ async function privilegeConfig(
 ): Promise<{ mode: DindHandle['privilegeMode']; hostConfig: Record<string, unknown> }> {
   const info = await system(client).info();
   const v2 = info.CgroupVersion === '2';
-  if (Object.keys(info.Runtimes ?? {}).includes('sysbox-runc'))
+  const runtimes: unknown = info.Runtimes;
+  if (typeof runtimes === 'object' && runtimes !== null && 'sysbox-runc' in runtimes)
     return { mode: 'sysbox', hostConfig: { Runtime: 'sysbox-runc' } };
   const report = await probePrivileges(client);
   if (report.privileged.ok)
@@ -548,7 +549,7 @@ export async function startDind(opts: DindOptions): Promise<DindHandle> {
           .remove(id, { force: true, volumes: true })
           .catch(() => undefined);
         if (!retry) throw err;
-        lastErr = err as BerthError;
+        lastErr = err;
         log(`dind: storage driver ${driver} does not work here; trying ${candidates[i + 1]}`);
       }
     }
@@ -659,7 +660,7 @@ export async function stopDind(
     await volumes(client).remove(names.cacheVolume(key));
     purged = names.cacheVolume(key);
   }
-  return { removed: c !== undefined, ...(purged ? { purged } : {}) };
+  return { removed: true, ...(purged ? { purged } : {}) };
 }
 
 /** Removes a cache volume (must not be in use). */
