@@ -29,6 +29,8 @@ export interface DockerAccessContext {
   network: string;
   /** Labels to put on everything created for the job (run, job, owner, test session…). */
   labels: Record<string, string>;
+  /** An image registry as the host engine reaches it (host:port), if the run has one. */
+  registry?: string;
   /** Only the caller's extra labels (no run/owner): for objects that must outlive the run. */
   extraLabels: Record<string, string>;
   warn(message: string): void;
@@ -49,6 +51,8 @@ export type DockerAccessProvider = (ctx: DockerAccessContext) => Promise<DockerA
 const providers = new Map<DockerMode, DockerAccessProvider>();
 
 /** Plugs in (or replaces) the provider for a mode. */
+export { registryEnv };
+
 export function registerDockerAccess(mode: DockerMode, provider: DockerAccessProvider): void {
   providers.set(mode, provider);
 }
@@ -68,6 +72,9 @@ export function dockerAccess(mode: DockerMode): DockerAccessProvider {
   return p;
 }
 
+const registryEnv = (ctx: DockerAccessContext): Record<string, string> =>
+  ctx.registry === undefined ? {} : { BERTH_REGISTRY: ctx.registry };
+
 registerDockerAccess('none', () => Promise.resolve({ binds: [], env: {}, close: () => Promise.resolve() }));
 
 registerDockerAccess('host', (ctx) => {
@@ -82,9 +89,13 @@ registerDockerAccess('host', (ctx) => {
       throw new BerthError('RUN_FAILED', `engine socket ${path} does not exist on this host`);
     return Promise.resolve({
       binds: [`${path}:/var/run/docker.sock`],
-      env: { DOCKER_HOST: 'unix:///var/run/docker.sock' },
+      env: { DOCKER_HOST: 'unix:///var/run/docker.sock', ...registryEnv(ctx) },
       close: () => Promise.resolve(),
     });
   }
-  return Promise.resolve({ binds: [], env: { DOCKER_HOST: ep.url }, close: () => Promise.resolve() });
+  return Promise.resolve({
+    binds: [],
+    env: { DOCKER_HOST: ep.url, ...registryEnv(ctx) },
+    close: () => Promise.resolve(),
+  });
 });

@@ -29,6 +29,7 @@ export interface JobContext {
   secrets: string[];
   labels: Record<string, string>;
   extraLabels: Record<string, string>;
+  registry?: string;
   artifactsDir: string;
   graceMs: number;
   emit(e: RunEvent): void;
@@ -158,6 +159,7 @@ export class JobRun {
         network: netName,
         labels,
         extraLabels: ctx.extraLabels,
+        registry: ctx.registry,
         warn: (message) => ctx.emit({ kind: 'warning', time: now(), runId, job: job.name, message }),
         log: sys,
       });

@@ -40,6 +40,8 @@ export interface RunOptions {
   /** Grace between SIGTERM and SIGKILL (default 10 s). */
   graceMs?: number;
   client?: DockerClient;
+  /** An image registry as the host engine reaches it (host:port): BERTH_REGISTRY in every job (dind jobs get an address their nested daemon reaches). */
+  registry?: string;
   /** Reap stale leftovers of dead runners first (default true). */
   reapFirst?: boolean;
   onEvent?: (e: RunEvent) => void;
@@ -303,6 +305,7 @@ export async function runPipeline(opts: RunOptions): Promise<RunOutcome> {
             secrets: secretValues,
             labels,
             extraLabels: { ...opts.labels },
+            registry: opts.registry,
             artifactsDir: join(store.runDir(runId), 'artifacts'),
             graceMs: opts.graceMs ?? 10_000,
             emit: (e) => emit(e),

@@ -50,6 +50,7 @@ interface RunFlags {
   label?: string[];
   store?: string;
   grace?: string;
+  registry?: string;
 }
 
 export function registerRun(program: Command): void {
@@ -62,6 +63,10 @@ export function registerRun(program: Command): void {
     .option('--var <K=V>', 'an environment variable for every step (repeatable)', collect)
     .option('--parallel <n>', 'jobs run at once (default: CPU count)')
     .option('--json', 'print one JSON event per line')
+    .option(
+      '--registry <host:port>',
+      'an image registry jobs push to, as BERTH_REGISTRY (default: $BERTH_REGISTRY)',
+    )
     .option('--grace <duration>', 'time between SIGTERM and SIGKILL when stopping', '10s')
     .addOption(
       new Option('--label <K=V>', 'extra label on every object (tests)').argParser(collect).hideHelp(),
@@ -137,6 +142,7 @@ export function registerRun(program: Command): void {
           signal: cancel.signal,
           forceSignal: force.signal,
           graceMs,
+          registry: o.registry ?? (process.env.BERTH_REGISTRY || undefined),
           // Tests that kill runners on purpose turn this off so one test's run does not reap
           // another test's victim before it looks at it.
           reapFirst: process.env.BERTH_NO_REAP_ON_START !== '1',
