@@ -22,14 +22,14 @@ export interface DaemonConfigInput {
   cgroupParent: string;
 }
 
-const NAME_RE = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/;
+const NAME_RE = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$/;
 
 /** Validates a dind/cache name: it becomes part of container and volume names. */
 export function validateName(kind: 'name' | 'cache key', value: string): string {
   if (!NAME_RE.test(value))
     throw new BerthError(
       'BERTH_USAGE',
-      `dind ${kind} "${value}" is not valid: use 1-63 letters, digits, "_", "." or "-", starting with a letter or digit`,
+      `dind ${kind} "${value}" is not valid: use 1-128 letters, digits, "_", "." or "-", starting with a letter or digit`,
     );
   return value;
 }

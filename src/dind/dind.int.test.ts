@@ -4,7 +4,7 @@ import { existsSync, mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { isBerthError } from '../common/index.js';
-import { containers, volumes } from '../engine/index.js';
+import { containers, readLogs, volumes } from '../engine/index.js';
 import { DOCKER_CLI, docker, engine, run, sessionLabels, uniqueName } from '../../test/support/index.js';
 import { dindNames, startDind, stopDind } from './index.js';
 import type { DindHandle, DindOptions } from './index.js';
@@ -168,4 +168,49 @@ test('a daemon that cannot start fails with its last log lines and the likely ca
   });
   assert.deepEqual(await leftovers(o.name), { containers: 0, volumes: 0 });
   await assert.rejects(stopDind(engine(), o.name), (e: unknown) => isBerthError(e, 'DIND_NOT_FOUND'));
+});
+
+test('--tcp: a job sharing the sidecar network namespace reaches the daemon on localhost, with TLS or explicitly without', async () => {
+  using c = engine();
+  for (const tls of [true, false]) {
+    const h = await startDind(opts({ tcp: { port: tls ? 2376 : 2375, tls } }));
+    let jobId: string | undefined;
+    try {
+      assert.equal(h.jobDockerHost, `tcp://localhost:${tls ? 2376 : 2375}`);
+      if (tls)
+        for (const f of ['ca.pem', 'cert.pem', 'key.pem']) assert.ok(existsSync(join(h.certDir ?? '', f)), f);
+      const env = [
+        `DOCKER_HOST=${h.jobDockerHost}`,
+        ...(tls ? ['DOCKER_TLS_VERIFY=1', 'DOCKER_CERT_PATH=/certs'] : []),
+      ];
+      // A plain-HTTP client (no TLS, no client certificate) is refused by the TLS daemon.
+      const script = tls
+        ? 'docker version --format "{{.Server.Version}}" && env -u DOCKER_TLS_VERIFY -u DOCKER_CERT_PATH docker version >/dev/null 2>&1 && echo NO-TLS-ACCEPTED || echo tls-enforced'
+        : 'docker version --format "{{.Server.Version}}"';
+      jobId = (
+        await containers(c).create({
+          Image: 'berth-local/dind',
+          Entrypoint: ['sh', '-c', script],
+          Cmd: [],
+          Env: env,
+          Labels: sessionLabels(),
+          HostConfig: {
+            NetworkMode: `container:${h.containerId}`,
+            Binds: tls ? [`${h.certDir}:/certs:ro`] : [],
+          },
+        })
+      ).Id;
+      const waiting = containers(c).wait(jobId, 'next-exit');
+      await containers(c).start(jobId);
+      const { StatusCode } = await waiting;
+      const logs = await readLogs(c, jobId);
+      assert.equal(StatusCode, 0, logs.stdout + logs.stderr);
+      assert.match(logs.stdout, /^\d+\.\d+/);
+      if (tls) assert.match(logs.stdout, /tls-enforced/);
+    } finally {
+      if (jobId) await containers(c).remove(jobId, { force: true });
+      await h.close();
+    }
+    assert.equal(existsSync(h.certDir ?? '/nonexistent'), false);
+  }
 });

@@ -14,7 +14,12 @@ import {
   isBerthError,
   LABEL_DIND,
   LABEL_DIND_CACHE,
+  LABEL_JOB,
+  LABEL_OWNER_HOST,
+  LABEL_OWNER_PID,
   LABEL_ROLE,
+  LABEL_RUN,
+  LABEL_TENANT,
   sleep,
 } from '../common/index.js';
 import {
@@ -108,6 +113,12 @@ export interface DindSummary {
   image: string;
   cache?: string;
   socketDir?: string;
+}
+
+/** Labels minus those that tie an object to one run (for the cache volume, which outlives runs). */
+function outliving(labels: Record<string, string> | undefined): Record<string, string> {
+  const per = new Set([LABEL_RUN, LABEL_JOB, LABEL_OWNER_PID, LABEL_OWNER_HOST, LABEL_TENANT]);
+  return Object.fromEntries(Object.entries(labels ?? {}).filter(([k]) => !per.has(k)));
 }
 
 let announcedFallback = false;
@@ -406,7 +417,8 @@ export async function startDind(opts: DindOptions): Promise<DindHandle> {
       cacheVolume = names.cacheVolume(opts.cache);
       await volumes(client).create({
         Name: cacheVolume,
-        Labels: { ...opts.labels, [LABEL_ROLE]: 'dind-cache', [LABEL_DIND_CACHE]: opts.cache },
+        // The cache outlives the run: no run/job/owner labels, so the reaper keeps it.
+        Labels: { ...outliving(opts.labels), [LABEL_ROLE]: 'dind-cache', [LABEL_DIND_CACHE]: opts.cache },
       });
     }
   }
