@@ -15,6 +15,15 @@ if [ "${1:-}" = stop ]; then
   exit 0
 fi
 
+# The example's jobs run in berth-local/tools and build FROM berth-local/busybox (no registry pull).
+DOCKER=${DOCKER:-$(command -v /usr/bin/docker || command -v docker || true)}
+if [ -n "$DOCKER" ]; then
+  for img in berth-local/busybox berth-local/tools; do
+    "$DOCKER" image inspect "$img" >/dev/null 2>&1 ||
+      echo "setup: $img is missing: build the local images with \`berth images build-local\`" >&2
+  done
+fi
+
 if answers; then
   echo "registry: already answering on $ADDR"
   exit 0

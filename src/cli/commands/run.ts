@@ -1,5 +1,6 @@
 /** `berth run`, `berth ls`, `berth logs`, `berth reap`: the runner's commands. */
-import { resolve } from 'node:path';
+import { existsSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import type { Command } from 'commander';
 import { Option } from 'commander';
 import { BerthError } from '../../common/index.js';
@@ -19,6 +20,17 @@ import { paint, table, useColor } from '../output.js';
 import type { Color } from '../output.js';
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
+
+/** The run store in `dir`; an error (not a new empty store) when there is none. */
+function existingStore(dir: string) {
+  const path = resolve(dir);
+  if (!existsSync(join(path, 'berth.db'))) {
+    throw new BerthError('RUN_NOT_FOUND', `no run store in ${path}`, {
+      hint: 'runs are stored in the .berth folder next to the pipeline file; pass --store path/to/.berth',
+    });
+  }
+  return openStore(path);
+}
 
 function keyValues(list: readonly string[] | undefined, what: string): Record<string, string> {
   const out: Record<string, string> = {};
@@ -174,7 +186,7 @@ export function registerRun(program: Command): void {
     .option('-n, --limit <n>', 'how many runs', '20')
     .option('--json', 'print JSON')
     .action((o: { store: string; limit: string; json?: boolean }) => {
-      using store = openStore(resolve(o.store));
+      using store = existingStore(o.store);
       const runs = store.listRuns(Number(o.limit) || 20);
       if (o.json) {
         process.stdout.write(
@@ -213,7 +225,7 @@ export function registerRun(program: Command): void {
     .argument('[job]', 'only this job')
     .option('--store <dir>', 'the run store folder', '.berth')
     .action((runRef: string, job: string | undefined, o: { store: string }) => {
-      using store = openStore(resolve(o.store));
+      using store = existingStore(o.store);
       const run = store.resolveRun(runRef);
       const jobs = store.jobs(run.id);
       if (job !== undefined && !jobs.some((j) => j.name === job)) {
@@ -238,8 +250,14 @@ export function registerRun(program: Command): void {
     .addOption(new Option('--label <K=V>', 'only objects with this label').argParser(collect).hideHelp())
     .action(async (o: { run?: string; force?: boolean; store: string; label?: string[] }) => {
       using client = new DockerClient();
-      using store = openStore(resolve(o.store));
-      const r = await reap(client, { runId: o.run, force: o.force, store, labelFilter: o.label });
+      const storeDir = resolve(o.store);
+      const store = existsSync(join(storeDir, 'berth.db')) ? openStore(storeDir) : undefined;
+      let r;
+      try {
+        r = await reap(client, { runId: o.run, force: o.force, store, labelFilter: o.label });
+      } finally {
+        store?.close();
+      }
       process.stdout.write(
         `reaped ${r.runs.length} run(s)${r.runs.length ? ` (${r.runs.join(', ')})` : ''}: ` +
           `${r.containers} container(s), ${r.networks} network(s), ${r.volumes} volume(s)\n`,
