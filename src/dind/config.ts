@@ -133,10 +133,26 @@ export function startScript(opts: { mtuFromInterface: boolean; cgroupParent: str
     "  for c in $(awk 'NR>1 && $4==1 {print $1}' /proc/cgroups); do mkdir -p /sys/fs/cgroup/$c; mount -t cgroup -o $c cgroup /sys/fs/cgroup/$c 2>/dev/null || true; done",
     'fi',
     'EXTRA=""',
+    // On a user-defined (per-job) network the sidecar resolves through Docker's embedded DNS at
+    // 127.0.0.11, which nested containers cannot reach: forward DNS sent to the sidecar's own
+    // address to the embedded server's real ports, and hand that address to nested containers.
+    'if grep -q "^nameserver 127.0.0.11" /etc/resolv.conf 2>/dev/null; then',
+    "  IP=$(hostname -i 2>/dev/null | awk '{print $1}')",
+    '  U=$(iptables -t nat -S DOCKER_OUTPUT 2>/dev/null | sed -n "s/.*-p udp .*--to-destination 127.0.0.11:\\([0-9]*\\).*/\\1/p")',
+    '  T=$(iptables -t nat -S DOCKER_OUTPUT 2>/dev/null | sed -n "s/.*-p tcp .*--to-destination 127.0.0.11:\\([0-9]*\\).*/\\1/p")',
+    '  if [ -n "$IP" ] && [ -n "$U" ] && [ -n "$T" ] && echo 1 > /proc/sys/net/ipv4/conf/all/route_localnet 2>/dev/null \\',
+    '    && iptables -t nat -I PREROUTING -d "$IP" -p udp --dport 53 -j DNAT --to-destination "127.0.0.11:$U" \\',
+    '    && iptables -t nat -I PREROUTING -d "$IP" -p tcp --dport 53 -j DNAT --to-destination "127.0.0.11:$T"; then',
+    '    EXTRA="--dns $IP"',
+    '    echo "berth-dind: nested containers resolve through the job network DNS via $IP"',
+    '  else',
+    '    echo "berth-dind: warning: could not forward the job network DNS; nested containers use dockerd defaults"',
+    '  fi',
+    'fi',
     ...(opts.mtuFromInterface
       ? [
           'for i in eth0 $(ls /sys/class/net 2>/dev/null); do',
-          '  if [ "$i" != lo ] && [ -r /sys/class/net/$i/mtu ]; then EXTRA="--mtu $(cat /sys/class/net/$i/mtu)"; break; fi',
+          '  if [ "$i" != lo ] && [ -r /sys/class/net/$i/mtu ]; then EXTRA="$EXTRA --mtu $(cat /sys/class/net/$i/mtu)"; break; fi',
           'done',
         ]
       : []),

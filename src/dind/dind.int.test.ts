@@ -214,3 +214,48 @@ test('--tcp: a job sharing the sidecar network namespace reaches the daemon on l
     assert.equal(existsSync(h.certDir ?? '/nonexistent'), false);
   }
 });
+
+test('on a per-job network, nested containers inherit its MTU and resolve the job network names', async () => {
+  using c = engine();
+  const net = uniqueName('dindnet');
+  await c.json('POST', '/networks/create', {
+    body: {
+      Name: net,
+      Internal: true,
+      Labels: sessionLabels(),
+      Options: { 'com.docker.network.driver.mtu': '1400' },
+    },
+  });
+  let svc: string | undefined;
+  let h: DindHandle | undefined;
+  try {
+    svc = (
+      await containers(c).create({
+        Image: 'berth-local/busybox',
+        Cmd: ['sleep', '600'],
+        Labels: sessionLabels(),
+        HostConfig: { NetworkMode: net },
+        NetworkingConfig: { EndpointsConfig: { [net]: { Aliases: ['websvc'] } } },
+      })
+    ).Id;
+    await containers(c).start(svc);
+    const svcIp = (await containers(c).inspect(svc)).NetworkSettings.Networks?.[net]?.IPAddress;
+    h = await startDind(opts({ network: net }));
+    await loadBusybox(h.dockerHost);
+    const r = await docker(h.dockerHost, [
+      'run',
+      '--rm',
+      'berth-local/busybox',
+      'sh',
+      '-c',
+      'cat /sys/class/net/eth0/mtu; nslookup websvc',
+    ]);
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    assert.match(r.stdout, /^1400\n/);
+    assert.match(r.stdout, new RegExp(`Address:\\s*${(svcIp ?? 'x').replace(/\./g, '\\.')}`));
+  } finally {
+    await h?.close();
+    if (svc) await containers(c).remove(svc, { force: true });
+    await c.json('DELETE', `/networks/${net}`);
+  }
+});
