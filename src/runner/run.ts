@@ -150,6 +150,8 @@ export async function runPipeline(opts: RunOptions): Promise<RunOutcome> {
   };
   const git = gitInfo(spec.workspace);
   try {
+    // Fail fast (ENGINE_UNREACHABLE, exit 69) rather than failing every job one by one.
+    await client.ping();
     if (opts.reapFirst !== false) {
       try {
         const r = await reap(client, { store });
