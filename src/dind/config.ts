@@ -100,7 +100,9 @@ export function daemonJson(i: DaemonConfigInput): Record<string, unknown> {
   };
   if (i.tcp) {
     hosts.push(`tcp://0.0.0.0:${i.tcp.port}`);
-    if (i.tcp.tls) {
+    // Explicit tls=false: dockerd otherwise delays its start by ~15 s to warn about plain TCP.
+    if (!i.tcp.tls) cfg.tls = false;
+    else {
       Object.assign(cfg, {
         tls: true,
         tlsverify: true,
@@ -175,7 +177,7 @@ export function storageCandidates(asked: string | undefined): string[] {
   return asked ? [asked] : [...STORAGE_DRIVERS];
 }
 
-export type FailureCause = 'storage' | 'iptables' | 'cgroups' | 'privileges' | 'address' | 'unknown';
+export type FailureCause = 'storage' | 'iptables' | 'cgroups' | 'privileges' | 'address' | 'tls' | 'unknown';
 
 /** Classifies a failed nested dockerd from its last log lines; answers the cause and a hint. */
 export function classifyFailure(log: string): { cause: FailureCause; hint: string } {
@@ -203,6 +205,11 @@ export function classifyFailure(log: string): { cause: FailureCause; hint: strin
     return {
       cause: 'privileges',
       hint: 'the sidecar lacks privileges: see `berth doctor` for what this host allows',
+    };
+  if (/x509|key pair|certificate|tlsverify/.test(l))
+    return {
+      cause: 'tls',
+      hint: 'the TLS material is missing or invalid: with --tcp use the generated certificates, or --tls=false on a private namespace',
     };
   if (/address already in use|bind:/.test(l))
     return {
