@@ -149,6 +149,45 @@ jobs:
   }
 });
 
+test('a second Ctrl-C forces the stop of a step that ignores SIGTERM, and still cleans up', async () => {
+  using ws = workspace(`
+image: berth-local/busybox
+docker: none
+jobs:
+  stubborn:
+    steps:
+      - |
+        trap 'echo ignoring-SIGTERM' TERM
+        echo stubborn-started
+        while :; do sleep 1 || true; done
+`);
+  // The grace is far longer than the test's own limit: only the forced stop can end this run in time.
+  const p = spawnRun(ws.file, ['--grace', '30m']);
+  let runId = '';
+  try {
+    await p.waitFor(/^stubborn-started$/);
+    runId = p.events().find((e) => e.kind === 'run.started')?.runId ?? '';
+    p.child.kill('SIGINT');
+    await p.waitFor(/^ignoring-SIGTERM$/);
+    assert.equal(p.child.exitCode, null, 'the first Ctrl-C waits for the grace period');
+    p.child.kill('SIGINT');
+    const exit = await Promise.race([
+      p.exited,
+      new Promise<never>((_, reject) =>
+        setTimeout(() => reject(new Error('berth run did not stop')), 120_000).unref(),
+      ),
+    ]);
+    assert.equal(exit.code, 130, p.stderr());
+    assert.match(p.stderr(), /forcing stop/);
+    assert.equal(jobStatus(p.events(), 'stubborn'), 'cancelled');
+    assert.deepEqual(await leftovers(runId), []);
+  } finally {
+    if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGKILL');
+    await p.exited;
+    await removeRun(runId);
+  }
+});
+
 test('kill -9 of the runner, then `berth reap` leaves nothing behind (guard mode, objects the job made too)', async () => {
   using ws = workspace(`
 name: killed
