@@ -8,7 +8,15 @@ import { JObject, parseOrdered, toPlain } from './json.js';
 import type { JValue } from './json.js';
 
 export type Schema =
-  'string' | 'bool' | 'int' | 'any' | { arr: Schema } | { map: Schema } | { obj: Record<string, Schema> };
+  | 'string'
+  | 'bool'
+  | 'int'
+  | 'any'
+  /** Docker's strslice.StrSlice: a JSON array of strings, or a single string meaning a one-element list. */
+  | 'strslice'
+  | { arr: Schema }
+  | { map: Schema }
+  | { obj: Record<string, Schema> };
 
 export class BodyError extends Error {}
 
@@ -35,6 +43,11 @@ function decode(v: JValue, s: Schema, path: string): unknown {
   if (s === 'string') return typeof v === 'string' ? v : bad('string');
   if (s === 'bool') return typeof v === 'boolean' ? v : bad('bool');
   if (s === 'int') return typeof v === 'number' && Number.isInteger(v) ? v : bad('int64');
+  if (s === 'strslice') {
+    if (typeof v === 'string') return [v];
+    if (!Array.isArray(v)) return bad('strslice.StrSlice');
+    return v.map((x, i) => decode(x, 'string', `${path}[${i}]`) ?? '');
+  }
   if ('arr' in s) {
     if (!Array.isArray(v)) return bad('[]');
     return v.map((x, i) => decode(x, s.arr, `${path}[${i}]`));
@@ -87,6 +100,7 @@ const B = 'bool' as const;
 const I = 'int' as const;
 const A = 'any' as const;
 const strings = { arr: S } as const;
+const strslice = 'strslice' as const;
 const stringMap = { map: S } as const;
 
 const Resources: Record<string, Schema> = {
@@ -152,8 +166,8 @@ export const HOST_CONFIG: Schema = {
     VolumeDriver: S,
     VolumesFrom: strings,
     Mounts: { arr: Mount },
-    CapAdd: strings,
-    CapDrop: strings,
+    CapAdd: strslice,
+    CapDrop: strslice,
     CgroupnsMode: S,
     Dns: strings,
     DnsOptions: strings,
@@ -188,8 +202,9 @@ const ENDPOINT: Schema = {
     IPAMConfig: A,
     Links: strings,
     Aliases: strings,
-    NetworkID: S,
-    EndpointID: S,
+    // NetworkID and EndpointID are deliberately not in the schema, so never forwarded: dockerd's
+    // getNetworkID prefers EndpointSettings.NetworkID over the network the request names (for
+    // user-defined networks), which would attach to a network the guard never checked.
     Gateway: S,
     IPAddress: S,
     IPPrefixLen: I,
@@ -213,20 +228,20 @@ export const CONTAINER_CONFIG: Record<string, Schema> = {
   OpenStdin: B,
   StdinOnce: B,
   Env: strings,
-  Cmd: strings,
+  Cmd: strslice,
   Healthcheck: A,
   ArgsEscaped: B,
   Image: S,
   Volumes: A,
   WorkingDir: S,
-  Entrypoint: strings,
+  Entrypoint: strslice,
   NetworkDisabled: B,
   MacAddress: S,
   OnBuild: strings,
   Labels: stringMap,
   StopSignal: S,
   StopTimeout: I,
-  Shell: strings,
+  Shell: strslice,
 };
 
 export const SCHEMAS = {

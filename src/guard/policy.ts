@@ -254,13 +254,16 @@ export function applyLimits(hc: Record<string, unknown>, l: TenantLimits, contai
       `the tenant already has ${containerCount} containers (limit ${l.maxContainers})`,
     );
   }
+  // Unset (absent, 0, or for PidsLimit -1: "unlimited" to dockerd) takes the default, else the cap;
+  // an explicit value over the cap is refused.
   const capped = (field: string, def: number | undefined, max: number | undefined, what: string) => {
     const v = typeof hc[field] === 'number' ? hc[field] : 0;
-    if (v === 0 && def !== undefined) hc[field] = def;
-    else if (max !== undefined && (v > max || (v <= 0 && field === 'PidsLimit'))) {
+    if (v <= 0) {
+      const fill = def ?? max;
+      if (fill !== undefined) hc[field] = max !== undefined ? Math.min(fill, max) : fill;
+    } else if (max !== undefined && v > max) {
       throw new Refusal('limits', `${what} ${v} is over the tenant's limit ${max}`);
     }
-    if (v === 0 && def === undefined && max !== undefined) hc[field] = max;
   };
   capped('Memory', l.defaultMemoryBytes, l.maxMemoryBytes, 'memory');
   capped('NanoCpus', l.defaultNanoCpus, l.maxNanoCpus, 'CPU (nano CPUs)');
@@ -293,6 +296,9 @@ export function checkContainerUpdate(body: Record<string, unknown>, policy: Poli
     const v = out[f];
     if (max !== undefined && typeof v === 'number' && v > max)
       throw new Refusal('limits', `${f} ${v} is over the tenant's limit ${max}`);
+    // For update, Memory/NanoCpus 0 mean "unchanged", but PidsLimit 0 or -1 means "unlimited".
+    if (max !== undefined && f === 'PidsLimit' && typeof v === 'number' && v <= 0)
+      throw new Refusal('limits', `an unlimited pids limit is over the tenant's limit ${max}`);
   }
   return out;
 }
@@ -363,12 +369,14 @@ export function checkBuild(
   policy: Policy,
 ): URLSearchParams {
   const out = new URLSearchParams(q);
+  // Go's FormValue reads the first value, as URLSearchParams.get does. Build containers may use the
+  // default bridge or no network; a named network could be another tenant's (never resolved here).
   const net = q.get('networkmode') ?? '';
   check(
     policy,
     'build-options',
-    net === 'host' || net.startsWith('container:'),
-    `build network mode ${net} is not allowed`,
+    !['', 'default', 'bridge', 'none'].includes(net),
+    `build network mode ${net} is not allowed (default, bridge or none)`,
   );
   check(policy, 'build-options', (q.get('cgroupparent') ?? '') !== '', 'build cgroup parent is not allowed');
   check(policy, 'build-options', (q.get('remote') ?? '') !== '', 'builds from a remote URL are not allowed');

@@ -1,0 +1,517 @@
+// Unit tests that try to break the pure half of the guard: Go-style decoding, routing, every
+// container/exec/network/volume/build rule, limits and policy files. No daemon.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { BodyError, SCHEMAS, canonicalize, foldKey } from './canonical.js';
+import { buildPath, matchRoute, normalizePath, splitVersion } from './routes.js';
+import {
+  Refusal,
+  applyLimits,
+  boolValue,
+  checkBuild,
+  checkContainerCreate,
+  checkContainerUpdate,
+  checkExecCreate,
+  checkNetworkCreate,
+  checkVolumeCreate,
+  defaultPolicy,
+  isInside,
+  translateJobPath,
+} from './policy.js';
+import type { CreateContext, Resolver } from './policy.js';
+import { policyFor } from './policy-file.js';
+import type { Policy, RuleName } from './contracts.js';
+
+const create = (body: string) => canonicalize(body, SCHEMAS['container.create'], 'Config');
+const hcOf = (b: Record<string, unknown>) => b.HostConfig as Record<string, unknown>;
+const OWN = 'a'.repeat(64);
+const OWN_NET = 'b'.repeat(64);
+
+const refusedWith =
+  (rule: RuleName, status = 403) =>
+  (e: unknown) =>
+    e instanceof Refusal &&
+    e.rule === rule &&
+    e.status === status &&
+    e.message.startsWith(`berth: ${rule}: `);
+
+/** Owned: container `mine`, network `mynet`, volume `myvol`; `/workspace` maps to `/srv/ws`. */
+const resolver: Resolver = {
+  container: (ref) => {
+    // Like the proxy: a leading slash (Docker's container name form) is ignored.
+    if (ref.replace(/^\//, '') === 'mine' || ref === OWN) return OWN;
+    throw new Refusal('ownership', `No such container: ${ref}`, 404);
+  },
+  network: (ref) => {
+    if (ref === 'mynet' || ref === OWN_NET) return OWN_NET;
+    throw new Refusal('ownership', `network ${ref} not found`, 404);
+  },
+  volume: (name) => {
+    if (name === 'myvol') return true;
+    if (name === 'fresh') return false;
+    throw new Refusal('ownership', `get ${name}: no such volume`, 404);
+  },
+  bind: (src) => translateJobPath(src, [{ jobPath: '/workspace', hostPath: '/srv/ws' }]),
+};
+const ctx = (policy: Policy = defaultPolicy(), containerCount = 0): CreateContext => ({
+  labels: { 'io.berth.tenant': 't' },
+  network: 'berth-t',
+  policy,
+  containerCount,
+});
+const run = (body: string, c = ctx()) => checkContainerCreate(create(body), c, resolver);
+const policyWith = (over: Partial<Policy>): Policy => ({ ...defaultPolicy(), ...over });
+
+// ------------------------------------------------------------------ Go-style decoding
+
+test('Go folding: only ſ (U+017F) and K (U+212A) fold onto ASCII letters; ı and İ do not', () => {
+  assert.deepEqual(hcOf(create('{"HostConfig":{"Capadd":["X"],"ſecurityOpt":["a"]}}')), {
+    CapAdd: ['X'],
+    SecurityOpt: ['a'],
+  });
+  assert.deepEqual(hcOf(create('{"HostConfig":{"\u212aernelMemory":5}}')), { KernelMemory: 5 });
+  // Dotless ı (U+0131) and dotted İ (U+0130) have no simple fold onto i in Go: unknown keys, dropped.
+  assert.deepEqual(hcOf(create('{"HostConfig":{"Prıvileged":true,"PrİVILEGED":true}}')), {});
+  assert.equal(foldKey('PRİVILEGED') === foldKey('Privileged'), false);
+  // Fullwidth letters do not fold either.
+  assert.deepEqual(hcOf(create('{"HostConfig":{"Ｐrivileged":true}}')), {});
+});
+
+test('Go decoding: the last of case-variant duplicates wins at every depth, escapes are keys', () => {
+  const b = create(
+    '{"hostconfig":{"privileged":true},"HostConfig":{"Privileged":false},"HOSTCONFIG":{"PRIVILEGED":true}}',
+  );
+  assert.deepEqual(b, { HostConfig: { Privileged: true } });
+  assert.deepEqual(create('{"HostConfig":{"Privileged":true,"\\u0070rivileged":false}}'), {
+    HostConfig: { Privileged: false },
+  });
+  // Nested: LogConfig.Type with case variants.
+  assert.deepEqual(hcOf(create('{"HostConfig":{"LogConfig":{"type":"json-file","TYPE":"syslog"}}}')), {
+    LogConfig: { Type: 'syslog' },
+  });
+  // Map keys are exact (Go maps): both label keys survive, and the last exact duplicate wins.
+  assert.deepEqual(create('{"Labels":{"a":"1","A":"2","a":"3"}}').Labels, { a: '3', A: '2' });
+});
+
+test('Go decoding: HostConfig fields at the top level are not forwarded (dockerd reads them there)', () => {
+  const b = create('{"Image":"x","Privileged":true,"Binds":["/:/host"],"CapAdd":["ALL"],"Devices":[{}]}');
+  assert.deepEqual(b, { Image: 'x' });
+  assert.equal(JSON.stringify(b).includes('Privileged'), false);
+});
+
+test('Go decoding: StrSlice fields accept a single string, as dockerd does', () => {
+  const b = create('{"Cmd":"echo hi","Entrypoint":"sh","HostConfig":{"CapAdd":"SYS_ADMIN","CapDrop":"ALL"}}');
+  assert.deepEqual(b.Cmd, ['echo hi']);
+  assert.deepEqual(b.Entrypoint, ['sh']);
+  assert.deepEqual(hcOf(b).CapAdd, ['SYS_ADMIN']);
+  assert.throws(() => checkContainerCreate(b, ctx(), resolver), refusedWith('capabilities'));
+  assert.throws(() => create('{"Cmd":[1]}'), /cannot unmarshal number into Go struct field Config\.Cmd\[0\]/);
+  assert.throws(() => create('{"Cmd":true}'), BodyError);
+  // exec Cmd is a plain []string in dockerd.
+  assert.throws(() => canonicalize('{"Cmd":"sh"}', SCHEMAS['exec.create'], 'ExecConfig'), BodyError);
+});
+
+test('Go decoding: type mismatches and malformed JSON are body errors, empty and null bodies are {}', () => {
+  for (const bad of [
+    '{"HostConfig":{"Privileged":1}}',
+    '{"HostConfig":{"Binds":"/:/host"}}',
+    '{"HostConfig":{"Memory":"1g"}}',
+    '{"HostConfig":[]}',
+    '{"Labels":{"a":1}}',
+    '{"HostConfig":{"Privileged":true}',
+    '{"a":1,}',
+    '{"a":"\u0001"}',
+    '{"a":"\\x"}',
+    '['.repeat(100) + ']'.repeat(100),
+  ]) {
+    assert.throws(() => create(bad), BodyError, bad);
+  }
+  assert.deepEqual(create(''), {});
+  assert.deepEqual(create('  null '), {});
+  assert.deepEqual(create('{"HostConfig":null}'), {});
+});
+
+test('Go decoding: endpoint NetworkID/EndpointID are never forwarded (dockerd would prefer NetworkID)', () => {
+  const b = create(
+    `{"NetworkingConfig":{"EndpointsConfig":{"mynet":{"NetworkID":"${'c'.repeat(64)}","networkid":"x","EndpointID":"y","Aliases":["a"]}}}}`,
+  );
+  assert.deepEqual(b.NetworkingConfig, { EndpointsConfig: { mynet: { Aliases: ['a'] } } });
+  const c = canonicalize(
+    `{"Container":"mine","EndpointConfig":{"NetworkID":"${'c'.repeat(64)}"}}`,
+    SCHEMAS['network.connect'],
+    'NetworkConnect',
+  );
+  assert.deepEqual(c, { Container: 'mine', EndpointConfig: {} });
+});
+
+// ------------------------------------------------------------------ routing
+
+test('routing: dot segments, //, %2F and %2e are resolved before matching; unknown is undefined', () => {
+  assert.equal(normalizePath('//v1.41//containers//json'), '/v1.41/containers/json');
+  assert.equal(normalizePath('/v1.41/containers/x/%2e%2e/%2E%2E/plugins'), '/v1.41/plugins');
+  assert.equal(normalizePath('/../../_ping'), '/_ping');
+  assert.throws(() => normalizePath('/containers/%zz/json'));
+  assert.throws(() => normalizePath('/containers/a%00b/json'));
+  for (const [method, path] of [
+    ['POST', '/v1.41/containers/abc/..%2F..%2Fswarm/init'],
+    ['GET', '/v1.41/plugins'],
+    ['POST', '/v1.41/plugins/pull'],
+    ['GET', '/v1.41/secrets'],
+    ['GET', '/v1.41/configs'],
+    ['GET', '/v1.41/nodes'],
+    ['GET', '/v1.41/tasks'],
+    ['POST', '/v1.41/services/create'],
+    ['POST', '/session'],
+    ['POST', '/grpc'],
+    ['GET', '/libpod/containers/json'],
+    ['POST', '/containers/abc/copy'],
+    ['GET', '/containers/abc/attach/ws'],
+    ['PUT', '/containers/create'],
+    ['GET', '/containers/'],
+    ['DELETE', '/images/'],
+  ] as const) {
+    assert.equal(matchRoute(method, normalizePath(path)), undefined, `${method} ${path}`);
+  }
+});
+
+test('routing: /_ping HEAD and GET, versions split, image names keep their slashes, paths rebuilt', () => {
+  assert.equal(matchRoute('HEAD', '/_ping')?.route.id, 'system.ping');
+  assert.equal(matchRoute('GET', '/v1.41/_ping')?.apiVersion, '1.41');
+  assert.deepEqual(splitVersion('/v1.41'), { apiVersion: '1.41', rest: '/' });
+  assert.deepEqual(splitVersion('/version'), { apiVersion: undefined, rest: '/version' });
+  const d = matchRoute('DELETE', '/images/localhost:5000/a/b:1');
+  assert.equal(d?.route.id, 'image.delete');
+  assert.equal(d?.params.name, 'localhost:5000/a/b:1');
+  const t = matchRoute('POST', normalizePath('/v1.40/images/a%2Fb/tag'));
+  assert.equal(t?.params.name, 'a/b');
+  assert.ok(t);
+  assert.equal(buildPath(t.route, t.params, t.apiVersion), '/v1.40/images/a/b/tag');
+  // A resolved ID replaces whatever the client wrote; special characters are re-encoded.
+  const i = matchRoute('GET', '/containers/my name/json');
+  assert.ok(i);
+  assert.equal(buildPath(i.route, { id: 'x/../y?z' }, undefined), '/containers/x%2F..%2Fy%3Fz/json');
+});
+
+// ------------------------------------------------------------------ container rules
+
+test('create: falsy defaults as the docker CLI sends them pass', () => {
+  const out = run(
+    JSON.stringify({
+      Image: 'busybox',
+      Cmd: null,
+      Labels: {},
+      HostConfig: {
+        Privileged: false,
+        CapAdd: null,
+        CapDrop: null,
+        Devices: [],
+        DeviceCgroupRules: null,
+        DeviceRequests: null,
+        SecurityOpt: null,
+        MaskedPaths: null,
+        ReadonlyPaths: null,
+        CgroupParent: '',
+        Runtime: '',
+        LogConfig: { Type: '', Config: {} },
+        VolumeDriver: '',
+        Sysctls: {},
+        PidMode: '',
+        IpcMode: '',
+        UTSMode: '',
+        UsernsMode: '',
+        CgroupnsMode: '',
+        NetworkMode: 'default',
+        Binds: null,
+        Mounts: null,
+        Links: null,
+        VolumesFrom: null,
+      },
+      NetworkingConfig: { EndpointsConfig: {} },
+    }),
+  );
+  assert.equal(hcOf(out).NetworkMode, 'berth-t');
+  assert.deepEqual(out.Labels, { 'io.berth.tenant': 't' });
+});
+
+test('create: every escape shape is refused with its rule', () => {
+  const cases: [string, RuleName, number?][] = [
+    ['{"Privileged":true}', 'privileged'],
+    ['{"PRIVILEGED":false,"privileged":true}', 'privileged'],
+    ['{"CapAdd":["ALL"]}', 'capabilities'],
+    ['{"CapAdd":"SYS_ADMIN"}', 'capabilities'],
+    [
+      '{"Devices":[{"PathOnHost":"/dev/sda","PathInContainer":"/dev/sda","CgroupPermissions":"rwm"}]}',
+      'devices',
+    ],
+    ['{"DeviceCgroupRules":["a *:* rwm"]}', 'devices'],
+    ['{"DeviceRequests":[{"Driver":"nvidia","Count":-1}]}', 'devices'],
+    ['{"NetworkMode":"host"}', 'namespaces'],
+    ['{"PidMode":"host"}', 'namespaces'],
+    ['{"IpcMode":"host"}', 'namespaces'],
+    ['{"UTSMode":"host"}', 'namespaces'],
+    ['{"UsernsMode":"host"}', 'namespaces'],
+    ['{"CgroupnsMode":"host"}', 'namespaces'],
+    ['{"UTSMode":"container:mine"}', 'namespaces'],
+    ['{"SecurityOpt":["seccomp=unconfined"]}', 'security-opt'],
+    ['{"SecurityOpt":["seccomp:unconfined"]}', 'security-opt'],
+    ['{"SecurityOpt":["apparmor:unconfined"]}', 'security-opt'],
+    ['{"SecurityOpt":["label:disable"]}', 'security-opt'],
+    ['{"SecurityOpt":["systempaths=unconfined"]}', 'security-opt'],
+    ['{"SecurityOpt":["seccomp={\\"defaultAction\\":\\"SCMP_ACT_ALLOW\\"}"]}', 'security-opt'],
+    ['{"SecurityOpt":["no-new-privileges","label=type:spc_t"]}', 'security-opt'],
+    ['{"MaskedPaths":[]}', 'masked-paths'],
+    ['{"ReadonlyPaths":["/proc/x"]}', 'masked-paths'],
+    ['{"CgroupParent":"/"}', 'cgroup-parent'],
+    ['{"Cgroup":"container:mine"}', 'cgroup-parent'],
+    ['{"Runtime":"io.containerd.runc.v2"}', 'runtime'],
+    ['{"LogConfig":{"Type":"journald"}}', 'log-driver'],
+    ['{"VolumeDriver":"local"}', 'volume-driver'],
+    ['{"Sysctls":{"kernel.core_pattern":"|/x"}}', 'sysctls'],
+    ['{"Sysctls":{"net.ipv4.ip_forward":"1"}}', 'sysctls'],
+    ['{"Binds":["/:/host"]}', 'binds'],
+    ['{"Binds":["/var/run/docker.sock:/s"]}', 'binds'],
+    ['{"Binds":["/workspace/../etc:/e"]}', 'binds'],
+    ['{"Binds":["/workspacex:/w"]}', 'binds'],
+    ['{"Mounts":[{"Type":"bind","Source":"/","Target":"/h"}]}', 'binds'],
+    ['{"Mounts":[{"Type":"BIND","Source":"/","Target":"/h"}]}', 'binds'],
+    ['{"Mounts":[{"Type":"npipe","Source":"x","Target":"/y"}]}', 'binds'],
+    [
+      '{"Mounts":[{"Type":"volume","Target":"/v","VolumeOptions":{"DriverConfig":{"Name":"local","Options":{"type":"none","o":"bind","device":"/"}}}}]}',
+      'volume-driver',
+    ],
+    ['{"VolumesFrom":["other"]}', 'ownership', 404],
+    ['{"Links":["other:db"]}', 'ownership', 404],
+    ['{"PidMode":"container:other"}', 'ownership', 404],
+    ['{"NetworkMode":"container:other"}', 'ownership', 404],
+    ['{"NetworkMode":"othernet"}', 'ownership', 404],
+    ['{"Binds":["othervol:/v"]}', 'ownership', 404],
+    ['{"Mounts":[{"Type":"volume","Source":"othervol","Target":"/v"}]}', 'ownership', 404],
+  ];
+  for (const [hc, rule, status] of cases) {
+    assert.throws(() => run(`{"Image":"x","HostConfig":${hc}}`), refusedWith(rule, status), hc);
+  }
+  for (const body of [
+    '{"NetworkingConfig":{"EndpointsConfig":{"othernet":{}}}}',
+    '{"NetworkingConfig":{"EndpointsConfig":{"host":{}}}}',
+    '{"NetworkingConfig":{"EndpointsConfig":{"mynet":{"Links":["other:db"]}}}}',
+  ]) {
+    assert.throws(() => run(body), refusedWith('ownership', 404), body);
+  }
+});
+
+test('create: each rule can be loosened by name for a trusted tenant, and only that rule', () => {
+  const p = policyWith({ allow: new Set<RuleName>(['privileged', 'binds']) });
+  const out = run('{"HostConfig":{"Privileged":true,"Binds":["/etc:/e:ro"]}}', ctx(p));
+  assert.equal(hcOf(out).Privileged, true);
+  assert.deepEqual(hcOf(out).Binds, ['/etc:/e:ro']);
+  assert.throws(
+    () => run('{"HostConfig":{"Privileged":true,"CapAdd":["X"]}}', ctx(p)),
+    refusedWith('capabilities'),
+  );
+  const s = policyWith({ safeSysctls: new Set(['net.ipv4.tcp_tw_reuse']) });
+  assert.deepEqual(hcOf(run('{"HostConfig":{"Sysctls":{"net.ipv4.tcp_tw_reuse":"1"}}}', ctx(s))).Sysctls, {
+    'net.ipv4.tcp_tw_reuse': '1',
+  });
+});
+
+test('create: references are rewritten to full IDs, binds translated, networks defaulted, labels forced', () => {
+  const out = run(
+    JSON.stringify({
+      Labels: { 'io.berth.tenant': 'other', keep: 'me' },
+      HostConfig: {
+        Binds: ['/workspace:/w', '/workspace/a/../b:/b:ro', 'myvol:/v', 'fresh:/f', '/anon'],
+        Mounts: [
+          { Type: 'bind', Source: '/workspace/src', Target: '/src' },
+          { Type: 'volume', Source: 'myvol', Target: '/m' },
+          { Type: 'volume', Target: '/anon2' },
+          { Type: 'tmpfs', Target: '/tmp' },
+        ],
+        VolumesFrom: ['mine:ro', 'mine'],
+        Links: ['mine:db', '/mine'],
+        PidMode: 'container:mine',
+        IpcMode: 'container:mine',
+        NetworkMode: 'mynet',
+      },
+      NetworkingConfig: { EndpointsConfig: { mynet: { Aliases: ['x'] } } },
+    }),
+  );
+  const hc = hcOf(out);
+  assert.deepEqual(out.Labels, { 'io.berth.tenant': 't', keep: 'me' });
+  assert.deepEqual(hc.Binds, ['/srv/ws:/w', '/srv/ws/b:/b:ro', 'myvol:/v', 'fresh:/f', '/anon']);
+  assert.deepEqual(
+    (hc.Mounts as { Source?: string }[]).map((m) => m.Source),
+    ['/srv/ws/src', 'myvol', undefined, undefined],
+  );
+  assert.deepEqual(hc.VolumesFrom, [`${OWN}:ro`, OWN]);
+  assert.deepEqual(hc.Links, [`${OWN}:db`, `${OWN}:mine`]);
+  assert.equal(hc.PidMode, `container:${OWN}`);
+  assert.equal(hc.IpcMode, `container:${OWN}`);
+  assert.equal(hc.NetworkMode, OWN_NET);
+  assert.deepEqual(out.NetworkingConfig, { EndpointsConfig: { [OWN_NET]: { Aliases: ['x'] } } });
+  // none stays none; bridge becomes the tenant network.
+  assert.equal(hcOf(run('{"HostConfig":{"NetworkMode":"none"}}')).NetworkMode, 'none');
+  assert.equal(hcOf(run('{"HostConfig":{"NetworkMode":"bridge"}}')).NetworkMode, 'berth-t');
+  assert.equal(hcOf(run('{}')).NetworkMode, 'berth-t');
+});
+
+test('bind translation: longest map wins, prefixes are whole segments, .. cannot climb out', () => {
+  const maps = [
+    { jobPath: '/w', hostPath: '/h/w' },
+    { jobPath: '/w/deep/', hostPath: '/other' },
+  ];
+  assert.equal(translateJobPath('/w', maps), '/h/w');
+  assert.equal(translateJobPath('/w/x', maps), '/h/w/x');
+  assert.equal(translateJobPath('/w/deep/x', maps), '/other/x');
+  assert.equal(translateJobPath('/wx', maps), undefined);
+  assert.equal(translateJobPath('/w/../etc', maps), undefined);
+  assert.equal(translateJobPath('/w/deep/../../etc/x', maps), undefined);
+  assert.equal(translateJobPath('relative', maps), undefined);
+  assert.equal(isInside('/h/w/x', '/h/w'), true);
+  assert.equal(isInside('/h/wx', '/h/w'), false);
+  assert.equal(isInside('/anything', '/'), true);
+});
+
+test('limits: unset values take the default or the cap; explicit values over the cap are refused', () => {
+  const limits = { maxMemoryBytes: 1000, defaultNanoCpus: 5, maxNanoCpus: 10, maxPidsLimit: 100 };
+  const hc: Record<string, unknown> = {};
+  applyLimits(hc, limits);
+  assert.deepEqual(hc, { Memory: 1000, NanoCpus: 5, PidsLimit: 100 });
+  // -1 and 0 mean "unlimited" pids to dockerd: they get the cap.
+  const unlimited: Record<string, unknown> = { PidsLimit: -1, Memory: 0 };
+  applyLimits(unlimited, limits);
+  assert.deepEqual(unlimited, { Memory: 1000, NanoCpus: 5, PidsLimit: 100 });
+  const within: Record<string, unknown> = { Memory: 500, NanoCpus: 10, PidsLimit: 1 };
+  applyLimits(within, limits);
+  assert.deepEqual(within, { Memory: 500, NanoCpus: 10, PidsLimit: 1 });
+  for (const over of [{ Memory: 1001 }, { NanoCpus: 11 }, { PidsLimit: 101 }]) {
+    assert.throws(() => applyLimits({ ...over }, limits), refusedWith('limits'), JSON.stringify(over));
+  }
+  assert.throws(() => applyLimits({}, { maxContainers: 2 }, 2), refusedWith('limits'));
+  applyLimits({}, { maxContainers: 2 }, 1);
+  // Through create: a plain `docker run` under a pids cap gets the cap, not a refusal.
+  const p = policyWith({ limits: { maxPidsLimit: 64 } });
+  assert.equal(hcOf(run('{"HostConfig":{"PidsLimit":null}}', ctx(p))).PidsLimit, 64);
+  // Limits are a rule a trusted tenant's policy can name, but they are not bypassed by `allow`.
+  assert.throws(() => run('{"HostConfig":{"PidsLimit":65}}', ctx(p)), refusedWith('limits'));
+});
+
+test('update: devices, cgroup parent and raising limits (including an unlimited pids limit) are refused', () => {
+  const p = policyWith({ limits: { maxMemoryBytes: 1000, maxPidsLimit: 100 } });
+  const upd = (s: string) => checkContainerUpdate(canonicalize(s, SCHEMAS['container.update'], 'Update'), p);
+  assert.throws(() => upd('{"Memory":2000}'), refusedWith('limits'));
+  assert.throws(() => upd('{"PidsLimit":-1}'), refusedWith('limits'));
+  assert.throws(() => upd('{"pidslimit":0}'), refusedWith('limits'));
+  assert.throws(() => upd('{"CgroupParent":"x"}'), refusedWith('cgroup-parent'));
+  assert.throws(() => upd('{"Devices":[{}]}'), refusedWith('devices'));
+  assert.deepEqual(upd('{"Memory":0,"PidsLimit":null,"RestartPolicy":{"Name":"no"}}'), {
+    Memory: 0,
+    RestartPolicy: { Name: 'no' },
+  });
+  // Unknown keys (HostConfig fields that update does not take) are not forwarded.
+  assert.deepEqual(upd('{"Privileged":true,"Binds":["/:/h"]}'), {});
+});
+
+test('exec: privileged refused in any spelling; plain exec passes', () => {
+  const ex = (s: string) =>
+    checkExecCreate(canonicalize(s, SCHEMAS['exec.create'], 'ExecConfig'), defaultPolicy());
+  assert.throws(() => ex('{"Cmd":["sh"],"privileged":true}'), refusedWith('privileged'));
+  assert.throws(() => ex('{"Privileged":false,"PRIVILEGED":true}'), refusedWith('privileged'));
+  assert.throws(() => ex('{"Privileged":false,"Privileged":true}'), refusedWith('privileged'));
+  ex('{"Cmd":["sh"],"Privileged":false,"Tty":true}');
+});
+
+test('networks and volumes: drivers and options are refused, labels are forced', () => {
+  const labels = { 'io.berth.tenant': 't' };
+  const net = (s: string) =>
+    checkNetworkCreate(canonicalize(s, SCHEMAS['network.create'], 'NetworkCreate'), labels, defaultPolicy());
+  assert.deepEqual(net('{"Name":"n","Labels":{"io.berth.tenant":"x"}}').Labels, labels);
+  for (const bad of [
+    '{"Name":"n","Driver":"macvlan"}',
+    '{"Name":"n","Driver":"host"}',
+    '{"Name":"n","Options":{"com.docker.network.bridge.name":"docker0"}}',
+    '{"Name":"n","ConfigFrom":{"Network":"x"}}',
+    '{"Name":"n","ConfigOnly":true}',
+  ]) {
+    assert.throws(() => net(bad), refusedWith('network-driver'), bad);
+  }
+  net('{"Name":"n","Driver":"bridge","Options":{"com.docker.network.driver.mtu":"1400"}}');
+  const vol = (s: string) =>
+    checkVolumeCreate(canonicalize(s, SCHEMAS['volume.create'], 'VolumeCreate'), labels, defaultPolicy());
+  assert.deepEqual(vol('{"Name":"v","Labels":{"io.berth.tenant":"x"}}').Labels, labels);
+  vol('{"Name":"v","DriverOpts":{"size":"1G"}}');
+  assert.throws(
+    () => vol('{"Name":"v","DriverOpts":{"type":"none","o":"bind","device":"/"}}'),
+    refusedWith('volume-options'),
+  );
+  assert.throws(() => vol('{"Name":"v","DriverOpts":{"Device":"/"}}'), refusedWith('volume-options'));
+  assert.throws(() => vol('{"Name":"v","Driver":"sshfs"}'), refusedWith('volume-driver'));
+});
+
+test('build: network mode, cgroup parent, remote, isolation and BuildKit are refused; labels forced', () => {
+  const b = (qs: string) => checkBuild(new URLSearchParams(qs), { 'io.berth.tenant': 't' }, defaultPolicy());
+  for (const bad of [
+    'networkmode=host',
+    'networkmode=container:abc',
+    'networkmode=othertenantnet',
+    'networkmode=HOST',
+    'cgroupparent=/',
+    'remote=http://x/ctx.tar',
+    'remote=context',
+    'isolation=hyperv',
+    'version=2',
+  ]) {
+    assert.throws(() => b(bad), refusedWith('build-options'), bad);
+  }
+  // Go's FormValue reads the first value: the checked value is the one dockerd reads.
+  assert.throws(() => b('networkmode=host&networkmode=default'), refusedWith('build-options'));
+  for (const ok of ['', 'networkmode=default', 'networkmode=bridge', 'networkmode=none', 'version=1&t=a'])
+    b(ok);
+  assert.throws(() => b('labels=notjson'), refusedWith('malformed', 400));
+  const q = b('labels=%7B%22a%22%3A%221%22%7D&labels=%7B%22io.berth.tenant%22%3A%22x%22%7D');
+  assert.deepEqual(
+    q.getAll('labels').map((l) => JSON.parse(l) as unknown),
+    [{ a: '1', 'io.berth.tenant': 't' }],
+  );
+  assert.equal(boolValue('0'), false);
+  assert.equal(boolValue(' False '), false);
+  assert.equal(boolValue('1'), true);
+  assert.equal(boolValue(null), false);
+});
+
+test('policy file: JSON or YAML, defaults merged under the first matching tenant glob, every problem reported', () => {
+  const json = JSON.stringify({
+    defaults: { limits: { maxContainers: 5 }, sysctls: ['net.ipv4.tcp_tw_reuse'] },
+    tenants: { 'ci-*': { allow: ['sysctls'], limits: { maxContainers: 9 } }, '*': { allow: ['binds'] } },
+  });
+  const ci = policyFor(json, 'p.json', 'ci-7');
+  assert.deepEqual([...ci.allow], ['sysctls']);
+  assert.equal(ci.limits.maxContainers, 9);
+  assert.ok(ci.safeSysctls.has('net.ipv4.tcp_tw_reuse'));
+  assert.ok(ci.safeSysctls.has('net.ipv4.ping_group_range'));
+  assert.deepEqual([...policyFor(json, 'p.json', 'other').allow], ['binds']);
+  // Globs are anchored and dots are literal.
+  assert.equal(policyFor('tenants:\n  "a.b": { allow: [binds] }\n', 'p', 'axb').allow.size, 0);
+  assert.equal(policyFor('tenants:\n  "ci": { allow: [binds] }\n', 'p', 'ci-2').allow.size, 0);
+  assert.equal(policyFor('', 'p', 'x').allow.size, 0);
+  assert.throws(
+    () =>
+      policyFor(
+        'tenants:\n  x:\n    allow: [privileged, everything]\n    limits: { maxMemoryBytes: -1, maxContainers: 1.5 }\n    sysctls: [1]\n',
+        'p.yml',
+        'x',
+      ),
+    (e: unknown) => {
+      const m = (e as Error).message;
+      return (
+        /4 problem/.test(m) &&
+        m.includes('tenants.x.allow[1]') &&
+        m.includes('tenants.x.limits.maxMemoryBytes') &&
+        m.includes('tenants.x.limits.maxContainers') &&
+        m.includes('tenants.x.sysctls')
+      );
+    },
+  );
+  assert.throws(() => policyFor('tenants: [a]', 'p.yml', 'x'), /tenants: expected a mapping/);
+  assert.throws(() => policyFor('- a\n', 'p.yml', 'x'), /\(root\)/);
+  assert.throws(() => policyFor('a: [', 'p.yml', 'x'), /p\.yml/);
+});
