@@ -7,9 +7,9 @@ cd "$(dirname "$0")/.."
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
-packages=(docker.io iptables busybox-static debootstrap)
+packages=(docker.io iptables busybox-static debootstrap docker-registry curl git)
 if [ "${1:-}" = "--test" ]; then
-  packages+=(docker-compose docker-registry haproxy postgresql git chromium)
+  packages+=(docker-compose haproxy postgresql chromium)
 fi
 
 if command -v apt-get >/dev/null 2>&1; then
