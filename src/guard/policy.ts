@@ -242,13 +242,27 @@ export function checkContainerCreate(
       return m;
     });
   }
-  applyLimits(hc, p.limits, ctx.containerCount);
+  applyLimits(hc, p.limits, ctx.containerCount, p.allow.has('limits'));
   out.Labels = { ...obj(body.Labels), ...ctx.labels };
   return out;
 }
 
-export function applyLimits(hc: Record<string, unknown>, l: TenantLimits, containerCount?: number): void {
-  if (containerCount !== undefined && l.maxContainers !== undefined && containerCount >= l.maxContainers) {
+/**
+ * Fills unset memory/CPU/pids from the tenant's defaults (else caps) and refuses values over the caps
+ * or a container count at the limit; with `bypass` (the policy allows `limits`) only fills.
+ */
+export function applyLimits(
+  hc: Record<string, unknown>,
+  l: TenantLimits,
+  containerCount?: number,
+  bypass = false,
+): void {
+  if (
+    !bypass &&
+    containerCount !== undefined &&
+    l.maxContainers !== undefined &&
+    containerCount >= l.maxContainers
+  ) {
     throw new Refusal(
       'limits',
       `the tenant already has ${containerCount} containers (limit ${l.maxContainers})`,
@@ -261,7 +275,7 @@ export function applyLimits(hc: Record<string, unknown>, l: TenantLimits, contai
     if (v <= 0) {
       const fill = def ?? max;
       if (fill !== undefined) hc[field] = max !== undefined ? Math.min(fill, max) : fill;
-    } else if (max !== undefined && v > max) {
+    } else if (!bypass && max !== undefined && v > max) {
       throw new Refusal('limits', `${what} ${v} is over the tenant's limit ${max}`);
     }
   };
@@ -287,7 +301,7 @@ export function checkContainerUpdate(body: Record<string, unknown>, policy: Poli
     'device requests are not allowed',
   );
   const out = { ...body };
-  const l = policy.limits;
+  const l = policy.allow.has('limits') ? {} : policy.limits;
   for (const [f, max] of [
     ['Memory', l.maxMemoryBytes],
     ['NanoCpus', l.maxNanoCpus],

@@ -391,8 +391,15 @@ test('limits: unset values take the default or the cap; explicit values over the
   // Through create: a plain `docker run` under a pids cap gets the cap, not a refusal.
   const p = policyWith({ limits: { maxPidsLimit: 64 } });
   assert.equal(hcOf(run('{"HostConfig":{"PidsLimit":null}}', ctx(p))).PidsLimit, 64);
-  // Limits are a rule a trusted tenant's policy can name, but they are not bypassed by `allow`.
   assert.throws(() => run('{"HostConfig":{"PidsLimit":65}}', ctx(p)), refusedWith('limits'));
+  // `allow: [limits]` lifts the caps (defaults still fill unset values).
+  const trusted = policyWith({
+    allow: new Set<RuleName>(['limits']),
+    limits: { maxPidsLimit: 64, maxContainers: 1 },
+  });
+  assert.equal(hcOf(run('{"HostConfig":{"PidsLimit":65}}', ctx(trusted, 5))).PidsLimit, 65);
+  assert.equal(hcOf(run('{}', ctx(trusted, 5))).PidsLimit, 64);
+  assert.deepEqual(checkContainerUpdate({ PidsLimit: -1 }, trusted), { PidsLimit: -1 });
 });
 
 test('update: devices, cgroup parent and raising limits (including an unlimited pids limit) are refused', () => {
