@@ -132,6 +132,9 @@ export function checkContainerCreate(
       `${f}=${v} shares a namespace with the host or another container`,
     );
   }
+  // Unset, dockerd gives the host's cgroup namespace on cgroup v1 hosts (and to API < 1.41 clients):
+  // ask for a private one unless the tenant may share namespaces.
+  if (str(hc.CgroupnsMode) === '' && !p.allow.has('namespaces')) hc.CgroupnsMode = 'private';
   for (const opt of list(hc.SecurityOpt)) {
     check(
       p,

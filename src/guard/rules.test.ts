@@ -352,6 +352,11 @@ test('create: references are rewritten to full IDs, binds translated, networks d
   assert.equal(hcOf(run('{"HostConfig":{"NetworkMode":"none"}}')).NetworkMode, 'none');
   assert.equal(hcOf(run('{"HostConfig":{"NetworkMode":"bridge"}}')).NetworkMode, 'berth-t');
   assert.equal(hcOf(run('{}')).NetworkMode, 'berth-t');
+  // dockerd's default cgroup namespace on cgroup v1 is the host's: a private one is asked for.
+  assert.equal(hcOf(run('{}')).CgroupnsMode, 'private');
+  assert.equal(hcOf(run('{"HostConfig":{"CgroupnsMode":"private"}}')).CgroupnsMode, 'private');
+  const ns = policyWith({ allow: new Set<RuleName>(['namespaces']) });
+  assert.equal(hcOf(run('{}', ctx(ns))).CgroupnsMode, undefined);
 });
 
 test('bind translation: longest map wins, prefixes are whole segments, .. cannot climb out', () => {
