@@ -36,6 +36,7 @@ export function registerDind(program: Command): void {
     .option('--mtu <n>', 'MTU of the nested bridge (default: the sidecar interface MTU)')
     .option('--storage-driver <driver>', 'default: overlay2, else fuse-overlayfs, else vfs')
     .option('--network <network>', 'network of the sidecar')
+    .option('--label <key=value>', 'label for the sidecar and its volumes (repeatable)', collect, [])
     .option('--timeout <seconds>', 'how long to wait for the daemon', '60')
     .option('--json', 'print JSON')
     .action(
@@ -54,12 +55,19 @@ export function registerDind(program: Command): void {
         mtu?: string;
         storageDriver?: string;
         network?: string;
+        label: string[];
         timeout: string;
         json?: boolean;
       }) => {
         if (!['true', 'false'].includes(o.tls))
           throw new BerthError('BERTH_USAGE', `--tls takes true or false, not "${o.tls}"`);
         const port = intOption('--tcp', o.tcp);
+        const labels: Record<string, string> = {};
+        for (const l of o.label) {
+          const eq = l.indexOf('=');
+          if (eq <= 0) throw new BerthError('BERTH_USAGE', `--label "${l}" is not key=value`);
+          labels[l.slice(0, eq)] = l.slice(eq + 1);
+        }
         using client = new DockerClient();
         const h = await startDind({
           name: o.name,
@@ -75,6 +83,7 @@ export function registerDind(program: Command): void {
           mtu: intOption('--mtu', o.mtu),
           storageDriver: o.storageDriver,
           network: o.network,
+          labels,
           readyTimeoutMs: Number(o.timeout) * 1000,
           log: (l) => process.stderr.write(`${l}\n`),
           client,
