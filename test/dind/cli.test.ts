@@ -35,6 +35,7 @@ test('berth dind up prints a working DOCKER_HOST; ls lists it; a busy cache fail
       'fail',
       '--network',
       'none',
+      ...LABEL,
     ]);
     assert.equal(busy.code, 75, busy.stderr);
     assert.match(busy.stderr, /in use by the daemon/);
