@@ -72,8 +72,11 @@ describe('guard attack suite: escape prevention', () => {
         `# allowed but neutralised (guard reads differently from dockerd):\n#  ${neutralised.join('\n#  ')}`,
       );
     if (a) {
-      await a.victimsIntact();
-      await a.close();
+      try {
+        await a.victimsIntact();
+      } finally {
+        await a.close();
+      }
     }
   });
 

@@ -30,8 +30,11 @@ describe('guard attack suite: isolation', () => {
   });
   after(async () => {
     if (a) {
-      await a.victimsIntact();
-      await a.close();
+      try {
+        await a.victimsIntact();
+      } finally {
+        await a.close();
+      }
     }
   });
 
@@ -62,7 +65,13 @@ describe('guard attack suite: isolation', () => {
         {
           method,
           path: tmpl(r),
-          headers: body !== undefined ? [['Content-Type', 'application/json']] : [],
+          headers: [
+            ...(body !== undefined ? [['Content-Type', 'application/json'] as const] : []),
+            // attach is a connection upgrade, as the docker CLI sends it
+            ...(tmpl(r).includes('/attach')
+              ? [['Connection', 'Upgrade'] as const, ['Upgrade', 'tcp'] as const]
+              : []),
+          ],
           body,
         },
         { timeoutMs: 8000 },
