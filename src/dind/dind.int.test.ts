@@ -259,3 +259,28 @@ test('on a per-job network, nested containers inherit its MTU and resolve the jo
     await c.json('DELETE', `/networks/${net}`);
   }
 });
+
+test('a cache over its size cap is pruned when the daemon goes down', async () => {
+  const key = uniqueName('ckcap');
+  using c = engine();
+  try {
+    const first = await startDind(opts({ cache: key, cacheMaxBytes: 1 }));
+    try {
+      await loadBusybox(first.dockerHost);
+      const imgs = await docker(first.dockerHost, ['images', '-q']);
+      assert.notEqual(imgs.stdout.trim(), '');
+    } finally {
+      await first.close();
+    }
+    const second = await startDind(opts({ cache: key }));
+    try {
+      const imgs = await docker(second.dockerHost, ['images', '-q']);
+      assert.equal(imgs.code, 0, imgs.stderr);
+      assert.equal(imgs.stdout.trim(), '', 'the over-cap cache was pruned');
+    } finally {
+      await second.close({ purge: true });
+    }
+  } finally {
+    await volumes(c).remove(dindNames.cacheVolume(key));
+  }
+});
