@@ -1,8 +1,8 @@
 /**
  * Decodes request bodies the way dockerd's Go code does — object keys match struct fields
- * case-insensitively (with Go's folding of U+017F ſ to s and U+212A K to k), the last duplicate
- * wins, unknown keys are ignored, null leaves the zero value — into canonical field names, checking
- * scalar types as Go would. The proxy forwards only the re-encoding of this canonical value. Pure.
+ * case-insensitively (with Go's folding of U+017F ſ to s and U+212A K to k), a repeated object
+ * merges into the earlier one and otherwise the last duplicate wins, unknown keys are ignored, null
+ * keeps what was there — into canonical field names, checking scalar types as Go would. The proxy forwards only the re-encoding of this canonical value. Pure.
  */
 import { JObject, parseOrdered, toPlain } from './json.js';
 import type { JValue } from './json.js';
@@ -34,7 +34,15 @@ function typeName(v: JValue): string {
   return typeof v;
 }
 
-function decode(v: JValue, s: Schema, path: string): unknown {
+const isRecord = (x: unknown): x is Record<string, unknown> =>
+  typeof x === 'object' && x !== null && !Array.isArray(x);
+
+/**
+ * `prev` is what an earlier occurrence of the same field decoded to: Go decodes a repeated object
+ * into the existing struct (fields merge) and a repeated map into the existing map (entries are
+ * kept), while arrays and scalars are replaced.
+ */
+function decode(v: JValue, s: Schema, path: string, prev?: unknown): unknown {
   if (v === null) return undefined; // Go leaves the zero value
   const bad = (want: string): never => {
     throw new BodyError(`json: cannot unmarshal ${typeName(v)} into Go struct field ${path} of type ${want}`);
@@ -55,6 +63,10 @@ function decode(v: JValue, s: Schema, path: string): unknown {
   if ('map' in s) {
     if (!(v instanceof JObject)) return bad('map');
     const out: Record<string, unknown> = {};
+    if (isRecord(prev)) {
+      for (const [k, x] of Object.entries(prev))
+        Object.defineProperty(out, k, { value: x, enumerable: true, writable: true, configurable: true });
+    }
     for (const [k, x] of v.pairs) {
       const d = decode(x, s.map, `${path}.${k}`);
       Object.defineProperty(out, k, {
@@ -69,13 +81,14 @@ function decode(v: JValue, s: Schema, path: string): unknown {
   if (!(v instanceof JObject)) return bad('struct');
   const fields = new Map<string, string>();
   for (const name of Object.keys(s.obj)) fields.set(foldKey(name), name);
-  const out: Record<string, unknown> = {};
+  const out: Record<string, unknown> = isRecord(prev) ? { ...prev } : {};
   for (const [k, x] of v.pairs) {
     const name = fields.get(foldKey(k));
     if (name === undefined) continue; // unknown: Go ignores it, so do we (and we do not forward it)
     const sub = s.obj[name] as Schema;
-    const d = decode(x, sub, `${path}.${name}`);
-    // null is a no-op in Go: an earlier value for the field stays.
+    const d = decode(x, sub, `${path}.${name}`, out[name]);
+    // null keeps an earlier value. Go does that for plain values; for pointers, slices and maps it
+    // clears them, so keeping the earlier value is the stricter reading (checked, and forwarded).
     if (d !== undefined) out[name] = d;
   }
   return out;

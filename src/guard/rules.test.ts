@@ -93,6 +93,43 @@ test('Go decoding: the last of case-variant duplicates wins at every depth, esca
   assert.deepEqual(create('{"Labels":{"a":"1","A":"2","a":"3"}}').Labels, { a: '3', A: '2' });
 });
 
+test('Go decoding: a repeated object merges into the earlier one, as Go decodes into the existing struct', () => {
+  // Two HostConfig objects: Go keeps Privileged from the first, so the guard must see it too.
+  const b = create('{"HostConfig":{"Privileged":true},"hostconfig":{"CapAdd":null,"Memory":5}}');
+  assert.deepEqual(b, { HostConfig: { Privileged: true, Memory: 5 } });
+  assert.throws(() => checkContainerCreate(b, ctx(), resolver), refusedWith('privileged'));
+  assert.throws(
+    () => run('{"HostConfig":{"Binds":["/:/host"]},"HostConfig":{"Binds":null,"Init":true}}'),
+    refusedWith('binds'),
+  );
+  // Nested objects merge too; a later value of the same field still wins.
+  assert.deepEqual(
+    hcOf(create('{"HostConfig":{"LogConfig":{"Type":"syslog"}},"HostConfig":{"LogConfig":{"Config":{}}}}')),
+    {
+      LogConfig: { Type: 'syslog', Config: {} },
+    },
+  );
+  assert.deepEqual(create('{"HostConfig":{"Privileged":true},"HostConfig":{"Privileged":false}}'), {
+    HostConfig: { Privileged: false },
+  });
+  // Maps keep earlier entries (Go reuses the map); arrays are replaced.
+  assert.deepEqual(
+    hcOf(
+      create(
+        '{"HostConfig":{"Sysctls":{"kernel.x":"1"}},"HostConfig":{"Sysctls":{"net.core.somaxconn":"1"}}}',
+      ),
+    ).Sysctls,
+    {
+      'kernel.x': '1',
+      'net.core.somaxconn': '1',
+    },
+  );
+  assert.deepEqual(hcOf(create('{"HostConfig":{"CapAdd":["A"]},"HostConfig":{"CapAdd":["B"]}}')).CapAdd, [
+    'B',
+  ]);
+  assert.deepEqual(create('{"Labels":{"a":"1"},"labels":{"b":"2"}}').Labels, { a: '1', b: '2' });
+});
+
 test('Go decoding: HostConfig fields at the top level are not forwarded (dockerd reads them there)', () => {
   const b = create('{"Image":"x","Privileged":true,"Binds":["/:/host"],"CapAdd":["ALL"],"Devices":[{}]}');
   assert.deepEqual(b, { Image: 'x' });
