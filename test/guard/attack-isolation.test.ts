@@ -39,7 +39,7 @@ describe('guard attack suite: isolation', () => {
   });
 
   async function collect(
-    fn: (check: (what: string, f: () => Promise<void>) => Promise<void>) => Promise<void>,
+    fn: (check: (what: string, f: () => void | Promise<void>) => Promise<void>) => Promise<void>,
   ) {
     const failures: string[] = [];
     await fn(async (what, f) => {
@@ -244,7 +244,7 @@ describe('guard attack suite: isolation', () => {
           await list('/v1.41/volumes'),
           await list('/v1.41/system/df'),
         ].join('\n');
-        for (const [what, id] of Object.entries(a.v)) {
+        for (const [what, id] of Object.entries(a.v) as [string, string][]) {
           if (what.endsWith('Tag')) continue;
           assert.ok(!all.includes(id), `${what} ${id} is listed to the attacker`);
         }
@@ -293,7 +293,7 @@ describe('guard attack suite: isolation', () => {
     ]) {
       const r = await send(a.sock, { method: 'POST', path });
       assert.equal(r.status, 200, `${path}: ${r.text}`);
-      for (const [what, id] of Object.entries(a.v))
+      for (const [what, id] of Object.entries(a.v) as [string, string][])
         assert.ok(!r.text.includes(id), `${path} reports ${what} as deleted`);
     }
     const cli = await docker(a.host, [
@@ -348,6 +348,18 @@ describe('guard attack suite: isolation', () => {
               const r = await send(a.sock, { method: 'DELETE', path: p });
               assert.ok(r.status === 403 || r.status === 404, `${p}: ${r.status} ${r.text}`);
             });
+          const cliTag = await docker(a.host, ['tag', IMAGE, t]);
+          await check(`docker tag ${t}`, () => assert.match(cliTag.stderr, /berth: image-tag: /));
+          const cliRmi = await docker(a.host, ['rmi', t]);
+          await check(`docker rmi ${t}`, () => assert.notEqual(cliRmi.code, 0));
+          const cliBuild = await docker(a.host, ['build', '-q', '-t', t, '-'], {
+            input: 'FROM berth-local/busybox\nLABEL berth.attack=1\n',
+          });
+          await check(`docker build -t ${t}`, () => {
+            assert.notEqual(cliBuild.code, 0, cliBuild.stdout);
+            assert.match(cliBuild.stderr, /berth: image-tag: /);
+          });
+          // Last: if these get through, the guard then treats the attacker as the tag's owner.
           await check(`commit own to ${t}`, async () =>
             expectRefused(
               await send(a.sock, {
@@ -368,17 +380,6 @@ describe('guard attack suite: isolation', () => {
               'image-tag',
             ),
           );
-          const cliTag = await docker(a.host, ['tag', IMAGE, t]);
-          await check(`docker tag ${t}`, async () => assert.match(cliTag.stderr, /berth: image-tag: /));
-          const cliRmi = await docker(a.host, ['rmi', t]);
-          await check(`docker rmi ${t}`, async () => assert.notEqual(cliRmi.code, 0));
-          const cliBuild = await docker(a.host, ['build', '-q', '-t', t, '-'], {
-            input: 'FROM berth-local/busybox\nLABEL berth.attack=1\n',
-          });
-          await check(`docker build -t ${t}`, async () => {
-            assert.notEqual(cliBuild.code, 0, cliBuild.stdout);
-            assert.match(cliBuild.stderr, /berth: image-tag: /);
-          });
         }
         await check('remove a host image by ID', async () => {
           const r = await send(a.sock, { method: 'DELETE', path: `/v1.41/images/${distinct}?force=1` });
@@ -481,7 +482,7 @@ describe('guard attack suite: isolation', () => {
         ['config', 'ls'],
       ]) {
         const r = await docker(a.host, args);
-        await check(`docker ${args.join(' ')}`, async () => {
+        await check(`docker ${args.join(' ')}`, () => {
           assert.notEqual(r.code, 0, r.stdout);
         });
       }
