@@ -187,3 +187,22 @@ export function buildPath(
     .join('/');
   return apiVersion ? `/v${apiVersion}${body}` : body;
 }
+
+/**
+ * Splits a request target into the raw path and query the way Go's url.ParseRequestURI reads a
+ * request line: a target starting with `/` is a path even when it starts with `//` (WHATWG
+ * `new URL(target, base)` would read `//v1.41/...` as a host and fail or drop the version);
+ * an absolute-form target (`http://host/path?q`) yields its path. Returns undefined for anything
+ * else (`*`, authority-form), which must be refused.
+ */
+export function splitTarget(target: string): { path: string; search: string } | undefined {
+  let t = target;
+  if (!t.startsWith('/')) {
+    const m = /^[a-zA-Z][a-zA-Z0-9+.-]*:\/\/[^/?]*/.exec(t);
+    if (!m) return undefined;
+    t = t.slice(m[0].length);
+    if (!t.startsWith('/')) t = `/${t}`;
+  }
+  const q = t.indexOf('?');
+  return q < 0 ? { path: t, search: '' } : { path: t.slice(0, q), search: t.slice(q + 1) };
+}

@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { BodyError, SCHEMAS, canonicalize, foldKey } from './canonical.js';
-import { buildPath, matchRoute, normalizePath, splitVersion } from './routes.js';
+import { buildPath, matchRoute, normalizePath, splitTarget, splitVersion } from './routes.js';
 import {
   Refusal,
   applyLimits,
@@ -209,6 +209,21 @@ test('routing: dot segments, //, %2F and %2e are resolved before matching; unkno
   ] as const) {
     assert.equal(matchRoute(method, normalizePath(path)), undefined, `${method} ${path}`);
   }
+});
+
+test('request targets: // is a path, not a host; absolute-form yields its path; others are refused', () => {
+  assert.deepEqual(splitTarget('//v1.41//containers/./create?name=x'), {
+    path: '//v1.41//containers/./create',
+    search: 'name=x',
+  });
+  assert.equal(
+    matchRoute('POST', normalizePath(splitTarget('//v1.41//build')?.path ?? ''))?.route.id,
+    'image.build',
+  );
+  assert.deepEqual(splitTarget('http://docker/v1.41/_ping'), { path: '/v1.41/_ping', search: '' });
+  assert.deepEqual(splitTarget('/containers/json?a=1?b'), { path: '/containers/json', search: 'a=1?b' });
+  assert.equal(splitTarget('*'), undefined);
+  assert.equal(splitTarget('docker:2375'), undefined);
 });
 
 test('routing: /_ping HEAD and GET, versions split, image names keep their slashes, paths rebuilt', () => {
