@@ -42,7 +42,13 @@ export async function machineInfo(client: DockerClient): Promise<MachineInfo> {
 
 export async function runBench(
   o: BenchOptions,
-  extra: { contenders?: ContenderFactory[]; scenarios?: Scenario[]; notes?: string[] } = {},
+  extra: {
+    contenders?: ContenderFactory[];
+    scenarios?: Scenario[];
+    notes?: string[];
+    /** Measurements taken outside the contender loop (e.g. the dind cache bench). */
+    measure?: (o: BenchOptions) => Promise<Measurement[]>;
+  } = {},
 ): Promise<BenchReport> {
   const factories = [...defaultContenders(), ...(extra.contenders ?? [])].filter(
     (f) => o.contenders.length === 0 || o.contenders.includes(f.id),
@@ -117,6 +123,13 @@ export async function runBench(
         }
       }
     }
+    if (extra.measure) {
+      try {
+        measurements.push(...(await extra.measure(o)));
+      } catch (err) {
+        skipped.push({ id: 'extra', reason: errorMessage(err) });
+      }
+    }
   } finally {
     for (const c of started.reverse()) {
       try {
@@ -141,7 +154,7 @@ export async function runBench(
 export function writeReport(
   report: BenchReport,
   outDir: string,
-  scenarios: readonly Scenario[] = ALL_SCENARIOS,
+  scenarios: readonly Pick<Scenario, 'id' | 'title'>[] = ALL_SCENARIOS,
 ): { md: string; json: string } {
   mkdirSync(outDir, { recursive: true });
   const titles = Object.fromEntries(scenarios.map((s) => [s.id, s.title]));
