@@ -30,7 +30,7 @@ import {
   translateJobPath,
 } from './policy.js';
 import type { Resolver } from './policy.js';
-import { PathError, buildPath, matchRoute, normalizePath } from './routes.js';
+import { PathError, buildPath, matchRoute, normalizePath, splitTarget } from './routes.js';
 import type { Matched } from './routes.js';
 
 export const MAX_JSON_BODY = 4 * 1024 * 1024;
@@ -260,8 +260,8 @@ export class GuardProxy {
     const method = (req.method ?? 'GET').toUpperCase();
     let normalized = '';
     try {
-      const url = new URL(req.url ?? '/', 'http://guard');
-      normalized = normalizePath(url.pathname);
+      const url = requestTarget(req.url);
+      normalized = normalizePath(url.path);
       const m = matchRoute(method, normalized);
       if (!m) throw new Refusal('endpoint', `${method} ${normalized} is not an endpoint berth allows`);
       let query = new URLSearchParams(url.search);
@@ -395,6 +395,7 @@ export class GuardProxy {
       case 'image.commit': {
         const { id: cid } = await this.resolveContainer(query.get('container') ?? '');
         const target = this.claimTag(query.get('repo'), query.get('tag'));
+        await this.assertTagWritable(target);
         const b = this.body('image.commit', body);
         const qs = new URLSearchParams(query);
         qs.set('container', cid);
@@ -944,8 +945,8 @@ export class GuardProxy {
     const method = (req.method ?? 'POST').toUpperCase();
     let normalized = '';
     try {
-      const url = new URL(req.url ?? '/', 'http://guard');
-      normalized = normalizePath(url.pathname);
+      const url = requestTarget(req.url);
+      normalized = normalizePath(url.path);
       const m = matchRoute(method, normalized);
       if (!m || (m.route.id !== 'container.attach' && m.route.id !== 'exec.start')) {
         throw new Refusal('endpoint', `${method} ${normalized} cannot be upgraded`);
@@ -1259,4 +1260,11 @@ export function splice(a: Duplex, b: Duplex): void {
   });
   a.resume();
   b.resume();
+}
+
+/** The request target as Go's ParseRequestURI reads it (`//` starts a path, not a host). */
+function requestTarget(raw: string | undefined): { path: string; search: string } {
+  const t = splitTarget(raw ?? '/');
+  if (!t) throw new PathError(`request target ${JSON.stringify(raw ?? '')} is not a path`);
+  return t;
 }
