@@ -9,7 +9,15 @@ import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
 import { LABEL_JOB, LABEL_ROLE, LOCAL_IMAGE_PREFIX, errorMessage, sleep } from '../common/index.js';
-import { containers, exec, followProgress, images, isNotFound, networks } from '../engine/index.js';
+import {
+  containers,
+  exec,
+  followProgress,
+  images,
+  isConflict,
+  isNotFound,
+  networks,
+} from '../engine/index.js';
 import type { DockerClient } from '../engine/index.js';
 import { dockerAccess } from './access.js';
 import type { DockerAccess } from './access.js';
@@ -101,7 +109,7 @@ export class JobRun {
     this.resolveKilled();
     if (!id) return;
     try {
-      await containers(this.ctx.client).remove(id, { force: true });
+      await removeContainerSettled(this.ctx.client, id);
     } catch {
       // removed again in cleanup
     }
@@ -148,7 +156,7 @@ export class JobRun {
         );
       }
       await networks(client).create({ Name: netName, Labels: { ...labels, [LABEL_ROLE]: 'network' } });
-      cleanups.push(() => networks(client).remove(netName));
+      cleanups.push(() => removeNetworkSettled(client, netName));
       const access: DockerAccess = await dockerAccess(job.docker.mode)({
         client,
         runId,
@@ -199,7 +207,7 @@ export class JobRun {
         sys(`service ${svc.name} ready`);
       }
       const jobName = objectName(runId, job.name);
-      cleanups.push(() => containers(client).remove(jobName, { force: true }));
+      cleanups.push(() => removeContainerSettled(client, jobName));
       const env = {
         ...ctx.env,
         BERTH_JOB: job.name,
@@ -441,4 +449,46 @@ export async function pullImage(client: DockerClient, ref: string): Promise<void
         : [ref, 'latest'];
   const res = await client.request({ method: 'POST', path: '/images/create', query: { fromImage, tag } });
   await followProgress(res);
+}
+
+/**
+ * Removes a container and returns only once it is gone: a forced stop and the cleanup may remove
+ * the same container at once, and dockerd answers the second with 409 "removal in progress".
+ */
+export async function removeContainerSettled(
+  client: DockerClient,
+  id: string,
+  waitMs = 30_000,
+): Promise<void> {
+  const end = Date.now() + waitMs;
+  for (;;) {
+    try {
+      await containers(client).remove(id, { force: true });
+    } catch (err) {
+      if (isNotFound(err)) return;
+      if (!isConflict(err) || Date.now() > end) throw err;
+    }
+    if ((await containers(client).find(id)) === undefined) return;
+    if (Date.now() > end) return;
+    await sleep(100);
+  }
+}
+
+/** Removes a network, waiting out endpoints that are still being torn down. */
+export async function removeNetworkSettled(
+  client: DockerClient,
+  name: string,
+  waitMs = 30_000,
+): Promise<void> {
+  const end = Date.now() + waitMs;
+  for (;;) {
+    try {
+      await networks(client).remove(name);
+      return;
+    } catch (err) {
+      if (isNotFound(err)) return;
+      if (Date.now() > end) throw err;
+      await sleep(200);
+    }
+  }
 }
