@@ -30,7 +30,7 @@ const report = await runBench(
     measure: (o) => benchDind({ reps: o.quick ? 1 : 5, log }),
     notes: [
       'This host refuses --privileged (CAP_SYS_RESOURCE is not in its bounding set): both nested daemons run with the explicit-capabilities fallback.',
-      'The load scenario runs the full soak on the proxies; the raw socket gets a shorter reference run.',
+      'The load scenario runs the full 5-minute soak on berth guard; the raw socket and HAProxy get a 60 s reference run under the same load.',
     ],
   },
 );
