@@ -233,7 +233,15 @@ export async function engineUp(o: UpOptions = {}): Promise<UpResult> {
   if (existsSync(layout.socket)) rmSync(layout.socket, { force: true }); // stale: nothing answered on it
   const args = dockerdArgs(layout, o.dockerdFlags);
   const fd = openSync(paths.logFile, 'a');
-  const argv = [...(o.launcher ?? []), layout.dockerd, ...args];
+  // A stale pid file (from a daemon that was killed) stops dockerd from starting.
+  if (existsSync(paths.pidFile)) {
+    const old = Number(readFileSync(paths.pidFile, 'utf8').trim());
+    if (!Number.isInteger(old) || old <= 0 || !isAlive(old)) rmSync(paths.pidFile, { force: true });
+  }
+  // dockerd needs many file descriptors (every attach/log stream holds several); service managers
+  // raise the limit, a plain spawn inherits a small one, so raise it here.
+  const launcher = o.launcher ?? ['/bin/sh', '-c', 'ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$0" "$@"'];
+  const argv = [...launcher, layout.dockerd, ...args];
   const child = spawn(argv[0] ?? layout.dockerd, argv.slice(1), {
     detached: true,
     stdio: ['ignore', fd, fd],
