@@ -3,7 +3,7 @@
  * (bench/dind.ts), into bench/results/latest.{md,json}. Arguments as `berth bench`: --quick, --reps N.
  */
 import { resolve } from 'node:path';
-import { runBench, writeReport, ALL_SCENARIOS } from '../src/bench/index.js';
+import { benchLabels, runBench, writeReport, ALL_SCENARIOS } from '../src/bench/index.js';
 import { benchDind } from './dind.js';
 
 const args = process.argv.slice(2);
@@ -27,7 +27,7 @@ const report = await runBench(
     log,
   },
   {
-    measure: (o) => benchDind({ reps: o.quick ? 1 : 5, log }),
+    measure: (o) => benchDind({ reps: o.quick ? 1 : 5, log, labels: benchLabels() }),
     notes: [
       'This host refuses --privileged (CAP_SYS_RESOURCE is not in its bounding set): both nested daemons run with the explicit-capabilities fallback.',
       'The load scenario runs the full 5-minute soak on berth guard; the raw socket and HAProxy get a 60 s reference run under the same load.',

@@ -8,7 +8,7 @@
 //   node scripts/run-tests.mjs [--unit | --integration | --e2e] [file-or-substring …]
 import { spawn, execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readdirSync, readFileSync, statSync, existsSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync, existsSync, mkdirSync, writeFileSync, rmSync } from 'node:fs';
 import { join, relative } from 'node:path';
 
 const root = new URL('..', import.meta.url).pathname;
@@ -92,6 +92,60 @@ function sessionProcesses() {
   return found;
 }
 
+// Live sessions are registered by pid, so a run can tell a dead run's leftovers (a run killed
+// mid-way cannot clean up after itself) from a neighbour's objects, and remove them first.
+const sessionsDir = '/tmp/berth-test-sessions';
+mkdirSync(sessionsDir, { recursive: true });
+const sessionFile = join(sessionsDir, session);
+writeFileSync(sessionFile, String(process.pid));
+const alive = (pid) => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return err.code === 'EPERM';
+  }
+};
+function liveSession(id) {
+  try {
+    return alive(Number(readFileSync(join(sessionsDir, id), 'utf8')));
+  } catch {
+    return false;
+  }
+}
+function reapDeadSessions() {
+  const run = (...a) => {
+    try {
+      return execFileSync(docker, a, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+    } catch {
+      return '';
+    }
+  };
+  const key = 'io.berth.test-session';
+  const fmt = `{{.ID}} {{.Label "${key}"}}`;
+  const dead = (out) =>
+    out
+      .split('\n')
+      .map((l) => l.split(' '))
+      .filter(([id, s]) => id && s && s !== session && !liveSession(s));
+  const removed = { containers: 0, networks: 0, volumes: 0 };
+  for (const [id] of dead(run('ps', '-a', '--filter', `label=${key}`, '--format', fmt)))
+    if (run('rm', '-fv', id)) removed.containers++;
+  for (const [id] of dead(run('network', 'ls', '--filter', `label=${key}`, '--format', fmt)))
+    if (run('network', 'rm', id)) removed.networks++;
+  for (const [id] of dead(
+    run('volume', 'ls', '--filter', `label=${key}`, '--format', `{{.Name}} {{.Label "${key}"}}`),
+  ))
+    if (run('volume', 'rm', '-f', id)) removed.volumes++;
+  if (removed.containers + removed.networks + removed.volumes)
+    console.log(
+      `removed leftovers of killed test runs: ${removed.containers} containers, ${removed.networks} networks, ${removed.volumes} volumes`,
+    );
+  for (const f of readdirSync(sessionsDir))
+    if (f !== session && !liveSession(f)) rmSync(join(sessionsDir, f), { force: true });
+}
+if (needsEngine) reapDeadSessions();
+
 const before = needsEngine && strict ? engineSnapshot() : null;
 const concurrency = process.env.BERTH_TEST_CONCURRENCY ?? '3';
 console.log(
@@ -123,6 +177,7 @@ if (needsEngine) {
     }
   }
 }
+rmSync(sessionFile, { force: true });
 const unique = [...new Set(leaks)];
 if (unique.length) {
   console.error(`\nleak check: FAILED, ${unique.length} leftover(s) after the tests:`);

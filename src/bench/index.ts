@@ -8,3 +8,5 @@ export type { BenchReport, MachineInfo, Row } from './report.js';
 export { fmt, quantile, slope, summarize } from './stats.js';
 export type { Summary } from './stats.js';
 export type { BenchOptions, Contender, ContenderId, Measurement, Scenario } from './types.js';
+export { benchLabels, reapBench } from './reap.js';
+export type { BenchReapResult } from './reap.js';

@@ -5,10 +5,10 @@
  * shows as a steady positive slope).
  */
 import { performance } from 'node:perf_hooks';
-import { LABEL_ROLE } from '../common/index.js';
 import { DockerClient, containers, encodeFilters } from '../engine/index.js';
 import { rssOf } from './contenders.js';
 import { slope, summarize } from './stats.js';
+import { benchLabels } from './reap.js';
 import type { Contender, Scenario } from './types.js';
 
 const targets = new Map<string, string[]>();
@@ -31,7 +31,7 @@ export const load: Scenario = {
       const { Id } = await containers(c.client).create({
         Image: 'berth-local/busybox',
         Cmd: ['sh', '-c', 'while true; do echo tick; sleep 0.2; done'],
-        Labels: { 'io.berth.bench': c.id, [LABEL_ROLE]: 'bench' },
+        Labels: benchLabels({ 'io.berth.bench': c.id }),
         HostConfig: { NetworkMode: 'none' },
       });
       await containers(c.client).start(Id);

@@ -5,8 +5,9 @@
  */
 import { performance } from 'node:perf_hooks';
 import { randomBytes } from 'node:crypto';
-import { LABEL_ROLE, errorMessage } from '../common/index.js';
+import { errorMessage } from '../common/index.js';
 import { DockerClient, containers, images } from '../engine/index.js';
+import { benchLabels } from './reap.js';
 import type { DockerClient as Client } from '../engine/index.js';
 import { fallbackHostConfig, probePrivileges } from '../doctor/index.js';
 import { startDind } from '../dind/index.js';
@@ -48,7 +49,7 @@ async function startPlain(host: Client): Promise<PlainDaemon> {
   const { Id } = await containers(host).create({
     Image: NESTED_IMAGE,
     Cmd: ['dockerd', '--host=tcp://0.0.0.0:2375', '--tls=false'],
-    Labels: { [LABEL_ROLE]: 'bench' },
+    Labels: benchLabels(),
     ExposedPorts: { '2375/tcp': {} },
     HostConfig: { ...hc, PortBindings: { '2375/tcp': [{ HostIp: '127.0.0.1', HostPort: '' }] } },
   });
@@ -94,7 +95,7 @@ export async function berthDindContender(): Promise<Contender> {
   const t0 = performance.now();
   const h = await startDind({
     name: `bench-${randomBytes(3).toString('hex')}`,
-    labels: { [LABEL_ROLE]: 'bench' },
+    labels: benchLabels(),
   });
   const readyMs = performance.now() - t0;
   const client = new DockerClient({ env: { DOCKER_HOST: h.dockerHost } });
@@ -132,7 +133,7 @@ export const nestedReady: Scenario = {
       const t0 = performance.now();
       const h = await startDind({
         name: `bench-ready-${randomBytes(3).toString('hex')}`,
-        labels: { [LABEL_ROLE]: 'bench' },
+        labels: benchLabels(),
       });
       const ms = performance.now() - t0;
       await h.close({ purge: true });

@@ -7,8 +7,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { LABEL_ROLE } from '../common/index.js';
 import { parseRunSpec, runPipeline } from '../runner/index.js';
+import { benchLabels } from './reap.js';
 import type { DockerMode } from '../runner/index.js';
 import type { Scenario } from './types.js';
 
@@ -39,7 +39,7 @@ export const pipeline8: Scenario = {
         spec,
         parallel: 8,
         storeDir: join(ws, '.berth'),
-        labels: { [LABEL_ROLE]: 'bench' },
+        labels: benchLabels(),
         reapFirst: false,
       });
       return { wall: performance.now() - t0, passed: out.jobs.filter((j) => j.status === 'passed').length };

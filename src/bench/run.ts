@@ -11,6 +11,7 @@ import { guardContender, haproxyContender, rawContender } from './contenders.js'
 import { berthDindContender, plainDindContender } from './nested.js';
 import type { BenchReport, MachineInfo } from './report.js';
 import { toMarkdown } from './report.js';
+import { reapBench } from './reap.js';
 import { ALL_SCENARIOS } from './scenarios.js';
 import type { BenchOptions, Contender, ContenderId, Measurement, Scenario } from './types.js';
 
@@ -58,11 +59,42 @@ export async function runBench(
   );
   const probe = new DockerClient();
   const machine = await machineInfo(probe);
-  probe.close();
+  const reaped = await reapBench(probe);
+  if (reaped.containers + reaped.networks + reaped.volumes > 0)
+    o.log(
+      `removed leftovers of an earlier bench: ${reaped.containers} containers, ${reaped.networks} networks, ${reaped.volumes} volumes`,
+    );
+  for (const e of reaped.errors) o.log(`could not remove a leftover ${e}`);
 
   const started: Contender[] = [];
+  const stopAll = async (): Promise<void> => {
+    for (const c of started.splice(0).reverse()) {
+      try {
+        await c.stop();
+      } catch (err) {
+        o.log(`stopping ${c.id} failed: ${errorMessage(err)}`);
+      }
+    }
+  };
+  // Ctrl-C or a TERM mid-run: stop the contenders, remove what this bench made, exit 130/143.
+  // A second signal exits at once (the next bench reaps what is left, by owner pid).
+  let interrupted = false;
+  const onInterrupt = (sig: NodeJS.Signals): void => {
+    if (interrupted) process.exit(sig === 'SIGINT' ? 130 : 143);
+    interrupted = true;
+    o.log(`${sig}: stopping the contenders and removing this bench's objects`);
+    void (async () => {
+      await stopAll();
+      const r = await reapBench(probe, { includeOwn: true }).catch(() => undefined);
+      if (r) o.log(`removed ${r.containers} containers, ${r.networks} networks, ${r.volumes} volumes`);
+      process.exit(sig === 'SIGINT' ? 130 : 143);
+    })();
+  };
+  process.on('SIGINT', onInterrupt);
+  process.on('SIGTERM', onInterrupt);
   const skipped: { id: string; reason: string }[] = [];
   const measurements: Measurement[] = [];
+  let done: { id: ContenderId; title: string }[] = [];
   try {
     for (const f of factories) {
       try {
@@ -131,20 +163,19 @@ export async function runBench(
       }
     }
   } finally {
-    for (const c of started.reverse()) {
-      try {
-        await c.stop();
-      } catch (err) {
-        o.log(`stopping ${c.id} failed: ${errorMessage(err)}`);
-      }
-    }
+    const contenders = started.map((c) => ({ id: c.id, title: c.title }));
+    await stopAll();
+    process.off('SIGINT', onInterrupt);
+    process.off('SIGTERM', onInterrupt);
+    probe.close();
+    done = contenders;
   }
   return {
     date: new Date().toISOString(),
     machine,
     mode: o.quick ? 'quick' : 'full',
     reps: o.reps,
-    contenders: started.map((c) => ({ id: c.id, title: c.title })),
+    contenders: done,
     skipped,
     measurements,
     notes: extra.notes ?? [],

@@ -5,9 +5,9 @@
 import { performance } from 'node:perf_hooks';
 import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { LABEL_BENCH, benchLabels } from './reap.js';
 import type { DockerClient } from '../engine/index.js';
 import { containers, encodeFilters, images } from '../engine/index.js';
-import { LABEL_ROLE } from '../common/index.js';
 import { MiB, buildContext } from './payload.js';
 import { summarize } from './stats.js';
 import { load } from './load.js';
@@ -15,11 +15,10 @@ import { nestedReady } from './nested.js';
 import { pipeline8 } from './pipeline.js';
 import type { BenchOptions, Contender, Scenario } from './types.js';
 
-const BENCH_LABEL = 'io.berth.bench';
 const BUSYBOX = 'berth-local/busybox';
 
 function labels(c: Contender, extra: Record<string, string> = {}): Record<string, string> {
-  return { [BENCH_LABEL]: c.id, [LABEL_ROLE]: 'bench', ...extra };
+  return benchLabels({ [LABEL_BENCH]: c.id, ...extra });
 }
 
 async function timed(fn: () => Promise<unknown>): Promise<number> {
@@ -84,7 +83,7 @@ export const apiRoundTrip: Scenario = {
     const ping: number[] = [];
     const list: number[] = [];
     const inspect: number[] = [];
-    const filters = encodeFilters({ label: [`${BENCH_LABEL}=${c.id}`] });
+    const filters = encodeFilters({ label: [`${LABEL_BENCH}=${c.id}`] });
     for (let i = 0; i < n; i++) ping.push(await timed(() => c.client.ping()));
     for (let i = 0; i < n / 4; i++)
       list.push(

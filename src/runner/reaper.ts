@@ -11,6 +11,7 @@ import {
   LABEL_RUN,
   LABEL_TENANT,
   errorMessage,
+  pidAlive,
   sleep,
 } from '../common/index.js';
 import { EngineError, containers, networks, volumes } from '../engine/index.js';
@@ -35,17 +36,6 @@ export interface ReapResult {
   networks: number;
   volumes: number;
   errors: string[];
-}
-
-/** Whether a process is alive on this host. */
-export function pidAlive(pid: number): boolean {
-  if (!Number.isInteger(pid) || pid <= 0) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 /**

@@ -1,0 +1,89 @@
+/**
+ * Bench leftovers. Everything the bench creates carries `io.berth.bench` and its owner's pid
+ * and host; a bench killed mid-run (SIGKILL, a crash) leaves objects whose owner is gone, and the
+ * next bench removes them before it measures anything. A bench interrupted by SIGINT/SIGTERM cleans
+ * up itself (see `onInterrupt` in run.ts).
+ */
+import {
+  LABEL_DIND,
+  LABEL_OWNER_PID,
+  LABEL_ROLE,
+  errorMessage,
+  ownerGone,
+  ownerLabels,
+} from '../common/index.js';
+import { containers, networks, volumes } from '../engine/index.js';
+import type { DockerClient } from '../engine/index.js';
+import { stopDind } from '../dind/index.js';
+
+/** Marks every bench object (its value names the contender where there is one). */
+export const LABEL_BENCH = 'io.berth.bench';
+
+/**
+ * Labels for every object the bench creates. The role may be overwritten by the component that
+ * makes the object (a dind sidecar is role=dind), so the reaper looks for `io.berth.bench`.
+ */
+export function benchLabels(extra: Record<string, string> = {}): Record<string, string> {
+  return { [LABEL_ROLE]: 'bench', [LABEL_BENCH]: 'bench', ...ownerLabels(), ...extra };
+}
+
+export interface BenchReapResult {
+  containers: number;
+  networks: number;
+  volumes: number;
+  errors: string[];
+}
+
+/**
+ * Removes bench objects whose owner is gone (or, with `all`, every bench object of this process
+ * too: the interrupt path uses it for what its own run made).
+ */
+export async function reapBench(
+  client: DockerClient,
+  opts: { includeOwn?: boolean } = {},
+): Promise<BenchReapResult> {
+  const label = [LABEL_BENCH];
+  const mine = (l: Record<string, string> | null | undefined) =>
+    ownerGone(l) || (opts.includeOwn === true && l?.[LABEL_OWNER_PID] === String(process.pid));
+  const out: BenchReapResult = { containers: 0, networks: 0, volumes: 0, errors: [] };
+  const attempt = async (what: string, fn: () => Promise<unknown>, count: () => void) => {
+    try {
+      await fn();
+      count();
+    } catch (err) {
+      out.errors.push(`${what}: ${errorMessage(err)}`);
+    }
+  };
+  for (const c of await containers(client).list({ all: true, filters: { label } })) {
+    if (!mine(c.Labels)) continue;
+    const dind = c.Labels?.[LABEL_DIND];
+    if (dind !== undefined && c.Labels?.[LABEL_ROLE] === 'dind')
+      // A nested daemon: its socket dir and cache lock go too.
+      await attempt(
+        `dind ${dind}`,
+        () => stopDind(client, dind, { purge: true }),
+        () => out.containers++,
+      );
+    else
+      await attempt(
+        `container ${c.Id.slice(0, 12)}`,
+        () => containers(client).remove(c.Id, { force: true, volumes: true }),
+        () => out.containers++,
+      );
+  }
+  for (const n of await networks(client).list({ label }))
+    if (mine(n.Labels))
+      await attempt(
+        `network ${n.Name}`,
+        () => networks(client).remove(n.Id),
+        () => out.networks++,
+      );
+  for (const v of await volumes(client).list({ label }))
+    if (mine(v.Labels))
+      await attempt(
+        `volume ${v.Name}`,
+        () => volumes(client).remove(v.Name, true),
+        () => out.volumes++,
+      );
+  return out;
+}
