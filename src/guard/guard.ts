@@ -72,7 +72,7 @@ export async function createGuard(o: GuardOptions): Promise<GuardHandle> {
     maps: (o.maps ?? []).map((m) => ({ jobPath: m.jobPath, hostPath: m.hostPath })),
     policy,
     labels: { ...o.labels, [LABEL_TENANT]: o.tenant },
-    audit: sink.write,
+    audit: o.audit === undefined ? undefined : sink.write,
   });
   // Requests still being handled when the guard closes must land before the cleanup looks.
   const inflight = new Set<Promise<unknown>>();

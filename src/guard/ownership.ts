@@ -23,6 +23,14 @@ export function isImageId(ref: string): boolean {
   return /^sha256:[0-9a-f]{1,64}$/.test(ref) || /^[0-9a-f]{12,64}$/.test(ref);
 }
 
+/**
+ * Labels for images the tenant makes (build, commit, import): the guard's labels with the tenant
+ * label emptied. Containers inherit image labels, so an image must name no owner.
+ */
+export function imageLabelsFor(labels: Readonly<Record<string, string>>): Record<string, string> {
+  return { ...labels, [LABEL_TENANT]: '' };
+}
+
 export function tenantSlug(tenant: string): string {
   return (
     tenant
@@ -34,6 +42,8 @@ export function tenantSlug(tenant: string): string {
 }
 
 export class TenantState {
+  /** Containers this guard created (their tenant label is ours even when the image also carries it). */
+  readonly containers = new Set<string>();
   readonly tags = new Set<string>();
   readonly builtImages = new Set<string>();
   readonly networks = new Set<string>();
@@ -43,6 +53,21 @@ export class TenantState {
 
   owns(labels: Record<string, string> | null | undefined): boolean {
     return labels?.[LABEL_TENANT] === this.tenant;
+  }
+
+  /**
+   * Whether a container is the tenant's. Containers inherit their image's labels, so a container
+   * the tenant did not create (a host's, another tenant's) run from an image that carries this
+   * tenant's label would look owned. The label counts only when the image does not carry the same
+   * value, or when this guard created the container itself.
+   */
+  ownsContainer(
+    id: string,
+    labels: Record<string, string> | null | undefined,
+    imageLabels: Record<string, string> | null | undefined,
+  ): boolean {
+    if (!this.owns(labels)) return false;
+    return this.containers.has(id) || imageLabels?.[LABEL_TENANT] !== this.tenant;
   }
 
   ownsTag(ref: string): boolean {

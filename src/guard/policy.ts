@@ -4,6 +4,7 @@
  */
 import { posix } from 'node:path';
 import type { Decision, PathMap, Policy, RuleName, TenantLimits } from './contracts.js';
+import { imageLabelsFor } from './ownership.js';
 
 export const DEFAULT_SAFE_SYSCTLS: readonly string[] = [
   'net.ipv4.ip_unprivileged_port_start',
@@ -414,6 +415,7 @@ export function checkBuild(
       throw new Refusal('malformed', 'labels is not a JSON object', 400);
     }
   }
-  out.set('labels', JSON.stringify({ ...existing, ...labels }));
+  // Built images name no owner (containers inherit image labels): see imageLabelsFor.
+  out.set('labels', JSON.stringify({ ...existing, ...imageLabelsFor(labels) }));
   return out;
 }

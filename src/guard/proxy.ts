@@ -17,7 +17,7 @@ import { JsonLines } from '../engine/index.js';
 import type { AuditRecord, PathMap, Policy, RuleName } from './contracts.js';
 import { BodyError, SCHEMAS, canonicalize } from './canonical.js';
 import type { SchemaRoute } from './canonical.js';
-import { TenantState, isImageId, normalizeTag, tenantSlug } from './ownership.js';
+import { TenantState, imageLabelsFor, isImageId, normalizeTag, tenantSlug } from './ownership.js';
 import {
   Refusal,
   checkBuild,
@@ -41,7 +41,8 @@ export interface ProxyConfig {
   maps: readonly PathMap[];
   policy: Policy;
   labels: Readonly<Record<string, string>>;
-  audit: (r: AuditRecord) => void;
+  /** Where decisions go; absent: no audit log (nothing is built per request). */
+  audit?: ((r: AuditRecord) => void) | undefined;
 }
 
 interface Upstream {
@@ -85,6 +86,20 @@ async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
     chunks.push(c as Buffer);
   }
   return Buffer.concat(chunks);
+}
+
+/** Sized upstream answers up to this many bytes are read whole and sent in one write. */
+const SMALL_ANSWER = 256 * 1024;
+
+/** Reads a sized body whole (at most `length` bytes are expected). */
+async function readAll(body: IncomingMessage, length: number): Promise<Buffer> {
+  if (length === 0) {
+    body.resume();
+    return Buffer.alloc(0);
+  }
+  const chunks: Buffer[] = [];
+  for await (const c of body) chunks.push(c as Buffer);
+  return chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks);
 }
 
 export class GuardProxy {
@@ -153,14 +168,53 @@ export class GuardProxy {
   async resolveContainer(ref: string): Promise<{ id: string; name: string }> {
     const r = ref.replace(/^\//, '');
     if (r === '') throw new NotFound(`No such container: ${ref}`);
-    const { status, json } = await this.upstreamJson<{
-      Id: string;
-      Name: string;
-      Config?: { Labels?: Record<string, string> | null };
-    }>('GET', `/containers/${encodeURIComponent(r)}/json`);
-    if (status !== 200 || !this.state.owns(json.Config?.Labels))
+    const { status, json } = await this.upstreamJson<ContainerJson>(
+      'GET',
+      `/containers/${encodeURIComponent(r)}/json`,
+    );
+    if (status !== 200 || !(await this.ownsContainer(json.Id, json.Config?.Labels, json.Image)))
       throw new NotFound(`No such container: ${r}`);
     return { id: json.Id, name: json.Name.replace(/^\//, '') };
+  }
+
+  private readonly imageLabelCache = new Map<string, Record<string, string>>();
+
+  /** An image's labels by ID (cached: an ID names immutable content); {} when it is gone. */
+  async imageLabels(image: string): Promise<Record<string, string>> {
+    const hit = this.imageLabelCache.get(image);
+    if (hit) return hit;
+    const { status, json } = await this.upstreamJson<{
+      Config?: { Labels?: Record<string, string> | null } | null;
+      message?: string;
+    }>('GET', `/images/${encodeURIComponent(image)}/json`);
+    if (status !== 200 && status !== 404)
+      throw new Error(`inspecting image ${image}: ${json.message ?? status}`);
+    const labels = json.Config?.Labels ?? {};
+    if (status === 200 && image.startsWith('sha256:')) {
+      if (this.imageLabelCache.size > 4096) this.imageLabelCache.clear();
+      this.imageLabelCache.set(image, labels);
+    }
+    return labels;
+  }
+
+  /** Whether a container is the tenant's; see TenantState.ownsContainer (inherited labels do not count). */
+  async ownsContainer(
+    id: string,
+    labels: Record<string, string> | null | undefined,
+    image: string | undefined,
+  ): Promise<boolean> {
+    if (!this.state.owns(labels)) return false;
+    if (this.state.containers.has(id) || image === undefined || image === '') return this.state.owns(labels);
+    return this.state.ownsContainer(id, labels, await this.imageLabels(image));
+  }
+
+  /** The owned entries of a container list (ImageID says which image's labels they inherit). */
+  async ownedContainers<T extends { Id: string; ImageID?: string; Labels?: Record<string, string> | null }>(
+    list: readonly T[],
+  ): Promise<T[]> {
+    const out: T[] = [];
+    for (const c of list) if (await this.ownsContainer(c.Id, c.Labels, c.ImageID)) out.push(c);
+    return out;
   }
 
   async resolveNetwork(ref: string): Promise<string> {
@@ -246,6 +300,7 @@ export class GuardProxy {
     decision: AuditRecord['decision'],
     extra: { rule?: RuleName; status?: number; message?: string } = {},
   ): void {
+    if (!this.cfg.audit) return;
     this.cfg.audit({
       time: new Date().toISOString(),
       tenant: this.cfg.tenant,
@@ -344,6 +399,7 @@ export class GuardProxy {
       case 'network.list':
         return this.scopedList(id, res, path(), query);
       case 'container.prune':
+        return this.containerPrune(res, query);
       case 'volume.prune':
       case 'network.prune':
         return this.forward(req, res, 'POST', path() + q(withTenantFilter(query, this.cfg.tenant)));
@@ -397,8 +453,12 @@ export class GuardProxy {
         const target = this.claimTag(query.get('repo'), query.get('tag'));
         await this.assertTagWritable(target);
         const b = this.body('image.commit', body);
+        // The image would inherit the container's tenant label: it must name no owner.
+        b.Labels = { ...(isRecord(b.Labels) ? b.Labels : {}), ...imageLabelsFor(this.cfg.labels) };
         const qs = new URLSearchParams(query);
         qs.set('container', cid);
+        // `changes` apply after the body: this LABEL comes last so no tenant change outranks it.
+        qs.append('changes', `LABEL ${LABEL_TENANT}=""`);
         const r = await this.forwardJson(req, res, 'POST', path() + q(qs), b, { capture: true });
         if (r && r.status < 300 && target) await this.confirmTag(target);
         return;
@@ -463,10 +523,11 @@ export class GuardProxy {
       case 'container.inspect': {
         // One upstream call: the inspect answer itself says who owns the container.
         const ref = (m.params.id ?? '').replace(/^\//, '');
-        const { status, json } = await this.upstreamJson<{
-          Config?: { Labels?: Record<string, string> | null };
-        }>('GET', `${path({ id: ref })}${q(query)}`);
-        if (status !== 200 || !this.state.owns(json.Config?.Labels))
+        const { status, json } = await this.upstreamJson<ContainerJson>(
+          'GET',
+          `${path({ id: ref })}${q(query)}`,
+        );
+        if (status !== 200 || !(await this.ownsContainer(json.Id, json.Config?.Labels, json.Image)))
           throw new NotFound(`No such container: ${ref}`);
         return send(res, 200, json);
       }
@@ -543,10 +604,18 @@ export class GuardProxy {
       res.end(buf);
       return { status: up.status, json };
     }
+    const length = Number(up.headers['content-length'] ?? NaN);
+    if (length <= SMALL_ANSWER) {
+      // The common case (ping, inspect, lists, errors): read the sized answer whole and send
+      // headers and body in one write — no stream plumbing per request.
+      const buf = await readAll(up.body, length);
+      res.writeHead(up.status, outHeaders);
+      res.end(buf);
+      return { status: up.status, json: undefined };
+    }
     res.writeHead(up.status, outHeaders);
-    // Streams (logs -f, wait, events) must show their headers before any body arrives; a sized
-    // answer goes out with its body in one write.
-    if (up.headers['content-length'] === undefined) res.flushHeaders();
+    // Streams (logs -f, wait, events) must show their headers before any body arrives.
+    if (Number.isNaN(length)) res.flushHeaders();
     await pipeline(up.body, res).catch(() => undefined);
     return { status: up.status, json: undefined };
   }
@@ -629,17 +698,18 @@ export class GuardProxy {
         this.state.volumes.add(vname);
       }
     }
-    await this.forwardJson(req, res, 'POST', target, out, { capture: true });
+    const r = await this.forwardJson(req, res, 'POST', target, out, { capture: true });
+    const created = (r?.json as { Id?: unknown } | undefined)?.Id;
+    if (r && r.status < 300 && typeof created === 'string') this.state.containers.add(created);
   }
 
   private async ownedContainerCount(): Promise<number> {
     if (this.cfg.policy.limits.maxContainers === undefined) return 0;
     const filters = JSON.stringify({ label: [`${LABEL_TENANT}=${this.cfg.tenant}`] });
-    const { json } = await this.upstreamJson<unknown[]>(
-      'GET',
-      `/containers/json?all=1&filters=${encodeURIComponent(filters)}`,
-    );
-    return Array.isArray(json) ? json.length : 0;
+    const { json } = await this.upstreamJson<
+      { Id: string; ImageID?: string; Labels?: Record<string, string> }[]
+    >('GET', `/containers/json?all=1&filters=${encodeURIComponent(filters)}`);
+    return Array.isArray(json) ? (await this.ownedContainers(json)).length : 0;
   }
 
   private async scopedList(
@@ -655,12 +725,46 @@ export class GuardProxy {
       const v = json as { Volumes?: { Labels?: Record<string, string> | null }[] | null; Warnings?: unknown };
       return send(res, 200, { ...v, Volumes: (v.Volumes ?? []).filter((x) => this.state.owns(x.Labels)) });
     }
-    const arr = Array.isArray(json) ? (json as { Labels?: Record<string, string> | null }[]) : [];
+    const arr = Array.isArray(json)
+      ? (json as { Id: string; ImageID?: string; Labels?: Record<string, string> | null }[])
+      : [];
+    if (id === 'container.list') return send(res, 200, await this.ownedContainers(arr));
     send(
       res,
       200,
       arr.filter((x) => this.state.owns(x.Labels)),
     );
+  }
+
+  /**
+   * Container prune, scoped: the engine's prune cannot be trusted with the label filter alone (a
+   * stopped host container run from an image carrying the tenant label would match), so the guard
+   * lists the candidates, keeps those it owns, and removes them one by one. Filters as Docker's:
+   * `label`, `label!` and `until`.
+   */
+  private async containerPrune(res: ServerResponse, query: URLSearchParams): Promise<void> {
+    const filters = parseFilters(query.get('filters'));
+    const labelIs = [...(filters.get('label') ?? []), `${LABEL_TENANT}=${this.cfg.tenant}`];
+    const labelNot = filters.get('label!') ?? [];
+    const until = filters.get('until')?.[0];
+    const cutoff = until === undefined ? undefined : untilSeconds(until);
+    const listFilters = JSON.stringify({ label: labelIs, status: ['created', 'exited', 'dead'] });
+    const { status, json } = await this.upstreamJson<
+      { Id: string; ImageID?: string; Created: number; Labels?: Record<string, string> | null }[]
+    >('GET', `/containers/json?all=1&size=1&filters=${encodeURIComponent(listFilters)}`);
+    if (status !== 200) return send(res, status, json);
+    const deleted: string[] = [];
+    let reclaimed = 0;
+    for (const c of await this.ownedContainers(json)) {
+      if (labelNot.some((l) => labelMatches(c.Labels, l))) continue;
+      if (cutoff !== undefined && c.Created >= cutoff) continue;
+      const r = await this.upstreamJson('DELETE', `/containers/${c.Id}`);
+      if (r.status < 300) {
+        deleted.push(c.Id);
+        reclaimed += (c as { SizeRw?: number }).SizeRw ?? 0;
+      }
+    }
+    send(res, 200, { ContainersDeleted: deleted.length ? deleted : null, SpaceReclaimed: reclaimed });
   }
 
   // ---------------------------------------------------------------- events and df
@@ -674,22 +778,37 @@ export class GuardProxy {
     }
     res.writeHead(200, { 'Content-Type': 'application/json' });
     res.flushHeaders();
-    res.on('close', () => up.body.destroy());
     const lines = up.body.pipe(new JsonLines());
-    for await (const ev of lines) {
-      if (this.visibleEvent(ev as DockerEvent)) {
-        if (!res.write(`${JSON.stringify(ev)}\n`)) await new Promise((r) => res.once('drain', r));
+    // The client hanging up ends the stream both ways: the upstream request and the line reader
+    // (pipe does not pass a destroy on, and a reader left waiting would hold the guard's close).
+    res.on('close', () => {
+      up.body.destroy();
+      lines.destroy();
+    });
+    up.body.on('error', (e) => lines.destroy(e));
+    try {
+      for await (const ev of lines) {
+        if (res.destroyed) break;
+        if ((await this.visibleEvent(ev as DockerEvent)) && !res.write(`${JSON.stringify(ev)}\n`))
+          await new Promise((r) => {
+            res.once('drain', r);
+            res.once('close', r);
+          });
       }
+    } catch (err) {
+      if (res.destroyed) return; // the client went away: nothing to answer
+      throw err;
     }
     res.end();
   }
 
-  visibleEvent(ev: DockerEvent): boolean {
+  async visibleEvent(ev: DockerEvent): Promise<boolean> {
     const attrs = ev.Actor?.Attributes ?? {};
     const actorId = ev.Actor?.ID ?? ev.id ?? '';
     switch (ev.Type) {
       case 'container':
-        return attrs[LABEL_TENANT] === this.cfg.tenant;
+        // Event attributes carry the container's labels and its image by the name it was run with.
+        return this.ownsContainer(actorId, attrs, attrs.image).catch(() => false);
       case 'network':
         return this.state.networks.has(actorId);
       case 'volume':
@@ -704,7 +823,7 @@ export class GuardProxy {
   private async df(res: ServerResponse, target: string): Promise<void> {
     const { status, json } = await this.upstreamJson<DfResult>('GET', target);
     if (status !== 200) return send(res, status, json);
-    const containers = (json.Containers ?? []).filter((c) => this.state.owns(c.Labels));
+    const containers = await this.ownedContainers(json.Containers ?? []);
     const volumes = (json.Volumes ?? []).filter((vol) => this.state.owns(vol.Labels));
     const used = new Set(containers.map((c) => c.ImageID));
     const imgs = (json.Images ?? []).filter(
@@ -804,9 +923,24 @@ export class GuardProxy {
           'importing an image from a URL is not allowed (use docker import - with a file)',
         );
       tag = this.claimTag(query.get('repo'), query.get('tag'));
+      // Appended last, so it wins over any LABEL the tenant passed: the image names no owner.
+      query.append('changes', `LABEL ${LABEL_TENANT}=""`);
     } else {
       const from = query.get('fromImage') ?? '';
-      tag = from.includes('@') ? undefined : this.claimTag(from, query.get('tag'));
+      const t = query.get('tag') ?? '';
+      const digest = from.includes('@') || /^[a-z0-9]+:[0-9a-f]{32,}$/i.test(t);
+      if (!digest && t === '' && !hasTag(from))
+        throw new Refusal(
+          'image-tag',
+          `pulling every tag of ${from} is not allowed (it would move tags others own); name a tag`,
+        );
+      tag = digest ? undefined : this.claimTag(from, t);
+      if (tag && !this.state.ownsTag(tag)) {
+        const was = await this.imageIdOf(tag);
+        // A pull of a tag someone else has: fine while it changes nothing (the image is up to
+        // date); a pull that would move the tag is undone and reported as an error.
+        if (was !== undefined) return this.pullExisting(req, res, `${target}?${query.toString()}`, tag, was);
+      }
     }
     if (tag) {
       await this.assertTagWritable(tag);
@@ -816,6 +950,42 @@ export class GuardProxy {
       body: fromSrc === '-' ? req : undefined,
     });
     if (tag) await this.confirmTag(tag).catch(() => undefined);
+  }
+
+  private async imageIdOf(ref: string): Promise<string | undefined> {
+    const { status, json } = await this.upstreamJson<{ Id?: string }>(
+      'GET',
+      `/images/${encodeURIComponent(ref)}/json`,
+    );
+    return status === 200 ? json.Id : undefined;
+  }
+
+  private async pullExisting(
+    req: IncomingMessage,
+    res: ServerResponse,
+    target: string,
+    tag: string,
+    was: string,
+  ): Promise<void> {
+    const auth = req.headers['x-registry-auth'];
+    const up = await this.upstream('POST', target, {
+      headers: auth === undefined ? {} : { 'x-registry-auth': auth },
+    });
+    res.writeHead(up.status, { 'Content-Type': up.headers['content-type'] ?? 'application/json' });
+    res.flushHeaders();
+    await pipeline(up.body, res, { end: false }).catch(() => undefined);
+    const now = await this.imageIdOf(tag);
+    if (now !== undefined && now !== was) {
+      const [repo, t] = splitTag(tag);
+      await this.upstreamJson(
+        'POST',
+        `/images/${encodeURIComponent(was)}/tag?repo=${encodeURIComponent(repo)}&tag=${encodeURIComponent(t)}`,
+      );
+      const message = `berth: image-tag: the pull would move ${tag}, which belongs to someone else; it was put back (pull it under a tag of your own)`;
+      this.audit('POST', '/images/create', 'deny', { rule: 'image-tag', status: 200, message });
+      if (!res.destroyed) res.write(`${JSON.stringify({ error: message, errorDetail: { message } })}\n`);
+    }
+    res.end();
   }
 
   private async imageLoad(req: IncomingMessage, res: ServerResponse, target: string): Promise<void> {
@@ -1044,12 +1214,10 @@ export class GuardProxy {
   async cleanup(): Promise<{ containers: number; networks: number; volumes: number; tags: number }> {
     const filters = encodeURIComponent(JSON.stringify({ label: [`${LABEL_TENANT}=${this.cfg.tenant}`] }));
     const counts = { containers: 0, networks: 0, volumes: 0, tags: 0 };
-    const cs = await this.upstreamJson<{ Id: string; Labels?: Record<string, string> | null }[]>(
-      'GET',
-      `/containers/json?all=1&filters=${filters}`,
-    );
-    for (const c of Array.isArray(cs.json) ? cs.json : []) {
-      if (!this.state.owns(c.Labels)) continue;
+    const cs = await this.upstreamJson<
+      { Id: string; ImageID?: string; Labels?: Record<string, string> | null }[]
+    >('GET', `/containers/json?all=1&filters=${filters}`);
+    for (const c of await this.ownedContainers(Array.isArray(cs.json) ? cs.json : [])) {
       const r = await this.upstreamJson('DELETE', `/containers/${c.Id}?force=1&v=1`);
       if (r.status < 300) counts.containers++;
     }
@@ -1093,6 +1261,13 @@ class UpstreamStatus extends Error {
   }
 }
 
+interface ContainerJson {
+  Id: string;
+  Name: string;
+  Image?: string;
+  Config?: { Labels?: Record<string, string> | null };
+}
+
 interface DockerEvent {
   Type?: string;
   id?: string;
@@ -1101,8 +1276,13 @@ interface DockerEvent {
 
 interface DfResult {
   Images?: { Id: string; RepoTags?: string[] | null; Size: number; SharedSize: number }[];
-  Containers?: { ImageID: string; Labels?: Record<string, string> | null }[];
+  Containers?: { Id: string; ImageID: string; Labels?: Record<string, string> | null }[];
   Volumes?: { Labels?: Record<string, string> | null }[];
+}
+
+/** Whether an image reference names a tag (a colon after the last slash). */
+function hasTag(ref: string): boolean {
+  return ref.lastIndexOf(':') > ref.lastIndexOf('/');
 }
 
 function splitTag(tag: string): [string, string] {
@@ -1267,4 +1447,51 @@ function requestTarget(raw: string | undefined): { path: string; search: string 
   const t = splitTarget(raw ?? '/');
   if (!t) throw new PathError(`request target ${JSON.stringify(raw ?? '')} is not a path`);
   return t;
+}
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** Docker's filters query: {"key": ["v", …]} or the older {"key": {"v": true}}. */
+export function parseFilters(raw: string | null): Map<string, string[]> {
+  const out = new Map<string, string[]>();
+  if (raw === null || raw === '') return out;
+  let v: unknown;
+  try {
+    v = JSON.parse(raw);
+  } catch {
+    throw new BodyError('filters is not JSON');
+  }
+  if (!isRecord(v)) throw new BodyError('filters is not a JSON object');
+  for (const [k, val] of Object.entries(v)) {
+    if (Array.isArray(val)) out.set(k, val.map(String));
+    else if (isRecord(val))
+      out.set(
+        k,
+        Object.keys(val).filter((x) => val[x] === true),
+      );
+    else throw new BodyError(`filter ${k} is not a list`);
+  }
+  return out;
+}
+
+/** Whether labels match a `key` or `key=value` filter. */
+export function labelMatches(labels: Record<string, string> | null | undefined, filter: string): boolean {
+  const i = filter.indexOf('=');
+  if (i < 0) return labels?.[filter] !== undefined;
+  return labels?.[filter.slice(0, i)] === filter.slice(i + 1);
+}
+
+/** An `until` filter value (Unix seconds, RFC 3339, or a Go duration like 10m) as Unix seconds. */
+export function untilSeconds(v: string, now = Date.now()): number {
+  if (/^\d+(\.\d+)?$/.test(v)) return Number(v);
+  const d = /^(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)$/.exec(v);
+  if (d) {
+    const unit = { ns: 1e-9, us: 1e-6, µs: 1e-6, ms: 1e-3, s: 1, m: 60, h: 3600 }[d[2] as 'ns'];
+    return now / 1000 - Number(d[1]) * unit;
+  }
+  const t = Date.parse(v);
+  if (Number.isNaN(t)) throw new BodyError(`until ${v} is not a time`);
+  return t / 1000;
 }

@@ -6,7 +6,9 @@ import { buildPath, matchRoute, normalizePath } from './routes.js';
 import { Refusal, checkBuild, checkContainerCreate, defaultPolicy, translateJobPath } from './policy.js';
 import type { Resolver } from './policy.js';
 import { policyFor } from './policy-file.js';
-import { normalizeTag, tenantSlug } from './ownership.js';
+import { TenantState, imageLabelsFor, normalizeTag, tenantSlug } from './ownership.js';
+import { labelMatches, parseFilters, untilSeconds } from './proxy.js';
+import { LABEL_TENANT } from '../common/index.js';
 
 const create = (body: string) => canonicalize(body, SCHEMAS['container.create'], 'Config');
 
@@ -151,9 +153,51 @@ test('build options and tags', () => {
     { 'io.berth.tenant': 't' },
     defaultPolicy(),
   );
-  assert.deepEqual(JSON.parse(q.get('labels') ?? ''), { a: '1', 'io.berth.tenant': 't' });
+  assert.deepEqual(JSON.parse(q.get('labels') ?? ''), { a: '1', 'io.berth.tenant': '' });
   assert.equal(normalizeTag('busybox'), 'busybox:latest');
   assert.equal(normalizeTag('docker.io/library/busybox:1'), 'busybox:1');
   assert.equal(normalizeTag('127.0.0.1:5000/app'), '127.0.0.1:5000/app:latest');
   assert.equal(tenantSlug('env/production'), 'env-production');
+});
+
+test('container ownership: an inherited tenant label counts only for containers the guard made', () => {
+  const s = new TenantState('t1');
+  const mine = { [LABEL_TENANT]: 't1' };
+  assert.equal(s.ownsContainer('a', mine, {}), true, 'label set by the guard, image names no owner');
+  assert.equal(s.ownsContainer('a', mine, { [LABEL_TENANT]: '' }), true);
+  assert.equal(s.ownsContainer('a', mine, { [LABEL_TENANT]: 'other' }), true, 'the guard overrode it');
+  assert.equal(s.ownsContainer('a', mine, mine), false, 'could be inherited: not without state');
+  s.containers.add('a');
+  assert.equal(s.ownsContainer('a', mine, mine), true, 'made by this guard');
+  assert.equal(s.ownsContainer('b', { [LABEL_TENANT]: 't2' }, {}), false);
+  assert.deepEqual(imageLabelsFor({ [LABEL_TENANT]: 't1', k: 'v' }), { [LABEL_TENANT]: '', k: 'v' });
+  const q = checkBuild(
+    new URLSearchParams({ labels: JSON.stringify({ [LABEL_TENANT]: 'victim' }) }),
+    mine,
+    defaultPolicy(),
+  );
+  assert.deepEqual(JSON.parse(q.get('labels') ?? ''), { [LABEL_TENANT]: '' });
+});
+
+test('prune filters read as Docker does: lists or maps, label / label! / until', () => {
+  assert.deepEqual(
+    [...parseFilters('{"label":["a=b"],"until":{"10m":true}}')],
+    [
+      ['label', ['a=b']],
+      ['until', ['10m']],
+    ],
+  );
+  assert.equal(parseFilters(null).size, 0);
+  assert.throws(() => parseFilters('[1]'), BodyError);
+  assert.throws(() => parseFilters('{x'), BodyError);
+  assert.equal(labelMatches({ a: 'b' }, 'a'), true);
+  assert.equal(labelMatches({ a: 'b' }, 'a=b'), true);
+  assert.equal(labelMatches({ a: 'b' }, 'a=c'), false);
+  assert.equal(labelMatches(null, 'a'), false);
+  const now = Date.UTC(2026, 0, 1);
+  assert.equal(untilSeconds('1700000000'), 1700000000);
+  assert.equal(untilSeconds('10m', now), now / 1000 - 600);
+  assert.equal(untilSeconds('1.5h', now), now / 1000 - 5400);
+  assert.equal(untilSeconds('2026-01-01T00:00:00Z'), now / 1000);
+  assert.throws(() => untilSeconds('soon'), BodyError);
 });

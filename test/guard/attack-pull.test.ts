@@ -1,0 +1,142 @@
+/**
+ * Attack: moving a tag someone else owns by pulling it. A pull that brings the same image is
+ * harmless and works (CI jobs `docker pull` their base images); a pull that would move the host's
+ * tag to other content is undone and reported; `pull -a` (every tag of a repository) is refused.
+ * Against a real registry (Debian's docker-registry) started on a free loopback port.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { createServer } from 'node:net';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { images } from '../../src/engine/index.js';
+import { createGuard } from '../../src/guard/index.js';
+import type { GuardHandle } from '../../src/guard/index.js';
+import { docker, engine, sessionLabels, SESSION, tempDir, uniqueName } from '../support/index.js';
+import { expectRefused, send } from '../support/rawhttp.js';
+
+const RAW = 'unix:///var/run/docker.sock';
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const a = s.address();
+      s.close(() => (a && typeof a === 'object' ? resolve(a.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+describe('attack: pulling over a tag the host owns', () => {
+  const c = engine();
+  const dir = tempDir('berth-pull-');
+  const tenant = uniqueName('pull');
+  let guard: GuardHandle;
+  let registry: ChildProcess | undefined;
+  let ref = '';
+  let hostId = '';
+  const tags: string[] = [];
+
+  before(async () => {
+    const port = await freePort();
+    const addr = `127.0.0.1:${port}`;
+    mkdirSync(join(dir.path, 'registry'));
+    writeFileSync(
+      join(dir.path, 'registry.yml'),
+      `version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: ${join(dir.path, 'registry')}\nhttp:\n  addr: ${addr}\n`,
+    );
+    registry = spawn('docker-registry', ['serve', join(dir.path, 'registry.yml')], { stdio: 'ignore' });
+    let up = false;
+    for (let i = 0; i < 100 && !up; i++) {
+      up = await fetch(`http://${addr}/v2/`).then(
+        (r) => r.ok,
+        () => false,
+      );
+      if (!up) await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.ok(up, 'the registry answers');
+    // The host's image A, pushed and tagged as `ref`; image B differs by a file.
+    ref = `${addr}/berth-pull-${SESSION}:v1`;
+    const ctx = join(dir.path, 'ctx');
+    mkdirSync(ctx);
+    for (const [name, content] of [
+      ['a', 'A'],
+      ['b', 'B'],
+    ] as const) {
+      writeFileSync(join(ctx, 'Dockerfile'), `FROM berth-local/busybox\nRUN echo ${content} > /which\n`);
+      const t = `berth-pull-${SESSION}:${name}`;
+      const b = await docker(
+        RAW,
+        ['build', '-q', '--label', `io.berth.test-session=${SESSION}`, '-t', t, ctx],
+        {
+          env: { DOCKER_BUILDKIT: '0' },
+        },
+      );
+      assert.equal(b.code, 0, b.stderr);
+      tags.push(t);
+    }
+    tags.push(ref);
+    await images(c).tag(`berth-pull-${SESSION}:a`, ref.slice(0, ref.lastIndexOf(':')), 'v1');
+    const push = await docker(RAW, ['push', ref]);
+    assert.equal(push.code, 0, push.stderr);
+    hostId = (await images(c).inspect(ref)).Id;
+    guard = await createGuard({ tenant, listen: join(dir.path, 'g.sock'), labels: sessionLabels() });
+  });
+
+  after(async () => {
+    await guard.close({ cleanup: true }).catch(() => undefined);
+    if (registry && registry.exitCode === null) {
+      const gone = new Promise((r) => registry?.once('exit', r));
+      registry.kill('SIGTERM');
+      await gone;
+    }
+    for (const t of tags)
+      await images(c)
+        .remove(t, true)
+        .catch(() => false);
+    c.close();
+    dir[Symbol.dispose]();
+  });
+
+  test('a pull that changes nothing works', async () => {
+    const r = await docker(guard.address, ['pull', ref]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /up to date|Downloaded|Status/i);
+    assert.equal((await images(c).inspect(ref)).Id, hostId);
+  });
+
+  test('a pull that would move the host’s tag is undone and reported', async () => {
+    // The registry's v1 now holds image B; the host's local tag still points at A.
+    const repo = ref.slice(0, ref.lastIndexOf(':'));
+    await images(c).tag(`berth-pull-${SESSION}:b`, repo, 'v1');
+    const push = await docker(RAW, ['push', ref]);
+    assert.equal(push.code, 0, push.stderr);
+    await images(c).tag(`berth-pull-${SESSION}:a`, repo, 'v1');
+    assert.equal((await images(c).inspect(ref)).Id, hostId);
+
+    const r = await docker(guard.address, ['pull', ref]);
+    assert.notEqual(r.code, 0, 'the pull reports the refusal');
+    assert.match(r.stderr, /berth: image-tag: the pull would move/);
+    assert.equal((await images(c).inspect(ref)).Id, hostId, 'the host’s tag points where it did');
+    const gone = await docker(guard.address, ['rmi', ref]);
+    assert.notEqual(gone.code, 0, 'and the tenant did not come to own it');
+    assert.equal((await images(c).inspect(ref)).Id, hostId);
+  });
+
+  test('pull -a (every tag of a repository) is refused, by the CLI and the raw API', async () => {
+    const repo = ref.slice(0, ref.lastIndexOf(':'));
+    const r = await docker(guard.address, ['pull', '-a', repo]);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /berth: image-tag: pulling every tag/);
+    expectRefused(
+      await send(join(dir.path, 'g.sock'), {
+        method: 'POST',
+        path: `/v1.41/images/create?fromImage=${encodeURIComponent(repo)}`,
+      }),
+      'image-tag',
+    );
+    assert.equal((await images(c).inspect(ref)).Id, hostId);
+  });
+});
