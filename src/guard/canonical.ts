@@ -144,7 +144,7 @@ const Resources: Record<string, Schema> = {
   OomKillDisable: B,
   Init: B,
   PidsLimit: I,
-  Ulimits: A,
+  Ulimits: { arr: { obj: { Name: S, Soft: I, Hard: I } } },
   CpuCount: I,
   CpuPercent: I,
   IOMaximumIOps: I,
@@ -293,7 +293,15 @@ export const SCHEMAS = {
       Internal: B,
       Attachable: B,
       Ingress: B,
-      IPAM: A,
+      IPAM: {
+        obj: {
+          Driver: S,
+          Config: {
+            arr: { obj: { Subnet: S, IPRange: S, Gateway: S, AuxiliaryAddresses: { map: S } } },
+          },
+          Options: { map: S },
+        },
+      },
       EnableIPv6: B,
       Options: stringMap,
       Labels: stringMap,

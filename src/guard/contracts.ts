@@ -28,6 +28,8 @@ export type RuleName =
   | 'binds'
   | 'volume-options'
   | 'network-driver'
+  | 'network-ipam'
+  | 'resources'
   | 'build-options'
   | 'image-import'
   | 'ownership'

@@ -33,6 +33,8 @@ export const RULES: readonly RuleName[] = [
   'binds',
   'volume-options',
   'network-driver',
+  'network-ipam',
+  'resources',
   'build-options',
   'image-import',
   'limits',

@@ -246,9 +246,50 @@ export function checkContainerCreate(
       return m;
     });
   }
+  checkResources(hc, p);
   applyLimits(hc, p.limits, ctx.containerCount, p.allow.has('limits'));
   out.Labels = { ...obj(body.Labels), ...ctx.labels };
   return out;
+}
+
+/** Resource limits a tenant may raise without hurting the host or its neighbours. */
+export const SAFE_ULIMITS: ReadonlySet<string> = new Set([
+  'nofile',
+  'nproc',
+  'core',
+  'stack',
+  'fsize',
+  'cpu',
+  'data',
+  'as',
+  'locks',
+  'sigpending',
+  'msgqueue',
+]);
+
+/**
+ * Settings that take from the host rather than limit the container: exemption from the OOM killer
+ * (a negative OomScoreAdj, OomKillDisable) makes the kernel kill host processes first; realtime
+ * CPU time and rtprio/rttime/nice/memlock ulimits let a container starve the host or pin memory.
+ * Shared by create (HostConfig) and update (Resources).
+ */
+export function checkResources(r: Record<string, unknown>, policy: Policy): void {
+  const oom = typeof r.OomScoreAdj === 'number' ? r.OomScoreAdj : 0;
+  check(policy, 'resources', oom < 0, `OomScoreAdj ${oom} would shield the container from the OOM killer`);
+  check(policy, 'resources', r.OomKillDisable === true, 'disabling the OOM killer is not allowed');
+  for (const f of ['CpuRealtimePeriod', 'CpuRealtimeRuntime'] as const) {
+    const v = r[f];
+    check(policy, 'resources', typeof v === 'number' && v !== 0, `${f} (realtime CPU time) is not allowed`);
+  }
+  for (const u of Array.isArray(r.Ulimits) ? r.Ulimits : []) {
+    const name = str(obj(u).Name);
+    check(
+      policy,
+      'resources',
+      !SAFE_ULIMITS.has(name),
+      `ulimit ${name} is not allowed (allowed: ${[...SAFE_ULIMITS].join(', ')})`,
+    );
+  }
 }
 
 /**
@@ -304,6 +345,7 @@ export function checkContainerUpdate(body: Record<string, unknown>, policy: Poli
     Array.isArray(body.DeviceRequests) && body.DeviceRequests.length > 0,
     'device requests are not allowed',
   );
+  checkResources(body, policy);
   const out = { ...body };
   const l = policy.allow.has('limits') ? {} : policy.limits;
   for (const [f, max] of [
@@ -350,6 +392,29 @@ export function checkNetworkCreate(
     'network-driver',
     body.ConfigFrom !== undefined || body.ConfigOnly === true,
     'config-only networks are not allowed',
+  );
+  check(policy, 'network-driver', body.Ingress === true, 'ingress networks are not allowed');
+  check(
+    policy,
+    'network-driver',
+    str(body.Scope) !== '' && str(body.Scope) !== 'local',
+    `network scope ${str(body.Scope)} is not allowed (local only)`,
+  );
+  // A chosen subnet can shadow the host's own networks (its LAN, a VPN, the cloud metadata
+  // range): routes to it would lead into the tenant's bridge. The daemon picks from its pools.
+  const ipam = obj(body.IPAM);
+  const ipamDriver = str(ipam.Driver);
+  check(
+    policy,
+    'network-ipam',
+    ipamDriver !== '' && ipamDriver !== 'default',
+    `IPAM driver ${ipamDriver} is not allowed`,
+  );
+  check(
+    policy,
+    'network-ipam',
+    (Array.isArray(ipam.Config) && ipam.Config.length > 0) || Object.keys(obj(ipam.Options)).length > 0,
+    'choosing subnets, IP ranges or gateways is not allowed (the daemon assigns them)',
   );
   return { ...body, Labels: { ...obj(body.Labels), ...labels } };
 }

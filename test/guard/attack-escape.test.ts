@@ -8,7 +8,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { isDeepStrictEqual } from 'node:util';
-import { containers, volumes } from '../../src/engine/index.js';
+import { containers, networks, volumes } from '../../src/engine/index.js';
 import { buildRequest, expectRefused, messageOf, rawRequest, send } from '../support/rawhttp.js';
 import type { RawResponse } from '../support/rawhttp.js';
 import { docker, uniqueName } from '../support/index.js';
@@ -236,6 +236,17 @@ describe('guard attack suite: escape prevention', () => {
         },
         { rule: 'devices', field: 'DeviceCgroupRules', bad: '["a *:* rwm"]', benign: 'null' },
         { rule: 'devices', field: 'DeviceRequests', bad: '[{"Driver":"nvidia","Count":-1}]', benign: '[]' },
+      ],
+    ],
+    [
+      'resources (OOM shield, realtime, dangerous ulimits)',
+      [
+        { rule: 'resources', field: 'OomScoreAdj', bad: '-1000', benign: '0' },
+        { rule: 'resources', field: 'OomKillDisable', bad: 'true', benign: 'false' },
+        { rule: 'resources', field: 'CpuRealtimeRuntime', bad: '950000', benign: '0' },
+        { rule: 'resources', field: 'Ulimits', bad: '[{"Name":"rtprio","Soft":99,"Hard":99}]', benign: '[]' },
+        { rule: 'resources', field: 'Ulimits', bad: '[{"name":"memlock","soft":-1,"hard":-1}]' },
+        { rule: 'resources', field: 'Ulimits', bad: '[{"NAME":"nice","Soft":40,"Hard":40}]' },
       ],
     ],
     [
@@ -481,6 +492,9 @@ describe('guard attack suite: escape prevention', () => {
       '{"DeviceCgroupRules":["a *:* rwm"]}',
       '{"devices":[{"PathOnHost":"/dev/mem","PathInContainer":"/dev/mem","CgroupPermissions":"rwm"}]}',
       '{"CgroupParent":"/"}',
+      '{"OomKillDisable":true}',
+      '{"ulimits":[{"name":"rtprio","soft":99,"hard":99}]}',
+      '{"CpuRealtimeRuntime":950000}',
     ]) {
       const res = await send(a.sock, {
         method: 'POST',
@@ -492,6 +506,62 @@ describe('guard attack suite: escape prevention', () => {
     }
     const now = await containers(a.c).inspect(own);
     assert.deepEqual(now.HostConfig, before.HostConfig, 'update changed the container upstream');
+  });
+
+  test('network-driver and network-ipam: drivers, options, scopes and chosen subnets refused raw and via CLI', async () => {
+    const before = await a.snapshot();
+    const nets = async () => (await networks(a.c).list()).map((n) => n.Name);
+    const shapes: [string, string, (n: string) => string][] = [
+      ['network-driver', 'macvlan', (n) => `{"Name":"${n}","Driver":"macvlan"}`],
+      ['network-driver', 'host driver, lower-case key', (n) => `{"name":"${n}","driver":"host"}`],
+      [
+        'network-driver',
+        'bridge name option',
+        (n) => `{"Name":"${n}","Options":{"com.docker.network.bridge.name":"docker0"}}`,
+      ],
+      ['network-driver', 'swarm scope', (n) => `{"Name":"${n}","Scope":"swarm"}`],
+      ['network-driver', 'ingress', (n) => `{"Name":"${n}","Ingress":true}`],
+      [
+        'network-ipam',
+        'a subnet over the host’s own addresses',
+        (n) => `{"Name":"${n}","IPAM":{"Config":[{"Subnet":"127.0.0.0/8"}]}}`,
+      ],
+      [
+        'network-ipam',
+        'folded keys',
+        (n) =>
+          `{"Name":"${n}","ipam":{"config":[{"\u0053ubnet":"169.254.0.0/16","gateway":"169.254.169.254"}]}}`,
+      ],
+      [
+        'network-ipam',
+        'duplicate IPAM, the last chooses',
+        (n) => `{"Name":"${n}","IPAM":{},"IPAM":{"Config":[{"Subnet":"10.0.0.0/8"}]}}`,
+      ],
+      ['network-ipam', 'IPAM driver', (n) => `{"Name":"${n}","IPAM":{"Driver":"evil"}}`],
+    ];
+    for (const [rule, what, mk] of shapes) {
+      const name = uniqueName('atknet');
+      const res = await send(a.sock, {
+        method: 'POST',
+        path: '/v1.41/networks/create',
+        headers: [['Content-Type', 'application/json']],
+        body: mk(name),
+      });
+      expectRefused(res, rule, what);
+      assert.ok(!(await nets()).includes(name), `${what}: network created upstream`);
+    }
+    for (const [flags, re] of [
+      [['--driver', 'macvlan'], /berth: network-driver: /],
+      [['--subnet', '192.168.0.0/16'], /berth: network-ipam: /],
+      [['--ip-range', '10.9.0.0/24', '--subnet', '10.9.0.0/16'], /berth: network-ipam: /],
+    ] as [string[], RegExp][]) {
+      const name = uniqueName('atknet');
+      const r = await docker(a.host, ['network', 'create', ...flags, name]);
+      assert.notEqual(r.code, 0, `network create ${flags.join(' ')} succeeded`);
+      assert.match(r.stderr, re);
+      assert.ok(!(await nets()).includes(name));
+    }
+    await a.unchanged(before, 'network create attacks');
   });
 
   test('volume-options: bind-mount volumes (type=none,o=bind,device=/) refused raw and via CLI', async () => {
@@ -685,33 +755,42 @@ describe('guard attack suite: escape prevention', () => {
       [['--volume-driver', 'local', '-v', 'x:/x'], /berth: volume-driver: /],
       [['--sysctl', 'kernel.shm_rmid_forced=1'], /berth: sysctls: /],
       [['--sysctl', 'net.ipv4.ip_forward=1'], /berth: sysctls: /],
+      [['--oom-score-adj', '-1000'], /berth: resources: /],
+      [['--oom-kill-disable'], /berth: resources: /],
+      [['--ulimit', 'rtprio=99'], /berth: resources: /],
+      [['--ulimit', 'memlock=-1'], /berth: resources: /],
       [['-v', '/:/host'], /berth: binds: /],
       [['-v', '/var/run/docker.sock:/var/run/docker.sock'], /berth: binds: /],
       [['-v', '/workspace/escape:/h'], /berth: binds: /],
       [['-v', '/workspace/../../etc:/h'], /berth: binds: /],
       [['--mount', 'type=bind,source=/,target=/h'], /berth: binds: /],
       [['--mount', 'type=bind,source=/workspace/sub/etc,target=/h'], /berth: binds: /],
-      [['--volumes-from', otherName], /No such container|berth: volumes-from: |berth: image-tag: /],
-      [['--volumes-from', hostName], /No such container|berth: volumes-from: |berth: image-tag: /],
-      [['--link', `${otherName}:x`], /No such container|berth: links: |berth: image-tag: /],
-      [['--network', `container:${otherName}`], /No such container|berth: namespaces: |berth: image-tag: /],
+      [['--volumes-from', otherName], /No such container|berth: volumes-from: |127\.0\.0\.1:1/],
+      [['--volumes-from', hostName], /No such container|berth: volumes-from: |127\.0\.0\.1:1/],
+      [['--link', `${otherName}:x`], /No such container|berth: links: |127\.0\.0\.1:1/],
+      [['--network', `container:${otherName}`], /No such container|berth: namespaces: |127\.0\.0\.1:1/],
       [
         ['--pid', `container:${a.v.hostRunning.slice(0, 12)}`],
-        /No such container|berth: namespaces: |berth: image-tag: /,
+        /No such container|berth: namespaces: |127\.0\.0\.1:1/,
       ],
-      [['--network', a.v.otherNetwork], /No such network|not found|berth: links: |berth: image-tag: /],
+      [['--network', a.v.otherNetwork], /No such network|not found|berth: links: |127\.0\.0\.1:1/],
       [
         ['--network', a.v.hostNetwork.slice(0, 12)],
-        /No such network|not found|berth: links: |berth: image-tag: /,
+        /No such network|not found|berth: links: |127\.0\.0\.1:1/,
       ],
       [
         ['-v', `${a.v.otherVolume}:/v`],
-        /No such volume|no such volume|not found|berth: ownership: |berth: image-tag: /,
+        /No such volume|no such volume|not found|berth: ownership: |127\.0\.0\.1:1/,
       ],
     ];
+    // A create that names someone else's object answers 404, as dockerd does; the CLI takes any 404
+    // for a missing image and pulls. The image is the attacker's own tag on a loopback registry that
+    // is not there, so that pull fails at once and nothing leaves the machine.
+    const img = `127.0.0.1:1/berth-atk-${uniqueName('img')}:v1`;
+    assert.equal((await docker(a.host, ['tag', IMAGE, img])).code, 0);
     for (const [flags, re] of forms) {
       const name = uniqueName('cli');
-      const r = await docker(a.host, ['run', '--rm', '--name', name, ...flags, IMAGE, 'true']);
+      const r = await docker(a.host, ['run', '--rm', '--name', name, ...flags, img, 'true']);
       assert.notEqual(r.code, 0, `docker run ${flags.join(' ')} succeeded`);
       assert.match(r.stderr, re, `docker run ${flags.join(' ')}`);
       assert.equal(await containers(a.c).find(name), undefined, `${flags.join(' ')}: created upstream`);
