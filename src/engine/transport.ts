@@ -6,6 +6,7 @@
  */
 import http from 'node:http';
 import https from 'node:https';
+import net from 'node:net';
 import type { Endpoint, TlsMaterial } from './endpoint.js';
 import { loadTlsMaterial } from './endpoint.js';
 
@@ -15,6 +16,11 @@ export interface Transport {
   requestOptions(): http.RequestOptions;
   /** http.request or https.request, as the endpoint needs. */
   request(options: http.RequestOptions): http.ClientRequest;
+  /**
+   * A new plain connection to the engine that reads into caller-given buffers (net's `onread`),
+   * for byte-for-byte relays; absent for TLS endpoints.
+   */
+  connectRaw?: (onread: net.OnReadOpts) => net.Socket;
   /** Closes idle keep-alive sockets. */
   close(): void;
 }
@@ -26,6 +32,7 @@ export function createTransport(endpoint: Endpoint): Transport {
       endpoint,
       requestOptions: () => ({ socketPath: endpoint.socketPath, agent, headers: { Host: 'docker' } }),
       request: (o) => http.request(o),
+      connectRaw: (onread) => net.connect({ path: endpoint.socketPath, onread }),
       close: () => agent.destroy(),
     };
   }
@@ -51,6 +58,7 @@ export function createTransport(endpoint: Endpoint): Transport {
     endpoint,
     requestOptions: () => ({ host: endpoint.host, port: endpoint.port, agent }),
     request: (o) => http.request(o),
+    connectRaw: (onread) => net.connect({ host: endpoint.host, port: endpoint.port, onread }),
     close: () => agent.destroy(),
   };
 }

@@ -8,7 +8,6 @@
 import http from 'node:http';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex, Writable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import { existsSync, realpathSync } from 'node:fs';
 import { dirname, basename, join } from 'node:path';
 import { LABEL_ROLE, LABEL_TENANT, errorMessage } from '../common/index.js';
@@ -30,6 +29,8 @@ import {
   translateJobPath,
 } from './policy.js';
 import type { Resolver } from './policy.js';
+import { relay } from './relay.js';
+import { rawStream, requestHead } from './rawstream.js';
 import { PathError, buildPath, matchRoute, normalizePath, splitTarget } from './routes.js';
 import type { Matched } from './routes.js';
 
@@ -88,6 +89,9 @@ async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
   return Buffer.concat(chunks);
 }
 
+/** Downloads relayed byte for byte (rawstream.ts): large answers the guard never needs to read. */
+const BULK: ReadonlySet<string> = new Set(['container.logs', 'container.export', 'container.archive.get']);
+
 /** Sized upstream answers up to this many bytes are read whole and sent in one write. */
 const SMALL_ANSWER = 256 * 1024;
 
@@ -134,8 +138,7 @@ export class GuardProxy {
       if (opts.body === undefined) req.end();
       else if (Buffer.isBuffer(opts.body)) req.end(opts.body);
       else {
-        opts.body.on('error', (e) => req.destroy(e));
-        opts.body.pipe(req);
+        void relay(opts.body, req, { onEarlyClose: 'discard' });
       }
     });
   }
@@ -385,6 +388,7 @@ export class GuardProxy {
       case 'image.history':
       case 'image.get':
       case 'image.get-all':
+        return this.bulk(req, res, path() + q(query));
       case 'image.distribution':
       case 'image.push':
         return this.forward(req, res, m.route.method, path() + q(query));
@@ -535,6 +539,7 @@ export class GuardProxy {
         // Every other route is a container operation on {id}: resolve, check, forward with the full ID.
         if (id.startsWith('container.') && m.params.id !== undefined) {
           const { id: cid } = await this.resolveContainer(m.params.id);
+          if (BULK.has(id)) return this.bulk(req, res, path({ id: cid }) + q(query));
           const r = m.route.body === 'stream' ? req : undefined;
           return this.forward(r ?? req, res, m.route.method, path({ id: cid }) + q(query), { body: r });
         }
@@ -616,8 +621,23 @@ export class GuardProxy {
     res.writeHead(up.status, outHeaders);
     // Streams (logs -f, wait, events) must show their headers before any body arrives.
     if (Number.isNaN(length)) res.flushHeaders();
-    await pipeline(up.body, res).catch(() => undefined);
+    await relay(up.body, res);
     return { status: up.status, json: undefined };
+  }
+
+  /**
+   * A bulk download, checked already: relayed byte for byte on its own engine connection (see
+   * rawstream.ts); through node:http where the transport has no raw connections (TLS).
+   */
+  private async bulk(req: IncomingMessage, res: ServerResponse, target: string): Promise<void> {
+    const connect = this.cfg.transport.connectRaw;
+    if (!connect || req.httpVersion !== '1.1') {
+      await this.forward(req, res, 'GET', target);
+      return;
+    }
+    // From here the answer goes onto the client's socket directly; node:http writes nothing.
+    res.shouldKeepAlive = false;
+    res.statusCode = await rawStream(connect, requestHead('GET', target), req.socket);
   }
 
   forwardJson(
@@ -773,7 +793,7 @@ export class GuardProxy {
     const up = await this.upstream('GET', target);
     if (up.status !== 200) {
       res.writeHead(up.status, up.headers);
-      await pipeline(up.body, res).catch(() => undefined);
+      await relay(up.body, res);
       return;
     }
     res.writeHead(200, { 'Content-Type': 'application/json' });
@@ -891,14 +911,15 @@ export class GuardProxy {
     res.flushHeaders();
     // Pass the progress through as it comes, and note the image IDs it reports.
     let tail = '';
-    up.body.on('data', (c: Buffer) => {
-      tail = (tail + c.toString('utf8')).slice(-4096);
-      for (const m of tail.matchAll(/"ID":"(sha256:[0-9a-f]{64})"|Successfully built ([0-9a-f]{12,64})/g)) {
-        const idv = m[1] ?? m[2];
-        if (idv) this.state.builtImages.add(idv.startsWith('sha256:') ? idv : idv);
-      }
+    await relay(up.body, res, {
+      onData: (c) => {
+        tail = (tail + c.toString('utf8')).slice(-4096);
+        for (const m of tail.matchAll(/"ID":"(sha256:[0-9a-f]{64})"|Successfully built ([0-9a-f]{12,64})/g)) {
+          const idv = m[1] ?? m[2];
+          if (idv) this.state.builtImages.add(idv);
+        }
+      },
     });
-    await pipeline(up.body, res).catch(() => undefined);
     for (const t of tags) {
       const { json } = await this.upstreamJson<{ Id?: string }>(
         'GET',
@@ -973,7 +994,7 @@ export class GuardProxy {
     });
     res.writeHead(up.status, { 'Content-Type': up.headers['content-type'] ?? 'application/json' });
     res.flushHeaders();
-    await pipeline(up.body, res, { end: false }).catch(() => undefined);
+    await relay(up.body, res, { end: false });
     const now = await this.imageIdOf(tag);
     if (now !== undefined && now !== was) {
       const [repo, t] = splitTag(tag);

@@ -1,0 +1,159 @@
+/**
+ * Bulk downloads through the guard's byte-for-byte relay (rawstream.ts) against a real engine: the
+ * bytes are the engine's own, a slow reader is held back rather than buffered for, a client that
+ * hangs up mid-stream ends the engine side too, and the CLI works as usual (save, export, cp, logs).
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { request } from 'node:http';
+import { join } from 'node:path';
+import { containers } from '../engine/index.js';
+import { createGuard } from './index.js';
+import type { GuardHandle } from './index.js';
+import { DOCKER_CLI, docker, engine, sessionLabels, tempDir, uniqueName } from '../../test/support/index.js';
+
+const IMAGE = 'berth-local/busybox';
+
+/** GET over a unix socket; answers status, headers and the sha256 and size of the body. */
+function get(
+  socketPath: string,
+  path: string,
+  opts: { pauseMs?: number } = {},
+): Promise<{ status: number; connection: string | undefined; sha: string; bytes: number }> {
+  return new Promise((resolve, reject) => {
+    const req = request({ socketPath, path, headers: { Host: 'docker' } }, (res) => {
+      const h = createHash('sha256');
+      let bytes = 0;
+      if (opts.pauseMs) {
+        res.pause();
+        setTimeout(() => res.resume(), opts.pauseMs);
+      }
+      res.on('data', (c: Buffer) => {
+        h.update(c);
+        bytes += c.length;
+      });
+      res.on('end', () =>
+        resolve({
+          status: res.statusCode ?? 0,
+          connection: res.headers.connection,
+          sha: h.digest('hex'),
+          bytes,
+        }),
+      );
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+describe('guard bulk downloads (byte-for-byte relay)', () => {
+  const c = engine();
+  const dir = tempDir('berth-rawstream-');
+  const sock = join(dir.path, 'g.sock');
+  let guard: GuardHandle;
+  let box = '';
+  let ticker = '';
+
+  before(async () => {
+    guard = await createGuard({ tenant: uniqueName('raw'), listen: sock, labels: sessionLabels() });
+    const made = await docker(guard.address, [
+      'run',
+      '--name',
+      uniqueName('bulk'),
+      '--network',
+      'none',
+      IMAGE,
+      'sh',
+      '-c',
+      // About 3 MiB of log lines, and a file to copy out.
+      'i=0; while [ $i -lt 40000 ]; do echo "line $i 0123456789abcdefghijklmnopqrstuvwxyz0123456789"; i=$((i+1)); done; echo payload > /payload',
+    ]);
+    assert.equal(made.code, 0, made.stderr);
+    box = (
+      await docker(guard.address, ['ps', '-aq', '--no-trunc', '--filter', 'status=exited'])
+    ).stdout.trim();
+    const t = await docker(guard.address, [
+      'run',
+      '-d',
+      '--network',
+      'none',
+      IMAGE,
+      'sh',
+      '-c',
+      'while true; do echo tick; sleep 0.1; done',
+    ]);
+    assert.equal(t.code, 0, t.stderr);
+    ticker = t.stdout.trim();
+  });
+
+  after(async () => {
+    await guard.close({ cleanup: true });
+    c.close();
+    dir[Symbol.dispose]();
+  });
+
+  test('the answer is the engine’s, byte for byte, and says Connection: close', async () => {
+    for (const path of [
+      `/v1.41/containers/${box}/logs?stdout=1&stderr=1`,
+      `/v1.41/containers/${box}/export`,
+      `/v1.41/containers/${box}/archive?path=/payload`,
+      `/v1.41/images/get?names=${encodeURIComponent(IMAGE)}`,
+    ]) {
+      const direct = await get('/var/run/docker.sock', path);
+      const through = await get(sock, path);
+      assert.equal(through.status, 200, path);
+      assert.ok(through.bytes > 0, path);
+      // save and export of the same object are deterministic; logs and archives are too.
+      assert.equal(through.sha, direct.sha, `${path}: the bytes differ from the engine's`);
+      assert.equal(through.connection, 'close', path);
+    }
+  });
+
+  test('a reader that stops for a while gets every byte afterwards (backpressure, no loss)', async () => {
+    const path = `/v1.41/containers/${box}/logs?stdout=1&stderr=1`;
+    const direct = await get('/var/run/docker.sock', path);
+    const slow = await get(sock, path, { pauseMs: 1500 });
+    assert.equal(slow.sha, direct.sha);
+    assert.ok(slow.bytes > 2 * 1024 * 1024, `only ${slow.bytes} bytes`);
+  });
+
+  test('errors come through as the engine words them; others’ containers stay absent', async () => {
+    const missing = await get(sock, `/v1.41/containers/${box}/archive?path=/no/such/file`);
+    assert.equal(missing.status, 404);
+    const host = await containers(c).create({
+      Image: IMAGE,
+      Cmd: ['true'],
+      Labels: sessionLabels(),
+      HostConfig: { NetworkMode: 'none' },
+    });
+    try {
+      for (const p of ['logs?stdout=1', 'export', 'archive?path=/'])
+        assert.equal((await get(sock, `/v1.41/containers/${host.Id}/${p}`)).status, 404, p);
+    } finally {
+      await containers(c).remove(host.Id);
+    }
+  });
+
+  test('logs -f: a client that hangs up ends the stream; the guard can still close at once', async () => {
+    const follow = spawn(DOCKER_CLI, ['logs', '-f', ticker], {
+      env: { ...process.env, DOCKER_HOST: guard.address },
+    });
+    let out = '';
+    follow.stdout.on('data', (b: Buffer) => (out += b.toString()));
+    for (let i = 0; i < 50 && (out.match(/tick/g) ?? []).length < 5; i++)
+      await new Promise((r) => setTimeout(r, 100));
+    assert.ok((out.match(/tick/g) ?? []).length >= 5, 'logs -f delivers lines as they come');
+    assert.equal(follow.exitCode, null, 'still following');
+    const gone = new Promise((r) => follow.once('exit', r));
+    follow.kill('SIGINT');
+    await gone;
+    // The CLI through the same guard keeps working after a stream was cut.
+    const cp = await docker(guard.address, ['cp', `${box}:/payload`, join(dir.path, 'payload')]);
+    assert.equal(cp.code, 0, cp.stderr);
+    assert.equal(readFileSync(join(dir.path, 'payload'), 'utf8'), 'payload\n');
+  });
+});
