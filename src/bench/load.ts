@@ -13,6 +13,9 @@ import type { Contender, Scenario } from './types.js';
 
 const targets = new Map<string, string[]>();
 
+/** How long one request of the load may take before it counts as an error. */
+const REQUEST_TIMEOUT_MS = 10_000;
+
 export const load: Scenario = {
   id: 'load',
   title: 'Load: concurrent clients mixing lists, inspects and attach streams',
@@ -65,14 +68,17 @@ export const load: Scenario = {
           const op = i++ % 10;
           const start = performance.now();
           try {
+            // A request that gets no answer counts as an error instead of stalling its client.
+            const signal = AbortSignal.timeout(REQUEST_TIMEOUT_MS);
             if (op < 4) {
-              await client.json('GET', '/containers/json', { query: { filters } });
+              await client.json('GET', '/containers/json', { query: { filters }, signal });
             } else if (op < 8) {
-              await client.json('GET', `/containers/${ids[i % ids.length] ?? ''}/json`);
+              await client.json('GET', `/containers/${ids[i % ids.length] ?? ''}/json`, { signal });
             } else {
               const { socket } = await client.hijack({
                 path: `/containers/${ids[i % ids.length] ?? ''}/attach`,
                 query: { stream: 1, stdout: 1, stderr: 1 },
+                signal,
               });
               await new Promise<void>((resolve) => {
                 socket.once('data', () => resolve());
