@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BerthError, deadline, sleep } from '../common/index.js';
 import { DockerClient, parseEndpoint } from '../engine/index.js';
-import type { Contender } from './types.js';
+import type { Contender, ContenderId } from './types.js';
 
 export function rawContender(): Contender {
   const client = new DockerClient();
@@ -85,24 +85,7 @@ export async function haproxyContender(): Promise<Contender> {
   const socket = join(dir, 'docker.sock');
   const cfg = join(dir, 'haproxy.cfg');
   writeFileSync(cfg, haproxyConfig(socket, upstream.socketPath));
-  const child = spawn(bin, ['-db', '-f', cfg], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let stderr = '';
-  child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
-  const client = new DockerClient({ env: { DOCKER_HOST: `unix://${socket}` } });
-  await waitReady(client, child, () => stderr);
-  return {
-    id: 'haproxy',
-    title: 'HAProxy path filter',
-    dockerHost: `unix://${socket}`,
-    client,
-    shared: true,
-    pid: child.pid,
-    stop: async () => {
-      client.close();
-      await stopChild(child);
-      rmSync(dir, { recursive: true, force: true });
-    },
-  };
+  return proxyProcess('haproxy', 'HAProxy path filter', dir, socket, bin, ['-db', '-f', cfg], 20_000);
 }
 
 export async function waitReady(
@@ -158,16 +141,35 @@ export async function guardContender(): Promise<Contender> {
   const dir = mkdtempSync(join(tmpdir(), 'berth-bench-guard-'));
   const socket = join(dir, 'docker.sock');
   const [node = process.execPath, ...args] = berthCommand();
-  const child = spawn(node, [...args, 'guard', '--tenant', `bench-${process.pid}`, '--listen', socket], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
+  return proxyProcess(
+    'guard',
+    'berth guard',
+    dir,
+    socket,
+    node,
+    [...args, 'guard', '--tenant', `bench-${process.pid}`, '--listen', socket],
+    60_000,
+  );
+}
+
+/** A proxy contender running as its own process on a unix socket in `dir` (removed on stop). */
+async function proxyProcess(
+  id: ContenderId,
+  title: string,
+  dir: string,
+  socket: string,
+  bin: string,
+  args: string[],
+  readyMs: number,
+): Promise<Contender> {
+  const child = spawn(bin, args, { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
   const client = new DockerClient({ env: { DOCKER_HOST: `unix://${socket}` } });
-  await waitReady(client, child, () => stderr, 60_000);
+  await waitReady(client, child, () => stderr, readyMs);
   return {
-    id: 'guard',
-    title: 'berth guard',
+    id,
+    title,
     dockerHost: `unix://${socket}`,
     client,
     shared: true,

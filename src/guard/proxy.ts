@@ -379,6 +379,9 @@ export class GuardProxy {
     const p = this.cfg.policy;
 
     switch (id) {
+      case 'image.get':
+      case 'image.get-all':
+        return this.bulk(req, res, path() + q(query));
       case 'system.ping':
       case 'system.version':
       case 'system.info':
@@ -386,9 +389,6 @@ export class GuardProxy {
       case 'image.search':
       case 'image.inspect':
       case 'image.history':
-      case 'image.get':
-      case 'image.get-all':
-        return this.bulk(req, res, path() + q(query));
       case 'image.distribution':
       case 'image.push':
         return this.forward(req, res, m.route.method, path() + q(query));

@@ -113,6 +113,21 @@ describe('guard bulk downloads (byte-for-byte relay)', () => {
     }
   });
 
+  test('only bulk downloads take the byte-for-byte path: other answers keep the connection alive', async () => {
+    for (const path of [
+      '/_ping',
+      '/v1.41/version',
+      '/v1.41/info',
+      '/v1.41/images/json',
+      `/v1.41/images/${encodeURIComponent(IMAGE)}/json`,
+      `/v1.41/containers/${box}/json`,
+    ]) {
+      const r = await get(sock, path);
+      assert.equal(r.status, 200, path);
+      assert.notEqual(r.connection, 'close', `${path} went the byte-for-byte way`);
+    }
+  });
+
   test('a reader that stops for a while gets every byte afterwards (backpressure, no loss)', async () => {
     const path = `/v1.41/containers/${box}/logs?stdout=1&stderr=1`;
     const direct = await get('/var/run/docker.sock', path);
