@@ -1,4 +1,5 @@
 /** Helpers for the runner's end-to-end tests: temp workspaces, the CLI with the session label. */
+import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
@@ -125,4 +126,23 @@ export function spawnRun(file: string, args: string[] = []) {
         check();
       }),
   };
+}
+
+/**
+ * `berth run FILE --json` (as runJson), then `check` on the result, then: the run left no
+ * container, network or volume behind. Whatever it did leave is removed even when a check fails.
+ */
+export async function runChecked(
+  check: (r: Awaited<ReturnType<typeof runJson>>) => void | Promise<void>,
+  file: string,
+  args: string[] = [],
+  env: NodeJS.ProcessEnv = {},
+): Promise<void> {
+  const r = await runJson(file, args, env);
+  try {
+    await check(r);
+    assert.deepEqual(await leftovers(r.runId), [], `run ${r.runId} left objects behind`);
+  } finally {
+    await removeRun(r.runId);
+  }
 }

@@ -10,7 +10,7 @@ import {
   leftovers,
   logLines,
   removeRun,
-  runJson,
+  runChecked,
   spawnRun,
   workspace,
 } from './helpers.js';
@@ -42,8 +42,7 @@ jobs:
     steps:
       - echo on-failure-ran
 `);
-  const r = await runJson(ws.file);
-  try {
+  await runChecked(async (r) => {
     assert.equal(r.code, 1, r.stderr);
     assert.equal(jobStatus(r.events, 'build'), 'failed');
     assert.equal(jobStatus(r.events, 'deploy'), 'skipped');
@@ -69,10 +68,7 @@ jobs:
     const logs = await berth(['logs', r.runId, 'build', '--store', join(ws.path, '.berth')]);
     assert.match(logs.stdout, /about to fail/);
     assert.doesNotMatch(logs.stdout, /never-printed/);
-    assert.deepEqual(await leftovers(r.runId), []);
-  } finally {
-    await removeRun(r.runId);
-  }
+  }, ws.file);
 });
 
 test('a job over its timeout is killed, marked timed_out, and cleaned up', async () => {
@@ -91,15 +87,11 @@ jobs:
       - echo started-sleeping; sleep 600
       - echo not-reached
 `);
-  const r = await runJson(ws.file);
-  try {
+  await runChecked((r) => {
     assert.equal(r.code, 1, r.stderr);
     assert.equal(jobStatus(r.events, 'slow'), 'timed_out');
     assert.ok(!logLines(r.events, 'slow').includes('not-reached'));
-    assert.deepEqual(await leftovers(r.runId), []);
-  } finally {
-    await removeRun(r.runId);
-  }
+  }, ws.file);
 });
 
 test('Ctrl-C: running steps get SIGTERM, everything is cleaned up, exit 130', async () => {

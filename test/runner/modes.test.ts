@@ -5,7 +5,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { images } from '../../src/engine/index.js';
 import { engine } from '../support/index.js';
-import { jobStatus, leftovers, logLines, removeRun, runJson, workspace } from './helpers.js';
+import { jobStatus, logLines, runChecked, workspace } from './helpers.js';
 
 test('docker: none — steps run in order in /workspace, no Docker inside, history and logs saved', async () => {
   using ws = workspace(`
@@ -21,8 +21,7 @@ jobs:
       - test -z "$DOCKER_HOST" && ! test -S /var/run/docker.sock && echo no-docker
     artifacts: [out.txt]
 `);
-  const r = await runJson(ws.file);
-  try {
+  await runChecked((r) => {
     assert.equal(r.code, 0, r.stderr);
     assert.deepEqual(logLines(r.events, 'only'), ['one', 'two', '/workspace', 'no-docker']);
     assert.equal(readFileSync(join(ws.path, 'out.txt'), 'utf8'), 'one\ntwo\n');
@@ -31,10 +30,7 @@ jobs:
     assert.match(log, /--- step 2: second\none\ntwo\n/);
     const artifact = join(ws.path, '.berth', 'runs', r.runId, 'artifacts', 'only', 'out.txt');
     assert.equal(readFileSync(artifact, 'utf8'), 'one\ntwo\n', 'artifact copied out of the job');
-    assert.deepEqual(await leftovers(r.runId), []);
-  } finally {
-    await removeRun(r.runId);
-  }
+  }, ws.file);
 });
 
 test('docker: host — the raw engine socket, with a loud warning', async () => {
@@ -46,16 +42,12 @@ jobs:
     steps:
       - docker version --format 'server {{.Server.APIVersion}}'
 `);
-  const r = await runJson(ws.file);
-  try {
+  await runChecked((r) => {
     assert.equal(r.code, 0, r.stdout + r.stderr);
     assert.ok(logLines(r.events, 'h').some((l) => /^server 1\.\d+$/.test(l)));
     const warning = r.events.find((e) => e.kind === 'warning');
     assert.ok(warning?.kind === 'warning' && /host's Docker socket/.test(warning.message));
-    assert.deepEqual(await leftovers(r.runId), []);
-  } finally {
-    await removeRun(r.runId);
-  }
+  }, ws.file);
 });
 
 test('docker: guard (default) — /workspace translated for nested bind mounts, job objects removed at the end', async () => {
@@ -70,18 +62,14 @@ jobs:
       - docker volume create job-volume
       - docker ps --format '{{.Names}}'
 `);
-  const r = await runJson(ws.file);
-  try {
+  await runChecked((r) => {
     assert.equal(r.code, 0, r.stdout + r.stderr);
     const lines = logLines(r.events, 'g');
     assert.ok(lines.includes('from-the-workspace'), lines.join('\n'));
     assert.ok(lines.includes('left-running'), 'the job sees its own container');
     // The job's own container list shows only what it created, not the job container itself.
     assert.ok(!lines.some((l) => l.startsWith(`berth-${r.runId}`)), lines.join('\n'));
-    assert.deepEqual(await leftovers(r.runId), [], 'the container and volume the job left are removed');
-  } finally {
-    await removeRun(r.runId);
-  }
+  }, ws.file);
 });
 
 test('docker: dind — a nested daemon per job: builds land in it, not on the host; sidecar removed at the end', async () => {
@@ -97,8 +85,7 @@ jobs:
       - docker build -q -t nested-only:1 -f Dockerfile.nested . >/dev/null
       - docker images --format '{{.Repository}}:{{.Tag}}'
 `);
-  const r = await runJson(ws.file);
-  try {
+  await runChecked(async (r) => {
     assert.equal(r.code, 0, r.stdout + r.stderr);
     assert.equal(jobStatus(r.events, 'd'), 'passed');
     const lines = logLines(r.events, 'd');
@@ -114,8 +101,5 @@ jobs:
     );
     using c = engine();
     assert.equal(await images(c).find('nested-only:1'), undefined, 'the host engine never saw the build');
-    assert.deepEqual(await leftovers(r.runId), []);
-  } finally {
-    await removeRun(r.runId);
-  }
+  }, ws.file);
 });
