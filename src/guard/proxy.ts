@@ -507,7 +507,10 @@ export class GuardProxy {
       }
       case 'network.connect':
       case 'network.disconnect': {
-        const nid = await this.resolveNetwork(m.params.id ?? '');
+        // Leaving the predefined `none` network (to join a real one) is the tenant's own affair;
+        // every other network must be the tenant's.
+        const ref = m.params.id ?? '';
+        const nid = id === 'network.disconnect' && ref === 'none' ? 'none' : await this.resolveNetwork(ref);
         const b = this.body(id, body);
         const { id: cid } = await this.resolveContainer(typeof b.Container === 'string' ? b.Container : '');
         b.Container = cid;
