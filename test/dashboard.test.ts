@@ -6,7 +6,6 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
-import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
@@ -14,17 +13,11 @@ import type { Browser } from 'playwright-core';
 import { startServer } from '../src/server/index.js';
 import type { ServerHandle } from '../src/server/index.js';
 import { sessionLabels, tempDir } from './support/index.js';
+import { apiClient, git, makeRepo } from './support/server.js';
 
 const CHROMIUM = '/usr/bin/chromium';
 const SECRET = 'dashboard-secret-1';
 const TOKEN = 'dash-token-1';
-
-function git(cwd: string, ...args: string[]): string {
-  return execFileSync('git', ['-c', 'user.name=t', '-c', 'user.email=t@example.invalid', ...args], {
-    cwd,
-    encoding: 'utf8',
-  }).trim();
-}
 
 describe(
   'dashboard in Chromium',
@@ -130,6 +123,73 @@ describe(
       const table = (await page.textContent('#runs')) ?? '';
       assert.match(table, new RegExp(run.id));
       assert.match(table, /cancelled/);
+      await page.close();
+    });
+
+    test('the run page draws the job DAG and the busy job’s CPU and memory samples', async () => {
+      const graph = join(dir.path, 'graph');
+      const graphSha = makeRepo(graph, {
+        'berth.yml': [
+          'image: berth-local/busybox',
+          'docker: none',
+          'jobs:',
+          '  a: { steps: ["echo a"] }',
+          '  b: { needs: [a], steps: ["echo b"] }',
+          '  c: { needs: [a], steps: ["echo c"] }',
+          '  d:',
+          '    needs: [b, c]',
+          '    steps:',
+          '      - for k in 1 2 3; do head -c 30000000 /dev/urandom | od -An -x | sort > /dev/null; done; echo d-done',
+          '',
+        ].join('\n'),
+      });
+      await server.store.createProject({ name: 'graph', repoUrl: graph, secret: SECRET });
+      const api = apiClient(server.url, TOKEN);
+      const run = (await api.call<{ id: string }>('POST', '/api/projects/graph/runs', { sha: graphSha }))
+        .json;
+      const page = await browser.newPage();
+      await page.goto(server.url);
+      await page.evaluate((t) => localStorage.setItem('berth.token', t), TOKEN);
+      await page.goto(`${server.url}/runs/${run.id}`);
+      // The graph is there from the start (jobs queued), then follows the run to the end.
+      await page.waitForFunction(() => document.querySelectorAll('#dag g.node').length === 4, null, {
+        timeout: 60_000,
+      });
+      await page.waitForFunction(
+        () => /succeeded/.test(document.querySelector('h2')?.textContent ?? ''),
+        null,
+        { timeout: 120_000 },
+      );
+      const nodes = await page.$$eval('#dag g.node', (els) =>
+        els.map((e) => ({
+          job: e.getAttribute('data-job'),
+          status: e.getAttribute('data-status'),
+          x: Number(/translate\(([\d.]+),/.exec(e.getAttribute('transform') ?? '')?.[1]),
+        })),
+      );
+      const x: Record<string, number> = Object.fromEntries(nodes.map((n) => [n.job ?? '', n.x]));
+      assert.deepEqual(
+        nodes.map((n) => n.status),
+        ['passed', 'passed', 'passed', 'passed'],
+      );
+      assert.ok((x.a ?? 0) < (x.b ?? 0) && x.b === x.c && (x.c ?? 0) < (x.d ?? 0), JSON.stringify(x));
+      const edges = await page.$$eval('#dag path.edge', (els) =>
+        els.map((e) => `${e.getAttribute('data-from')}>${e.getAttribute('data-to')}`).sort(),
+      );
+      assert.deepEqual(edges, ['a>b', 'a>c', 'b>d', 'c>d']);
+      // Select d: its steps and its resource chart, one point per sample.
+      await page.click('#dag g.node[data-job="d"]');
+      const samples = (await api.call<unknown[]>('GET', `/api/runs/${run.id}/samples?job=d`)).json;
+      assert.ok(samples.length >= 2, `${samples.length} samples`);
+      await page.waitForFunction(() => document.querySelectorAll('#chart polyline').length === 2, null, {
+        timeout: 30_000,
+      });
+      const points = await page.$$eval('#chart polyline', (els) =>
+        els.map((e) => (e.getAttribute('points') ?? '').trim().split(/\s+/).length),
+      );
+      assert.deepEqual(points, [samples.length, samples.length]);
+      assert.match((await page.textContent('#steps')) ?? '', /passed/);
+      await page.screenshot({ path: join(dir.path, 'dag.png'), fullPage: true });
       await page.close();
     });
   },

@@ -5,21 +5,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
-import { execFileSync } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { containers } from '../src/engine/index.js';
 import { BERTH_CMD, berth, engine, start, tempDir } from './support/index.js';
+import { git } from './support/server.js';
 
 const SECRET = 'restart-secret-1';
-
-function git(cwd: string, ...args: string[]): string {
-  return execFileSync('git', ['-c', 'user.name=t', '-c', 'user.email=t@example.invalid', ...args], {
-    cwd,
-    encoding: 'utf8',
-  }).trim();
-}
 
 function serve(data: string, port: number): Promise<{ child: ChildProcess; url: string }> {
   const [node = process.execPath, ...pre] = BERTH_CMD;

@@ -6,22 +6,15 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
-import { execFileSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startServer } from '../src/server/index.js';
 import type { ServerHandle } from '../src/server/index.js';
 import { sessionLabels, tempDir } from './support/index.js';
+import { git } from './support/server.js';
 
 const SECRET = 'webhook-secret-123';
 const TOKEN = 'api-token-456';
-
-function git(cwd: string, ...args: string[]): string {
-  return execFileSync('git', ['-c', 'user.name=t', '-c', 'user.email=t@example.invalid', ...args], {
-    cwd,
-    encoding: 'utf8',
-  }).trim();
-}
 
 describe('berth serve', () => {
   const dir = tempDir('berth-serve-');

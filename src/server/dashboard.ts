@@ -25,11 +25,17 @@ export const DASHBOARD_HTML = `<!doctype html>
   .st { display:inline-block; padding:1px 8px; border-radius:10px; font-size:12px; font-weight:600; }
   .succeeded,.passed { background:#1f3d2a; color:var(--ok); } .failed,.interrupted,.timed_out { background:#3d1f1f; color:var(--bad); }
   .running { background:#3d311f; color:var(--run); } .queued,.cancelled,.skipped { background:#262c33; color:var(--q); }
-  .jobs { display:flex; gap:12px; flex-wrap:wrap; }
-  .job { background:var(--panel); border:1px solid var(--line); border-radius:6px; padding:10px 12px; min-width:200px; cursor:pointer; }
-  .job.sel { border-color:#58a6ff; }
-  .job .name { font-weight:600; margin-bottom:4px; }
-  .steps { margin:6px 0 0; padding:0; list-style:none; font-size:12px; color:var(--dim); }
+  .dagbox { overflow-x:auto; background:var(--panel); border:1px solid var(--line); border-radius:6px; padding:8px; }
+  svg#dag .node { cursor:pointer; }
+  svg#dag .node rect { fill:#0d1117; stroke:var(--line); stroke-width:1.5; rx:6; }
+  svg#dag .node.sel rect { stroke:#58a6ff; }
+  svg#dag .node .name { fill:var(--text); font-weight:600; font-size:13px; }
+  svg#dag .node .meta { fill:var(--dim); font-size:11px; }
+  svg#dag .edge { fill:none; stroke:#484f58; stroke-width:1.5; marker-end:url(#arrow); }
+  svg#dag .dot.succeeded, svg#dag .dot.passed { fill:var(--ok); } svg#dag .dot.failed, svg#dag .dot.timed_out, svg#dag .dot.interrupted { fill:var(--bad); }
+  svg#dag .dot.running { fill:var(--run); } svg#dag .dot.queued, svg#dag .dot.skipped, svg#dag .dot.cancelled { fill:var(--q); }
+  .steps { margin:6px 0 0; padding:0; list-style:none; font-size:13px; }
+  .steps li { padding:3px 0; }
   pre#log { background:#010409; border:1px solid var(--line); border-radius:6px; padding:12px; height:420px; overflow:auto; font:12px/1.4 ui-monospace, SFMono-Regular, Menlo, monospace; white-space:pre-wrap; }
   .err { color:var(--bad); } .sys { color:var(--dim); }
   button { background:#21262d; color:var(--text); border:1px solid var(--line); border-radius:6px; padding:5px 12px; cursor:pointer; }
@@ -75,6 +81,44 @@ async function home() {
   for (const b of document.querySelectorAll('button[data-run]')) b.onclick = async () => { const r = await api('/api/projects/' + encodeURIComponent(b.dataset.run) + '/runs', { method: 'POST', body: '{}' }); location.href = '/runs/' + r.id; };
   events(undefined, () => { clearTimeout(window.t); window.t = setTimeout(home, 300); });
 }
+// The job DAG: a column per dependency depth (a job sits one column right of its deepest need),
+// an arrow from every need to its dependant, each node coloured by status; click to select.
+function dag(jobs, selected, allSteps) {
+  const byName = new Map(jobs.map((j) => [j.name, j]));
+  const depth = new Map();
+  const depthOf = (n, seen = new Set()) => {
+    if (depth.has(n)) return depth.get(n);
+    if (seen.has(n)) return 0;
+    seen.add(n);
+    const d = Math.max(-1, ...((byName.get(n) || {}).needs || []).filter((x) => byName.has(x)).map((x) => depthOf(x, seen))) + 1;
+    depth.set(n, d);
+    return d;
+  };
+  const cols = [];
+  for (const j of jobs) { const d = depthOf(j.name); (cols[d] = cols[d] || []).push(j); }
+  const W = 200, H = 56, GX = 70, GY = 18, P = 10;
+  const pos = new Map();
+  cols.forEach((col, c) => col.forEach((j, r) => pos.set(j.name, { x: P + c * (W + GX), y: P + r * (H + GY) })));
+  const width = P * 2 + cols.length * W + Math.max(0, cols.length - 1) * GX;
+  const height = P * 2 + Math.max(1, ...cols.map((c) => c.length)) * (H + GY) - GY;
+  let edges = '';
+  for (const j of jobs) for (const n of j.needs || []) {
+    const a = pos.get(n), b = pos.get(j.name); if (!a || !b) continue;
+    const x1 = a.x + W, y1 = a.y + H / 2, x2 = b.x - 4, y2 = b.y + H / 2, mx = (x1 + x2) / 2;
+    edges += '<path class="edge" data-from="' + esc(n) + '" data-to="' + esc(j.name) + '" d="M' + x1 + ',' + y1 + ' C' + mx + ',' + y1 + ' ' + mx + ',' + y2 + ' ' + x2 + ',' + y2 + '"/>';
+  }
+  const nodes = jobs.map((j) => {
+    const p = pos.get(j.name);
+    const s = allSteps.filter((x) => x.job === j.name);
+    const done = s.filter((x) => x.finishedAt).length;
+    return '<g class="node' + (j.name === selected ? ' sel' : '') + '" data-job="' + esc(j.name) + '" data-status="' + esc(j.status) + '" transform="translate(' + p.x + ',' + p.y + ')">' +
+      '<rect width="' + W + '" height="' + H + '"/><circle class="dot ' + esc(j.status) + '" cx="16" cy="19" r="5"/>' +
+      '<text class="name" x="28" y="23">' + esc(j.name.length > 24 ? j.name.slice(0, 23) + '…' : j.name) + '</text>' +
+      '<text class="meta" x="16" y="43">' + esc(j.status) + (s.length ? ' · ' + done + '/' + s.length + ' steps' : '') + (j.startedAt ? ' · ' + dur(j.startedAt, j.finishedAt) : '') + '</text></g>';
+  }).join('');
+  return '<svg id="dag" width="' + width + '" height="' + height + '" viewBox="0 0 ' + width + ' ' + height + '">' +
+    '<defs><marker id="arrow" viewBox="0 0 8 8" refX="7" refY="4" markerWidth="8" markerHeight="8" orient="auto"><path d="M0,0 L8,4 L0,8 z" fill="#484f58"/></marker></defs>' + edges + nodes + '</svg>';
+}
 async function runPage(id) {
   let run = await api('/api/runs/' + encodeURIComponent(id));
   let selected = run.jobs[0] ? run.jobs[0].name : undefined;
@@ -86,10 +130,11 @@ async function runPage(id) {
     $('#app').innerHTML = '<div class="bar"><h2 style="margin:0;flex:1">Run ' + esc(run.id) + ' ' + st(run.status) + '</h2>' +
       '<span class="muted">' + esc((run.sha || '').slice(0, 12)) + ' ' + esc(run.branch || '') + ' · ' + dur(run.startedAt, run.finishedAt) + '</span>' +
       '<button id="cancel">Cancel</button><button id="rerun">Re-run</button></div>' +
-      '<h2>Jobs</h2><div class="jobs">' + run.jobs.map((j) => '<div class="job' + (j.name === selected ? ' sel' : '') + '" data-job="' + esc(j.name) + '"><div class="name">' + esc(j.name) + '</div>' + st(j.status) + ' <span class="muted">' + dur(j.startedAt, j.finishedAt) + '</span><ul class="steps">' + steps(j.name) + '</ul></div>').join('') + '</div>' +
+      '<h2>Jobs</h2><div class="dagbox">' + dag(run.jobs, selected, run.steps) + '</div>' +
+      (selected ? '<h2>Steps — ' + esc(selected) + '</h2><ul class="steps" id="steps">' + steps(selected) + '</ul>' : '') +
       '<h2>Resources' + (selected ? ' — ' + esc(selected) : '') + '</h2><svg class="chart" id="chart" width="100%" height="120" viewBox="0 0 600 120" preserveAspectRatio="none"></svg>' +
       '<h2>Logs</h2><pre id="log"></pre>';
-    for (const el of document.querySelectorAll('.job')) el.onclick = () => { selected = el.dataset.job; draw(); };
+    for (const el of document.querySelectorAll('#dag .node')) el.onclick = () => { selected = el.dataset.job; draw(); };
     $('#cancel').onclick = async () => { await api('/api/runs/' + run.id + '/cancel', { method: 'POST' }); };
     $('#rerun').onclick = async () => { const r = await api('/api/runs/' + run.id + '/rerun', { method: 'POST' }); location.href = '/runs/' + r.id; };
     drawLogs(); drawChart();

@@ -16,6 +16,8 @@ export interface ServeOptions {
   concurrency: number;
   token?: string;
   labels?: Record<string, string>;
+  /** How often a running job's CPU and memory are sampled (seconds; default 2). */
+  sampleSeconds?: number;
   log?: (line: string) => void;
 }
 
@@ -35,6 +37,7 @@ export async function startServer(o: ServeOptions): Promise<ServerHandle> {
     dataDir,
     concurrency: o.concurrency,
     labels: o.labels,
+    sampleSeconds: o.sampleSeconds,
     log: o.log,
   });
   await service.recover();

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { BerthError, LABEL_JOB, LABEL_RUN, errorMessage } from '../common/index.js';
 import { DockerClient, containers } from '../engine/index.js';
-import { loadRunSpec, reap, runPipeline } from '../runner/index.js';
+import { effectiveNeeds, loadRunSpec, reap, runPipeline } from '../runner/index.js';
 import type { RunEvent } from '../runner/index.js';
 import { pickRunsToStart } from './schedule.js';
 import type { Run, RunStatus, ServerStore } from './store.js';
@@ -153,6 +153,20 @@ export class ServerService {
       if (!project) throw new BerthError('RUN_FAILED', `project ${run.projectId} no longer exists`);
       await checkout(project.repoUrl, ws, run.sha ?? run.branch ?? project.branch ?? undefined);
       const spec = loadRunSpec(join(ws, 'berth.yml'));
+      // The job graph is known before anything runs: record it, so the dashboard draws the DAG
+      // (every job queued, with what it waits for) from the first moment.
+      const needs = effectiveNeeds(spec.jobs);
+      this.needs.set(run.id, needs);
+      for (const [name, deps] of needs)
+        await this.o.store.upsertJob({
+          runId: run.id,
+          name,
+          status: 'queued',
+          needs: deps,
+          startedAt: null,
+          finishedAt: null,
+          exitCode: null,
+        });
       const outcome = await runPipeline({
         spec,
         storeDir: join(this.o.dataDir, 'runner'),
@@ -176,6 +190,7 @@ export class ServerService {
         { job: '(server)', step: null, stream: 'system', text: `berth: ${error}` },
       ]);
     } finally {
+      this.needs.delete(run.id);
       sampler.stopAll();
       await this.o.store.markFinished(run.id, status, exitCode, error);
       rmSync(ws, { recursive: true, force: true });
@@ -185,6 +200,8 @@ export class ServerService {
   }
 
   private pending = Promise.resolve();
+  /** Per running run: each job's effective dependencies (from the pipeline file). */
+  private readonly needs = new Map<string, Map<string, string[]>>();
 
   /** Records runner events in order (appends are sequenced per run). */
   private record(runId: string, e: RunEvent): Promise<void> {
@@ -197,7 +214,7 @@ export class ServerService {
               runId,
               name: e.job,
               status: 'queued',
-              needs: [],
+              needs: this.needs.get(runId)?.get(e.job) ?? [],
               startedAt: null,
               finishedAt: null,
               exitCode: null,
@@ -208,7 +225,7 @@ export class ServerService {
               runId,
               name: e.job,
               status: 'running',
-              needs: [],
+              needs: this.needs.get(runId)?.get(e.job) ?? [],
               startedAt: t,
               finishedAt: null,
               exitCode: null,
@@ -219,7 +236,7 @@ export class ServerService {
               runId,
               name: e.job,
               status: e.status,
-              needs: [],
+              needs: this.needs.get(runId)?.get(e.job) ?? [],
               startedAt: null,
               finishedAt: t,
               exitCode: e.exitCode ?? null,

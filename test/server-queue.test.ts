@@ -1,0 +1,136 @@
+/**
+ * berth serve, the queue and the run record: with one slot, a run cancelled while queued never
+ * starts (no job, no log, no container) while the one ahead of it completes; a re-run builds the
+ * same commit again; the job graph (needs) is recorded before anything runs; and a busy job gets
+ * CPU and memory samples from the engine's stats while it runs.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { startServer } from '../src/server/index.js';
+import type { ServerHandle } from '../src/server/index.js';
+import { sessionLabels, tempDir } from './support/index.js';
+import { apiClient, makeRepo } from './support/server.js';
+
+const TOKEN = 'queue-token-1';
+
+interface RunJson {
+  id: string;
+  status: string;
+  sha: string | null;
+  trigger: string;
+  startedAt: number | null;
+  jobs: { name: string; status: string; needs: string[] }[];
+  steps: unknown[];
+}
+
+describe('berth serve: queue, re-run, job graph, resource samples', () => {
+  const dir = tempDir('berth-serve-q-');
+  let server: ServerHandle;
+  let api: ReturnType<typeof apiClient>;
+  let sha = '';
+
+  before(async () => {
+    sha = makeRepo(join(dir.path, 'repo'), {
+      'berth.yml': [
+        'image: berth-local/busybox',
+        'docker: none',
+        'jobs:',
+        '  a: { steps: ["echo a; sleep 2"] }',
+        '  b: { needs: [a], steps: ["echo b"] }',
+        '  c: { needs: [a], steps: ["echo c"] }',
+        '  d:',
+        '    needs: [b, c]',
+        '    steps:',
+        '      - name: busy',
+        '        run: for k in 1 2 3; do head -c 30000000 /dev/urandom | od -An -x | sort > /dev/null; done; echo d-done',
+        '',
+      ].join('\n'),
+    });
+    server = await startServer({
+      port: 0,
+      dataDir: join(dir.path, 'data'),
+      concurrency: 1,
+      token: TOKEN,
+      labels: sessionLabels(),
+      sampleSeconds: 1,
+    });
+    api = apiClient(server.url, TOKEN);
+    const p = await api.call('POST', '/api/projects', {
+      name: 'q',
+      repoUrl: join(dir.path, 'repo'),
+      secret: 'queue-secret-123',
+    });
+    assert.equal(p.status, 201);
+  });
+
+  after(async () => {
+    await server.close();
+    dir[Symbol.dispose]();
+  });
+
+  test('cancel while queued: it never starts; the run ahead completes; re-run builds the commit again', async () => {
+    const first = (await api.call<RunJson>('POST', '/api/projects/q/runs', { sha })).json;
+    const second = (await api.call<RunJson>('POST', '/api/projects/q/runs', { sha })).json;
+    // One slot: the second waits behind the first.
+    const running = await api.settle<RunJson>(first.id, (r) => r.status !== 'queued');
+    assert.equal(running.status, 'running');
+    assert.equal((await api.call<RunJson>('GET', `/api/runs/${second.id}`)).json.status, 'queued');
+    const cancelled = await api.call<RunJson>('POST', `/api/runs/${second.id}/cancel`);
+    assert.equal(cancelled.status, 200);
+    assert.equal(cancelled.json.status, 'cancelled');
+
+    const done = await api.settle<RunJson>(first.id);
+    assert.equal(done.status, 'succeeded');
+    const never = (await api.call<RunJson>('GET', `/api/runs/${second.id}`)).json;
+    assert.equal(never.status, 'cancelled');
+    assert.equal(never.startedAt, null, 'it never started');
+    assert.deepEqual(never.jobs, []);
+    assert.deepEqual(never.steps, []);
+    assert.deepEqual((await api.call<unknown[]>('GET', `/api/runs/${second.id}/logs`)).json, []);
+
+    const again = await api.call<RunJson>('POST', `/api/runs/${first.id}/rerun`);
+    assert.equal(again.status, 201);
+    assert.notEqual(again.json.id, first.id);
+    assert.equal(again.json.sha, sha, 'the re-run builds the same commit');
+    const rerun = await api.settle<RunJson>(again.json.id);
+    assert.equal(rerun.status, 'succeeded');
+  });
+
+  test('the job graph is recorded with each job’s needs', async () => {
+    const runs = (await api.call<RunJson[]>('GET', '/api/projects/q/runs')).json;
+    const done = runs.find((r) => r.status === 'succeeded');
+    assert.ok(done);
+    const { jobs } = (await api.call<RunJson>('GET', `/api/runs/${done.id}`)).json;
+    const needs = Object.fromEntries(jobs.map((j) => [j.name, [...j.needs].sort()]));
+    assert.deepEqual(needs, { a: [], b: ['a'], c: ['a'], d: ['b', 'c'] });
+    assert.ok(jobs.every((j) => j.status === 'passed'));
+  });
+
+  test('a busy job is sampled: CPU and memory over time from the engine’s stats', async () => {
+    const runs = (await api.call<RunJson[]>('GET', '/api/projects/q/runs')).json;
+    const done = runs.find((r) => r.status === 'succeeded');
+    assert.ok(done);
+    const samples = (
+      await api.call<{ ts: number; cpuPercent: number; memBytes: number }[]>(
+        'GET',
+        `/api/runs/${done.id}/samples?job=d`,
+      )
+    ).json;
+    assert.ok(samples.length >= 2, `${samples.length} samples`);
+    assert.ok(
+      samples.some((s) => s.cpuPercent > 0),
+      'some CPU use was seen',
+    );
+    assert.ok(
+      samples.every((s) => s.memBytes > 0),
+      'memory is read on every sample',
+    );
+    assert.ok(
+      samples.every((s, i) => i === 0 || s.ts > (samples[i - 1]?.ts ?? 0)),
+      'samples are in time order',
+    );
+    const missing = await api.call<{ message: string }>('GET', `/api/runs/${done.id}/samples`);
+    assert.equal(missing.status, 400);
+  });
+});
