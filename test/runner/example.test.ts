@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { LABEL_TENANT } from '../../src/common/index.js';
-import { containers, images } from '../../src/engine/index.js';
+import { containers, images, networks } from '../../src/engine/index.js';
 import { hasDockerAccess } from '../../src/runner/index.js';
 import { ROOT, engine, run, tempDir, uniqueName } from '../support/index.js';
 import { jobStatus, leftovers, logLines, removeRun, runJson } from './helpers.js';
@@ -38,6 +38,12 @@ for (const mode of ['guard', 'dind'] as const) {
       using store = tempDir('berth-example-store-');
       using regState = tempDir('berth-example-registry-');
       const startedRegistry = !(await registryAnswers());
+      // The production tenant's network outlives runs; if this test is what made it, it goes too.
+      const prodNet = 'berth-env-production';
+      const prodNetBefore = await (async () => {
+        using c = engine();
+        return (await networks(c).list({ name: [prodNet] })).some((n) => n.Name === prodNet);
+      })();
       if (startedRegistry) {
         const s = await run('sh', [join(ROOT, 'examples/setup.sh')], {
           env: { BERTH_EXAMPLE_STATE: regState.path, BERTH_TEST_SESSION: '' },
@@ -78,6 +84,10 @@ for (const mode of ['guard', 'dind'] as const) {
       } finally {
         using c = engine();
         await containers(c).remove(deployName, { force: true });
+        if (!prodNetBefore)
+          await networks(c)
+            .remove(prodNet)
+            .catch(() => false);
         for (const id of runIds) {
           await removeRun(id);
           await images(c).remove(`127.0.0.1:5000/berth-example/webapp:${id}`, true);
