@@ -71,6 +71,12 @@ function send(res: ServerResponse, status: number, body: unknown): void {
   res.end(text);
 }
 
+/** Sends JSON bytes as they are (an engine answer the guard checked and did not change). */
+function sendJsonBytes(res: ServerResponse, status: number, bytes: Buffer): void {
+  res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': bytes.length });
+  res.end(bytes);
+}
+
 function contentType(h: http.IncomingHttpHeaders): string {
   return (h['content-type'] ?? '').split(';')[0]?.trim().toLowerCase() ?? '';
 }
@@ -148,7 +154,7 @@ export class GuardProxy {
     method: string,
     path: string,
     body?: unknown,
-  ): Promise<{ status: number; json: T }> {
+  ): Promise<{ status: number; json: T; raw: Buffer }> {
     const buf = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
     const r = await this.upstream(method, path, {
       body: buf,
@@ -156,14 +162,15 @@ export class GuardProxy {
     });
     const chunks: Buffer[] = [];
     for await (const c of r.body) chunks.push(c as Buffer);
-    const text = Buffer.concat(chunks).toString('utf8');
+    const raw = chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks);
+    const text = raw.toString('utf8');
     let json: unknown = undefined;
     try {
       json = text === '' ? undefined : JSON.parse(text);
     } catch {
       json = { message: text };
     }
-    return { status: r.status, json: json as T };
+    return { status: r.status, json: json as T, raw };
   }
 
   // ---------------------------------------------------------------- ownership lookups
@@ -216,7 +223,16 @@ export class GuardProxy {
     list: readonly T[],
   ): Promise<T[]> {
     const out: T[] = [];
-    for (const c of list) if (await this.ownsContainer(c.Id, c.Labels, c.ImageID)) out.push(c);
+    for (const c of list) {
+      if (!this.state.owns(c.Labels)) continue;
+      const cached = c.ImageID === undefined ? undefined : this.imageLabelCache.get(c.ImageID);
+      const owned =
+        this.state.containers.has(c.Id) ||
+        (cached
+          ? this.state.ownsContainer(c.Id, c.Labels, cached)
+          : await this.ownsContainer(c.Id, c.Labels, c.ImageID));
+      if (owned) out.push(c);
+    }
     return out;
   }
 
@@ -530,13 +546,13 @@ export class GuardProxy {
       case 'container.inspect': {
         // One upstream call: the inspect answer itself says who owns the container.
         const ref = (m.params.id ?? '').replace(/^\//, '');
-        const { status, json } = await this.upstreamJson<ContainerJson>(
+        const { status, json, raw } = await this.upstreamJson<ContainerJson>(
           'GET',
           `${path({ id: ref })}${q(query)}`,
         );
         if (status !== 200 || !(await this.ownsContainer(json.Id, json.Config?.Labels, json.Image)))
           throw new NotFound(`No such container: ${ref}`);
-        return send(res, 200, json);
+        return sendJsonBytes(res, 200, raw);
       }
       default: {
         // Every other route is a container operation on {id}: resolve, check, forward with the full ID.
@@ -742,21 +758,27 @@ export class GuardProxy {
     query: URLSearchParams,
   ): Promise<void> {
     const qs = withTenantFilter(query, this.cfg.tenant);
-    const { status, json } = await this.upstreamJson('GET', `${target}?${qs.toString()}`);
+    const { status, json, raw } = await this.upstreamJson('GET', `${target}?${qs.toString()}`);
     if (status !== 200) return send(res, status, json);
+    // The engine's own bytes go back when the check removed nothing (the usual case: the label
+    // filter already did the work); otherwise the filtered list, re-encoded.
     if (id === 'volume.list') {
       const v = json as { Volumes?: { Labels?: Record<string, string> | null }[] | null; Warnings?: unknown };
-      return send(res, 200, { ...v, Volumes: (v.Volumes ?? []).filter((x) => this.state.owns(x.Labels)) });
+      const all = v.Volumes ?? [];
+      const kept = all.filter((x) => this.state.owns(x.Labels));
+      return kept.length === all.length
+        ? sendJsonBytes(res, 200, raw)
+        : send(res, 200, { ...v, Volumes: kept });
     }
     const arr = Array.isArray(json)
       ? (json as { Id: string; ImageID?: string; Labels?: Record<string, string> | null }[])
       : [];
-    if (id === 'container.list') return send(res, 200, await this.ownedContainers(arr));
-    send(
-      res,
-      200,
-      arr.filter((x) => this.state.owns(x.Labels)),
-    );
+    const kept =
+      id === 'container.list'
+        ? await this.ownedContainers(arr)
+        : arr.filter((x) => this.state.owns(x.Labels));
+    if (kept.length === arr.length && Array.isArray(json)) return sendJsonBytes(res, 200, raw);
+    send(res, 200, kept);
   }
 
   /**

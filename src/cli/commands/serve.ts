@@ -20,6 +20,7 @@ export function registerServe(program: Command): void {
     .option('--db <url>', 'sqlite:PATH (default <data>/server.db) or postgres://user@host/db')
     .option('--concurrency <n>', 'runs at once', '2')
     .option('--token <token>', 'API token (default: $BERTH_TOKEN); webhooks use their own signatures')
+    .option('--sample-seconds <n>', 'how often a running job’s CPU and memory are sampled', '2')
     .action(
       async (o: {
         port: string;
@@ -28,6 +29,7 @@ export function registerServe(program: Command): void {
         db?: string;
         concurrency: string;
         token?: string;
+        sampleSeconds: string;
       }) => {
         const token = o.token ?? process.env.BERTH_TOKEN;
         if (!token)
@@ -39,6 +41,7 @@ export function registerServe(program: Command): void {
           db: o.db,
           concurrency: Math.max(1, positive('concurrency', o.concurrency)),
           token,
+          sampleSeconds: Math.max(1, positive('sample-seconds', o.sampleSeconds)),
           log: (l) => process.stderr.write(`berth serve: ${l}\n`),
         });
         process.stdout.write(`berth serve: listening on ${server.url}\n`);
