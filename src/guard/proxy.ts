@@ -1461,14 +1461,18 @@ function readExactly(socket: Duplex, head: Buffer, n: number): Promise<Buffer> {
 
 /** Splices two sockets with half-close in both directions. */
 export function splice(a: Duplex, b: Duplex): void {
-  const pipeHalf = (from: Duplex, to: Writable) => {
+  const pipeHalf = (from: Duplex, to: Duplex) => {
     from.on('data', (c: Buffer) => {
+      if (to.destroyed || to.writableEnded) return; // nowhere to go; the close handlers end it all
       if (!to.write(c)) {
         from.pause();
         to.once('drain', () => from.resume());
       }
     });
-    from.on('end', () => to.end());
+    // Half-close passes through: stdin EOF reaches the container while its output still flows.
+    from.on('end', () => {
+      if (!to.destroyed && !to.writableEnded) to.end();
+    });
   };
   pipeHalf(a, b);
   pipeHalf(b, a);
@@ -1478,14 +1482,29 @@ export function splice(a: Duplex, b: Duplex): void {
   };
   a.on('error', kill);
   b.on('error', kill);
-  a.on('close', () => {
-    if (!b.writableEnded) b.end();
-  });
+  // The client gone altogether: nothing the engine sends can reach anyone. Close the engine side
+  // once what the client sent is written; a half-close would not do — dockerd does not read an
+  // attach without stdin, so it would keep the stream (and a file descriptor) for as long as the
+  // container runs.
+  a.on('close', () => finishThenDestroy(b));
+  // The engine closed: the client gets the rest of the output, then an end.
   b.on('close', () => {
-    if (!a.writableEnded) a.end();
+    if (!a.destroyed && !a.writableEnded) a.end();
   });
   a.resume();
   b.resume();
+}
+
+/** Ends a stream, lets what is queued be written, then closes it (at once if nothing is queued). */
+function finishThenDestroy(s: Duplex): void {
+  if (s.destroyed) return;
+  if (s.writableLength === 0) {
+    s.destroy();
+    return;
+  }
+  if (!s.writableEnded) s.end();
+  s.once('finish', () => s.destroy());
+  setTimeout(() => s.destroy(), 5_000).unref();
 }
 
 /** The request target as Go's ParseRequestURI reads it (`//` starts a path, not a host). */
