@@ -7,7 +7,7 @@
  */
 import http from 'node:http';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Duplex, Writable } from 'node:stream';
+import type { Duplex } from 'node:stream';
 import { existsSync, realpathSync } from 'node:fs';
 import { dirname, basename, join } from 'node:path';
 import { LABEL_ROLE, LABEL_TENANT, errorMessage } from '../common/index.js';
