@@ -7,12 +7,42 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
+import { LABEL_RUN } from '../src/common/index.js';
 import { startServer } from '../src/server/index.js';
 import type { ServerHandle } from '../src/server/index.js';
-import { sessionLabels, tempDir } from './support/index.js';
+import { engine, sessionLabels, tempDir, uniqueName } from './support/index.js';
 import { apiClient, makeRepo } from './support/server.js';
 
 const TOKEN = 'queue-token-1';
+/** Marks what this file's server makes, so the engine's event log can be read for it alone. */
+const MARK = 'io.berth.test-server';
+
+/** The runner run ids of the containers this server's runs created between two times (s). */
+async function containerRunsBetween(mark: string, since: number, until: number): Promise<string[]> {
+  const c = engine();
+  try {
+    const res = await c.request({
+      path: '/events',
+      query: {
+        since: String(since),
+        until: String(until),
+        filters: JSON.stringify({ type: ['container'], event: ['create'], label: [`${MARK}=${mark}`] }),
+      },
+    });
+    let text = '';
+    for await (const chunk of res) text += String(chunk);
+    return text
+      .split('\n')
+      .filter((l) => l.trim())
+      .map(
+        (l) =>
+          (JSON.parse(l) as { Actor: { Attributes: Record<string, string> } }).Actor.Attributes[LABEL_RUN] ??
+          '',
+      );
+  } finally {
+    c.close();
+  }
+}
 
 interface RunJson {
   id: string;
@@ -29,6 +59,7 @@ describe('berth serve: queue, re-run, job graph, resource samples', () => {
   let server: ServerHandle;
   let api: ReturnType<typeof apiClient>;
   let sha = '';
+  const mark = uniqueName('q');
 
   before(async () => {
     sha = makeRepo(join(dir.path, 'repo'), {
@@ -52,7 +83,7 @@ describe('berth serve: queue, re-run, job graph, resource samples', () => {
       dataDir: join(dir.path, 'data'),
       concurrency: 1,
       token: TOKEN,
-      labels: sessionLabels(),
+      labels: sessionLabels({ [MARK]: mark }),
       sampleSeconds: 1,
     });
     api = apiClient(server.url, TOKEN);
@@ -70,6 +101,7 @@ describe('berth serve: queue, re-run, job graph, resource samples', () => {
   });
 
   test('cancel while queued: it never starts; the run ahead completes; re-run builds the commit again', async () => {
+    const since = Math.floor(Date.now() / 1000) - 1;
     const first = (await api.call<RunJson>('POST', '/api/projects/q/runs', { sha })).json;
     const second = (await api.call<RunJson>('POST', '/api/projects/q/runs', { sha })).json;
     // One slot: the second waits behind the first.
@@ -88,6 +120,11 @@ describe('berth serve: queue, re-run, job graph, resource samples', () => {
     assert.deepEqual(never.jobs, []);
     assert.deepEqual(never.steps, []);
     assert.deepEqual((await api.call<unknown[]>('GET', `/api/runs/${second.id}/logs`)).json, []);
+    // No container was ever created for the cancelled run: every container made while both were
+    // in play belongs to one runner run (the first's) — one per job.
+    const made = await containerRunsBetween(mark, since, Math.ceil(Date.now() / 1000) + 1);
+    assert.equal(made.length, 4, `containers created: ${made.join(', ')}`);
+    assert.equal(new Set(made).size, 1, `containers of more than one run: ${made.join(', ')}`);
 
     const again = await api.call<RunJson>('POST', `/api/runs/${first.id}/rerun`);
     assert.equal(again.status, 201);
