@@ -133,9 +133,9 @@ export const lifecycle: Scenario = {
             HostConfig: { NetworkMode: 'none' },
           });
           try {
-            const waiting = containers(c.client).wait(Id, 'next-exit');
+            const { exited } = await containers(c.client).waitRegistered(Id, 'next-exit');
             await containers(c.client).start(Id);
-            await waiting;
+            await exited;
           } finally {
             await containers(c.client).remove(Id);
           }
@@ -228,9 +228,9 @@ export const logs: Scenario = {
       Labels: labels(c),
       HostConfig: { NetworkMode: 'none' },
     });
-    const waiting = containers(c.client).wait(Id, 'next-exit');
+    const { exited } = await containers(c.client).waitRegistered(Id, 'next-exit');
     await containers(c.client).start(Id);
-    await waiting;
+    await exited;
     state.set(key('logs', c), [Id]);
   },
   async run(c) {

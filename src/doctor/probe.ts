@@ -53,14 +53,13 @@ async function tryContainer(
       HostConfig: { NetworkMode: 'none', ...hostConfig },
     });
     id = created.Id;
-    const waiting = containers(client).wait(id, 'next-exit');
+    const { exited } = await containers(client).waitRegistered(id, 'next-exit');
     try {
       await containers(client).start(id);
     } catch (err) {
-      void waiting.catch(() => undefined);
       return { started: false, error: errorMessage(err) };
     }
-    const { StatusCode } = await waiting;
+    const { StatusCode } = await exited;
     const logs = await readLogs(client, id);
     return { started: true, exitCode: StatusCode, output: logs.stdout + logs.stderr };
   } catch (err) {

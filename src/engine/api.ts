@@ -98,6 +98,34 @@ export function containers(c: DockerClient) {
         `/containers/${encodeURIComponent(id)}/wait`,
         { query: { condition }, signal },
       ),
+    /**
+     * Registers a wait and answers once the engine has it (the answer's headers arrived), as the
+     * docker CLI does before it starts a container; `exited` then settles with the exit. A wait that
+     * is merely sent can reach the engine after a short-lived container has already exited, and
+     * `next-exit` then waits forever.
+     */
+    waitRegistered: async (
+      id: string,
+      condition: 'not-running' | 'next-exit' | 'removed' = 'next-exit',
+      signal?: AbortSignal,
+    ): Promise<{ exited: Promise<{ StatusCode: number; Error?: { Message: string } | null }> }> => {
+      const res = await c.request({
+        method: 'POST',
+        path: `/containers/${encodeURIComponent(id)}/wait`,
+        query: { condition },
+        signal,
+      });
+      const exited = (async () => {
+        const chunks: Buffer[] = [];
+        for await (const ch of res) chunks.push(ch as Buffer);
+        return JSON.parse(Buffer.concat(chunks).toString('utf8')) as {
+          StatusCode: number;
+          Error?: { Message: string } | null;
+        };
+      })();
+      exited.catch(() => undefined); // observed by the caller; never an unhandled rejection
+      return { exited };
+    },
     inspect: (id: string) => c.json<ContainerInspect>('GET', `/containers/${encodeURIComponent(id)}/json`),
     /** Inspect that answers undefined instead of throwing when the container does not exist. */
     find: async (id: string): Promise<ContainerInspect | undefined> => {
