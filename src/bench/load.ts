@@ -104,7 +104,10 @@ export const load: Scenario = {
       // dockerd (20.10) keeps an attach connection whose client has hung up for as long as the
       // container runs; thousands of them exhaust its descriptors. Removing this contender's
       // targets right after its phase releases them before the next contender's phase.
-      for (const id of ids) await containers(c.client).remove(id, { force: true }).catch(() => false);
+      for (const id of ids)
+        await containers(c.client)
+          .remove(id, { force: true })
+          .catch(() => false);
       targets.delete(c.id);
     }
     const s = summarize(latencies);
