@@ -1,9 +1,10 @@
 #!/bin/sh
 # Prepares this machine for the examples: a local image registry on 127.0.0.1:5000 (Debian's
 # `docker-registry`, with its own config and storage, no auth) unless one already answers there.
-# Idempotent; `examples/setup.sh stop` stops the registry it started.
+# Idempotent; `examples/setup.sh stop` stops the registry it started. BERTH_EXAMPLE_REGISTRY picks
+# another loopback address (then run with `--registry ADDR --var REGISTRY=ADDR`).
 set -eu
-ADDR=127.0.0.1:5000
+ADDR=${BERTH_EXAMPLE_REGISTRY:-127.0.0.1:5000}
 STATE=${BERTH_EXAMPLE_STATE:-/var/tmp/berth-example-registry}
 PIDFILE=$STATE/registry.pid
 

@@ -4,8 +4,9 @@
  * deploy → tidy) and shows live in the dashboard (Debian's Chromium via Playwright).
  *
  * The repository is a copy of examples/webapp whose production container gets a test-only name;
- * the local registry is the example's own (examples/setup.sh starts it when none answers, and this
- * test then stops it). Everything the run deployed or tagged is removed afterwards.
+ * its registry is started by examples/setup.sh on a free loopback port, for this file alone (a
+ * shared one could be stopped, or its tags tidied, by another file running at the same time).
+ * Everything the run deployed or tagged is removed afterwards.
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -16,22 +17,15 @@ import type { Browser } from 'playwright-core';
 import { containers, images, networks } from '../src/engine/index.js';
 import { startServer } from '../src/server/index.js';
 import type { ServerHandle } from '../src/server/index.js';
-import { ROOT, engine, run, sessionLabels, tempDir, uniqueName } from './support/index.js';
+import { ROOT, engine, sessionLabels, tempDir, uniqueName } from './support/index.js';
+import { startExampleRegistry } from './support/registry.js';
+import type { TestRegistry } from './support/registry.js';
 import { apiClient, githubPush, makeRepo } from './support/server.js';
 
 const CHROMIUM = '/usr/bin/chromium';
 const SECRET = 'example-secret-1';
 const TOKEN = 'example-token-1';
-const APP_REPO = '127.0.0.1:5000/berth-example/webapp';
 const PROD_NET = 'berth-env-production';
-
-async function registryAnswers(): Promise<boolean> {
-  try {
-    return (await fetch('http://127.0.0.1:5000/v2/', { signal: AbortSignal.timeout(2000) })).ok;
-  } catch {
-    return false;
-  }
-}
 
 describe(
   'berth serve builds the example app from a webhook, live in the dashboard',
@@ -44,29 +38,29 @@ describe(
     const repo = join(dir.path, 'repo');
     let server: ServerHandle;
     let browser: Browser;
-    let startedRegistry = false;
+    let registry: TestRegistry | undefined;
+    let appRepo = '';
     let prodNetBefore = false;
-    let tagsBefore = new Set<string>();
     let sha = '';
 
+    // The registry is this file's own, so every tag of its repository is this file's too.
     const appTags = async () =>
-      (await images(c).list()).flatMap((i) => i.RepoTags ?? []).filter((t) => t.startsWith(`${APP_REPO}:`));
+      (await images(c).list()).flatMap((i) => i.RepoTags ?? []).filter((t) => t.startsWith(`${appRepo}:`));
 
     before(async () => {
-      startedRegistry = !(await registryAnswers());
-      if (startedRegistry) {
-        const s = await run('sh', [join(ROOT, 'examples/setup.sh')], {
-          env: { BERTH_EXAMPLE_STATE: regState.path, BERTH_TEST_SESSION: '' },
-        });
-        assert.equal(s.code, 0, s.stderr);
-      }
+      registry = await startExampleRegistry(regState.path, ROOT);
+      appRepo = `${registry.addr}/berth-example/webapp`;
       prodNetBefore = (await networks(c).list({ name: [PROD_NET] })).some((n) => n.Name === PROD_NET);
-      tagsBefore = new Set(await appTags());
       const pipeline = readFileSync(join(ROOT, 'examples/webapp/berth.yml'), 'utf8');
       assert.match(pipeline, /DEPLOY_NAME: webapp-production/);
+      assert.match(pipeline, /REGISTRY: 127\.0\.0\.1:5000/);
       sha = makeRepo(
         repo,
-        { 'berth.yml': pipeline.replace('DEPLOY_NAME: webapp-production', `DEPLOY_NAME: ${deployName}`) },
+        {
+          'berth.yml': pipeline
+            .replace('DEPLOY_NAME: webapp-production', `DEPLOY_NAME: ${deployName}`)
+            .replace('REGISTRY: 127.0.0.1:5000', `REGISTRY: ${registry.addr}`),
+        },
         join(ROOT, 'examples/webapp'),
       );
       server = await startServer({
@@ -93,8 +87,8 @@ describe(
       await browser.close().catch(() => undefined);
       await server.close();
       await containers(c).remove(deployName, { force: true });
-      for (const t of await appTags())
-        if (!tagsBefore.has(t))
+      if (appRepo)
+        for (const t of await appTags())
           await images(c)
             .remove(t, true)
             .catch(() => false);
@@ -102,10 +96,7 @@ describe(
         await networks(c)
           .remove(PROD_NET)
           .catch(() => false);
-      if (startedRegistry)
-        await run('sh', [join(ROOT, 'examples/setup.sh'), 'stop'], {
-          env: { BERTH_EXAMPLE_STATE: regState.path },
-        });
+      await registry?.close();
       c.close();
       regState[Symbol.dispose]();
       dir[Symbol.dispose]();

@@ -6,9 +6,6 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import type { ChildProcess } from 'node:child_process';
-import { createServer } from 'node:net';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { images } from '../../src/engine/index.js';
@@ -16,47 +13,24 @@ import { createGuard } from '../../src/guard/index.js';
 import type { GuardHandle } from '../../src/guard/index.js';
 import { docker, engine, sessionLabels, SESSION, tempDir, uniqueName } from '../support/index.js';
 import { expectRefused, send } from '../support/rawhttp.js';
+import { startRegistry } from '../support/registry.js';
+import type { TestRegistry } from '../support/registry.js';
 
 const RAW = 'unix:///var/run/docker.sock';
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const a = s.address();
-      s.close(() => (a && typeof a === 'object' ? resolve(a.port) : reject(new Error('no port'))));
-    });
-  });
-}
 
 describe('attack: pulling over a tag the host owns', () => {
   const c = engine();
   const dir = tempDir('berth-pull-');
   const tenant = uniqueName('pull');
   let guard: GuardHandle;
-  let registry: ChildProcess | undefined;
+  let registry: TestRegistry | undefined;
   let ref = '';
   let hostId = '';
   const tags: string[] = [];
 
   before(async () => {
-    const port = await freePort();
-    const addr = `127.0.0.1:${port}`;
-    mkdirSync(join(dir.path, 'registry'));
-    writeFileSync(
-      join(dir.path, 'registry.yml'),
-      `version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: ${join(dir.path, 'registry')}\nhttp:\n  addr: ${addr}\n`,
-    );
-    registry = spawn('docker-registry', ['serve', join(dir.path, 'registry.yml')], { stdio: 'ignore' });
-    let up = false;
-    for (let i = 0; i < 100 && !up; i++) {
-      up = await fetch(`http://${addr}/v2/`).then(
-        (r) => r.ok,
-        () => false,
-      );
-      if (!up) await new Promise((r) => setTimeout(r, 100));
-    }
-    assert.ok(up, 'the registry answers');
+    registry = await startRegistry(dir.path);
+    const addr = registry.addr;
     // The host's image A, pushed and tagged as `ref`; image B differs by a file.
     ref = `${addr}/berth-pull-${SESSION}:v1`;
     const ctx = join(dir.path, 'ctx');
@@ -87,11 +61,7 @@ describe('attack: pulling over a tag the host owns', () => {
 
   after(async () => {
     await guard.close({ cleanup: true }).catch(() => undefined);
-    if (registry && registry.exitCode === null) {
-      const gone = new Promise((r) => registry?.once('exit', r));
-      registry.kill('SIGTERM');
-      await gone;
-    }
+    await registry?.close();
     for (const t of tags)
       await images(c)
         .remove(t, true)

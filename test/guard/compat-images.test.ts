@@ -7,28 +7,19 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createReadStream, mkdirSync, writeFileSync } from 'node:fs';
-import { createServer, connect } from 'node:net';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { images } from '../../src/engine/index.js';
 import { createGuard } from '../../src/guard/index.js';
 import type { GuardHandle } from '../../src/guard/index.js';
 import { DOCKER_CLI, SESSION, docker, engine, sessionLabels, tempDir, uniqueName } from '../support/index.js';
+import { startRegistry } from '../support/registry.js';
+import type { TestRegistry } from '../support/registry.js';
 
 const IMAGE = 'berth-local/busybox';
 const BUILD_ENV = { DOCKER_BUILDKIT: '0' };
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const a = s.address();
-      s.close(() => (a && typeof a === 'object' ? resolve(a.port) : reject(new Error('no port'))));
-    });
-  });
-}
 
 /** POST over the guard's unix socket with extra headers; answers status and body text. */
 function post(
@@ -58,7 +49,7 @@ describe('compatibility: images through berth guard (docker CLI)', () => {
   const sock = join(dir.path, 'docker.sock');
   let guard: GuardHandle;
   let host = '';
-  let registry: ChildProcess | undefined;
+  let registry: TestRegistry | undefined;
   let regAddr = '';
   const dockerOk = async (args: string[], env: NodeJS.ProcessEnv = {}) => {
     const r = await docker(host, args, { env });
@@ -70,22 +61,8 @@ describe('compatibility: images through berth guard (docker CLI)', () => {
   before(async () => {
     guard = await createGuard({ tenant, listen: sock, labels: sessionLabels() });
     host = guard.address;
-    regAddr = `127.0.0.1:${await freePort()}`;
-    mkdirSync(join(dir.path, 'registry'));
-    writeFileSync(
-      join(dir.path, 'registry.yml'),
-      `version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: ${join(dir.path, 'registry')}\nhttp:\n  addr: ${regAddr}\n`,
-    );
-    registry = spawn('docker-registry', ['serve', join(dir.path, 'registry.yml')], { stdio: 'ignore' });
-    let up = false;
-    for (let i = 0; i < 100 && !up; i++) {
-      up = await fetch(`http://${regAddr}/v2/`).then(
-        (r) => r.ok,
-        () => false,
-      );
-      if (!up) await new Promise((r) => setTimeout(r, 100));
-    }
-    assert.ok(up, 'the registry answers');
+    registry = await startRegistry(dir.path);
+    regAddr = registry.addr;
     mkdirSync(ctx);
     // A context with 20 MiB of data, so the upload is a real stream.
     writeFileSync(join(ctx, 'blob'), randomBytes(20 * 1024 * 1024));
@@ -97,11 +74,7 @@ describe('compatibility: images through berth guard (docker CLI)', () => {
 
   after(async () => {
     await guard.close({ cleanup: true });
-    if (registry && registry.exitCode === null) {
-      const gone = new Promise((r) => registry?.once('exit', r));
-      registry.kill('SIGTERM');
-      await gone;
-    }
+    await registry?.close();
     // The guard removed the tenant's tags; check none of this suite's repository is left.
     const left = (await images(c).list()).flatMap((i) => i.RepoTags ?? []).filter((t) => t.includes(repo));
     c.close();
