@@ -41,7 +41,7 @@ export interface BenchOptions {
 export interface Measurement {
   scenario: string;
   metric: string;
-  unit: 'ms' | 'MiB/s' | 's' | 'count' | 'MiB' | 'MiB/min';
+  unit: 'ms' | 'MiB/s' | 's' | 'count' | 'MiB' | 'MiB/min' | 'req/s' | 'streams/min';
   /** Lower is better for times, higher for throughputs. */
   better: 'lower' | 'higher';
   contender: ContenderId;
