@@ -20,6 +20,8 @@ export type { ClientOptions, PingResult, Query, QueryValue, RequestOptions } fro
 export { EngineError, isConflict, isNotFound } from './errors.js';
 export type { FailedRequest } from './errors.js';
 export { createTransport } from './transport.js';
+export { AnswerParser, ExchangeError, createExchange, requestBytes } from './exchange.js';
+export type { Exchange, ExchangeAnswer, ExchangeRequest } from './exchange.js';
 export type { Transport } from './transport.js';
 export { FrameDecoder, JsonLines, demux, encodeFrame, followProgress } from './stream.js';
 export type { Frame, ProgressMessage, StreamKind } from './stream.js';

@@ -9,6 +9,8 @@ import https from 'node:https';
 import net from 'node:net';
 import type { Endpoint, TlsMaterial } from './endpoint.js';
 import { loadTlsMaterial } from './endpoint.js';
+import { createExchange } from './exchange.js';
+import type { Exchange } from './exchange.js';
 
 export interface Transport {
   readonly endpoint: Endpoint;
@@ -21,6 +23,11 @@ export interface Transport {
    * for byte-for-byte relays; absent for TLS endpoints.
    */
   connectRaw?: (onread: net.OnReadOpts) => net.Socket;
+  /**
+   * Small exchanges (answers that end, held whole) over a lean keep-alive pool, bypassing
+   * node:http's per-request objects; absent for TLS endpoints.
+   */
+  exchange?: Exchange;
   /** Closes idle keep-alive sockets. */
   close(): void;
 }
@@ -28,12 +35,17 @@ export interface Transport {
 export function createTransport(endpoint: Endpoint): Transport {
   if (endpoint.kind === 'unix') {
     const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
+    const exchange = createExchange(() => net.connect({ path: endpoint.socketPath }));
     return {
       endpoint,
       requestOptions: () => ({ socketPath: endpoint.socketPath, agent, headers: { Host: 'docker' } }),
       request: (o) => http.request(o),
       connectRaw: (onread) => net.connect({ path: endpoint.socketPath, onread }),
-      close: () => agent.destroy(),
+      exchange,
+      close: () => {
+        agent.destroy();
+        exchange.close();
+      },
     };
   }
   const material: TlsMaterial | undefined = endpoint.tls ? loadTlsMaterial(endpoint.tls) : undefined;
@@ -54,11 +66,16 @@ export function createTransport(endpoint: Endpoint): Transport {
     };
   }
   const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
+  const exchange = createExchange(() => net.connect({ host: endpoint.host, port: endpoint.port }));
   return {
     endpoint,
     requestOptions: () => ({ host: endpoint.host, port: endpoint.port, agent }),
     request: (o) => http.request(o),
     connectRaw: (onread) => net.connect({ host: endpoint.host, port: endpoint.port, onread }),
-    close: () => agent.destroy(),
+    exchange,
+    close: () => {
+      agent.destroy();
+      exchange.close();
+    },
   };
 }

@@ -98,6 +98,9 @@ async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
 /** Downloads relayed byte for byte (rawstream.ts): large answers the guard never needs to read. */
 const BULK: ReadonlySet<string> = new Set(['container.logs', 'container.export', 'container.archive.get']);
 
+/** Headers of one connection, not of the answer. */
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'proxy-connection']);
+
 /** Sized upstream answers up to this many bytes are read whole and sent in one write. */
 const SMALL_ANSWER = 256 * 1024;
 
@@ -156,13 +159,19 @@ export class GuardProxy {
     body?: unknown,
   ): Promise<{ status: number; json: T; raw: Buffer }> {
     const buf = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-    const r = await this.upstream(method, path, {
-      body: buf,
-      headers: buf ? { 'content-type': 'application/json' } : {},
-    });
-    const chunks: Buffer[] = [];
-    for await (const c of r.body) chunks.push(c as Buffer);
-    const raw = chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks);
+    const headers: Record<string, string> = buf ? { 'content-type': 'application/json' } : {};
+    let status: number;
+    let raw: Buffer;
+    const ex = this.cfg.transport.exchange;
+    if (ex) {
+      ({ status, body: raw } = await ex.send({ method, path, headers, body: buf }));
+    } else {
+      const r = await this.upstream(method, path, { body: buf, headers });
+      const chunks: Buffer[] = [];
+      for await (const c of r.body) chunks.push(c as Buffer);
+      status = r.status;
+      raw = chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks);
+    }
     const text = raw.toString('utf8');
     let json: unknown = undefined;
     try {
@@ -170,7 +179,7 @@ export class GuardProxy {
     } catch {
       json = { message: text };
     }
-    return { status: r.status, json: json as T, raw };
+    return { status, json: json as T, raw };
   }
 
   // ---------------------------------------------------------------- ownership lookups
@@ -402,9 +411,10 @@ export class GuardProxy {
       case 'system.version':
       case 'system.info':
       case 'image.list':
-      case 'image.search':
       case 'image.inspect':
       case 'image.history':
+        return this.forward(req, res, m.route.method, path() + q(query), { small: true });
+      case 'image.search':
       case 'image.distribution':
       case 'image.push':
         return this.forward(req, res, m.route.method, path() + q(query));
@@ -460,7 +470,7 @@ export class GuardProxy {
       case 'exec.resize':
       case 'exec.inspect': {
         const eid = await this.resolveExec(m.params.id ?? '');
-        return this.forward(req, res, m.route.method, path({ id: eid }) + q(query));
+        return this.forward(req, res, m.route.method, path({ id: eid }) + q(query), { small: true });
       }
       case 'image.build':
         return this.build(req, res, path(), query);
@@ -507,7 +517,7 @@ export class GuardProxy {
       case 'volume.delete': {
         const name = m.params.name ?? '';
         if (!(await this.volumeOwned(name))) throw new NotFound(`get ${name}: no such volume`);
-        return this.forward(req, res, m.route.method, path() + q(query));
+        return this.forward(req, res, m.route.method, path() + q(query), { small: true });
       }
       case 'network.create': {
         const b = checkNetworkCreate(this.body('network.create', body), this.cfg.labels, p);
@@ -519,7 +529,7 @@ export class GuardProxy {
       case 'network.inspect':
       case 'network.delete': {
         const nid = await this.resolveNetwork(m.params.id ?? '');
-        return this.forward(req, res, m.route.method, path({ id: nid }) + q(query));
+        return this.forward(req, res, m.route.method, path({ id: nid }) + q(query), { small: true });
       }
       case 'network.connect':
       case 'network.disconnect': {
@@ -589,12 +599,34 @@ export class GuardProxy {
     res: ServerResponse,
     method: string,
     target: string,
-    opts: { body?: IncomingMessage | Buffer; capture?: boolean; headers?: http.OutgoingHttpHeaders } = {},
+    opts: {
+      body?: IncomingMessage | Buffer;
+      capture?: boolean;
+      headers?: http.OutgoingHttpHeaders;
+      /** The answer always ends and is small (ping, inspects, lists): one lean exchange. */
+      small?: boolean;
+    } = {},
   ): Promise<{ status: number; json: unknown } | undefined> {
     const headers: http.OutgoingHttpHeaders = { ...opts.headers };
     for (const h of ['x-registry-auth', 'x-registry-config', 'content-type']) {
       const v = req.headers[h];
       if (v !== undefined && headers[h] === undefined) headers[h] = v;
+    }
+    const ex = this.cfg.transport.exchange;
+    if (opts.small && ex && !opts.capture && (opts.body === undefined || Buffer.isBuffer(opts.body))) {
+      const a = await ex.send({
+        method,
+        path: target,
+        headers: headers,
+        body: opts.body,
+      });
+      const out: http.OutgoingHttpHeaders = {};
+      for (const [k, v] of Object.entries(a.headers)) if (!HOP_BY_HOP.has(k)) out[k] = v;
+      // A HEAD answer keeps the engine's length; a de-chunked body gets its own.
+      if (method !== 'HEAD') out['content-length'] = a.body.length;
+      res.writeHead(a.status, out);
+      res.end(method === 'HEAD' ? undefined : a.body);
+      return { status: a.status, json: undefined };
     }
     if (opts.body && !Buffer.isBuffer(opts.body) && req.headers['content-length'])
       headers['content-length'] = req.headers['content-length'];
