@@ -135,9 +135,7 @@ test('requests: one buffer with host and length; values that would split the req
 });
 
 /** A scripted peer: `reply` answers each request head it reads; counts connections. */
-async function peer(
-  reply: (head: string, socket: Socket, n: number) => void,
-): Promise<{
+async function peer(reply: (head: string, socket: Socket, n: number) => void): Promise<{
   path: string;
   connections: () => number;
   server: Server;
