@@ -1,9 +1,9 @@
 #!/usr/bin/env node
 // The test runner: node's own test runner (via tsx for TypeScript) over every *.test.ts, plus a
 // leak check after the run: no container, network, volume or process of this test session may
-// remain. In CI (CI=true) the check is strict: anything on the engine that was not there before the
-// run is a leak. Locally it is scoped to objects and processes carrying this run's session id, so
-// several developers' runs can share one engine.
+// remain. In CI (CI=true) the check is strict: anything on the engine that was not there before
+// the run — images included — is a leak. Locally it is scoped to objects and processes carrying
+// this run's session id, so several developers' runs can share one engine.
 //
 //   node scripts/run-tests.mjs [--unit | --integration | --e2e] [file-or-substring …]
 import { spawn, execFileSync } from 'node:child_process';
@@ -56,6 +56,8 @@ function engineSnapshot() {
     containers: c,
     networks: q(['network', 'ls', '-q', '--no-trunc']) ?? [],
     volumes: q(['volume', 'ls', '-q']) ?? [],
+    // With intermediate layers: a build or pull a test made and did not remove shows here.
+    images: q(['image', 'ls', '-a', '-q', '--no-trunc']) ?? [],
   };
 }
 
@@ -169,7 +171,7 @@ if (needsEngine) {
   if (before) {
     const after = engineSnapshot();
     if (after) {
-      for (const kind of ['containers', 'networks', 'volumes']) {
+      for (const kind of ['containers', 'networks', 'volumes', 'images']) {
         const was = new Set(before[kind]);
         for (const id of after[kind])
           if (!was.has(id)) leaks.push(`${kind}: ${id} (new since the run started)`);
@@ -184,5 +186,7 @@ if (unique.length) {
   for (const l of unique) console.error(`  ${l}`);
   process.exit(1);
 }
-console.log('leak check: ok (no containers, networks, volumes or processes left behind)');
+console.log(
+  `leak check: ok (no containers, networks, volumes${before ? ', images' : ''} or processes left behind)`,
+);
 process.exit(code);

@@ -261,6 +261,11 @@ export const buildCache: Scenario = {
   metrics: { cold: { unit: 'ms', better: 'lower' }, warm: { unit: 'ms', better: 'lower' } },
   async run(c) {
     const tag = `berth-bench/build:${c.id}`;
+    // The previous repetition's image goes first (untimed): a no-cache build makes a new image
+    // each time, and the old one would be left untagged.
+    await images(c.client)
+      .remove(tag)
+      .catch(() => false);
     const cold = await timed(() =>
       images(c.client).build(buildContext(BUILD_DOCKERFILE), {
         t: tag,

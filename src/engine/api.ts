@@ -268,11 +268,14 @@ export function images(c: DockerClient) {
       }
     },
     list: (filters?: Filters) =>
-      c.json<{ Id: string; RepoTags: string[] | null; Labels: Record<string, string> | null }[]>(
-        'GET',
-        '/images/json',
-        { query: { filters: encodeFilters(filters) } },
-      ),
+      c.json<
+        {
+          Id: string;
+          RepoTags: string[] | null;
+          RepoDigests?: string[] | null;
+          Labels: Record<string, string> | null;
+        }[]
+      >('GET', '/images/json', { query: { filters: encodeFilters(filters) } }),
     tag: (name: string, repo: string, tag: string) =>
       c.json('POST', `/images/${encodeURIComponent(name)}/tag`, { query: { repo, tag } }),
     remove: async (name: string, force = false): Promise<boolean> => {

@@ -62,11 +62,21 @@ describe('attack: pulling over a tag the host owns', () => {
   after(async () => {
     await guard.close({ cleanup: true }).catch(() => undefined);
     await registry?.close();
-    for (const t of tags)
+    // By ID as well: a pulled image keeps its registry digest as a name after its tags are gone.
+    const ids = new Set<string>();
+    for (const t of tags) {
+      const id = (await images(c).find(t))?.Id;
+      if (id) ids.add(id);
+    }
+    for (const ref of [...tags, ...ids])
       await images(c)
-        .remove(t, true)
+        .remove(ref, true)
         .catch(() => false);
+    const left = (await images(c).list()).filter((i) =>
+      [...(i.RepoTags ?? []), ...(i.RepoDigests ?? [])].some((n) => n.includes(`berth-pull-${SESSION}`)),
+    );
     c.close();
+    assert.deepEqual(left, [], 'no image of this suite is left, tagged or by digest');
     dir[Symbol.dispose]();
   });
 
