@@ -10,3 +10,7 @@ printf '\033[1m==> %s\033[0m\n' "lint (eslint, prettier, cycles, boundaries)" >&
 npm run --silent lint
 printf '\033[1m==> %s\033[0m\n' "tests" >&2
 npm test
+printf '\033[1m==> %s\033[0m\n' "bench --quick (each scenario once against every contender: checks the bench still runs; no timings judged)" >&2
+quick_out=$(mktemp -d)
+trap 'rm -rf "$quick_out"' EXIT
+node dist/cli/main.js bench --quick --out "$quick_out"

@@ -51,6 +51,11 @@ export const ERRORS = {
   PIPELINE_INVALID: { status: 400, exitCode: 2 },
   PIPELINE_NOT_FOUND: { status: 404, exitCode: 2 },
   RUN_FAILED: { status: 500, exitCode: 1 },
+  BENCH_INCOMPLETE: {
+    status: 500,
+    exitCode: 1,
+    hint: 'the report lists what was not measured and why; rerun with --scenario/--contender to retry',
+  },
   RUN_NOT_FOUND: { status: 404, exitCode: 1 },
   STORE_FAILED: { status: 500, exitCode: 1 },
   SERVER_UNAUTHORIZED: { status: 401, exitCode: 1 },

@@ -19,7 +19,10 @@ export function registerBench(program: Command): void {
     .description(
       'measure berth against the raw socket, an HAProxy path filter and nested daemons, side by side',
     )
-    .option('--quick', 'run each scenario once with small payloads (checks the bench still runs)')
+    .option(
+      '--quick',
+      'run each scenario once with small payloads; fails if anything could not be measured (checks the bench still runs)',
+    )
     .option('--reps <n>', 'repetitions per scenario', '5')
     .option('--scenario <id...>', 'only these scenarios')
     .option('--contender <id...>', `only these contenders (${CONTENDERS.join(', ')})`)
@@ -56,6 +59,12 @@ export function registerBench(program: Command): void {
         });
         const { md, json } = writeReport(report, resolve(opts.out));
         process.stdout.write(`wrote ${md} and ${json}\n`);
+        // --quick is the check that the bench still runs: anything it could not measure fails it.
+        if (quick && report.skipped.length > 0)
+          throw new BerthError(
+            'BENCH_INCOMPLETE',
+            `the quick bench could not measure: ${report.skipped.map((s) => `${s.id} (${s.reason})`).join('; ')}`,
+          );
       },
     );
 }
