@@ -20,6 +20,7 @@ import {
   tempDir,
   uniqueName,
 } from '../../test/support/index.js';
+import { header, send } from '../../test/support/rawhttp.js';
 
 /** Sends exactly these bytes on a unix socket; answers status and body. */
 function raw(socket: string, bytes: string | Buffer): Promise<{ status: number; body: string }> {
@@ -161,6 +162,31 @@ describe('berth guard on a real engine', () => {
     ]);
     assert.notEqual(probe.stderr.includes('bad address'), true, probe.stderr);
     assert.equal((await docker(host, ['rm', '-f', name])).code, 0);
+  });
+
+  test('ping, inspect and lists answer with the engine’s bytes and headers, in the guard’s framing', async () => {
+    const engineSock = c.endpoint.kind === 'unix' ? c.endpoint.socketPath : '';
+    const own = await docker(host, ['create', '--network', 'none', 'berth-local/busybox', 'true']);
+    assert.equal(own.code, 0, own.stderr);
+    const id = own.stdout.trim();
+    try {
+      const filters = encodeURIComponent(JSON.stringify({ id: [id] }));
+      for (const path of [
+        '/v1.41/_ping',
+        `/v1.41/containers/${id}/json`,
+        `/v1.41/containers/json?all=1&filters=${filters}`,
+      ]) {
+        const [viaGuard, direct] = [await send(sock, { path }), await send(engineSock, { path })];
+        assert.equal(viaGuard.status, 200, `${path}: ${viaGuard.body.toString()}`);
+        assert.equal(viaGuard.body.toString(), direct.body.toString(), `${path}: the engine's own bytes`);
+        for (const h of ['api-version', 'ostype', 'server', 'docker-experimental'])
+          assert.equal(header(viaGuard, h), header(direct, h), `${path}: ${h}`);
+        assert.equal(Number(header(viaGuard, 'content-length')), viaGuard.body.length, `${path}: framing`);
+        assert.equal(header(viaGuard, 'transfer-encoding'), undefined, `${path}: framing`);
+      }
+    } finally {
+      await containers(c).remove(id, { force: true });
+    }
   });
 
   test('another tenant’s and the host’s containers are absent: by name, full ID and prefix', async () => {

@@ -71,9 +71,22 @@ function send(res: ServerResponse, status: number, body: unknown): void {
   res.end(text);
 }
 
-/** Sends JSON bytes as they are (an engine answer the guard checked and did not change). */
-function sendJsonBytes(res: ServerResponse, status: number, bytes: Buffer): void {
-  res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': bytes.length });
+/**
+ * Sends JSON bytes as they are (an engine answer the guard checked and did not change), with the
+ * engine's own headers (Api-Version, Ostype, Server, …) but this connection's framing.
+ */
+function sendJsonBytes(
+  res: ServerResponse,
+  status: number,
+  bytes: Buffer,
+  engineHeaders: Readonly<Record<string, string | string[] | undefined>> = {},
+): void {
+  const out: http.OutgoingHttpHeaders = {};
+  for (const [k, v] of Object.entries(engineHeaders))
+    if (v !== undefined && !HOP_BY_HOP.has(k) && k !== 'content-length') out[k] = v;
+  out['content-type'] = 'application/json';
+  out['content-length'] = bytes.length;
+  res.writeHead(status, out);
   res.end(bytes);
 }
 
@@ -157,19 +170,26 @@ export class GuardProxy {
     method: string,
     path: string,
     body?: unknown,
-  ): Promise<{ status: number; json: T; raw: Buffer }> {
+  ): Promise<{
+    status: number;
+    json: T;
+    raw: Buffer;
+    headers: Readonly<Record<string, string | string[] | undefined>>;
+  }> {
     const buf = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
     const headers: Record<string, string> = buf ? { 'content-type': 'application/json' } : {};
     let status: number;
     let raw: Buffer;
+    let answerHeaders: Record<string, string | string[] | undefined>;
     const ex = this.cfg.transport.exchange;
     if (ex) {
-      ({ status, body: raw } = await ex.send({ method, path, headers, body: buf }));
+      ({ status, body: raw, headers: answerHeaders } = await ex.send({ method, path, headers, body: buf }));
     } else {
       const r = await this.upstream(method, path, { body: buf, headers });
       const chunks: Buffer[] = [];
       for await (const c of r.body) chunks.push(c as Buffer);
       status = r.status;
+      answerHeaders = r.headers;
       raw = chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks);
     }
     const text = raw.toString('utf8');
@@ -179,7 +199,7 @@ export class GuardProxy {
     } catch {
       json = { message: text };
     }
-    return { status, json: json as T, raw };
+    return { status, json: json as T, raw, headers: answerHeaders };
   }
 
   // ---------------------------------------------------------------- ownership lookups
@@ -556,13 +576,13 @@ export class GuardProxy {
       case 'container.inspect': {
         // One upstream call: the inspect answer itself says who owns the container.
         const ref = (m.params.id ?? '').replace(/^\//, '');
-        const { status, json, raw } = await this.upstreamJson<ContainerJson>(
+        const { status, json, raw, headers } = await this.upstreamJson<ContainerJson>(
           'GET',
           `${path({ id: ref })}${q(query)}`,
         );
         if (status !== 200 || !(await this.ownsContainer(json.Id, json.Config?.Labels, json.Image)))
           throw new NotFound(`No such container: ${ref}`);
-        return sendJsonBytes(res, 200, raw);
+        return sendJsonBytes(res, 200, raw, headers);
       }
       default: {
         // Every other route is a container operation on {id}: resolve, check, forward with the full ID.
@@ -790,7 +810,7 @@ export class GuardProxy {
     query: URLSearchParams,
   ): Promise<void> {
     const qs = withTenantFilter(query, this.cfg.tenant);
-    const { status, json, raw } = await this.upstreamJson('GET', `${target}?${qs.toString()}`);
+    const { status, json, raw, headers } = await this.upstreamJson('GET', `${target}?${qs.toString()}`);
     if (status !== 200) return send(res, status, json);
     // The engine's own bytes go back when the check removed nothing (the usual case: the label
     // filter already did the work); otherwise the filtered list, re-encoded.
@@ -799,7 +819,7 @@ export class GuardProxy {
       const all = v.Volumes ?? [];
       const kept = all.filter((x) => this.state.owns(x.Labels));
       return kept.length === all.length
-        ? sendJsonBytes(res, 200, raw)
+        ? sendJsonBytes(res, 200, raw, headers)
         : send(res, 200, { ...v, Volumes: kept });
     }
     const arr = Array.isArray(json)
@@ -809,7 +829,7 @@ export class GuardProxy {
       id === 'container.list'
         ? await this.ownedContainers(arr)
         : arr.filter((x) => this.state.owns(x.Labels));
-    if (kept.length === arr.length && Array.isArray(json)) return sendJsonBytes(res, 200, raw);
+    if (kept.length === arr.length && Array.isArray(json)) return sendJsonBytes(res, 200, raw, headers);
     send(res, 200, kept);
   }
 
