@@ -20,7 +20,7 @@ export type { RunEvent, RunEventKind, EventOf, JobStatus, RunStatus, StepStatus 
 export { Store, openStore } from './store.js';
 export type { RunRow, JobRow, StepRow } from './store.js';
 /** Removal of leftovers of dead runners. */
-export { reap, isStale, ofRunTenant } from './reaper.js';
+export { reap, reapTenant, isStale, ofRunTenant } from './reaper.js';
 export type { ReapOptions, ReapResult } from './reaper.js';
 /** Plug-in point for the docker modes (guard, dind come from their subsystems). */
 export { registerDockerAccess, hasDockerAccess } from './access.js';

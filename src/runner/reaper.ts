@@ -57,44 +57,16 @@ export function isStale(labels: Record<string, string> | null | undefined, host 
 export async function reap(client: DockerClient, opts: ReapOptions = {}): Promise<ReapResult> {
   const host = hostname();
   const label = [opts.runId ? `${LABEL_RUN}=${opts.runId}` : LABEL_RUN, ...(opts.labelFilter ?? [])];
-  const pick = (labels: Record<string, string> | null | undefined) =>
-    labels !== null &&
-    labels !== undefined &&
-    (opts.force === true ? opts.runId !== undefined : isStale(labels, host));
+  const pick = (labels: Record<string, string>) =>
+    opts.force === true ? opts.runId !== undefined : isStale(labels, host);
   const result: ReapResult = { runs: [], containers: 0, networks: 0, volumes: 0, errors: [] };
   const runs = new Set<string>();
-  const note = (labels: Record<string, string> | null | undefined) => {
-    const r = labels?.[LABEL_RUN];
+  await removeLabelled(client, label, result, (labels) => {
+    if (!pick(labels)) return false;
+    const r = labels[LABEL_RUN];
     if (r) runs.add(r);
-  };
-  for (const c of await containers(client).list({ all: true, filters: { label } })) {
-    if (!pick(c.Labels)) continue;
-    note(c.Labels);
-    try {
-      if (await retrying(() => containers(client).remove(c.Id, { force: true, volumes: true })))
-        result.containers++;
-    } catch (err) {
-      result.errors.push(`container ${c.Names[0] ?? c.Id}: ${errorMessage(err)}`);
-    }
-  }
-  for (const n of await networks(client).list({ label })) {
-    if (!pick(n.Labels)) continue;
-    note(n.Labels);
-    try {
-      if (await retrying(() => networks(client).remove(n.Id))) result.networks++;
-    } catch (err) {
-      result.errors.push(`network ${n.Name}: ${errorMessage(err)}`);
-    }
-  }
-  for (const v of await volumes(client).list({ label })) {
-    if (!pick(v.Labels)) continue;
-    note(v.Labels);
-    try {
-      if (await retrying(() => volumes(client).remove(v.Name))) result.volumes++;
-    } catch (err) {
-      result.errors.push(`volume ${v.Name}: ${errorMessage(err)}`);
-    }
-  }
+    return true;
+  });
   if (opts.store) {
     for (const r of opts.store.runningRuns()) {
       if (opts.runId !== undefined && r.id !== opts.runId) continue;
@@ -107,6 +79,59 @@ export async function reap(client: DockerClient, opts: ReapOptions = {}): Promis
   for (const r of runs) rmSync(jobTempRoot(r), { recursive: true, force: true });
   result.runs = [...runs].sort();
   return result;
+}
+
+/**
+ * Removes every container, network and volume of a tenant — a kept environment such as
+ * `env/production`, whose objects outlive the runs that deployed them on purpose — whoever made
+ * them. `labelFilter` narrows it further (e.g. a test session).
+ */
+export async function reapTenant(
+  client: DockerClient,
+  tenant: string,
+  labelFilter: readonly string[] = [],
+): Promise<ReapResult> {
+  const result: ReapResult = { runs: [], containers: 0, networks: 0, volumes: 0, errors: [] };
+  await removeLabelled(client, [`${LABEL_TENANT}=${tenant}`, ...labelFilter], result, () => true);
+  return result;
+}
+
+/**
+ * Removes the containers (with their anonymous volumes), then networks, then volumes matching
+ * `label` that `pick` accepts, counting into `result`; a failure is noted and the rest goes on.
+ */
+async function removeLabelled(
+  client: DockerClient,
+  label: string[],
+  result: ReapResult,
+  pick: (labels: Record<string, string>) => boolean,
+): Promise<void> {
+  const picked = (labels: Record<string, string> | null | undefined) => !!labels && pick(labels);
+  for (const c of await containers(client).list({ all: true, filters: { label } })) {
+    if (!picked(c.Labels)) continue;
+    try {
+      if (await retrying(() => containers(client).remove(c.Id, { force: true, volumes: true })))
+        result.containers++;
+    } catch (err) {
+      result.errors.push(`container ${c.Names[0] ?? c.Id}: ${errorMessage(err)}`);
+    }
+  }
+  for (const n of await networks(client).list({ label })) {
+    if (!picked(n.Labels)) continue;
+    try {
+      if (await retrying(() => networks(client).remove(n.Id))) result.networks++;
+    } catch (err) {
+      result.errors.push(`network ${n.Name}: ${errorMessage(err)}`);
+    }
+  }
+  for (const v of await volumes(client).list({ label })) {
+    if (!picked(v.Labels)) continue;
+    try {
+      if (await retrying(() => volumes(client).remove(v.Name))) result.volumes++;
+    } catch (err) {
+      result.errors.push(`volume ${v.Name}: ${errorMessage(err)}`);
+    }
+  }
 }
 
 /**

@@ -3,7 +3,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { berth } from '../support/index.js';
+import { LABEL_TENANT } from '../../src/common/index.js';
+import { containers, networks, volumes } from '../../src/engine/index.js';
+import { berth, engine, uniqueName } from '../support/index.js';
 import {
   LABEL_ARG,
   jobStatus,
@@ -221,4 +223,46 @@ jobs:
     await p.exited;
     await removeRun(runId);
   }
+});
+
+test('a kept environment outlives its run; `berth reap --tenant` removes it, and only it', async () => {
+  const env = `env/${uniqueName('keep')}`;
+  const bystander = `env/${uniqueName('stay')}`;
+  const job = (tenant: string, name: string) => `
+  ${name}:
+    docker: { mode: guard, tenant: ${tenant}, keep: true }
+    steps:
+      - docker run -d --name ${name}-app berth-local/busybox sleep 600 >/dev/null
+      - docker volume create ${name}-data >/dev/null`;
+  using ws = workspace(`
+name: kept
+jobs:${job(env, 'deploy')}${job(bystander, 'other')}
+`);
+  using c = engine();
+  const of = async (tenant: string) => {
+    const label = [`${LABEL_TENANT}=${tenant}`];
+    return [
+      ...(await containers(c).list({ all: true, filters: { label } })).map((x) => `container ${x.Names[0]}`),
+      ...(await networks(c).list({ label })).map((x) => `network ${x.Name}`),
+      ...(await volumes(c).list({ label })).map((x) => `volume ${x.Name}`),
+    ].sort();
+  };
+  try {
+    await runChecked((r) => assert.equal(r.code, 0, r.stdout + r.stderr), ws.file);
+    const kept = await of(env);
+    assert.equal(kept.length, 3, `the app, its network and its volume are kept: ${kept.join(', ')}`);
+    const other = await of(bystander);
+    assert.equal(other.length, 3);
+    const reaped = await berth(['reap', '--tenant', env, ...LABEL_ARG]);
+    assert.equal(reaped.code, 0, reaped.stderr);
+    assert.match(reaped.stdout, /removed tenant .*: 1 container\(s\), 1 network\(s\), 1 volume\(s\)/);
+    assert.deepEqual(await of(env), []);
+    assert.deepEqual(await of(bystander), other, 'another environment is untouched');
+    const usage = await berth(['reap', '--tenant', env, '--run', 'x']);
+    assert.notEqual(usage.code, 0);
+    assert.match(usage.stderr, /takes no --run/);
+  } finally {
+    for (const t of [env, bystander]) await berth(['reap', '--tenant', t, ...LABEL_ARG]);
+  }
+  assert.deepEqual(await of(bystander), []);
 });

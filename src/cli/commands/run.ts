@@ -13,6 +13,7 @@ import {
   openStore,
   parseDuration,
   reap,
+  reapTenant,
   runPipeline,
 } from '../../runner/index.js';
 import type { DockerMode, JobStatus, RunEvent } from '../../runner/index.js';
@@ -243,26 +244,46 @@ export function registerRun(program: Command): void {
 
   program
     .command('reap')
-    .description('remove leftovers (containers, networks, volumes) of runs whose runner died')
+    .description(
+      'remove leftovers (containers, networks, volumes) of runs whose runner died, or a kept environment with --tenant',
+    )
     .option('--run <id>', 'only this run')
     .option('--force', 'with --run: remove even if its runner looks alive')
+    .option(
+      '--tenant <name>',
+      'remove every container, network and volume of this tenant instead (a kept environment such as env/production)',
+    )
     .option('--store <dir>', 'also mark dead runs in this store as abandoned', '.berth')
     .addOption(new Option('--label <K=V>', 'only objects with this label').argParser(collect).hideHelp())
-    .action(async (o: { run?: string; force?: boolean; store: string; label?: string[] }) => {
-      using client = new DockerClient();
-      const storeDir = resolve(o.store);
-      const store = existsSync(join(storeDir, 'berth.db')) ? openStore(storeDir) : undefined;
-      let r;
-      try {
-        r = await reap(client, { runId: o.run, force: o.force, store, labelFilter: o.label });
-      } finally {
-        store?.close();
-      }
-      process.stdout.write(
-        `reaped ${r.runs.length} run(s)${r.runs.length ? ` (${r.runs.join(', ')})` : ''}: ` +
-          `${r.containers} container(s), ${r.networks} network(s), ${r.volumes} volume(s)\n`,
-      );
-      for (const e of r.errors) process.stderr.write(`berth: ${e}\n`);
-      if (r.errors.length) process.exitCode = 1;
-    });
+    .action(
+      async (o: { run?: string; force?: boolean; tenant?: string; store: string; label?: string[] }) => {
+        using client = new DockerClient();
+        if (o.tenant !== undefined && (o.run !== undefined || o.force))
+          throw new BerthError(
+            'BERTH_USAGE',
+            '--tenant removes a whole environment; it takes no --run or --force',
+          );
+        let r;
+        if (o.tenant !== undefined) {
+          r = await reapTenant(client, o.tenant, o.label);
+          process.stdout.write(
+            `removed tenant ${o.tenant}: ${r.containers} container(s), ${r.networks} network(s), ${r.volumes} volume(s)\n`,
+          );
+        } else {
+          const storeDir = resolve(o.store);
+          const store = existsSync(join(storeDir, 'berth.db')) ? openStore(storeDir) : undefined;
+          try {
+            r = await reap(client, { runId: o.run, force: o.force, store, labelFilter: o.label });
+          } finally {
+            store?.close();
+          }
+          process.stdout.write(
+            `reaped ${r.runs.length} run(s)${r.runs.length ? ` (${r.runs.join(', ')})` : ''}: ` +
+              `${r.containers} container(s), ${r.networks} network(s), ${r.volumes} volume(s)\n`,
+          );
+        }
+        for (const e of r.errors) process.stderr.write(`berth: ${e}\n`);
+        if (r.errors.length) process.exitCode = 1;
+      },
+    );
 }
