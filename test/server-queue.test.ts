@@ -8,6 +8,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { LABEL_RUN } from '../src/common/index.js';
+import { encodeFilters, readAll } from '../src/engine/index.js';
 import { startServer } from '../src/server/index.js';
 import type { ServerHandle } from '../src/server/index.js';
 import { engine, sessionLabels, tempDir, uniqueName } from './support/index.js';
@@ -26,12 +27,11 @@ async function containerRunsBetween(mark: string, since: number, until: number):
       query: {
         since: String(since),
         until: String(until),
-        filters: JSON.stringify({ type: ['container'], event: ['create'], label: [`${MARK}=${mark}`] }),
+        filters: encodeFilters({ type: ['container'], event: ['create'], label: [`${MARK}=${mark}`] }),
       },
     });
-    let text = '';
-    for await (const chunk of res) text += String(chunk);
-    return text
+    return (await readAll(res))
+      .toString('utf8')
       .split('\n')
       .filter((l) => l.trim())
       .map(

@@ -14,7 +14,10 @@ import { slope, summarize } from './stats.js';
 import { benchLabels } from './reap.js';
 import type { Contender, Scenario } from './types.js';
 
-const targets = new Map<string, string[]>();
+/** Every attach target of a contender not removed yet (for cleanup after a failed phase). */
+const targets = new Map<string, Set<string>>();
+/** The targets `prepare` started, which a phase begins with. */
+const prepared = new Map<string, string[]>();
 
 /** How long one request of the load may take before it counts as an error. */
 const REQUEST_TIMEOUT_MS = 10_000;
@@ -33,6 +36,8 @@ const ROTATE_MS = 60_000;
 const TARGETS = 5;
 
 async function startTargets(c: Contender): Promise<string[]> {
+  const live = targets.get(c.id) ?? new Set<string>();
+  targets.set(c.id, live);
   const ids: string[] = [];
   for (let i = 0; i < TARGETS; i++) {
     const { Id } = await containers(c.client).create({
@@ -42,16 +47,19 @@ async function startTargets(c: Contender): Promise<string[]> {
       HostConfig: { NetworkMode: 'none' },
     });
     ids.push(Id);
+    live.add(Id);
     await containers(c.client).start(Id);
   }
   return ids;
 }
 
-async function removeTargets(c: Contender, ids: readonly string[]): Promise<void> {
-  for (const id of ids)
+async function removeTargets(c: Contender, ids: Iterable<string>): Promise<void> {
+  for (const id of [...ids]) {
     await containers(c.client)
       .remove(id, { force: true })
       .catch(() => false);
+    targets.get(c.id)?.delete(id);
+  }
 }
 
 export const load: Scenario = {
@@ -68,11 +76,10 @@ export const load: Scenario = {
     rss_slope: { unit: 'MiB/min', better: 'lower' },
   },
   async prepare(c) {
-    targets.set(c.id, await startTargets(c));
+    prepared.set(c.id, await startTargets(c));
   },
   async run(c, o) {
-    let ids = targets.get(c.id) ?? [];
-    const retired: string[][] = [];
+    let ids = prepared.get(c.id) ?? [];
     const removals: Promise<void>[] = [];
     // The full soak runs on berth guard (its memory must stay flat); the others get a shorter
     // reference run under the same load.
@@ -92,21 +99,12 @@ export const load: Scenario = {
     }, 1000);
     const rotation = (async () => {
       for (;;) {
-        const due = Math.min(end, performance.now() + ROTATE_MS);
-        while (performance.now() < due) await sleep(Math.min(250, due - performance.now()));
+        await sleep(Math.max(0, Math.min(end, performance.now() + ROTATE_MS) - performance.now()));
         if (performance.now() >= end) return;
-        const fresh = await startTargets(c);
         const old = ids;
-        ids = fresh;
-        targets.set(c.id, [...fresh, ...retired.flat(), ...old]);
-        retired.push(old);
+        ids = await startTargets(c);
         // A stream or request that picked an old target may still run for up to its timeouts.
-        removals.push(
-          sleep(ATTACH_HOLD_MS + REQUEST_TIMEOUT_MS + 1000).then(async () => {
-            await removeTargets(c, old);
-            retired.splice(retired.indexOf(old), 1);
-          }),
-        );
+        removals.push(sleep(ATTACH_HOLD_MS + REQUEST_TIMEOUT_MS + 1000).then(() => removeTargets(c, old)));
       }
     })();
     const filters = encodeFilters({ label: [`io.berth.bench=${c.id}`] });
@@ -183,8 +181,8 @@ export const load: Scenario = {
       // Removing this contender's targets right after its phase releases the attach connections
       // dockerd still holds before the next contender's phase.
       await Promise.allSettled(removals);
-      await removeTargets(c, [...ids, ...retired.flat()]);
-      targets.delete(c.id);
+      await removeTargets(c, targets.get(c.id) ?? []);
+      prepared.delete(c.id);
     }
     const s = summarize(latencies);
     const warmup = Math.min(1, seconds / 5 / 60);
@@ -202,6 +200,7 @@ export const load: Scenario = {
     };
   },
   async cleanup(c: Contender) {
-    for (const id of targets.get(c.id) ?? []) await containers(c.client).remove(id, { force: true });
+    await removeTargets(c, targets.get(c.id) ?? []);
+    prepared.delete(c.id);
   },
 };

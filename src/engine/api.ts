@@ -115,14 +115,9 @@ export function containers(c: DockerClient) {
         query: { condition },
         signal,
       });
-      const exited = (async () => {
-        const chunks: Buffer[] = [];
-        for await (const ch of res) chunks.push(ch as Buffer);
-        return JSON.parse(Buffer.concat(chunks).toString('utf8')) as {
-          StatusCode: number;
-          Error?: { Message: string } | null;
-        };
-      })();
+      const exited = readAll(res).then(
+        (b) => JSON.parse(b.toString('utf8')) as { StatusCode: number; Error?: { Message: string } | null },
+      );
       exited.catch(() => undefined); // observed by the caller; never an unhandled rejection
       return { exited };
     },

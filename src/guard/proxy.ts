@@ -71,6 +71,18 @@ function send(res: ServerResponse, status: number, body: unknown): void {
   res.end(text);
 }
 
+/** Headers of one connection, not of the answer. */
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'proxy-connection']);
+
+/** An engine answer's headers for the client: the hop-by-hop ones dropped, the framing left to set. */
+function answerHeaders(
+  engine: Readonly<Record<string, string | string[] | undefined>>,
+): http.OutgoingHttpHeaders {
+  const out: http.OutgoingHttpHeaders = {};
+  for (const [k, v] of Object.entries(engine)) if (v !== undefined && !HOP_BY_HOP.has(k)) out[k] = v;
+  return out;
+}
+
 /**
  * Sends JSON bytes as they are (an engine answer the guard checked and did not change), with the
  * engine's own headers (Api-Version, Ostype, Server, …) but this connection's framing.
@@ -81,9 +93,7 @@ function sendJsonBytes(
   bytes: Buffer,
   engineHeaders: Readonly<Record<string, string | string[] | undefined>> = {},
 ): void {
-  const out: http.OutgoingHttpHeaders = {};
-  for (const [k, v] of Object.entries(engineHeaders))
-    if (v !== undefined && !HOP_BY_HOP.has(k) && k !== 'content-length') out[k] = v;
+  const out = answerHeaders(engineHeaders);
   out['content-type'] = 'application/json';
   out['content-length'] = bytes.length;
   res.writeHead(status, out);
@@ -110,9 +120,6 @@ async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
 
 /** Downloads relayed byte for byte (rawstream.ts): large answers the guard never needs to read. */
 const BULK: ReadonlySet<string> = new Set(['container.logs', 'container.export', 'container.archive.get']);
-
-/** Headers of one connection, not of the answer. */
-const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'proxy-connection']);
 
 /** Sized upstream answers up to this many bytes are read whole and sent in one write. */
 const SMALL_ANSWER = 256 * 1024;
@@ -634,14 +641,8 @@ export class GuardProxy {
     }
     const ex = this.cfg.transport.exchange;
     if (opts.small && ex && !opts.capture && (opts.body === undefined || Buffer.isBuffer(opts.body))) {
-      const a = await ex.send({
-        method,
-        path: target,
-        headers: headers,
-        body: opts.body,
-      });
-      const out: http.OutgoingHttpHeaders = {};
-      for (const [k, v] of Object.entries(a.headers)) if (!HOP_BY_HOP.has(k)) out[k] = v;
+      const a = await ex.send({ method, path: target, headers, body: opts.body });
+      const out = answerHeaders(a.headers);
       // A HEAD answer keeps the engine's length; a de-chunked body gets its own.
       if (method !== 'HEAD') out['content-length'] = a.body.length;
       res.writeHead(a.status, out);
@@ -651,11 +652,7 @@ export class GuardProxy {
     if (opts.body && !Buffer.isBuffer(opts.body) && req.headers['content-length'])
       headers['content-length'] = req.headers['content-length'];
     const up = await this.upstream(method, target, { body: opts.body, headers });
-    const outHeaders: http.OutgoingHttpHeaders = {};
-    for (const [k, v] of Object.entries(up.headers)) {
-      if (v !== undefined && !['connection', 'keep-alive', 'transfer-encoding'].includes(k))
-        outHeaders[k] = v;
-    }
+    const outHeaders = answerHeaders(up.headers);
     if (
       opts.capture &&
       (up.headers['content-type'] ?? '').includes('json') &&
@@ -675,7 +672,6 @@ export class GuardProxy {
         return { status: 409, json };
       }
       outHeaders['content-length'] = buf.length;
-      delete outHeaders['transfer-encoding'];
       res.writeHead(up.status, outHeaders);
       res.end(buf);
       return { status: up.status, json };

@@ -16,7 +16,7 @@ import {
   reapTenant,
   runPipeline,
 } from '../../runner/index.js';
-import type { DockerMode, JobStatus, RunEvent } from '../../runner/index.js';
+import type { DockerMode, JobStatus, ReapResult, RunEvent } from '../../runner/index.js';
 import { paint, table, useColor } from '../output.js';
 import type { Color } from '../output.js';
 
@@ -263,12 +263,12 @@ export function registerRun(program: Command): void {
             'BERTH_USAGE',
             '--tenant removes a whole environment; it takes no --run or --force',
           );
+        const counts = (x: ReapResult) =>
+          `${x.containers} container(s), ${x.networks} network(s), ${x.volumes} volume(s)`;
         let r;
         if (o.tenant !== undefined) {
           r = await reapTenant(client, o.tenant, o.label);
-          process.stdout.write(
-            `removed tenant ${o.tenant}: ${r.containers} container(s), ${r.networks} network(s), ${r.volumes} volume(s)\n`,
-          );
+          process.stdout.write(`removed tenant ${o.tenant}: ${counts(r)}\n`);
         } else {
           const storeDir = resolve(o.store);
           const store = existsSync(join(storeDir, 'berth.db')) ? openStore(storeDir) : undefined;
@@ -278,8 +278,7 @@ export function registerRun(program: Command): void {
             store?.close();
           }
           process.stdout.write(
-            `reaped ${r.runs.length} run(s)${r.runs.length ? ` (${r.runs.join(', ')})` : ''}: ` +
-              `${r.containers} container(s), ${r.networks} network(s), ${r.volumes} volume(s)\n`,
+            `reaped ${r.runs.length} run(s)${r.runs.length ? ` (${r.runs.join(', ')})` : ''}: ${counts(r)}\n`,
           );
         }
         for (const e of r.errors) process.stderr.write(`berth: ${e}\n`);
