@@ -1,7 +1,6 @@
 import type { Command } from 'commander';
 import { resolve } from 'node:path';
 import { BerthError } from '../../common/index.js';
-import { runBench, writeReport } from '../../bench/index.js';
 import type { ContenderId } from '../../bench/index.js';
 
 const CONTENDERS: readonly ContenderId[] = ['raw', 'haproxy', 'guard', 'dind-plain', 'dind-berth'];
@@ -45,6 +44,8 @@ export function registerBench(program: Command): void {
             });
           return c as ContenderId;
         });
+        // Loaded on use, like the server: `berth guard` and `berth run` need none of it.
+        const { runBench, writeReport } = await import('../../bench/index.js');
         const report = await runBench({
           quick,
           reps: quick ? 1 : intOption('reps', opts.reps),
