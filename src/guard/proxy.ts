@@ -16,7 +16,15 @@ import { JsonLines } from '../engine/index.js';
 import type { AuditRecord, PathMap, Policy, RuleName } from './contracts.js';
 import { BodyError, SCHEMAS, canonicalize } from './canonical.js';
 import type { SchemaRoute } from './canonical.js';
-import { TenantState, imageLabelsFor, isImageId, normalizeTag, tenantSlug } from './ownership.js';
+import {
+  TenantState,
+  imageLabelsFor,
+  leadingContainerId,
+  listedContainerIds,
+  isImageId,
+  normalizeTag,
+  tenantSlug,
+} from './ownership.js';
 import {
   Refusal,
   checkBuild,
@@ -58,6 +66,17 @@ class NotFound extends Refusal {
   }
   override decision() {
     return { allow: false as const, status: 404 as const, rule: this.rule, message: this.why };
+  }
+}
+
+/** An engine answer's JSON; a body that is not JSON becomes `{ message }` (as the engine's plain-text errors). */
+function parseAnswer(raw: Buffer): unknown {
+  const text = raw.toString('utf8');
+  if (text === '') return undefined;
+  try {
+    return JSON.parse(text);
+  } catch {
+    return { message: text };
   }
 }
 
@@ -172,6 +191,33 @@ export class GuardProxy {
     });
   }
 
+  /** A small answer, whole: status, bytes and headers (through the lean exchange where there is one). */
+  async upstreamBytes(
+    method: string,
+    path: string,
+    body?: unknown,
+  ): Promise<{
+    status: number;
+    raw: Buffer;
+    headers: Readonly<Record<string, string | string[] | undefined>>;
+  }> {
+    const buf = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+    const headers: Record<string, string> = buf ? { 'content-type': 'application/json' } : {};
+    const ex = this.cfg.transport.exchange;
+    if (ex) {
+      const a = await ex.send({ method, path, headers, body: buf });
+      return { status: a.status, raw: a.body, headers: a.headers };
+    }
+    const r = await this.upstream(method, path, { body: buf, headers });
+    const chunks: Buffer[] = [];
+    for await (const c of r.body) chunks.push(c as Buffer);
+    return {
+      status: r.status,
+      raw: chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks),
+      headers: r.headers,
+    };
+  }
+
   // eslint-disable-next-line @typescript-eslint/no-unnecessary-type-parameters -- the caller names the JSON shape it expects
   async upstreamJson<T = unknown>(
     method: string,
@@ -183,30 +229,8 @@ export class GuardProxy {
     raw: Buffer;
     headers: Readonly<Record<string, string | string[] | undefined>>;
   }> {
-    const buf = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-    const headers: Record<string, string> = buf ? { 'content-type': 'application/json' } : {};
-    let status: number;
-    let raw: Buffer;
-    let answerHeaders: Record<string, string | string[] | undefined>;
-    const ex = this.cfg.transport.exchange;
-    if (ex) {
-      ({ status, body: raw, headers: answerHeaders } = await ex.send({ method, path, headers, body: buf }));
-    } else {
-      const r = await this.upstream(method, path, { body: buf, headers });
-      const chunks: Buffer[] = [];
-      for await (const c of r.body) chunks.push(c as Buffer);
-      status = r.status;
-      answerHeaders = r.headers;
-      raw = chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks);
-    }
-    const text = raw.toString('utf8');
-    let json: unknown = undefined;
-    try {
-      json = text === '' ? undefined : JSON.parse(text);
-    } catch {
-      json = { message: text };
-    }
-    return { status, json: json as T, raw, headers: answerHeaders };
+    const a = await this.upstreamBytes(method, path, body);
+    return { ...a, json: parseAnswer(a.raw) as T };
   }
 
   // ---------------------------------------------------------------- ownership lookups
@@ -583,13 +607,15 @@ export class GuardProxy {
       case 'container.inspect': {
         // One upstream call: the inspect answer itself says who owns the container.
         const ref = (m.params.id ?? '').replace(/^\//, '');
-        const { status, json, raw, headers } = await this.upstreamJson<ContainerJson>(
-          'GET',
-          `${path({ id: ref })}${q(query)}`,
-        );
-        if (status !== 200 || !(await this.ownsContainer(json.Id, json.Config?.Labels, json.Image)))
+        const a = await this.upstreamBytes('GET', `${path({ id: ref })}${q(query)}`);
+        // A container this guard created is the tenant's for good (its labels cannot change): when
+        // the answer opens with such an ID, its bytes go back without being parsed.
+        if (a.status === 200 && this.state.containers.has(leadingContainerId(a.raw) ?? ''))
+          return sendJsonBytes(res, 200, a.raw, a.headers);
+        const json = parseAnswer(a.raw) as ContainerJson;
+        if (a.status !== 200 || !(await this.ownsContainer(json.Id, json.Config?.Labels, json.Image)))
           throw new NotFound(`No such container: ${ref}`);
-        return sendJsonBytes(res, 200, raw, headers);
+        return sendJsonBytes(res, 200, a.raw, a.headers);
       }
       default: {
         // Every other route is a container operation on {id}: resolve, check, forward with the full ID.
@@ -806,7 +832,13 @@ export class GuardProxy {
     query: URLSearchParams,
   ): Promise<void> {
     const qs = withTenantFilter(query, this.cfg.tenant);
-    const { status, json, raw, headers } = await this.upstreamJson('GET', `${target}?${qs.toString()}`);
+    const { status, raw, headers } = await this.upstreamBytes('GET', `${target}?${qs.toString()}`);
+    // Every entry a container this guard created (the usual case): the bytes go back unparsed.
+    if (status === 200 && id === 'container.list') {
+      const ids = listedContainerIds(raw);
+      if (ids?.every((c) => this.state.containers.has(c))) return sendJsonBytes(res, 200, raw, headers);
+    }
+    const json = parseAnswer(raw);
     if (status !== 200) return send(res, status, json);
     // The engine's own bytes go back when the check removed nothing (the usual case: the label
     // filter already did the work); otherwise the filtered list, re-encoded.

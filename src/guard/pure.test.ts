@@ -6,7 +6,14 @@ import { buildPath, matchRoute, normalizePath } from './routes.js';
 import { Refusal, checkBuild, checkContainerCreate, defaultPolicy, translateJobPath } from './policy.js';
 import type { Resolver } from './policy.js';
 import { policyFor } from './policy-file.js';
-import { TenantState, imageLabelsFor, normalizeTag, tenantSlug } from './ownership.js';
+import {
+  TenantState,
+  imageLabelsFor,
+  leadingContainerId,
+  listedContainerIds,
+  normalizeTag,
+  tenantSlug,
+} from './ownership.js';
 import { labelMatches, parseFilters, untilSeconds } from './proxy.js';
 import { LABEL_TENANT } from '../common/index.js';
 
@@ -200,4 +207,80 @@ test('prune filters read as Docker does: lists or maps, label / label! / until',
   assert.equal(untilSeconds('1.5h', now), now / 1000 - 5400);
   assert.equal(untilSeconds('2026-01-01T00:00:00Z'), now / 1000);
   assert.throws(() => untilSeconds('soon'), BodyError);
+});
+
+test('an inspect answer’s ID is read only from its opening bytes', () => {
+  const id = 'a'.repeat(32) + '0123456789abcdef'.repeat(2);
+  assert.equal(leadingContainerId(Buffer.from(`{"Id":"${id}","Created":"2026-11-23"}`)), id);
+  assert.equal(leadingContainerId(Buffer.from(`{"Id":"${id}"}`)), id);
+  // Anything else in front, or an ID that is not 64 lower-case hex digits, names nothing.
+  for (const text of [
+    ` {"Id":"${id}","Created":""}`,
+    `{"Name":"/x","Id":"${id}"}`,
+    `{"Name":"{\\"Id\\":\\"${id}\\","}`,
+    `{"Id":"${id.toUpperCase()}","Created":""}`,
+    `{"Id":"${id.slice(1)}","Created":""}`,
+    `{"Id":"${id}0","Created":""}`,
+    `{"id":"${id}","Created":""}`,
+    '',
+  ])
+    assert.equal(leadingContainerId(Buffer.from(text)), undefined, text);
+});
+
+test('a container list answer’s entry IDs are read by following its structure, not by searching it', () => {
+  const hex = (n: number) => n.toString(16).padStart(64, '0');
+  const entry = (n: number, extra: Record<string, unknown> = {}) => ({
+    Id: hex(n),
+    Names: [`/c${n}`],
+    Labels: {},
+    ...extra,
+  });
+  const text = (v: unknown) => Buffer.from(`${JSON.stringify(v)}\n`);
+  assert.deepEqual(listedContainerIds(text([entry(1), entry(2)])), [hex(1), hex(2)]);
+  assert.deepEqual(listedContainerIds(text([])), []);
+  // IDs planted in labels, names and commands (quotes, backslashes and braces escaped by the
+  // engine's encoder) are not entries.
+  const planted = `"},{"Id":"${hex(9)}","x":"\\`;
+  const tricky = entry(3, {
+    Names: [planted],
+    Labels: { Id: hex(7), [`{"Id":"${hex(8)}"`]: planted },
+    Command: `\\\\"{"Id":"${hex(6)}"`,
+    Mounts: [{ Id: hex(5) }],
+  });
+  assert.deepEqual(listedContainerIds(text([tricky, entry(4)])), [hex(3), hex(4)]);
+  // Anything but the engine's shape names nothing, and the caller parses in full.
+  for (const bad of [
+    Buffer.from(`[{"Names":[],"Id":"${hex(1)}"}]`),
+    Buffer.from(`[{"Id":"${hex(0xabc).toUpperCase()}"}]`),
+    Buffer.from(`[{"Id":"${hex(1)}"},["x"]]`),
+    Buffer.from(`[{"Id":"${hex(1)}"}`),
+    Buffer.from(`[{"Id":"${hex(1)}"}] x`),
+    Buffer.from(`[{"Id":"${hex(1)}","a":"unterminated}]`),
+    Buffer.from(`{"message":"x"}`),
+    Buffer.from(''),
+  ])
+    assert.equal(listedContainerIds(bad), undefined, bad.toString());
+});
+
+test('the list scan agrees with JSON.parse on generated answers full of JSON-looking strings', () => {
+  let seed = 42;
+  const rnd = (n: number) => {
+    seed = (seed * 1103515245 + 12345) % 2 ** 31;
+    return seed % n;
+  };
+  const alphabet = ['"', '\\', '{', '}', '[', ']', ',', ':', 'Id', 'a', 'é', '\u2028', '\n', '\\"', ' '];
+  const str = () => Array.from({ length: rnd(12) }, () => alphabet[rnd(alphabet.length)]).join('');
+  const hex = () => Array.from({ length: 64 }, () => '0123456789abcdef'[rnd(16)]).join('');
+  for (let round = 0; round < 300; round++) {
+    const list = Array.from({ length: rnd(6) }, () => ({
+      Id: hex(),
+      Names: [str(), str()],
+      Labels: Object.fromEntries(Array.from({ length: rnd(4) }, () => [str(), str()])),
+      Command: str(),
+      Ports: rnd(2) ? [] : [{ PrivatePort: rnd(9000), Type: 'tcp' }],
+    }));
+    const raw = Buffer.from(JSON.stringify(list));
+    const parsed = (JSON.parse(raw.toString()) as { Id: string }[]).map((e) => e.Id);
+    assert.deepEqual(listedContainerIds(raw), parsed, raw.toString());
+  }
 });
