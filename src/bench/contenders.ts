@@ -129,11 +129,22 @@ export function rssOf(pid: number): number | undefined {
   }
 }
 
-/** The berth CLI as this process runs it (built JS, or TypeScript through the same loader). */
+/**
+ * The built berth CLI, run as users run it: plain node on dist/, whatever runs the bench. A
+ * TypeScript loader in the guard's process would change what is measured: it grows the heap, and
+ * at that size V8 collects the relay's upload buffers with full mark-compacts (see
+ * cli/commands/serve.ts). `npm run bench` builds first.
+ */
 export function berthCommand(): string[] {
-  const ext = import.meta.url.endsWith('.ts') ? 'ts' : 'js';
-  const main = fileURLToPath(new URL(`../cli/main.${ext}`, import.meta.url));
-  return [process.execPath, ...process.execArgv, main];
+  const fromSource = import.meta.url.endsWith('.ts');
+  const main = fileURLToPath(
+    new URL(fromSource ? '../../dist/cli/main.js' : '../cli/main.js', import.meta.url),
+  );
+  if (!existsSync(main))
+    throw new BerthError('BERTH_USAGE', `the bench runs the built CLI, and ${main} does not exist`, {
+      hint: 'run npm run build (npm run bench does)',
+    });
+  return [process.execPath, main];
 }
 
 /** berth guard as a separate process (so its memory can be read), one tenant, on a unix socket. */
