@@ -22,6 +22,7 @@ const report: BenchReport = {
     { id: 'guard', title: 'berth guard' },
   ],
   skipped: [{ id: 'dind-plain', reason: 'no image' }],
+  retried: [{ id: 'save/haproxy#2', reason: 'stalled: no bytes for 30 s after 5 bytes' }],
   notes: ['a note'],
   measurements: [
     {
@@ -71,6 +72,10 @@ test('the Markdown names the machine, the skipped contenders, and shows ratio an
   const md = toMarkdown(report, { api: 'API round trip', save: 'docker save' });
   assert.match(md, /2 cores · 23\.5 GiB · engine 20\.10\.24 \(API 1\.41, overlay2\)/);
   assert.match(md, /Not measured: dind-plain \(no image\)/);
+  assert.match(
+    md,
+    /Failed once, then run again: save\/haproxy#2 \(stalled: no bytes for 30 s after 5 bytes\)/,
+  );
   assert.match(md, /\| ping_p50 \(ms\) \| 0\.25 ±0\.025 \| 0\.35 ±0\.025 \(1\.4×, \+0\.1 ms\) \|/);
   assert.match(md, /\| throughput \(MiB\/s\) \| 200 ±10 \| 190 \(0\.95×\) \|/);
   assert.match(md, /- a note/);

@@ -19,6 +19,8 @@ export interface BenchReport {
   reps: number;
   contenders: { id: ContenderId; title: string; note?: string }[];
   skipped: { id: string; reason: string }[];
+  /** Repetitions that failed once and were run again (their second result is the one kept). */
+  retried?: { id: string; reason: string }[];
   measurements: Measurement[];
   notes: string[];
 }
@@ -73,6 +75,12 @@ export function toMarkdown(report: BenchReport, titles: Record<string, string>):
   if (report.skipped.length) {
     out.push('');
     out.push('Not measured: ' + report.skipped.map((s) => `${s.id} (${s.reason})`).join('; ') + '.');
+  }
+  if (report.retried?.length) {
+    out.push('');
+    out.push(
+      'Failed once, then run again: ' + report.retried.map((s) => `${s.id} (${s.reason})`).join('; ') + '.',
+    );
   }
   out.push('');
   out.push(

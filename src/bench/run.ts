@@ -93,6 +93,7 @@ export async function runBench(
   process.on('SIGINT', onInterrupt);
   process.on('SIGTERM', onInterrupt);
   const skipped: { id: string; reason: string }[] = [];
+  const retried: { id: string; reason: string }[] = [];
   const measurements: Measurement[] = [];
   let done: { id: ContenderId; title: string }[] = [];
   try {
@@ -123,15 +124,21 @@ export async function runBench(
         // Rotate the order each repetition so no contender always runs first (warm caches, drift).
         const order = ready.map((_, i) => ready[(i + rep) % ready.length] as Contender);
         for (const c of order) {
-          try {
-            const values = await sc.run(c, o);
-            for (const [metric, v] of Object.entries(values)) {
-              const k = `${c.id}\u0000${metric}`;
-              samples.set(k, [...(samples.get(k) ?? []), v]);
+          // A failed repetition is run once more; the report lists both failures if that fails too.
+          for (let attempt = 1; attempt <= 2; attempt++) {
+            try {
+              const values = await sc.run(c, o);
+              for (const [metric, v] of Object.entries(values)) {
+                const k = `${c.id}\u0000${metric}`;
+                samples.set(k, [...(samples.get(k) ?? []), v]);
+              }
+              break;
+            } catch (err) {
+              const id = `${sc.id}/${c.id}#${rep + 1}`;
+              const again = attempt === 1 ? ', running it again' : '';
+              o.log(`  ${c.id}: repetition ${rep + 1} failed: ${errorMessage(err)}${again}`);
+              (attempt === 1 ? retried : skipped).push({ id, reason: errorMessage(err) });
             }
-          } catch (err) {
-            o.log(`  ${c.id}: repetition ${rep + 1} failed: ${errorMessage(err)}`);
-            skipped.push({ id: `${sc.id}/${c.id}#${rep + 1}`, reason: errorMessage(err) });
           }
         }
       }
@@ -177,6 +184,7 @@ export async function runBench(
     reps: o.reps,
     contenders: done,
     skipped,
+    retried,
     measurements,
     notes: extra.notes ?? [],
   };

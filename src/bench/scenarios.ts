@@ -27,18 +27,36 @@ async function timed(fn: () => Promise<unknown>): Promise<number> {
   return performance.now() - t0;
 }
 
-/** Counts bytes of a stream, draining it with backpressure. */
-async function drain(stream: NodeJS.ReadableStream): Promise<number> {
+/** How long a stream may go without a byte before its repetition counts as failed. */
+const STALL_MS = 30_000;
+
+/**
+ * Counts bytes of a stream, draining it with backpressure. A stream that stops flowing fails
+ * (HAProxy once held 200 KiB of a `docker save` unread for 20 minutes): a stalled contender is a
+ * result to report, not a reason for the bench to wait forever.
+ */
+export async function drain(stream: NodeJS.ReadableStream, stallMs = STALL_MS): Promise<number> {
   let n = 0;
-  await pipeline(
-    stream,
-    new Writable({
-      write(chunk: Buffer, _e, cb) {
-        n += chunk.length;
-        cb();
-      },
-    }),
-  );
+  let timer: NodeJS.Timeout | undefined;
+  const sink = new Writable({
+    write(chunk: Buffer, _e, cb) {
+      n += chunk.length;
+      arm();
+      cb();
+    },
+  });
+  function arm(): void {
+    clearTimeout(timer);
+    timer = setTimeout(() => {
+      sink.destroy(new Error(`stalled: no bytes for ${stallMs / 1000} s after ${n} bytes`));
+    }, stallMs);
+  }
+  arm();
+  try {
+    await pipeline(stream, sink);
+  } finally {
+    clearTimeout(timer);
+  }
   return n;
 }
 
