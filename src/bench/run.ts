@@ -78,12 +78,12 @@ export async function runBench(
   };
   // Ctrl-C or a TERM mid-run: stop the contenders, remove what this bench made, exit 130/143.
   // A second signal exits at once (the next bench reaps what is left, by owner pid).
-  let interrupted = false;
+  let shutdown: Promise<void> | undefined;
+  const stopping = (): boolean => shutdown !== undefined;
   const onInterrupt = (sig: NodeJS.Signals): void => {
-    if (interrupted) process.exit(sig === 'SIGINT' ? 130 : 143);
-    interrupted = true;
+    if (shutdown) process.exit(sig === 'SIGINT' ? 130 : 143);
     o.log(`${sig}: stopping the contenders and removing this bench's objects`);
-    void (async () => {
+    shutdown = (async () => {
       await stopAll();
       const r = await reapBench(probe, { includeOwn: true }).catch(() => undefined);
       if (r) o.log(`removed ${r.containers} containers, ${r.networks} networks, ${r.volumes} volumes`);
@@ -107,6 +107,7 @@ export async function runBench(
       }
     }
     for (const sc of scenarios) {
+      if (stopping()) break;
       const targets = started.filter((c) => sc.applies?.(c) ?? true);
       o.log(`scenario ${sc.id}: ${sc.title} (${targets.map((c) => c.id).join(', ')})`);
       const ready: Contender[] = [];
@@ -125,7 +126,8 @@ export async function runBench(
         const order = ready.map((_, i) => ready[(i + rep) % ready.length] as Contender);
         for (const c of order) {
           // A failed repetition is run once more; the report lists both failures if that fails too.
-          for (let attempt = 1; attempt <= 2; attempt++) {
+          // Interrupted: the cleanup is under way and the contenders are going; measure nothing more.
+          for (let attempt = 1; attempt <= 2 && !stopping(); attempt++) {
             try {
               const values = await sc.run(c, o);
               for (const [metric, v] of Object.entries(values)) {
@@ -156,13 +158,14 @@ export async function runBench(
             });
         }
         try {
-          await sc.cleanup?.(c, o);
+          // Interrupted: the handler's reap removes what the scenario made.
+          if (!stopping()) await sc.cleanup?.(c, o);
         } catch (err) {
           o.log(`  ${c.id}: cleanup failed: ${errorMessage(err)}`);
         }
       }
     }
-    if (extra.measure) {
+    if (extra.measure && !stopping()) {
       try {
         measurements.push(...(await extra.measure(o)));
       } catch (err) {
@@ -170,6 +173,8 @@ export async function runBench(
       }
     }
   } finally {
+    // Interrupted: the signal handler stops everything, reaps and exits; no partial report is written.
+    if (shutdown) await shutdown;
     const contenders = started.map((c) => ({ id: c.id, title: c.title }));
     await stopAll();
     process.off('SIGINT', onInterrupt);
