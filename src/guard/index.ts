@@ -1,6 +1,8 @@
 /** Public API of the guard subsystem: a Docker API socket that is safe to hand to a CI job. */
 export { TENANT_NAME, createGuard } from './guard.js';
 export type { GuardHandle, GuardOptions } from './guard.js';
+export { startGuardThread } from './thread.js';
+export type { GuardThreadOptions } from './thread.js';
 export { RULES, policyFor } from './policy-file.js';
 export { DEFAULT_SAFE_SYSCTLS, defaultPolicy, translateJobPath } from './policy.js';
 export { normalizeTag, tenantSlug } from './ownership.js';

@@ -8,7 +8,7 @@ import { BerthError, LOCAL_IMAGE_PREFIX } from '../common/index.js';
 import { DockerClient, images, readAll } from '../engine/index.js';
 import { join } from 'node:path';
 import { SOCKET_DIR_IN_CONTAINER, startDind } from '../dind/index.js';
-import { createGuard } from '../guard/index.js';
+import { startGuardThread } from '../guard/index.js';
 import { registerDockerAccess, registryEnv } from './access.js';
 
 /** Where the job's private host folder (with the guard socket) is mounted in the job container. */
@@ -18,7 +18,9 @@ registerDockerAccess('guard', async (ctx) => {
   const persistent = ctx.spec.tenant !== undefined;
   const tenant = ctx.spec.tenant ?? `run/${ctx.runId}/${ctx.job}`;
   chmodSync(ctx.jobDir, 0o755);
-  const guard = await createGuard({
+  // In a worker thread of its own: its heap stays small whatever the host process holds (the
+  // server's would slow uploads through it; see docs/guard.md, "Performance notes").
+  const guard = await startGuardThread({
     tenant,
     listen: join(ctx.jobDir, 'docker.sock'),
     upstream: ctx.client.dockerHost,

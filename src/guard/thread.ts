@@ -1,0 +1,103 @@
+/**
+ * A guard in a worker thread of its own. The worker has its own V8 isolate, so its heap holds only
+ * the guard: a host process with a heap of about 10 MB (the server) would otherwise make V8 run a
+ * full mark-compact on almost every scavenge while a build context streams through (see
+ * docs/guard.md, "Performance notes"). The worker ends with its host process, as an in-process
+ * guard would; the reaper handles what a killed process leaves.
+ */
+import { Worker } from 'node:worker_threads';
+import { BerthError, errorMessage } from '../common/index.js';
+import type { ErrorCode } from '../common/index.js';
+import type { GuardHandle, GuardOptions } from './guard.js';
+
+/** What a thread guard accepts: the guard's options that can cross to another thread. */
+export type GuardThreadOptions = Omit<GuardOptions, 'audit'> & { audit?: string };
+
+/** Messages between the host and the guard's worker. */
+export type ToGuardThread = { kind: 'close'; cleanup?: boolean };
+export type FromGuardThread =
+  | { kind: 'ready'; address: string }
+  | { kind: 'closed' }
+  | { kind: 'failed'; code?: ErrorCode; message: string; hint?: string };
+
+/** An error from the worker, as the host raises it (a BerthError keeps its code and hint). */
+export function errorFromThread(m: Extract<FromGuardThread, { kind: 'failed' }>): Error {
+  return m.code ? new BerthError(m.code, m.message, { hint: m.hint }) : new Error(m.message);
+}
+
+/** Starts a guard in a worker thread; resolves once its socket is listening. */
+export function startGuardThread(o: GuardThreadOptions): Promise<GuardHandle> {
+  const ext = import.meta.url.endsWith('.ts') ? 'ts' : 'js';
+  const entry = new URL(`./thread-main.${ext}`, import.meta.url);
+  // Run from TypeScript sources (tests, `npm run berth`), the worker registers the loader first.
+  const worker =
+    ext === 'ts'
+      ? new Worker(
+          `import(${JSON.stringify(import.meta.resolve('tsx/esm/api'))})` +
+            `.then((tsx) => { tsx.register(); return import(${JSON.stringify(entry.href)}); })`,
+          { eval: true, workerData: o },
+        )
+      : new Worker(entry, { workerData: o });
+  let exited = false;
+  const exit = new Promise<number>((resolve) =>
+    worker.once('exit', (code) => {
+      exited = true;
+      resolve(code);
+    }),
+  );
+  const next = (): Promise<FromGuardThread> =>
+    new Promise((resolve, reject) => {
+      const onMessage = (m: FromGuardThread) => {
+        off();
+        resolve(m);
+      };
+      const onError = (err: Error) => {
+        off();
+        reject(err);
+      };
+      const onExit = (code: number) => {
+        off();
+        reject(new BerthError('BERTH_INTERNAL', `the guard's thread ended (exit code ${code})`));
+      };
+      const off = () => {
+        worker.off('message', onMessage);
+        worker.off('error', onError);
+        worker.off('exit', onExit);
+      };
+      worker.on('message', onMessage);
+      worker.on('error', onError);
+      worker.on('exit', onExit);
+    });
+  return next().then(
+    (first) => {
+      if (first.kind !== 'ready') {
+        void worker.terminate();
+        throw first.kind === 'failed'
+          ? errorFromThread(first)
+          : new BerthError('BERTH_INTERNAL', `the guard's thread sent ${first.kind} before ready`);
+      }
+      let closing: Promise<void> | undefined;
+      const close = (opts: { cleanup?: boolean } = {}): Promise<void> => {
+        closing ??= (async () => {
+          if (exited) return;
+          const answer = next();
+          worker.postMessage({ kind: 'close', cleanup: opts.cleanup } satisfies ToGuardThread);
+          const m = await answer.catch((err: unknown) => ({
+            kind: 'failed' as const,
+            message: errorMessage(err),
+          }));
+          // The guard is closed (or failed to): end the thread whatever handles it still holds.
+          await worker.terminate();
+          await exit;
+          if (m.kind === 'failed') throw errorFromThread(m);
+        })();
+        return closing;
+      };
+      return { address: first.address, tenant: o.tenant, close, [Symbol.asyncDispose]: () => close() };
+    },
+    async (err: unknown) => {
+      await worker.terminate();
+      throw err;
+    },
+  );
+}
