@@ -1078,12 +1078,16 @@ export class GuardProxy {
     if (tag) await this.confirmTag(tag).catch(() => undefined);
   }
 
+  /** The image a reference names; undefined only when the engine says there is none (404). */
   private async imageIdOf(ref: string): Promise<string | undefined> {
-    const { status, json } = await this.upstreamJson<{ Id?: string }>(
+    const { status, json } = await this.upstreamJson<{ Id?: string; message?: string }>(
       'GET',
       `/images/${encodeURIComponent(ref)}/json`,
     );
-    return status === 200 ? json.Id : undefined;
+    if (status === 404) return undefined;
+    if (status !== 200 || !json.Id)
+      throw new Error(`inspecting image ${ref}: ${json.message ?? `status ${status}`}`);
+    return json.Id;
   }
 
   private async pullExisting(
@@ -1100,8 +1104,9 @@ export class GuardProxy {
     res.writeHead(up.status, { 'Content-Type': up.headers['content-type'] ?? 'application/json' });
     res.flushHeaders();
     await relay(up.body, res, { end: false });
-    const now = await this.imageIdOf(tag);
-    if (now !== undefined && now !== was) {
+    // Fail closed: a tag the check cannot read is put back as well.
+    const now = await this.imageIdOf(tag).catch(() => null);
+    if (now !== was) {
       const [repo, t] = splitTag(tag);
       await this.upstreamJson(
         'POST',

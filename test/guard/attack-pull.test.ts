@@ -102,7 +102,7 @@ describe('attack: pulling over a tag the host owns', () => {
     assert.equal((await images(c).inspect(ref)).Id, hostId);
 
     const r = await docker(guard.address, ['pull', ref]);
-    assert.notEqual(r.code, 0, 'the pull reports the refusal');
+    assert.notEqual(r.code, 0, `the pull reports the refusal; it printed: ${r.stdout}${r.stderr}`);
     assert.match(r.stderr, /berth: image-tag: the pull would move/);
     assert.equal((await images(c).inspect(ref)).Id, hostId, 'the host’s tag points where it did');
     const gone = await docker(guard.address, ['rmi', ref]);
