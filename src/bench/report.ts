@@ -25,6 +25,11 @@ export interface BenchReport {
   notes: string[];
 }
 
+/** What could not be measured (or had to be measured again), one `id (reason)` each. */
+export function listProblems(items: readonly { id: string; reason: string }[]): string {
+  return items.map((s) => `${s.id} (${s.reason})`).join('; ');
+}
+
 export interface Row {
   scenario: string;
   metric: string;
@@ -74,13 +79,11 @@ export function toMarkdown(report: BenchReport, titles: Record<string, string>):
   );
   if (report.skipped.length) {
     out.push('');
-    out.push('Not measured: ' + report.skipped.map((s) => `${s.id} (${s.reason})`).join('; ') + '.');
+    out.push(`Not measured: ${listProblems(report.skipped)}.`);
   }
   if (report.retried?.length) {
     out.push('');
-    out.push(
-      'Failed once, then run again: ' + report.retried.map((s) => `${s.id} (${s.reason})`).join('; ') + '.',
-    );
+    out.push(`Failed once, then run again: ${listProblems(report.retried)}.`);
   }
   out.push('');
   out.push(

@@ -12,7 +12,7 @@ import { existsSync, realpathSync } from 'node:fs';
 import { dirname, basename, join } from 'node:path';
 import { LABEL_ROLE, LABEL_TENANT, errorMessage } from '../common/index.js';
 import type { Transport } from '../engine/index.js';
-import { JsonLines } from '../engine/index.js';
+import { JsonLines, readAll } from '../engine/index.js';
 import type { AuditRecord, PathMap, Policy, RuleName } from './contracts.js';
 import { BodyError, SCHEMAS, canonicalize } from './canonical.js';
 import type { SchemaRoute } from './canonical.js';
@@ -143,17 +143,6 @@ const BULK: ReadonlySet<string> = new Set(['container.logs', 'container.export',
 /** Sized upstream answers up to this many bytes are read whole and sent in one write. */
 const SMALL_ANSWER = 256 * 1024;
 
-/** Reads a sized body whole (at most `length` bytes are expected). */
-async function readAll(body: IncomingMessage, length: number): Promise<Buffer> {
-  if (length === 0) {
-    body.resume();
-    return Buffer.alloc(0);
-  }
-  const chunks: Buffer[] = [];
-  for await (const c of body) chunks.push(c as Buffer);
-  return chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks);
-}
-
 export class GuardProxy {
   readonly state: TenantState;
   private networkId: Promise<string> | undefined;
@@ -195,27 +184,20 @@ export class GuardProxy {
   async upstreamBytes(
     method: string,
     path: string,
-    body?: unknown,
+    opts: { body?: Buffer; headers?: http.OutgoingHttpHeaders } = {},
   ): Promise<{
     status: number;
     raw: Buffer;
     headers: Readonly<Record<string, string | string[] | undefined>>;
   }> {
-    const buf = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-    const headers: Record<string, string> = buf ? { 'content-type': 'application/json' } : {};
+    const { body, headers = {} } = opts;
     const ex = this.cfg.transport.exchange;
     if (ex) {
-      const a = await ex.send({ method, path, headers, body: buf });
+      const a = await ex.send({ method, path, headers, body });
       return { status: a.status, raw: a.body, headers: a.headers };
     }
-    const r = await this.upstream(method, path, { body: buf, headers });
-    const chunks: Buffer[] = [];
-    for await (const c of r.body) chunks.push(c as Buffer);
-    return {
-      status: r.status,
-      raw: chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks),
-      headers: r.headers,
-    };
+    const r = await this.upstream(method, path, { body, headers });
+    return { status: r.status, raw: await readAll(r.body), headers: r.headers };
   }
 
   // eslint-disable-next-line @typescript-eslint/no-unnecessary-type-parameters -- the caller names the JSON shape it expects
@@ -229,7 +211,11 @@ export class GuardProxy {
     raw: Buffer;
     headers: Readonly<Record<string, string | string[] | undefined>>;
   }> {
-    const a = await this.upstreamBytes(method, path, body);
+    const buf = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+    const a = await this.upstreamBytes(method, path, {
+      body: buf,
+      headers: buf ? { 'content-type': 'application/json' } : {},
+    });
     return { ...a, json: parseAnswer(a.raw) as T };
   }
 
@@ -608,13 +594,14 @@ export class GuardProxy {
         // One upstream call: the inspect answer itself says who owns the container.
         const ref = (m.params.id ?? '').replace(/^\//, '');
         const a = await this.upstreamBytes('GET', `${path({ id: ref })}${q(query)}`);
+        if (a.status !== 200) throw new NotFound(`No such container: ${ref}`);
         // A container this guard created is the tenant's for good (its labels cannot change): when
-        // the answer opens with such an ID, its bytes go back without being parsed.
-        if (a.status === 200 && this.state.containers.has(leadingContainerId(a.raw) ?? ''))
-          return sendJsonBytes(res, 200, a.raw, a.headers);
-        const json = parseAnswer(a.raw) as ContainerJson;
-        if (a.status !== 200 || !(await this.ownsContainer(json.Id, json.Config?.Labels, json.Image)))
-          throw new NotFound(`No such container: ${ref}`);
+        // the answer opens with such an ID, it is not parsed.
+        if (!this.state.containers.has(leadingContainerId(a.raw) ?? '')) {
+          const json = parseAnswer(a.raw) as ContainerJson;
+          if (!(await this.ownsContainer(json.Id, json.Config?.Labels, json.Image)))
+            throw new NotFound(`No such container: ${ref}`);
+        }
         return sendJsonBytes(res, 200, a.raw, a.headers);
       }
       default: {
@@ -665,14 +652,13 @@ export class GuardProxy {
       const v = req.headers[h];
       if (v !== undefined && headers[h] === undefined) headers[h] = v;
     }
-    const ex = this.cfg.transport.exchange;
-    if (opts.small && ex && !opts.capture && (opts.body === undefined || Buffer.isBuffer(opts.body))) {
-      const a = await ex.send({ method, path: target, headers, body: opts.body });
+    if (opts.small && !opts.capture && (opts.body === undefined || Buffer.isBuffer(opts.body))) {
+      const a = await this.upstreamBytes(method, target, { body: opts.body, headers });
       const out = answerHeaders(a.headers);
       // A HEAD answer keeps the engine's length; a de-chunked body gets its own.
-      if (method !== 'HEAD') out['content-length'] = a.body.length;
+      if (method !== 'HEAD') out['content-length'] = a.raw.length;
       res.writeHead(a.status, out);
-      res.end(method === 'HEAD' ? undefined : a.body);
+      res.end(method === 'HEAD' ? undefined : a.raw);
       return { status: a.status, json: undefined };
     }
     if (opts.body && !Buffer.isBuffer(opts.body) && req.headers['content-length'])
@@ -706,7 +692,7 @@ export class GuardProxy {
     if (length <= SMALL_ANSWER) {
       // The common case (ping, inspect, lists, errors): read the sized answer whole and send
       // headers and body in one write — no stream plumbing per request.
-      const buf = await readAll(up.body, length);
+      const buf = await readAll(up.body);
       res.writeHead(up.status, outHeaders);
       res.end(buf);
       return { status: up.status, json: undefined };

@@ -5,6 +5,7 @@
  * docs/guard.md, "Performance notes"). The worker ends with its host process, as an in-process
  * guard would; the reaper handles what a killed process leaves.
  */
+import { once } from 'node:events';
 import { Worker } from 'node:worker_threads';
 import { BerthError, errorMessage } from '../common/index.js';
 import type { ErrorCode } from '../common/index.js';
@@ -26,7 +27,7 @@ export function errorFromThread(m: Extract<FromGuardThread, { kind: 'failed' }>)
 }
 
 /** Starts a guard in a worker thread; resolves once its socket is listening. */
-export function startGuardThread(o: GuardThreadOptions): Promise<GuardHandle> {
+export async function startGuardThread(o: GuardThreadOptions): Promise<GuardHandle> {
   const ext = import.meta.url.endsWith('.ts') ? 'ts' : 'js';
   const entry = new URL(`./thread-main.${ext}`, import.meta.url);
   // Run from TypeScript sources (tests, `npm run berth`), the worker registers the loader first.
@@ -38,66 +39,45 @@ export function startGuardThread(o: GuardThreadOptions): Promise<GuardHandle> {
           { eval: true, workerData: o },
         )
       : new Worker(entry, { workerData: o });
+  const exit = once(worker, 'exit').then(([code]) => code as number);
   let exited = false;
-  const exit = new Promise<number>((resolve) =>
-    worker.once('exit', (code) => {
-      exited = true;
-      resolve(code);
-    }),
-  );
+  void exit.then(() => (exited = true));
+  /** The worker's next message; an 'error' rejects it (once's own rule), and so does its end. */
   const next = (): Promise<FromGuardThread> =>
-    new Promise((resolve, reject) => {
-      const onMessage = (m: FromGuardThread) => {
-        off();
-        resolve(m);
-      };
-      const onError = (err: Error) => {
-        off();
-        reject(err);
-      };
-      const onExit = (code: number) => {
-        off();
-        reject(new BerthError('BERTH_INTERNAL', `the guard's thread ended (exit code ${code})`));
-      };
-      const off = () => {
-        worker.off('message', onMessage);
-        worker.off('error', onError);
-        worker.off('exit', onExit);
-      };
-      worker.on('message', onMessage);
-      worker.on('error', onError);
-      worker.on('exit', onExit);
-    });
-  return next().then(
-    (first) => {
-      if (first.kind !== 'ready') {
-        void worker.terminate();
-        throw first.kind === 'failed'
-          ? errorFromThread(first)
-          : new BerthError('BERTH_INTERNAL', `the guard's thread sent ${first.kind} before ready`);
-      }
-      let closing: Promise<void> | undefined;
-      const close = (opts: { cleanup?: boolean } = {}): Promise<void> => {
-        closing ??= (async () => {
-          if (exited) return;
-          const answer = next();
-          worker.postMessage({ kind: 'close', cleanup: opts.cleanup } satisfies ToGuardThread);
-          const m = await answer.catch((err: unknown) => ({
-            kind: 'failed' as const,
-            message: errorMessage(err),
-          }));
-          // The guard is closed (or failed to): end the thread whatever handles it still holds.
-          await worker.terminate();
-          await exit;
-          if (m.kind === 'failed') throw errorFromThread(m);
-        })();
-        return closing;
-      };
-      return { address: first.address, tenant: o.tenant, close, [Symbol.asyncDispose]: () => close() };
-    },
-    async (err: unknown) => {
+    Promise.race([
+      once(worker, 'message').then(([m]) => m as FromGuardThread),
+      exit.then((code) => {
+        throw new BerthError('BERTH_INTERNAL', `the guard's thread ended (exit code ${code})`);
+      }),
+    ]);
+  let first: FromGuardThread;
+  try {
+    first = await next();
+  } catch (err) {
+    await worker.terminate();
+    throw err;
+  }
+  if (first.kind !== 'ready') {
+    await worker.terminate();
+    throw first.kind === 'failed'
+      ? errorFromThread(first)
+      : new BerthError('BERTH_INTERNAL', `the guard's thread sent ${first.kind} before ready`);
+  }
+  let closing: Promise<void> | undefined;
+  const close = (opts: { cleanup?: boolean } = {}): Promise<void> => {
+    closing ??= (async () => {
+      if (exited) return;
+      const answer = next();
+      worker.postMessage({ kind: 'close', cleanup: opts.cleanup } satisfies ToGuardThread);
+      const m = await answer.catch((err: unknown) => ({
+        kind: 'failed' as const,
+        message: errorMessage(err),
+      }));
+      // The guard is closed (or failed to): end the thread whatever handles it still holds.
       await worker.terminate();
-      throw err;
-    },
-  );
+      if (m.kind === 'failed') throw errorFromThread(m);
+    })();
+    return closing;
+  };
+  return { address: first.address, tenant: o.tenant, close, [Symbol.asyncDispose]: () => close() };
 }

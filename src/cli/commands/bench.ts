@@ -45,7 +45,7 @@ export function registerBench(program: Command): void {
           return c as ContenderId;
         });
         // Loaded on use, like the server: `berth guard` and `berth run` need none of it.
-        const { runBench, writeReport } = await import('../../bench/index.js');
+        const { listProblems, runBench, writeReport } = await import('../../bench/index.js');
         const report = await runBench({
           quick,
           reps: quick ? 1 : intOption('reps', opts.reps),
@@ -64,7 +64,7 @@ export function registerBench(program: Command): void {
         if (quick && report.skipped.length > 0)
           throw new BerthError(
             'BENCH_INCOMPLETE',
-            `the quick bench could not measure: ${report.skipped.map((s) => `${s.id} (${s.reason})`).join('; ')}`,
+            `the quick bench could not measure: ${listProblems(report.skipped)}`,
           );
       },
     );
