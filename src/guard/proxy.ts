@@ -1000,15 +1000,16 @@ export class GuardProxy {
     });
     res.writeHead(up.status, { 'Content-Type': up.headers['content-type'] ?? 'application/json' });
     res.flushHeaders();
-    // Pass the progress through as it comes, and note the image IDs it reports.
+    // Pass the progress through as it comes, and note the image IDs it reports. Only dockerd's own
+    // `{"aux":{"ID":...}}` counts: everything a build step prints sits inside a JSON string, where
+    // its quotes are escaped, so it cannot form `"ID":"`. A "Successfully built <id>" line is not
+    // trusted: a RUN step can print one naming someone else's image.
     let tail = '';
     await relay(up.body, res, {
       onData: (c) => {
         tail = (tail + c.toString('utf8')).slice(-4096);
-        for (const m of tail.matchAll(/"ID":"(sha256:[0-9a-f]{64})"|Successfully built ([0-9a-f]{12,64})/g)) {
-          const idv = m[1] ?? m[2];
-          if (idv) this.state.builtImages.add(idv);
-        }
+        for (const m of tail.matchAll(/"ID":"(sha256:[0-9a-f]{64})"/g))
+          if (m[1]) this.state.builtImages.add(m[1]);
       },
     });
     for (const t of tags) {

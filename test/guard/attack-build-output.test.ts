@@ -1,0 +1,105 @@
+/**
+ * Attack: claiming someone else's image through a build's output. The guard learns which images a
+ * tenant built from the build's progress stream, and a tenant controls what its RUN steps print.
+ * A step that prints dockerd's "Successfully built <id>" line or an `{"aux":{"ID":...}}` message
+ * naming the host's image must not make that image the tenant's: not removable by ID, not pruned,
+ * not removed by the guard's cleanup.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { images } from '../../src/engine/index.js';
+import { createGuard } from '../../src/guard/index.js';
+import type { GuardHandle } from '../../src/guard/index.js';
+import { docker, engine, sessionLabels, SESSION, tempDir, uniqueName } from '../support/index.js';
+import { expectRefused, send } from '../support/rawhttp.js';
+
+const RAW = 'unix:///var/run/docker.sock';
+
+describe('attack: a build that prints the host image’s ID', () => {
+  const c = engine();
+  const dir = tempDir('berth-buildout-');
+  const tenant = uniqueName('bout');
+  const sock = join(dir.path, 'g.sock');
+  const victim = `berth-buildout-${SESSION}:host`;
+  let guard: GuardHandle;
+  let victimId = '';
+
+  before(async () => {
+    // The host's image: one tag, no containers, so an unforced removal by ID would delete it.
+    const ctx = join(dir.path, 'host');
+    mkdirSync(ctx);
+    writeFileSync(join(ctx, 'Dockerfile'), `FROM berth-local/busybox\nRUN echo ${SESSION} > /host\n`);
+    const b = await docker(
+      RAW,
+      ['build', '-q', '--label', `io.berth.test-session=${SESSION}`, '-t', victim, ctx],
+      {
+        env: { DOCKER_BUILDKIT: '0' },
+      },
+    );
+    assert.equal(b.code, 0, b.stderr);
+    victimId = (await images(c).inspect(victim)).Id;
+    guard = await createGuard({ tenant, listen: sock, labels: sessionLabels() });
+  });
+
+  after(async () => {
+    await guard.close({ cleanup: true }).catch(() => undefined);
+    await images(c)
+      .remove(victim, true)
+      .catch(() => false);
+    const left = (await images(c).list()).filter((i) =>
+      (i.RepoTags ?? []).some((t) => t.includes(`berth-buildout-${SESSION}`)),
+    );
+    c.close();
+    dir[Symbol.dispose]();
+    assert.deepEqual(left, [], 'no image of this suite is left');
+  });
+
+  test('the forged lines do not make the host image the tenant’s; it survives prune and cleanup', async () => {
+    const short = victimId.replace(/^sha256:/, '').slice(0, 12);
+    const ctx = join(dir.path, 'forge');
+    mkdirSync(ctx);
+    writeFileSync(
+      join(ctx, 'Dockerfile'),
+      [
+        'FROM berth-local/busybox',
+        `RUN echo "Successfully built ${short}"`,
+        `RUN echo '{"aux":{"ID":"${victimId}"}}'`,
+        `RUN printf '"ID":"${victimId}"\\n'`,
+        '',
+      ].join('\n'),
+    );
+    const b = await docker(
+      guard.address,
+      ['build', '--no-cache', '-t', `berth-buildout-${SESSION}:forge`, ctx],
+      {
+        env: { DOCKER_BUILDKIT: '0' },
+      },
+    );
+    assert.equal(b.code, 0, b.stderr);
+    assert.match(b.stdout, new RegExp(`Successfully built ${short}`), 'the forged line was printed');
+
+    // By ID (full and short), through the raw API and the CLI: not the tenant's to remove.
+    for (const ref of [victimId, short])
+      expectRefused(await send(sock, { method: 'DELETE', path: `/v1.41/images/${ref}` }), 'image-tag', ref);
+    const rmi = await docker(guard.address, ['rmi', short]);
+    assert.notEqual(rmi.code, 0, 'docker rmi by the host image’s ID is refused');
+    const prune = await send(sock, {
+      method: 'POST',
+      path: '/v1.41/images/prune?filters=%7B%22dangling%22%3A%5B%22false%22%5D%7D',
+    });
+    assert.equal(prune.status, 200);
+    assert.ok(!prune.body.toString().includes(victimId.replace(/^sha256:/, '')), 'prune did not delete it');
+    assert.equal((await images(c).inspect(victim)).Id, victimId, 'the host image is still there');
+
+    // The guard's cleanup removes the tenant's own image and nothing of the host's.
+    await guard.close({ cleanup: true });
+    assert.equal((await images(c).inspect(victim)).Id, victimId, 'the host image survived the cleanup');
+    assert.equal(
+      await images(c).find(`berth-buildout-${SESSION}:forge`),
+      undefined,
+      'the tenant’s image is gone',
+    );
+  });
+});
