@@ -1172,9 +1172,12 @@ export class GuardProxy {
       );
       const idv = json.Id ?? '';
       const tags = (json.RepoTags ?? []).filter((t) => t !== '<none>:<none>');
+      // The tenant's when every name it has is the tenant's tag, or it has none and the tenant made
+      // it. "Made it" alone is not enough: a build answered from the shared cache, or a pull, gives
+      // back an image that others may have made and tagged too.
       if (
         status !== 200 ||
-        !(this.state.builtImages.has(idv) || (tags.length > 0 && tags.every((t) => this.state.ownsTag(t))))
+        !(tags.length > 0 ? tags.every((t) => this.state.ownsTag(t)) : this.state.builtImages.has(idv))
       ) {
         throw new Refusal('image-tag', `image ${name} is not one you built; remove your tags instead`);
       }
@@ -1362,9 +1365,17 @@ export class GuardProxy {
       if (r.status < 300) counts.tags++;
       this.state.tags.delete(tag);
     }
+    // Images the tenant made, once its tags are gone: only those nobody else named (a cached build
+    // or a pull may have given the tenant an image another tenant or the host tagged too). Unforced:
+    // dockerd keeps an image a container still uses.
     for (const idv of [...this.state.builtImages]) {
-      await this.upstreamJson('DELETE', `/images/${encodeURIComponent(idv)}`);
       this.state.builtImages.delete(idv);
+      const { status, json } = await this.upstreamJson<{ RepoTags?: string[] | null }>(
+        'GET',
+        `/images/${encodeURIComponent(idv)}/json`,
+      );
+      if (status !== 200 || (json.RepoTags ?? []).length > 0) continue;
+      await this.upstreamJson('DELETE', `/images/${encodeURIComponent(idv)}`);
     }
     return counts;
   }

@@ -103,3 +103,78 @@ describe('attack: a build that prints the host image’s ID', () => {
     );
   });
 });
+
+describe('attack: removing an image another tenant built, reached through the shared build cache', () => {
+  const c = engine();
+  const dir = tempDir('berth-buildcache-');
+  const repo = `berth-buildcache-${SESSION}`;
+  let a: GuardHandle;
+  let b: GuardHandle;
+
+  before(async () => {
+    a = await createGuard({
+      tenant: uniqueName('bca'),
+      listen: join(dir.path, 'a.sock'),
+      labels: sessionLabels(),
+    });
+    b = await createGuard({
+      tenant: uniqueName('bcb'),
+      listen: join(dir.path, 'b.sock'),
+      labels: sessionLabels(),
+    });
+  });
+
+  after(async () => {
+    await a.close({ cleanup: true }).catch(() => undefined);
+    await b.close({ cleanup: true }).catch(() => undefined);
+    for (const t of ['a', 'b'])
+      await images(c)
+        .remove(`${repo}:${t}`, true)
+        .catch(() => false);
+    const left = (await images(c).list()).filter((i) => (i.RepoTags ?? []).some((t) => t.startsWith(repo)));
+    c.close();
+    dir[Symbol.dispose]();
+    assert.deepEqual(left, [], 'no image of this suite is left');
+  });
+
+  test('the second tenant’s cached build gives it the first one’s image, which it can neither remove nor clean up', async () => {
+    const ctx = join(dir.path, 'ctx');
+    mkdirSync(ctx);
+    writeFileSync(join(ctx, 'Dockerfile'), `FROM berth-local/busybox\nRUN echo ${SESSION} > /same\n`);
+    for (const [g, t] of [
+      [a, 'a'],
+      [b, 'b'],
+    ] as const) {
+      const r = await docker(g.address, ['build', '-q', '-t', `${repo}:${t}`, ctx], {
+        env: { DOCKER_BUILDKIT: '0' },
+      });
+      assert.equal(r.code, 0, r.stderr);
+    }
+    const id = (await images(c).inspect(`${repo}:a`)).Id;
+    assert.equal(
+      (await images(c).inspect(`${repo}:b`)).Id,
+      id,
+      'the second build came from the cache: one image, two tags',
+    );
+
+    // B may drop its own tag, but not the image: it carries A's tag too.
+    const bSock = join(dir.path, 'b.sock');
+    expectRefused(
+      await send(bSock, { method: 'DELETE', path: `/v1.41/images/${id}?force=1` }),
+      'image-tag',
+      'by ID, forced',
+    );
+    const rmi = await docker(b.address, ['rmi', '-f', id.replace(/^sha256:/, '').slice(0, 12)]);
+    assert.notEqual(rmi.code, 0, 'docker rmi -f by ID is refused');
+    assert.equal((await images(c).inspect(`${repo}:a`)).Id, id);
+
+    // B's cleanup removes B's tag and leaves A's image alone.
+    await b.close({ cleanup: true });
+    assert.equal(await images(c).find(`${repo}:b`), undefined, 'B’s tag is gone');
+    assert.equal((await images(c).inspect(`${repo}:a`)).Id, id, 'A’s image and tag survived B’s cleanup');
+
+    // A's cleanup then removes it: nobody else names it.
+    await a.close({ cleanup: true });
+    assert.equal(await images(c).find(id), undefined, 'gone with its last owner');
+  });
+});
