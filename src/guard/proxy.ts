@@ -1005,20 +1005,56 @@ export class GuardProxy {
     // its quotes are escaped, so it cannot form `"ID":"`. A "Successfully built <id>" line is not
     // trusted: a RUN step can print one naming someone else's image.
     let tail = '';
+    const made = new Set<string>();
     await relay(up.body, res, {
+      end: false,
       onData: (c) => {
         tail = (tail + c.toString('utf8')).slice(-4096);
-        for (const m of tail.matchAll(/"ID":"(sha256:[0-9a-f]{64})"/g))
-          if (m[1]) this.state.builtImages.add(m[1]);
+        for (const m of tail.matchAll(/"ID":"(sha256:[0-9a-f]{64})"/g)) if (m[1]) made.add(m[1]);
       },
     });
-    for (const t of tags) {
-      const { json } = await this.upstreamJson<{ Id?: string }>(
-        'GET',
-        `/images/${encodeURIComponent(t)}/json`,
-      );
-      if (json.Id) this.state.builtImages.add(json.Id);
+    try {
+      for (const t of tags) {
+        const { json } = await this.upstreamJson<{ Id?: string }>(
+          'GET',
+          `/images/${encodeURIComponent(t)}/json`,
+        );
+        if (json.Id) made.add(json.Id);
+      }
+      for (const idv of made) this.state.builtImages.add(idv);
+      // An image that names an owner (a Dockerfile LABEL, or its base image's) would make the
+      // containers run from it look like that tenant's: it is removed, and the build fails.
+      for (const idv of made) {
+        const owner = (await this.imageLabels(idv))[LABEL_TENANT];
+        if (owner === undefined || owner === '') continue;
+        for (const t of tags) {
+          await this.upstreamJson('DELETE', `/images/${encodeURIComponent(t)}`);
+          this.state.tags.delete(t);
+        }
+        await this.removeIfUnnamed(idv);
+        const message = `berth: ownership: the built image carries the label ${LABEL_TENANT}=${owner} (from its Dockerfile or its base image); an image built through the guard may not name an owner, so it was removed`;
+        this.audit('POST', '/build', 'deny', { rule: 'ownership', status: 200, message });
+        if (!res.destroyed) res.write(`${JSON.stringify({ error: message, errorDetail: { message } })}\n`);
+        break;
+      }
+    } finally {
+      res.end();
     }
+  }
+
+  /**
+   * Removes an image the tenant made once nobody names it (a cached build or a pull may have given
+   * the tenant an image another tenant or the host tagged too). Unforced: dockerd keeps an image a
+   * container still uses.
+   */
+  private async removeIfUnnamed(idv: string): Promise<void> {
+    this.state.builtImages.delete(idv);
+    const { status, json } = await this.upstreamJson<{ RepoTags?: string[] | null }>(
+      'GET',
+      `/images/${encodeURIComponent(idv)}/json`,
+    );
+    if (status !== 200 || (json.RepoTags ?? []).length > 0) return;
+    await this.upstreamJson('DELETE', `/images/${encodeURIComponent(idv)}`);
   }
 
   private async imageCreate(
@@ -1365,18 +1401,8 @@ export class GuardProxy {
       if (r.status < 300) counts.tags++;
       this.state.tags.delete(tag);
     }
-    // Images the tenant made, once its tags are gone: only those nobody else named (a cached build
-    // or a pull may have given the tenant an image another tenant or the host tagged too). Unforced:
-    // dockerd keeps an image a container still uses.
-    for (const idv of [...this.state.builtImages]) {
-      this.state.builtImages.delete(idv);
-      const { status, json } = await this.upstreamJson<{ RepoTags?: string[] | null }>(
-        'GET',
-        `/images/${encodeURIComponent(idv)}/json`,
-      );
-      if (status !== 200 || (json.RepoTags ?? []).length > 0) continue;
-      await this.upstreamJson('DELETE', `/images/${encodeURIComponent(idv)}`);
-    }
+    // Images the tenant made, once its tags are gone.
+    for (const idv of [...this.state.builtImages]) await this.removeIfUnnamed(idv);
     return counts;
   }
 }

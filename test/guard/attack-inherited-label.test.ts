@@ -170,15 +170,39 @@ describe('attack: a host container run from an image that carries the attackerâ€
   test('images made through the guard name no owner, whatever the Dockerfile, --change or import says', async () => {
     const ctx = join(dir.path, 'ctx');
     mkdirSync(ctx, { recursive: true });
-    writeFileSync(join(ctx, 'Dockerfile'), `FROM ${IMAGE}\nLABEL ${LABEL_TENANT}=${victim}\n`);
-    const built = `${repo}:built`;
-    const b = await docker(guard.address, ['build', '-q', '-t', built, ctx], {
-      env: { DOCKER_BUILDKIT: '0' },
-    });
-    assert.equal(b.code, 0, b.stderr);
-    tags.push(built);
+    // A build whose image would name an owner (its Dockerfile's LABEL, or its base image's) fails,
+    // and its image and tag are removed.
+    for (const [i, dockerfile] of [
+      `FROM ${IMAGE}\nLABEL ${LABEL_TENANT}=${victim}\n`,
+      `FROM ${forged}\nENV BERTH_INHERITED=1\n`,
+    ].entries()) {
+      writeFileSync(join(ctx, 'Dockerfile'), dockerfile);
+      const built = `${repo}:built${i}`;
+      tags.push(built);
+      const b = await docker(guard.address, ['build', '-t', built, ctx], {
+        env: { DOCKER_BUILDKIT: '0' },
+      });
+      assert.notEqual(b.code, 0, `the build is refused; it printed: ${b.stdout}${b.stderr}`);
+      assert.match(b.stderr, /berth: ownership: the built image carries the label io\.berth\.tenant=/);
+      assert.equal(await images(c).find(built), undefined, 'the tag is gone');
+      const id = /Successfully built ([0-9a-f]{12})/.exec(b.stdout)?.[1];
+      assert.ok(id, 'dockerd built it');
+      assert.equal(await images(c).find(id), undefined, 'the image is gone');
+    }
+    // A tenant label asked for in the build's `labels` (docker build --label) is emptied.
+    writeFileSync(join(ctx, 'Dockerfile'), `FROM ${IMAGE}\n`);
+    const viaParam = `${repo}:param`;
+    tags.push(viaParam);
+    const p = await docker(
+      guard.address,
+      ['build', '-q', '--label', `${LABEL_TENANT}=${victim}`, '-t', viaParam, ctx],
+      {
+        env: { DOCKER_BUILDKIT: '0' },
+      },
+    );
+    assert.equal(p.code, 0, p.stderr);
     const label = async (ref: string) => (await images(c).inspect(ref)).Config?.Labels?.[LABEL_TENANT];
-    assert.equal(await label(built), '', 'a built image carries a tenant label');
+    assert.equal(await label(viaParam), '', 'a tenant label asked for is emptied');
 
     const box = uniqueName('inhbox');
     assert.equal((await docker(guard.address, ['create', '--name', box, IMAGE, 'true'])).code, 0);
