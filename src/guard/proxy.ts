@@ -516,6 +516,7 @@ export class GuardProxy {
       case 'image.load':
         return this.imageLoad(req, res, path() + q(query));
       case 'image.commit': {
+        const since = Date.now();
         const { id: cid } = await this.resolveContainer(query.get('container') ?? '');
         const target = this.claimTag(query.get('repo'), query.get('tag'));
         await this.assertTagWritable(target);
@@ -526,8 +527,8 @@ export class GuardProxy {
         qs.set('container', cid);
         // `changes` apply after the body: this LABEL comes last so no tenant change outranks it.
         qs.append('changes', `LABEL ${LABEL_TENANT}=""`);
-        const r = await this.forwardJson(req, res, 'POST', path() + q(qs), b, { capture: true });
-        if (r && r.status < 300 && target) await this.confirmTag(target);
+        await this.forwardJson(req, res, 'POST', path() + q(qs), b, { capture: true });
+        if (target) await this.confirmTag(target, since);
         return;
       }
       case 'image.tag': {
@@ -652,6 +653,11 @@ export class GuardProxy {
       const v = req.headers[h];
       if (v !== undefined && headers[h] === undefined) headers[h] = v;
     }
+    // dockerd's FormValue parses a multipart/form-data body into form values, past the checks on
+    // the query: a client's body is never forwarded as multipart.
+    if (/^\s*multipart\//i.test(String(headers['content-type'] ?? '')))
+      headers['content-type'] =
+        opts.body && !Buffer.isBuffer(opts.body) ? 'application/x-tar' : 'application/json';
     if (opts.small && !opts.capture && (opts.body === undefined || Buffer.isBuffer(opts.body))) {
       const a = await this.upstreamBytes(method, target, { body: opts.body, headers });
       const out = answerHeaders(a.headers);
@@ -957,6 +963,12 @@ export class GuardProxy {
   /** Validates repo/tag query params naming a new tag; returns the normalised tag (or undefined). */
   claimTag(repo: string | null, tag: string | null): string | undefined {
     if (!repo) return undefined;
+    // dockerd parses `repo` as a reference and replaces its tag with `tag` (app:x + prod is app:prod):
+    // the guard would check a name dockerd never writes. Such a pair is refused.
+    const own = repo.includes('@') || repo.lastIndexOf(':') > repo.lastIndexOf('/');
+    if (own && tag)
+      throw new Refusal('image-tag', `repo ${repo} already names a tag or digest; pass the tag once`);
+    if (repo.includes('@')) throw new Refusal('image-tag', `repo ${repo} is a digest reference, not a tag`);
     return normalizeTag(tag ? `${repo}:${tag}` : repo);
   }
 
@@ -965,15 +977,47 @@ export class GuardProxy {
     const { status } = await this.upstreamJson('GET', `/images/${encodeURIComponent(tag)}/json`);
     if (status === 200)
       throw new Refusal('image-tag', `the tag ${tag} belongs to someone else; choose another name`);
+    // Only "no such image" leaves the name free: anything else (a name dockerd cannot parse, an
+    // engine error) is refused rather than guessed at.
+    if (status !== 404)
+      throw new Refusal('image-tag', `the tag ${tag} cannot be checked (engine answered ${status})`);
   }
 
-  private async confirmTag(tag: string): Promise<void> {
-    this.state.addTag(tag);
-    const { json } = await this.upstreamJson<{ Id?: string }>(
+  /**
+   * Whether an image was created at or after `since` (ms): the images a build, commit or import
+   * made. A build answered from the shared cache, a stage that only names its base image, a pull
+   * or a load give back images that existed before, which others may use: the tenant did not make
+   * those. (dockerd stamps an image with its commit time; a 2 s allowance covers clock skew.)
+   */
+  private async createdSince(idv: string, since: number): Promise<boolean> {
+    const { status, json } = await this.upstreamJson<{ Created?: string }>(
+      'GET',
+      `/images/${encodeURIComponent(idv)}/json`,
+    );
+    if (status !== 200 || typeof json.Created !== 'string') return false;
+    const t = Date.parse(json.Created.replace(/(\.\d{3})\d+/, '$1'));
+    return Number.isFinite(t) && t >= since - 2000;
+  }
+
+  /** Drops claims on tags the operation did not create after all (a failed build, pull or import). */
+  private async dropUnmadeTags(tags: readonly string[]): Promise<void> {
+    for (const t of tags) {
+      const { status } = await this.upstreamJson('GET', `/images/${encodeURIComponent(t)}/json`);
+      if (status === 404) this.state.tags.delete(t);
+    }
+  }
+
+  private async confirmTag(tag: string, since: number): Promise<void> {
+    const { status, json } = await this.upstreamJson<{ Id?: string }>(
       'GET',
       `/images/${encodeURIComponent(tag)}/json`,
     );
-    if (json.Id) this.state.builtImages.add(json.Id);
+    if (status === 404) {
+      this.state.tags.delete(tag);
+      return;
+    }
+    this.state.addTag(tag);
+    if (json.Id && (await this.createdSince(json.Id, since))) this.state.builtImages.add(json.Id);
   }
 
   private async build(
@@ -982,6 +1026,7 @@ export class GuardProxy {
     target: string,
     query: URLSearchParams,
   ): Promise<void> {
+    const since = Date.now();
     const qs = checkBuild(query, this.cfg.labels, this.cfg.policy);
     // Intermediate containers of the legacy builder carry no labels: always remove them, even on failure.
     qs.set('rm', '1');
@@ -992,7 +1037,9 @@ export class GuardProxy {
     const up = await this.upstream('POST', `${target}?${qs.toString()}`, {
       body: req,
       headers: {
-        'content-type': req.headers['content-type'] ?? 'application/x-tar',
+        // Always a tar: with a multipart/form-data type, dockerd would read build options
+        // (networkmode, remote, t…) from the body, past every check on the query.
+        'content-type': 'application/x-tar',
         ...(req.headers['x-registry-config']
           ? { 'x-registry-config': req.headers['x-registry-config'] }
           : {}),
@@ -1021,7 +1068,11 @@ export class GuardProxy {
         );
         if (json.Id) made.add(json.Id);
       }
-      for (const idv of made) this.state.builtImages.add(idv);
+      await this.dropUnmadeTags(tags);
+      for (const idv of [...made]) {
+        if (await this.createdSince(idv, since)) this.state.builtImages.add(idv);
+        else made.delete(idv);
+      }
       // An image that names an owner (a Dockerfile LABEL, or its base image's) would make the
       // containers run from it look like that tenant's: it is removed, and the build fails.
       for (const idv of made) {
@@ -1049,11 +1100,11 @@ export class GuardProxy {
    */
   private async removeIfUnnamed(idv: string): Promise<void> {
     this.state.builtImages.delete(idv);
-    const { status, json } = await this.upstreamJson<{ RepoTags?: string[] | null }>(
-      'GET',
-      `/images/${encodeURIComponent(idv)}/json`,
-    );
-    if (status !== 200 || (json.RepoTags ?? []).length > 0) return;
+    const { status, json } = await this.upstreamJson<{
+      RepoTags?: string[] | null;
+      RepoDigests?: string[] | null;
+    }>('GET', `/images/${encodeURIComponent(idv)}/json`);
+    if (status !== 200 || (json.RepoTags ?? []).length > 0 || (json.RepoDigests ?? []).length > 0) return;
     await this.upstreamJson('DELETE', `/images/${encodeURIComponent(idv)}`);
   }
 
@@ -1063,9 +1114,12 @@ export class GuardProxy {
     target: string,
     query: URLSearchParams,
   ): Promise<void> {
+    const since = Date.now();
     const fromSrc = query.get('fromSrc');
     let tag: string | undefined;
-    if (fromSrc !== null) {
+    // dockerd pulls whenever fromImage is set, and imports only otherwise: the same test here, so a
+    // pull cannot pass as an import.
+    if (fromSrc !== null && (query.get('fromImage') ?? '') === '') {
       if (fromSrc !== '-')
         throw new Refusal(
           'image-import',
@@ -1098,7 +1152,7 @@ export class GuardProxy {
     await this.forward(req, res, 'POST', `${target}?${query.toString()}`, {
       body: fromSrc === '-' ? req : undefined,
     });
-    if (tag) await this.confirmTag(tag).catch(() => undefined);
+    if (tag) await this.confirmTag(tag, since).catch(() => undefined);
   }
 
   /** The image a reference names; undefined only when the engine says there is none (404). */
@@ -1157,7 +1211,7 @@ export class GuardProxy {
       if (was === idv) continue;
       if (was === undefined || this.state.ownsTag(tag)) {
         this.state.addTag(tag);
-        this.state.builtImages.add(idv);
+        // Loaded content was made elsewhere (its image may be someone else's too): only the tag is claimed.
         continue;
       }
       // The archive overwrote a tag the tenant does not own: put it back.
@@ -1202,18 +1256,22 @@ export class GuardProxy {
     const name = m.params.name ?? '';
     const qs = new URLSearchParams(query);
     if (isImageId(name)) {
-      const { status, json } = await this.upstreamJson<{ Id?: string; RepoTags?: string[] | null }>(
-        'GET',
-        `/images/${encodeURIComponent(name)}/json`,
-      );
+      const { status, json } = await this.upstreamJson<{
+        Id?: string;
+        RepoTags?: string[] | null;
+        RepoDigests?: string[] | null;
+      }>('GET', `/images/${encodeURIComponent(name)}/json`);
       const idv = json.Id ?? '';
       const tags = (json.RepoTags ?? []).filter((t) => t !== '<none>:<none>');
+      const digests = (json.RepoDigests ?? []).filter((d) => !d.startsWith('<none>'));
       // The tenant's when every name it has is the tenant's tag, or it has none and the tenant made
       // it. "Made it" alone is not enough: a build answered from the shared cache, or a pull, gives
       // back an image that others may have made and tagged too.
       if (
         status !== 200 ||
-        !(tags.length > 0 ? tags.every((t) => this.state.ownsTag(t)) : this.state.builtImages.has(idv))
+        !(tags.length > 0
+          ? tags.every((t) => this.state.ownsTag(t))
+          : digests.length === 0 && this.state.builtImages.has(idv))
       ) {
         throw new Refusal('image-tag', `image ${name} is not one you built; remove your tags instead`);
       }
@@ -1245,15 +1303,15 @@ export class GuardProxy {
   private async imagePrune(res: ServerResponse): Promise<void> {
     const deleted: { Deleted?: string; Untagged?: string }[] = [];
     for (const idv of [...this.state.builtImages]) {
-      const { status, json } = await this.upstreamJson<{ RepoTags?: string[] | null }>(
-        'GET',
-        `/images/${encodeURIComponent(idv)}/json`,
-      );
+      const { status, json } = await this.upstreamJson<{
+        RepoTags?: string[] | null;
+        RepoDigests?: string[] | null;
+      }>('GET', `/images/${encodeURIComponent(idv)}/json`);
       if (status !== 200) {
         this.state.builtImages.delete(idv);
         continue;
       }
-      if ((json.RepoTags ?? []).length > 0) continue;
+      if ((json.RepoTags ?? []).length > 0 || (json.RepoDigests ?? []).length > 0) continue;
       const r = await this.upstreamJson<{ Deleted?: string; Untagged?: string }[]>(
         'DELETE',
         `/images/${encodeURIComponent(idv)}`,
