@@ -240,6 +240,12 @@ export function checkContainerCreate(
           'volume driver options are not allowed',
         );
         if (src !== '') r.volume(src);
+        // dockerd puts these labels on a volume it creates for the mount: never another owner's.
+        const vo = obj(m.VolumeOptions);
+        if (Object.hasOwn(obj(vo.Labels), LABEL_TENANT)) {
+          const { [LABEL_TENANT]: _forged, ...labels } = obj(vo.Labels);
+          return { ...m, VolumeOptions: { ...vo, Labels: labels } };
+        }
         return m;
       }
       if (type === 'tmpfs') return m;

@@ -237,6 +237,11 @@ export class GuardProxy {
 
   /** An image's labels by ID (cached: an ID names immutable content); {} when it is gone. */
   async imageLabels(image: string): Promise<Record<string, string>> {
+    return (await this.imageLabelsOrGone(image)) ?? {};
+  }
+
+  /** An image's labels, or undefined when the engine has no such image. */
+  private async imageLabelsOrGone(image: string): Promise<Record<string, string> | undefined> {
     const hit = this.imageLabelCache.get(image);
     if (hit) return hit;
     const { status, json } = await this.upstreamJson<{
@@ -245,8 +250,9 @@ export class GuardProxy {
     }>('GET', `/images/${encodeURIComponent(image)}/json`);
     if (status !== 200 && status !== 404)
       throw new Error(`inspecting image ${image}: ${json.message ?? status}`);
+    if (status === 404) return undefined;
     const labels = json.Config?.Labels ?? {};
-    if (status === 200 && image.startsWith('sha256:')) {
+    if (image.startsWith('sha256:')) {
       if (this.imageLabelCache.size > 4096) this.imageLabelCache.clear();
       this.imageLabelCache.set(image, labels);
     }
@@ -261,7 +267,10 @@ export class GuardProxy {
   ): Promise<boolean> {
     if (!this.state.owns(labels)) return false;
     if (this.state.containers.has(id) || image === undefined || image === '') return this.state.owns(labels);
-    return this.state.ownsContainer(id, labels, await this.imageLabels(image));
+    // An image that is gone cannot say whether the label was inherited: not the tenant's then.
+    const imageLabels = await this.imageLabelsOrGone(image);
+    if (imageLabels === undefined) return false;
+    return this.state.ownsContainer(id, labels, imageLabels);
   }
 
   /** The owned entries of a container list (ImageID says which image's labels they inherit). */
@@ -611,7 +620,13 @@ export class GuardProxy {
           const { id: cid } = await this.resolveContainer(m.params.id);
           if (BULK.has(id)) return this.bulk(req, res, path({ id: cid }) + q(query));
           const r = m.route.body === 'stream' ? req : undefined;
-          return this.forward(r ?? req, res, m.route.method, path({ id: cid }) + q(query), { body: r });
+          let qs = query;
+          if (id === 'container.delete') {
+            // Anonymous volumes carry no label: removed with their container, or nobody could.
+            qs = new URLSearchParams(query);
+            qs.set('v', '1');
+          }
+          return this.forward(r ?? req, res, m.route.method, path({ id: cid }) + q(qs), { body: r });
         }
         throw new Refusal('endpoint', `${m.route.method} ${m.path} is not an endpoint berth allows`);
       }
@@ -875,7 +890,7 @@ export class GuardProxy {
     for (const c of await this.ownedContainers(json)) {
       if (labelNot.some((l) => labelMatches(c.Labels, l))) continue;
       if (cutoff !== undefined && c.Created >= cutoff) continue;
-      const r = await this.upstreamJson('DELETE', `/containers/${c.Id}`);
+      const r = await this.upstreamJson('DELETE', `/containers/${c.Id}?v=1`);
       if (r.status < 300) {
         deleted.push(c.Id);
         reclaimed += (c as { SizeRw?: number }).SizeRw ?? 0;

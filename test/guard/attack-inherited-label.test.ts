@@ -110,6 +110,36 @@ describe('attack: a host container run from an image that carries the attackerâ€
     await hostIntact();
   });
 
+  test('once the forged image itself is gone, its host container still answers 404', async () => {
+    // Without its image the guard cannot tell an inherited label from its own: it must not guess.
+    const gone = `${repo}:gone`;
+    await images(c).tag(forged, repo, 'gone');
+    const ctx = join(dir.path, 'gone');
+    mkdirSync(ctx, { recursive: true });
+    writeFileSync(join(ctx, 'Dockerfile'), `FROM ${forged}\nENV BERTH_GONE=${SESSION}\n`);
+    const b = await docker('unix:///var/run/docker.sock', ['build', '-q', '-t', gone, ctx], {
+      env: { DOCKER_BUILDKIT: '0' },
+    });
+    assert.equal(b.code, 0, b.stderr);
+    const { Id } = await containers(c).create(
+      { Image: gone, Cmd: ['true'], Labels: sessionLabels(), HostConfig: { NetworkMode: 'none' } },
+      uniqueName('inhgone'),
+    );
+    try {
+      await images(c).remove(gone, true);
+      assert.equal(
+        await images(c).find((await containers(c).inspect(Id)).Image),
+        undefined,
+        'the image is gone',
+      );
+      expectAbsent(await send(sock, { path: `/v1.41/containers/${Id}/json` }), 'inspect');
+      expectAbsent(await send(sock, { method: 'DELETE', path: `/v1.41/containers/${Id}?force=1` }), 'remove');
+      assert.ok(await containers(c).find(Id), 'the host container survives');
+    } finally {
+      await containers(c).remove(Id, { force: true });
+    }
+  });
+
   test('lists, system df and prune leave it out', async () => {
     const list = await send(sock, { path: '/v1.41/containers/json?all=1' });
     assert.equal(list.status, 200);
