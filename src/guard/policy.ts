@@ -5,7 +5,6 @@
 import { posix } from 'node:path';
 import type { Decision, PathMap, Policy, RuleName, TenantLimits } from './contracts.js';
 import { LABEL_TENANT } from '../common/index.js';
-import { imageLabelsFor } from './ownership.js';
 
 export const DEFAULT_SAFE_SYSCTLS: readonly string[] = [
   'net.ipv4.ip_unprivileged_port_start',
@@ -498,7 +497,7 @@ export function checkBuild(
   // Dockerfile or the base image is caught after the build (see GuardProxy.build).
   const merged: Record<string, unknown> = { ...existing };
   for (const [k, v] of Object.entries(labels)) if (k !== LABEL_TENANT) merged[k] = v;
-  if (Object.hasOwn(existing, LABEL_TENANT)) merged[LABEL_TENANT] = imageLabelsFor(labels)[LABEL_TENANT];
+  if (Object.hasOwn(existing, LABEL_TENANT)) merged[LABEL_TENANT] = ''; // names no owner
   out.delete('labels');
   if (Object.keys(merged).length > 0) out.set('labels', JSON.stringify(merged));
   return out;

@@ -143,6 +143,33 @@ const BULK: ReadonlySet<string> = new Set(['container.logs', 'container.export',
 /** Sized upstream answers up to this many bytes are read whole and sent in one write. */
 const SMALL_ANSWER = 256 * 1024;
 
+/** The fields of an image inspect the guard's ownership decisions read. */
+interface ImageFacts {
+  Id: string;
+  Created?: string;
+  RepoTags?: string[] | null;
+  RepoDigests?: string[] | null;
+  Config?: { Labels?: Record<string, string> | null } | null;
+}
+
+const tagsOf = (f: ImageFacts | undefined): string[] =>
+  (f?.RepoTags ?? []).filter((t) => t !== '<none>:<none>');
+
+/** Whether anything names the image: a tag, or a registry digest (dockerd lists `<none>` for neither). */
+const named = (f: ImageFacts): boolean =>
+  tagsOf(f).length > 0 || (f.RepoDigests ?? []).some((d) => !d.startsWith('<none>'));
+
+/**
+ * Whether an image was created at or after `since` (ms): the images a build, commit or import
+ * made. A build answered from the shared cache, a stage that only names its base image, a pull or
+ * a load give back images that existed before, which others may use: the tenant did not make
+ * those. (dockerd stamps an image with its commit time; a 2 s allowance covers clock skew.)
+ */
+function createdSince(f: ImageFacts, since: number): boolean {
+  const t = Date.parse((f.Created ?? '').replace(/(\.\d{3})\d+/, '$1'));
+  return Number.isFinite(t) && t >= since - 2000;
+}
+
 export class GuardProxy {
   readonly state: TenantState;
   private networkId: Promise<string> | undefined;
@@ -244,14 +271,9 @@ export class GuardProxy {
   private async imageLabelsOrGone(image: string): Promise<Record<string, string> | undefined> {
     const hit = this.imageLabelCache.get(image);
     if (hit) return hit;
-    const { status, json } = await this.upstreamJson<{
-      Config?: { Labels?: Record<string, string> | null } | null;
-      message?: string;
-    }>('GET', `/images/${encodeURIComponent(image)}/json`);
-    if (status !== 200 && status !== 404)
-      throw new Error(`inspecting image ${image}: ${json.message ?? status}`);
-    if (status === 404) return undefined;
-    const labels = json.Config?.Labels ?? {};
+    const f = await this.inspectImage(image);
+    if (!f) return undefined;
+    const labels = f.Config?.Labels ?? {};
     if (image.startsWith('sha256:')) {
       if (this.imageLabelCache.size > 4096) this.imageLabelCache.clear();
       this.imageLabelCache.set(image, labels);
@@ -998,41 +1020,25 @@ export class GuardProxy {
       throw new Refusal('image-tag', `the tag ${tag} cannot be checked (engine answered ${status})`);
   }
 
-  /**
-   * Whether an image was created at or after `since` (ms): the images a build, commit or import
-   * made. A build answered from the shared cache, a stage that only names its base image, a pull
-   * or a load give back images that existed before, which others may use: the tenant did not make
-   * those. (dockerd stamps an image with its commit time; a 2 s allowance covers clock skew.)
-   */
-  private async createdSince(idv: string, since: number): Promise<boolean> {
-    const { status, json } = await this.upstreamJson<{ Created?: string }>(
+  /** One inspect of an image: what the ownership decisions read; undefined when there is no such image. */
+  private async inspectImage(ref: string): Promise<ImageFacts | undefined> {
+    const { status, json } = await this.upstreamJson<ImageFacts & { message?: string }>(
       'GET',
-      `/images/${encodeURIComponent(idv)}/json`,
+      `/images/${encodeURIComponent(ref)}/json`,
     );
-    if (status !== 200 || typeof json.Created !== 'string') return false;
-    const t = Date.parse(json.Created.replace(/(\.\d{3})\d+/, '$1'));
-    return Number.isFinite(t) && t >= since - 2000;
-  }
-
-  /** Drops claims on tags the operation did not create after all (a failed build, pull or import). */
-  private async dropUnmadeTags(tags: readonly string[]): Promise<void> {
-    for (const t of tags) {
-      const { status } = await this.upstreamJson('GET', `/images/${encodeURIComponent(t)}/json`);
-      if (status === 404) this.state.tags.delete(t);
-    }
+    if (status === 404) return undefined;
+    if (status !== 200) throw new Error(`inspecting image ${ref}: ${json.message ?? status}`);
+    return json;
   }
 
   private async confirmTag(tag: string, since: number): Promise<void> {
-    const { status, json } = await this.upstreamJson<{ Id?: string }>(
-      'GET',
-      `/images/${encodeURIComponent(tag)}/json`,
-    );
-    if (status === 404) {
-      this.state.tags.delete(tag);
+    const f = await this.inspectImage(tag);
+    if (!f) {
+      this.state.tags.delete(tag); // the operation failed: the claim is released
       return;
     }
     this.state.addTag(tag);
-    if (json.Id && (await this.createdSince(json.Id, since))) this.state.builtImages.add(json.Id);
+    if (createdSince(f, since)) this.state.builtImages.add(f.Id);
   }
 
   private async build(
@@ -1067,31 +1073,33 @@ export class GuardProxy {
     // its quotes are escaped, so it cannot form `"ID":"`. A "Successfully built <id>" line is not
     // trusted: a RUN step can print one naming someone else's image.
     let tail = '';
-    const made = new Set<string>();
+    const reported = new Set<string>();
     await relay(up.body, res, {
       end: false,
       onData: (c) => {
         tail = (tail + c.toString('utf8')).slice(-4096);
-        for (const m of tail.matchAll(/"ID":"(sha256:[0-9a-f]{64})"/g)) if (m[1]) made.add(m[1]);
+        for (const m of tail.matchAll(/"ID":"(sha256:[0-9a-f]{64})"/g)) if (m[1]) reported.add(m[1]);
       },
     });
     try {
+      // What the build made: its tags' images and the reported IDs, created during the build.
+      const made = new Map<string, ImageFacts>();
       for (const t of tags) {
-        const { json } = await this.upstreamJson<{ Id?: string }>(
-          'GET',
-          `/images/${encodeURIComponent(t)}/json`,
-        );
-        if (json.Id) made.add(json.Id);
+        const f = await this.inspectImage(t);
+        if (!f)
+          this.state.tags.delete(t); // the build failed: the claim is released
+        else if (createdSince(f, since)) made.set(f.Id, f);
       }
-      await this.dropUnmadeTags(tags);
-      for (const idv of [...made]) {
-        if (await this.createdSince(idv, since)) this.state.builtImages.add(idv);
-        else made.delete(idv);
+      for (const idv of reported) {
+        if (made.has(idv)) continue;
+        const f = await this.inspectImage(idv);
+        if (f && createdSince(f, since)) made.set(idv, f);
       }
+      for (const idv of made.keys()) this.state.builtImages.add(idv);
       // An image that names an owner (a Dockerfile LABEL, or its base image's) would make the
       // containers run from it look like that tenant's: it is removed, and the build fails.
-      for (const idv of made) {
-        const owner = (await this.imageLabels(idv))[LABEL_TENANT];
+      for (const [idv, f] of made) {
+        const owner = f.Config?.Labels?.[LABEL_TENANT];
         if (owner === undefined || owner === '') continue;
         for (const t of tags) {
           await this.upstreamJson('DELETE', `/images/${encodeURIComponent(t)}`);
@@ -1115,12 +1123,21 @@ export class GuardProxy {
    */
   private async removeIfUnnamed(idv: string): Promise<void> {
     this.state.builtImages.delete(idv);
-    const { status, json } = await this.upstreamJson<{
-      RepoTags?: string[] | null;
-      RepoDigests?: string[] | null;
-    }>('GET', `/images/${encodeURIComponent(idv)}/json`);
-    if (status !== 200 || (json.RepoTags ?? []).length > 0 || (json.RepoDigests ?? []).length > 0) return;
-    await this.upstreamJson('DELETE', `/images/${encodeURIComponent(idv)}`);
+    await this.deleteIfUnnamed(idv);
+  }
+
+  /** Deletes an image nobody names (unforced); what dockerd deleted, or why nothing was. */
+  private async deleteIfUnnamed(
+    idv: string,
+  ): Promise<{ Deleted?: string; Untagged?: string }[] | 'gone' | 'kept'> {
+    const f = await this.inspectImage(idv);
+    if (!f) return 'gone';
+    if (named(f)) return 'kept';
+    const r = await this.upstreamJson<{ Deleted?: string; Untagged?: string }[]>(
+      'DELETE',
+      `/images/${encodeURIComponent(idv)}`,
+    );
+    return r.status < 300 && Array.isArray(r.json) ? r.json : 'kept';
   }
 
   private async imageCreate(
@@ -1271,22 +1288,17 @@ export class GuardProxy {
     const name = m.params.name ?? '';
     const qs = new URLSearchParams(query);
     if (isImageId(name)) {
-      const { status, json } = await this.upstreamJson<{
-        Id?: string;
-        RepoTags?: string[] | null;
-        RepoDigests?: string[] | null;
-      }>('GET', `/images/${encodeURIComponent(name)}/json`);
-      const idv = json.Id ?? '';
-      const tags = (json.RepoTags ?? []).filter((t) => t !== '<none>:<none>');
-      const digests = (json.RepoDigests ?? []).filter((d) => !d.startsWith('<none>'));
+      const f = await this.inspectImage(name);
+      const idv = f?.Id ?? '';
+      const tags = tagsOf(f);
       // The tenant's when every name it has is the tenant's tag, or it has none and the tenant made
       // it. "Made it" alone is not enough: a build answered from the shared cache, or a pull, gives
       // back an image that others may have made and tagged too.
       if (
-        status !== 200 ||
+        !f ||
         !(tags.length > 0
           ? tags.every((t) => this.state.ownsTag(t))
-          : digests.length === 0 && this.state.builtImages.has(idv))
+          : !named(f) && this.state.builtImages.has(idv))
       ) {
         throw new Refusal('image-tag', `image ${name} is not one you built; remove your tags instead`);
       }
@@ -1318,23 +1330,10 @@ export class GuardProxy {
   private async imagePrune(res: ServerResponse): Promise<void> {
     const deleted: { Deleted?: string; Untagged?: string }[] = [];
     for (const idv of [...this.state.builtImages]) {
-      const { status, json } = await this.upstreamJson<{
-        RepoTags?: string[] | null;
-        RepoDigests?: string[] | null;
-      }>('GET', `/images/${encodeURIComponent(idv)}/json`);
-      if (status !== 200) {
-        this.state.builtImages.delete(idv);
-        continue;
-      }
-      if ((json.RepoTags ?? []).length > 0 || (json.RepoDigests ?? []).length > 0) continue;
-      const r = await this.upstreamJson<{ Deleted?: string; Untagged?: string }[]>(
-        'DELETE',
-        `/images/${encodeURIComponent(idv)}`,
-      );
-      if (r.status < 300 && Array.isArray(r.json)) {
-        deleted.push(...r.json);
-        this.state.builtImages.delete(idv);
-      }
+      const d = await this.deleteIfUnnamed(idv);
+      if (d === 'kept') continue;
+      this.state.builtImages.delete(idv);
+      if (d !== 'gone') deleted.push(...d);
     }
     send(res, 200, { ImagesDeleted: deleted, SpaceReclaimed: 0 });
   }
