@@ -101,7 +101,7 @@ export interface Facts {
   readonly containers: ReadonlyMap<string, ResolvedRef>;
   readonly networks: ReadonlyMap<string, ResolvedRef>;
   readonly volumes: ReadonlyMap<string, ResolvedRef>;
-  /** Bind source (job path as written) -> host path after translation and realpath, or undefined if outside every map. */
+  /** Bind source (job path as written) -> the path to forward (map root or pin, see pin.ts), or undefined if outside every map. */
   readonly binds: ReadonlyMap<string, string | undefined>;
   /** Number of containers the tenant owns now (for the container-count limit). */
   readonly containerCount: number;

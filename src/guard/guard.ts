@@ -31,6 +31,12 @@ export interface GuardOptions {
   /** For tcp:// listeners: server certificate, key and the CA that signs client certificates. */
   tls?: { cert: string; key: string; ca: string };
   insecureTcp?: boolean;
+  /**
+   * Bind sources below a mapped folder: `auto` (default) pins each one where the guard can (root,
+   * and the engine sees the guard's mounts), so the tenant cannot swap it for a symlink later;
+   * `roots` allows only the mapped folders themselves.
+   */
+  bindPins?: 'auto' | 'roots';
 }
 
 export interface GuardHandle {
@@ -73,6 +79,8 @@ export async function createGuard(o: GuardOptions): Promise<GuardHandle> {
     policy,
     labels: { ...o.labels, [LABEL_TENANT]: o.tenant },
     audit: o.audit === undefined ? undefined : sink.write,
+    bindPins: o.bindPins,
+    engineKey: upstream.url,
   });
   // Requests still being handled when the guard closes must land before the cleanup looks.
   const inflight = new Set<Promise<unknown>>();
@@ -167,7 +175,11 @@ export async function createGuard(o: GuardOptions): Promise<GuardHandle> {
       Promise.allSettled([...inflight]),
       new Promise((r) => setTimeout(r, 10_000).unref()),
     ]);
-    if (opts.cleanup ?? !o.keep) await proxy.cleanup();
+    // Pins stay while kept containers may start again (a later guard process reaps them).
+    if (opts.cleanup ?? !o.keep) {
+      await proxy.cleanup();
+      await proxy.pins.releaseAll();
+    }
     transport.close();
     sink.close();
     if (!tcp) rmSync(o.listen.replace(/^unix:\/\//, ''), { force: true });

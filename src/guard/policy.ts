@@ -41,8 +41,11 @@ export interface Resolver {
   network(ref: string): string; // full ID of an owned network
   /** Whether a named volume exists owned by the tenant (true), does not exist (false); throws if not owned. */
   volume(name: string): boolean;
-  /** Host path a bind source resolves to (translated through the maps, symlinks and `..` resolved), or undefined. */
-  bind(source: string): string | undefined;
+  /**
+   * What to forward for a bind source (a path the tenant cannot change: see pin.ts), or why it is
+   * refused. `create`: the source came from `Binds` (dockerd makes it if missing), not `Mounts`.
+   */
+  bind(source: string, create: boolean): { forward: string } | { refused: string };
 }
 
 function check(policy: Policy, rule: RuleName, refused: boolean, why: string): void {
@@ -216,9 +219,9 @@ export function checkContainerCreate(
         r.volume(src);
         return b;
       }
-      const host = r.bind(src);
-      check(p, 'binds', host === undefined, `bind source ${src} is not inside a mapped job path`);
-      return [host ?? src, ...parts.slice(1)].join(':');
+      const bound = r.bind(src, true);
+      check(p, 'binds', 'refused' in bound, 'refused' in bound ? bound.refused : '');
+      return ['forward' in bound ? bound.forward : src, ...parts.slice(1)].join(':');
     });
   }
   if (Array.isArray(hc.Mounts)) {
@@ -226,9 +229,9 @@ export function checkContainerCreate(
       const type = str(m.Type);
       const src = str(m.Source);
       if (type === 'bind') {
-        const host = r.bind(src);
-        check(p, 'binds', host === undefined, `bind mount source ${src} is not inside a mapped job path`);
-        return { ...m, Source: host ?? src };
+        const bound = r.bind(src, false);
+        check(p, 'binds', 'refused' in bound, 'refused' in bound ? bound.refused : '');
+        return { ...m, Source: 'forward' in bound ? bound.forward : src };
       }
       if (type === 'volume') {
         const driver = obj(obj(m.VolumeOptions).DriverConfig);

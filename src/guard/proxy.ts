@@ -7,9 +7,12 @@
  */
 import http from 'node:http';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Duplex } from 'node:stream';
-import { existsSync, realpathSync } from 'node:fs';
-import { dirname, basename, join } from 'node:path';
+import type { Duplex, Readable } from 'node:stream';
+import { createReadStream, createWriteStream, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { createGunzip } from 'node:zlib';
 import { LABEL_ROLE, LABEL_TENANT, errorMessage } from '../common/index.js';
 import type { Transport } from '../engine/index.js';
 import { JsonLines, readAll } from '../engine/index.js';
@@ -33,12 +36,13 @@ import {
   checkExecCreate,
   checkNetworkCreate,
   checkVolumeCreate,
-  isInside,
-  translateJobPath,
 } from './policy.js';
 import type { Resolver } from './policy.js';
 import { relay } from './relay.js';
+import { BindPins, BindSourceError, pinMode } from './pin.js';
 import { rawStream, requestHead } from './rawstream.js';
+import { LoadScanner, compressionOf } from './loadscan.js';
+import type { LoadScan } from './loadscan.js';
 import { PathError, buildPath, matchRoute, normalizePath, splitTarget } from './routes.js';
 import type { Matched } from './routes.js';
 
@@ -52,6 +56,13 @@ export interface ProxyConfig {
   labels: Readonly<Record<string, string>>;
   /** Where decisions go; absent: no audit log (nothing is built per request). */
   audit?: ((r: AuditRecord) => void) | undefined;
+  /**
+   * Bind sources below a map root: `auto` pins them where the guard can (see pin.ts), `roots`
+   * allows only the mapped folders themselves. Default `auto`.
+   */
+  bindPins?: 'auto' | 'roots' | undefined;
+  /** Names the engine for the once-per-process pin probe (its address). */
+  engineKey?: string | undefined;
 }
 
 interface Upstream {
@@ -175,9 +186,18 @@ export class GuardProxy {
   private networkId: Promise<string> | undefined;
   readonly networkName: string;
 
+  readonly pins: BindPins;
+
   constructor(readonly cfg: ProxyConfig) {
     this.state = new TenantState(cfg.tenant);
     this.networkName = `berth-${tenantSlug(cfg.tenant)}`;
+    this.pins = new BindPins(cfg.maps, () =>
+      cfg.bindPins === 'roots'
+        ? Promise.resolve({ mode: 'roots' as const, why: 'the guard was started with bind pins off' })
+        : pinMode(cfg.engineKey ?? 'default', (method, path, body) =>
+            this.upstreamJson<{ message?: string; Id?: string }>(method, path, body),
+          ),
+    );
   }
 
   // ---------------------------------------------------------------- upstream
@@ -185,7 +205,7 @@ export class GuardProxy {
   upstream(
     method: string,
     path: string,
-    opts: { body?: Buffer | IncomingMessage; headers?: http.OutgoingHttpHeaders } = {},
+    opts: { body?: Buffer | Readable; headers?: http.OutgoingHttpHeaders } = {},
   ): Promise<Upstream> {
     const base = this.cfg.transport.requestOptions();
     return new Promise((resolve, reject) => {
@@ -374,18 +394,6 @@ export class GuardProxy {
       },
     );
     return this.networkId;
-  }
-
-  /** Host path for a bind source, through the maps, with `..` and symlinks resolved; undefined if outside. */
-  bindHostPath(source: string): string | undefined {
-    const translated = translateJobPath(source, this.cfg.maps);
-    if (translated === undefined) return undefined;
-    const real = realpathExisting(translated);
-    for (const m of this.cfg.maps) {
-      const root = realpathExisting(m.hostPath);
-      if (isInside(real, root)) return real;
-    }
-    return undefined;
   }
 
   // ---------------------------------------------------------------- request handling
@@ -648,7 +656,11 @@ export class GuardProxy {
             qs = new URLSearchParams(query);
             qs.set('v', '1');
           }
-          return this.forward(r ?? req, res, m.route.method, path({ id: cid }) + q(qs), { body: r });
+          const done = await this.forward(r ?? req, res, m.route.method, path({ id: cid }) + q(qs), {
+            body: r,
+          });
+          if (id === 'container.delete' && done && done.status < 300) await this.pins.detach(cid);
+          return;
         }
         throw new Refusal('endpoint', `${m.route.method} ${m.path} is not an endpoint berth allows`);
       }
@@ -806,6 +818,58 @@ export class GuardProxy {
       nets.set(n, await this.resolveNetwork(n));
     }
     for (const vname of refs.volumes) volumes.set(vname, await this.volumeOwned(vname));
+    // Bind sources: walked and pinned now (pin.ts); the rules see the outcome.
+    await this.sweepPins();
+    const binds = new Map<string, { forward: string } | { refused: string }>();
+    const held: string[] = [];
+    let createdId: string | undefined;
+    try {
+      for (const b of refs.binds) {
+        const k = `${b.create ? 'B' : 'M'}${b.source}`;
+        if (binds.has(k)) continue;
+        try {
+          const pinned = await this.pins.resolve(b.source, b.create);
+          if (pinned.key !== undefined) held.push(pinned.key);
+          binds.set(k, { forward: pinned.forward });
+        } catch (e) {
+          if (!(e instanceof BindSourceError)) throw e;
+          if (e.reason !== 'outside' && e.reason !== 'not-a-root')
+            throw new Refusal('binds', `invalid bind source: ${e.message}`, 400);
+          binds.set(k, { refused: e.message });
+        }
+      }
+      createdId = await this.createChecked(req, res, target, body, refs, volumes, answers, nets, binds);
+    } finally {
+      if (createdId !== undefined) this.pins.attach(createdId, held);
+      else await this.pins.release(held);
+    }
+  }
+
+  /** Containers that removed themselves (`--rm`) hold pins until a create notices they are gone. */
+  private async sweepPins(): Promise<void> {
+    const holders = this.pins.holders;
+    if (holders.length < 16) return;
+    const filters = JSON.stringify({ label: [`${LABEL_TENANT}=${this.cfg.tenant}`] });
+    const { status, json } = await this.upstreamJson<{ Id: string }[]>(
+      'GET',
+      `/containers/json?all=1&filters=${encodeURIComponent(filters)}`,
+    );
+    if (status !== 200 || !Array.isArray(json)) return;
+    const live = new Set(json.map((c) => c.Id));
+    for (const h of holders) if (!live.has(h)) await this.pins.detach(h);
+  }
+
+  private async createChecked(
+    req: IncomingMessage,
+    res: ServerResponse,
+    target: string,
+    body: Record<string, unknown>,
+    refs: Refs,
+    volumes: Map<string, boolean>,
+    answers: Map<string, string>,
+    nets: Map<string, string>,
+    binds: Map<string, { forward: string } | { refused: string }>,
+  ): Promise<string | undefined> {
     const needsTenantNet = refs.needsTenantNetwork;
     const tenantNet = needsTenantNet ? await this.ensureNetwork() : this.networkName;
     const count = await this.ownedContainerCount();
@@ -821,7 +885,8 @@ export class GuardProxy {
         return hit;
       },
       volume: (name) => volumes.get(name) ?? false,
-      bind: (src) => this.bindHostPath(src),
+      bind: (src, create) =>
+        binds.get(`${create ? 'B' : 'M'}${src}`) ?? { refused: `bind source ${src} was not resolved` },
     };
     const out = checkContainerCreate(
       body,
@@ -842,7 +907,11 @@ export class GuardProxy {
     }
     const r = await this.forwardJson(req, res, 'POST', target, out, { capture: true });
     const created = (r?.json as { Id?: unknown } | undefined)?.Id;
-    if (r && r.status < 300 && typeof created === 'string') this.state.containers.add(created);
+    if (r && r.status < 300 && typeof created === 'string') {
+      this.state.containers.add(created);
+      return created;
+    }
+    return undefined;
   }
 
   private async ownedContainerCount(): Promise<number> {
@@ -915,6 +984,7 @@ export class GuardProxy {
       const r = await this.upstreamJson('DELETE', `/containers/${c.Id}?v=1`);
       if (r.status < 300) {
         deleted.push(c.Id);
+        await this.pins.detach(c.Id);
         reclaimed += (c as { SizeRw?: number }).SizeRw ?? 0;
       }
     }
@@ -1228,55 +1298,51 @@ export class GuardProxy {
     res.end();
   }
 
+  /**
+   * `docker load`: the archive is spooled to a file and read first (loadscan.ts), so the tags it
+   * would write are known and checked before dockerd sees a byte; only then is it loaded. The
+   * tags claimed are the archive's own, never whatever else changed on the engine meanwhile.
+   */
   private async imageLoad(req: IncomingMessage, res: ServerResponse, target: string): Promise<void> {
-    const before = await this.tagMap();
-    const up = await this.upstream('POST', target, {
-      body: req,
-      headers: { 'content-type': 'application/x-tar' },
-    });
-    const chunks: Buffer[] = [];
-    for await (const c of up.body) chunks.push(c as Buffer);
-    const after = await this.tagMap();
-    const notes: string[] = [];
-    for (const [tag, idv] of after) {
-      const was = before.get(tag);
-      if (was === idv) continue;
-      if (was === undefined || this.state.ownsTag(tag)) {
-        this.state.addTag(tag);
-        // Loaded content was made elsewhere (its image may be someone else's too): only the tag is claimed.
-        continue;
+    const dir = mkdtempSync(join(tmpdir(), 'berth-load-'));
+    const file = join(dir, 'archive.tar');
+    try {
+      await pipeline(req, createWriteStream(file, { mode: 0o600 }));
+      const scan = await scanArchive(file);
+      if (scan.problem !== undefined)
+        throw new Refusal('image-tag', `berth cannot vouch for the tags of this archive: ${scan.problem}`);
+      // dockerd reads each RepoTag with its own grammar: the name as written is checked too.
+      const tags = new Set<string>();
+      for (const raw of scan.tags) {
+        const tag = normalizeTag(raw);
+        await this.assertTagWritable(tag);
+        if (raw !== tag) await this.assertTagWritable(raw);
+        tags.add(tag);
       }
-      // The archive overwrote a tag the tenant does not own: put it back.
-      const [repo, t] = splitTag(tag);
-      await this.upstreamJson(
-        'POST',
-        `/images/${encodeURIComponent(was)}/tag?repo=${encodeURIComponent(repo)}&tag=${encodeURIComponent(t)}`,
-      );
-      notes.push(tag);
-    }
-    if (notes.length) {
-      send(res, 403, {
-        message: `berth: image-tag: the archive tried to overwrite ${notes.join(', ')}, which belong to someone else; those tags were restored`,
+      const fresh = [...tags].filter((t) => !this.state.ownsTag(t));
+      for (const t of fresh) this.state.addTag(t);
+      let up: Upstream;
+      try {
+        up = await this.upstream('POST', target, {
+          body: createReadStream(file),
+          headers: { 'content-type': 'application/x-tar', 'content-length': statSync(file).size },
+        });
+      } catch (e) {
+        for (const t of fresh) this.state.tags.delete(t);
+        throw e;
+      }
+      const out = await readAll(up.body);
+      // A claim holds where the load made the tag; a failed load leaves nothing claimed. Loaded
+      // content was made elsewhere (it may be someone else's too): only the tags are the tenant's.
+      for (const t of fresh) if (!(await this.inspectImage(t))) this.state.tags.delete(t);
+      res.writeHead(up.status, {
+        'Content-Type': up.headers['content-type'] ?? 'application/json',
+        'Content-Length': out.length,
       });
-      return;
+      res.end(out);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
-    const buf = Buffer.concat(chunks);
-    res.writeHead(up.status, {
-      'Content-Type': up.headers['content-type'] ?? 'application/json',
-      'Content-Length': buf.length,
-    });
-    res.end(buf);
-  }
-
-  private async tagMap(): Promise<Map<string, string>> {
-    const { json } = await this.upstreamJson<{ Id: string; RepoTags: string[] | null }[]>(
-      'GET',
-      '/images/json',
-    );
-    const m = new Map<string, string>();
-    for (const i of Array.isArray(json) ? json : [])
-      for (const t of i.RepoTags ?? []) if (t !== '<none>:<none>') m.set(t, i.Id);
-    return m;
   }
 
   private async imageDelete(
@@ -1449,6 +1515,7 @@ export class GuardProxy {
     for (const c of await this.ownedContainers(Array.isArray(cs.json) ? cs.json : [])) {
       const r = await this.upstreamJson('DELETE', `/containers/${c.Id}?force=1&v=1`);
       if (r.status < 300) counts.containers++;
+      if (r.status < 300 || r.status === 404) await this.pins.detach(c.Id);
     }
     const ns = await this.upstreamJson<{ Id: string; Labels?: Record<string, string> | null }[]>(
       'GET',
@@ -1557,22 +1624,12 @@ export function withTenantFilter(query: URLSearchParams, tenant: string): URLSea
   return out;
 }
 
-function realpathExisting(p: string): string {
-  // Resolve the longest existing ancestor (symlinks, ..), then append the part that does not exist yet.
-  let cur = p;
-  const tail: string[] = [];
-  while (!existsSync(cur) && dirname(cur) !== cur) {
-    tail.unshift(basename(cur));
-    cur = dirname(cur);
-  }
-  const base = realpathSync(cur);
-  return tail.length ? join(base, ...tail) : base;
-}
-
 interface Refs {
   containers: string[];
   networks: string[];
   volumes: string[];
+  /** Bind sources: `create` for `Binds` (dockerd makes a missing folder), not for `Mounts`. */
+  binds: { source: string; create: boolean }[];
   needsTenantNetwork: boolean;
 }
 
@@ -1598,14 +1655,18 @@ export function collectRefs(body: Record<string, unknown>): Refs {
       for (const l of strs((ep as Record<string, unknown>).Links)) containers.add(l.split(':')[0] ?? '');
     }
   }
+  const binds: { source: string; create: boolean }[] = [];
   for (const b of strs(hc.Binds)) {
     const [src = '', ...rest] = b.split(':');
     if (rest.length > 0 && !src.startsWith('/') && src !== '') volumes.add(src);
+    if (rest.length > 0 && src.startsWith('/')) binds.push({ source: src, create: true });
   }
   if (Array.isArray(hc.Mounts)) {
     for (const mnt of hc.Mounts as Record<string, unknown>[]) {
       if (mnt.Type === 'volume' && typeof mnt.Source === 'string' && mnt.Source !== '')
         volumes.add(mnt.Source);
+      if (mnt.Type === 'bind' && typeof mnt.Source === 'string')
+        binds.push({ source: mnt.Source, create: false });
     }
   }
   const needsTenantNetwork =
@@ -1618,6 +1679,7 @@ export function collectRefs(body: Record<string, unknown>): Refs {
     containers: [...containers].map((c) => c.replace(/^\//, '')),
     networks: [...networks],
     volumes: [...volumes],
+    binds,
     needsTenantNetwork,
   };
 }
@@ -1740,4 +1802,32 @@ export function untilSeconds(v: string, now = Date.now()): number {
   const t = Date.parse(v);
   if (Number.isNaN(t)) throw new BodyError(`until ${v} is not a time`);
   return t / 1000;
+}
+
+/** Reads a spooled image archive (plain or gzip, as dockerd detects them) with the load scanner. */
+async function scanArchive(file: string): Promise<LoadScan> {
+  const head = Buffer.alloc(8);
+  const first = createReadStream(file, { start: 0, end: 7 });
+  let n = 0;
+  for await (const c of first) {
+    (c as Buffer).copy(head, n);
+    n += (c as Buffer).length;
+  }
+  const kind = compressionOf(head.subarray(0, n));
+  if (kind !== 'none' && kind !== 'gzip')
+    throw new Refusal(
+      'malformed',
+      `berth reads plain and gzip image archives, not ${kind}; decompress it first`,
+      400,
+    );
+  const scanner = new LoadScanner();
+  const read = createReadStream(file);
+  const src = kind === 'gzip' ? read.pipe(createGunzip()) : read;
+  try {
+    for await (const c of src) scanner.write(c as Buffer);
+  } catch (e) {
+    read.destroy();
+    throw new Refusal('malformed', `the image archive cannot be read: ${errorMessage(e)}`, 400);
+  }
+  return scanner.end();
 }

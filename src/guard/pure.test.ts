@@ -76,7 +76,12 @@ const resolver = (owned: Record<string, string> = {}): Resolver => ({
     throw new Refusal('ownership', `network ${ref} not found`, 404);
   },
   volume: () => true,
-  bind: (src) => translateJobPath(src, [{ jobPath: '/workspace', hostPath: '/srv/ws' }]),
+  bind: (src) => {
+    const host = translateJobPath(src, [{ jobPath: '/workspace', hostPath: '/srv/ws' }]);
+    return host === undefined
+      ? { refused: `bind source ${src} is not inside a mapped job path` }
+      : { forward: host };
+  },
 });
 const ctx = {
   labels: { 'io.berth.tenant': 't' },

@@ -51,7 +51,12 @@ const resolver: Resolver = {
     if (name === 'fresh') return false;
     throw new Refusal('ownership', `get ${name}: no such volume`, 404);
   },
-  bind: (src) => translateJobPath(src, [{ jobPath: '/workspace', hostPath: '/srv/ws' }]),
+  bind: (src) => {
+    const host = translateJobPath(src, [{ jobPath: '/workspace', hostPath: '/srv/ws' }]);
+    return host === undefined
+      ? { refused: `bind source ${src} is not inside a mapped job path` }
+      : { forward: host };
+  },
 };
 const ctx = (policy: Policy = defaultPolicy(), containerCount = 0): CreateContext => ({
   labels: { 'io.berth.tenant': 't' },

@@ -36,6 +36,11 @@ export function registerGuard(program: Command): void {
     .option('--audit <file|->', 'write one JSON line per decision')
     .option('--keep', 'keep the tenant’s objects when the guard stops')
     .option('--insecure-tcp', 'allow tcp:// without TLS client certificates')
+    .option(
+      '--bind-pins <mode>',
+      'bind sources below a mapped folder: auto (pin them where possible) or roots (mapped folders only)',
+      'auto',
+    )
     .option('--tls-cert <file>', 'server certificate (tcp://)')
     .option('--tls-key <file>', 'server key (tcp://)')
     .option('--tls-ca <file>', 'CA for client certificates (tcp://)')
@@ -49,12 +54,15 @@ export function registerGuard(program: Command): void {
         audit?: string;
         keep?: boolean;
         insecureTcp?: boolean;
+        bindPins: string;
         tlsCert?: string;
         tlsKey?: string;
         tlsCa?: string;
       }) => {
         const tls =
           o.tlsCert && o.tlsKey && o.tlsCa ? { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa } : undefined;
+        if (o.bindPins !== 'auto' && o.bindPins !== 'roots')
+          throw new BerthError('BERTH_USAGE', `--bind-pins ${o.bindPins}: expected auto or roots`);
         const guard = await createGuard({
           tenant: o.tenant,
           listen: o.listen,
@@ -65,6 +73,7 @@ export function registerGuard(program: Command): void {
           keep: o.keep === true,
           tls,
           insecureTcp: o.insecureTcp === true,
+          bindPins: o.bindPins,
         });
         process.stderr.write(`berth guard: tenant ${o.tenant} ready at ${guard.address}\n`);
         process.stdout.write(`DOCKER_HOST=${guard.address}\n`);

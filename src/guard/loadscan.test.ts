@@ -1,0 +1,104 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { LoadScanner, compressionOf, landing } from './loadscan.js';
+import { entry, header, pax } from '../../test/support/tar.js';
+
+const END = Buffer.alloc(1024);
+const manifest = (tags: string[]) => JSON.stringify([{ Config: 'c.json', RepoTags: tags, Layers: [] }]);
+
+/** Scans `parts` fed in pieces of `step` bytes (odd sizes: headers arrive split). */
+function scan(parts: Buffer[], step = 333) {
+  const all = Buffer.concat(parts);
+  const s = new LoadScanner();
+  for (let i = 0; i < all.length; i += step) s.write(all.subarray(i, i + step));
+  return s.end();
+}
+
+test('a save-style archive: the manifest tags, and the legacy repositories file', () => {
+  const r = scan([
+    entry('abc/layer.tar', 'x'.repeat(3000)),
+    entry('c.json', '{}'),
+    entry('manifest.json', manifest(['app:1', 'reg.local:5000/team/app:2'])),
+    entry('repositories', JSON.stringify({ legacy: { v1: 'abc' } })),
+    END,
+  ]);
+  assert.equal(r.problem, undefined);
+  assert.deepEqual(r.tags.sort(), ['app:1', 'legacy:v1', 'reg.local:5000/team/app:2']);
+});
+
+test('names that land on manifest.json after cleaning, PAX paths, GNU long names and USTAR prefixes', () => {
+  for (const parts of [
+    [entry('./manifest.json', manifest(['a:1']))],
+    [entry('/manifest.json', manifest(['a:1']))],
+    [entry('x/../manifest.json', manifest(['a:1']))],
+    [pax({ path: 'manifest.json' }), entry('innocent.json', manifest(['a:1']))],
+    [
+      entry('././@LongLink', 'manifest.json\0', 'L', { gnu: true }),
+      entry('innocent', manifest(['a:1']), '0', { gnu: true }),
+    ],
+    [entry('manifest.json', manifest(['a:1']), '0', { prefix: 'x/..' })],
+  ]) {
+    const r = scan([...parts, END]);
+    assert.equal(r.problem, undefined);
+    assert.deepEqual(r.tags, ['a:1'], parts.map((p) => p.subarray(0, 40).toString('latin1')).join('|'));
+  }
+  assert.equal(landing('a/./b/../c/'), 'a/c');
+});
+
+test('every spelling Go folds onto RepoTags, and duplicate keys, all count', () => {
+  const text = '[{"RepoTags":["a:1"],"repotags":["b:2"],"REPOTAGſ":["c:3"]},{"repoTags":["d:4"]}]';
+  assert.deepEqual(scan([entry('manifest.json', text), END]).tags.sort(), ['a:1', 'b:2', 'c:3', 'd:4']);
+  // Every version of the file counts (the last one written wins in dockerd's folder).
+  const two = scan([
+    entry('manifest.json', manifest(['x:1'])),
+    entry('manifest.json', manifest(['y:2'])),
+    END,
+  ]);
+  assert.deepEqual(two.tags.sort(), ['x:1', 'y:2']);
+});
+
+test('what cannot be vouched for: links as the manifest, writes through a symlink, bad JSON, truncation', () => {
+  assert.match(
+    scan([entry('manifest.json', '', '2', { linkname: 'other.json' }), END]).problem ?? '',
+    /not a regular file/,
+  );
+  assert.match(
+    scan([entry('manifest.json', '', '1', { linkname: 'other.json' }), END]).problem ?? '',
+    /not a regular file/,
+  );
+  assert.match(
+    scan([entry('d', '', '2', { linkname: '.' }), entry('d/manifest.json', manifest(['a:1'])), END])
+      .problem ?? '',
+    /through a symbolic link/,
+  );
+  assert.match(scan([entry('manifest.json', '[{"RepoTags":'), END]).problem ?? '', /not JSON/);
+  const whole = entry('manifest.json', manifest(['a:1']));
+  assert.match(scan([whole.subarray(0, 600)]).problem ?? '', /ends in the middle/);
+});
+
+test('PAX sizes keep the scan in step; nothing after the end block is read', () => {
+  // The header says 0 bytes, the PAX record 1024: a header-like block inside the data is data.
+  const fake = Buffer.concat([
+    entry('manifest.json', manifest(['hidden:1'])).subarray(0, 512),
+    Buffer.alloc(512),
+  ]);
+  const r = scan([
+    pax({ size: '1024' }),
+    header('blob', 0),
+    fake,
+    entry('manifest.json', manifest(['seen:1'])),
+    END,
+  ]);
+  assert.equal(r.problem, undefined);
+  assert.deepEqual(r.tags, ['seen:1']);
+  const after = scan([END, entry('manifest.json', manifest(['late:1']))]);
+  assert.deepEqual(after.tags, []);
+});
+
+test('compression is told from the first bytes, as dockerd tells it', () => {
+  assert.equal(compressionOf(Buffer.from([0x1f, 0x8b, 0x08, 0])), 'gzip');
+  assert.equal(compressionOf(Buffer.from('BZh91AY')), 'bzip2');
+  assert.equal(compressionOf(Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00])), 'xz');
+  assert.equal(compressionOf(Buffer.from([0x28, 0xb5, 0x2f, 0xfd])), 'zstd');
+  assert.equal(compressionOf(header('a', 0)), 'none');
+});

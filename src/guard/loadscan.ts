@@ -1,0 +1,246 @@
+/**
+ * What an image archive (`docker load`) will tag, read before dockerd sees it. dockerd extracts the
+ * archive into a folder and reads `manifest.json` (or, without one, the legacy `repositories`)
+ * from it; the scanner reads the tar the way that extraction lands: Go's tar formats (USTAR and
+ * star prefixes, PAX `path`/`size` records, GNU long names), names cleaned as dockerd cleans them,
+ * the last entry of a name wins. It collects every tag any version of those files names (a
+ * superset: each is checked) and refuses what it cannot vouch for: those files as anything but
+ * regular files, entries written through a symlink the archive made, manifests it cannot parse,
+ * compressions other than gzip. Pure; fed chunk by chunk.
+ */
+import { posix } from 'node:path';
+import { foldKey } from './canonical.js';
+import { JObject, parseOrdered } from './json.js';
+import type { JValue } from './json.js';
+
+const BLOCK = 512;
+const MAX_META = 8 * 1024 * 1024;
+const WATCHED = new Set(['manifest.json', 'repositories']);
+
+export type Compression = 'none' | 'gzip' | 'bzip2' | 'xz' | 'zstd';
+
+/** dockerd's DecompressStream detection, from the first bytes. */
+export function compressionOf(head: Buffer): Compression {
+  if (head[0] === 0x1f && head[1] === 0x8b && head[2] === 0x08) return 'gzip';
+  if (head.subarray(0, 3).toString('latin1') === 'BZh') return 'bzip2';
+  if (head.subarray(0, 6).equals(Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]))) return 'xz';
+  if (head.subarray(0, 4).equals(Buffer.from([0x28, 0xb5, 0x2f, 0xfd]))) return 'zstd';
+  return 'none';
+}
+
+export interface LoadScan {
+  /** Every tag a manifest or repositories file in the archive names, as written. */
+  tags: string[];
+  /** Why the archive cannot be vouched for; undefined when it can. */
+  problem: string | undefined;
+}
+
+function cstr(b: Buffer, off: number, len: number): string {
+  const s = b.subarray(off, off + len);
+  const z = s.indexOf(0);
+  return (z < 0 ? s : s.subarray(0, z)).toString('utf8');
+}
+
+function parseSize(b: Buffer): number {
+  const f = b.subarray(124, 136);
+  if ((f[0] ?? 0) & 0x80) {
+    // base-256 (GNU): big-endian, first byte's top bit a flag
+    let n = (f[0] ?? 0) & 0x7f;
+    for (let i = 1; i < f.length; i++) n = n * 256 + (f[i] ?? 0);
+    return n;
+  }
+  const t = f
+    .toString('latin1')
+    .replace(/[\0 ]+$/, '')
+    .trim();
+  return t === '' ? 0 : parseInt(t, 8);
+}
+
+/** PAX records: `<len> key=value\n`. */
+function paxRecords(data: Buffer): Map<string, string> {
+  const out = new Map<string, string>();
+  let i = 0;
+  while (i < data.length) {
+    const sp = data.indexOf(0x20, i);
+    if (sp < 0) break;
+    const len = parseInt(data.subarray(i, sp).toString('latin1'), 10);
+    if (!Number.isFinite(len) || len <= 0) break;
+    const rec = data.subarray(sp + 1, i + len - 1).toString('utf8');
+    const eq = rec.indexOf('=');
+    if (eq > 0) out.set(rec.slice(0, eq), rec.slice(eq + 1));
+    i += len;
+  }
+  return out;
+}
+
+/** The name an entry lands at in dockerd's extraction folder (Clean, no leading slash). */
+export function landing(name: string): string {
+  const c = posix.normalize(`/${name}`).replace(/^\/+/, '').replace(/\/+$/, '');
+  return c;
+}
+
+/** Tags a manifest.json names: every `RepoTags` (any spelling Go folds onto it) of every item. */
+function manifestTags(v: JValue): string[] {
+  const out: string[] = [];
+  if (!Array.isArray(v)) return out;
+  for (const item of v) {
+    if (!(item instanceof JObject)) continue;
+    for (const [k, val] of item.pairs)
+      if (foldKey(k) === 'repotags' && Array.isArray(val))
+        for (const t of val) if (typeof t === 'string') out.push(t);
+  }
+  return out;
+}
+
+/** Tags a legacy repositories file names: `{repo: {tag: id}}`. */
+function repositoriesTags(v: JValue): string[] {
+  const out: string[] = [];
+  if (!(v instanceof JObject)) return out;
+  for (const [repo, tags] of v.pairs)
+    if (tags instanceof JObject) for (const [tag] of tags.pairs) out.push(`${repo}:${tag}`);
+  return out;
+}
+
+export class LoadScanner {
+  private readonly tags = new Set<string>();
+  private problem: string | undefined;
+  private header = Buffer.alloc(0);
+  /** Bytes of the current entry's data (padded) still to come. */
+  private remaining = 0;
+  private size = 0;
+  private capture: Buffer[] | undefined;
+  private captured = 0;
+  private onData: ((data: Buffer) => void) | undefined;
+  private ended = false;
+  private paxPath: string | undefined;
+  private paxSize: number | undefined;
+  private longName: string | undefined;
+  private readonly symlinks = new Set<string>();
+
+  write(chunk: Buffer): void {
+    let off = 0;
+    while (off < chunk.length && !this.ended && this.problem === undefined) {
+      if (this.remaining > 0) {
+        const n = Math.min(this.remaining, chunk.length - off);
+        if (this.capture) {
+          const useful = Math.max(0, Math.min(n, this.size - this.captured));
+          if (useful > 0) this.capture.push(chunk.subarray(off, off + useful));
+          this.captured += useful;
+        }
+        this.remaining -= n;
+        off += n;
+        if (this.remaining === 0) this.finishData();
+        continue;
+      }
+      const need = BLOCK - this.header.length;
+      const take = chunk.subarray(off, off + need);
+      this.header = this.header.length === 0 ? Buffer.from(take) : Buffer.concat([this.header, take]);
+      off += take.length;
+      if (this.header.length === BLOCK) {
+        const h = this.header;
+        this.header = Buffer.alloc(0);
+        this.onHeader(h);
+      }
+    }
+  }
+
+  end(): LoadScan {
+    if (this.problem === undefined && !this.ended && (this.remaining > 0 || this.header.length > 0))
+      this.problem = 'the archive ends in the middle of an entry';
+    return { tags: [...this.tags], problem: this.problem };
+  }
+
+  private fail(why: string): void {
+    this.problem ??= why;
+  }
+
+  private onHeader(h: Buffer): void {
+    if (h.every((x) => x === 0)) {
+      // Go stops at a zero block (and fails unless another follows): nothing after it is read.
+      this.ended = true;
+      return;
+    }
+    const type = String.fromCharCode(h[156] ?? 0);
+    const magic = h.subarray(257, 263).toString('latin1');
+    const version = h.subarray(263, 265).toString('latin1');
+    let name = cstr(h, 0, 100);
+    if (magic === 'ustar\0' && version === '00') {
+      const star = h.subarray(508, 512).toString('latin1') === 'tar\0';
+      const prefix = cstr(h, 345, star ? 131 : 155);
+      if (prefix !== '') name = `${prefix}/${name}`;
+    }
+    let size = parseSize(h);
+    if (!Number.isSafeInteger(size) || size < 0) return this.fail('an entry has a size berth cannot read');
+    // Meta entries describe the next one.
+    if (type === 'x' || type === 'g' || type === 'L' || type === 'K') {
+      this.startData(size, type === 'g' ? undefined : (data) => this.onMeta(type, data));
+      return;
+    }
+    if (this.paxPath !== undefined) name = this.paxPath;
+    else if (this.longName !== undefined) name = this.longName;
+    if (this.paxSize !== undefined) size = this.paxSize;
+    this.paxPath = undefined;
+    this.paxSize = undefined;
+    this.longName = undefined;
+    const at = landing(name);
+    const parts = at.split('/');
+    for (let i = 1; i < parts.length; i++) {
+      if (this.symlinks.has(parts.slice(0, i).join('/')))
+        return this.fail(`the archive writes ${at} through a symbolic link it made`);
+    }
+    if (type === '2') this.symlinks.add(at);
+    else this.symlinks.delete(at);
+    if (WATCHED.has(at)) {
+      if (type !== '0' && type !== '\0' && type !== '7')
+        return this.fail(`the archive's ${at} is not a regular file`);
+      this.startData(size, (data) => this.onWatched(at, data));
+      return;
+    }
+    // Links, devices, folders and fifos have no data in the stream (Go ignores their size field).
+    this.startData('123456'.includes(type) ? 0 : size, undefined);
+  }
+
+  private startData(size: number, onData: ((data: Buffer) => void) | undefined): void {
+    if (onData && size > MAX_META) return this.fail('a manifest or header in the archive is too large');
+    this.size = size;
+    this.captured = 0;
+    this.capture = onData ? [] : undefined;
+    this.onData = onData;
+    this.remaining = Math.ceil(size / BLOCK) * BLOCK;
+    if (this.remaining === 0) this.finishData();
+  }
+
+  private finishData(): void {
+    const cb = this.onData;
+    const data = this.capture ? Buffer.concat(this.capture) : undefined;
+    this.capture = undefined;
+    this.onData = undefined;
+    if (cb && data) cb(data);
+  }
+
+  private onMeta(type: string, data: Buffer): void {
+    if (type === 'x') {
+      const rec = paxRecords(data);
+      const path = rec.get('path');
+      if (path !== undefined) this.paxPath = path;
+      const size = rec.get('size');
+      if (size !== undefined) {
+        const n = Number(size);
+        if (!Number.isSafeInteger(n) || n < 0) return this.fail('a PAX size berth cannot read');
+        this.paxSize = n;
+      }
+    } else if (type === 'L') {
+      this.longName = data.toString('utf8').replace(/\0+$/, '');
+    }
+  }
+
+  private onWatched(at: string, data: Buffer): void {
+    let v: JValue;
+    try {
+      v = parseOrdered(data.toString('utf8'));
+    } catch {
+      return this.fail(`the archive's ${at} is not JSON berth can read`);
+    }
+    for (const t of at === 'manifest.json' ? manifestTags(v) : repositoriesTags(v)) this.tags.add(t);
+  }
+}
