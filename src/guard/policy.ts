@@ -302,6 +302,49 @@ export function checkResources(r: Record<string, unknown>, policy: Policy): void
 }
 
 /**
+ * A build's RUN containers get the build's resources: ulimits as for containers, memory and CPU
+ * filled and capped from the tenant's limits as for containers (CPU as a CFS quota: the build API
+ * has no nano CPUs). The build API has no pids limit, so a RUN step is not pids-limited.
+ */
+function checkBuildResources(q: URLSearchParams, out: URLSearchParams, policy: Policy): void {
+  const raw = q.get('ulimits');
+  if (raw) {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(raw);
+    } catch {
+      throw new Refusal('malformed', 'ulimits is not a JSON array', 400);
+    }
+    // The docker CLI sends `null` for none.
+    if (parsed !== null && !Array.isArray(parsed))
+      throw new Refusal('malformed', 'ulimits is not a JSON array', 400);
+    checkResources({ Ulimits: parsed }, policy);
+  }
+  const num = (name: string): number => {
+    const v = q.get(name);
+    if (v === null || v === '') return 0;
+    const n = Number(v);
+    if (!Number.isFinite(n)) throw new Refusal('malformed', `${name}=${v} is not a number`, 400);
+    return n;
+  };
+  const hc: Record<string, unknown> = { Memory: num('memory') };
+  const period = num('cpuperiod') > 0 ? num('cpuperiod') : 100_000;
+  const quota = num('cpuquota');
+  hc.NanoCpus = quota > 0 ? Math.ceil((quota / period) * 1e9) : 0;
+  applyLimits(
+    hc,
+    { ...policy.limits, defaultPidsLimit: undefined, maxPidsLimit: undefined },
+    undefined,
+    policy.allow.has('limits'),
+  );
+  if (typeof hc.Memory === 'number' && hc.Memory > 0) out.set('memory', String(hc.Memory));
+  if (quota <= 0 && typeof hc.NanoCpus === 'number' && hc.NanoCpus > 0) {
+    out.set('cpuperiod', String(period));
+    out.set('cpuquota', String(Math.floor((hc.NanoCpus * period) / 1e9)));
+  }
+}
+
+/**
  * Fills unset memory/CPU/pids from the tenant's defaults (else caps) and refuses values over the caps
  * or a container count at the limit; with `bypass` (the policy allows `limits`) only fills.
  */
@@ -459,8 +502,10 @@ export function checkBuild(
   q: URLSearchParams,
   labels: Readonly<Record<string, string>>,
   policy: Policy,
+  tenantNetwork?: string,
 ): URLSearchParams {
   const out = new URLSearchParams(q);
+  checkBuildResources(q, out, policy);
   // Go's FormValue reads the first value, as URLSearchParams.get does. Build containers may use the
   // default bridge or no network; a named network could be another tenant's (never resolved here).
   const net = q.get('networkmode') ?? '';
@@ -470,6 +515,10 @@ export function checkBuild(
     !['', 'default', 'bridge', 'none'].includes(net),
     `build network mode ${net} is not allowed (default, bridge or none)`,
   );
+  // RUN steps join the tenant's network rather than the shared default bridge (where the host's
+  // containers and other tenants' builds are): they reach the tenant's own services and nobody else.
+  if (tenantNetwork !== undefined && ['', 'default', 'bridge'].includes(net))
+    out.set('networkmode', tenantNetwork);
   check(policy, 'build-options', (q.get('cgroupparent') ?? '') !== '', 'build cgroup parent is not allowed');
   check(policy, 'build-options', (q.get('remote') ?? '') !== '', 'builds from a remote URL are not allowed');
   const iso = q.get('isolation') ?? '';

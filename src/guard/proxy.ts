@@ -1118,7 +1118,9 @@ export class GuardProxy {
     query: URLSearchParams,
   ): Promise<void> {
     const since = Date.now();
-    const qs = checkBuild(query, this.cfg.labels, this.cfg.policy);
+    const qs = checkBuild(query, this.cfg.labels, this.cfg.policy, this.networkName);
+    // By ID: a name can be another's too (dockerd allows duplicate network names).
+    if (qs.get('networkmode') === this.networkName) qs.set('networkmode', await this.ensureNetwork());
     // Intermediate containers of the legacy builder carry no labels: always remove them, even on failure.
     qs.set('rm', '1');
     qs.set('forcerm', '1');

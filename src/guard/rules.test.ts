@@ -598,3 +598,44 @@ test('policy file: JSON or YAML, defaults merged under the first matching tenant
   assert.throws(() => policyFor('- a\n', 'p.yml', 'x'), /\(root\)/);
   assert.throws(() => policyFor('a: [', 'p.yml', 'x'), /p\.yml/);
 });
+
+test('build resources: ulimits as for containers, memory and CPU filled and capped, RUN on the tenant network', () => {
+  const limited: Policy = {
+    ...defaultPolicy(),
+    limits: {
+      defaultMemoryBytes: 512 * 2 ** 20,
+      maxMemoryBytes: 2 ** 30,
+      defaultNanoCpus: 1e9,
+      maxNanoCpus: 2e9,
+    },
+  };
+  const b = (qs: string, p: Policy = limited) => checkBuild(new URLSearchParams(qs), {}, p, 'berth-t');
+  assert.throws(
+    () => b('ulimits=[{"Name":"rtprio","Soft":99,"Hard":99}]'),
+    /berth: resources: ulimit rtprio/,
+  );
+  assert.throws(() => b('ulimits=nope'), /berth: malformed: ulimits/);
+  assert.equal(
+    b('ulimits=[{"Name":"nofile","Soft":1024,"Hard":1024}]').get('ulimits'),
+    '[{"Name":"nofile","Soft":1024,"Hard":1024}]',
+  );
+  const filled = b('');
+  assert.equal(filled.get('memory'), String(512 * 2 ** 20));
+  assert.equal(filled.get('cpuperiod'), '100000');
+  assert.equal(filled.get('cpuquota'), '100000');
+  assert.equal(b('memory=1048576').get('memory'), '1048576');
+  assert.throws(() => b(`memory=${2 ** 31}`), /berth: limits: memory/);
+  assert.throws(() => b('cpuperiod=100000&cpuquota=300000'), /berth: limits: CPU/);
+  assert.equal(b('cpuperiod=100000&cpuquota=50000').get('cpuquota'), '50000');
+  assert.throws(() => b('memory=lots'), /berth: malformed: memory=lots/);
+  // A policy that allows `limits` only fills.
+  assert.equal(
+    b(`memory=${2 ** 31}`, { ...limited, allow: new Set(['limits']) }).get('memory'),
+    String(2 ** 31),
+  );
+  // The network: default, bridge and empty become the tenant's; none stays none.
+  for (const n of ['', 'default', 'bridge'])
+    assert.equal(b(`networkmode=${n}`).get('networkmode'), 'berth-t');
+  assert.equal(b('').get('networkmode'), 'berth-t');
+  assert.equal(b('networkmode=none').get('networkmode'), 'none');
+});

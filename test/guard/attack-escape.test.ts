@@ -663,6 +663,43 @@ describe('guard attack suite: escape prevention', () => {
     await a.unchanged(before, 'build options');
   });
 
+  test('build resources: ulimits beyond the safe list refused (query, form body, CLI); RUN steps on the tenant network', async () => {
+    const before = await a.snapshot();
+    const rt = encodeURIComponent('[{"Name":"rtprio","Soft":99,"Hard":99}]');
+    for (const [what, path, body, ct] of [
+      ['query ulimits', `/v1.41/build?ulimits=${rt}`, '', 'application/x-tar'],
+      ['form body ulimits', '/v1.41/build', `ulimits=${rt}`, 'application/x-www-form-urlencoded'],
+    ] as const) {
+      const res = await send(a.sock, { method: 'POST', path, headers: [['Content-Type', ct]], body });
+      expectRefused(res, 'resources', what);
+    }
+    const cli = await docker(a.host, ['build', '--ulimit', 'rtprio=99', '-q', '-'], {
+      input: 'FROM berth-local/busybox\nRUN true\n',
+    });
+    assert.notEqual(cli.code, 0);
+    assert.match(cli.stderr, /berth: resources: ulimit rtprio/);
+    await a.unchanged(before, 'build ulimits');
+    // A RUN step's address is on the tenant's network, not the shared default bridge.
+    const built = await docker(a.host, ['build', '--no-cache', '-'], {
+      input: `FROM berth-local/busybox\nRUN echo ${uniqueName('net')} && echo "addr=$(hostname -i)"\n`,
+    });
+    assert.equal(built.code, 0, built.stderr);
+    const addr = /addr=(\d+\.\d+\.\d+\.\d+)/.exec(built.stdout)?.[1] ?? '';
+    const nets = await networks(a.c).list({ label: [`io.berth.tenant=${a.tenant}`] });
+    const net = await a.c.json<{ IPAM?: { Config?: { Subnet?: string }[] } }>(
+      'GET',
+      `/networks/${nets[0]?.Id ?? 'none'}`,
+    );
+    const subnet = net.IPAM?.Config?.[0]?.Subnet ?? '';
+    const [netAddr = '', bits = '32'] = subnet.split('/');
+    const block = (ip: string) =>
+      Math.floor(ip.split('.').reduce((acc, o) => acc * 256 + Number(o), 0) / 2 ** (32 - Number(bits)));
+    assert.ok(addr !== '' && subnet !== '', `address ${addr}, tenant subnet ${subnet}: ${built.stdout}`);
+    assert.equal(block(addr), block(netAddr), `${addr} in ${subnet}`);
+    const id = /Successfully built ([0-9a-f]+)/.exec(built.stdout)?.[1];
+    if (id) await docker(a.host, ['rmi', id]);
+  });
+
   test('image-import: import from a URL refused (query and form body); docker import http://…', async () => {
     const before = await a.snapshot();
     for (const [what, path, body] of [
