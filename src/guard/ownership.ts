@@ -115,7 +115,12 @@ export function listedContainerIds(answer: Buffer): string[] | undefined {
 export class TenantState {
   /** Containers this guard created (their tenant label is ours even when the image also carries it). */
   readonly containers = new Set<string>();
-  readonly tags = new Set<string>();
+  /**
+   * Tags the tenant set, with the image ID its operation set each to (undefined while the operation
+   * is in flight). A tag is the tenant's only while dockerd still maps it there: another party may
+   * have set the same name since (two builds of one new tag, a host re-tag).
+   */
+  readonly tags = new Map<string, string | undefined>();
   readonly builtImages = new Set<string>();
   readonly networks = new Set<string>();
   readonly volumes = new Set<string>();
@@ -141,11 +146,25 @@ export class TenantState {
     return this.containers.has(id) || imageLabels?.[LABEL_TENANT] !== this.tenant;
   }
 
+  /** Whether the tenant has a claim on the tag (check `ownsTagAt` before acting on it). */
   ownsTag(ref: string): boolean {
     return this.tags.has(normalizeTag(ref));
   }
 
+  /** Whether the tag is the tenant's while it points at `imageId` (what dockerd maps it to now). */
+  ownsTagAt(ref: string, imageId: string): boolean {
+    const k = normalizeTag(ref);
+    if (!this.tags.has(k)) return false;
+    const rec = this.tags.get(k);
+    return rec === undefined || rec === imageId;
+  }
+
+  /** A claim for an operation in flight; `setTag` or `tags.delete` settles it. */
   addTag(ref: string): void {
-    this.tags.add(normalizeTag(ref));
+    this.tags.set(normalizeTag(ref), undefined);
+  }
+
+  setTag(ref: string, imageId: string): void {
+    this.tags.set(normalizeTag(ref), imageId);
   }
 }

@@ -573,8 +573,9 @@ export class GuardProxy {
       case 'image.tag': {
         const target = this.claimTag(query.get('repo'), query.get('tag'));
         await this.assertTagWritable(target);
+        const source = await this.inspectImage(m.params.name ?? '');
         const r = await this.forward(req, res, 'POST', path() + q(query), { capture: true });
-        if (r && r.status < 300 && target) this.state.addTag(target);
+        if (r && r.status < 300 && target && source) this.state.setTag(target, source.Id);
         return;
       }
       case 'image.delete':
@@ -1080,10 +1081,16 @@ export class GuardProxy {
   }
 
   async assertTagWritable(tag: string | undefined): Promise<void> {
-    if (tag === undefined || this.state.ownsTag(tag)) return;
-    const { status } = await this.upstreamJson('GET', `/images/${encodeURIComponent(tag)}/json`);
-    if (status === 200)
+    if (tag === undefined) return;
+    const { status, json } = await this.upstreamJson<{ Id?: string }>(
+      'GET',
+      `/images/${encodeURIComponent(tag)}/json`,
+    );
+    if (status === 200 && this.state.ownsTagAt(tag, json.Id ?? '')) return;
+    if (status === 200) {
+      if (this.state.ownsTag(tag)) this.state.tags.delete(tag); // someone else has set it since
       throw new Refusal('image-tag', `the tag ${tag} belongs to someone else; choose another name`);
+    }
     // Only "no such image" leaves the name free: anything else (a name dockerd cannot parse, an
     // engine error) is refused rather than guessed at.
     if (status !== 404)
@@ -1107,7 +1114,7 @@ export class GuardProxy {
       this.state.tags.delete(tag); // the operation failed: the claim is released
       return;
     }
-    this.state.addTag(tag);
+    this.state.setTag(tag, f.Id);
     if (createdSince(f, since)) this.state.builtImages.add(f.Id);
   }
 
@@ -1146,11 +1153,15 @@ export class GuardProxy {
     // trusted: a RUN step can print one naming someone else's image.
     let tail = '';
     const reported = new Set<string>();
+    let last: string | undefined; // the build's final image: dockerd's last aux ID
     await relay(up.body, res, {
       end: false,
       onData: (c) => {
         tail = (tail + c.toString('utf8')).slice(-4096);
-        for (const m of tail.matchAll(/"ID":"(sha256:[0-9a-f]{64})"/g)) if (m[1]) reported.add(m[1]);
+        for (const m of tail.matchAll(/"ID":"(sha256:[0-9a-f]{64})"/g)) {
+          if (m[1]) reported.add(m[1]);
+          last = m[1];
+        }
       },
     });
     try {
@@ -1158,9 +1169,14 @@ export class GuardProxy {
       const made = new Map<string, ImageFacts>();
       for (const t of tags) {
         const f = await this.inspectImage(t);
-        if (!f)
-          this.state.tags.delete(t); // the build failed: the claim is released
-        else if (createdSince(f, since)) made.set(f.Id, f);
+        // A failed build, or another party's build of the same tag that finished later: the tag is
+        // not the tenant's.
+        if (!f || (last !== undefined && f.Id !== last)) {
+          this.state.tags.delete(t);
+          continue;
+        }
+        this.state.setTag(t, f.Id);
+        if (createdSince(f, since)) made.set(f.Id, f);
       }
       for (const idv of reported) {
         if (made.has(idv)) continue;
@@ -1256,7 +1272,10 @@ export class GuardProxy {
     await this.forward(req, res, 'POST', `${target}?${query.toString()}`, {
       body: fromSrc === '-' ? req : undefined,
     });
-    if (tag) await this.confirmTag(tag, since).catch(() => undefined);
+    if (tag)
+      await this.confirmTag(tag, since).catch(() => {
+        this.state.tags.delete(tag);
+      });
   }
 
   /** The image a reference names; undefined only when the engine says there is none (404). */
@@ -1336,7 +1355,11 @@ export class GuardProxy {
       const out = await readAll(up.body);
       // A claim holds where the load made the tag; a failed load leaves nothing claimed. Loaded
       // content was made elsewhere (it may be someone else's too): only the tags are the tenant's.
-      for (const t of fresh) if (!(await this.inspectImage(t))) this.state.tags.delete(t);
+      for (const t of tags) {
+        const f = await this.inspectImage(t).catch(() => undefined);
+        if (f) this.state.setTag(t, f.Id);
+        else this.state.tags.delete(t);
+      }
       res.writeHead(up.status, {
         'Content-Type': up.headers['content-type'] ?? 'application/json',
         'Content-Length': out.length,
@@ -1365,7 +1388,7 @@ export class GuardProxy {
       if (
         !f ||
         !(tags.length > 0
-          ? tags.every((t) => this.state.ownsTag(t))
+          ? tags.every((t) => this.state.ownsTagAt(t, idv))
           : !named(f) && this.state.builtImages.has(idv))
       ) {
         throw new Refusal('image-tag', `image ${name} is not one you built; remove your tags instead`);
@@ -1379,10 +1402,15 @@ export class GuardProxy {
       return;
     }
     const tag = normalizeTag(name);
-    if (!this.state.ownsTag(tag)) {
-      const { status } = await this.upstreamJson('GET', `/images/${encodeURIComponent(tag)}/json`);
-      if (status === 200) throw new Refusal('image-tag', `the tag ${tag} is not yours to remove`);
+    const now = await this.inspectImage(tag);
+    if (!now) {
+      this.state.tags.delete(tag);
       throw new NotFound(`No such image: ${tag}`);
+    }
+    if (!this.state.ownsTagAt(tag, now.Id)) {
+      const since = this.state.ownsTag(tag) ? ' (someone else has set it since)' : '';
+      this.state.tags.delete(tag);
+      throw new Refusal('image-tag', `the tag ${tag} is not yours to remove${since}`);
     }
     qs.delete('force'); // a tag removal never needs force; force could remove the image under others' tags
     const r = await this.forward(
@@ -1537,9 +1565,13 @@ export class GuardProxy {
       const r = await this.upstreamJson('DELETE', `/volumes/${encodeURIComponent(vol.Name)}?force=1`);
       if (r.status < 300) counts.volumes++;
     }
-    for (const tag of [...this.state.tags]) {
-      const r = await this.upstreamJson('DELETE', `/images/${encodeURIComponent(tag)}`);
-      if (r.status < 300) counts.tags++;
+    for (const tag of [...this.state.tags.keys()]) {
+      // Only while the tag still points where the tenant set it.
+      const f = await this.inspectImage(tag).catch(() => undefined);
+      if (f && this.state.ownsTagAt(tag, f.Id)) {
+        const r = await this.upstreamJson('DELETE', `/images/${encodeURIComponent(tag)}`);
+        if (r.status < 300) counts.tags++;
+      }
       this.state.tags.delete(tag);
     }
     // Images the tenant made, once its tags are gone.

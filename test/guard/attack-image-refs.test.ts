@@ -32,7 +32,7 @@ describe('attack: image references the guard and dockerd could read differently'
 
   after(async () => {
     await guard.close({ cleanup: true }).catch(() => undefined);
-    for (const t of [hostTag, `${repo}:x`, `${repo}:mine`])
+    for (const t of [hostTag, `${repo}:x`, `${repo}:mine`, `${repo}:taken`])
       await images(c)
         .remove(t)
         .catch(() => false);
@@ -84,5 +84,49 @@ describe('attack: image references the guard and dockerd could read differently'
     // dockerd reads the body as a build context (not a tar: the build fails) and no option from it.
     assert.ok(!r.body.toString().includes('Successfully tagged'), r.body.toString());
     await hostIntact();
+  });
+
+  test('a tag the tenant set is not its own once someone else points it elsewhere', async () => {
+    const taken = `${repo}:taken`;
+    const mine = await send(sock, {
+      method: 'POST',
+      path: `/v1.41/images/${IMAGE}/tag?repo=${repo}&tag=taken`,
+    });
+    assert.equal(mine.status, 201, mine.text);
+    // The host (or another tenant's concurrent build of the same name) sets the tag afterwards.
+    await images(c).tag('berth-local/tools', repo, 'taken');
+    const moved = (await images(c).inspect(taken)).Id;
+    expectRefused(
+      await send(sock, { method: 'DELETE', path: `/v1.41/images/${taken}` }),
+      'image-tag',
+      'removing a tag someone else has set since',
+    );
+    expectRefused(
+      await send(sock, { method: 'POST', path: `/v1.41/images/${IMAGE}/tag?repo=${repo}&tag=taken` }),
+      'image-tag',
+      'tagging over it again',
+    );
+    expectRefused(
+      await send(sock, { method: 'DELETE', path: `/v1.41/images/${moved}?force=1` }),
+      'image-tag',
+      'removing its image by ID',
+    );
+    // Nor does the guard's cleanup remove it.
+    const g = await createGuard({
+      tenant: uniqueName('imgref2'),
+      listen: join(dir.path, 'h.sock'),
+      labels: sessionLabels(),
+    });
+    const h = join(dir.path, 'h.sock');
+    const again = await send(h, {
+      method: 'POST',
+      path: `/v1.41/images/${IMAGE}/tag?repo=${repo}&tag=cleanup`,
+    });
+    assert.equal(again.status, 201, again.text);
+    await images(c).tag('berth-local/tools', repo, 'cleanup');
+    await g.close({ cleanup: true });
+    assert.equal((await images(c).inspect(`${repo}:cleanup`)).Id, moved, 'the cleanup left it');
+    await images(c).remove(`${repo}:cleanup`);
+    assert.equal((await images(c).inspect(taken)).Id, moved);
   });
 });
