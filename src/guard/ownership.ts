@@ -5,17 +5,58 @@
  */
 import { LABEL_TENANT } from '../common/index.js';
 
-/** Normalises an image reference to `repo:tag` as RepoTags shows it (docker.io/library/ stripped). */
+interface SplitRef {
+  domain: string;
+  path: string;
+  tag: string;
+}
+
+/** dockerd's reading of a tag reference (distribution's ParseNormalizedNamed, without validation). */
+function splitRef(ref: string): SplitRef {
+  const r = ref.trim();
+  const slash = r.lastIndexOf('/');
+  const colon = r.lastIndexOf(':');
+  const name = colon > slash ? r.slice(0, colon) : r;
+  const tag = colon > slash ? r.slice(colon + 1) : 'latest';
+  const i = name.indexOf('/');
+  const first = i < 0 ? '' : name.slice(0, i);
+  let domain = 'docker.io';
+  let path = name;
+  if (i >= 0 && (/[.:]/.test(first) || first === 'localhost' || first.toLowerCase() !== first)) {
+    domain = first;
+    path = name.slice(i + 1);
+  }
+  if (domain === 'index.docker.io') domain = 'docker.io';
+  if (domain === 'docker.io' && !path.includes('/')) path = `library/${path}`;
+  return { domain, path, tag };
+}
+
+/**
+ * Normalises an image reference to `repo:tag` as RepoTags shows it (dockerd's familiar form:
+ * docker.io/ and library/ dropped, index.docker.io read as docker.io, `:latest` added).
+ */
 export function normalizeTag(ref: string): string {
-  let r = ref.trim();
-  if (r.includes('@')) return r; // digest reference, not a tag
-  r = r
-    .replace(/^docker\.io\/library\//, '')
-    .replace(/^docker\.io\//, '')
-    .replace(/^index\.docker\.io\/library\//, '');
-  const lastSlash = r.lastIndexOf('/');
-  const lastColon = r.lastIndexOf(':');
-  return lastColon > lastSlash ? r : `${r}:latest`;
+  if (ref.includes('@')) return ref.trim(); // digest reference, not a tag
+  const { domain, path, tag } = splitRef(ref);
+  const familiar =
+    domain === 'docker.io'
+      ? path.startsWith('library/') && path.split('/').length === 2
+        ? path.slice('library/'.length)
+        : path
+      : `${domain}/${path}`;
+  return `${familiar}:${tag}`;
+}
+
+/**
+ * A Docker Hub name whose first path part looks like a registry (`docker.io/quay.io/app`): its
+ * familiar form (`quay.io/app`) reads back as another image, so the guard and dockerd could mean
+ * different tags by one string. Such names are refused.
+ */
+export function ambiguousRef(ref: string): boolean {
+  if (ref.includes('@')) return false;
+  const { domain, path } = splitRef(ref);
+  const first = path.split('/')[0] ?? '';
+  return domain === 'docker.io' && (/[.:]/.test(first) || first === 'localhost');
 }
 
 /** Whether a reference names an image by ID (full `sha256:…` or a hex prefix) rather than by tag. */

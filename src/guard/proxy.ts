@@ -25,6 +25,7 @@ import {
   leadingContainerId,
   listedContainerIds,
   isImageId,
+  ambiguousRef,
   normalizeTag,
   tenantSlug,
 } from './ownership.js';
@@ -1077,7 +1078,7 @@ export class GuardProxy {
     if (own && tag)
       throw new Refusal('image-tag', `repo ${repo} already names a tag or digest; pass the tag once`);
     if (repo.includes('@')) throw new Refusal('image-tag', `repo ${repo} is a digest reference, not a tag`);
-    return normalizeTag(tag ? `${repo}:${tag}` : repo);
+    return normalizeTag(plainRef(tag ? `${repo}:${tag}` : repo));
   }
 
   async assertTagWritable(tag: string | undefined): Promise<void> {
@@ -1131,7 +1132,7 @@ export class GuardProxy {
     // Intermediate containers of the legacy builder carry no labels: always remove them, even on failure.
     qs.set('rm', '1');
     qs.set('forcerm', '1');
-    const tags = qs.getAll('t').map((t) => normalizeTag(t));
+    const tags = qs.getAll('t').map((t) => normalizeTag(plainRef(t)));
     for (const t of tags) await this.assertTagWritable(t);
     for (const t of tags) this.state.addTag(t);
     const up = await this.upstream('POST', `${target}?${qs.toString()}`, {
@@ -1335,7 +1336,7 @@ export class GuardProxy {
       // dockerd reads each RepoTag with its own grammar: the name as written is checked too.
       const tags = new Set<string>();
       for (const raw of scan.tags) {
-        const tag = normalizeTag(raw);
+        const tag = normalizeTag(plainRef(raw));
         await this.assertTagWritable(tag);
         if (raw !== tag) await this.assertTagWritable(raw);
         tags.add(tag);
@@ -1864,4 +1865,14 @@ async function scanArchive(file: string): Promise<LoadScan> {
     throw new Refusal('malformed', `the image archive cannot be read: ${errorMessage(e)}`, 400);
   }
   return scanner.end();
+}
+
+/** A tag name the guard and dockerd read alike, or a refusal (see ambiguousRef). */
+function plainRef(ref: string): string {
+  if (ambiguousRef(ref))
+    throw new Refusal(
+      'image-tag',
+      `the name ${ref} is ambiguous: dockerd shows it as ${normalizeTag(ref)}, which reads back as another image; choose a name whose first part is not a registry address`,
+    );
+  return ref;
 }

@@ -11,6 +11,7 @@ import {
   imageLabelsFor,
   leadingContainerId,
   listedContainerIds,
+  ambiguousRef,
   normalizeTag,
   tenantSlug,
 } from './ownership.js';
@@ -169,6 +170,21 @@ test('build options and tags', () => {
   assert.equal(normalizeTag('busybox'), 'busybox:latest');
   assert.equal(normalizeTag('docker.io/library/busybox:1'), 'busybox:1');
   assert.equal(normalizeTag('127.0.0.1:5000/app'), '127.0.0.1:5000/app:latest');
+  // dockerd's reading: index.docker.io is docker.io, a first part with . : or capitals or localhost is a registry.
+  assert.equal(normalizeTag('index.docker.io/team/app:2'), 'team/app:2');
+  assert.equal(normalizeTag('index.docker.io/busybox'), 'busybox:latest');
+  assert.equal(normalizeTag('docker.io/team/app'), 'team/app:latest');
+  assert.equal(normalizeTag('localhost/app:1'), 'localhost/app:1');
+  assert.equal(normalizeTag('localhost:5000/a/b'), 'localhost:5000/a/b:latest');
+  assert.equal(normalizeTag('docker.io/library/team/app:1'), 'library/team/app:1');
+  // A Hub path whose first part looks like a registry shows as a name that reads back differently.
+  assert.equal(normalizeTag('docker.io/docker.io/app:ci'), 'docker.io/app:ci');
+  assert.equal(normalizeTag('docker.io/app:ci'), 'app:ci');
+  assert.equal(ambiguousRef('docker.io/docker.io/app:ci'), true);
+  assert.equal(ambiguousRef('docker.io/quay.io/app'), true);
+  assert.equal(ambiguousRef('index.docker.io/localhost/app'), true);
+  for (const ok of ['app', 'quay.io/app:1', 'docker.io/team/app', 'localhost:5000/x', 'app@sha256:00'])
+    assert.equal(ambiguousRef(ok), false, ok);
   assert.equal(tenantSlug('env/production'), 'env-production');
 });
 

@@ -129,4 +129,30 @@ describe('attack: image references the guard and dockerd could read differently'
     await images(c).remove(`${repo}:cleanup`);
     assert.equal((await images(c).inspect(taken)).Id, moved);
   });
+
+  test('a Docker Hub name whose first part looks like a registry is refused (it reads back as another image)', async () => {
+    // docker.io/docker.io/<repo>:prod shows as docker.io/<repo>:prod, which dockerd reads as <repo>:prod: the host's.
+    for (const q of [
+      `repo=docker.io/docker.io/${repo}&tag=prod`,
+      `repo=index.docker.io/localhost/${repo}&tag=prod`,
+    ])
+      expectRefused(
+        await send(sock, { method: 'POST', path: `/v1.41/images/${IMAGE}/tag?${q}` }),
+        'image-tag',
+        q,
+      );
+    expectRefused(
+      await send(sock, {
+        method: 'POST',
+        path: `/v1.41/build?t=${encodeURIComponent(`docker.io/docker.io/${repo}:prod`)}`,
+        headers: [['Content-Type', 'application/x-tar']],
+        body: '',
+      }),
+      'image-tag',
+      'build -t',
+    );
+    const listed = await images(c).list();
+    assert.ok(!listed.some((i) => (i.RepoTags ?? []).some((t) => t.startsWith(`docker.io/${repo}`))));
+    await hostIntact();
+  });
 });
