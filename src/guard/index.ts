@@ -5,5 +5,5 @@ export { startGuardThread } from './thread.js';
 export type { GuardThreadOptions } from './thread.js';
 export { RULES, policyFor } from './policy-file.js';
 export { DEFAULT_SAFE_SYSCTLS, defaultPolicy, translateJobPath } from './policy.js';
-export { normalizeTag, tenantSlug } from './ownership.js';
+export { normalizeTag, tenantNetworkName, tenantSlug } from './ownership.js';
 export type { AuditRecord, Decision, PathMap, Policy, RuleName, TenantLimits } from './contracts.js';

@@ -3,6 +3,7 @@
  * the guard at create); image tags are one global namespace and image labels are inherited, so
  * tags (and the image IDs a tenant built) are tracked in the guard's own state.
  */
+import { createHash } from 'node:crypto';
 import { LABEL_TENANT } from '../common/index.js';
 
 interface SplitRef {
@@ -71,6 +72,16 @@ export function isImageId(ref: string): boolean {
 export function imageLabelsFor(labels: Readonly<Record<string, string>>): Record<string, string> {
   return { ...labels, [LABEL_TENANT]: '' };
 }
+
+/**
+ * The tenant's own network: its slug for people, a hash of the exact name so tenants whose slugs
+ * coincide (`a/b`, `a-b`) get different networks. Names of this shape are reserved for guards.
+ */
+export function tenantNetworkName(tenant: string): string {
+  return `berth-${tenantSlug(tenant)}-${createHash('sha256').update(tenant).digest('hex').slice(0, 8)}`;
+}
+
+export const RESERVED_NETWORK = /^berth-.*-[0-9a-f]{8}$/;
 
 export function tenantSlug(tenant: string): string {
   return (

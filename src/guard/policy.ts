@@ -5,6 +5,7 @@
 import { posix } from 'node:path';
 import type { Decision, PathMap, Policy, RuleName, TenantLimits } from './contracts.js';
 import { LABEL_TENANT } from '../common/index.js';
+import { RESERVED_NETWORK } from './ownership.js';
 
 export const DEFAULT_SAFE_SYSCTLS: readonly string[] = [
   'net.ipv4.ip_unprivileged_port_start',
@@ -424,6 +425,9 @@ export function checkNetworkCreate(
   labels: Readonly<Record<string, string>>,
   policy: Policy,
 ): Record<string, unknown> {
+  // A tenant network's name, taken first, would keep that tenant off its own network.
+  if (RESERVED_NETWORK.test(str(body.Name)))
+    throw new Refusal('ownership', `network names like ${str(body.Name)} are reserved for berth guards`);
   const driver = str(body.Driver);
   check(
     policy,

@@ -27,7 +27,7 @@ import {
   isImageId,
   ambiguousRef,
   normalizeTag,
-  tenantSlug,
+  tenantNetworkName,
 } from './ownership.js';
 import {
   Refusal,
@@ -191,7 +191,7 @@ export class GuardProxy {
 
   constructor(readonly cfg: ProxyConfig) {
     this.state = new TenantState(cfg.tenant);
-    this.networkName = `berth-${tenantSlug(cfg.tenant)}`;
+    this.networkName = tenantNetworkName(cfg.tenant);
     this.pins = new BindPins(cfg.maps, () =>
       cfg.bindPins === 'roots'
         ? Promise.resolve({ mode: 'roots' as const, why: 'the guard was started with bind pins off' })
@@ -587,10 +587,17 @@ export class GuardProxy {
         if (name !== '') {
           await this.volumeOwned(name); // refuses another tenant's volume of that name
         }
-        const r = await this.forwardJson(req, res, 'POST', path(), b, { capture: true });
-        const created = r?.json as { Name?: string } | undefined;
-        if (r && r.status < 300 && created?.Name) this.state.volumes.add(created.Name);
-        return;
+        // Not forwarded as is: dockerd answers a create of an existing name with that volume, which
+        // someone else may have made since the check.
+        const r = await this.upstreamBytes('POST', path(), {
+          body: Buffer.from(JSON.stringify(b)),
+          headers: { 'content-type': 'application/json' },
+        });
+        const created = parseAnswer(r.raw) as { Name?: string; Labels?: Record<string, string> | null };
+        if (r.status < 300 && !this.state.owns(created.Labels))
+          throw new NotFound(`get ${name}: no such volume`);
+        if (r.status < 300 && created.Name) this.state.volumes.add(created.Name);
+        return sendJsonBytes(res, r.status, r.raw, r.headers);
       }
       case 'volume.inspect':
       case 'volume.delete': {
@@ -898,12 +905,16 @@ export class GuardProxy {
     // Named volumes that do not exist yet are created now, labelled, so they are the tenant's.
     for (const [vname, exists] of volumes) {
       if (!exists) {
-        const r = await this.upstreamJson<{ message?: string }>('POST', '/volumes/create', {
-          Name: vname,
-          Labels: this.cfg.labels,
-        });
+        const r = await this.upstreamJson<{ message?: string; Labels?: Record<string, string> | null }>(
+          'POST',
+          '/volumes/create',
+          { Name: vname, Labels: this.cfg.labels },
+        );
         if (r.status >= 300)
           throw new Refusal('ownership', `cannot create volume ${vname}: ${r.json.message ?? r.status}`, 409);
+        // dockerd's create answers with an existing volume of that name as it is: someone else may
+        // have made it since the check.
+        if (!this.state.owns(r.json.Labels)) throw new NotFound(`get ${vname}: no such volume`);
         this.state.volumes.add(vname);
       }
     }

@@ -20,6 +20,7 @@ import {
 } from './policy.js';
 import type { CreateContext, Resolver } from './policy.js';
 import { policyFor } from './policy-file.js';
+import { tenantNetworkName } from './ownership.js';
 import type { Policy, RuleName } from './contracts.js';
 
 const create = (body: string) => canonicalize(body, SCHEMAS['container.create'], 'Config');
@@ -638,4 +639,18 @@ test('build resources: ulimits as for containers, memory and CPU filled and capp
     assert.equal(b(`networkmode=${n}`).get('networkmode'), 'berth-t');
   assert.equal(b('').get('networkmode'), 'berth-t');
   assert.equal(b('networkmode=none').get('networkmode'), 'none');
+});
+
+test('tenant networks: slugs that coincide get different names, and their shape is reserved', () => {
+  assert.notEqual(tenantNetworkName('a/b'), tenantNetworkName('a-b'));
+  assert.match(tenantNetworkName('job-42'), /^berth-job-42-[0-9a-f]{8}$/);
+  assert.throws(
+    () => checkNetworkCreate({ Name: tenantNetworkName('victim') }, {}, defaultPolicy()),
+    /berth: ownership: network names like berth-victim-/,
+  );
+  // Compose's own names are not the reserved shape.
+  assert.equal(
+    checkNetworkCreate({ Name: 'berth-demo_default' }, {}, defaultPolicy()).Name,
+    'berth-demo_default',
+  );
 });
