@@ -15,6 +15,7 @@ import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 import type { Browser } from 'playwright-core';
 import { containers, images, networks } from '../src/engine/index.js';
+import { tenantNetworkName } from '../src/guard/index.js';
 import { startServer } from '../src/server/index.js';
 import type { ServerHandle } from '../src/server/index.js';
 import { ROOT, engine, sessionLabels, tempDir, uniqueName } from './support/index.js';
@@ -25,7 +26,7 @@ import { apiClient, githubPush, makeRepo } from './support/server.js';
 const CHROMIUM = '/usr/bin/chromium';
 const SECRET = 'example-secret-1';
 const TOKEN = 'example-token-1';
-const PROD_NET = 'berth-env-production';
+const PROD_NET = tenantNetworkName('env/production');
 
 describe(
   'berth serve builds the example app from a webhook, live in the dashboard',

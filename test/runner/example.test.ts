@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { LABEL_TENANT } from '../../src/common/index.js';
 import { containers, images, networks } from '../../src/engine/index.js';
+import { tenantNetworkName } from '../../src/guard/index.js';
 import { hasDockerAccess } from '../../src/runner/index.js';
 import { ROOT, engine, tempDir, uniqueName } from '../support/index.js';
 import { startExampleRegistry } from '../support/registry.js';
@@ -30,7 +31,7 @@ for (const mode of ['guard', 'dind'] as const) {
       using store = tempDir('berth-example-store-');
       using regState = tempDir('berth-example-registry-');
       // The production tenant's network outlives runs; if this test is what made it, it goes too.
-      const prodNet = 'berth-env-production';
+      const prodNet = tenantNetworkName('env/production');
       const prodNetBefore = await (async () => {
         using c = engine();
         return (await networks(c).list({ name: [prodNet] })).some((n) => n.Name === prodNet);
