@@ -34,7 +34,7 @@ function typeName(v: JValue): string {
   return typeof v;
 }
 
-const isRecord = (x: unknown): x is Record<string, unknown> =>
+export const isRecord = (x: unknown): x is Record<string, unknown> =>
   typeof x === 'object' && x !== null && !Array.isArray(x);
 
 /**

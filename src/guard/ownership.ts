@@ -39,13 +39,8 @@ function splitRef(ref: string): SplitRef {
 export function normalizeTag(ref: string): string {
   if (ref.includes('@')) return ref.trim(); // digest reference, not a tag
   const { domain, path, tag } = splitRef(ref);
-  const familiar =
-    domain === 'docker.io'
-      ? path.startsWith('library/') && path.split('/').length === 2
-        ? path.slice('library/'.length)
-        : path
-      : `${domain}/${path}`;
-  return `${familiar}:${tag}`;
+  const hub = path.replace(/^library\/(?=[^/]+$)/, ''); // library/ only before a one-part name
+  return `${domain === 'docker.io' ? hub : `${domain}/${path}`}:${tag}`;
 }
 
 /**

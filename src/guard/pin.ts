@@ -31,7 +31,7 @@ import {
 import { dirname, join, posix } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { PathMap } from './contracts.js';
-import { isInside } from './policy.js';
+import { isInside, mapFor } from './policy.js';
 
 /** Linux's O_PATH (asm-generic value: x86, arm, riscv); node:fs does not export it. */
 const O_PATH = 0o10000000;
@@ -93,17 +93,12 @@ function rootsOf(maps: readonly PathMap[]): { real: Map<string, string>; list: s
   return { real, list: [...new Set(real.values())] };
 }
 
-/** Where a job path lands: the map with the longest job path holding it, its real root, and the rest. */
+/** Where a job path lands: the map holding it (see mapFor), its real root, and the rest. */
 function placeJob(jobPath: string, maps: readonly PathMap[], real: Map<string, string>): Place | undefined {
-  let best: { jp: string; m: PathMap } | undefined;
-  for (const m of maps) {
-    const jp = posix.normalize(m.jobPath).replace(/\/+$/, '') || '/';
-    if (isInside(jobPath, jp) && (!best || jp.length > best.jp.length)) best = { jp, m };
-  }
-  if (!best) return undefined;
-  const root = real.get(posix.normalize(best.m.hostPath));
-  if (root === undefined) return undefined;
-  return { root, rest: components(jobPath.slice(best.jp === '/' ? 0 : best.jp.length)) };
+  const found = mapFor(jobPath, maps);
+  const root = found && real.get(posix.normalize(found.map.hostPath));
+  if (!found || root === undefined) return undefined;
+  return { root, rest: components(found.rest) };
 }
 
 const errno = (e: unknown): string => (e as NodeJS.ErrnoException).code ?? '';
@@ -258,11 +253,8 @@ function mountsUnder(dir: string): string[] {
 }
 
 /** The engine calls the probe needs (the proxy's upstream). */
-export type Ask = (
-  method: string,
-  path: string,
-  body?: unknown,
-) => Promise<{ status: number; json: { message?: string; Id?: string } }>;
+// eslint-disable-next-line @typescript-eslint/no-unnecessary-type-parameters -- the caller names the JSON shape it expects
+export type Ask = <T>(method: string, path: string, body?: unknown) => Promise<{ status: number; json: T }>;
 
 const modes = new Map<string, Promise<{ mode: PinMode; why: string }>>();
 
@@ -298,7 +290,7 @@ async function probe(ask: Ask): Promise<{ mode: PinMode; why: string }> {
     await mountPin(fd, true, pin);
     const image = `berth-pin-probe-${tag}:absent`;
     const tryMount = async (file: string) => {
-      const r = await ask('POST', '/containers/create', {
+      const r = await ask<{ Id?: string }>('POST', '/containers/create', {
         Image: image,
         NetworkDisabled: true,
         HostConfig: {
@@ -341,10 +333,7 @@ async function reapStale(ask: Ask): Promise<void> {
   const dead = dirs.filter((d) => !existsSync(`/proc/${d}`));
   if (dead.length === 0) return;
   const used = new Set<string>();
-  const r = (await ask('GET', '/containers/json?all=1')) as unknown as {
-    status: number;
-    json: { Mounts?: { Source?: string }[] }[];
-  };
+  const r = await ask<{ Mounts?: { Source?: string }[] }[]>('GET', '/containers/json?all=1');
   if (r.status !== 200 || !Array.isArray(r.json)) return;
   for (const c of r.json) for (const m of c.Mounts ?? []) if (m.Source) used.add(m.Source);
   for (const d of dead) {
@@ -381,8 +370,12 @@ export class BindPins {
   ) {}
 
   /** Containers holding pins (for the sweep of containers that removed themselves). */
-  get holders(): string[] {
-    return [...this.byContainer.keys()];
+  get holders(): IterableIterator<string> {
+    return this.byContainer.keys();
+  }
+
+  get holderCount(): number {
+    return this.byContainer.size;
   }
 
   /**

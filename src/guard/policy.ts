@@ -6,6 +6,7 @@ import { posix } from 'node:path';
 import type { Decision, PathMap, Policy, RuleName, TenantLimits } from './contracts.js';
 import { LABEL_TENANT } from '../common/index.js';
 import { RESERVED_NETWORK } from './ownership.js';
+import { isRecord } from './canonical.js';
 
 export const DEFAULT_SAFE_SYSCTLS: readonly string[] = [
   'net.ipv4.ip_unprivileged_port_start',
@@ -56,23 +57,26 @@ function check(policy: Policy, rule: RuleName, refused: boolean, why: string): v
 const str = (v: unknown): string => (typeof v === 'string' ? v : '');
 const list = (v: unknown): string[] =>
   Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : [];
-const obj = (v: unknown): Record<string, unknown> =>
-  typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : {};
+const obj = (v: unknown): Record<string, unknown> => (isRecord(v) ? v : {});
+
+/** The map whose job path holds `source` (the longest wins), and the path below it. Pure. */
+export function mapFor(source: string, maps: readonly PathMap[]): { map: PathMap; rest: string } | undefined {
+  const clean = posix.normalize(source);
+  let best: { map: PathMap; jp: string } | undefined;
+  for (const m of maps) {
+    const jp = posix.normalize(m.jobPath).replace(/\/+$/, '') || '/';
+    if (isInside(clean, jp) && (!best || jp.length > best.jp.length)) best = { map: m, jp };
+  }
+  if (!best) return undefined;
+  return { map: best.map, rest: clean.slice(best.jp.length).replace(/^\/+/, '') };
+}
 
 /** Translates a job path into the host path through the maps (longest prefix wins). Pure. */
 export function translateJobPath(source: string, maps: readonly PathMap[]): string | undefined {
-  const clean = posix.normalize(source);
-  let best: PathMap | undefined;
-  for (const m of maps) {
-    const jp = posix.normalize(m.jobPath).replace(/\/+$/, '') || '/';
-    if (clean === jp || clean.startsWith(jp === '/' ? '/' : `${jp}/`)) {
-      if (!best || jp.length > posix.normalize(best.jobPath).length) best = m;
-    }
-  }
-  if (!best) return undefined;
-  const jp = posix.normalize(best.jobPath).replace(/\/+$/, '') || '/';
-  const rest = clean.slice(jp.length).replace(/^\/+/, '');
-  return rest === '' ? posix.normalize(best.hostPath) : posix.join(best.hostPath, rest);
+  const found = mapFor(source, maps);
+  if (!found) return undefined;
+  const { map, rest } = found;
+  return rest === '' ? posix.normalize(map.hostPath) : posix.join(map.hostPath, rest);
 }
 
 /** Whether `path` is `root` or inside it. */
@@ -303,24 +307,46 @@ export function checkResources(r: Record<string, unknown>, policy: Policy): void
 }
 
 /**
+ * A JSON-valued build parameter (`labels`, `ulimits`): undefined when absent (or `null`, where
+ * `nullable`), else the value, which must be of the `kind` asked for.
+ */
+function jsonParam(
+  q: URLSearchParams,
+  name: string,
+  kind: 'object',
+  nullable?: boolean,
+): Record<string, unknown> | undefined;
+function jsonParam(
+  q: URLSearchParams,
+  name: string,
+  kind: 'array',
+  nullable?: boolean,
+): unknown[] | undefined;
+function jsonParam(q: URLSearchParams, name: string, kind: 'object' | 'array', nullable = false): unknown {
+  const raw = q.get(name);
+  if (!raw) return undefined;
+  const bad = () => new Refusal('malformed', `${name} is not a JSON ${kind}`, 400);
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(raw);
+  } catch {
+    throw bad();
+  }
+  if (parsed === null && nullable) return undefined;
+  const ok = kind === 'array' ? Array.isArray(parsed) : isRecord(parsed);
+  if (!ok) throw bad();
+  return parsed;
+}
+
+/**
  * A build's RUN containers get the build's resources: ulimits as for containers, memory and CPU
  * filled and capped from the tenant's limits as for containers (CPU as a CFS quota: the build API
  * has no nano CPUs). The build API has no pids limit, so a RUN step is not pids-limited.
  */
 function checkBuildResources(q: URLSearchParams, out: URLSearchParams, policy: Policy): void {
-  const raw = q.get('ulimits');
-  if (raw) {
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(raw);
-    } catch {
-      throw new Refusal('malformed', 'ulimits is not a JSON array', 400);
-    }
-    // The docker CLI sends `null` for none.
-    if (parsed !== null && !Array.isArray(parsed))
-      throw new Refusal('malformed', 'ulimits is not a JSON array', 400);
-    checkResources({ Ulimits: parsed }, policy);
-  }
+  // The docker CLI sends `null` for none.
+  const ulimits = jsonParam(q, 'ulimits', 'array', true);
+  if (ulimits) checkResources({ Ulimits: ulimits }, policy);
   const num = (name: string): number => {
     const v = q.get(name);
     if (v === null || v === '') return 0;
@@ -329,7 +355,8 @@ function checkBuildResources(q: URLSearchParams, out: URLSearchParams, policy: P
     return n;
   };
   const hc: Record<string, unknown> = { Memory: num('memory') };
-  const period = num('cpuperiod') > 0 ? num('cpuperiod') : 100_000;
+  const asked = num('cpuperiod');
+  const period = asked > 0 ? asked : 100_000;
   const quota = num('cpuquota');
   hc.NanoCpus = quota > 0 ? Math.ceil((quota / period) * 1e9) : 0;
   applyLimits(
@@ -533,19 +560,7 @@ export function checkBuild(
     (q.get('version') ?? '1') === '2',
     'BuildKit sessions are not supported (use DOCKER_BUILDKIT=0)',
   );
-  let existing: Record<string, unknown> = {};
-  const raw = q.get('labels');
-  if (raw) {
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(raw);
-    } catch {
-      throw new Refusal('malformed', 'labels is not a JSON object', 400);
-    }
-    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed))
-      throw new Refusal('malformed', 'labels is not a JSON object', 400);
-    existing = parsed as Record<string, unknown>;
-  }
+  const existing = jsonParam(q, 'labels', 'object') ?? {};
   // The guard's labels go on built images (the reaper finds them by run), but not the tenant label:
   // an image must name no owner (containers inherit its labels), and dockerd's legacy builder makes
   // each label of this parameter a LABEL step of its own, with a container created and removed

@@ -8,7 +8,16 @@
 import http from 'node:http';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex, Readable } from 'node:stream';
-import { createReadStream, createWriteStream, mkdtempSync, rmSync, statSync } from 'node:fs';
+import {
+  closeSync,
+  createReadStream,
+  createWriteStream,
+  mkdtempSync,
+  openSync,
+  readSync,
+  rmSync,
+  statSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -17,7 +26,7 @@ import { LABEL_ROLE, LABEL_TENANT, errorMessage } from '../common/index.js';
 import type { Transport } from '../engine/index.js';
 import { JsonLines, readAll } from '../engine/index.js';
 import type { AuditRecord, PathMap, Policy, RuleName } from './contracts.js';
-import { BodyError, SCHEMAS, canonicalize } from './canonical.js';
+import { BodyError, SCHEMAS, canonicalize, isRecord } from './canonical.js';
 import type { SchemaRoute } from './canonical.js';
 import {
   TenantState,
@@ -195,9 +204,7 @@ export class GuardProxy {
     this.pins = new BindPins(cfg.maps, () =>
       cfg.bindPins === 'roots'
         ? Promise.resolve({ mode: 'roots' as const, why: 'the guard was started with bind pins off' })
-        : pinMode(cfg.engineKey ?? 'default', (method, path, body) =>
-            this.upstreamJson<{ message?: string; Id?: string }>(method, path, body),
-          ),
+        : pinMode(cfg.engineKey ?? 'default', (method, path, body) => this.upstreamJson(method, path, body)),
     );
   }
 
@@ -834,7 +841,7 @@ export class GuardProxy {
     let createdId: string | undefined;
     try {
       for (const b of refs.binds) {
-        const k = `${b.create ? 'B' : 'M'}${b.source}`;
+        const k = bindKey(b.source, b.create);
         if (binds.has(k)) continue;
         try {
           const pinned = await this.pins.resolve(b.source, b.create);
@@ -856,8 +863,7 @@ export class GuardProxy {
 
   /** Containers that removed themselves (`--rm`) hold pins until a create notices they are gone. */
   private async sweepPins(): Promise<void> {
-    const holders = this.pins.holders;
-    if (holders.length < 16) return;
+    if (this.pins.holderCount < 16) return;
     const filters = JSON.stringify({ label: [`${LABEL_TENANT}=${this.cfg.tenant}`] });
     const { status, json } = await this.upstreamJson<{ Id: string }[]>(
       'GET',
@@ -865,7 +871,7 @@ export class GuardProxy {
     );
     if (status !== 200 || !Array.isArray(json)) return;
     const live = new Set(json.map((c) => c.Id));
-    for (const h of holders) if (!live.has(h)) await this.pins.detach(h);
+    for (const h of [...this.pins.holders]) if (!live.has(h)) await this.pins.detach(h);
   }
 
   private async createChecked(
@@ -895,7 +901,7 @@ export class GuardProxy {
       },
       volume: (name) => volumes.get(name) ?? false,
       bind: (src, create) =>
-        binds.get(`${create ? 'B' : 'M'}${src}`) ?? { refused: `bind source ${src} was not resolved` },
+        binds.get(bindKey(src, create)) ?? { refused: `bind source ${src} was not resolved` },
     };
     const out = checkContainerCreate(
       body,
@@ -1292,14 +1298,7 @@ export class GuardProxy {
 
   /** The image a reference names; undefined only when the engine says there is none (404). */
   private async imageIdOf(ref: string): Promise<string | undefined> {
-    const { status, json } = await this.upstreamJson<{ Id?: string; message?: string }>(
-      'GET',
-      `/images/${encodeURIComponent(ref)}/json`,
-    );
-    if (status === 404) return undefined;
-    if (status !== 200 || !json.Id)
-      throw new Error(`inspecting image ${ref}: ${json.message ?? `status ${status}`}`);
-    return json.Id;
+    return (await this.inspectImage(ref))?.Id;
   }
 
   private async pullExisting(
@@ -1803,10 +1802,6 @@ function requestTarget(raw: string | undefined): { path: string; search: string 
   return t;
 }
 
-function isRecord(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
-
 /** Docker's filters query: {"key": ["v", …]} or the older {"key": {"v": true}}. */
 export function parseFilters(raw: string | null): Map<string, string[]> {
   const out = new Map<string, string[]>();
@@ -1853,12 +1848,9 @@ export function untilSeconds(v: string, now = Date.now()): number {
 /** Reads a spooled image archive (plain or gzip, as dockerd detects them) with the load scanner. */
 async function scanArchive(file: string): Promise<LoadScan> {
   const head = Buffer.alloc(8);
-  const first = createReadStream(file, { start: 0, end: 7 });
-  let n = 0;
-  for await (const c of first) {
-    (c as Buffer).copy(head, n);
-    n += (c as Buffer).length;
-  }
+  const fd = openSync(file, 'r');
+  const n = readSync(fd, head, 0, head.length, 0);
+  closeSync(fd);
   const kind = compressionOf(head.subarray(0, n));
   if (kind !== 'none' && kind !== 'gzip')
     throw new Refusal(
@@ -1887,3 +1879,6 @@ function plainRef(ref: string): string {
     );
   return ref;
 }
+
+/** A bind source's key among a create's resolved binds (`Binds` and `Mounts` resolve differently). */
+const bindKey = (source: string, create: boolean): string => `${create ? 'B' : 'M'}${source}`;

@@ -106,6 +106,14 @@ describe('attack: docker load claiming or reverting tags it does not name', () =
     assert.equal(await tagOf(`${repo}:moved`), distinct, 'the host’s move stands');
   });
 
+  const loadRaw = (tar: Buffer) =>
+    send(sock, {
+      method: 'POST',
+      path: '/v1.41/images/load',
+      headers: [['Content-Type', 'application/x-tar']],
+      body: tar,
+    });
+
   /** The base image's archive, its manifest replaced by `manifestParts` naming `tag`. */
   const withManifest = (manifestParts: (text: string) => Buffer[]): Buffer => {
     const out: Buffer[] = [];
@@ -128,12 +136,7 @@ describe('attack: docker load claiming or reverting tags it does not name', () =
 
   test('a manifest behind a PAX path is read, and the host’s tag is refused before anything loads', async () => {
     const tar = withManifest((text) => [pax({ path: 'manifest.json' }), entry('notes.txt', text)]);
-    const r = await send(sock, {
-      method: 'POST',
-      path: '/v1.41/images/load',
-      headers: [['Content-Type', 'application/x-tar']],
-      body: tar,
-    });
+    const r = await loadRaw(tar);
     expectRefused(r, 'image-tag', 'PAX-hidden manifest');
     assert.equal(await tagOf(`${repo}:distinct`), distinct, 'the host’s tag did not move');
   });
@@ -143,12 +146,7 @@ describe('attack: docker load claiming or reverting tags it does not name', () =
       entry('d', '', '2', { linkname: '.' }),
       entry('d/manifest.json', text),
     ]);
-    const r = await send(sock, {
-      method: 'POST',
-      path: '/v1.41/images/load',
-      headers: [['Content-Type', 'application/x-tar']],
-      body: tar,
-    });
+    const r = await loadRaw(tar);
     expectRefused(r, 'image-tag', 'manifest through a symlink');
     assert.equal(await tagOf(`${repo}:distinct`), distinct, 'the host’s tag did not move');
   });
