@@ -246,6 +246,7 @@ function passTo(target: Writable): Writable {
 export interface ImageInspect {
   Id: string;
   RepoTags: string[] | null;
+  RepoDigests?: string[] | null;
   Created: string;
   Size: number;
   Config: { Labels: Record<string, string> | null } | null;

@@ -37,10 +37,31 @@ function splitRef(ref: string): SplitRef {
  * docker.io/ and library/ dropped, index.docker.io read as docker.io, `:latest` added).
  */
 export function normalizeTag(ref: string): string {
-  if (ref.includes('@')) return ref.trim(); // digest reference, not a tag
+  if (ref.includes('@')) return normalizeDigestRef(ref);
   const { domain, path, tag } = splitRef(ref);
-  const hub = path.replace(/^library\/(?=[^/]+$)/, ''); // library/ only before a one-part name
-  return `${domain === 'docker.io' ? hub : `${domain}/${path}`}:${tag}`;
+  return `${familiar(domain, path)}:${tag}`;
+}
+
+/** A repository's familiar name: docker.io/ dropped, and library/ before a one-part Hub name. */
+function familiar(domain: string, path: string): string {
+  return domain === 'docker.io' ? path.replace(/^library\/(?=[^/]+$)/, '') : `${domain}/${path}`;
+}
+
+/**
+ * A digest reference as RepoDigests shows it, `repo@sha256:…` in the familiar form; a tag written
+ * before the digest (`repo:tag@sha256:…`) is not part of the reference dockerd stores.
+ */
+export function normalizeDigestRef(ref: string): string {
+  const at = ref.indexOf('@');
+  const { domain, path } = splitRef(ref.slice(0, at));
+  return `${familiar(domain, path)}${ref.slice(at).trim()}`;
+}
+
+/** The familiar repository name of a tag or digest reference (`registry:5000/app:1` → `registry:5000/app`). */
+export function repositoryOf(ref: string): string {
+  const at = ref.indexOf('@');
+  const { domain, path } = splitRef(at < 0 ? ref : ref.slice(0, at));
+  return familiar(domain, path);
 }
 
 /**
@@ -169,6 +190,12 @@ export class TenantState {
    */
   readonly tags = new Map<string, string | undefined>();
   readonly builtImages = new Set<string>();
+  /**
+   * Digest references (`repo@sha256:…`) the tenant's pulls and pushes made, with their image ID.
+   * dockerd drops a repository's digest references along with its last tag on an image, so an
+   * untag must know which of them are the tenant's to lose.
+   */
+  readonly digests = new Map<string, string>();
   readonly networks = new Set<string>();
   readonly volumes = new Set<string>();
 
@@ -213,5 +240,10 @@ export class TenantState {
 
   setTag(ref: string, imageId: string): void {
     this.tags.set(normalizeTag(ref), imageId);
+  }
+
+  /** Whether a digest reference is one the tenant's own pull or push made, still on `imageId`. */
+  ownsDigestAt(ref: string, imageId: string): boolean {
+    return this.digests.get(normalizeDigestRef(ref)) === imageId;
   }
 }

@@ -36,6 +36,7 @@ import {
   isImageId,
   ambiguousRef,
   normalizeTag,
+  repositoryOf,
   tenantNetworkName,
 } from './ownership.js';
 import {
@@ -500,8 +501,14 @@ export class GuardProxy {
         return this.forward(req, res, m.route.method, path() + q(query), { small: true });
       case 'image.search':
       case 'image.distribution':
-      case 'image.push':
         return this.forward(req, res, m.route.method, path() + q(query));
+      case 'image.push': {
+        // A push records the digest it pushed as a reference on the image: that one is the tenant's.
+        const repo = repositoryOf(m.params.name ?? '');
+        const before = await this.digestRefs(repo);
+        await this.forward(req, res, m.route.method, path() + q(query));
+        return this.claimNewDigests(repo, before);
+      }
       case 'auth':
         return this.forwardJson(req, res, 'POST', path(), this.body('auth', body));
       case 'system.events':
@@ -1255,6 +1262,7 @@ export class GuardProxy {
     const since = Date.now();
     const fromSrc = query.get('fromSrc');
     let tag: string | undefined;
+    let pulled: (() => Promise<void>) | undefined;
     // dockerd pulls whenever fromImage is set, and imports only otherwise: the same test here, so a
     // pull cannot pass as an import.
     if (fromSrc !== null && (query.get('fromImage') ?? '') === '') {
@@ -1276,11 +1284,18 @@ export class GuardProxy {
           `pulling every tag of ${from} is not allowed (it would move tags others own); name a tag`,
         );
       tag = digest ? undefined : this.claimTag(from, t);
+      // A pull records the manifest's digest as a reference on the image: new ones are the tenant's.
+      const repo = repositoryOf(from);
+      const before = await this.digestRefs(repo);
+      pulled = () => this.claimNewDigests(repo, before);
       if (tag && !this.state.ownsTag(tag)) {
         const was = await this.imageIdOf(tag);
         // A pull of a tag someone else has: fine while it changes nothing (the image is up to
         // date); a pull that would move the tag is undone and reported as an error.
-        if (was !== undefined) return this.pullExisting(req, res, `${target}?${query.toString()}`, tag, was);
+        if (was !== undefined) {
+          await this.pullExisting(req, res, `${target}?${query.toString()}`, tag, was);
+          return pulled();
+        }
       }
     }
     if (tag) {
@@ -1294,6 +1309,76 @@ export class GuardProxy {
       await this.confirmTag(tag, since).catch(() => {
         this.state.tags.delete(tag);
       });
+    await pulled?.();
+  }
+
+  /** The digest references of a repository on the engine now, each with its image ID. */
+  private async digestRefs(repo: string): Promise<Map<string, string>> {
+    const filters = encodeURIComponent(JSON.stringify({ reference: [repo] }));
+    const { status, json } = await this.upstreamJson<{ Id: string; RepoDigests?: string[] | null }[]>(
+      'GET',
+      `/images/json?digests=1&filters=${filters}`,
+    );
+    const out = new Map<string, string>();
+    if (status !== 200 || !Array.isArray(json)) return out;
+    for (const img of json)
+      for (const d of img.RepoDigests ?? [])
+        if (d.includes('@') && repositoryOf(d) === repo) out.set(normalizeTag(d), img.Id);
+    return out;
+  }
+
+  /** Claims the digest references of `repo` that the tenant's operation made (absent in `before`). */
+  private async claimNewDigests(repo: string, before: ReadonlyMap<string, string>): Promise<void> {
+    const after = await this.digestRefs(repo).catch(() => new Map<string, string>());
+    for (const [ref, id] of after) if (before.get(ref) !== id) this.state.digests.set(ref, id);
+  }
+
+  /**
+   * Removes a tag the tenant owns (the caller checked it on `f`, the image it names now). dockerd
+   * drops a repository's digest references with the last tag of that repository on an image
+   * (`repo@sha256:…` a host pulled by digest goes, and the image with it when nothing else names
+   * it). Where such references are not all the tenant's, the tag is first moved onto a fresh empty
+   * image and removed from there: the tag goes, everything else stays.
+   */
+  private async removeTag(
+    tag: string,
+    f: ImageFacts,
+    query = '',
+  ): Promise<{
+    status: number;
+    raw: Buffer;
+    headers: Readonly<Record<string, string | string[] | undefined>>;
+  }> {
+    const repo = repositoryOf(tag);
+    const lastOfRepo = !tagsOf(f).some((t) => normalizeTag(t) !== tag && repositoryOf(t) === repo);
+    const digests = lastOfRepo
+      ? (f.RepoDigests ?? []).filter((d) => d.includes('@') && repositoryOf(d) === repo)
+      : [];
+    const foreign = digests.filter((d) => !this.state.ownsDigestAt(d, f.Id));
+    if (foreign.length === 0) {
+      const r = await this.upstreamBytes('DELETE', `/images/${encodeURIComponent(tag)}${query}`);
+      if (r.status < 300) {
+        this.state.tags.delete(tag);
+        for (const d of digests) this.state.digests.delete(normalizeTag(d));
+      }
+      return r;
+    }
+    const [name, t] = splitTag(tag);
+    const qs = new URLSearchParams({ fromSrc: '-', repo: name, tag: t });
+    qs.append('changes', `LABEL ${LABEL_ROLE}=untag-aside`);
+    qs.append('changes', `LABEL ${LABEL_TENANT}=`);
+    const aside = await this.upstreamBytes('POST', `/images/create?${qs.toString()}`, {
+      body: EMPTY_TAR,
+      headers: { 'content-type': 'application/x-tar' },
+    });
+    const failed = aside.raw.toString('utf8').includes('"error"');
+    if (aside.status >= 300 || failed)
+      throw new Error(`moving ${tag} aside to remove it: ${aside.raw.toString('utf8').trim()}`);
+    // The tag is the empty image's only name: removing it removes that image too.
+    const del = await this.upstreamJson<{ message?: string }>('DELETE', `/images/${encodeURIComponent(tag)}`);
+    if (del.status >= 300) throw new Error(`removing ${tag}: ${del.json.message ?? del.status}`);
+    this.state.tags.delete(tag);
+    return { status: 200, raw: Buffer.from(JSON.stringify([{ Untagged: tag }])), headers: {} };
   }
 
   /** The image a reference names; undefined only when the engine says there is none (404). */
@@ -1393,14 +1478,16 @@ export class GuardProxy {
       const f = await this.inspectImage(name);
       const idv = f?.Id ?? '';
       const tags = tagsOf(f);
-      // The tenant's when every name it has is the tenant's tag, or it has none and the tenant made
-      // it. "Made it" alone is not enough: a build answered from the shared cache, or a pull, gives
-      // back an image that others may have made and tagged too.
+      const digests = (f?.RepoDigests ?? []).filter((d) => d.includes('@'));
+      // The tenant's when every name it has (tags and digest references) is the tenant's, or it has
+      // none and the tenant made it. "Made it" alone is not enough: a build answered from the shared
+      // cache, or a pull, gives back an image that others may have made and tagged too.
       if (
         !f ||
-        !(tags.length > 0
-          ? tags.every((t) => this.state.ownsTagAt(t, idv))
-          : !named(f) && this.state.builtImages.has(idv))
+        !(tags.length + digests.length > 0
+          ? tags.every((t) => this.state.ownsTagAt(t, idv)) &&
+            digests.every((d) => this.state.ownsDigestAt(d, idv))
+          : this.state.builtImages.has(idv))
       ) {
         throw new Refusal('image-tag', `image ${name} is not one you built; remove your tags instead`);
       }
@@ -1416,22 +1503,28 @@ export class GuardProxy {
     const now = await this.inspectImage(tag);
     if (!now) {
       this.state.tags.delete(tag);
+      this.state.digests.delete(tag);
       throw new NotFound(`No such image: ${tag}`);
+    }
+    qs.delete('force'); // a tag removal never needs force; force could remove the image under others' tags
+    if (tag.includes('@')) {
+      // A digest reference goes alone (dockerd takes nothing else with it): the tenant's own only.
+      if (!this.state.ownsDigestAt(tag, now.Id))
+        throw new Refusal('image-tag', `the digest reference ${tag} is not yours to remove`);
+      const r = await this.upstreamBytes(
+        'DELETE',
+        `${buildPath(m.route, { name: tag }, m.apiVersion)}?${qs.toString()}`,
+      );
+      if (r.status < 300) this.state.digests.delete(tag);
+      return sendJsonBytes(res, r.status, r.raw, r.headers);
     }
     if (!this.state.ownsTagAt(tag, now.Id)) {
       const since = this.state.ownsTag(tag) ? ' (someone else has set it since)' : '';
       this.state.tags.delete(tag);
       throw new Refusal('image-tag', `the tag ${tag} is not yours to remove${since}`);
     }
-    qs.delete('force'); // a tag removal never needs force; force could remove the image under others' tags
-    const r = await this.forward(
-      req,
-      res,
-      'DELETE',
-      `${buildPath(m.route, { name: tag }, m.apiVersion)}?${qs.toString()}`,
-      { capture: true },
-    );
-    if (r && r.status < 300) this.state.tags.delete(tag);
+    const r = await this.removeTag(tag, now, `?${qs.toString()}`);
+    sendJsonBytes(res, r.status, r.raw, r.headers);
   }
 
   private async imagePrune(res: ServerResponse): Promise<void> {
@@ -1580,10 +1673,20 @@ export class GuardProxy {
       // Only while the tag still points where the tenant set it.
       const f = await this.inspectImage(tag).catch(() => undefined);
       if (f && this.state.ownsTagAt(tag, f.Id)) {
-        const r = await this.upstreamJson('DELETE', `/images/${encodeURIComponent(tag)}`);
-        if (r.status < 300) counts.tags++;
+        const r = await this.removeTag(tag, f).catch(() => undefined);
+        if (r && r.status < 300) counts.tags++;
       }
       this.state.tags.delete(tag);
+    }
+    // Digest references the tenant's pulls and pushes made that its untags left (another party's
+    // tag of the same repository kept them), while they still name the image they were made on.
+    for (const [ref, id] of [...this.state.digests]) {
+      const f = await this.inspectImage(ref).catch(() => undefined);
+      if (f?.Id === id) {
+        const r = await this.upstreamJson('DELETE', `/images/${encodeURIComponent(ref)}`);
+        if (r.status < 300) counts.tags++;
+      }
+      this.state.digests.delete(ref);
     }
     // Images the tenant made, once its tags are gone.
     for (const idv of [...this.state.builtImages]) await this.removeIfUnnamed(idv);
@@ -1618,6 +1721,9 @@ interface DfResult {
   Containers?: { Id: string; ImageID: string; Labels?: Record<string, string> | null }[];
   Volumes?: { Labels?: Record<string, string> | null }[];
 }
+
+/** An empty tar archive (two zero blocks): the content of the image a tag is moved onto to be removed. */
+const EMPTY_TAR = Buffer.alloc(1024);
 
 /** Whether an image reference names a tag (a colon after the last slash). */
 function hasTag(ref: string): boolean {

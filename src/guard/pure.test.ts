@@ -13,6 +13,7 @@ import {
   listedContainerIds,
   ambiguousRef,
   normalizeTag,
+  repositoryOf,
   tenantSlug,
 } from './ownership.js';
 import { labelMatches, parseFilters, untilSeconds } from './proxy.js';
@@ -186,6 +187,25 @@ test('build options and tags', () => {
   for (const ok of ['app', 'quay.io/app:1', 'docker.io/team/app', 'localhost:5000/x', 'app@sha256:00'])
     assert.equal(ambiguousRef(ok), false, ok);
   assert.equal(tenantSlug('env/production'), 'env-production');
+});
+
+test('digest references and repositories read as RepoDigests shows them', () => {
+  const d = `sha256:${'a'.repeat(64)}`;
+  assert.equal(normalizeTag(`docker.io/library/busybox@${d}`), `busybox@${d}`);
+  assert.equal(
+    normalizeTag(`127.0.0.1:5000/app:1@${d}`),
+    `127.0.0.1:5000/app@${d}`,
+    'a tag before it is not kept',
+  );
+  assert.equal(normalizeTag(`index.docker.io/team/app@${d}`), `team/app@${d}`);
+  assert.equal(repositoryOf('127.0.0.1:5000/app:1'), '127.0.0.1:5000/app');
+  assert.equal(repositoryOf(`127.0.0.1:5000/app@${d}`), '127.0.0.1:5000/app');
+  assert.equal(repositoryOf('docker.io/library/busybox'), 'busybox');
+  assert.equal(repositoryOf('localhost:5000/a/b:2'), 'localhost:5000/a/b');
+  const s = new TenantState('t');
+  s.digests.set(`app@${d}`, 'sha256:1');
+  assert.equal(s.ownsDigestAt(`docker.io/library/app@${d}`, 'sha256:1'), true);
+  assert.equal(s.ownsDigestAt(`app@${d}`, 'sha256:2'), false, 'not once it names another image');
 });
 
 test('container ownership: an inherited tenant label counts only for containers the guard made', () => {
