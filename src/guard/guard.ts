@@ -37,6 +37,13 @@ export interface GuardOptions {
    * `roots` allows only the mapped folders themselves.
    */
   bindPins?: 'auto' | 'roots';
+  /** How long a close waits for requests in flight before the cleanup's first pass (default 10 s). */
+  drainMs?: number;
+  /**
+   * How much longer it waits, after that first pass, for requests still in flight, to clean up
+   * what they made (default 120 s); past that, what they make is left to the reaper (labels).
+   */
+  lateMs?: number;
 }
 
 export interface GuardHandle {
@@ -171,15 +178,21 @@ export async function createGuard(o: GuardOptions): Promise<GuardHandle> {
       server.close(() => resolve());
       for (const s of sockets) s.destroy();
     });
-    await Promise.race([
-      Promise.allSettled([...inflight]),
-      new Promise((r) => setTimeout(r, 10_000).unref()),
-    ]);
+    proxy.stop();
+    const drained = (ms: number) =>
+      Promise.race([
+        Promise.allSettled([...inflight]).then(() => true),
+        new Promise<boolean>((r) => setTimeout(() => r(false), ms).unref()),
+      ]);
+    const cleanup = opts.cleanup ?? !o.keep;
+    // Requests in flight get `drainMs` to land before the cleanup looks. One that lands later (an
+    // engine slow to answer a create) is met by a second pass once it has; none can start a new
+    // create meanwhile (proxy.stop()).
+    const settled = await drained(o.drainMs ?? 10_000);
+    if (cleanup) await proxy.cleanup();
+    if (!settled && (await drained(o.lateMs ?? 120_000)) && cleanup) await proxy.cleanup();
     // Pins stay while kept containers may start again (a later guard process reaps them).
-    if (opts.cleanup ?? !o.keep) {
-      await proxy.cleanup();
-      await proxy.pins.releaseAll();
-    }
+    if (cleanup) await proxy.pins.releaseAll();
     transport.close();
     sink.close();
     if (!tcp) rmSync(o.listen.replace(/^unix:\/\//, ''), { force: true });

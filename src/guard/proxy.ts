@@ -211,11 +211,27 @@ export class GuardProxy {
 
   // ---------------------------------------------------------------- upstream
 
+  private stopped = false;
+
+  /**
+   * From now on nothing that could make an object is sent upstream (only reads and removals): a
+   * handler still in flight when the guard closes cannot start a create after the cleanup looked.
+   */
+  stop(): void {
+    this.stopped = true;
+  }
+
+  private assertRunning(method: string, evenStopped = false): void {
+    if (this.stopped && !evenStopped && !['GET', 'HEAD', 'DELETE'].includes(method))
+      throw new Error(`the guard is closing: ${method} requests are no longer sent to the engine`);
+  }
+
   upstream(
     method: string,
     path: string,
-    opts: { body?: Buffer | Readable; headers?: http.OutgoingHttpHeaders } = {},
+    opts: { body?: Buffer | Readable; headers?: http.OutgoingHttpHeaders; evenStopped?: boolean } = {},
   ): Promise<Upstream> {
+    this.assertRunning(method, opts.evenStopped);
     const base = this.cfg.transport.requestOptions();
     return new Promise((resolve, reject) => {
       const headers: http.OutgoingHttpHeaders = {
@@ -240,12 +256,13 @@ export class GuardProxy {
   async upstreamBytes(
     method: string,
     path: string,
-    opts: { body?: Buffer; headers?: http.OutgoingHttpHeaders } = {},
+    opts: { body?: Buffer; headers?: http.OutgoingHttpHeaders; evenStopped?: boolean } = {},
   ): Promise<{
     status: number;
     raw: Buffer;
     headers: Readonly<Record<string, string | string[] | undefined>>;
   }> {
+    this.assertRunning(method, opts.evenStopped);
     const { body, headers = {} } = opts;
     const ex = this.cfg.transport.exchange;
     if (ex) {
@@ -1370,6 +1387,7 @@ export class GuardProxy {
     const aside = await this.upstreamBytes('POST', `/images/create?${qs.toString()}`, {
       body: EMPTY_TAR,
       headers: { 'content-type': 'application/x-tar' },
+      evenStopped: true, // the cleanup's own untag
     });
     const failed = aside.raw.toString('utf8').includes('"error"');
     if (aside.status >= 300 || failed)
@@ -1404,9 +1422,11 @@ export class GuardProxy {
     const now = await this.imageIdOf(tag).catch(() => null);
     if (now !== was) {
       const [repo, t] = splitTag(tag);
-      await this.upstreamJson(
+      // A repair of someone else's tag: it is sent even while the guard closes.
+      await this.upstreamBytes(
         'POST',
         `/images/${encodeURIComponent(was)}/tag?repo=${encodeURIComponent(repo)}&tag=${encodeURIComponent(t)}`,
+        { evenStopped: true },
       );
       const message = `berth: image-tag: the pull would move ${tag}, which belongs to someone else; it was put back (pull it under a tag of your own)`;
       this.audit('POST', '/images/create', 'deny', { rule: 'image-tag', status: 200, message });
