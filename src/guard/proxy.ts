@@ -1173,6 +1173,11 @@ export class GuardProxy {
     // Intermediate containers of the legacy builder carry no labels: always remove them, even on failure.
     qs.set('rm', '1');
     qs.set('forcerm', '1');
+    // `q` read as dockerd's BoolValue reads it, and sent on in one spelling: with it, the answer is
+    // only the image ID (see below).
+    const quiet = goBool(qs.get('q'));
+    if (quiet) qs.set('q', '1');
+    else qs.delete('q');
     const tags = qs.getAll('t').map((t) => normalizeTag(plainRef(t)));
     for (const t of tags) await this.assertTagWritable(t);
     for (const t of tags) this.state.addTag(t);
@@ -1194,11 +1199,13 @@ export class GuardProxy {
     // its quotes are escaped, so it cannot form `"ID":"`. A "Successfully built <id>" line is not
     // trusted: a RUN step can print one naming someone else's image.
     let tail = '';
+    let seen = 0;
     const reported = new Set<string>();
     let last: string | undefined; // the build's final image: dockerd's last aux ID
     await relay(up.body, res, {
       end: false,
       onData: (c) => {
+        seen += c.length;
         tail = (tail + c.toString('utf8')).slice(-4096);
         for (const m of tail.matchAll(/"ID":"(sha256:[0-9a-f]{64})"/g)) {
           if (m[1]) reported.add(m[1]);
@@ -1206,6 +1213,14 @@ export class GuardProxy {
         }
       },
     });
+    // With `q`, dockerd sends no aux message: a build that worked answers with one line only,
+    // `{"stream":"sha256:…\n"}`, the steps' output discarded. A failed one dumps that output (a RUN
+    // step can print such a line) and then an error, so only an answer that is that one line counts.
+    const quietId = quiet && seen < 4096 ? QUIET_BUILD_ANSWER.exec(tail.trim())?.[1] : undefined;
+    if (quietId !== undefined) {
+      reported.add(quietId);
+      last = quietId;
+    }
     try {
       // What the build made: its tags' images and the reported IDs, created during the build.
       const made = new Map<string, ImageFacts>();
@@ -1740,6 +1755,15 @@ interface DfResult {
   Images?: { Id: string; RepoTags?: string[] | null; Size: number; SharedSize: number }[];
   Containers?: { Id: string; ImageID: string; Labels?: Record<string, string> | null }[];
   Volumes?: { Labels?: Record<string, string> | null }[];
+}
+
+/** The whole answer of a build with `q` that worked. */
+const QUIET_BUILD_ANSWER = /^\{"stream":"(sha256:[0-9a-f]{64})\\n"\}$/;
+
+/** dockerd's httputils.BoolValue: anything but "", 0, no, false and none (any case, trimmed) is true. */
+function goBool(v: string | null): boolean {
+  const s = (v ?? '').trim().toLowerCase();
+  return !['', '0', 'no', 'false', 'none'].includes(s);
 }
 
 /** An empty tar archive (two zero blocks): the content of the image a tag is moved onto to be removed. */

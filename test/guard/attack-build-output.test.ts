@@ -178,3 +178,98 @@ describe('attack: removing an image another tenant built, reached through the sh
     assert.equal(await images(c).find(id), undefined, 'gone with its last owner');
   });
 });
+
+describe('quiet builds (docker build -q): the one-line answer names the tenant’s image', () => {
+  const c = engine();
+  const dir = tempDir('berth-buildq-');
+  const victim = `berth-buildq-${SESSION}:host`;
+  let guard: GuardHandle;
+  let victimId = '';
+
+  /** A context whose image is new each time (its own file content). */
+  function context(name: string, dockerfile: string): string {
+    const ctx = join(dir.path, name);
+    mkdirSync(ctx);
+    writeFileSync(join(ctx, 'Dockerfile'), dockerfile);
+    return ctx;
+  }
+
+  before(async () => {
+    const b = await docker(
+      RAW,
+      [
+        'build',
+        '-q',
+        '--label',
+        `io.berth.test-session=${SESSION}`,
+        '-t',
+        victim,
+        context('host', `FROM berth-local/busybox\nRUN echo host-${SESSION} > /host\n`),
+      ],
+      { env: { DOCKER_BUILDKIT: '0' } },
+    );
+    assert.equal(b.code, 0, b.stderr);
+    victimId = (await images(c).inspect(victim)).Id;
+    guard = await createGuard({
+      tenant: uniqueName('bq'),
+      listen: join(dir.path, 'g.sock'),
+      labels: sessionLabels(),
+    });
+  });
+
+  after(async () => {
+    await guard.close({ cleanup: true }).catch(() => undefined);
+    await images(c)
+      .remove(victim, true)
+      .catch(() => false);
+    const left = (await images(c).list({ label: [`io.berth.test-session=${SESSION}`] })).filter(
+      (i) => i.Id !== victimId && (i.Labels ?? {})['io.berth.quiet-test'] !== undefined,
+    );
+    c.close();
+    dir[Symbol.dispose]();
+    assert.deepEqual(left, [], 'no quiet-built image is left');
+  });
+
+  const quietBuild = (name: string, extra = '') =>
+    docker(
+      guard.address,
+      [
+        'build',
+        '-q',
+        '--label',
+        'io.berth.quiet-test=1',
+        context(name, `FROM berth-local/busybox\nRUN echo ${name}-${SESSION} > /f\n${extra}`),
+      ],
+      { env: { DOCKER_BUILDKIT: '0' } },
+    );
+
+  test('an untagged quiet build can be removed by its ID, and a forged ID line in a failed one counts for nothing', async () => {
+    const b = await quietBuild('mine');
+    assert.equal(b.code, 0, b.stderr);
+    const id = b.stdout.trim();
+    assert.match(id, /^sha256:[0-9a-f]{64}$/);
+    const rmi = await docker(guard.address, ['rmi', id]);
+    assert.equal(rmi.code, 0, rmi.stderr);
+    assert.equal(await images(c).find(id), undefined);
+
+    // A failed quiet build answers with its steps' output, then the error: a step that prints
+    // dockerd's one-line answer naming the host's image does not make it the tenant's.
+    const forged = await quietBuild('forged', `RUN echo ${victimId} && exit 1\n`);
+    assert.notEqual(forged.code, 0);
+    expectRefused(
+      await send(join(dir.path, 'g.sock'), { method: 'DELETE', path: `/v1.41/images/${victimId}` }),
+      'image-tag',
+    );
+    assert.equal((await images(c).inspect(victim)).Id, victimId);
+  });
+
+  test('an untagged quiet build left behind is removed by the cleanup', async () => {
+    const b = await quietBuild('left');
+    assert.equal(b.code, 0, b.stderr);
+    const id = b.stdout.trim();
+    assert.ok(await images(c).find(id));
+    await guard.close({ cleanup: true });
+    assert.equal(await images(c).find(id), undefined, 'the cleanup removed it');
+    assert.equal((await images(c).inspect(victim)).Id, victimId, 'and nothing of the host’s');
+  });
+});
