@@ -230,7 +230,8 @@ describe('quiet builds (docker build -q): the one-line answer names the tenantâ€
     assert.deepEqual(left, [], 'no quiet-built image is left');
   });
 
-  const quietBuild = (name: string, extra = '') =>
+  /** A quiet build of a new image; `steps` replace the default one (a failing first step commits nothing). */
+  const quietBuild = (name: string, steps = `RUN echo ${name}-${SESSION} > /f\n`) =>
     docker(
       guard.address,
       [
@@ -238,7 +239,7 @@ describe('quiet builds (docker build -q): the one-line answer names the tenantâ€
         '-q',
         '--label',
         'io.berth.quiet-test=1',
-        context(name, `FROM berth-local/busybox\nRUN echo ${name}-${SESSION} > /f\n${extra}`),
+        context(name, `FROM berth-local/busybox\n${steps}`),
       ],
       { env: { DOCKER_BUILDKIT: '0' } },
     );
