@@ -190,7 +190,7 @@ export async function createGuard(o: GuardOptions): Promise<GuardHandle> {
     // create meanwhile (proxy.stop()).
     const settled = await drained(o.drainMs ?? 10_000);
     if (cleanup) await proxy.cleanup();
-    if (!settled && (await drained(o.lateMs ?? 120_000)) && cleanup) await proxy.cleanup();
+    if (cleanup && !settled && (await drained(o.lateMs ?? 120_000))) await proxy.cleanup();
     // Pins stay while kept containers may start again (a later guard process reaps them).
     if (cleanup) await proxy.pins.releaseAll();
     transport.close();
