@@ -8,20 +8,13 @@
 import http from 'node:http';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex, Readable } from 'node:stream';
-import {
-  closeSync,
-  createReadStream,
-  createWriteStream,
-  mkdtempSync,
-  openSync,
-  readSync,
-  rmSync,
-  statSync,
-} from 'node:fs';
+import { createReadStream, createWriteStream, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
+import type { Gunzip } from 'node:zlib';
+import { Transform } from 'node:stream';
 import { LABEL_ROLE, LABEL_TENANT, errorMessage } from '../common/index.js';
 import type { Transport } from '../engine/index.js';
 import { JsonLines, readAll } from '../engine/index.js';
@@ -53,7 +46,7 @@ import { relay } from './relay.js';
 import { BindPins, BindSourceError, pinMode } from './pin.js';
 import { rawStream, requestHead } from './rawstream.js';
 import { LoadScanner, compressionOf } from './loadscan.js';
-import type { LoadScan } from './loadscan.js';
+import type { Compression, LoadScan } from './loadscan.js';
 import { PathError, buildPath, matchRoute, normalizePath, splitTarget } from './routes.js';
 import type { Matched } from './routes.js';
 
@@ -1459,8 +1452,18 @@ export class GuardProxy {
     const dir = mkdtempSync(join(tmpdir(), 'berth-load-'));
     const file = join(dir, 'archive.tar');
     try {
-      await pipeline(req, createWriteStream(file, { mode: 0o600 }));
-      const scan = await scanArchive(file);
+      // Spooled and read in one pass: the scanner sees each piece as it goes to the file.
+      const scanning = new ArchiveScan();
+      await pipeline(
+        req,
+        new Transform({
+          transform(chunk: Buffer, _enc, done) {
+            scanning.write(chunk, () => done(null, chunk));
+          },
+        }),
+        createWriteStream(file, { mode: 0o600 }),
+      );
+      const scan = await scanning.end();
       if (scan.problem !== undefined)
         throw new Refusal('image-tag', `berth cannot vouch for the tags of this archive: ${scan.problem}`);
       // dockerd reads each RepoTag with its own grammar: the name as written is checked too.
@@ -1996,28 +1999,77 @@ export function untilSeconds(v: string, now = Date.now()): number {
 }
 
 /** Reads a spooled image archive (plain or gzip, as dockerd detects them) with the load scanner. */
-async function scanArchive(file: string): Promise<LoadScan> {
-  const head = Buffer.alloc(8);
-  const fd = openSync(file, 'r');
-  const n = readSync(fd, head, 0, head.length, 0);
-  closeSync(fd);
-  const kind = compressionOf(head.subarray(0, n));
-  if (kind !== 'none' && kind !== 'gzip')
-    throw new Refusal(
-      'malformed',
-      `berth reads plain and gzip image archives, not ${kind}; decompress it first`,
-      400,
-    );
-  const scanner = new LoadScanner();
-  const read = createReadStream(file);
-  const src = kind === 'gzip' ? read.pipe(createGunzip()) : read;
-  try {
-    for await (const c of src) scanner.write(c as Buffer);
-  } catch (e) {
-    read.destroy();
-    throw new Refusal('malformed', `the image archive cannot be read: ${errorMessage(e)}`, 400);
+/**
+ * An image archive read as it arrives (see loadscan.ts): plain or gzip, told apart by its first
+ * bytes as dockerd tells them; other compressions are refused. `write` calls back once the piece
+ * is taken (a gzip stream's own backpressure), `end` gives the scan.
+ */
+class ArchiveScan {
+  private readonly scanner = new LoadScanner();
+  private head = Buffer.alloc(0);
+  private kind: Compression | undefined;
+  private gunzip: Gunzip | undefined;
+  private failed: Error | undefined;
+
+  write(chunk: Buffer, taken: () => void): void {
+    if (this.failed) return taken();
+    if (this.kind === undefined) {
+      this.head = Buffer.concat([this.head, chunk]);
+      if (this.head.length < 8) return taken();
+      this.start(this.head);
+      return this.feed(this.head, taken);
+    }
+    this.feed(chunk, taken);
   }
-  return scanner.end();
+
+  private start(head: Buffer): void {
+    this.kind = compressionOf(head);
+    if (this.kind === 'gzip') {
+      const z = createGunzip();
+      z.on('data', (c: Buffer) => this.scanner.write(c));
+      z.on('error', (e) => (this.failed ??= e));
+      this.gunzip = z;
+    }
+  }
+
+  private feed(piece: Buffer, taken: () => void): void {
+    if (this.kind === 'none') {
+      this.scanner.write(piece);
+      return taken();
+    }
+    if (this.gunzip) {
+      if (this.gunzip.write(piece)) taken();
+      else this.gunzip.once('drain', taken);
+      return;
+    }
+    taken(); // a compression refused at the end: nothing to read
+  }
+
+  async end(): Promise<LoadScan> {
+    if (this.kind === undefined) {
+      // An archive of fewer than 8 bytes: read as it is (the scanner calls it truncated).
+      this.start(this.head);
+      this.feed(this.head, () => undefined);
+    }
+    if (this.kind !== 'none' && this.kind !== 'gzip')
+      throw new Refusal(
+        'malformed',
+        `berth reads plain and gzip image archives, not ${this.kind}; decompress it first`,
+        400,
+      );
+    if (this.gunzip) {
+      const z = this.gunzip;
+      await new Promise<void>((resolve) => {
+        if (this.failed) return resolve();
+        z.once('end', resolve);
+        z.once('error', () => resolve());
+        z.end();
+      });
+    }
+    if (this.failed)
+      throw new Refusal('malformed', `the image archive cannot be read: ${errorMessage(this.failed)}`, 400);
+    return this.scanner.end();
+  }
 }
 
 /** A tag name the guard and dockerd read alike, or a refusal (see ambiguousRef). */

@@ -7,6 +7,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect } from 'node:net';
+import { gzipSync } from 'node:zlib';
 import { join } from 'node:path';
 import { containers, images } from '../../src/engine/index.js';
 import { createGuard } from '../../src/guard/index.js';
@@ -50,7 +51,7 @@ describe('attack: docker load claiming or reverting tags it does not name', () =
 
   after(async () => {
     await guard.close({ cleanup: true }).catch(() => undefined);
-    for (const t of ['distinct', 'during', 'moved', 'hidden', 'linked'])
+    for (const t of ['distinct', 'during', 'moved', 'hidden', 'linked', 'zipped'])
       await images(c)
         .remove(`${repo}:${t}`)
         .catch(() => false);
@@ -139,6 +140,31 @@ describe('attack: docker load claiming or reverting tags it does not name', () =
     const r = await loadRaw(tar);
     expectRefused(r, 'image-tag', 'PAX-hidden manifest');
     assert.equal(await tagOf(`${repo}:distinct`), distinct, 'the host’s tag did not move');
+  });
+
+  test('a gzip archive is read through its compression: the host’s tag is refused, a free one loads', async () => {
+    const hostTag = withManifest((text) => [entry('manifest.json', text)]);
+    expectRefused(await loadRaw(gzipSync(hostTag)), 'image-tag', 'gzip archive naming the host’s tag');
+    assert.equal(await tagOf(`${repo}:distinct`), distinct, 'the host’s tag did not move');
+
+    const free = withManifest((text) => [
+      entry('manifest.json', text.replaceAll(`${repo}:distinct`, `${repo}:zipped`)),
+    ]);
+    const r = await loadRaw(gzipSync(free));
+    assert.equal(r.status, 200, r.text);
+    assert.equal(await tagOf(`${repo}:zipped`), base, 'loaded and tagged');
+    const rm = await send(sock, { method: 'DELETE', path: `/v1.41/images/${repo}:zipped` });
+    assert.equal(rm.status, 200, 'the tag the load made is the tenant’s to remove');
+  });
+
+  test('other compressions, a broken gzip stream and a too-short body are refused with 400', async () => {
+    const bzip2 = Buffer.concat([Buffer.from('BZh91AY&SY'), Buffer.alloc(64)]);
+    const r1 = await loadRaw(bzip2);
+    expectRefused(r1, 'malformed', 'bzip2', 400);
+    assert.match(r1.text, /decompress it first/);
+    const broken = gzipSync(archive).subarray(0, 200);
+    expectRefused(await loadRaw(broken), 'malformed', 'truncated gzip', 400);
+    expectRefused(await loadRaw(Buffer.from('tiny')), 'image-tag', 'four bytes', 403);
   });
 
   test('a manifest written through a symlink the archive made is refused', async () => {
