@@ -157,7 +157,7 @@ describe('attack: docker load claiming or reverting tags it does not name', () =
     assert.equal(rm.status, 200, 'the tag the load made is the tenant’s to remove');
   });
 
-  test('other compressions, a broken gzip stream and a too-short body are refused with 400', async () => {
+  test('other compressions and a broken gzip stream are refused with 400, a body too short to be an archive with 403', async () => {
     const bzip2 = Buffer.concat([Buffer.from('BZh91AY&SY'), Buffer.alloc(64)]);
     const r1 = await loadRaw(bzip2);
     expectRefused(r1, 'malformed', 'bzip2', 400);
