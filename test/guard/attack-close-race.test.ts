@@ -97,88 +97,87 @@ async function owned(tenant: string) {
   }
 }
 
-test('a create the engine answers after the cleanup’s first pass is removed by a second one', async () => {
-  using dir = tempDir('berth-close-race-');
-  const relay = await holdingRelay(
-    join(dir.path, 'engine.sock'),
-    /^POST \/v[\d.]+\/containers\/create/,
-    1500,
-  );
-  const tenant = uniqueName('closerace');
-  const sock = join(dir.path, 'g.sock');
+/** A guard whose engine is reached through a relay that holds requests matching `hold`. */
+async function heldGuard(
+  dir: string,
+  hold: RegExp,
+  name: string,
+  timing: { drainMs: number; lateMs?: number },
+) {
+  const relay = await holdingRelay(join(dir, 'engine.sock'), hold, 1500);
+  const tenant = uniqueName(name);
+  const sock = join(dir, 'g.sock');
   const guard = await createGuard({
     tenant,
     listen: sock,
-    upstream: `unix://${join(dir.path, 'engine.sock')}`,
+    upstream: `unix://${join(dir, 'engine.sock')}`,
     labels: sessionLabels(),
-    drainMs: 200,
+    ...timing,
   });
+  const close = async () => {
+    await guard.close().catch(() => undefined);
+    await relay.close();
+  };
+  return { relay, tenant, sock, guard, close };
+}
+
+/** A container create through the guard, not awaited for its answer (the guard may close first). */
+const createContainer = (sock: string, hostConfig: Record<string, unknown> = {}) =>
+  send(sock, {
+    method: 'POST',
+    path: '/v1.41/containers/create',
+    headers: [['Content-Type', 'application/json']],
+    body: JSON.stringify({ Image: 'berth-local/busybox', Cmd: ['true'], HostConfig: hostConfig }),
+  }).catch(() => undefined);
+
+/** Until whatever the guard still sent after its close has reached the engine and been answered. */
+async function settled(relay: Awaited<ReturnType<typeof holdingRelay>>): Promise<void> {
+  await Promise.race([relay.answered, new Promise((r) => setTimeout(r, 10_000).unref())]);
+  await relay.quiet(500);
+}
+
+test('a create the engine answers after the cleanup’s first pass is removed by a second one', async () => {
+  using dir = tempDir('berth-close-race-');
+  const g = await heldGuard(dir.path, /^POST \/v[\d.]+\/containers\/create/, 'closerace', { drainMs: 200 });
   try {
-    const warm = await send(sock, {
+    const volume = await send(g.sock, {
       method: 'POST',
       path: '/v1.41/volumes/create',
       headers: [['Content-Type', 'application/json']],
       body: '{}',
     });
-    assert.equal(warm.status, 201, warm.text);
-    const create = send(sock, {
-      method: 'POST',
-      path: '/v1.41/containers/create',
-      headers: [['Content-Type', 'application/json']],
-      // No network: the late create must not fail only because the cleanup removed the network.
-      body: JSON.stringify({
-        Image: 'berth-local/busybox',
-        Cmd: ['true'],
-        HostConfig: { NetworkMode: 'none' },
-      }),
-    }).catch(() => undefined);
-    await relay.seen;
-    await guard.close({ cleanup: true });
+    assert.equal(volume.status, 201, volume.text);
+    // No network: the late create must not fail only because the cleanup removed the network.
+    const create = createContainer(g.sock, { NetworkMode: 'none' });
+    await g.relay.seen;
+    await g.guard.close({ cleanup: true });
     await create;
-    // Whatever the guard still sends after its close has reached the engine and been answered.
-    await Promise.race([relay.answered, new Promise((r) => setTimeout(r, 10_000).unref())]);
-    await relay.quiet(500);
-    assert.deepEqual(await owned(tenant), { containers: 0, networks: 0, volumes: 0 });
+    await settled(g.relay);
+    assert.deepEqual(await owned(g.tenant), { containers: 0, networks: 0, volumes: 0 });
   } finally {
-    await guard.close().catch(() => undefined);
-    await relay.close();
+    await g.close();
   }
 });
 
 test('a handler in flight when the guard closes sends no create afterwards, and leaves nothing', async () => {
   using dir = tempDir('berth-close-race-');
   // The tenant network's lookup is held: the create handler is waiting on it when the guard closes.
-  const relay = await holdingRelay(join(dir.path, 'engine.sock'), /^GET \/networks\/berth-/, 1500);
-  const tenant = uniqueName('closestart');
-  const sock = join(dir.path, 'g.sock');
-  const guard = await createGuard({
-    tenant,
-    listen: sock,
-    upstream: `unix://${join(dir.path, 'engine.sock')}`,
-    labels: sessionLabels(),
+  const g = await heldGuard(dir.path, /^GET \/networks\/berth-/, 'closestart', {
     drainMs: 100,
     lateMs: 5000,
   });
   try {
-    const create = send(sock, {
-      method: 'POST',
-      path: '/v1.41/containers/create',
-      headers: [['Content-Type', 'application/json']],
-      body: JSON.stringify({ Image: 'berth-local/busybox', Cmd: ['true'] }),
-    }).catch(() => undefined);
-    await relay.seen;
+    const create = createContainer(g.sock);
+    await g.relay.seen;
     const closing = Date.now();
-    await guard.close({ cleanup: true });
+    await g.guard.close({ cleanup: true });
     await create;
-    // Whatever the guard still sends after its close has reached the engine and been answered.
-    await Promise.race([relay.answered, new Promise((r) => setTimeout(r, 10_000).unref())]);
-    await relay.quiet(500);
-    assert.deepEqual(await owned(tenant), { containers: 0, networks: 0, volumes: 0 });
+    await settled(g.relay);
+    assert.deepEqual(await owned(g.tenant), { containers: 0, networks: 0, volumes: 0 });
     // The held lookup is answered while the close waits for it; the handler must stop there.
-    const late = relay.sent.filter((r) => r.at >= closing && r.line.startsWith('POST'));
+    const late = g.relay.sent.filter((r) => r.at >= closing && r.line.startsWith('POST'));
     assert.deepEqual(late, [], 'no POST reached the engine once the guard was closing');
   } finally {
-    await guard.close().catch(() => undefined);
-    await relay.close();
+    await g.close();
   }
 });
