@@ -2038,8 +2038,16 @@ class ArchiveScan {
       return taken();
     }
     if (this.gunzip) {
-      if (this.gunzip.write(piece)) taken();
-      else this.gunzip.once('drain', taken);
+      const z = this.gunzip;
+      if (z.write(piece)) return taken();
+      // On with the next piece once the gunzip has room, or has failed (then no 'drain' comes).
+      const go = (): void => {
+        z.off('drain', go);
+        z.off('close', go);
+        taken();
+      };
+      z.once('drain', go);
+      z.once('close', go);
       return;
     }
     taken(); // a compression refused at the end: nothing to read

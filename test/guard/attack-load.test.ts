@@ -164,6 +164,12 @@ describe('attack: docker load claiming or reverting tags it does not name', () =
     assert.match(r1.text, /decompress it first/);
     const broken = gzipSync(archive).subarray(0, 200);
     expectRefused(await loadRaw(broken), 'malformed', 'truncated gzip', 400);
+    // Corrupt in the middle of a stream long enough that the gunzip is still behind the upload
+    // when it fails: the load is refused, not left waiting.
+    const long = gzipSync(Buffer.concat([archive, Buffer.alloc(8 * 1024 * 1024, 'berth ')]));
+    const corrupt = Buffer.from(long);
+    corrupt.fill(0xff, Math.floor(corrupt.length / 3), Math.floor(corrupt.length / 3) + 64);
+    expectRefused(await loadRaw(corrupt), 'malformed', 'corrupt gzip', 400);
     expectRefused(await loadRaw(Buffer.from('tiny')), 'image-tag', 'four bytes', 403);
   });
 
