@@ -1454,15 +1454,20 @@ export class GuardProxy {
     try {
       // Spooled and read in one pass: the scanner sees each piece as it goes to the file.
       const scanning = new ArchiveScan();
-      await pipeline(
-        req,
-        new Transform({
-          transform(chunk: Buffer, _enc, done) {
-            scanning.write(chunk, () => done(null, chunk));
-          },
-        }),
-        createWriteStream(file, { mode: 0o600 }),
-      );
+      try {
+        await pipeline(
+          req,
+          new Transform({
+            transform(chunk: Buffer, _enc, done) {
+              scanning.write(chunk, () => done(null, chunk));
+            },
+          }),
+          createWriteStream(file, { mode: 0o600 }),
+        );
+      } catch (e) {
+        scanning.destroy(); // an upload cut short: its gunzip goes now, not at a garbage collection
+        throw e;
+      }
       const scan = await scanning.end();
       if (scan.problem !== undefined)
         throw new Refusal('image-tag', `berth cannot vouch for the tags of this archive: ${scan.problem}`);
@@ -2051,6 +2056,10 @@ class ArchiveScan {
       return;
     }
     taken(); // a compression refused at the end: nothing to read
+  }
+
+  destroy(): void {
+    this.gunzip?.destroy();
   }
 
   async end(): Promise<LoadScan> {
