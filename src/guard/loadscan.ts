@@ -6,9 +6,12 @@
  * the last entry of a name wins. It collects every tag any version of those files names (a
  * superset: each is checked) and refuses what it cannot vouch for: those files as anything but
  * regular files, entries written through a symlink the archive made, manifests it cannot parse,
- * compressions other than gzip. Pure; fed chunk by chunk.
+ * compressions other than gzip. LoadScanner is pure, fed chunk by chunk; ArchiveScan feeds it an
+ * archive as it arrives, decompressing gzip on the way.
  */
 import { posix } from 'node:path';
+import { createGunzip } from 'node:zlib';
+import type { Gunzip } from 'node:zlib';
 import { foldKey } from './canonical.js';
 import { JObject, parseOrdered } from './json.js';
 import type { JValue } from './json.js';
@@ -75,8 +78,7 @@ function paxRecords(data: Buffer): Map<string, string> {
 
 /** The name an entry lands at in dockerd's extraction folder (Clean, no leading slash). */
 export function landing(name: string): string {
-  const c = posix.normalize(`/${name}`).replace(/^\/+/, '').replace(/\/+$/, '');
-  return c;
+  return posix.normalize(`/${name}`).replace(/^\/+/, '').replace(/\/+$/, '');
 }
 
 /** Tags a manifest.json names: every `RepoTags` (any spelling Go folds onto it) of every item. */
@@ -242,5 +244,90 @@ export class LoadScanner {
       return this.fail(`the archive's ${at} is not JSON berth can read`);
     }
     for (const t of at === 'manifest.json' ? manifestTags(v) : repositoriesTags(v)) this.tags.add(t);
+  }
+}
+
+/** An archive that cannot be read (a compression other than gzip, a broken gzip stream). */
+export class ArchiveError extends Error {}
+
+/**
+ * An image archive read as it arrives, with a LoadScanner: plain or gzip, told apart by its first
+ * bytes as dockerd tells them; other compressions are refused. `write` calls back once the piece
+ * is taken (a gzip stream's own backpressure), `end` gives the scan.
+ */
+export class ArchiveScan {
+  private readonly scanner = new LoadScanner();
+  private head = Buffer.alloc(0);
+  private kind: Compression | undefined;
+  private gunzip: Gunzip | undefined;
+  private failed: Error | undefined;
+
+  write(chunk: Buffer, taken: () => void): void {
+    if (this.failed) return taken();
+    if (this.kind === undefined) {
+      this.head = Buffer.concat([this.head, chunk]);
+      if (this.head.length < 8) return taken();
+      this.start(this.head);
+      return this.feed(this.head, taken);
+    }
+    this.feed(chunk, taken);
+  }
+
+  private start(head: Buffer): void {
+    this.kind = compressionOf(head);
+    if (this.kind === 'gzip') {
+      const z = createGunzip();
+      z.on('data', (c: Buffer) => this.scanner.write(c));
+      z.on('error', (e) => (this.failed ??= e));
+      this.gunzip = z;
+    }
+  }
+
+  private feed(piece: Buffer, taken: () => void): void {
+    if (this.kind === 'none') {
+      this.scanner.write(piece);
+      return taken();
+    }
+    if (this.gunzip) {
+      const z = this.gunzip;
+      if (z.write(piece)) return taken();
+      // On with the next piece once the gunzip has room, or has failed (then no 'drain' comes).
+      const go = (): void => {
+        z.off('drain', go);
+        z.off('close', go);
+        taken();
+      };
+      z.once('drain', go);
+      z.once('close', go);
+      return;
+    }
+    taken(); // a compression refused at the end: nothing to read
+  }
+
+  destroy(): void {
+    this.gunzip?.destroy();
+  }
+
+  async end(): Promise<LoadScan> {
+    if (this.kind === undefined) {
+      // An archive of fewer than 8 bytes: read as it is (the scanner calls it truncated).
+      this.start(this.head);
+      this.feed(this.head, () => undefined);
+    }
+    if (this.kind !== 'none' && this.kind !== 'gzip')
+      throw new ArchiveError(
+        `berth reads plain and gzip image archives, not ${this.kind}; decompress it first`,
+      );
+    if (this.gunzip) {
+      const z = this.gunzip;
+      await new Promise<void>((resolve) => {
+        if (this.failed) return resolve();
+        z.once('end', resolve);
+        z.once('error', () => resolve());
+        z.end();
+      });
+    }
+    if (this.failed) throw new ArchiveError(`the image archive cannot be read: ${this.failed.message}`);
+    return this.scanner.end();
   }
 }

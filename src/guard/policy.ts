@@ -54,6 +54,16 @@ function check(policy: Policy, rule: RuleName, refused: boolean, why: string): v
   if (refused && !policy.allow.has(rule)) throw new Refusal(rule, why);
 }
 
+/** The path to forward for a bind source (the resolver's answer), or the binds rule's refusal. */
+function bindSource(r: Resolver, policy: Policy, src: string, create: boolean): string {
+  const bound = r.bind(src, create);
+  if ('refused' in bound) {
+    check(policy, 'binds', true, bound.refused);
+    return src; // the policy allows binds: forwarded as written
+  }
+  return bound.forward;
+}
+
 const str = (v: unknown): string => (typeof v === 'string' ? v : '');
 const list = (v: unknown): string[] =>
   Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : [];
@@ -224,9 +234,7 @@ export function checkContainerCreate(
         r.volume(src);
         return b;
       }
-      const bound = r.bind(src, true);
-      check(p, 'binds', 'refused' in bound, 'refused' in bound ? bound.refused : '');
-      return ['forward' in bound ? bound.forward : src, ...parts.slice(1)].join(':');
+      return [bindSource(r, p, src, true), ...parts.slice(1)].join(':');
     });
   }
   if (Array.isArray(hc.Mounts)) {
@@ -234,9 +242,7 @@ export function checkContainerCreate(
       const type = str(m.Type);
       const src = str(m.Source);
       if (type === 'bind') {
-        const bound = r.bind(src, false);
-        check(p, 'binds', 'refused' in bound, 'refused' in bound ? bound.refused : '');
-        return { ...m, Source: 'forward' in bound ? bound.forward : src };
+        return { ...m, Source: bindSource(r, p, src, false) };
       }
       if (type === 'volume') {
         const driver = obj(obj(m.VolumeOptions).DriverConfig);

@@ -12,8 +12,6 @@ import { createReadStream, createWriteStream, mkdtempSync, rmSync, statSync } fr
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import { createGunzip } from 'node:zlib';
-import type { Gunzip } from 'node:zlib';
 import { Transform } from 'node:stream';
 import { LABEL_ROLE, LABEL_TENANT, errorMessage } from '../common/index.js';
 import type { Transport } from '../engine/index.js';
@@ -45,8 +43,7 @@ import type { Resolver } from './policy.js';
 import { relay } from './relay.js';
 import { BindPins, BindSourceError, pinMode } from './pin.js';
 import { rawStream, requestHead } from './rawstream.js';
-import { LoadScanner, compressionOf } from './loadscan.js';
-import type { Compression, LoadScan } from './loadscan.js';
+import { ArchiveError, ArchiveScan } from './loadscan.js';
 import { PathError, buildPath, matchRoute, normalizePath, splitTarget } from './routes.js';
 import type { Matched } from './routes.js';
 
@@ -67,6 +64,13 @@ export interface ProxyConfig {
   bindPins?: 'auto' | 'roots' | undefined;
   /** Names the engine for the once-per-process pin probe (its address). */
   engineKey?: string | undefined;
+}
+
+/** A small engine answer, held whole. */
+interface SmallAnswer {
+  status: number;
+  raw: Buffer;
+  headers: Readonly<Record<string, string | string[] | undefined>>;
 }
 
 interface Upstream {
@@ -170,9 +174,12 @@ interface ImageFacts {
 const tagsOf = (f: ImageFacts | undefined): string[] =>
   (f?.RepoTags ?? []).filter((t) => t !== '<none>:<none>');
 
-/** Whether anything names the image: a tag, or a registry digest (dockerd lists `<none>` for neither). */
-const named = (f: ImageFacts): boolean =>
-  tagsOf(f).length > 0 || (f.RepoDigests ?? []).some((d) => !d.startsWith('<none>'));
+/** The image's digest references (`repo@sha256:…`; dockerd lists `<none>@<none>` for none). */
+const digestsOf = (f: ImageFacts | undefined): string[] =>
+  (f?.RepoDigests ?? []).filter((d) => d.includes('@') && !d.startsWith('<none>'));
+
+/** Whether anything names the image: a tag or a digest reference. */
+const named = (f: ImageFacts): boolean => tagsOf(f).length + digestsOf(f).length > 0;
 
 /**
  * Whether an image was created at or after `since` (ms): the images a build, commit or import
@@ -250,11 +257,7 @@ export class GuardProxy {
     method: string,
     path: string,
     opts: { body?: Buffer; headers?: http.OutgoingHttpHeaders; evenStopped?: boolean } = {},
-  ): Promise<{
-    status: number;
-    raw: Buffer;
-    headers: Readonly<Record<string, string | string[] | undefined>>;
-  }> {
+  ): Promise<SmallAnswer> {
     this.assertRunning(method, opts.evenStopped);
     const { body, headers = {} } = opts;
     const ex = this.cfg.transport.exchange;
@@ -1365,20 +1368,10 @@ export class GuardProxy {
    * it). Where such references are not all the tenant's, the tag is first moved onto a fresh empty
    * image and removed from there: the tag goes, everything else stays.
    */
-  private async removeTag(
-    tag: string,
-    f: ImageFacts,
-    query = '',
-  ): Promise<{
-    status: number;
-    raw: Buffer;
-    headers: Readonly<Record<string, string | string[] | undefined>>;
-  }> {
+  private async removeTag(tag: string, f: ImageFacts, query = ''): Promise<SmallAnswer> {
     const repo = repositoryOf(tag);
     const lastOfRepo = !tagsOf(f).some((t) => normalizeTag(t) !== tag && repositoryOf(t) === repo);
-    const digests = lastOfRepo
-      ? (f.RepoDigests ?? []).filter((d) => d.includes('@') && repositoryOf(d) === repo)
-      : [];
+    const digests = lastOfRepo ? digestsOf(f).filter((d) => repositoryOf(d) === repo) : [];
     const foreign = digests.filter((d) => !this.state.ownsDigestAt(d, f.Id));
     if (foreign.length === 0) {
       const r = await this.upstreamBytes('DELETE', `/images/${encodeURIComponent(tag)}${query}`);
@@ -1405,6 +1398,13 @@ export class GuardProxy {
     if (del.status >= 300) throw new Error(`removing ${tag}: ${del.json.message ?? del.status}`);
     this.state.tags.delete(tag);
     return { status: 200, raw: Buffer.from(JSON.stringify([{ Untagged: tag }])), headers: {} };
+  }
+
+  /** Removes a digest reference the tenant owns (the caller checked): dockerd takes nothing else with it. */
+  private async removeDigestRef(ref: string, query = ''): Promise<SmallAnswer> {
+    const r = await this.upstreamBytes('DELETE', `/images/${encodeURIComponent(ref)}${query}`);
+    if (r.status < 300) this.state.digests.delete(normalizeTag(ref));
+    return r;
   }
 
   /** The image a reference names; undefined only when the engine says there is none (404). */
@@ -1468,7 +1468,9 @@ export class GuardProxy {
         scanning.destroy(); // an upload cut short: its gunzip goes now, not at a garbage collection
         throw e;
       }
-      const scan = await scanning.end();
+      const scan = await scanning.end().catch((e: unknown) => {
+        throw e instanceof ArchiveError ? new Refusal('malformed', e.message, 400) : e;
+      });
       if (scan.problem !== undefined)
         throw new Refusal('image-tag', `berth cannot vouch for the tags of this archive: ${scan.problem}`);
       // dockerd reads each RepoTag with its own grammar: the name as written is checked too.
@@ -1521,7 +1523,7 @@ export class GuardProxy {
       const f = await this.inspectImage(name);
       const idv = f?.Id ?? '';
       const tags = tagsOf(f);
-      const digests = (f?.RepoDigests ?? []).filter((d) => d.includes('@'));
+      const digests = digestsOf(f);
       // The tenant's when every name it has (tags and digest references) is the tenant's, or it has
       // none and the tenant made it. "Made it" alone is not enough: a build answered from the shared
       // cache, or a pull, gives back an image that others may have made and tagged too.
@@ -1554,11 +1556,7 @@ export class GuardProxy {
       // A digest reference goes alone (dockerd takes nothing else with it): the tenant's own only.
       if (!this.state.ownsDigestAt(tag, now.Id))
         throw new Refusal('image-tag', `the digest reference ${tag} is not yours to remove`);
-      const r = await this.upstreamBytes(
-        'DELETE',
-        `${buildPath(m.route, { name: tag }, m.apiVersion)}?${qs.toString()}`,
-      );
-      if (r.status < 300) this.state.digests.delete(tag);
+      const r = await this.removeDigestRef(tag, `?${qs.toString()}`);
       return sendJsonBytes(res, r.status, r.raw, r.headers);
     }
     if (!this.state.ownsTagAt(tag, now.Id)) {
@@ -1723,11 +1721,11 @@ export class GuardProxy {
     }
     // Digest references the tenant's pulls and pushes made that its untags left (another party's
     // tag of the same repository kept them), while they still name the image they were made on.
-    for (const [ref, id] of [...this.state.digests]) {
+    for (const ref of [...this.state.digests.keys()]) {
       const f = await this.inspectImage(ref).catch(() => undefined);
-      if (f?.Id === id) {
-        const r = await this.upstreamJson('DELETE', `/images/${encodeURIComponent(ref)}`);
-        if (r.status < 300) counts.tags++;
+      if (f && this.state.ownsDigestAt(ref, f.Id)) {
+        const r = await this.removeDigestRef(ref).catch(() => undefined);
+        if (r && r.status < 300) counts.tags++;
       }
       this.state.digests.delete(ref);
     }
@@ -2001,92 +1999,6 @@ export function untilSeconds(v: string, now = Date.now()): number {
   const t = Date.parse(v);
   if (Number.isNaN(t)) throw new BodyError(`until ${v} is not a time`);
   return t / 1000;
-}
-
-/** Reads a spooled image archive (plain or gzip, as dockerd detects them) with the load scanner. */
-/**
- * An image archive read as it arrives (see loadscan.ts): plain or gzip, told apart by its first
- * bytes as dockerd tells them; other compressions are refused. `write` calls back once the piece
- * is taken (a gzip stream's own backpressure), `end` gives the scan.
- */
-class ArchiveScan {
-  private readonly scanner = new LoadScanner();
-  private head = Buffer.alloc(0);
-  private kind: Compression | undefined;
-  private gunzip: Gunzip | undefined;
-  private failed: Error | undefined;
-
-  write(chunk: Buffer, taken: () => void): void {
-    if (this.failed) return taken();
-    if (this.kind === undefined) {
-      this.head = Buffer.concat([this.head, chunk]);
-      if (this.head.length < 8) return taken();
-      this.start(this.head);
-      return this.feed(this.head, taken);
-    }
-    this.feed(chunk, taken);
-  }
-
-  private start(head: Buffer): void {
-    this.kind = compressionOf(head);
-    if (this.kind === 'gzip') {
-      const z = createGunzip();
-      z.on('data', (c: Buffer) => this.scanner.write(c));
-      z.on('error', (e) => (this.failed ??= e));
-      this.gunzip = z;
-    }
-  }
-
-  private feed(piece: Buffer, taken: () => void): void {
-    if (this.kind === 'none') {
-      this.scanner.write(piece);
-      return taken();
-    }
-    if (this.gunzip) {
-      const z = this.gunzip;
-      if (z.write(piece)) return taken();
-      // On with the next piece once the gunzip has room, or has failed (then no 'drain' comes).
-      const go = (): void => {
-        z.off('drain', go);
-        z.off('close', go);
-        taken();
-      };
-      z.once('drain', go);
-      z.once('close', go);
-      return;
-    }
-    taken(); // a compression refused at the end: nothing to read
-  }
-
-  destroy(): void {
-    this.gunzip?.destroy();
-  }
-
-  async end(): Promise<LoadScan> {
-    if (this.kind === undefined) {
-      // An archive of fewer than 8 bytes: read as it is (the scanner calls it truncated).
-      this.start(this.head);
-      this.feed(this.head, () => undefined);
-    }
-    if (this.kind !== 'none' && this.kind !== 'gzip')
-      throw new Refusal(
-        'malformed',
-        `berth reads plain and gzip image archives, not ${this.kind}; decompress it first`,
-        400,
-      );
-    if (this.gunzip) {
-      const z = this.gunzip;
-      await new Promise<void>((resolve) => {
-        if (this.failed) return resolve();
-        z.once('end', resolve);
-        z.once('error', () => resolve());
-        z.end();
-      });
-    }
-    if (this.failed)
-      throw new Refusal('malformed', `the image archive cannot be read: ${errorMessage(this.failed)}`, 400);
-    return this.scanner.end();
-  }
 }
 
 /** A tag name the guard and dockerd read alike, or a refusal (see ambiguousRef). */
