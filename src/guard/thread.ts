@@ -1,7 +1,8 @@
 /**
  * A guard in a worker thread of its own. The worker has its own V8 isolate, so its heap holds only
- * the guard: a host process with a heap of about 10 MB (the server) would otherwise make V8 run a
- * full mark-compact on almost every scavenge while a build context streams through (see
+ * the guard: a host process with a heap of about 10 MB (the server; the CLI once its guard had
+ * served a few thousand requests) would otherwise make V8 run a full mark-compact on almost every
+ * scavenge while a build context streams through (see
  * docs/guard.md, "Performance notes"). The worker ends with its host process, as an in-process
  * guard would; the reaper handles what a killed process leaves.
  */

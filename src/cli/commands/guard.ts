@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { BerthError } from '../../common/index.js';
-import { createGuard } from '../../guard/index.js';
+import { startGuardThread } from '../../guard/index.js';
 
 function collect(v: string, prev: string[]): string[] {
   return [...prev, v];
@@ -63,7 +63,11 @@ export function registerGuard(program: Command): void {
           o.tlsCert && o.tlsKey && o.tlsCa ? { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa } : undefined;
         if (o.bindPins !== 'auto' && o.bindPins !== 'roots')
           throw new BerthError('BERTH_USAGE', `--bind-pins ${o.bindPins}: expected auto or roots`);
-        const guard = await createGuard({
+        // The guard runs in a worker thread of its own, as the runner's do: its heap then holds the
+        // guard alone. In this thread, next to the CLI's modules, a guard that had served a few
+        // thousand API requests collected with a full mark-compact every 20 MB of build context
+        // streamed through it, and uploaded about 10% slower (docs/guard.md, "Performance notes").
+        const guard = await startGuardThread({
           tenant: o.tenant,
           listen: o.listen,
           upstream: o.upstream,
