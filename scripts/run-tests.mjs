@@ -130,7 +130,7 @@ function reapDeadSessions() {
       .split('\n')
       .map((l) => l.split(' '))
       .filter(([id, s]) => id && s && s !== session && !liveSession(s));
-  const removed = { containers: 0, networks: 0, volumes: 0 };
+  const removed = { containers: 0, networks: 0, volumes: 0, tags: 0 };
   for (const [id] of dead(run('ps', '-a', '--filter', `label=${key}`, '--format', fmt)))
     if (run('rm', '-fv', id)) removed.containers++;
   for (const [id] of dead(run('network', 'ls', '--filter', `label=${key}`, '--format', fmt)))
@@ -139,9 +139,21 @@ function reapDeadSessions() {
     run('volume', 'ls', '--filter', `label=${key}`, '--format', `{{.Name}} {{.Label "${key}"}}`),
   ))
     if (run('volume', 'rm', '-f', id)) removed.volumes++;
-  if (removed.containers + removed.networks + removed.volumes)
+  // Tags: the tests name their repositories berth-…-<session>[-…] (berth-atk-load-ts1a2b3c4d, on a
+  // test registry 127.0.0.1:PORT/berth-…), and images they build carry the session label.
+  const sessionOf = (repo) => /^(?:[^/]+\/)?berth-[a-z0-9-]*?-(ts[0-9a-f]{8})(?:-[a-z0-9-]*)?$/.exec(repo)?.[1];
+  const deadSession = (s) => s !== undefined && s !== session && !liveSession(s);
+  const refs = run('image', 'ls', '--digests', '--format', '{{.Repository}} {{.Tag}} {{.Digest}}')
+    .split('\n')
+    .map((l) => l.split(' '))
+    .filter(([repo = '']) => deadSession(sessionOf(repo)))
+    .map(([repo, tag, digest]) => (tag && tag !== '<none>' ? `${repo}:${tag}` : `${repo}@${digest}`));
+  for (const ref of new Set(refs)) if (run('image', 'rm', ref)) removed.tags++;
+  for (const [id] of dead(run('image', 'ls', '-a', '--filter', `label=${key}`, '--format', fmt)))
+    if (run('image', 'rm', id)) removed.tags++;
+  if (removed.containers + removed.networks + removed.volumes + removed.tags)
     console.log(
-      `removed leftovers of killed test runs: ${removed.containers} containers, ${removed.networks} networks, ${removed.volumes} volumes`,
+      `removed leftovers of killed test runs: ${removed.containers} containers, ${removed.networks} networks, ${removed.volumes} volumes, ${removed.tags} image references`,
     );
   for (const f of readdirSync(sessionsDir))
     if (f !== session && !liveSession(f)) rmSync(join(sessionsDir, f), { force: true });
