@@ -141,7 +141,8 @@ function reapDeadSessions() {
     if (run('volume', 'rm', '-f', id)) removed.volumes++;
   // Tags: the tests name their repositories berth-…-<session>[-…] (berth-atk-load-ts1a2b3c4d, on a
   // test registry 127.0.0.1:PORT/berth-…), and images they build carry the session label.
-  const sessionOf = (repo) => /^(?:[^/]+\/)?berth-[a-z0-9-]*?-(ts[0-9a-f]{8})(?:-[a-z0-9-]*)?$/.exec(repo)?.[1];
+  const sessionOf = (repo) =>
+    /^(?:[^/]+\/)?berth-[a-z0-9-]*?-(ts[0-9a-f]{8})(?:-[a-z0-9-]*)?$/.exec(repo)?.[1];
   const deadSession = (s) => s !== undefined && s !== session && !liveSession(s);
   const refs = run('image', 'ls', '--digests', '--format', '{{.Repository}} {{.Tag}} {{.Digest}}')
     .split('\n')
