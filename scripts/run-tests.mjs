@@ -150,8 +150,11 @@ function reapDeadSessions() {
     .filter(([repo = '']) => deadSession(sessionOf(repo)))
     .map(([repo, tag, digest]) => (tag && tag !== '<none>' ? `${repo}:${tag}` : `${repo}@${digest}`));
   for (const ref of new Set(refs)) if (run('image', 'rm', ref)) removed.tags++;
-  for (const [id] of dead(run('image', 'ls', '-a', '--filter', `label=${key}`, '--format', fmt)))
-    if (run('image', 'rm', id)) removed.tags++;
+  const labelled = run('image', 'ls', '-aq', '--no-trunc', '--filter', `label=${key}`).split('\n');
+  const imageFmt = `{{.Id}} {{index .Config.Labels "${key}"}}`;
+  if (labelled.some(Boolean))
+    for (const [id] of dead(run('image', 'inspect', '--format', imageFmt, ...labelled.filter(Boolean))))
+      if (run('image', 'rm', id)) removed.tags++;
   if (removed.containers + removed.networks + removed.volumes + removed.tags)
     console.log(
       `removed leftovers of killed test runs: ${removed.containers} containers, ${removed.networks} networks, ${removed.volumes} volumes, ${removed.tags} image references`,
