@@ -138,6 +138,8 @@ test('requests: one buffer with host and length; values that would split the req
 async function peer(reply: (head: string, socket: Socket, n: number) => void): Promise<{
   path: string;
   connections: () => number;
+  /** Connections still open on the engine's side. */
+  open: () => number;
   server: Server;
   [Symbol.asyncDispose]: () => Promise<void>;
 }> {
@@ -166,6 +168,7 @@ async function peer(reply: (head: string, socket: Socket, n: number) => void): P
   return {
     path,
     connections: () => connections,
+    open: () => sockets.size,
     server,
     [Symbol.asyncDispose]: async () => {
       for (const s of sockets) s.destroy();
@@ -248,4 +251,41 @@ test('garbage from the engine fails that exchange only; an unreachable engine is
   await assert.rejects(gone.send({ method: 'GET', path: '/_ping' }), /ENOENT/);
   gone.close();
   await assert.rejects(gone.send({ method: 'GET', path: '/_ping' }), /closed/);
+});
+
+/** Waits until `f()` holds (polling), or fails with `what` after `ms`. */
+async function until(f: () => boolean, what: string, ms = 5_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!f()) {
+    if (Date.now() > end) assert.fail(`timed out waiting: ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+test('the pool keeps the connections of a burst up to maxIdle, and closes them once idle for idleMs', async () => {
+  // In a burst, the engine answers only once all six requests are in flight, so that each has a
+  // connection of its own; otherwise at once.
+  let gate = 6;
+  const hold: (() => void)[] = [];
+  await using engine = await peer((_head, s) => {
+    hold.push(() => s.write(ok('{}')));
+    if (hold.length >= gate) for (const h of hold.splice(0)) h();
+  });
+  const ex = createExchange(() => connect(engine.path), { maxIdle: 4, idleMs: 1_000 });
+  try {
+    const burst = () => Promise.all(Array.from({ length: 6 }, () => ex.send({ method: 'GET', path: '/a' })));
+    await burst();
+    assert.equal(engine.connections(), 6);
+    await until(() => engine.open() === 4, 'the two connections over maxIdle closed');
+    // Reused while they are fresh: a second burst opens only the two the pool let go.
+    await burst();
+    assert.equal(engine.connections(), 8);
+    await until(() => engine.open() === 0, 'idle connections closed after idleMs');
+    // And the pool still works afterwards, on a new connection.
+    gate = 1;
+    assert.equal((await ex.send({ method: 'GET', path: '/a' })).status, 200);
+    assert.equal(engine.connections(), 9);
+  } finally {
+    ex.close();
+  }
 });

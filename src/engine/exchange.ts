@@ -263,6 +263,8 @@ interface Handler {
 interface Conn {
   socket: Socket;
   handler: Handler | undefined;
+  /** When it was last parked (ms), for closing connections idle too long. */
+  parkedAt: number;
 }
 
 /**
@@ -270,15 +272,34 @@ interface Conn {
  * once; an exchange takes the connection's events by setting its handler. A request on a reused
  * connection that the engine closed before answering (an idle connection it dropped) is sent once
  * more on a new connection when it is safe to repeat (GET, HEAD).
+ *
+ * The pool keeps as many idle connections as a burst of concurrent exchanges opened (up to
+ * `maxIdle`), and closes those left unused for `idleMs`. With a cap of 32, a proxy serving 160
+ * concurrent clients (inspects and lists) connected and closed an engine connection for most of
+ * its requests: a guard measured 75–106 µs of CPU per request that way, against 57–79 µs with
+ * 256, and served 9–25% more requests per second (four runs of each, interleaved).
  */
 export function createExchange(
   connect: () => Socket,
-  opts: { maxIdle?: number; maxAnswer?: number } = {},
+  opts: { maxIdle?: number; idleMs?: number; maxAnswer?: number } = {},
 ): Exchange {
-  const maxIdle = opts.maxIdle ?? 32;
+  const maxIdle = opts.maxIdle ?? 256;
+  const idleMs = opts.idleMs ?? 30_000;
   const maxAnswer = opts.maxAnswer ?? 256 * 1024 * 1024;
+  // Parked last, taken first: the longest idle are at the front.
   const idle: Conn[] = [];
   let closed = false;
+  let sweeper: NodeJS.Timeout | undefined;
+
+  const sweep = (): void => {
+    sweeper = undefined;
+    const now = Date.now();
+    while (idle[0] && now - idle[0].parkedAt >= idleMs) idle.shift()?.socket.destroy();
+    if (idle[0]) schedule(idle[0].parkedAt + idleMs - now);
+  };
+  const schedule = (ms: number): void => {
+    sweeper ??= setTimeout(sweep, Math.max(ms, 0)).unref();
+  };
 
   const drop = (conn: Conn): void => {
     const i = idle.indexOf(conn);
@@ -287,7 +308,7 @@ export function createExchange(
   };
 
   const open = (): Conn => {
-    const conn: Conn = { socket: connect(), handler: undefined };
+    const conn: Conn = { socket: connect(), handler: undefined, parkedAt: 0 };
     // While idle (no handler), whatever arrives or happens on the connection ends it.
     conn.socket.on('data', (d: Buffer) => (conn.handler ? conn.handler.data(d) : drop(conn)));
     conn.socket.on('end', () => (conn.handler ? conn.handler.end() : drop(conn)));
@@ -303,7 +324,9 @@ export function createExchange(
       return;
     }
     conn.socket.unref();
+    conn.parkedAt = Date.now();
     idle.push(conn);
+    schedule(idleMs);
   };
 
   const take = (fresh: boolean): { conn: Conn; reused: boolean } => {
@@ -385,6 +408,7 @@ export function createExchange(
     },
     close() {
       closed = true;
+      clearTimeout(sweeper);
       for (const conn of idle.splice(0)) conn.socket.destroy();
     },
   };
