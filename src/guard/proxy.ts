@@ -175,7 +175,7 @@ const tagsOf = (f: ImageFacts | undefined): string[] =>
   (f?.RepoTags ?? []).filter((t) => t !== '<none>:<none>');
 
 /** The image's digest references (`repo@sha256:…`; dockerd lists `<none>@<none>` for none). */
-const digestsOf = (f: ImageFacts | undefined): string[] =>
+const digestsOf = (f: Pick<ImageFacts, 'RepoDigests'> | undefined): string[] =>
   (f?.RepoDigests ?? []).filter((d) => d.includes('@') && !d.startsWith('<none>'));
 
 /** Whether anything names the image: a tag or a digest reference. */
@@ -1350,8 +1350,7 @@ export class GuardProxy {
     const out = new Map<string, string>();
     if (status !== 200 || !Array.isArray(json)) return out;
     for (const img of json)
-      for (const d of img.RepoDigests ?? [])
-        if (d.includes('@') && repositoryOf(d) === repo) out.set(normalizeTag(d), img.Id);
+      for (const d of digestsOf(img)) if (repositoryOf(d) === repo) out.set(normalizeTag(d), img.Id);
     return out;
   }
 
