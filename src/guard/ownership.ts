@@ -4,6 +4,7 @@
  * tags (and the image IDs a tenant built) are tracked in the guard's own state.
  */
 import { createHash } from 'node:crypto';
+import { StringDecoder } from 'node:string_decoder';
 import { LABEL_TENANT } from '../common/index.js';
 
 interface SplitRef {
@@ -117,6 +118,59 @@ export function tenantSlug(tenant: string): string {
 export function leadingContainerId(answer: Buffer): string | undefined {
   const m = /^\{"Id":"([0-9a-f]{64})"[,}]/.exec(answer.subarray(0, 80).toString('latin1'));
   return m?.[1];
+}
+
+const DIGEST = /^sha256:[0-9a-f]{64}$/;
+/** Progress lines longer than this are no digest report (dockerd's are under 300 bytes). */
+const MAX_PROGRESS_LINE = 64 * 1024;
+
+/**
+ * The manifest digests a pull's or a push's progress reports, from dockerd's own fields only: a
+ * pull's `{"status":"Digest: sha256:…"}` and a push's `{"aux":{"Digest":"sha256:…"}}`. Each line is
+ * parsed as JSON, so text a registry or an image controls (error messages, layer IDs: string
+ * values) never counts. The digest references those operations record are the tenant's only when
+ * its own operation reported them: a reference someone else's pull of the same repository made
+ * meanwhile is not. Pure.
+ */
+export class ProgressDigests {
+  readonly digests = new Set<string>();
+  private readonly decoder = new StringDecoder('utf8');
+  private carry = '';
+
+  /** Reads one piece of the progress stream, as it is relayed. */
+  readonly feed = (chunk: Buffer): void => {
+    const lines = (this.carry + this.decoder.write(chunk)).split('\n');
+    this.carry = lines.pop() ?? '';
+    // A line that never ends is not one of dockerd's progress messages: dropped, not held.
+    if (this.carry.length > MAX_PROGRESS_LINE) this.carry = '';
+    for (const line of lines) this.line(line);
+  };
+
+  /** The stream ended: reads its last line (dockerd ends each with a newline, but need not). */
+  end(): ReadonlySet<string> {
+    this.line(this.carry + this.decoder.end());
+    this.carry = '';
+    return this.digests;
+  }
+
+  private line(text: string): void {
+    const t = text.trim();
+    if (!t.startsWith('{') || t.length > MAX_PROGRESS_LINE) return;
+    let m: unknown;
+    try {
+      m = JSON.parse(t);
+    } catch {
+      return;
+    }
+    if (typeof m !== 'object' || m === null) return;
+    const { status, aux } = m as { status?: unknown; aux?: unknown };
+    if (typeof status === 'string' && status.startsWith('Digest: ')) this.add(status.slice(8));
+    if (typeof aux === 'object' && aux !== null) this.add((aux as { Digest?: unknown }).Digest);
+  }
+
+  private add(d: unknown): void {
+    if (typeof d === 'string' && DIGEST.test(d)) this.digests.add(d);
+  }
 }
 
 const HEX = new Uint8Array(256);

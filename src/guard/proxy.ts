@@ -20,6 +20,7 @@ import type { AuditRecord, PathMap, Policy, RuleName } from './contracts.js';
 import { BodyError, SCHEMAS, canonicalize, isRecord } from './canonical.js';
 import type { SchemaRoute } from './canonical.js';
 import {
+  ProgressDigests,
   TenantState,
   imageLabelsFor,
   leadingContainerId,
@@ -519,8 +520,9 @@ export class GuardProxy {
         // A push records the digest it pushed as a reference on the image: that one is the tenant's.
         const repo = repositoryOf(m.params.name ?? '');
         const before = await this.digestRefs(repo);
-        await this.forward(req, res, m.route.method, path() + q(query));
-        return this.claimNewDigests(repo, before);
+        const report = new ProgressDigests();
+        await this.forward(req, res, m.route.method, path() + q(query), { onData: report.feed });
+        return this.claimNewDigests(repo, before, report.end());
       }
       case 'auth':
         return this.forwardJson(req, res, 'POST', path(), this.body('auth', body));
@@ -731,6 +733,8 @@ export class GuardProxy {
       headers?: http.OutgoingHttpHeaders;
       /** The answer always ends and is small (ping, inspects, lists): one lean exchange. */
       small?: boolean;
+      /** Sees every piece of the answer's body as it goes to the client. */
+      onData?: (chunk: Buffer) => void;
     } = {},
   ): Promise<{ status: number; json: unknown } | undefined> {
     const headers: http.OutgoingHttpHeaders = { ...opts.headers };
@@ -784,6 +788,7 @@ export class GuardProxy {
       // The common case (ping, inspect, lists, errors): read the sized answer whole and send
       // headers and body in one write — no stream plumbing per request.
       const buf = await readAll(up.body);
+      opts.onData?.(buf);
       res.writeHead(up.status, outHeaders);
       res.end(buf);
       return { status: up.status, json: undefined };
@@ -791,7 +796,7 @@ export class GuardProxy {
     res.writeHead(up.status, outHeaders);
     // Streams (logs -f, wait, events) must show their headers before any body arrives.
     if (Number.isNaN(length)) res.flushHeaders();
-    await relay(up.body, res);
+    await relay(up.body, res, { onData: opts.onData });
     return { status: up.status, json: undefined };
   }
 
@@ -1291,6 +1296,7 @@ export class GuardProxy {
     const fromSrc = query.get('fromSrc');
     let tag: string | undefined;
     let pulled: (() => Promise<void>) | undefined;
+    let report: ProgressDigests | undefined;
     // dockerd pulls whenever fromImage is set, and imports only otherwise: the same test here, so a
     // pull cannot pass as an import.
     if (fromSrc !== null && (query.get('fromImage') ?? '') === '') {
@@ -1315,13 +1321,15 @@ export class GuardProxy {
       // A pull records the manifest's digest as a reference on the image: new ones are the tenant's.
       const repo = repositoryOf(from);
       const before = await this.digestRefs(repo);
-      pulled = () => this.claimNewDigests(repo, before);
+      report = new ProgressDigests();
+      const reported = report;
+      pulled = () => this.claimNewDigests(repo, before, reported.end());
       if (tag && !this.state.ownsTag(tag)) {
         const was = await this.imageIdOf(tag);
         // A pull of a tag someone else has: fine while it changes nothing (the image is up to
         // date); a pull that would move the tag is undone and reported as an error.
         if (was !== undefined) {
-          await this.pullExisting(req, res, `${target}?${query.toString()}`, tag, was);
+          await this.pullExisting(req, res, `${target}?${query.toString()}`, tag, was, reported.feed);
           return pulled();
         }
       }
@@ -1332,6 +1340,7 @@ export class GuardProxy {
     }
     await this.forward(req, res, 'POST', `${target}?${query.toString()}`, {
       body: fromSrc === '-' ? req : undefined,
+      onData: report?.feed,
     });
     if (tag)
       await this.confirmTag(tag, since).catch(() => {
@@ -1354,10 +1363,21 @@ export class GuardProxy {
     return out;
   }
 
-  /** Claims the digest references of `repo` that the tenant's operation made (absent in `before`). */
-  private async claimNewDigests(repo: string, before: ReadonlyMap<string, string>): Promise<void> {
+  /**
+   * Claims the digest references of `repo` that the tenant's operation made: absent in `before`,
+   * and naming a digest the operation's own progress reported. A reference that another pull or
+   * push of the same repository made meanwhile (the host's, another tenant's) stays theirs.
+   */
+  private async claimNewDigests(
+    repo: string,
+    before: ReadonlyMap<string, string>,
+    reported: ReadonlySet<string>,
+  ): Promise<void> {
+    if (reported.size === 0) return;
     const after = await this.digestRefs(repo).catch(() => new Map<string, string>());
-    for (const [ref, id] of after) if (before.get(ref) !== id) this.state.digests.set(ref, id);
+    for (const [ref, id] of after)
+      if (before.get(ref) !== id && reported.has(ref.slice(ref.lastIndexOf('@') + 1)))
+        this.state.digests.set(ref, id);
   }
 
   /**
@@ -1417,6 +1437,7 @@ export class GuardProxy {
     target: string,
     tag: string,
     was: string,
+    onData: (chunk: Buffer) => void,
   ): Promise<void> {
     const auth = req.headers['x-registry-auth'];
     const up = await this.upstream('POST', target, {
@@ -1424,7 +1445,7 @@ export class GuardProxy {
     });
     res.writeHead(up.status, { 'Content-Type': up.headers['content-type'] ?? 'application/json' });
     res.flushHeaders();
-    await relay(up.body, res, { end: false });
+    await relay(up.body, res, { end: false, onData });
     // Fail closed: a tag the check cannot read is put back as well.
     const now = await this.imageIdOf(tag).catch(() => null);
     if (now !== was) {

@@ -7,6 +7,7 @@ import { Refusal, checkBuild, checkContainerCreate, defaultPolicy, translateJobP
 import type { Resolver } from './policy.js';
 import { policyFor } from './policy-file.js';
 import {
+  ProgressDigests,
   TenantState,
   imageLabelsFor,
   leadingContainerId,
@@ -324,4 +325,42 @@ test('the list scan agrees with JSON.parse on generated answers full of JSON-loo
     const parsed = (JSON.parse(raw.toString()) as { Id: string }[]).map((e) => e.Id);
     assert.deepEqual(listedContainerIds(raw), parsed, raw.toString());
   }
+});
+
+test("progress digests: only dockerd's own digest fields count, however the stream is cut", () => {
+  const d = (n: number) => `sha256:${n.toString(16).padStart(64, '0')}`;
+  const lines = [
+    { status: 'Pulling from team/app', id: 'v1' },
+    { status: 'Downloading', progressDetail: { current: 1, total: 2 }, id: '0123456789ab' },
+    { status: `Digest: ${d(1)}` },
+    { status: `Status: Downloaded newer image for reg/team/app:v1` },
+    { status: `v1: digest: ${d(9)} size: 527` },
+    { progressDetail: {}, aux: { Tag: 'v1', Digest: d(2), Size: 527 } },
+    // Text a registry or an image controls sits inside string values: never a report.
+    { errorDetail: { message: `{"status":"Digest: ${d(3)}"}` }, error: `"aux":{"Digest":"${d(4)}"}` },
+    { status: 'Extracting', id: `Digest: ${d(5)}` },
+    { status: `Digest: ${d(6)} and more` },
+    { status: `Digest: sha256:NOTHEX` },
+    { aux: { ID: d(7) } },
+  ];
+  const bytes = Buffer.from(lines.map((l) => JSON.stringify(l)).join('\r\n') + '\n' + 'not json\n');
+  // Every way of cutting the stream into pieces gives the same answer.
+  for (const size of [1, 3, 7, 64, bytes.length]) {
+    const p = new ProgressDigests();
+    for (let i = 0; i < bytes.length; i += size) p.feed(bytes.subarray(i, i + size));
+    assert.deepEqual([...p.end()].sort(), [d(1), d(2)], `pieces of ${size} bytes`);
+  }
+  // A last line without its newline still counts; a multi-byte character split across pieces is
+  // decoded whole.
+  const tail = new ProgressDigests();
+  const last = Buffer.from(`{"status":"Pulling from é/x"}\n{"status":"Digest: ${d(8)}"}`);
+  const mid = last.indexOf('é') + 1;
+  tail.feed(last.subarray(0, mid));
+  tail.feed(last.subarray(mid));
+  assert.deepEqual([...tail.end()], [d(8)]);
+  // A line that never ends is dropped rather than held.
+  const long = new ProgressDigests();
+  long.feed(Buffer.from(`{"status":"${'x'.repeat(70 * 1024)}`));
+  long.feed(Buffer.from(`"}\n{"status":"Digest: ${d(1)}"}\n`));
+  assert.deepEqual([...long.end()], [d(1)]);
 });

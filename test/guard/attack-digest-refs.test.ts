@@ -17,7 +17,7 @@ import { createGuard } from '../../src/guard/index.js';
 import type { GuardHandle } from '../../src/guard/index.js';
 import { docker, engine, sessionLabels, SESSION, tempDir, uniqueName } from '../support/index.js';
 import { expectRefused, send } from '../support/rawhttp.js';
-import { startRegistry } from '../support/registry.js';
+import { gatedRegistry, startRegistry } from '../support/registry.js';
 import type { TestRegistry } from '../support/registry.js';
 
 const RAW = 'unix:///var/run/docker.sock';
@@ -36,8 +36,12 @@ describe('attack: an untag takes others’ digest references with it', () => {
   /** An image in the registry only (`repo:tenant`), for the tenant to pull. */
   let pullRef = '';
 
+  /** A repository reached through a relay that can hold a pull halfway (set by the race test). */
+  let raceRepo = '';
+
   /** Builds an image with distinct content, pushes it as `repo:tag`, and removes it locally; its digest reference. */
-  async function pushed(tag: string): Promise<string> {
+  async function pushed(tag: string, into = repo): Promise<string> {
+    const repo = into;
     const ctx = join(dir.path, `ctx-${tag}`);
     mkdirSync(ctx);
     writeFileSync(join(ctx, 'Dockerfile'), `FROM berth-local/busybox\nRUN echo ${tag}-${SESSION} > /which\n`);
@@ -80,13 +84,14 @@ describe('attack: an untag takes others’ digest references with it', () => {
   after(async () => {
     await guard.close({ cleanup: true }).catch(() => undefined);
     await registry?.close();
+    const ours = (n: string) => n.startsWith(repo) || (raceRepo !== '' && n.startsWith(raceRepo));
     for (const i of await images(c).list())
-      if ([...(i.RepoTags ?? []), ...(i.RepoDigests ?? [])].some((n) => n.startsWith(repo)))
+      if ([...(i.RepoTags ?? []), ...(i.RepoDigests ?? [])].some(ours))
         await images(c)
           .remove(i.Id, true)
           .catch(() => false);
     const left = (await images(c).list()).filter((i) =>
-      [...(i.RepoTags ?? []), ...(i.RepoDigests ?? [])].some((n) => n.startsWith(repo)),
+      [...(i.RepoTags ?? []), ...(i.RepoDigests ?? [])].some(ours),
     );
     const aside = await images(c).list({ label: ['io.berth.role=untag-aside'] });
     c.close();
@@ -186,5 +191,44 @@ describe('attack: an untag takes others’ digest references with it', () => {
     }
     assert.equal(await exists(digest), false, 'the cleanup removed the tenant’s digest reference and image');
     assert.deepEqual(await digestsOf(hostRef), [hostRef]);
+  });
+
+  test('a digest reference someone else’s pull of the same repository made meanwhile stays theirs', async () => {
+    assert.ok(registry);
+    await using front = await gatedRegistry(registry.addr);
+    raceRepo = `${front.addr}/berth-digest-race-${SESSION}`;
+    const tenantDigest = await pushed('slow', raceRepo);
+    const hostDigest = await pushed('hostpull', raceRepo);
+    // The tenant's pull is held at its manifest, after the guard looked at the repository's
+    // digest references and before it looks again.
+    const gate = front.hold(/\/manifests\/slow$/);
+    const tenantPull = docker(guard.address, ['pull', `${raceRepo}:slow`]);
+    await gate.reached;
+    const hostPull = await docker(RAW, ['pull', `${raceRepo}:hostpull`]);
+    assert.equal(hostPull.code, 0, hostPull.stderr);
+    assert.equal(await exists(hostDigest), true);
+    gate.release();
+    const pulled = await tenantPull;
+    assert.equal(pulled.code, 0, pulled.stderr);
+    assert.equal(await exists(tenantDigest), true);
+
+    // New on the engine while the tenant pulled, but not what its pull reported: not the tenant's.
+    expectRefused(
+      await send(sock, { method: 'DELETE', path: `/v1.41/images/${encodeURIComponent(hostDigest)}` }),
+      'image-tag',
+      'the digest reference the host’s pull made',
+    );
+    const cli = await docker(guard.address, ['rmi', hostDigest]);
+    assert.notEqual(cli.code, 0);
+    assert.match(cli.stderr, /berth: image-tag:/);
+    assert.equal(await exists(hostDigest), true, 'the host’s digest reference is still there');
+    assert.equal(await exists(`${raceRepo}:hostpull`), true, 'and its tag');
+
+    // The tenant's own pull reported its digest: that reference is the tenant's, as plain Docker.
+    const r = await docker(guard.address, ['rmi', `${raceRepo}:slow`]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /Deleted: sha256:/, 'tag, digest reference and image went together');
+    assert.equal(await exists(tenantDigest), false);
+    assert.equal((await docker(RAW, ['rmi', `${raceRepo}:hostpull`])).code, 0);
   });
 });

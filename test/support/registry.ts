@@ -6,6 +6,8 @@
 import { spawn } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
+import type { Socket } from 'node:net';
+import { createServer as createHttpServer, request as httpRequest } from 'node:http';
 import { join } from 'node:path';
 
 export interface TestRegistry extends AsyncDisposable {
@@ -94,4 +96,67 @@ export async function startExampleRegistry(stateDir: string, root: string): Prom
     await sh(['stop']);
   };
   return { addr, close, [Symbol.asyncDispose]: close };
+}
+
+export interface GatedRegistry extends TestRegistry {
+  /**
+   * Holds the next requests whose path matches `path` until `release()`: `reached` settles when
+   * the first arrives. For making a pull slow at a chosen point, to run something beside it.
+   */
+  hold(path: RegExp): { reached: Promise<void>; release(): void };
+}
+
+/** A plain HTTP relay in front of a registry (its own repository names, `addr/...`) that can hold requests. */
+export async function gatedRegistry(upstream: string): Promise<GatedRegistry> {
+  const [host = '127.0.0.1', port = '0'] = upstream.split(':');
+  let gate: { path: RegExp; arrived: () => void; open: Promise<void> } | undefined;
+  const sockets = new Set<Socket>();
+  const server = createHttpServer((req, res) => {
+    const forward = () => {
+      const up = httpRequest(
+        { host, port: Number(port), method: req.method, path: req.url, headers: req.headers },
+        (r) => {
+          res.writeHead(r.statusCode ?? 502, r.headers);
+          r.pipe(res);
+        },
+      );
+      up.on('error', () => res.destroy());
+      req.pipe(up);
+    };
+    const g = gate;
+    if (g && g.path.test(req.url ?? '')) {
+      g.arrived();
+      void g.open.then(forward);
+    } else forward();
+  });
+  server.on('connection', (s) => {
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+  });
+  const p = await freePort();
+  await new Promise<void>((resolve) => server.listen(p, '127.0.0.1', resolve));
+  const close = async () => {
+    gate = undefined;
+    for (const s of sockets) s.destroy();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  };
+  return {
+    addr: `127.0.0.1:${p}`,
+    hold(path) {
+      let arrived: () => void = () => undefined;
+      let release: () => void = () => undefined;
+      const reached = new Promise<void>((r) => (arrived = r));
+      const open = new Promise<void>((r) => (release = r));
+      gate = { path, arrived, open };
+      return {
+        reached,
+        release: () => {
+          gate = undefined;
+          release();
+        },
+      };
+    },
+    close,
+    [Symbol.asyncDispose]: close,
+  };
 }
