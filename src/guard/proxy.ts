@@ -65,6 +65,11 @@ export interface ProxyConfig {
   bindPins?: 'auto' | 'roots' | undefined;
   /** Names the engine for the once-per-process pin probe (its address). */
   engineKey?: string | undefined;
+  /**
+   * How many created containers the guard remembers before it first forgets those the engine no
+   * longer has (then twice as many as it still remembers). Default 1024.
+   */
+  forgetFrom?: number | undefined;
 }
 
 /** A small engine answer, held whole. */
@@ -202,6 +207,7 @@ export class GuardProxy {
 
   constructor(readonly cfg: ProxyConfig) {
     this.state = new TenantState(cfg.tenant);
+    this.forgetAt = cfg.forgetFrom ?? 1024;
     this.networkName = tenantNetworkName(cfg.tenant);
     this.pins = new BindPins(cfg.maps, () =>
       cfg.bindPins === 'roots'
@@ -697,7 +703,10 @@ export class GuardProxy {
           const done = await this.forward(r ?? req, res, m.route.method, path({ id: cid }) + q(qs), {
             body: r,
           });
-          if (id === 'container.delete' && done && done.status < 300) await this.pins.detach(cid);
+          if (id === 'container.delete' && done && done.status < 300) {
+            this.state.containers.delete(cid);
+            await this.pins.detach(cid);
+          }
           return;
         }
         throw new Refusal('endpoint', `${m.route.method} ${m.path} is not an endpoint berth allows`);
@@ -953,9 +962,40 @@ export class GuardProxy {
     const created = (r?.json as { Id?: unknown } | undefined)?.Id;
     if (r && r.status < 300 && typeof created === 'string') {
       this.state.containers.add(created);
+      if (this.state.containers.size >= this.forgetAt) {
+        this.forgetAt = Number.POSITIVE_INFINITY; // one pass at a time
+        void this.forgetGoneContainers()
+          .catch(() => undefined)
+          .finally(() => {
+            this.forgetAt = Math.max(this.cfg.forgetFrom ?? 1024, 2 * this.state.containers.size);
+          });
+      }
       return created;
     }
     return undefined;
+  }
+
+  /** The number of remembered containers at which the next forgetting pass starts. */
+  private forgetAt: number;
+
+  /**
+   * Forgets the containers this guard created that the engine no longer has (removed by
+   * AutoRemove, by the host, by another client): a long-lived guard remembers the containers that
+   * are alive, not every one it ever made. Removals through the guard forget at once. Only IDs it
+   * knew before it asked the engine are dropped, so a container created meanwhile is never
+   * forgotten while alive (forgetting one would only send its ownership checks the slow way).
+   */
+  async forgetGoneContainers(): Promise<void> {
+    const known = [...this.state.containers];
+    const filters = JSON.stringify({ label: [`${LABEL_TENANT}=${this.cfg.tenant}`] });
+    const { status, raw } = await this.upstreamBytes(
+      'GET',
+      `/containers/json?all=1&filters=${encodeURIComponent(filters)}`,
+    );
+    if (status !== 200) return;
+    const listed = listedContainerIds(raw) ?? (parseAnswer(raw) as { Id?: string }[]).map((c) => c.Id ?? '');
+    const alive = new Set(listed);
+    for (const id of known) if (!alive.has(id)) this.state.containers.delete(id);
   }
 
   private async ownedContainerCount(): Promise<number> {
@@ -1028,6 +1068,7 @@ export class GuardProxy {
       const r = await this.upstreamJson('DELETE', `/containers/${c.Id}?v=1`);
       if (r.status < 300) {
         deleted.push(c.Id);
+        this.state.containers.delete(c.Id);
         await this.pins.detach(c.Id);
         reclaimed += (c as { SizeRw?: number }).SizeRw ?? 0;
       }
