@@ -179,11 +179,19 @@ export async function createGuard(o: GuardOptions): Promise<GuardHandle> {
       for (const s of sockets) s.destroy();
     });
     proxy.stop();
-    const drained = (ms: number) =>
-      Promise.race([
-        Promise.allSettled([...inflight]).then(() => true),
-        new Promise<boolean>((r) => setTimeout(() => r(false), ms).unref()),
-      ]);
+    // The timer is not unref'd: requests that never settle hold no handle, and in a worker thread
+    // an event loop with nothing else on it would end before the cleanup ran.
+    const drained = async (ms: number) => {
+      let timer: NodeJS.Timeout | undefined;
+      try {
+        return await Promise.race([
+          Promise.allSettled([...inflight]).then(() => true),
+          new Promise<boolean>((r) => (timer = setTimeout(() => r(false), ms))),
+        ]);
+      } finally {
+        clearTimeout(timer);
+      }
+    };
     const cleanup = opts.cleanup ?? !o.keep;
     // Requests in flight get `drainMs` to land before the cleanup looks. One that lands later (an
     // engine slow to answer a create) is met by a second pass once it has; none can start a new

@@ -1950,17 +1950,35 @@ function readExactly(socket: Duplex, head: Buffer, n: number): Promise<Buffer> {
   if (head.length >= n) return Promise.resolve(head.subarray(0, n));
   return new Promise((resolve, reject) => {
     let buf = head;
+    const done = () => {
+      socket.off('data', onData);
+      socket.off('error', onError);
+      socket.off('end', onEnd);
+      socket.off('close', onEnd);
+    };
     const onData = (c: Buffer) => {
       buf = Buffer.concat([buf, c]);
       if (buf.length >= n) {
-        socket.off('data', onData);
+        done();
         socket.pause();
         if (buf.length > n) socket.unshift(buf.subarray(n));
         resolve(buf.subarray(0, n));
       }
     };
+    const onError = (err: Error) => {
+      done();
+      reject(err);
+    };
+    // A client that goes away (or half-closes) before its body is whole: the request ends here,
+    // instead of waiting forever (and holding the guard's close with it).
+    const onEnd = () => {
+      done();
+      reject(new BodyError(`the request body ended after ${buf.length} of ${n} bytes`));
+    };
     socket.on('data', onData);
-    socket.once('error', reject);
+    socket.once('error', onError);
+    socket.once('end', onEnd);
+    socket.once('close', onEnd);
   });
 }
 

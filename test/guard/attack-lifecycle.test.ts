@@ -7,6 +7,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync, readFileSync, symlinkSync } from 'node:fs';
+import { connect } from 'node:net';
+import type { Socket } from 'node:net';
 import { join } from 'node:path';
 import { LABEL_TENANT } from '../../src/common/index.js';
 import { containers, images, networks, volumes } from '../../src/engine/index.js';
@@ -65,6 +67,7 @@ test('berth guard CLI: attacks refused and audited; SIGTERM removes only the ten
     { env: { ...process.env } },
   );
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  let held: Socket | undefined;
   try {
     await containers(c).start(hostCtr.Id);
     await images(c).tag(IMAGE, hostTag.split(':')[0] ?? '', 'v1');
@@ -117,6 +120,25 @@ test('berth guard CLI: attacks refused and audited; SIGTERM removes only the ten
     const tagOver = await docker(host, ['tag', IMAGE, hostTag]);
     assert.match(tagOver.stderr, /berth: image-tag: /);
 
+    // Requests stalled mid-body (an exec start upgrade whose body never comes), one whose client
+    // went away and one still connected, must not keep SIGTERM from cleaning up.
+    const stalled = (hangUp: boolean) =>
+      new Promise<Socket>((resolve) => {
+        const s = connect(sock, () => {
+          s.write(
+            'POST /v1.41/exec/x/start HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n' +
+              'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{}',
+          );
+          setTimeout(() => {
+            if (hangUp) s.destroy();
+            resolve(s);
+          }, 300);
+        });
+        s.on('error', () => undefined);
+      });
+    await stalled(true);
+    held = await stalled(false);
+
     // SIGTERM: own objects gone, others survive.
     child.kill('SIGTERM');
     assert.equal(await exited, 0);
@@ -138,6 +160,7 @@ test('berth guard CLI: attacks refused and audited; SIGTERM removes only the ten
     assert.equal((await images(c).inspect(hostTag)).Id, hostTagId, 'host tag moved');
     assert.ok(await images(c).find(IMAGE), 'the shared base image is gone');
   } finally {
+    held?.destroy();
     if (child.exitCode === null) {
       child.kill('SIGTERM');
       await exited;
