@@ -125,15 +125,19 @@ const DIGEST = /^sha256:[0-9a-f]{64}$/;
 const MAX_PROGRESS_LINE = 64 * 1024;
 
 /**
- * The manifest digests a pull's or a push's progress reports, from dockerd's own fields only: a
- * pull's `{"status":"Digest: sha256:…"}` and a push's `{"aux":{"Digest":"sha256:…"}}`. Each line is
- * parsed as JSON, so text a registry or an image controls (error messages, layer IDs: string
- * values) never counts. The digest references those operations record are the tenant's only when
- * its own operation reported them: a reference someone else's pull of the same repository made
- * meanwhile is not. Pure.
+ * What an image operation's answer stream reports it made, from dockerd's own fields only:
+ * - `digests`: a pull's `{"status":"Digest: sha256:…"}`, a push's `{"aux":{"Digest":"sha256:…"}}`;
+ * - `ids`: an import's `{"status":"sha256:…"}` (the image it made);
+ * - `loaded`: a load's `{"stream":"Loaded image: repo:tag\n"}` (the tags it set).
+ * Each line is parsed as JSON, so text a registry or an image controls (error messages, layer IDs:
+ * string values) never counts. A tag or digest reference is the tenant's only when its own
+ * operation reported making it: one someone else set meanwhile (the host's, another tenant's), or
+ * one that was there when a failed operation ended, is not. Pure.
  */
-export class ProgressDigests {
+export class ProgressReport {
   readonly digests = new Set<string>();
+  readonly ids = new Set<string>();
+  readonly loaded = new Set<string>();
   private readonly decoder = new StringDecoder('utf8');
   private carry = '';
 
@@ -147,10 +151,10 @@ export class ProgressDigests {
   };
 
   /** The stream ended: reads its last line (dockerd ends each with a newline, but need not). */
-  end(): ReadonlySet<string> {
+  end(): this {
     this.line(this.carry + this.decoder.end());
     this.carry = '';
-    return this.digests;
+    return this;
   }
 
   private line(text: string): void {
@@ -163,13 +167,16 @@ export class ProgressDigests {
       return;
     }
     if (typeof m !== 'object' || m === null) return;
-    const { status, aux } = m as { status?: unknown; aux?: unknown };
-    if (typeof status === 'string' && status.startsWith('Digest: ')) this.add(status.slice(8));
-    if (typeof aux === 'object' && aux !== null) this.add((aux as { Digest?: unknown }).Digest);
+    const { status, aux, stream } = m as { status?: unknown; aux?: unknown; stream?: unknown };
+    if (typeof status === 'string' && status.startsWith('Digest: ')) this.add(this.digests, status.slice(8));
+    if (typeof aux === 'object' && aux !== null) this.add(this.digests, (aux as { Digest?: unknown }).Digest);
+    this.add(this.ids, status);
+    if (typeof stream === 'string' && stream.startsWith('Loaded image: ') && stream.endsWith('\n'))
+      this.loaded.add(normalizeTag(stream.slice('Loaded image: '.length, -1)));
   }
 
-  private add(d: unknown): void {
-    if (typeof d === 'string' && DIGEST.test(d)) this.digests.add(d);
+  private add(into: Set<string>, d: unknown): void {
+    if (typeof d === 'string' && DIGEST.test(d)) into.add(d);
   }
 }
 
@@ -279,12 +286,19 @@ export class TenantState {
     return this.tags.has(normalizeTag(ref));
   }
 
-  /** Whether the tag is the tenant's while it points at `imageId` (what dockerd maps it to now). */
+  /**
+   * Whether the tag is the tenant's while it points at `imageId` (what dockerd maps it to now). A
+   * claim still in flight is not: until its operation reports what it made, the name may be
+   * someone else's (set while the tenant's upload was slow, however slow the tenant made it).
+   */
   ownsTagAt(ref: string, imageId: string): boolean {
-    const k = normalizeTag(ref);
-    if (!this.tags.has(k)) return false;
-    const rec = this.tags.get(k);
-    return rec === undefined || rec === imageId;
+    const rec = this.tags.get(normalizeTag(ref));
+    return rec !== undefined && rec === imageId;
+  }
+
+  /** Whether the tenant's claim on the tag is settled (not an operation in flight). */
+  settled(ref: string): boolean {
+    return this.tags.get(normalizeTag(ref)) !== undefined;
   }
 
   /** A claim for an operation in flight; `setTag` or `tags.delete` settles it. */

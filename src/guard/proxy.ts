@@ -20,7 +20,7 @@ import type { AuditRecord, PathMap, Policy, RuleName } from './contracts.js';
 import { BodyError, SCHEMAS, canonicalize, isRecord } from './canonical.js';
 import type { SchemaRoute } from './canonical.js';
 import {
-  ProgressDigests,
+  ProgressReport,
   TenantState,
   imageLabelsFor,
   leadingContainerId,
@@ -526,9 +526,9 @@ export class GuardProxy {
         // A push records the digest it pushed as a reference on the image: that one is the tenant's.
         const repo = repositoryOf(m.params.name ?? '');
         const before = await this.digestRefs(repo);
-        const report = new ProgressDigests();
+        const report = new ProgressReport();
         await this.forward(req, res, m.route.method, path() + q(query), { onData: report.feed });
-        return this.claimNewDigests(repo, before, report.end());
+        return this.claimNewDigests(repo, before, report.end().digests);
       }
       case 'auth':
         return this.forwardJson(req, res, 'POST', path(), this.body('auth', body));
@@ -602,8 +602,9 @@ export class GuardProxy {
         qs.set('container', cid);
         // `changes` apply after the body: this LABEL comes last so no tenant change outranks it.
         qs.append('changes', `LABEL ${LABEL_TENANT}=""`);
-        await this.forwardJson(req, res, 'POST', path() + q(qs), b, { capture: true });
-        if (target) await this.confirmTag(target, since);
+        const r = await this.forwardJson(req, res, 'POST', path() + q(qs), b, { capture: true });
+        const committed = r && r.status < 300 ? (r.json as { Id?: unknown } | undefined)?.Id : undefined;
+        if (target) await this.confirmTag(target, since, (f) => f.Id === committed);
         return;
       }
       case 'image.tag': {
@@ -1172,7 +1173,7 @@ export class GuardProxy {
     );
     if (status === 200 && this.state.ownsTagAt(tag, json.Id ?? '')) return;
     if (status === 200) {
-      if (this.state.ownsTag(tag)) this.state.tags.delete(tag); // someone else has set it since
+      if (this.state.settled(tag)) this.state.tags.delete(tag); // someone else has set it since
       throw new Refusal('image-tag', `the tag ${tag} belongs to someone else; choose another name`);
     }
     // Only "no such image" leaves the name free: anything else (a name dockerd cannot parse, an
@@ -1192,10 +1193,15 @@ export class GuardProxy {
     return json;
   }
 
-  private async confirmTag(tag: string, since: number): Promise<void> {
+  /**
+   * Settles a claim once its operation ended: the tag is the tenant's when it names the image the
+   * operation reported making (`made`). Otherwise the operation failed, or someone else set the
+   * name meanwhile: the claim is released and the tag left as it is.
+   */
+  private async confirmTag(tag: string, since: number, made: (f: ImageFacts) => boolean): Promise<void> {
     const f = await this.inspectImage(tag);
-    if (!f) {
-      this.state.tags.delete(tag); // the operation failed: the claim is released
+    if (!f || !made(f)) {
+      this.state.tags.delete(tag);
       return;
     }
     this.state.setTag(tag, f.Id);
@@ -1270,7 +1276,7 @@ export class GuardProxy {
         const f = await this.inspectImage(t);
         // A failed build, or another party's build of the same tag that finished later: the tag is
         // not the tenant's.
-        if (!f || (last !== undefined && f.Id !== last)) {
+        if (!f || last === undefined || f.Id !== last) {
           this.state.tags.delete(t);
           continue;
         }
@@ -1336,8 +1342,10 @@ export class GuardProxy {
     const since = Date.now();
     const fromSrc = query.get('fromSrc');
     let tag: string | undefined;
-    let pulled: (() => Promise<void>) | undefined;
-    let report: ProgressDigests | undefined;
+    let pulled: ((r: ProgressReport) => Promise<void>) | undefined;
+    // The tag is the tenant's only if the image it names at the end is the one this operation made.
+    let made: (f: ImageFacts, r: ProgressReport) => boolean = (f, r) => r.ids.has(f.Id);
+    const report = new ProgressReport();
     // dockerd pulls whenever fromImage is set, and imports only otherwise: the same test here, so a
     // pull cannot pass as an import.
     if (fromSrc !== null && (query.get('fromImage') ?? '') === '') {
@@ -1362,16 +1370,16 @@ export class GuardProxy {
       // A pull records the manifest's digest as a reference on the image: new ones are the tenant's.
       const repo = repositoryOf(from);
       const before = await this.digestRefs(repo);
-      report = new ProgressDigests();
-      const reported = report;
-      pulled = () => this.claimNewDigests(repo, before, reported.end());
+      pulled = (r) => this.claimNewDigests(repo, before, r.digests);
+      made = (f, r) =>
+        digestsOf(f).some((d) => repositoryOf(d) === repo && r.digests.has(d.slice(d.lastIndexOf('@') + 1)));
       if (tag && !this.state.ownsTag(tag)) {
         const was = await this.imageIdOf(tag);
         // A pull of a tag someone else has: fine while it changes nothing (the image is up to
         // date); a pull that would move the tag is undone and reported as an error.
         if (was !== undefined) {
-          await this.pullExisting(req, res, `${target}?${query.toString()}`, tag, was, reported.feed);
-          return pulled();
+          await this.pullExisting(req, res, `${target}?${query.toString()}`, tag, was, report.feed);
+          return pulled(report.end());
         }
       }
     }
@@ -1381,13 +1389,14 @@ export class GuardProxy {
     }
     await this.forward(req, res, 'POST', `${target}?${query.toString()}`, {
       body: fromSrc === '-' ? req : undefined,
-      onData: report?.feed,
+      onData: report.feed,
     });
+    report.end();
     if (tag)
-      await this.confirmTag(tag, since).catch(() => {
+      await this.confirmTag(tag, since, (f) => made(f, report)).catch(() => {
         this.state.tags.delete(tag);
       });
-    await pulled?.();
+    await pulled?.(report);
   }
 
   /** The digest references of a repository on the engine now, each with its image ID. */
@@ -1555,12 +1564,16 @@ export class GuardProxy {
         throw e;
       }
       const out = await readAll(up.body);
-      // A claim holds where the load made the tag; a failed load leaves nothing claimed. Loaded
-      // content was made elsewhere (it may be someone else's too): only the tags are the tenant's.
+      const loaded = new ProgressReport();
+      loaded.feed(out);
+      loaded.end();
+      // A claim holds where the load reported setting the tag; a failed load leaves nothing
+      // claimed, nor a name someone else set meanwhile. Loaded content was made elsewhere (it may
+      // be someone else's too): only the tags are the tenant's.
       for (const t of tags) {
-        const f = await this.inspectImage(t).catch(() => undefined);
+        const f = loaded.loaded.has(t) ? await this.inspectImage(t).catch(() => undefined) : undefined;
         if (f) this.state.setTag(t, f.Id);
-        else this.state.tags.delete(t);
+        else if (!this.state.settled(t)) this.state.tags.delete(t);
       }
       res.writeHead(up.status, {
         'Content-Type': up.headers['content-type'] ?? 'application/json',
@@ -1621,8 +1634,9 @@ export class GuardProxy {
       return sendJsonBytes(res, r.status, r.raw, r.headers);
     }
     if (!this.state.ownsTagAt(tag, now.Id)) {
-      const since = this.state.ownsTag(tag) ? ' (someone else has set it since)' : '';
-      this.state.tags.delete(tag);
+      const settled = this.state.settled(tag);
+      const since = settled ? ' (someone else has set it since)' : '';
+      if (settled) this.state.tags.delete(tag);
       throw new Refusal('image-tag', `the tag ${tag} is not yours to remove${since}`);
     }
     const r = await this.removeTag(tag, now, `?${qs.toString()}`);

@@ -7,7 +7,7 @@ import { Refusal, checkBuild, checkContainerCreate, defaultPolicy, translateJobP
 import type { Resolver } from './policy.js';
 import { policyFor } from './policy-file.js';
 import {
-  ProgressDigests,
+  ProgressReport,
   TenantState,
   imageLabelsFor,
   leadingContainerId,
@@ -327,7 +327,7 @@ test('the list scan agrees with JSON.parse on generated answers full of JSON-loo
   }
 });
 
-test("progress digests: only dockerd's own digest fields count, however the stream is cut", () => {
+test("progress reports: only dockerd's own fields count, however the stream is cut", () => {
   const d = (n: number) => `sha256:${n.toString(16).padStart(64, '0')}`;
   const lines = [
     { status: 'Pulling from team/app', id: 'v1' },
@@ -342,25 +342,35 @@ test("progress digests: only dockerd's own digest fields count, however the stre
     { status: `Digest: ${d(6)} and more` },
     { status: `Digest: sha256:NOTHEX` },
     { aux: { ID: d(7) } },
+    // An import's image, a load's tags.
+    { status: d(10) },
+    { stream: 'Loaded image: reg/team/app:v1\n' },
+    { stream: 'Loaded image: docker.io/library/base:2\n' },
+    { stream: `Step 2/3 : RUN echo Loaded image: evil:x\n` },
+    { stream: 'Loaded image: no-newline:x' },
+    { errorDetail: { message: `{"status":"${d(11)}"}` }, error: 'Loaded image: evil:y\n' },
   ];
   const bytes = Buffer.from(lines.map((l) => JSON.stringify(l)).join('\r\n') + '\n' + 'not json\n');
   // Every way of cutting the stream into pieces gives the same answer.
   for (const size of [1, 3, 7, 64, bytes.length]) {
-    const p = new ProgressDigests();
+    const p = new ProgressReport();
     for (let i = 0; i < bytes.length; i += size) p.feed(bytes.subarray(i, i + size));
-    assert.deepEqual([...p.end()].sort(), [d(1), d(2)], `pieces of ${size} bytes`);
+    const r = p.end();
+    assert.deepEqual([...r.digests].sort(), [d(1), d(2)], `pieces of ${size} bytes`);
+    assert.deepEqual([...r.ids], [d(10)], `pieces of ${size} bytes`);
+    assert.deepEqual([...r.loaded].sort(), ['base:2', 'reg/team/app:v1'], `pieces of ${size} bytes`);
   }
   // A last line without its newline still counts; a multi-byte character split across pieces is
   // decoded whole.
-  const tail = new ProgressDigests();
+  const tail = new ProgressReport();
   const last = Buffer.from(`{"status":"Pulling from é/x"}\n{"status":"Digest: ${d(8)}"}`);
   const mid = last.indexOf('é') + 1;
   tail.feed(last.subarray(0, mid));
   tail.feed(last.subarray(mid));
-  assert.deepEqual([...tail.end()], [d(8)]);
+  assert.deepEqual([...tail.end().digests], [d(8)]);
   // A line that never ends is dropped rather than held.
-  const long = new ProgressDigests();
+  const long = new ProgressReport();
   long.feed(Buffer.from(`{"status":"${'x'.repeat(70 * 1024)}`));
   long.feed(Buffer.from(`"}\n{"status":"Digest: ${d(1)}"}\n`));
-  assert.deepEqual([...long.end()], [d(1)]);
+  assert.deepEqual([...long.end().digests], [d(1)]);
 });
