@@ -505,7 +505,26 @@ export function checkNetworkCreate(
     (Array.isArray(ipam.Config) && ipam.Config.length > 0) || Object.keys(obj(ipam.Options)).length > 0,
     'choosing subnets, IP ranges or gateways is not allowed (the daemon assigns them)',
   );
-  return { ...body, Labels: { ...obj(body.Labels), ...labels } };
+  // Without the check, dockerd creates a second network of an existing name: the host's and other
+  // tenants' references by that name then fail as ambiguous, and the answer's warning names the
+  // other network's ID.
+  return { ...body, CheckDuplicate: true, Labels: { ...obj(body.Labels), ...labels } };
+}
+
+/**
+ * A container name (create or rename) that reads as a container ID: dockerd looks a reference up
+ * as a name before it tries it as an ID prefix, so a tenant container named like the short ID
+ * `docker ps` shows for someone else's container would answer to everyone who uses that ID (the
+ * host's `docker exec <id>` would run in the tenant's container). Twelve hex digits or more, the
+ * length docker prints; shorter all-hex names (`db`, `cafe`) stay allowed, as a prefix that short
+ * is ambiguous in plain Docker too.
+ */
+export function checkContainerName(name: string | null): void {
+  if (name !== null && /^\/?[0-9a-f]{12,64}$/.test(name))
+    throw new Refusal(
+      'ownership',
+      `the container name ${name} reads as a container ID; dockerd would answer to it for every client using that ID (choose a name with a letter outside a-f or a dash)`,
+    );
 }
 
 export function checkVolumeCreate(

@@ -35,6 +35,7 @@ import {
   Refusal,
   checkBuild,
   checkContainerCreate,
+  checkContainerName,
   checkContainerUpdate,
   checkExecCreate,
   checkNetworkCreate,
@@ -564,8 +565,17 @@ export class GuardProxy {
         );
       }
       case 'container.rename': {
+        checkContainerName(query.get('name'));
         const { id: cid } = await this.resolveContainer(m.params.id ?? '');
-        return this.forward(req, res, 'POST', path({ id: cid }) + q(query));
+        const a = await this.upstreamBytes('POST', path({ id: cid }) + q(query));
+        // dockerd's conflict message names the container that has the name: someone else's ID.
+        if (a.status === 409)
+          return send(res, 409, { message: 'Conflict. The container name is already in use.' });
+        const out = answerHeaders(a.headers);
+        out['content-length'] = a.raw.length;
+        res.writeHead(a.status, out);
+        res.end(a.raw);
+        return;
       }
       case 'container.attach':
         throw new Refusal('endpoint', 'attach needs a connection upgrade (Upgrade: tcp)', 400);
@@ -850,6 +860,7 @@ export class GuardProxy {
     query: URLSearchParams,
     body: Record<string, unknown>,
   ): Promise<void> {
+    checkContainerName(query.get('name'));
     // Resolve every reference the rules need, then run the pure rules with the answers.
     const answers = new Map<string, string>();
     const volumes = new Map<string, boolean>();

@@ -3,7 +3,14 @@ import assert from 'node:assert/strict';
 import { BodyError, SCHEMAS, canonicalize, foldKey } from './canonical.js';
 import { JObject, parseOrdered } from './json.js';
 import { buildPath, matchRoute, normalizePath } from './routes.js';
-import { Refusal, checkBuild, checkContainerCreate, defaultPolicy, translateJobPath } from './policy.js';
+import {
+  Refusal,
+  checkBuild,
+  checkContainerCreate,
+  checkContainerName,
+  defaultPolicy,
+  translateJobPath,
+} from './policy.js';
 import type { Resolver } from './policy.js';
 import { policyFor } from './policy-file.js';
 import {
@@ -373,4 +380,15 @@ test("progress reports: only dockerd's own fields count, however the stream is c
   long.feed(Buffer.from(`{"status":"${'x'.repeat(70 * 1024)}`));
   long.feed(Buffer.from(`"}\n{"status":"Digest: ${d(1)}"}\n`));
   assert.deepEqual([...long.end().digests], [d(1)]);
+});
+
+test('container names that read as an ID (12 hex digits or more) are refused; others pass', () => {
+  for (const ok of [null, 'db', 'cafe', 'web-1', 'a1b2c3d4e5f', 'abcdef12345g', 'ABCDEF123456', 'proj_web_1'])
+    assert.doesNotThrow(() => checkContainerName(ok), String(ok));
+  for (const bad of ['a9d8a7af2d46', '/a9d8a7af2d46', '0123456789ab', 'f'.repeat(64)])
+    assert.throws(
+      () => checkContainerName(bad),
+      (e: unknown) => e instanceof Refusal && e.rule === 'ownership',
+      bad,
+    );
 });

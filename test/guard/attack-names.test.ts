@@ -1,16 +1,18 @@
 /**
- * Attack: keeping another tenant off its own network by taking the name first. A guard's tenant
- * network is `berth-<slug>-<hash>`; names of that shape are refused to every tenant, and tenants
- * whose slugs coincide get different networks.
+ * Attack: names. Keeping another tenant off its own network by taking the name first (a guard's
+ * tenant network is `berth-<slug>-<hash>`; names of that shape are refused to every tenant, and
+ * tenants whose slugs coincide get different networks). Naming a container like someone else's
+ * short ID, which dockerd resolves before ID prefixes. Learning others' IDs from name conflicts,
+ * and breaking others' references by making a second network of their network's name.
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { networks } from '../../src/engine/index.js';
+import { containers, networks } from '../../src/engine/index.js';
 import { createGuard, tenantNetworkName } from '../../src/guard/index.js';
 import type { GuardHandle } from '../../src/guard/index.js';
 import { docker, engine, sessionLabels, tempDir, uniqueName } from '../support/index.js';
-import { expectRefused, postJson } from '../support/rawhttp.js';
+import { expectRefused, postJson, send } from '../support/rawhttp.js';
 
 describe('attack: squatting a tenant network name', () => {
   const c = engine();
@@ -51,5 +53,89 @@ describe('attack: squatting a tenant network name', () => {
       assert.equal(run.code, 0, run.stderr);
     }
     assert.notEqual(tenantNetworkName(victim), tenantNetworkName(twin));
+  });
+
+  test('a container named like someone else’s short ID is refused (create and rename, raw API and CLI)', async () => {
+    const sock = join(dir.path, 'a.sock');
+    const host = await containers(c).create(
+      {
+        Image: 'berth-local/busybox',
+        Cmd: ['sleep', '600'],
+        Labels: sessionLabels(),
+        HostConfig: { NetworkMode: 'none' },
+      },
+      uniqueName('namehost'),
+    );
+    const hostNetName = uniqueName('namehostnet');
+    const hostNet = await networks(c).create({ Name: hostNetName, Labels: sessionLabels() });
+    try {
+      await containers(c).start(host.Id);
+      const short = host.Id.slice(0, 12);
+      const created = await postJson(
+        sock,
+        `/v1.41/containers/create?name=${short}`,
+        JSON.stringify({ Image: 'berth-local/busybox', Cmd: ['true'], HostConfig: { NetworkMode: 'none' } }),
+      );
+      expectRefused(created, 'ownership', 'a name that reads as the host container’s short ID');
+      const cli = await docker(attacker.address, [
+        'create',
+        '--name',
+        host.Id,
+        'berth-local/busybox',
+        'true',
+      ]);
+      assert.notEqual(cli.code, 0);
+      assert.match(cli.stderr, /berth: ownership: /);
+      assert.deepEqual(
+        await containers(c).list({ all: true, filters: { name: [short] } }),
+        [],
+        'no container took the name',
+      );
+
+      const ownName = uniqueName('nameown');
+      const own = await docker(attacker.address, [
+        'create',
+        '--name',
+        ownName,
+        'berth-local/busybox',
+        'true',
+      ]);
+      assert.equal(own.code, 0, own.stderr);
+      const ownId = own.stdout.trim();
+      expectRefused(
+        await send(sock, { method: 'POST', path: `/v1.41/containers/${ownId}/rename?name=/${short}` }),
+        'ownership',
+        'a rename to the host container’s short ID',
+      );
+      // A rename onto a name that is taken: a conflict, without the other container's ID.
+      const hostName = (await containers(c).inspect(host.Id)).Name.replace(/^\//, '');
+      const taken = await send(sock, {
+        method: 'POST',
+        path: `/v1.41/containers/${ownId}/rename?name=${hostName}`,
+      });
+      assert.equal(taken.status, 409, taken.text);
+      assert.ok(
+        !taken.text.includes(host.Id.slice(0, 12)),
+        `the conflict names the host container: ${taken.text}`,
+      );
+      assert.equal((await containers(c).inspect(ownId)).Name, `/${ownName}`, 'neither rename happened');
+      // The host's own short-ID reference still finds the host's container.
+      const exec = await docker(`unix:///var/run/docker.sock`, ['exec', short, 'hostname']);
+      assert.equal(exec.code, 0, exec.stderr);
+      assert.equal(exec.stdout.trim(), host.Id.slice(0, 12));
+
+      // A second network of the host network's name: refused by the engine (the guard asks it to
+      // check), with nothing made and no ID in the answer.
+      const dup = await postJson(sock, '/v1.41/networks/create', JSON.stringify({ Name: hostNetName }));
+      assert.equal(dup.status, 409, dup.text);
+      assert.ok(
+        !dup.text.includes(hostNet.Id.slice(0, 12)),
+        `the answer names the host network: ${dup.text}`,
+      );
+      assert.equal((await networks(c).list({ name: [hostNetName] })).length, 1, 'one network of that name');
+    } finally {
+      await containers(c).remove(host.Id, { force: true });
+      await networks(c).remove(hostNet.Id);
+    }
   });
 });
