@@ -6,7 +6,7 @@ import { posix } from 'node:path';
 import type { Decision, PathMap, Policy, RuleName, TenantLimits } from './contracts.js';
 import { LABEL_TENANT } from '../common/index.js';
 import { RESERVED_NETWORK } from './ownership.js';
-import { isRecord } from './canonical.js';
+import { BodyError, isRecord } from './canonical.js';
 
 export const DEFAULT_SAFE_SYSCTLS: readonly string[] = [
   'net.ipv4.ip_unprivileged_port_start',
@@ -544,6 +544,14 @@ export function checkVolumeCreate(
   }
   const out: Record<string, unknown> = { ...body, Labels: { ...obj(body.Labels), ...labels } };
   delete out.ClusterVolumeSpec;
+  // After the rules, so a refused shape is named as such. dockerd's local driver takes these
+  // names only (two characters at least); anything else is refused here with its
+  // reason rather than looked up (a name like `../x` would be a path upstream).
+  const name = str(body.Name);
+  if (name !== '' && !/^[a-zA-Z0-9][a-zA-Z0-9_.-]+$/.test(name))
+    throw new BodyError(
+      `volume name ${JSON.stringify(name)} includes invalid characters: only [a-zA-Z0-9][a-zA-Z0-9_.-], two at least, are allowed`,
+    );
   return out;
 }
 

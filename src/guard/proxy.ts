@@ -561,7 +561,7 @@ export class GuardProxy {
           res,
           'POST',
           path({ id: cid }),
-          checkContainerUpdate(this.body('container.update', body), p),
+          onRequest(() => checkContainerUpdate(this.body('container.update', body), p)),
         );
       }
       case 'container.rename': {
@@ -582,7 +582,7 @@ export class GuardProxy {
       case 'exec.create': {
         const { id: cid } = await this.resolveContainer(m.params.id ?? '');
         const b = this.body('exec.create', body);
-        checkExecCreate(b, p);
+        onRequest(() => checkExecCreate(b, p));
         return this.forwardJson(req, res, 'POST', path({ id: cid }), b);
       }
       case 'exec.start': {
@@ -628,7 +628,7 @@ export class GuardProxy {
       case 'image.delete':
         return this.imageDelete(req, res, m, query);
       case 'volume.create': {
-        const b = checkVolumeCreate(this.body('volume.create', body), this.cfg.labels, p);
+        const b = onRequest(() => checkVolumeCreate(this.body('volume.create', body), this.cfg.labels, p));
         const name = typeof b.Name === 'string' ? b.Name : '';
         if (name !== '') {
           await this.volumeOwned(name); // refuses another tenant's volume of that name
@@ -652,7 +652,7 @@ export class GuardProxy {
         return this.forward(req, res, m.route.method, path() + q(query), { small: true });
       }
       case 'network.create': {
-        const b = checkNetworkCreate(this.body('network.create', body), this.cfg.labels, p);
+        const b = onRequest(() => checkNetworkCreate(this.body('network.create', body), this.cfg.labels, p));
         const r = await this.forwardJson(req, res, 'POST', path(), b, { capture: true });
         const created = r?.json as { Id?: string } | undefined;
         if (created?.Id) this.state.networks.add(created.Id);
@@ -865,7 +865,7 @@ export class GuardProxy {
     const answers = new Map<string, string>();
     const volumes = new Map<string, boolean>();
     const nets = new Map<string, string>();
-    const refs = collectRefs(body);
+    const refs = onRequest(() => collectRefs(body));
     for (const c of refs.containers) answers.set(c, (await this.resolveContainer(c)).id);
     for (const n of refs.networks) {
       if (
@@ -949,10 +949,12 @@ export class GuardProxy {
       bind: (src, create) =>
         binds.get(bindKey(src, create)) ?? { refused: `bind source ${src} was not resolved` },
     };
-    const out = checkContainerCreate(
-      body,
-      { labels: this.cfg.labels, network: tenantNet, policy: this.cfg.policy, containerCount: count },
-      resolver,
+    const out = onRequest(() =>
+      checkContainerCreate(
+        body,
+        { labels: this.cfg.labels, network: tenantNet, policy: this.cfg.policy, containerCount: count },
+        resolver,
+      ),
     );
     // Named volumes that do not exist yet are created now, labelled, so they are the tenant's.
     for (const [vname, exists] of volumes) {
@@ -1200,6 +1202,8 @@ export class GuardProxy {
       `/images/${encodeURIComponent(ref)}/json`,
     );
     if (status === 404) return undefined;
+    // A reference dockerd cannot parse (`UPPER:tag`): the request's fault, not the engine's.
+    if (status === 400) throw new BodyError(json.message ?? `invalid image reference ${ref}`);
     if (status !== 200) throw new Error(`inspecting image ${ref}: ${json.message ?? status}`);
     return json;
   }
@@ -1226,7 +1230,7 @@ export class GuardProxy {
     query: URLSearchParams,
   ): Promise<void> {
     const since = Date.now();
-    const qs = checkBuild(query, this.cfg.labels, this.cfg.policy, this.networkName);
+    const qs = onRequest(() => checkBuild(query, this.cfg.labels, this.cfg.policy, this.networkName));
     // By ID: a name can be another's too (dockerd allows duplicate network names).
     if (qs.get('networkmode') === this.networkName) qs.set('networkmode', await this.ensureNetwork());
     // Intermediate containers of the legacy builder carry no labels: always remove them, even on failure.
@@ -2053,6 +2057,20 @@ function finishThenDestroy(s: Duplex): void {
   if (!s.writableEnded) s.end();
   s.once('finish', () => s.destroy());
   setTimeout(() => s.destroy(), 5_000).unref();
+}
+
+/**
+ * Runs the pure rules on a request. They throw Refusals for what they refuse; anything else they
+ * throw (a field of a type they did not expect: `"Mounts":[null]`) is the request's shape, answered
+ * 400 malformed, not a 502 that would blame the engine.
+ */
+function onRequest<T>(rules: () => T): T {
+  try {
+    return rules();
+  } catch (e) {
+    if (e instanceof Refusal || e instanceof BodyError || e instanceof PathError) throw e;
+    throw new BodyError(`the request has an unexpected shape (${errorMessage(e)})`);
+  }
 }
 
 /** The request target as Go's ParseRequestURI reads it (`//` starts a path, not a host). */

@@ -507,14 +507,20 @@ test('networks and volumes: drivers and options are refused, labels are forced',
   net('{"Name":"n","Driver":"bridge","Options":{"com.docker.network.driver.mtu":"1400"}}');
   const vol = (s: string) =>
     checkVolumeCreate(canonicalize(s, SCHEMAS['volume.create'], 'VolumeCreate'), labels, defaultPolicy());
-  assert.deepEqual(vol('{"Name":"v","Labels":{"io.berth.tenant":"x"}}').Labels, labels);
-  vol('{"Name":"v","DriverOpts":{"size":"1G"}}');
+  assert.deepEqual(vol('{"Name":"vol","Labels":{"io.berth.tenant":"x"}}').Labels, labels);
+  vol('{"Name":"vol","DriverOpts":{"size":"1G"}}');
   assert.throws(
-    () => vol('{"Name":"v","DriverOpts":{"type":"none","o":"bind","device":"/"}}'),
+    () => vol('{"Name":"vol","DriverOpts":{"type":"none","o":"bind","device":"/"}}'),
     refusedWith('volume-options'),
   );
-  assert.throws(() => vol('{"Name":"v","DriverOpts":{"Device":"/"}}'), refusedWith('volume-options'));
-  assert.throws(() => vol('{"Name":"v","Driver":"sshfs"}'), refusedWith('volume-driver'));
+  assert.throws(() => vol('{"Name":"vol","DriverOpts":{"Device":"/"}}'), refusedWith('volume-options'));
+  assert.throws(() => vol('{"Name":"vol","Driver":"sshfs"}'), refusedWith('volume-driver'));
+  // Names the local driver would refuse are malformed here (a path must not reach a lookup).
+  for (const bad of ['../x', 'v', '-x', 'a/b', 'x y'])
+    assert.throws(() => vol(JSON.stringify({ Name: bad })), BodyError, bad);
+  vol('{"Name":"my_vol-1.data"}');
+  // An unnamed volume gets its name from the engine.
+  vol('{}');
 });
 
 test('build: network mode, cgroup parent, remote, isolation and BuildKit are refused; labels forced', () => {

@@ -748,6 +748,10 @@ describe('guard attack suite: escape prevention', () => {
       '[1,2',
       '{"HostConfig":{"Privileged":"yes"}}',
       '\u0000',
+      // Fields of types the rules did not expect: the request's fault (400), not the engine's.
+      `{"Image":"${IMAGE}","HostConfig":{"Mounts":[null]}}`,
+      `{"Image":"${IMAGE}","HostConfig":{"Mounts":[1]}}`,
+      `{"Image":"${IMAGE}","NetworkingConfig":{"EndpointsConfig":{"x":null}}}`,
     ]) {
       const res = await send(a.sock, {
         method: 'POST',
@@ -757,6 +761,20 @@ describe('guard attack suite: escape prevention', () => {
       });
       assert.equal(res.status, 400, `${JSON.stringify(bad)}: ${res.text}`);
       assert.match(messageOf(res) ?? '', /^berth: (malformed|body): /);
+    }
+    // References and names dockerd cannot parse: 400 with the reason, not a 502 or a 404.
+    for (const [method, path, body] of [
+      ['DELETE', '/v1.41/images/UPPER:tag', undefined],
+      ['DELETE', '/v1.41/images/D0F0F7A9A680', undefined],
+      ['POST', '/v1.41/volumes/create', '{"Name":"../x"}'],
+    ] as const) {
+      const res = await send(a.sock, {
+        method,
+        path,
+        ...(body === undefined ? {} : { headers: [['Content-Type', 'application/json']], body }),
+      });
+      assert.equal(res.status, 400, `${method} ${path} ${body ?? ''}: ${res.text}`);
+      assert.match(messageOf(res) ?? '', /^berth: malformed: /);
     }
     // The guard keeps serving.
     const ping = await send(a.sock, { path: '/_ping' });
