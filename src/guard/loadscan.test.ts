@@ -73,7 +73,18 @@ test('what cannot be vouched for: links as the manifest, writes through a symlin
   );
   assert.match(scan([entry('manifest.json', '[{"RepoTags":'), END]).problem ?? '', /not JSON/);
   const whole = entry('manifest.json', manifest(['a:1']));
-  assert.match(scan([whole.subarray(0, 600)]).problem ?? '', /ends in the middle/);
+  assert.match(scan([whole.subarray(0, 520)]).problem ?? '', /ends in the middle/, 'data cut short');
+  assert.match(scan([whole.subarray(0, 300)]).problem ?? '', /ends in the middle/, 'a header cut short');
+});
+
+test('an archive that ends after its last entry\'s data, without padding or end block, is whole (as Go reads it)', () => {
+  const data = manifest(['a:1']);
+  const s = new LoadScanner();
+  s.write(entry('manifest.json', data).subarray(0, 512 + Buffer.byteLength(data)));
+  const r = s.end();
+  assert.equal(r.problem, undefined);
+  assert.deepEqual(r.tags, ['a:1']);
+  assert.equal(s.unpadded, 512 - Buffer.byteLength(data), 'the padding a forwarder must add');
 });
 
 test('PAX sizes keep the scan in step; nothing after the end block is read', () => {

@@ -103,12 +103,34 @@ function repositoriesTags(v: JValue): string[] {
   return out;
 }
 
+/** What a scanner watches for, and where the bytes that are safe to pass on go. */
+export interface ScanOptions {
+  /** Landing paths whose content is read (each version of them): regular files only. */
+  watched: ReadonlySet<string>;
+  /** Called with each version of a watched file; returns why the archive is refused, if it is. */
+  read: (at: string, data: Buffer) => string | undefined;
+  /**
+   * Receives the archive's bytes as they are read, up to and not including its end-of-archive
+   * block: whoever forwards them decides when (whether) the archive ends for the reader behind.
+   */
+  emit?: ((bytes: Buffer) => void) | undefined;
+}
+
 export class LoadScanner {
   private readonly tags = new Set<string>();
+  private readonly opts: ScanOptions;
+
+  constructor(opts?: ScanOptions) {
+    this.opts = opts ?? { watched: WATCHED, read: (at, data) => this.onWatched(at, data) };
+  }
+
   private problem: string | undefined;
   private header = Buffer.alloc(0);
   /** Bytes of the current entry's data (padded) still to come. */
   private remaining = 0;
+  /** The current entry's padding (to its last block's end). */
+  private padding = 0;
+  private missingPadding = 0;
   private size = 0;
   private capture: Buffer[] | undefined;
   private captured = 0;
@@ -124,6 +146,7 @@ export class LoadScanner {
     while (off < chunk.length && !this.ended && this.problem === undefined) {
       if (this.remaining > 0) {
         const n = Math.min(this.remaining, chunk.length - off);
+        this.opts.emit?.(chunk.subarray(off, off + n));
         if (this.capture) {
           const useful = Math.max(0, Math.min(n, this.size - this.captured));
           if (useful > 0) this.capture.push(chunk.subarray(off, off + useful));
@@ -141,15 +164,35 @@ export class LoadScanner {
       if (this.header.length === BLOCK) {
         const h = this.header;
         this.header = Buffer.alloc(0);
+        if (!h.every((x) => x === 0)) this.opts.emit?.(h);
         this.onHeader(h);
       }
     }
   }
 
   end(): LoadScan {
-    if (this.problem === undefined && !this.ended && (this.remaining > 0 || this.header.length > 0))
-      this.problem = 'the archive ends in the middle of an entry';
+    if (this.problem === undefined && !this.ended) {
+      if (this.header.length > 0 || this.remaining > this.padding)
+        this.problem = 'the archive ends in the middle of an entry';
+      else if (this.remaining > 0) {
+        // Only the last entry's padding is missing: Go's reader ends there cleanly (the docker CLI
+        // sends `-f -` contexts that way), and the entry is whole.
+        this.missingPadding = this.remaining;
+        this.remaining = 0;
+        this.finishData();
+      }
+    }
     return { tags: [...this.tags], problem: this.problem };
+  }
+
+  /** Padding the archive's last entry went without (zero bytes a forwarder must add before an end block). */
+  get unpadded(): number {
+    return this.missingPadding;
+  }
+
+  /** Whether the end-of-archive block was read (nothing after it counts). */
+  get complete(): boolean {
+    return this.ended;
   }
 
   private fail(why: string): void {
@@ -192,10 +235,18 @@ export class LoadScanner {
     }
     if (type === '2') this.symlinks.add(at);
     else this.symlinks.delete(at);
-    if (WATCHED.has(at)) {
+    // A watched file reached through a link (a folder on its way that is a link) would be read
+    // from somewhere else than the scanner reads it.
+    if (type === '1' || type === '2')
+      for (const w of this.opts.watched)
+        if (w.startsWith(`${at}/`)) return this.fail(`the archive's ${w} is reached through a link (${at})`);
+    if (this.opts.watched.has(at)) {
       if (type !== '0' && type !== '\0' && type !== '7')
         return this.fail(`the archive's ${at} is not a regular file`);
-      this.startData(size, (data) => this.onWatched(at, data));
+      this.startData(size, (data) => {
+        const why = this.opts.read(at, data);
+        if (why !== undefined) this.fail(why);
+      });
       return;
     }
     // Links, devices, folders and fifos have no data in the stream (Go ignores their size field).
@@ -203,8 +254,9 @@ export class LoadScanner {
   }
 
   private startData(size: number, onData: ((data: Buffer) => void) | undefined): void {
-    if (onData && size > MAX_META) return this.fail('a manifest or header in the archive is too large');
+    if (onData && size > MAX_META) return this.fail('a file berth must read in the archive is too large');
     this.size = size;
+    this.padding = Math.ceil(size / BLOCK) * BLOCK - size;
     this.captured = 0;
     this.capture = onData ? [] : undefined;
     this.onData = onData;
@@ -236,14 +288,15 @@ export class LoadScanner {
     }
   }
 
-  private onWatched(at: string, data: Buffer): void {
+  private onWatched(at: string, data: Buffer): string | undefined {
     let v: JValue;
     try {
       v = parseOrdered(data.toString('utf8'));
     } catch {
-      return this.fail(`the archive's ${at} is not JSON berth can read`);
+      return `the archive's ${at} is not JSON berth can read`;
     }
     for (const t of at === 'manifest.json' ? manifestTags(v) : repositoriesTags(v)) this.tags.add(t);
+    return undefined;
   }
 }
 
@@ -256,7 +309,12 @@ export class ArchiveError extends Error {}
  * is taken (a gzip stream's own backpressure), `end` gives the scan.
  */
 export class ArchiveScan {
-  private readonly scanner = new LoadScanner();
+  /** `what` names the archive in errors (an image archive, a build context). */
+  constructor(
+    private readonly scanner: LoadScanner = new LoadScanner(),
+    private readonly what = 'image archive',
+  ) {}
+
   private head = Buffer.alloc(0);
   private kind: Compression | undefined;
   private gunzip: Gunzip | undefined;
@@ -316,7 +374,7 @@ export class ArchiveScan {
     }
     if (this.kind !== 'none' && this.kind !== 'gzip')
       throw new ArchiveError(
-        `berth reads plain and gzip image archives, not ${this.kind}; decompress it first`,
+        `berth reads a plain or gzip ${this.what}, not ${this.kind}; decompress it first`,
       );
     if (this.gunzip) {
       const z = this.gunzip;
@@ -327,7 +385,7 @@ export class ArchiveScan {
         z.end();
       });
     }
-    if (this.failed) throw new ArchiveError(`the image archive cannot be read: ${this.failed.message}`);
+    if (this.failed) throw new ArchiveError(`the ${this.what} cannot be read: ${this.failed.message}`);
     return this.scanner.end();
   }
 }

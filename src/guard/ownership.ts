@@ -301,13 +301,33 @@ export class TenantState {
     return this.tags.get(normalizeTag(ref)) !== undefined;
   }
 
-  /** A claim for an operation in flight; `setTag` or `tags.delete` settles it. */
+  /** Image IDs of the tenant's settled tags that an operation in flight re-claimed (a rebuild). */
+  private readonly reopened = new Map<string, string>();
+
+  /** A claim for an operation in flight; `setTag` or `releaseTag` settles it. */
   addTag(ref: string): void {
-    this.tags.set(normalizeTag(ref), undefined);
+    const k = normalizeTag(ref);
+    const was = this.tags.get(k);
+    if (was !== undefined) this.reopened.set(k, was);
+    this.tags.set(k, undefined);
   }
 
   setTag(ref: string, imageId: string): void {
-    this.tags.set(normalizeTag(ref), imageId);
+    const k = normalizeTag(ref);
+    this.reopened.delete(k);
+    this.tags.set(k, imageId);
+  }
+
+  /**
+   * The operation did not make the tag (it failed, or someone else set the name meanwhile): the
+   * tenant keeps what it had before when the tag still names that image (`now`), else nothing.
+   */
+  releaseTag(ref: string, now: string | undefined): void {
+    const k = normalizeTag(ref);
+    const was = this.reopened.get(k);
+    this.reopened.delete(k);
+    if (was !== undefined && was === now) this.tags.set(k, was);
+    else this.tags.delete(k);
   }
 
   /** Whether a digest reference is one the tenant's own pull or push made, still on `imageId`. */

@@ -46,6 +46,8 @@ import { relay } from './relay.js';
 import { BindPins, BindSourceError, pinMode } from './pin.js';
 import { rawStream, requestHead } from './rawstream.js';
 import { ArchiveError, ArchiveScan } from './loadscan.js';
+import { ContextGate, dockerfilePaths } from './contextgate.js';
+import { readDockerfile, triggerRefusals } from './dockerfile.js';
 import { PathError, buildPath, matchRoute, normalizePath, splitTarget } from './routes.js';
 import type { Matched } from './routes.js';
 
@@ -1209,6 +1211,32 @@ export class GuardProxy {
   }
 
   /**
+   * Why a build context's Dockerfile may not run (ContextGate): an ADD the daemon would download
+   * from the host's network (in any version of the Dockerfile in the context, under ONBUILD too),
+   * or such an ONBUILD trigger on a base image the engine has. A base image the build pulls is not
+   * here yet, so its triggers cannot be read (docs/guard.md).
+   */
+  private async contextRefusal(versions: readonly Buffer[]): Promise<Error | undefined> {
+    const refusals: string[] = [];
+    const bases = new Set<string>();
+    for (const v of versions) {
+      const facts = readDockerfile(v.toString('utf8'));
+      refusals.push(...facts.refusals);
+      for (const b of facts.bases) bases.add(b);
+    }
+    for (const b of bases) {
+      const { status, json } = await this.upstreamJson<{ Config?: { OnBuild?: string[] | null } | null }>(
+        'GET',
+        `/images/${encodeURIComponent(b)}/json`,
+      );
+      if (status === 200) refusals.push(...triggerRefusals(b, json.Config?.OnBuild ?? []));
+    }
+    if (refusals.length === 0) return undefined;
+    const more = refusals.length > 1 ? ` (and ${refusals.length - 1} more)` : '';
+    return new Refusal('build-options', `${refusals[0] ?? ''}${more}`);
+  }
+
+  /**
    * Settles a claim once its operation ended: the tag is the tenant's when it names the image the
    * operation reported making (`made`). Otherwise the operation failed, or someone else set the
    * name meanwhile: the claim is released and the tag left as it is.
@@ -1216,7 +1244,7 @@ export class GuardProxy {
   private async confirmTag(tag: string, since: number, made: (f: ImageFacts) => boolean): Promise<void> {
     const f = await this.inspectImage(tag);
     if (!f || !made(f)) {
-      this.state.tags.delete(tag);
+      this.state.releaseTag(tag, f?.Id);
       return;
     }
     this.state.setTag(tag, f.Id);
@@ -1243,18 +1271,36 @@ export class GuardProxy {
     else qs.delete('q');
     const tags = qs.getAll('t').map((t) => normalizeTag(plainRef(t)));
     for (const t of tags) await this.assertTagWritable(t);
-    for (const t of tags) this.state.addTag(t);
-    const up = await this.upstream('POST', `${target}?${qs.toString()}`, {
-      body: req,
-      headers: {
-        // Always a tar: with a multipart/form-data type, dockerd would read build options
-        // (networkmode, remote, t…) from the body, past every check on the query.
-        'content-type': 'application/x-tar',
-        ...(req.headers['x-registry-config']
-          ? { 'x-registry-config': req.headers['x-registry-config'] }
-          : {}),
-      },
+    // The context goes through the gate: dockerd gets its end only once the Dockerfile passed.
+    const gate = new ContextGate(dockerfilePaths(qs.get('dockerfile')), (versions) =>
+      this.contextRefusal(versions),
+    );
+    req.pipe(gate);
+    req.once('error', (e) => gate.destroy(e));
+    req.once('close', () => {
+      if (!req.complete) gate.destroy(new Error('the client went away'));
     });
+    for (const t of tags) this.state.addTag(t);
+    let up: Upstream;
+    try {
+      up = await this.upstream('POST', `${target}?${qs.toString()}`, {
+        body: gate,
+        headers: {
+          // Always a tar: with a multipart/form-data type, dockerd would read build options
+          // (networkmode, remote, t…) from the body, past every check on the query.
+          'content-type': 'application/x-tar',
+          ...(req.headers['x-registry-config']
+            ? { 'x-registry-config': req.headers['x-registry-config'] }
+            : {}),
+        },
+      });
+    } catch (err) {
+      for (const t of tags) this.state.releaseTag(t, (await this.inspectImage(t).catch(() => undefined))?.Id);
+      // The rest of the upload is read and dropped, so the refusal can be answered.
+      req.unpipe(gate);
+      req.resume();
+      throw gate.refused ? contextRefusal(gate.refused) : err;
+    }
     res.writeHead(up.status, { 'Content-Type': up.headers['content-type'] ?? 'application/json' });
     res.flushHeaders();
     // Pass the progress through as it comes, and note the image IDs it reports. Only dockerd's own
@@ -1276,6 +1322,12 @@ export class GuardProxy {
         }
       },
     });
+    // Stopped after dockerd began to answer: its answer ends in a read error; the reason follows.
+    if (gate.refused && !res.destroyed) {
+      const message = contextRefusal(gate.refused).message;
+      res.write(`${JSON.stringify({ errorDetail: { message }, error: message })}\n`);
+      last = undefined;
+    }
     // With `q`, dockerd sends no aux message: a build that worked answers with one line only,
     // `{"stream":"sha256:…\n"}`, the steps' output discarded. A failed one dumps that output (a RUN
     // step can print such a line) and then an error, so only an answer that is that one line counts.
@@ -1292,7 +1344,7 @@ export class GuardProxy {
         // A failed build, or another party's build of the same tag that finished later: the tag is
         // not the tenant's.
         if (!f || last === undefined || f.Id !== last) {
-          this.state.tags.delete(t);
+          this.state.releaseTag(t, f?.Id);
           continue;
         }
         this.state.setTag(t, f.Id);
@@ -1402,15 +1454,18 @@ export class GuardProxy {
       await this.assertTagWritable(tag);
       this.state.addTag(tag);
     }
-    await this.forward(req, res, 'POST', `${target}?${query.toString()}`, {
-      body: fromSrc === '-' ? req : undefined,
-      onData: report.feed,
-    });
-    report.end();
-    if (tag)
-      await this.confirmTag(tag, since, (f) => made(f, report)).catch(() => {
-        this.state.tags.delete(tag);
+    try {
+      await this.forward(req, res, 'POST', `${target}?${query.toString()}`, {
+        body: fromSrc === '-' ? req : undefined,
+        onData: report.feed,
       });
+    } finally {
+      report.end();
+      if (tag)
+        await this.confirmTag(tag, since, (f) => made(f, report)).catch(() => {
+          this.state.releaseTag(tag, undefined);
+        });
+    }
     await pulled?.(report);
   }
 
@@ -2057,6 +2112,11 @@ function finishThenDestroy(s: Duplex): void {
   if (!s.writableEnded) s.end();
   s.once('finish', () => s.destroy());
   setTimeout(() => s.destroy(), 5_000).unref();
+}
+
+/** A stopped build context's reason as the answer: a refusal as it is, anything else malformed. */
+function contextRefusal(err: Error): Refusal {
+  return err instanceof Refusal ? err : new Refusal('build-options', err.message, 400);
 }
 
 /**

@@ -1,0 +1,82 @@
+/**
+ * A build context on its way to dockerd, read as it passes. The legacy builder extracts the whole
+ * context before it reads the Dockerfile and runs a step, and it stops reading at the tar's
+ * end-of-archive block. The gate passes the context on as a plain tar (a gzip one decompressed),
+ * holds back that end block, and sends it only once the Dockerfile (every version the archive
+ * has of it, read with the scanner dockerd's extraction is matched against) passed the check. A
+ * context that fails the check never ends for dockerd: the upload is cut, and no step runs.
+ */
+import { Transform } from 'node:stream';
+import type { TransformCallback } from 'node:stream';
+import { ArchiveScan, LoadScanner, landing } from './loadscan.js';
+
+/** Landing paths dockerd reads the Dockerfile from: the `dockerfile` option, and its fallback. */
+export function dockerfilePaths(option: string | null): Set<string> {
+  const at = landing(option === null || option === '' ? 'Dockerfile' : option);
+  const out = new Set([at]);
+  // dockerd's legacy builder falls back to `dockerfile` when the default name is missing.
+  if (at === 'Dockerfile') out.add('dockerfile');
+  return out;
+}
+
+export class ContextGate extends Transform {
+  private readonly scanner: LoadScanner;
+  private readonly archive: ArchiveScan;
+  private readonly versions: Buffer[] = [];
+  /** Why the context was stopped; set before the stream fails. */
+  refused: Error | undefined;
+
+  /**
+   * `check` gets every version of the Dockerfile the context holds and answers why the build may
+   * not run (an Error to fail with), or undefined.
+   */
+  constructor(
+    watched: ReadonlySet<string>,
+    private readonly check: (dockerfiles: readonly Buffer[]) => Promise<Error | undefined>,
+  ) {
+    super();
+    this.scanner = new LoadScanner({
+      watched,
+      read: (_at, data) => {
+        this.versions.push(data);
+        return undefined;
+      },
+      emit: (bytes) => {
+        this.push(bytes);
+      },
+    });
+    this.archive = new ArchiveScan(this.scanner, 'build context');
+  }
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
+    this.archive.write(chunk, () => done());
+  }
+
+  override _flush(done: TransformCallback): void {
+    void (async () => {
+      try {
+        const scan = await this.archive.end();
+        if (scan.problem !== undefined)
+          return this.stop(new Error(`berth cannot read this build context: ${scan.problem}`), done);
+        const why = await this.check(this.versions);
+        if (why) return this.stop(why, done);
+        // The end-of-archive: two zero blocks, as Go's reader expects them (after the last entry's
+        // padding, where the archive went without it).
+        this.push(Buffer.alloc(this.scanner.unpadded + 1024));
+        done();
+      } catch (err) {
+        this.stop(err instanceof Error ? err : new Error(String(err)), done);
+      }
+    })();
+  }
+
+  override _destroy(err: Error | null, done: (error: Error | null) => void): void {
+    this.archive.destroy();
+    done(err);
+  }
+
+  private stop(why: Error, done: TransformCallback): void {
+    this.refused = why;
+    done(why);
+  }
+}

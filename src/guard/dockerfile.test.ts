@@ -1,0 +1,162 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Readable } from 'node:stream';
+import { gzipSync } from 'node:zlib';
+import { buffer } from 'node:stream/consumers';
+import { pipeline } from 'node:stream/promises';
+import { instructions, readDockerfile, triggerRefusals } from './dockerfile.js';
+import { ContextGate, dockerfilePaths } from './contextgate.js';
+import { LoadScanner } from './loadscan.js';
+import { entry } from '../../test/support/tar.js';
+
+const END = Buffer.alloc(1024);
+const refused = (text: string) => readDockerfile(text).refusals;
+
+test('ADD sources the daemon would download are found however the Dockerfile spells them', () => {
+  for (const text of [
+    'FROM b\nADD http://127.0.0.1:8080/secret /s',
+    'FROM b\nadd https://169.254.169.254/latest/ /s',
+    'FROM b\n  Add --chown=1:1 --chmod=600 http://x/ /s',
+    'FROM b\nADD ["http://x/", "/s"]',
+    'FROM b\nADD ["\\u0068ttp://x/", "/s"]',
+    'FROM b\nADD "http://x/" /s',
+    "FROM b\nADD 'http://x/' /s",
+    'FROM b\nADD http\\://x/ /s',
+    'FROM b\nADD local.txt http://x/ /s',
+    // Continuations join lines as they are, comments and blank lines inside them skipped.
+    'FROM b\nADD ht\\\ntp://x/ /s',
+    'FROM b\nADD "http:/\\\n# a comment\n\n/x" /s',
+    'FROM b\nADD \\\n  http://x/ \\\n  /s',
+    // Another escape character.
+    '# escape=`\nFROM b\nADD ht`\ntp://x/ /s',
+    '#escape = `\nFROM b\nADD http`\n://x/ /s',
+    // Variables: the value is not known here.
+    'FROM b\nARG U=http://x/\nADD $U /s',
+    'FROM b\nADD ${U:-http://x/} /s',
+    'FROM b\nADD ["$U", "/s"]',
+    // ONBUILD runs in the builds of images made from this one.
+    'FROM b\nONBUILD ADD http://x/ /s',
+    'FROM b\nonbuild add http://x/ /s',
+    // Other schemes count too (the daemon reads only http and https, but nothing is guessed).
+    'FROM b\nADD HTTP://x/ /s',
+    'FROM b\nADD ftp://x/ /s',
+    '\uFEFFFROM b\r\nADD http://x/ /s\r\n',
+  ])
+    assert.notDeepEqual(refused(text), [], JSON.stringify(text));
+});
+
+test('ordinary Dockerfiles pass: local ADD and COPY, URLs outside ADD, comments', () => {
+  for (const text of [
+    'FROM b\nADD app.tar.gz /opt/\nCOPY . /src\nRUN wget -q http://x/ -O /s',
+    'FROM b\n# ADD http://x/ /s\nRUN echo "ADD http://x/"',
+    'FROM b\nCOPY --from=build /out /out\nLABEL url=http://x/\nENV U=http://x/',
+    'FROM b\nADD ["a b.txt", "/dst/"]',
+    'FROM b\nCOPY $SRC /dst',
+    '# escape=`\nFROM b\nRUN echo a `\n  b',
+  ])
+    assert.deepEqual(refused(text), [], JSON.stringify(text));
+});
+
+test('the refusal names the line and the source', () => {
+  const r = refused('FROM b\n\nRUN true\nADD http://127.0.0.1:1/ /s');
+  assert.equal(r.length, 1);
+  assert.match(r[0] ?? '', /^line 4: ADD http:\/\/127\.0\.0\.1:1\/: the daemon would download it/);
+});
+
+test('base images named literally; stages, scratch and variables are not bases', () => {
+  assert.deepEqual(
+    readDockerfile(
+      'ARG V=1\nFROM --platform=linux/amd64 golang:1.22 AS build\nFROM build AS test\nFROM scratch\nFROM alpine:$V\nFROM reg:5000/team/app\n',
+    ).bases,
+    ['golang:1.22', 'reg:5000/team/app'],
+  );
+  assert.deepEqual(
+    instructions('FROM a\nRUN a \\\n  b\n# c\nCMD d').map((i) => [i.keyword, i.line]),
+    [
+      ['from', 1],
+      ['run', 2],
+      ['cmd', 5],
+    ],
+  );
+});
+
+test("a base image's ONBUILD triggers are read like Dockerfile lines", () => {
+  assert.equal(triggerRefusals('base:1', ['ADD http://x/ /s', 'RUN true']).length, 1);
+  assert.deepEqual(triggerRefusals('base:1', ['ADD . /src', 'COPY a b']), []);
+});
+
+/** The gate's output for a context sent in pieces, and the Dockerfile versions its check saw. */
+async function gate(context: Buffer, refuse?: Error, option: string | null = null) {
+  const seen: string[] = [];
+  const g = new ContextGate(dockerfilePaths(option), (versions) => {
+    seen.push(...versions.map((v) => v.toString()));
+    return Promise.resolve(refuse);
+  });
+  const pieces = Array.from({ length: Math.ceil(context.length / 700) }, (_, i) =>
+    context.subarray(i * 700, i * 700 + 700),
+  );
+  const out = buffer(g);
+  const sent = pipeline(Readable.from(pieces), g);
+  return {
+    out: await out.catch(() => undefined),
+    sent: await sent.then(
+      () => undefined,
+      (e: unknown) => e,
+    ),
+    seen,
+    g,
+  };
+}
+
+test('the gate passes a context on as a plain tar, its end only after the check', async () => {
+  const tar = Buffer.concat([entry('x', 'hello'), entry('Dockerfile', 'FROM b\n'), END]);
+  const plain = await gate(tar);
+  assert.equal(plain.sent, undefined);
+  assert.deepEqual(plain.seen, ['FROM b\n']);
+  assert.ok(plain.out?.equals(tar), 'the same bytes, end block included');
+  // A gzip context goes on decompressed.
+  const zipped = await gate(gzipSync(tar));
+  assert.ok(zipped.out?.equals(tar));
+  // The docker CLI's `-f -` contexts end without the last entry's padding or an end block: the
+  // gate completes them as Go's reader reads them.
+  const cut = Buffer.concat([entry('Dockerfile', 'FROM b\n'), entry('.dockerfile.abc', 'FROM c\n')]);
+  const short = cut.subarray(0, cut.length - (512 - 7));
+  const completed = await gate(short, undefined, '.dockerfile.abc');
+  assert.deepEqual(completed.seen, ['FROM c\n']);
+  assert.ok(completed.out?.equals(Buffer.concat([cut, END])));
+  const check = new LoadScanner();
+  check.write(completed.out ?? Buffer.alloc(0));
+  assert.equal(check.end().problem, undefined);
+});
+
+test('a refused or unreadable context never gets its end block', async () => {
+  const tar = Buffer.concat([entry('Dockerfile', 'FROM b\n'), END]);
+  const no = await gate(tar, new Error('refused'));
+  assert.ok(no.sent instanceof Error);
+  assert.equal(no.g.refused?.message, 'refused');
+  for (const [what, context] of [
+    [
+      'a Dockerfile reached through a link',
+      Buffer.concat([entry('d', '', '2', { linkname: '.' }), entry('d/x', 'x'), END]),
+    ],
+    ['a linked Dockerfile', Buffer.concat([entry('Dockerfile', '', '2', { linkname: 'other' }), END])],
+    ['bzip2', Buffer.concat([Buffer.from('BZh91AY&SY'), Buffer.alloc(600)])],
+    ['cut in the middle of a header', tar.subarray(0, 300)],
+  ] as const) {
+    const r = await gate(
+      context,
+      undefined,
+      what === 'a Dockerfile reached through a link' ? 'd/Dockerfile' : null,
+    );
+    assert.ok(r.sent instanceof Error, what);
+    assert.ok(r.g.refused, what);
+  }
+  // Every version of the Dockerfile in the archive is checked, not only the last.
+  const two = await gate(
+    Buffer.concat([entry('Dockerfile', 'FROM a\n'), entry('./Dockerfile', 'FROM b\n'), END]),
+  );
+  assert.deepEqual(two.seen, ['FROM a\n', 'FROM b\n']);
+  // The lower-case fallback dockerd reads when `Dockerfile` is missing.
+  const lower = await gate(Buffer.concat([entry('dockerfile', 'FROM low\n'), END]));
+  assert.deepEqual(lower.seen, ['FROM low\n']);
+});

@@ -1,0 +1,142 @@
+/**
+ * What a Dockerfile asks dockerd to fetch. The legacy builder downloads `ADD <url>` sources itself,
+ * in the daemon, from the host's network: a tenant's build could read any address the host can
+ * (services bound to the host's loopback, metadata endpoints) into its image. The guard refuses
+ * builds whose Dockerfile (or whose base image's ONBUILD triggers) has an ADD source that is a URL
+ * or that a variable could turn into one. Read as dockerd's parser reads it: parser directives
+ * (`# escape=`), line continuations, comments inside them, case-insensitive instructions, flags,
+ * JSON and whitespace forms, ONBUILD. A source is judged after quotes and escape characters are
+ * taken out, as the builder's word processing takes them out. Pure.
+ */
+
+export interface DockerfileFacts {
+  /** Why the build may not run (each remote or variable ADD source), empty when nothing. */
+  refusals: string[];
+  /** Images the stages start from, named literally (not `scratch`, not an earlier stage). */
+  bases: string[];
+}
+
+interface Instruction {
+  keyword: string;
+  rest: string;
+  line: number;
+}
+
+const DIRECTIVE = /^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$/;
+
+/** The instructions of a Dockerfile, continuation lines joined, comments dropped. */
+export function instructions(text: string): Instruction[] {
+  const lines = text.replace(/^\uFEFF/, '').split(/\r?\n/);
+  let escape = '\\';
+  let i = 0;
+  // Parser directives: only at the very top, before any blank line, comment or instruction.
+  for (; i < lines.length; i++) {
+    const m = DIRECTIVE.exec(lines[i] ?? '');
+    if (!m) break;
+    if ((m[1] ?? '').toLowerCase() === 'escape' && (m[2] === '`' || m[2] === '\\')) escape = m[2];
+  }
+  const out: Instruction[] = [];
+  let current = '';
+  let start = 0;
+  for (; i < lines.length; i++) {
+    const raw = lines[i] ?? '';
+    const trimmed = raw.trimStart();
+    // Comment lines and blank lines are skipped, inside a continuation too.
+    if (trimmed.startsWith('#') || trimmed.trim() === '') continue;
+    if (current === '') start = i + 1;
+    // A line ending in the escape character (spaces after it allowed) goes on with the next one,
+    // joined as it is: nothing is put between the two.
+    const t = raw.replace(/[ \t]+$/, '');
+    if (t.endsWith(escape)) {
+      current += t.slice(0, t.length - escape.length);
+      continue;
+    }
+    current += raw;
+    out.push(split(current, start));
+    current = '';
+  }
+  if (current !== '') out.push(split(current, start));
+  return out.filter((x) => x.keyword !== '');
+}
+
+function split(text: string, line: number): Instruction {
+  const t = text.trim();
+  const sp = t.search(/\s/);
+  return sp < 0
+    ? { keyword: t.toLowerCase(), rest: '', line }
+    : { keyword: t.slice(0, sp).toLowerCase(), rest: t.slice(sp + 1).trim(), line };
+}
+
+/** The words of an ADD/COPY instruction after its flags: the JSON form, or whitespace-separated. */
+export function addWords(rest: string): string[] {
+  let r = rest;
+  for (;;) {
+    const m = /^--\S*\s*/.exec(r);
+    if (!m) break;
+    r = r.slice(m[0].length);
+  }
+  if (r.startsWith('[')) {
+    try {
+      const v: unknown = JSON.parse(r);
+      if (Array.isArray(v) && v.every((x) => typeof x === 'string')) return v;
+    } catch {
+      // not JSON: read as words, as the builder does
+    }
+  }
+  return r.split(/\s+/).filter(Boolean);
+}
+
+/** Why an ADD word must not reach the builder, or undefined. */
+function remoteWord(word: string): string | undefined {
+  if (word.includes('$'))
+    return `ADD ${word}: a variable could make it a URL the daemon downloads from the host's network; write the source out`;
+  // Quotes and escape characters go before the builder reads the word.
+  const plain = word.replace(/["'\\`]/g, '');
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(plain) || plain.includes('://'))
+    return `ADD ${word}: the daemon would download it from the host's network; download it in a RUN step (it runs in the build container's network) or add the file to the context`;
+  return undefined;
+}
+
+/** The refusals an instruction brings (ADD, and ADD under ONBUILD). */
+function refusalsOf(ins: Instruction): string[] {
+  if (ins.keyword === 'onbuild') {
+    const inner = split(ins.rest, ins.line);
+    return refusalsOf(inner);
+  }
+  if (ins.keyword !== 'add') return [];
+  const out: string[] = [];
+  for (const w of addWords(ins.rest)) {
+    const why = remoteWord(w);
+    if (why !== undefined) out.push(`line ${ins.line}: ${why}`);
+  }
+  return out;
+}
+
+export function readDockerfile(text: string): DockerfileFacts {
+  const refusals: string[] = [];
+  const bases: string[] = [];
+  const stages = new Set<string>();
+  for (const ins of instructions(text)) {
+    refusals.push(...refusalsOf(ins));
+    if (ins.keyword === 'from') {
+      const words = ins.rest.split(/\s+/).filter((w) => w !== '' && !w.startsWith('--'));
+      const image = words[0] ?? '';
+      if ((words[1] ?? '').toLowerCase() === 'as' && words[2]) stages.add(words[2].toLowerCase());
+      if (
+        image !== '' &&
+        image.toLowerCase() !== 'scratch' &&
+        !image.includes('$') &&
+        !stages.has(image.toLowerCase())
+      )
+        bases.push(image);
+    }
+  }
+  return { refusals, bases };
+}
+
+/** The refusals a base image's ONBUILD triggers bring (they run in the tenant's build). */
+export function triggerRefusals(image: string, triggers: readonly string[]): string[] {
+  return triggers.flatMap((t) =>
+    refusalsOf(split(t, 0)).map((r) => `${image} ONBUILD ${r.replace(/^line 0: /, '')}`),
+  );
+}

@@ -1,0 +1,164 @@
+/**
+ * Attack: making the daemon fetch from the host's network. The legacy builder downloads an
+ * `ADD <url>` source itself, in dockerd, so a build could read what only the host can reach (a
+ * service on the host's loopback, here a test HTTP server on 127.0.0.1) into its image. Every
+ * form the guard refuses is sent as raw HTTP with a hand-made context, and through the CLI; the
+ * server must see no request, and no image is made. Ordinary builds (ADD of a local file, gzip
+ * contexts, `-f -`) still work.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer } from 'node:http';
+import type { Server } from 'node:http';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
+import { images } from '../../src/engine/index.js';
+import { createGuard } from '../../src/guard/index.js';
+import type { GuardHandle } from '../../src/guard/index.js';
+import { SESSION, docker, engine, sessionLabels, tempDir, uniqueName } from '../support/index.js';
+import { expectRefused, send } from '../support/rawhttp.js';
+import { entry } from '../support/tar.js';
+
+const RAW = 'unix:///var/run/docker.sock';
+const END = Buffer.alloc(1024);
+
+describe('attack: builds that make the daemon fetch from the host’s network', () => {
+  const c = engine();
+  const dir = tempDir('berth-fetch-');
+  const sock = join(dir.path, 'g.sock');
+  let guard: GuardHandle;
+  let server: Server;
+  let url = '';
+  let fetched = 0;
+  const base = `berth-onbuild-base-${SESSION}:v1`;
+  const made: string[] = [];
+
+  before(async () => {
+    server = createServer((_req, res) => {
+      fetched++;
+      res.end('host secret\n');
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const a = server.address();
+    url = `http://127.0.0.1:${a && typeof a === 'object' ? a.port : 0}/secret`;
+    guard = await createGuard({ tenant: uniqueName('fetch'), listen: sock, labels: sessionLabels() });
+    // A base image the host made, with a trigger that runs in every build FROM it.
+    const ctx = join(dir.path, 'base');
+    mkdirSync(ctx);
+    writeFileSync(join(ctx, 'Dockerfile'), `FROM berth-local/busybox\nONBUILD ADD ${url} /secret\n`);
+    const b = await docker(
+      RAW,
+      ['build', '-q', '--label', `io.berth.test-session=${SESSION}`, '-t', base, ctx],
+      {
+        env: { DOCKER_BUILDKIT: '0' },
+      },
+    );
+    assert.equal(b.code, 0, b.stderr);
+  });
+
+  after(async () => {
+    await guard.close({ cleanup: true }).catch(() => undefined);
+    for (const t of [base, ...made])
+      await images(c)
+        .remove(t)
+        .catch(() => false);
+    server.closeAllConnections();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+    c.close();
+    dir[Symbol.dispose]();
+  });
+
+  const build = (context: Buffer, query = '') =>
+    send(
+      sock,
+      {
+        method: 'POST',
+        path: `/v1.41/build?${query}`,
+        headers: [['Content-Type', 'application/x-tar']],
+        body: context,
+        framing: 'chunked',
+        chunks: [700, 300],
+      },
+      { timeoutMs: 60_000 },
+    );
+  const context = (dockerfile: string, name = 'Dockerfile', extra: Buffer[] = []) =>
+    Buffer.concat([entry('local.txt', 'local\n'), ...extra, entry(name, dockerfile), END]);
+
+  test('refused shapes (raw API): nothing is fetched, no image is made', async () => {
+    for (const [what, ctx, query] of [
+      ['ADD <url>', context(`FROM berth-local/busybox\nADD ${url} /s\n`), ''],
+      ['lower-case add, JSON form', context(`from berth-local/busybox\nadd ["${url}", "/s"]\n`), ''],
+      [
+        'a URL split over a continuation',
+        context(`FROM berth-local/busybox\nADD ${url.slice(0, 9)}\\\n${url.slice(9)} /s\n`),
+        '',
+      ],
+      ['a variable', context(`FROM berth-local/busybox\nARG U=${url}\nADD $U /s\n`), ''],
+      [
+        'a build arg',
+        context('FROM berth-local/busybox\nARG U\nADD ${U} /s\n'),
+        `buildargs=${encodeURIComponent(JSON.stringify({ U: url }))}`,
+      ],
+      [
+        'a Dockerfile named by the dockerfile option',
+        context(`FROM berth-local/busybox\nADD ${url} /s\n`, 'build/Other'),
+        'dockerfile=build/Other',
+      ],
+      ['a gzip context', gzipSync(context(`FROM berth-local/busybox\nADD ${url} /s\n`)), ''],
+      [
+        'an earlier version of the Dockerfile in the archive',
+        context('FROM berth-local/busybox\nRUN true\n', 'Dockerfile', [
+          entry('Dockerfile', `FROM berth-local/busybox\nADD ${url} /s\n`),
+        ]),
+        '',
+      ],
+      ['a base image’s ONBUILD trigger', context(`FROM ${base}\nRUN true\n`), ''],
+    ] as const) {
+      const tag = `berth-fetch-${SESSION}:${made.length}`;
+      made.push(tag);
+      const r = await build(ctx, `${query}${query ? '&' : ''}t=${encodeURIComponent(tag)}`);
+      expectRefused(r, 'build-options', what);
+      assert.equal(fetched, 0, `${what}: the daemon fetched the URL`);
+      assert.equal(await images(c).find(tag), undefined, `${what}: an image was made`);
+    }
+  });
+
+  test('the same through the CLI, with a context directory and with -f -', async () => {
+    const ctx = join(dir.path, 'cli');
+    mkdirSync(ctx);
+    writeFileSync(join(ctx, 'Dockerfile'), `FROM berth-local/busybox\nADD ${url} /s\n`);
+    const env = { DOCKER_BUILDKIT: '0' };
+    const dirBuild = await docker(guard.address, ['build', ctx], { env });
+    assert.notEqual(dirBuild.code, 0);
+    assert.match(dirBuild.stderr, /berth: build-options: line 2: ADD /);
+    const stdin = await docker(guard.address, ['build', '-f', '-', ctx], {
+      env,
+      input: `FROM berth-local/busybox\nADD ${url} /s\n`,
+    });
+    assert.notEqual(stdin.code, 0);
+    assert.match(stdin.stderr, /berth: build-options: /);
+    assert.equal(fetched, 0, 'the daemon fetched the URL');
+  });
+
+  test('ordinary builds still work: ADD of a local file, gzip contexts, -f -', async () => {
+    const tag = `berth-fetch-${SESSION}:ok`;
+    made.push(tag);
+    const r = await build(
+      gzipSync(context('FROM berth-local/busybox\nADD local.txt /local.txt\nRUN cat /local.txt\n')),
+      `t=${encodeURIComponent(tag)}`,
+    );
+    assert.equal(r.status, 200, r.text);
+    assert.match(r.text, /Successfully tagged/);
+    assert.ok(await images(c).find(tag));
+    const ctx = join(dir.path, 'ok');
+    mkdirSync(ctx);
+    writeFileSync(join(ctx, 'local.txt'), 'local\n');
+    const stdin = await docker(guard.address, ['build', '-q', '-f', '-', ctx], {
+      env: { DOCKER_BUILDKIT: '0' },
+      input: 'FROM berth-local/busybox\nADD local.txt /l\nRUN cat /l\n',
+    });
+    assert.equal(stdin.code, 0, stdin.stderr);
+    assert.equal(fetched, 0);
+  });
+});
