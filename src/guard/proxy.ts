@@ -1271,20 +1271,23 @@ export class GuardProxy {
     else qs.delete('q');
     const tags = qs.getAll('t').map((t) => normalizeTag(plainRef(t)));
     for (const t of tags) await this.assertTagWritable(t);
-    // The context goes through the gate: dockerd gets its end only once the Dockerfile passed.
-    const gate = new ContextGate(dockerfilePaths(qs.get('dockerfile')), (versions) =>
-      this.contextRefusal(versions),
-    );
-    req.pipe(gate);
-    req.once('error', (e) => gate.destroy(e));
-    req.once('close', () => {
-      if (!req.complete) gate.destroy(new Error('the client went away'));
-    });
+    // The context goes through the gate: dockerd gets its end only once the Dockerfile passed. A
+    // policy that allows the rule (a trusted tenant) sends it as it comes.
+    const gate = this.cfg.policy.allow.has('build-options')
+      ? undefined
+      : new ContextGate(dockerfilePaths(qs.get('dockerfile')), (versions) => this.contextRefusal(versions));
+    if (gate) {
+      req.pipe(gate);
+      req.once('error', (e) => gate.destroy(e));
+      req.once('close', () => {
+        if (!req.complete) gate.destroy(new Error('the client went away'));
+      });
+    }
     for (const t of tags) this.state.addTag(t);
     let up: Upstream;
     try {
       up = await this.upstream('POST', `${target}?${qs.toString()}`, {
-        body: gate,
+        body: gate ?? req,
         headers: {
           // Always a tar: with a multipart/form-data type, dockerd would read build options
           // (networkmode, remote, t…) from the body, past every check on the query.
@@ -1297,9 +1300,9 @@ export class GuardProxy {
     } catch (err) {
       for (const t of tags) this.state.releaseTag(t, (await this.inspectImage(t).catch(() => undefined))?.Id);
       // The rest of the upload is read and dropped, so the refusal can be answered.
-      req.unpipe(gate);
+      if (gate) req.unpipe(gate);
       req.resume();
-      throw gate.refused ? contextRefusal(gate.refused) : err;
+      throw gate?.refused ? contextRefusal(gate.refused) : err;
     }
     res.writeHead(up.status, { 'Content-Type': up.headers['content-type'] ?? 'application/json' });
     res.flushHeaders();
@@ -1323,7 +1326,7 @@ export class GuardProxy {
       },
     });
     // Stopped after dockerd began to answer: its answer ends in a read error; the reason follows.
-    if (gate.refused && !res.destroyed) {
+    if (gate?.refused && !res.destroyed) {
       const message = contextRefusal(gate.refused).message;
       res.write(`${JSON.stringify({ errorDetail: { message }, error: message })}\n`);
       last = undefined;

@@ -14,7 +14,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { images } from '../../src/engine/index.js';
-import { createGuard } from '../../src/guard/index.js';
+import { createGuard, defaultPolicy } from '../../src/guard/index.js';
 import type { GuardHandle } from '../../src/guard/index.js';
 import { SESSION, docker, engine, sessionLabels, tempDir, uniqueName } from '../support/index.js';
 import { expectRefused, send } from '../support/rawhttp.js';
@@ -160,5 +160,24 @@ describe('attack: builds that make the daemon fetch from the host’s network', 
     });
     assert.equal(stdin.code, 0, stdin.stderr);
     assert.equal(fetched, 0);
+  });
+
+  test('a policy that allows build-options (a trusted tenant) lets the daemon fetch, as the rule says', async () => {
+    const trusted = await createGuard({
+      tenant: uniqueName('fetchok'),
+      listen: join(dir.path, 't.sock'),
+      labels: sessionLabels(),
+      policy: { ...defaultPolicy(), allow: new Set(['build-options'] as const) },
+    });
+    try {
+      const ctx = join(dir.path, 'trusted');
+      mkdirSync(ctx);
+      writeFileSync(join(ctx, 'Dockerfile'), `FROM berth-local/busybox\nADD ${url} /s\nRUN cat /s\n`);
+      const r = await docker(trusted.address, ['build', '-q', ctx], { env: { DOCKER_BUILDKIT: '0' } });
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(fetched, 1, 'the daemon fetched the URL once');
+    } finally {
+      await trusted.close({ cleanup: true });
+    }
   });
 });
