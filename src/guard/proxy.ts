@@ -515,9 +515,10 @@ export class GuardProxy {
       case 'image.get':
       case 'image.get-all':
         return this.bulk(req, res, path() + q(query));
+      case 'system.info':
+        return this.info(res, path() + q(query));
       case 'system.ping':
       case 'system.version':
-      case 'system.info':
       case 'image.list':
       case 'image.inspect':
       case 'image.history':
@@ -1145,18 +1146,45 @@ export class GuardProxy {
     }
   }
 
+  /** The tenant's containers as a list answer has them (with their state). */
+  private async ownedContainerList(): Promise<DfContainer[]> {
+    const filters = JSON.stringify({ label: [`${LABEL_TENANT}=${this.cfg.tenant}`] });
+    const { status, json } = await this.upstreamJson<DfContainer[]>(
+      'GET',
+      `/containers/json?all=1&filters=${encodeURIComponent(filters)}`,
+    );
+    return status === 200 && Array.isArray(json) ? this.ownedContainers(json) : [];
+  }
+
+  /** `docker info`: the daemon's, with the container counts of the tenant's containers only. */
+  private async info(res: ServerResponse, target: string): Promise<void> {
+    const a = await this.upstreamBytes('GET', target);
+    if (a.status !== 200) return sendJsonBytes(res, a.status, a.raw, a.headers);
+    const info = parseAnswer(a.raw) as Record<string, unknown>;
+    const own = await this.ownedContainerList();
+    const count = (state: string) => own.filter((c) => c.State === state).length;
+    info.Containers = own.length;
+    info.ContainersRunning = count('running');
+    info.ContainersPaused = count('paused');
+    info.ContainersStopped = own.length - count('running') - count('paused');
+    sendJsonBytes(res, 200, Buffer.from(JSON.stringify(info)), a.headers);
+  }
+
   private async df(res: ServerResponse, target: string): Promise<void> {
     const { status, json } = await this.upstreamJson<DfResult>('GET', target);
     if (status !== 200) return send(res, status, json);
     const containers = await this.ownedContainers(json.Containers ?? []);
     const volumes = (json.Volumes ?? []).filter((vol) => this.state.owns(vol.Labels));
     const used = new Set(containers.map((c) => c.ImageID));
-    const imgs = (json.Images ?? []).filter(
-      (i) =>
-        used.has(i.Id) ||
-        this.state.builtImages.has(i.Id) ||
-        (i.RepoTags ?? []).some((t) => this.state.ownsTag(t)),
-    );
+    const imgs = (json.Images ?? [])
+      .filter(
+        (i) =>
+          used.has(i.Id) ||
+          this.state.builtImages.has(i.Id) ||
+          (i.RepoTags ?? []).some((t) => this.state.ownsTag(t)),
+      )
+      // How many containers use each image: the tenant's only.
+      .map((i) => ({ ...i, Containers: containers.filter((c) => c.ImageID === i.Id).length }));
     send(res, 200, {
       LayersSize: imgs.reduce((a, i) => a + (i.SharedSize > 0 ? 0 : i.Size), 0),
       Images: imgs,
@@ -1905,9 +1933,22 @@ interface DockerEvent {
   Actor?: { ID?: string; Attributes?: Record<string, string> };
 }
 
+interface DfContainer {
+  Id: string;
+  ImageID: string;
+  State?: string;
+  Labels?: Record<string, string> | null;
+}
+
 interface DfResult {
-  Images?: { Id: string; RepoTags?: string[] | null; Size: number; SharedSize: number }[];
-  Containers?: { Id: string; ImageID: string; Labels?: Record<string, string> | null }[];
+  Images?: {
+    Id: string;
+    RepoTags?: string[] | null;
+    Size: number;
+    SharedSize: number;
+    Containers?: number;
+  }[];
+  Containers?: DfContainer[];
   Volumes?: { Labels?: Record<string, string> | null }[];
 }
 

@@ -250,6 +250,27 @@ describe('guard attack suite: isolation', () => {
         }
         assert.ok(all.includes(own), 'the attacker’s own container is listed (control)');
       });
+      await check('counts', async () => {
+        // docker info and system df count the tenant's containers, not the host's or others'.
+        const mine = JSON.parse((await send(a.sock, { path: '/v1.41/containers/json?all=1' })).text) as {
+          ImageID: string;
+          State: string;
+        }[];
+        const info = JSON.parse((await send(a.sock, { path: '/v1.41/info' })).text) as Record<string, number>;
+        assert.equal(info.Containers, mine.length);
+        assert.equal(info.ContainersRunning, mine.filter((c) => c.State === 'running').length);
+        const daemon = await a.c.json<{ Containers: number }>('GET', '/info');
+        assert.ok(
+          daemon.Containers > mine.length,
+          'the daemon has more (the victims): the test means something',
+        );
+        const df = JSON.parse((await send(a.sock, { path: '/v1.41/system/df' })).text) as {
+          Images: { Id: string; Containers: number }[];
+        };
+        for (const i of df.Images)
+          assert.equal(i.Containers, mine.filter((c) => c.ImageID === i.Id).length, `containers of ${i.Id}`);
+        assert.ok(df.Images.length > 0, 'the attacker’s image is counted (control)');
+      });
     });
     await a.unchanged(before, 'network/volume isolation');
   });
