@@ -77,7 +77,7 @@ test('what cannot be vouched for: links as the manifest, writes through a symlin
   assert.match(scan([whole.subarray(0, 300)]).problem ?? '', /ends in the middle/, 'a header cut short');
 });
 
-test('an archive that ends after its last entry\'s data, without padding or end block, is whole (as Go reads it)', () => {
+test("an archive that ends after its last entry's data, without padding or end block, is whole (as Go reads it)", () => {
   const data = manifest(['a:1']);
   const s = new LoadScanner();
   s.write(entry('manifest.json', data).subarray(0, 512 + Buffer.byteLength(data)));

@@ -1252,6 +1252,12 @@ export class GuardProxy {
       refusals.push(...facts.refusals);
       for (const b of facts.bases) bases.add(b);
     }
+    // Each base is one inspect: a Dockerfile of more stages than any real one is not read further.
+    if (bases.size > 64)
+      return new Refusal(
+        'build-options',
+        `the Dockerfile names ${bases.size} base images; berth checks up to 64`,
+      );
     for (const b of bases) {
       const { status, json } = await this.upstreamJson<{ Config?: { OnBuild?: string[] | null } | null }>(
         'GET',
