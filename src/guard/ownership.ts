@@ -58,6 +58,12 @@ export function normalizeDigestRef(ref: string): string {
   return `${familiar(domain, path)}${ref.slice(at).trim()}`;
 }
 
+/** The registry a reference is pulled from (`docker.io` for Docker Hub names). */
+export function registryOf(ref: string): string {
+  const at = ref.indexOf('@');
+  return splitRef(at < 0 ? ref : ref.slice(0, at)).domain;
+}
+
 /** The familiar repository name of a tag or digest reference (`registry:5000/app:1` → `registry:5000/app`). */
 export function repositoryOf(ref: string): string {
   const at = ref.indexOf('@');

@@ -22,6 +22,7 @@ import type { SchemaRoute } from './canonical.js';
 import {
   ProgressReport,
   TenantState,
+  registryOf,
   imageLabelsFor,
   leadingContainerId,
   listedContainerIds,
@@ -1244,7 +1245,10 @@ export class GuardProxy {
    * or such an ONBUILD trigger on a base image the engine has. A base image the build pulls is not
    * here yet, so its triggers cannot be read (docs/guard.md).
    */
-  private async contextRefusal(versions: readonly Buffer[]): Promise<Error | undefined> {
+  private async contextRefusal(
+    versions: readonly Buffer[],
+    registryConfig: string | undefined,
+  ): Promise<Error | undefined> {
     const refusals: string[] = [];
     const bases = new Set<string>();
     for (const v of versions) {
@@ -1258,16 +1262,45 @@ export class GuardProxy {
         'build-options',
         `the Dockerfile names ${bases.size} base images; berth checks up to 64`,
       );
-    for (const b of bases) {
-      const { status, json } = await this.upstreamJson<{ Config?: { OnBuild?: string[] | null } | null }>(
+    const inspect = (b: string) =>
+      this.upstreamJson<{ Config?: { OnBuild?: string[] | null } | null }>(
         'GET',
         `/images/${encodeURIComponent(b)}/json`,
       );
-      if (status === 200) refusals.push(...triggerRefusals(b, json.Config?.OnBuild ?? []));
+    for (const b of bases) {
+      let found = await inspect(b);
+      // Not on the engine: the build would pull it and run its triggers unread. It is pulled
+      // here first, as the build would pull it (dockerd is still waiting for the context's end).
+      if (found.status === 404) {
+        await this.pullBase(b, registryConfig).catch(() => undefined);
+        found = await inspect(b);
+      }
+      if (found.status === 200) refusals.push(...triggerRefusals(b, found.json.Config?.OnBuild ?? []));
     }
     if (refusals.length === 0) return undefined;
     const more = refusals.length > 1 ? ` (and ${refusals.length - 1} more)` : '';
     return new Refusal('build-options', `${refusals[0] ?? ''}${more}`);
+  }
+
+  /**
+   * Pulls a build's base image the way the build itself would (its tag, or `latest`, or its
+   * digest), with the build's credentials for that registry from its X-Registry-Config. Like the
+   * build's own pull, it claims nothing for the tenant.
+   */
+  private async pullBase(ref: string, registryConfig: string | undefined): Promise<void> {
+    const at = ref.indexOf('@');
+    const colon = ref.lastIndexOf(':');
+    const tagged = at < 0 && colon > ref.lastIndexOf('/');
+    const qs = new URLSearchParams({
+      fromImage: at >= 0 || !tagged ? ref : ref.slice(0, colon),
+      tag: at >= 0 ? '' : tagged ? ref.slice(colon + 1) : 'latest',
+    });
+    if (at >= 0) qs.delete('tag');
+    const headers: http.OutgoingHttpHeaders = {};
+    const auth = registryAuth(registryConfig, registryOf(ref));
+    if (auth !== undefined) headers['x-registry-auth'] = auth;
+    const up = await this.upstream('POST', `/images/create?${qs.toString()}`, { headers });
+    await readAll(up.body);
   }
 
   /**
@@ -1309,7 +1342,9 @@ export class GuardProxy {
     // policy that allows the rule (a trusted tenant) sends it as it comes.
     const gate = this.cfg.policy.allow.has('build-options')
       ? undefined
-      : new ContextGate(dockerfilePaths(qs.get('dockerfile')), (versions) => this.contextRefusal(versions));
+      : new ContextGate(dockerfilePaths(qs.get('dockerfile')), (versions) =>
+          this.contextRefusal(versions, firstHeader(req.headers['x-registry-config'])),
+        );
     if (gate) {
       req.pipe(gate);
       req.once('error', (e) => gate.destroy(e));
@@ -2162,6 +2197,32 @@ function finishThenDestroy(s: Duplex): void {
   if (!s.writableEnded) s.end();
   s.once('finish', () => s.destroy());
   setTimeout(() => s.destroy(), 5_000).unref();
+}
+
+function firstHeader(v: string | string[] | undefined): string | undefined {
+  return Array.isArray(v) ? v[0] : v;
+}
+
+/**
+ * The X-Registry-Auth for one registry out of a build's X-Registry-Config (base64 JSON, keyed by
+ * registry; Docker Hub's key is its v1 index URL). Undefined when it has none for that registry.
+ */
+function registryAuth(config: string | undefined, registry: string): string | undefined {
+  if (config === undefined || config === '') return undefined;
+  let all: unknown;
+  try {
+    all = JSON.parse(Buffer.from(config, 'base64').toString('utf8'));
+  } catch {
+    return undefined;
+  }
+  if (!isRecord(all)) return undefined;
+  const keys =
+    registry === 'docker.io' ? ['https://index.docker.io/v1/', 'index.docker.io', 'docker.io'] : [registry];
+  for (const k of keys) {
+    const entry = all[k];
+    if (isRecord(entry)) return Buffer.from(JSON.stringify(entry)).toString('base64url');
+  }
+  return undefined;
 }
 
 /** A stopped build context's reason as the answer: a refusal as it is, anything else malformed. */

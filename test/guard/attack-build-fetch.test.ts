@@ -18,6 +18,7 @@ import { createGuard, defaultPolicy } from '../../src/guard/index.js';
 import type { GuardHandle } from '../../src/guard/index.js';
 import { SESSION, docker, engine, sessionLabels, tempDir, uniqueName } from '../support/index.js';
 import { expectRefused, send } from '../support/rawhttp.js';
+import { startRegistry } from '../support/registry.js';
 import { entry } from '../support/tar.js';
 
 const RAW = 'unix:///var/run/docker.sock';
@@ -160,6 +161,29 @@ describe('attack: builds that make the daemon fetch from the host’s network', 
     });
     assert.equal(stdin.code, 0, stdin.stderr);
     assert.equal(fetched, 0);
+  });
+
+  test('a base image the build would pull is pulled and read first: its ONBUILD trigger is refused too', async () => {
+    const registry = await startRegistry(dir.path);
+    const remote = `${registry.addr}/berth-onbuild-${SESSION}:v1`;
+    made.push(remote);
+    try {
+      // The host pushes an image with the trigger to a registry, and keeps no copy of it.
+      assert.equal((await docker(RAW, ['tag', base, remote])).code, 0);
+      const push = await docker(RAW, ['push', remote]);
+      assert.equal(push.code, 0, push.stderr);
+      assert.equal((await docker(RAW, ['rmi', remote])).code, 0);
+      assert.equal(await images(c).find(remote), undefined);
+      const tag = `berth-fetch-${SESSION}:pulled`;
+      made.push(tag);
+      const r = await build(context(`FROM ${remote}\nRUN true\n`), `t=${encodeURIComponent(tag)}`);
+      expectRefused(r, 'build-options', 'the pulled base image’s ONBUILD trigger');
+      assert.match(r.text, /ONBUILD ADD http:/);
+      assert.equal(fetched, 0, 'the daemon fetched the URL');
+      assert.equal(await images(c).find(tag), undefined);
+    } finally {
+      await registry.close();
+    }
   });
 
   test('a policy that allows build-options (a trusted tenant) lets the daemon fetch, as the rule says', async () => {
