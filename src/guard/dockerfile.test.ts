@@ -63,13 +63,21 @@ test('the refusal names the line and the source', () => {
   assert.match(r[0] ?? '', /^line 4: ADD http:\/\/127\.0\.0\.1:1\/: the daemon would download it/);
 });
 
-test('base images named literally; stages, scratch and variables are not bases', () => {
+test('base images: stages and scratch are not bases; variables expand from global ARGs and build args', () => {
   assert.deepEqual(
     readDockerfile(
       'ARG V=1\nFROM --platform=linux/amd64 golang:1.22 AS build\nFROM build AS test\nFROM scratch\nFROM alpine:$V\nFROM reg:5000/team/app\n',
     ).bases,
-    ['golang:1.22', 'reg:5000/team/app'],
+    ['golang:1.22', 'alpine:1', 'reg:5000/team/app'],
   );
+  const text =
+    'ARG BASE="base:1" REG\nARG TAG\nFROM ${REG:-reg.local}/${BASE}\nFROM app:${TAG:-dev}\nARG LATE=x\nFROM z:$LATE\n';
+  assert.deepEqual(readDockerfile(text).bases, ['reg.local/base:1', 'app:dev', 'z:']);
+  assert.deepEqual(readDockerfile(text, { BASE: 'other:2', REG: 'r:5000', TAG: '7', LATE: 'y' }).bases, [
+    'r:5000/other:2',
+    'app:7',
+    'z:',
+  ]);
   assert.deepEqual(
     instructions('FROM a\nRUN a \\\n  b\n# c\nCMD d').map((i) => [i.keyword, i.line]),
     [

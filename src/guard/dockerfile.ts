@@ -112,23 +112,56 @@ function refusalsOf(ins: Instruction): string[] {
   return out;
 }
 
-export function readDockerfile(text: string): DockerfileFacts {
+/**
+ * `$VAR`, `${VAR}`, `${VAR:-word}` and `${VAR:+word}` expanded as the builder expands a FROM
+ * image: from the ARGs declared before the first FROM (a build arg overrides the default); a
+ * variable with no value expands to nothing, as in dockerd.
+ */
+export function expandArgs(word: string, args: ReadonlyMap<string, string>): string {
+  return word.replace(
+    /\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([-+])([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)/g,
+    (
+      _m,
+      braced: string | undefined,
+      op: string | undefined,
+      alt: string | undefined,
+      bare: string | undefined,
+    ) => {
+      const v = args.get(braced ?? bare ?? '') ?? '';
+      if (op === '-') return v !== '' ? v : (alt ?? '');
+      if (op === '+') return v !== '' ? (alt ?? '') : '';
+      return v;
+    },
+  );
+}
+
+export function readDockerfile(
+  text: string,
+  buildArgs: Readonly<Record<string, string | null>> = {},
+): DockerfileFacts {
   const refusals: string[] = [];
   const bases: string[] = [];
   const stages = new Set<string>();
+  const globals = new Map<string, string>();
+  let seenFrom = false;
   for (const ins of instructions(text)) {
     refusals.push(...refusalsOf(ins));
+    if (ins.keyword === 'arg' && !seenFrom) {
+      for (const decl of ins.rest.split(/\s+/).filter(Boolean)) {
+        const eq = decl.indexOf('=');
+        const name = eq < 0 ? decl : decl.slice(0, eq);
+        const given = buildArgs[name];
+        const value = given ?? (eq < 0 ? undefined : decl.slice(eq + 1).replace(/^(["'])(.*)\1$/, '$2'));
+        if (value !== undefined) globals.set(name, value);
+      }
+    }
     if (ins.keyword === 'from') {
+      seenFrom = true;
       const words = ins.rest.split(/\s+/).filter((w) => w !== '' && !w.startsWith('--'));
-      const image = words[0] ?? '';
-      if ((words[1] ?? '').toLowerCase() === 'as' && words[2]) stages.add(words[2].toLowerCase());
-      if (
-        image !== '' &&
-        image.toLowerCase() !== 'scratch' &&
-        !image.includes('$') &&
-        !stages.has(image.toLowerCase())
-      )
+      const image = expandArgs(words[0] ?? '', globals);
+      if (image !== '' && image.toLowerCase() !== 'scratch' && !stages.has(image.toLowerCase()))
         bases.push(image);
+      if ((words[1] ?? '').toLowerCase() === 'as' && words[2]) stages.add(words[2].toLowerCase());
     }
   }
   return { refusals, bases };

@@ -1248,11 +1248,22 @@ export class GuardProxy {
   private async contextRefusal(
     versions: readonly Buffer[],
     registryConfig: string | undefined,
+    buildArgs: string | null,
   ): Promise<Error | undefined> {
+    let args: Record<string, string | null> = {};
+    try {
+      const parsed: unknown = JSON.parse(buildArgs ?? '{}');
+      if (isRecord(parsed))
+        args = Object.fromEntries(
+          Object.entries(parsed).map(([k, v]) => [k, typeof v === 'string' ? v : null]),
+        );
+    } catch {
+      // dockerd refuses build args it cannot parse; nothing to expand with here
+    }
     const refusals: string[] = [];
     const bases = new Set<string>();
     for (const v of versions) {
-      const facts = readDockerfile(v.toString('utf8'));
+      const facts = readDockerfile(v.toString('utf8'), args);
       refusals.push(...facts.refusals);
       for (const b of facts.bases) bases.add(b);
     }
@@ -1343,7 +1354,7 @@ export class GuardProxy {
     const gate = this.cfg.policy.allow.has('build-options')
       ? undefined
       : new ContextGate(dockerfilePaths(qs.get('dockerfile')), (versions) =>
-          this.contextRefusal(versions, firstHeader(req.headers['x-registry-config'])),
+          this.contextRefusal(versions, firstHeader(req.headers['x-registry-config']), qs.get('buildargs')),
         );
     if (gate) {
       req.pipe(gate);

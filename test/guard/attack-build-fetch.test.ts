@@ -176,7 +176,11 @@ describe('attack: builds that make the daemon fetch from the host’s network', 
       assert.equal(await images(c).find(remote), undefined);
       const tag = `berth-fetch-${SESSION}:pulled`;
       made.push(tag);
-      const r = await build(context(`FROM ${remote}\nRUN true\n`), `t=${encodeURIComponent(tag)}`);
+      // Named through a global ARG and a build arg, as CI Dockerfiles often name their base.
+      const r = await build(
+        context('ARG BASE=berth-local/busybox\nFROM ${BASE}\nRUN true\n'),
+        `t=${encodeURIComponent(tag)}&buildargs=${encodeURIComponent(JSON.stringify({ BASE: remote }))}`,
+      );
       expectRefused(r, 'build-options', 'the pulled base image’s ONBUILD trigger');
       assert.match(r.text, /ONBUILD ADD http:/);
       assert.equal(fetched, 0, 'the daemon fetched the URL');
