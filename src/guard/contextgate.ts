@@ -42,7 +42,9 @@ export class ContextGate extends Transform {
         return undefined;
       },
       emit: (bytes) => {
-        this.push(bytes);
+        // A gzip context inflates as fast as it likes: it waits while dockerd has not taken
+        // what is already here (a plain one waits through the stream's own backpressure).
+        if (!this.push(bytes)) this.archive.pause();
       },
     });
     this.archive = new ArchiveScan(this.scanner, 'build context');
@@ -50,6 +52,11 @@ export class ContextGate extends Transform {
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
     this.archive.write(chunk, () => done());
+  }
+
+  override _read(size: number): void {
+    this.archive.resume();
+    super._read(size);
   }
 
   override _flush(done: TransformCallback): void {

@@ -168,3 +168,23 @@ test('a refused or unreadable context never gets its end block', async () => {
   const lower = await gate(Buffer.concat([entry('dockerfile', 'FROM low\n'), END]));
   assert.deepEqual(lower.seen, ['FROM low\n']);
 });
+
+test('a gzip context inflates only as fast as its reader takes it (no bomb held in memory)', async () => {
+  const size = 256 * 1024 * 1024;
+  const zipped = gzipSync(
+    Buffer.concat([entry('Dockerfile', 'FROM b\n'), entry('zeros', Buffer.alloc(size)), END]),
+  );
+  assert.ok(zipped.length < 2 * 1024 * 1024, 'the context is small on the wire');
+  const g = new ContextGate(dockerfilePaths(null), () => Promise.resolve(undefined));
+  g.end(zipped);
+  // Nobody reads for a while: the gate holds a few buffers, not the 256 MiB it would inflate to.
+  await new Promise((r) => setTimeout(r, 500));
+  assert.ok(g.readableLength < 8 * 1024 * 1024, `held ${g.readableLength} bytes`);
+  let total = 0;
+  for await (const c of g) total += (c as Buffer).length;
+  assert.equal(
+    total,
+    512 + 512 + size + 1024 + 512 + 1024 - 512 - 512,
+    'every byte comes out, end block included',
+  );
+});

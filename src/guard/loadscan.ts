@@ -366,6 +366,15 @@ export class ArchiveScan {
     this.gunzip?.destroy();
   }
 
+  /** Stops decompressing until `resume` (whoever takes the scanner's output is full). */
+  pause(): void {
+    this.gunzip?.pause();
+  }
+
+  resume(): void {
+    this.gunzip?.resume();
+  }
+
   async end(): Promise<LoadScan> {
     if (this.kind === undefined) {
       // An archive of fewer than 8 bytes: read as it is (the scanner calls it truncated).
