@@ -23,6 +23,7 @@ export class ContextGate extends Transform {
   private readonly scanner: LoadScanner;
   private readonly archive: ArchiveScan;
   private readonly versions: Buffer[] = [];
+  private held = 0;
   /** Why the context was stopped; set before the stream fails. */
   refused: Error | undefined;
 
@@ -38,6 +39,10 @@ export class ContextGate extends Transform {
     this.scanner = new LoadScanner({
       watched,
       read: (_at, data) => {
+        // Each version is held until the end: a bounded number of them.
+        this.held += data.length;
+        if (this.versions.length >= 16 || this.held > 16 * 1024 * 1024)
+          return 'the context holds its Dockerfile more than 16 times (or more than 16 MiB of it)';
         this.versions.push(data);
         return undefined;
       },

@@ -164,6 +164,12 @@ test('a refused or unreadable context never gets its end block', async () => {
     Buffer.concat([entry('Dockerfile', 'FROM a\n'), entry('./Dockerfile', 'FROM b\n'), END]),
   );
   assert.deepEqual(two.seen, ['FROM a\n', 'FROM b\n']);
+  // Versions are held until the end: a context with too many is refused, not held.
+  const many = await gate(
+    Buffer.concat([...Array.from({ length: 17 }, () => entry('Dockerfile', 'FROM a\n')), END]),
+  );
+  assert.ok(many.sent instanceof Error);
+  assert.match(many.g.refused?.message ?? '', /more than 16 times/);
   // The lower-case fallback dockerd reads when `Dockerfile` is missing.
   const lower = await gate(Buffer.concat([entry('dockerfile', 'FROM low\n'), END]));
   assert.deepEqual(lower.seen, ['FROM low\n']);
