@@ -41,6 +41,11 @@ test('ADD sources the daemon would download are found however the Dockerfile spe
     'FROM b\nADD HTTP://x/ /s',
     'FROM b\nADD ftp://x/ /s',
     '\uFEFFFROM b\r\nADD http://x/ /s\r\n',
+    // Found by a red-team pass: readings that differ between dockerd's parser versions.
+    'FROM b\nRUN echo \\\\\nADD http://x/dblbs /x',
+    '# foo=bar\n# escape=`\nFROM b\nWORKDIR /tmp`\nADD http://x/ /x',
+    ' # escape=`\nFROM b\nWORKDIR /tmp\\\nADD http://x/ /x',
+    'FROM b\nADD ["http\\u003a//x/jsontrail", "/x"] z',
   ])
     assert.notDeepEqual(refused(text), [], JSON.stringify(text));
 });

@@ -22,23 +22,37 @@ interface Instruction {
   line: number;
 }
 
-const DIRECTIVE = /^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$/;
+/**
+ * How a Dockerfile's lines may be read. dockerd's parser has changed between versions (which
+ * lines end in a continuation, which comment lines count as directives), so the guard reads the
+ * file every way and refuses what any reading would run: both escape characters, and a trailing
+ * escape continuing the line whatever precedes it (older parsers) or only when it is not itself
+ * escaped (`\\` at the end of a line; newer ones).
+ */
+interface Reading {
+  escape: '\\' | '`';
+  /** A trailing escape continues the line only when the character before it is not an escape. */
+  strict: boolean;
+}
+
+const READINGS: readonly Reading[] = [
+  { escape: '\\', strict: true },
+  { escape: '\\', strict: false },
+  { escape: '`', strict: true },
+  { escape: '`', strict: false },
+];
 
 /** The instructions of a Dockerfile, continuation lines joined, comments dropped. */
-export function instructions(text: string): Instruction[] {
+export function instructions(
+  text: string,
+  reading: Reading = READINGS[0] ?? { escape: '\\', strict: true },
+): Instruction[] {
   const lines = text.replace(/^\uFEFF/, '').split(/\r?\n/);
-  let escape = '\\';
-  let i = 0;
-  // Parser directives: only at the very top, before any blank line, comment or instruction.
-  for (; i < lines.length; i++) {
-    const m = DIRECTIVE.exec(lines[i] ?? '');
-    if (!m) break;
-    if ((m[1] ?? '').toLowerCase() === 'escape' && (m[2] === '`' || m[2] === '\\')) escape = m[2];
-  }
+  const { escape, strict } = reading;
   const out: Instruction[] = [];
   let current = '';
   let start = 0;
-  for (; i < lines.length; i++) {
+  for (let i = 0; i < lines.length; i++) {
     const raw = lines[i] ?? '';
     const trimmed = raw.trimStart();
     // Comment lines and blank lines are skipped, inside a continuation too.
@@ -47,8 +61,9 @@ export function instructions(text: string): Instruction[] {
     // A line ending in the escape character (spaces after it allowed) goes on with the next one,
     // joined as it is: nothing is put between the two.
     const t = raw.replace(/[ \t]+$/, '');
-    if (t.endsWith(escape)) {
-      current += t.slice(0, t.length - escape.length);
+    const body = t.slice(0, t.length - 1);
+    if (t.endsWith(escape) && (!strict || body.trim() === '' || !body.endsWith(escape))) {
+      current += body;
       continue;
     }
     current += raw;
@@ -75,15 +90,25 @@ export function addWords(rest: string): string[] {
     if (!m) break;
     r = r.slice(m[0].length);
   }
-  if (r.startsWith('[')) {
+  const words = r.split(/\s+/).filter(Boolean);
+  if (!r.startsWith('[')) return words;
+  // The JSON form: Go's decoder reads the first value and ignores what follows it, so every
+  // prefix that ends in `]` is tried; the words are checked as well (a failed parse is read as
+  // words by the builder), with JSON's \u escapes read too.
+  const out = [...words, ...words.map(unescapeJson)];
+  for (let end = r.indexOf(']'); end >= 0; end = r.indexOf(']', end + 1)) {
     try {
-      const v: unknown = JSON.parse(r);
-      if (Array.isArray(v) && v.every((x) => typeof x === 'string')) return v;
+      const v: unknown = JSON.parse(r.slice(0, end + 1));
+      if (Array.isArray(v)) out.push(...v.filter((x): x is string => typeof x === 'string'));
     } catch {
-      // not JSON: read as words, as the builder does
+      // not a JSON array up to here
     }
   }
-  return r.split(/\s+/).filter(Boolean);
+  return out;
+}
+
+function unescapeJson(word: string): string {
+  return word.replace(/\\u([0-9a-fA-F]{4})/g, (_m, hex: string) => String.fromCharCode(parseInt(hex, 16)));
 }
 
 /** Why an ADD word must not reach the builder, or undefined. */
@@ -141,30 +166,33 @@ export function readDockerfile(
 ): DockerfileFacts {
   const refusals: string[] = [];
   const bases: string[] = [];
-  const stages = new Set<string>();
-  const globals = new Map<string, string>();
-  let seenFrom = false;
-  for (const ins of instructions(text)) {
-    refusals.push(...refusalsOf(ins));
-    if (ins.keyword === 'arg' && !seenFrom) {
-      for (const decl of ins.rest.split(/\s+/).filter(Boolean)) {
-        const eq = decl.indexOf('=');
-        const name = eq < 0 ? decl : decl.slice(0, eq);
-        const given = buildArgs[name];
-        const value = given ?? (eq < 0 ? undefined : decl.slice(eq + 1).replace(/^(["'])(.*)\1$/, '$2'));
-        if (value !== undefined) globals.set(name, value);
+  // Every reading of the file counts: what any of them would run is checked.
+  for (const reading of READINGS) {
+    const stages = new Set<string>();
+    const globals = new Map<string, string>();
+    let seenFrom = false;
+    for (const ins of instructions(text, reading)) {
+      refusals.push(...refusalsOf(ins));
+      if (ins.keyword === 'arg' && !seenFrom) {
+        for (const decl of ins.rest.split(/\s+/).filter(Boolean)) {
+          const eq = decl.indexOf('=');
+          const name = eq < 0 ? decl : decl.slice(0, eq);
+          const given = buildArgs[name];
+          const value = given ?? (eq < 0 ? undefined : decl.slice(eq + 1).replace(/^(["'])(.*)\1$/, '$2'));
+          if (value !== undefined) globals.set(name, value);
+        }
+      }
+      if (ins.keyword === 'from') {
+        seenFrom = true;
+        const words = ins.rest.split(/\s+/).filter((w) => w !== '' && !w.startsWith('--'));
+        const image = expandArgs(words[0] ?? '', globals);
+        if (image !== '' && image.toLowerCase() !== 'scratch' && !stages.has(image.toLowerCase()))
+          bases.push(image);
+        if ((words[1] ?? '').toLowerCase() === 'as' && words[2]) stages.add(words[2].toLowerCase());
       }
     }
-    if (ins.keyword === 'from') {
-      seenFrom = true;
-      const words = ins.rest.split(/\s+/).filter((w) => w !== '' && !w.startsWith('--'));
-      const image = expandArgs(words[0] ?? '', globals);
-      if (image !== '' && image.toLowerCase() !== 'scratch' && !stages.has(image.toLowerCase()))
-        bases.push(image);
-      if ((words[1] ?? '').toLowerCase() === 'as' && words[2]) stages.add(words[2].toLowerCase());
-    }
   }
-  return { refusals, bases };
+  return { refusals: [...new Set(refusals)], bases: [...new Set(bases)] };
 }
 
 /** The refusals a base image's ONBUILD triggers bring (they run in the tenant's build). */

@@ -113,3 +113,57 @@ test('compression is told from the first bytes, as dockerd tells it', () => {
   assert.equal(compressionOf(Buffer.from([0x28, 0xb5, 0x2f, 0xfd])), 'zstd');
   assert.equal(compressionOf(header('a', 0)), 'none');
 });
+
+test("names land as Go's reader lands them (each case a red-team bypass of an earlier scanner)", () => {
+  const m = manifest(['hidden:1']);
+  /** A USTAR header whose version field is not "00": Go takes its prefix all the same. */
+  const anyVersion = (b: Buffer) => {
+    const c = Buffer.from(b);
+    c.write('\0\0', 263, 'latin1');
+    return c;
+  };
+  const cases: [string, Buffer[]][] = [
+    [
+      'a GNU long name is cut at its first NUL',
+      [
+        entry('././@LongLink', 'manifest.json\0junk\0', 'L', { gnu: true }),
+        entry('zzz', m, '0', { gnu: true }),
+      ],
+    ],
+    [
+      'a GNU long name wins over a PAX path',
+      [pax({ path: 'zzz' }), entry('././@LongLink', 'manifest.json\0', 'L', { gnu: true }), entry('zzz', m)],
+    ],
+    [
+      'a second PAX header replaces the first whole',
+      [pax({ path: 'zzz' }), pax({ comment: 'a' }), entry('manifest.json', m)],
+    ],
+    [
+      'a global header drops the meta entries before it',
+      [pax({ path: 'zzz' }), entry('g', '9 a=b\n', 'g'), entry('manifest.json', m)],
+    ],
+    [
+      'a USTAR prefix counts whatever the version',
+      [anyVersion(entry('..', m, '0', { prefix: 'manifest.json/x' }))],
+    ],
+    [
+      'an old-style entry named with a trailing slash is a folder, with no data',
+      [header('x/', 1024, '\0'), entry('manifest.json', m)],
+    ],
+  ];
+  for (const [what, parts] of cases) {
+    const r = scan([...parts, END]);
+    assert.equal(r.problem, undefined, what);
+    assert.deepEqual(r.tags, ['hidden:1'], what);
+  }
+  // Sparse entries (old GNU `S`, PAX GNU.sparse.*) rename and reshape their data: refused.
+  assert.match(scan([entry('manifest.json', m, 'S'), END]).problem ?? '', /sparse/);
+  assert.match(
+    scan([
+      pax({ 'GNU.sparse.major': '1', 'GNU.sparse.minor': '0', 'GNU.sparse.name': 'manifest.json' }),
+      entry('zzz', m),
+      END,
+    ]).problem ?? '',
+    /sparse/,
+  );
+});

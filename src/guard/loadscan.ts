@@ -205,28 +205,42 @@ export class LoadScanner {
       this.ended = true;
       return;
     }
-    const type = String.fromCharCode(h[156] ?? 0);
+    let type = String.fromCharCode(h[156] ?? 0);
     const magic = h.subarray(257, 263).toString('latin1');
-    const version = h.subarray(263, 265).toString('latin1');
     let name = cstr(h, 0, 100);
-    if (magic === 'ustar\0' && version === '00') {
+    // Go's reader: USTAR (and its prefix) by the magic alone, whatever the version says.
+    if (magic === 'ustar\0') {
       const star = h.subarray(508, 512).toString('latin1') === 'tar\0';
       const prefix = cstr(h, 345, star ? 131 : 155);
       if (prefix !== '') name = `${prefix}/${name}`;
     }
     let size = parseSize(h);
     if (!Number.isSafeInteger(size) || size < 0) return this.fail('an entry has a size berth cannot read');
-    // Meta entries describe the next one.
-    if (type === 'x' || type === 'g' || type === 'L' || type === 'K') {
-      this.startData(size, type === 'g' ? undefined : (data) => this.onMeta(type, data));
+    // Sparse entries put maps before (or in) their data: not read here, so not vouched for.
+    if (type === 'S') return this.fail('the archive has a sparse entry, which berth does not read');
+    // Meta entries describe the next one. Go's reader returns a global header as an entry of its
+    // own, which drops what earlier meta entries said.
+    if (type === 'g') {
+      this.paxPath = undefined;
+      this.paxSize = undefined;
+      this.longName = undefined;
+      this.startData(size, undefined);
       return;
     }
+    if (type === 'x' || type === 'L' || type === 'K') {
+      const meta = type;
+      this.startData(size, (data) => this.onMeta(meta, data));
+      return;
+    }
+    // A GNU long name wins over a PAX path, as in Go's reader.
     if (this.paxPath !== undefined) name = this.paxPath;
-    else if (this.longName !== undefined) name = this.longName;
+    if (this.longName !== undefined) name = this.longName;
     if (this.paxSize !== undefined) size = this.paxSize;
     this.paxPath = undefined;
     this.paxSize = undefined;
     this.longName = undefined;
+    // An old-style regular entry whose name ends in a slash is a folder to Go (no data).
+    if (type === '\0' && name.endsWith('/')) type = '5';
     const at = landing(name);
     const parts = at.split('/');
     for (let i = 1; i < parts.length; i++) {
@@ -274,9 +288,12 @@ export class LoadScanner {
 
   private onMeta(type: string, data: Buffer): void {
     if (type === 'x') {
+      // A second PAX header replaces the first one whole, as in Go's reader.
       const rec = paxRecords(data);
-      const path = rec.get('path');
-      if (path !== undefined) this.paxPath = path;
+      if ([...rec.keys()].some((k) => k.startsWith('GNU.sparse.')))
+        return this.fail('the archive has a sparse entry, which berth does not read');
+      this.paxPath = rec.get('path');
+      this.paxSize = undefined;
       const size = rec.get('size');
       if (size !== undefined) {
         const n = Number(size);
@@ -284,7 +301,9 @@ export class LoadScanner {
         this.paxSize = n;
       }
     } else if (type === 'L') {
-      this.longName = data.toString('utf8').replace(/\0+$/, '');
+      // Go reads the name up to its first NUL.
+      const z = data.indexOf(0);
+      this.longName = (z < 0 ? data : data.subarray(0, z)).toString('utf8');
     }
   }
 

@@ -142,6 +142,34 @@ describe('attack: docker load claiming or reverting tags it does not name', () =
     assert.equal(await tagOf(`${repo}:distinct`), distinct, 'the host’s tag did not move');
   });
 
+  test('a manifest hidden by tar forms Go reads differently from a naive reader is read too (red-team cases)', async () => {
+    for (const [what, parts] of [
+      [
+        'a long name with junk after its NUL',
+        (t: string) => [
+          entry('././@LongLink', 'manifest.json\0junk\0', 'L', { gnu: true }),
+          entry('zzz', t, '0', { gnu: true }),
+        ],
+      ],
+      [
+        'a long name over a PAX path',
+        (t: string) => [
+          pax({ path: 'zzz' }),
+          entry('././@LongLink', 'manifest.json\0', 'L', { gnu: true }),
+          entry('zzz', t),
+        ],
+      ],
+      [
+        'a second PAX header',
+        (t: string) => [pax({ path: 'zzz' }), pax({ comment: 'a' }), entry('manifest.json', t)],
+      ],
+    ] as const) {
+      const r = await loadRaw(withManifest(parts));
+      expectRefused(r, 'image-tag', what);
+      assert.equal(await tagOf(`${repo}:distinct`), distinct, `${what}: the host’s tag did not move`);
+    }
+  });
+
   test('a gzip archive is read through its compression: the host’s tag is refused, a free one loads', async () => {
     const hostTag = withManifest((text) => [entry('manifest.json', text)]);
     expectRefused(await loadRaw(gzipSync(hostTag)), 'image-tag', 'gzip archive naming the host’s tag');
