@@ -616,10 +616,25 @@ export class GuardProxy {
         qs.set('container', cid);
         // `changes` apply after the body: this LABEL comes last so no tenant change outranks it.
         qs.append('changes', `LABEL ${LABEL_TENANT}=""`);
-        const r = await this.forwardJson(req, res, 'POST', path() + q(qs), b, { capture: true });
-        const committed = r && r.status < 300 ? (r.json as { Id?: unknown } | undefined)?.Id : undefined;
-        if (target) await this.confirmTag(target, since, (f) => f.Id === committed);
-        return;
+        // Committed untagged; the tag is set once the image exists (tagMade).
+        qs.delete('repo');
+        qs.delete('tag');
+        const a = await this.upstreamBytes('POST', path() + q(qs), {
+          body: Buffer.from(JSON.stringify(b)),
+          headers: { 'content-type': 'application/json' },
+        });
+        const committed =
+          a.status < 300 ? (parseAnswer(a.raw) as { Id?: unknown } | undefined)?.Id : undefined;
+        if (typeof committed === 'string') {
+          const f = await this.inspectImage(committed).catch(() => undefined);
+          if (f && createdSince(f, since)) this.state.builtImages.add(f.Id);
+          const why = target ? await this.tagMade(target, committed) : undefined;
+          if (why !== undefined) {
+            await this.removeIfUnnamed(committed);
+            throw new Refusal('image-tag', why.replace(/^berth: image-tag: /, ''));
+          }
+        }
+        return sendJsonBytes(res, a.status, a.raw, a.headers);
       }
       case 'image.tag': {
         const target = this.claimTag(query.get('repo'), query.get('tag'));
@@ -759,6 +774,8 @@ export class GuardProxy {
       small?: boolean;
       /** Sees every piece of the answer's body as it goes to the client. */
       onData?: (chunk: Buffer) => void;
+      /** A streamed answer is left open for more lines (the caller ends it). Default true. */
+      end?: boolean;
     } = {},
   ): Promise<{ status: number; json: unknown } | undefined> {
     const headers: http.OutgoingHttpHeaders = { ...opts.headers };
@@ -820,7 +837,7 @@ export class GuardProxy {
     res.writeHead(up.status, outHeaders);
     // Streams (logs -f, wait, events) must show their headers before any body arrives.
     if (Number.isNaN(length)) res.flushHeaders();
-    await relay(up.body, res, { onData: opts.onData });
+    await relay(up.body, res, { onData: opts.onData, end: opts.end ?? true });
     return { status: up.status, json: undefined };
   }
 
@@ -1315,6 +1332,32 @@ export class GuardProxy {
   }
 
   /**
+   * Sets a tag on an image the tenant's own operation just made (build, import, commit), checked
+   * again now: dockerd is not asked to write the tag during the operation, whose length the
+   * tenant sets, so a name someone else sets meanwhile stays theirs. Why not, or undefined.
+   */
+  private async tagMade(tag: string, imageId: string): Promise<string | undefined> {
+    try {
+      await this.assertTagWritable(tag);
+    } catch (err) {
+      if (err instanceof Refusal) return err.message;
+      throw err;
+    }
+    const [repo, t] = splitTag(tag);
+    const r = await this.upstreamBytes(
+      'POST',
+      `/images/${encodeURIComponent(imageId)}/tag?repo=${encodeURIComponent(repo)}&tag=${encodeURIComponent(t)}`,
+    );
+    if (r.status >= 300) {
+      const why =
+        (parseAnswer(r.raw) as { message?: string } | undefined)?.message ?? `engine answered ${r.status}`;
+      return `berth: image-tag: ${tag} could not be set: ${why}`;
+    }
+    this.state.setTag(tag, imageId);
+    return undefined;
+  }
+
+  /**
    * Settles a claim once its operation ended: the tag is the tenant's when it names the image the
    * operation reported making (`made`). Otherwise the operation failed, or someone else set the
    * name meanwhile: the claim is released and the tag left as it is.
@@ -1349,6 +1392,9 @@ export class GuardProxy {
     else qs.delete('q');
     const tags = qs.getAll('t').map((t) => normalizeTag(plainRef(t)));
     for (const t of tags) await this.assertTagWritable(t);
+    // dockerd writes no tag: the build runs as long as the tenant makes it, and a name someone else
+    // sets meanwhile must stay theirs. The tags are set on the built image afterwards (tagMade).
+    qs.delete('t');
     // The context goes through the gate: dockerd gets its end only once the Dockerfile passed. A
     // policy that allows the rule (a trusted tenant) sends it as it comes.
     const gate = this.cfg.policy.allow.has('build-options')
@@ -1363,7 +1409,6 @@ export class GuardProxy {
         if (!req.complete) gate.destroy(new Error('the client went away'));
       });
     }
-    for (const t of tags) this.state.addTag(t);
     let up: Upstream;
     try {
       up = await this.upstream('POST', `${target}?${qs.toString()}`, {
@@ -1378,7 +1423,6 @@ export class GuardProxy {
         },
       });
     } catch (err) {
-      for (const t of tags) this.state.releaseTag(t, (await this.inspectImage(t).catch(() => undefined))?.Id);
       // The rest of the upload is read and dropped, so the refusal can be answered.
       if (gate) req.unpipe(gate);
       req.resume();
@@ -1420,39 +1464,37 @@ export class GuardProxy {
       last = quietId;
     }
     try {
-      // What the build made: its tags' images and the reported IDs, created during the build.
+      // What the build made: the reported IDs created during the build.
       const made = new Map<string, ImageFacts>();
-      for (const t of tags) {
-        const f = await this.inspectImage(t);
-        // A failed build, or another party's build of the same tag that finished later: the tag is
-        // not the tenant's.
-        if (!f || last === undefined || f.Id !== last) {
-          this.state.releaseTag(t, f?.Id);
-          continue;
-        }
-        this.state.setTag(t, f.Id);
-        if (createdSince(f, since)) made.set(f.Id, f);
-      }
       for (const idv of reported) {
-        if (made.has(idv)) continue;
         const f = await this.inspectImage(idv);
         if (f && createdSince(f, since)) made.set(idv, f);
       }
       for (const idv of made.keys()) this.state.builtImages.add(idv);
       // An image that names an owner (a Dockerfile LABEL, or its base image's) would make the
       // containers run from it look like that tenant's: it is removed, and the build fails.
+      let failed = false;
       for (const [idv, f] of made) {
         const owner = f.Config?.Labels?.[LABEL_TENANT];
         if (owner === undefined || owner === '') continue;
-        for (const t of tags) {
-          await this.upstreamJson('DELETE', `/images/${encodeURIComponent(t)}`);
-          this.state.tags.delete(t);
-        }
         await this.removeIfUnnamed(idv);
         const message = `berth: ownership: the built image carries the label ${LABEL_TENANT}=${owner} (from its Dockerfile or its base image); an image built through the guard may not name an owner, so it was removed`;
         this.audit('POST', '/build', 'deny', { rule: 'ownership', status: 200, message });
         if (!res.destroyed) res.write(`${JSON.stringify({ error: message, errorDetail: { message } })}\n`);
+        failed = true;
         break;
+      }
+      // The tags, on the image the build ended with (a failed build: none).
+      if (!failed && last !== undefined) {
+        const built = last;
+        for (const t of tags) {
+          const message = await this.tagMade(t, built);
+          if (res.destroyed) continue;
+          if (message !== undefined) {
+            this.audit('POST', '/build', 'deny', { rule: 'image-tag', status: 200, message });
+            res.write(`${JSON.stringify({ error: message, errorDetail: { message } })}\n`);
+          } else if (!quiet) res.write(`${JSON.stringify({ stream: `Successfully tagged ${t}\n` })}\n`);
+        }
       }
     } finally {
       res.end();
@@ -1492,6 +1534,7 @@ export class GuardProxy {
     const since = Date.now();
     const fromSrc = query.get('fromSrc');
     let tag: string | undefined;
+    let imported: string | undefined;
     let pulled: ((r: ProgressReport) => Promise<void>) | undefined;
     // The tag is the tenant's only if the image it names at the end is the one this operation made.
     let made: (f: ImageFacts, r: ProgressReport) => boolean = (f, r) => r.ids.has(f.Id);
@@ -1504,7 +1547,11 @@ export class GuardProxy {
           'image-import',
           'importing an image from a URL is not allowed (use docker import - with a file)',
         );
-      tag = this.claimTag(query.get('repo'), query.get('tag'));
+      imported = this.claimTag(query.get('repo'), query.get('tag'));
+      await this.assertTagWritable(imported);
+      // Imported untagged; the tag is set once the image exists (tagMade).
+      query.delete('repo');
+      query.delete('tag');
       // Appended last, so it wins over any LABEL the tenant passed: the image names no owner.
       query.append('changes', `LABEL ${LABEL_TENANT}=""`);
     } else {
@@ -1541,7 +1588,21 @@ export class GuardProxy {
       await this.forward(req, res, 'POST', `${target}?${query.toString()}`, {
         body: fromSrc === '-' ? req : undefined,
         onData: report.feed,
+        end: imported === undefined,
       });
+      if (imported !== undefined) {
+        report.end();
+        const [id] = [...report.ids];
+        if (id !== undefined) {
+          this.state.builtImages.add(id);
+          const message = await this.tagMade(imported, id);
+          if (message !== undefined && !res.destroyed) {
+            this.audit('POST', '/images/create', 'deny', { rule: 'image-tag', status: 200, message });
+            res.write(`${JSON.stringify({ error: message, errorDetail: { message } })}\n`);
+          }
+        }
+        if (!res.writableEnded) res.end();
+      }
     } finally {
       report.end();
       if (tag)

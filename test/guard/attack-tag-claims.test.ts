@@ -16,6 +16,7 @@ import { createGuard } from '../../src/guard/index.js';
 import type { GuardHandle } from '../../src/guard/index.js';
 import { SESSION, engine, sessionLabels, tempDir, uniqueName } from '../support/index.js';
 import { expectRefused, send } from '../support/rawhttp.js';
+import { entry } from '../support/tar.js';
 
 const IMAGE = 'berth-local/busybox';
 
@@ -115,6 +116,41 @@ describe('attack: a tag claimed by a stalled upload', () => {
         ),
       ]);
       assert.doesNotMatch(text, /^HTTP\/1\.1 2\d\d[\s\S]*Successfully/, 'the operation failed');
+      await afterUpload(ref);
+    });
+
+  /** A chunk of the chunked body (and its end). */
+  const finish = (socket: Socket, body: Buffer) =>
+    socket.write(
+      Buffer.concat([Buffer.from(`${body.length.toString(16)}\r\n`), body, Buffer.from('\r\n0\r\n\r\n')]),
+    );
+  for (const [what, path, body] of [
+    [
+      'a build with -t',
+      (repo: string, tag: string) => `/v1.41/build?t=${repo}:${tag}`,
+      () =>
+        Buffer.concat([
+          entry('Dockerfile', `FROM ${IMAGE}\nLABEL berth.claims=${SESSION}\n`),
+          Buffer.alloc(1024),
+        ]),
+    ],
+    [
+      'an import',
+      (repo: string, tag: string) => `/v1.41/images/create?fromSrc=-&repo=${repo}&tag=${tag}`,
+      () => Buffer.concat([entry('made-by-import', SESSION), Buffer.alloc(1024)]),
+    ],
+  ] as const)
+    test(`${what} that stalls and then succeeds does not write over a tag the host set meanwhile`, async () => {
+      const repo = `berth-claim-victim-${SESSION}-${victims.length}`;
+      const ref = `${repo}:prod`;
+      victims.push(ref);
+      const { socket, answer } = await stall(path(repo, 'prod'), 'application/x-tar');
+      await attempts(repo, 'prod');
+      finish(socket, body());
+      const text = await answer;
+      // The operation ran; the tag is refused in its answer, and stays where the host set it.
+      assert.match(text, /berth: image-tag: /, 'the answer says why the tag was not set');
+      assert.equal((await images(c).inspect(ref)).Id, imageId, 'the host’s tag was not written over');
       await afterUpload(ref);
     });
 
