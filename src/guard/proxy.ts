@@ -1451,7 +1451,7 @@ export class GuardProxy {
     });
     // Stopped after dockerd began to answer: its answer ends in a read error; the reason follows.
     if (gate?.refused && !res.destroyed) {
-      const message = contextRefusal(gate.refused).message;
+      const message = answerMessage(contextRefusal(gate.refused));
       res.write(`${JSON.stringify({ errorDetail: { message }, error: message })}\n`);
       last = undefined;
     }
@@ -2298,8 +2298,13 @@ function registryAuth(config: string | undefined, registry: string): string | un
 }
 
 /** A stopped build context's reason as the answer: a refusal as it is, anything else malformed. */
-function contextRefusal(err: Error): Refusal {
-  return err instanceof Refusal ? err : new Refusal('build-options', err.message, 400);
+function contextRefusal(err: Error): Refusal | BodyError {
+  return err instanceof Refusal ? err : new BodyError(err.message);
+}
+
+/** The message a refusal or a malformed request answers with. */
+function answerMessage(err: Refusal | BodyError): string {
+  return err instanceof Refusal ? err.message : `berth: malformed: ${err.message}`;
 }
 
 /**

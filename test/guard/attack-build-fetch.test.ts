@@ -17,7 +17,7 @@ import { images } from '../../src/engine/index.js';
 import { createGuard, defaultPolicy } from '../../src/guard/index.js';
 import type { GuardHandle } from '../../src/guard/index.js';
 import { SESSION, docker, engine, sessionLabels, tempDir, uniqueName } from '../support/index.js';
-import { expectRefused, send } from '../support/rawhttp.js';
+import { expectRefused, messageOf, send } from '../support/rawhttp.js';
 import { startRegistry } from '../support/registry.js';
 import { entry } from '../support/tar.js';
 
@@ -123,6 +123,22 @@ describe('attack: builds that make the daemon fetch from the host’s network', 
       assert.equal(fetched, 0, `${what}: the daemon fetched the URL`);
       assert.equal(await images(c).find(tag), undefined, `${what}: an image was made`);
     }
+  });
+
+  test('a context the guard cannot read is malformed (400), and nothing runs', async () => {
+    for (const [what, ctx] of [
+      ['bzip2', Buffer.concat([Buffer.from('BZh91AY&SY'), Buffer.alloc(600)])],
+      [
+        'a sparse entry',
+        Buffer.concat([entry('Dockerfile', `FROM berth-local/busybox\nADD ${url} /s\n`, 'S'), END]),
+      ],
+      ['cut in a header', context('FROM berth-local/busybox\n').subarray(0, 300)],
+    ] as const) {
+      const r = await build(ctx);
+      assert.equal(r.status, 400, `${what}: ${r.text}`);
+      assert.match(messageOf(r) ?? '', /^berth: malformed: /, what);
+    }
+    assert.equal(fetched, 0);
   });
 
   test('the same through the CLI, with a context directory and with -f -', async () => {
