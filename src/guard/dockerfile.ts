@@ -3,10 +3,11 @@
  * in the daemon, from the host's network: a tenant's build could read any address the host can
  * (services bound to the host's loopback, metadata endpoints) into its image. The guard refuses
  * builds whose Dockerfile (or whose base image's ONBUILD triggers) has an ADD source that is a URL
- * or that a variable could turn into one. Read as dockerd's parser reads it: parser directives
- * (`# escape=`), line continuations, comments inside them, case-insensitive instructions, flags,
- * JSON and whitespace forms, ONBUILD. A source is judged after quotes and escape characters are
- * taken out, as the builder's word processing takes them out. Pure.
+ * or that a variable could turn into one. The file is read every way dockerd's parsers have read
+ * it (either escape character, whatever the directives say; both continuation rules), with
+ * comments and blank lines inside continuations, case-insensitive instructions, flags, JSON and
+ * whitespace forms, ONBUILD; what any reading would run counts. A source is judged after quotes
+ * and escape characters are taken out, as the builder's word processing takes them out. Pure.
  */
 
 export interface DockerfileFacts {
