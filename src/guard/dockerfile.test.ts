@@ -46,6 +46,10 @@ test('ADD sources the daemon would download are found however the Dockerfile spe
     '# foo=bar\n# escape=`\nFROM b\nWORKDIR /tmp`\nADD http://x/ /x',
     ' # escape=`\nFROM b\nWORKDIR /tmp\\\nADD http://x/ /x',
     'FROM b\nADD ["http\\u003a//x/jsontrail", "/x"] z',
+    // Third pass: spaces Go and JavaScript read differently (NEL, a BOM inside the file).
+    'FROM b\n\u0085ADD http://x/nel /nel',
+    'FROM b\nADD --chown=0\\\n\uFEFF#c http://x/feff /d/',
+    'FROM b\nADD \u0085["http\\u003a//x/json-nel","/j"]',
   ])
     assert.notDeepEqual(refused(text), [], JSON.stringify(text));
 });

@@ -92,7 +92,9 @@ export function addWords(rest: string): string[] {
     r = r.slice(m[0].length);
   }
   const words = r.split(/\s+/).filter(Boolean);
-  if (!r.startsWith('[')) return words;
+  // JSON's \u escapes are read in every form (a JSON array the guard and dockerd start reading at
+  // different places stays covered); an extra reading can only refuse more.
+  if (!r.startsWith('[')) return [...new Set([...words, ...words.map(unescapeJson)])];
   // The JSON form: Go's decoder reads the first value and ignores what follows it, so every
   // prefix that ends in `]` is tried; the words are checked as well (a failed parse is read as
   // words by the builder), with JSON's \u escapes read too.
@@ -105,7 +107,7 @@ export function addWords(rest: string): string[] {
       // not a JSON array up to here
     }
   }
-  return out;
+  return [...new Set(out)];
 }
 
 function unescapeJson(word: string): string {
@@ -161,12 +163,28 @@ export function expandArgs(word: string, args: ReadonlyMap<string, string>): str
   );
 }
 
+/**
+ * Characters that one side counts as whitespace and the other not (Go's unicode.IsSpace has NEL,
+ * JavaScript's has the BOM; dockerd's parser splits and trims with different sets in different
+ * places): a Dockerfile holding one could read as other instructions to dockerd than to the guard.
+ */
+const ODD_SPACE = /[\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]/;
+
+function oddSpace(text: string): string | undefined {
+  const m = ODD_SPACE.exec(text);
+  if (!m) return undefined;
+  const code = (m[0].codePointAt(0) ?? 0).toString(16).toUpperCase().padStart(4, '0');
+  return `the Dockerfile holds U+${code}, a space dockerd and berth read differently; write ASCII spaces`;
+}
+
 export function readDockerfile(
   text: string,
   buildArgs: Readonly<Record<string, string | null>> = {},
 ): DockerfileFacts {
   const refusals: string[] = [];
   const bases: string[] = [];
+  const odd = oddSpace(text.replace(/^\uFEFF/, ''));
+  if (odd !== undefined) refusals.push(odd);
   // Every reading of the file counts: what any of them would run is checked.
   for (const reading of READINGS) {
     const stages = new Set<string>();
@@ -198,6 +216,9 @@ export function readDockerfile(
 
 /** The refusals a base image's ONBUILD triggers bring (they run in the tenant's build). */
 export function triggerRefusals(image: string, triggers: readonly string[]): string[] {
+  const odd = triggers.map(oddSpace).find((x) => x !== undefined);
+  if (odd !== undefined)
+    return [`${image} ONBUILD: ${odd.replace('the Dockerfile holds', 'a trigger holds')}`];
   return triggers.flatMap((t) =>
     refusalsOf(split(t, 0)).map((r) => `${image} ONBUILD ${r.replace(/^line 0: /, '')}`),
   );

@@ -120,6 +120,10 @@ test("names land as Go's reader lands them (each case a red-team bypass of an ea
   const anyVersion = (b: Buffer) => {
     const c = Buffer.from(b);
     c.write('\0\0', 263, 'latin1');
+    c.fill(0x20, 148, 156);
+    let sum = 0;
+    for (let i = 0; i < 512; i++) sum += c[i] ?? 0;
+    c.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 'latin1');
     return c;
   };
   const cases: [string, Buffer[]][] = [
@@ -156,6 +160,20 @@ test("names land as Go's reader lands them (each case a red-team bypass of an ea
     assert.equal(r.problem, undefined, what);
     assert.deepEqual(r.tags, ['hidden:1'], what);
   }
+  // Third pass: a PAX record with an empty value keeps the header's own field (Go's mergePAX).
+  for (const [what, rec] of [
+    ['an empty PAX path', { path: '' }],
+    ['an empty PAX size', { size: '' }],
+  ] as const) {
+    const r = scan([pax(rec), entry('manifest.json', m), END]);
+    assert.equal(r.problem, undefined, what);
+    assert.deepEqual(r.tags, ['hidden:1'], what);
+  }
+  // A PAX size Go would not parse, and a header whose checksum is wrong: refused.
+  assert.match(scan([pax({ size: '0x10' }), entry('manifest.json', m), END]).problem ?? '', /PAX size/);
+  const bad = Buffer.from(entry('manifest.json', m));
+  bad.write('0000000\0', 148, 'latin1');
+  assert.match(scan([bad, END]).problem ?? '', /checksum/);
   // Sparse entries (old GNU `S`, PAX GNU.sparse.*) rename and reshape their data: refused.
   assert.match(scan([entry('manifest.json', m, 'S'), END]).problem ?? '', /sparse/);
   assert.match(

@@ -59,6 +59,24 @@ function parseSize(b: Buffer): number {
   return t === '' ? 0 : parseInt(t, 8);
 }
 
+/** A header block's checksum as Go checks it: the unsigned or the signed sum, the field as spaces. */
+function checksumOk(h: Buffer): boolean {
+  const field = h
+    .subarray(148, 156)
+    .toString('latin1')
+    .replace(/^[\0 ]+|[\0 ]+$/g, '');
+  if (!/^[0-7]+$/.test(field)) return false;
+  const want = parseInt(field, 8);
+  let unsigned = 0;
+  let signed = 0;
+  for (let i = 0; i < 512; i++) {
+    const b = i >= 148 && i < 156 ? 0x20 : (h[i] ?? 0);
+    unsigned += b;
+    signed += b > 127 ? b - 256 : b;
+  }
+  return want === unsigned || want === signed;
+}
+
 /** PAX records: `<len> key=value\n`. */
 function paxRecords(data: Buffer): Map<string, string> {
   const out = new Map<string, string>();
@@ -205,6 +223,9 @@ export class LoadScanner {
       this.ended = true;
       return;
     }
+    // Go refuses a header whose checksum matches neither its unsigned nor its signed sum; so does
+    // the scanner, so that it never reads as a header what Go reads as data.
+    if (!checksumOk(h)) return this.fail('a header checksum is wrong');
     let type = String.fromCharCode(h[156] ?? 0);
     const magic = h.subarray(257, 263).toString('latin1');
     let name = cstr(h, 0, 100);
@@ -292,11 +313,14 @@ export class LoadScanner {
       const rec = paxRecords(data);
       if ([...rec.keys()].some((k) => k.startsWith('GNU.sparse.')))
         return this.fail('the archive has a sparse entry, which berth does not read');
-      this.paxPath = rec.get('path');
+      // Go keeps the header's own field where a record's value is empty.
+      const path = rec.get('path');
+      this.paxPath = path === '' ? undefined : path;
       this.paxSize = undefined;
       const size = rec.get('size');
-      if (size !== undefined) {
-        const n = Number(size);
+      if (size !== undefined && size !== '') {
+        // Go's ParseInt(v, 10, 64): digits with an optional sign, nothing else.
+        const n = /^[+-]?\d+$/.test(size) ? Number(size) : NaN;
         if (!Number.isSafeInteger(n) || n < 0) return this.fail('a PAX size berth cannot read');
         this.paxSize = n;
       }
