@@ -36,18 +36,17 @@ interface Reading {
   strict: boolean;
 }
 
+const DEFAULT_READING: Reading = { escape: '\\', strict: true };
+
 const READINGS: readonly Reading[] = [
-  { escape: '\\', strict: true },
+  DEFAULT_READING,
   { escape: '\\', strict: false },
   { escape: '`', strict: true },
   { escape: '`', strict: false },
 ];
 
 /** The instructions of a Dockerfile, continuation lines joined, comments dropped. */
-export function instructions(
-  text: string,
-  reading: Reading = READINGS[0] ?? { escape: '\\', strict: true },
-): Instruction[] {
+export function instructions(text: string, reading: Reading = DEFAULT_READING): Instruction[] {
   const lines = text.replace(/^\uFEFF/, '').split(/\r?\n/);
   const { escape, strict } = reading;
   const out: Instruction[] = [];
@@ -84,7 +83,7 @@ function split(text: string, line: number): Instruction {
 }
 
 /** The words of an ADD/COPY instruction after its flags: the JSON form, or whitespace-separated. */
-export function addWords(rest: string): string[] {
+function addWords(rest: string): string[] {
   let r = rest;
   for (;;) {
     const m = /^--\S*\s*/.exec(r);
@@ -145,7 +144,7 @@ function refusalsOf(ins: Instruction): string[] {
  * image: from the ARGs declared before the first FROM (a build arg overrides the default); a
  * variable with no value expands to nothing, as in dockerd.
  */
-export function expandArgs(word: string, args: ReadonlyMap<string, string>): string {
+function expandArgs(word: string, args: ReadonlyMap<string, string>): string {
   return word.replace(
     /\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([-+])([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)/g,
     (

@@ -208,11 +208,6 @@ export class LoadScanner {
     return this.missingPadding;
   }
 
-  /** Whether the end-of-archive block was read (nothing after it counts). */
-  get complete(): boolean {
-    return this.ended;
-  }
-
   private fail(why: string): void {
     this.problem ??= why;
   }

@@ -298,8 +298,7 @@ export class TenantState {
    * someone else's (set while the tenant's upload was slow, however slow the tenant made it).
    */
   ownsTagAt(ref: string, imageId: string): boolean {
-    const rec = this.tags.get(normalizeTag(ref));
-    return rec !== undefined && rec === imageId;
+    return this.tags.get(normalizeTag(ref)) === imageId;
   }
 
   /** Whether the tenant's claim on the tag is settled (not an operation in flight). */

@@ -109,6 +109,15 @@ function parseAnswer(raw: Buffer): unknown {
   }
 }
 
+/** A small engine answer as it is, with its headers but this connection's framing. */
+function sendSmall(res: ServerResponse, method: string, a: SmallAnswer): void {
+  const out = answerHeaders(a.headers);
+  // A HEAD answer keeps the engine's length; a de-chunked body gets its own.
+  if (method !== 'HEAD') out['content-length'] = a.raw.length;
+  res.writeHead(a.status, out);
+  res.end(method === 'HEAD' ? undefined : a.raw);
+}
+
 function send(res: ServerResponse, status: number, body: unknown): void {
   if (res.headersSent) {
     res.destroy();
@@ -209,8 +218,14 @@ export class GuardProxy {
 
   readonly pins: BindPins;
 
+  /** The engine's list of every container carrying the tenant label (ownership still to check). */
+  private readonly tenantContainers: string;
+
   constructor(readonly cfg: ProxyConfig) {
     this.state = new TenantState(cfg.tenant);
+    this.tenantContainers = `/containers/json?all=1&filters=${encodeURIComponent(
+      JSON.stringify({ label: [`${LABEL_TENANT}=${cfg.tenant}`] }),
+    )}`;
     this.forgetAt = cfg.forgetFrom ?? 1024;
     this.networkName = tenantNetworkName(cfg.tenant);
     this.pins = new BindPins(cfg.maps, () =>
@@ -575,11 +590,7 @@ export class GuardProxy {
         // dockerd's conflict message names the container that has the name: someone else's ID.
         if (a.status === 409)
           return send(res, 409, { message: 'Conflict. The container name is already in use.' });
-        const out = answerHeaders(a.headers);
-        out['content-length'] = a.raw.length;
-        res.writeHead(a.status, out);
-        res.end(a.raw);
-        return;
+        return sendSmall(res, 'POST', a);
       }
       case 'container.attach':
         throw new Refusal('endpoint', 'attach needs a connection upgrade (Upgrade: tcp)', 400);
@@ -605,7 +616,6 @@ export class GuardProxy {
       case 'image.load':
         return this.imageLoad(req, res, path() + q(query));
       case 'image.commit': {
-        const since = Date.now();
         const { id: cid } = await this.resolveContainer(query.get('container') ?? '');
         const target = this.claimTag(query.get('repo'), query.get('tag'));
         await this.assertTagWritable(target);
@@ -626,8 +636,8 @@ export class GuardProxy {
         const committed =
           a.status < 300 ? (parseAnswer(a.raw) as { Id?: unknown } | undefined)?.Id : undefined;
         if (typeof committed === 'string') {
-          const f = await this.inspectImage(committed).catch(() => undefined);
-          if (f && createdSince(f, since)) this.state.builtImages.add(f.Id);
+          // A commit always makes a new image (its creation time is part of it).
+          this.state.builtImages.add(committed);
           const why = target ? await this.tagMade(target, committed) : undefined;
           if (why !== undefined) {
             await this.removeIfUnnamed(committed);
@@ -790,11 +800,7 @@ export class GuardProxy {
         opts.body && !Buffer.isBuffer(opts.body) ? 'application/x-tar' : 'application/json';
     if (opts.small && !opts.capture && (opts.body === undefined || Buffer.isBuffer(opts.body))) {
       const a = await this.upstreamBytes(method, target, { body: opts.body, headers });
-      const out = answerHeaders(a.headers);
-      // A HEAD answer keeps the engine's length; a de-chunked body gets its own.
-      if (method !== 'HEAD') out['content-length'] = a.raw.length;
-      res.writeHead(a.status, out);
-      res.end(method === 'HEAD' ? undefined : a.raw);
+      sendSmall(res, method, a);
       return { status: a.status, json: undefined };
     }
     if (opts.body && !Buffer.isBuffer(opts.body) && req.headers['content-length'])
@@ -931,11 +937,7 @@ export class GuardProxy {
   /** Containers that removed themselves (`--rm`) hold pins until a create notices they are gone. */
   private async sweepPins(): Promise<void> {
     if (this.pins.holderCount < 16) return;
-    const filters = JSON.stringify({ label: [`${LABEL_TENANT}=${this.cfg.tenant}`] });
-    const { status, json } = await this.upstreamJson<{ Id: string }[]>(
-      'GET',
-      `/containers/json?all=1&filters=${encodeURIComponent(filters)}`,
-    );
+    const { status, json } = await this.upstreamJson<{ Id: string }[]>('GET', this.tenantContainers);
     if (status !== 200 || !Array.isArray(json)) return;
     const live = new Set(json.map((c) => c.Id));
     for (const h of [...this.pins.holders]) if (!live.has(h)) await this.pins.detach(h);
@@ -1022,11 +1024,7 @@ export class GuardProxy {
    */
   async forgetGoneContainers(): Promise<void> {
     const known = [...this.state.containers];
-    const filters = JSON.stringify({ label: [`${LABEL_TENANT}=${this.cfg.tenant}`] });
-    const { status, raw } = await this.upstreamBytes(
-      'GET',
-      `/containers/json?all=1&filters=${encodeURIComponent(filters)}`,
-    );
+    const { status, raw } = await this.upstreamBytes('GET', this.tenantContainers);
     if (status !== 200) return;
     const listed = listedContainerIds(raw) ?? (parseAnswer(raw) as { Id?: string }[]).map((c) => c.Id ?? '');
     const alive = new Set(listed);
@@ -1035,11 +1033,7 @@ export class GuardProxy {
 
   private async ownedContainerCount(): Promise<number> {
     if (this.cfg.policy.limits.maxContainers === undefined) return 0;
-    const filters = JSON.stringify({ label: [`${LABEL_TENANT}=${this.cfg.tenant}`] });
-    const { json } = await this.upstreamJson<
-      { Id: string; ImageID?: string; Labels?: Record<string, string> }[]
-    >('GET', `/containers/json?all=1&filters=${encodeURIComponent(filters)}`);
-    return Array.isArray(json) ? (await this.ownedContainers(json)).length : 0;
+    return (await this.ownedContainerList()).length;
   }
 
   private async scopedList(
@@ -1166,11 +1160,7 @@ export class GuardProxy {
 
   /** The tenant's containers as a list answer has them (with their state). */
   private async ownedContainerList(): Promise<DfContainer[]> {
-    const filters = JSON.stringify({ label: [`${LABEL_TENANT}=${this.cfg.tenant}`] });
-    const { status, json } = await this.upstreamJson<DfContainer[]>(
-      'GET',
-      `/containers/json?all=1&filters=${encodeURIComponent(filters)}`,
-    );
+    const { status, json } = await this.upstreamJson<DfContainer[]>('GET', this.tenantContainers);
     return status === 200 && Array.isArray(json) ? this.ownedContainers(json) : [];
   }
 
@@ -1259,8 +1249,7 @@ export class GuardProxy {
   /**
    * Why a build context's Dockerfile may not run (ContextGate): an ADD the daemon would download
    * from the host's network (in any version of the Dockerfile in the context, under ONBUILD too),
-   * or such an ONBUILD trigger on a base image the engine has. A base image the build pulls is not
-   * here yet, so its triggers cannot be read (docs/guard.md).
+   * or such an ONBUILD trigger on a base image (one the engine does not have yet is pulled first).
    */
   private async contextRefusal(
     versions: readonly Buffer[],
@@ -1536,8 +1525,9 @@ export class GuardProxy {
     let tag: string | undefined;
     let imported: string | undefined;
     let pulled: ((r: ProgressReport) => Promise<void>) | undefined;
-    // The tag is the tenant's only if the image it names at the end is the one this operation made.
-    let made: (f: ImageFacts, r: ProgressReport) => boolean = (f, r) => r.ids.has(f.Id);
+    // A pull's tag is the tenant's only if the image it names at the end carries a digest the
+    // pull reported.
+    let made: (f: ImageFacts, r: ProgressReport) => boolean = () => false;
     const report = new ProgressReport();
     // dockerd pulls whenever fromImage is set, and imports only otherwise: the same test here, so a
     // pull cannot pass as an import.
@@ -1973,10 +1963,7 @@ export class GuardProxy {
   async cleanup(): Promise<{ containers: number; networks: number; volumes: number; tags: number }> {
     const filters = encodeURIComponent(JSON.stringify({ label: [`${LABEL_TENANT}=${this.cfg.tenant}`] }));
     const counts = { containers: 0, networks: 0, volumes: 0, tags: 0 };
-    const cs = await this.upstreamJson<
-      { Id: string; ImageID?: string; Labels?: Record<string, string> | null }[]
-    >('GET', `/containers/json?all=1&filters=${filters}`);
-    for (const c of await this.ownedContainers(Array.isArray(cs.json) ? cs.json : [])) {
+    for (const c of await this.ownedContainerList()) {
       const r = await this.upstreamJson('DELETE', `/containers/${c.Id}?force=1&v=1`);
       if (r.status < 300) counts.containers++;
       if (r.status < 300 || r.status === 404) await this.pins.detach(c.Id);
