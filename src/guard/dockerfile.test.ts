@@ -100,6 +100,38 @@ test('base images: stages and scratch are not bases; variables expand from globa
 test("a base image's ONBUILD triggers are read like Dockerfile lines", () => {
   assert.equal(triggerRefusals('base:1', ['ADD http://x/ /s', 'RUN true']).length, 1);
   assert.deepEqual(triggerRefusals('base:1', ['ADD . /src', 'COPY a b']), []);
+  // dockerd parses a trigger as a Dockerfile: comment lines dropped, continuations joined. A
+  // trigger of more than one line (a commit's config can hold one) is refused, not read as one.
+  for (const t of ['# x\nADD http://x/ /s', 'A\\\nDD http://x/ /s', 'ADD a b\rADD http://x/ /s'])
+    assert.match(triggerRefusals('base:1', [t]).join(), /spans lines/, JSON.stringify(t));
+  // The byte-level flag reading (below) holds for triggers too.
+  assert.match(triggerRefusals('base:1', ['ADD --chown=rootŅhttp://x/ /s']).join(), /non-ASCII/);
+});
+
+test('red-team pass 4: flags read byte by byte, FROM names berth cannot expand, ARG defaults', () => {
+  // dockerd ends a flag word at a single byte 0x85 or 0xA0 (Go's unicode.IsSpace on a byte), also
+  // inside a UTF-8 sequence (Ņ is C5 85): the URL after it is the source. ADD, COPY, FROM and
+  // ONBUILD are taken in ASCII only.
+  for (const text of [
+    'FROM b\nADD --chown=0:0\ufffdhttp://x/ /s',
+    'FROM b\nADD --chown=rootŅhttp://x/ /s',
+    'FROM b\nCOPY --from=aà /x /y',
+    'FROM --platform=linux/amd64\ufffdonb\n',
+    'FROM b\nONBUILD ADD --chown=rootŅhttp://x/ /s',
+  ])
+    assert.match(refused(text).join(), /non-ASCII/, JSON.stringify(text));
+  // Elsewhere non-ASCII is text, as it always was.
+  assert.deepEqual(refused('FROM b\nLABEL maintainer="José"\nRUN echo ñandú à la carte\n'), []);
+  // dockerd takes quotes and escapes out of a FROM name; berth does not guess: refused.
+  for (const text of ['FROM "onb"\n', 'FROM on\\b\n', "FROM o'n'b\n", 'FROM $1\n', 'FROM ${A-x}\n'])
+    assert.match(refused(text).join(), /written plainly/, JSON.stringify(text));
+  // An ARG default is expanded from the ARGs before it, as dockerd expands it.
+  assert.deepEqual(readDockerfile('ARG A=onb\nARG B=$A\nARG C=${B}:1\nFROM $C\n').bases, ['onb:1']);
+  // A stage's platform is reported with its base, expanded; one berth cannot read is refused.
+  assert.deepEqual(readDockerfile('ARG P=linux/arm64\nFROM --platform=$P b\n').platforms, [
+    ['b', 'linux/arm64'],
+  ]);
+  assert.match(refused('FROM --platform="linux/arm64" b\n').join(), /platform only when/);
 });
 
 /** The gate's output for a context sent in pieces, and the Dockerfile versions its check saw. */

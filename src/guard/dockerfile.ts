@@ -15,6 +15,8 @@ export interface DockerfileFacts {
   refusals: string[];
   /** Images the stages start from, named literally (not `scratch`, not an earlier stage). */
   bases: string[];
+  /** The bases a stage names a platform for (`FROM --platform=…`), with that platform. */
+  platforms: [base: string, platform: string][];
 }
 
 interface Instruction {
@@ -124,8 +126,46 @@ function remoteWord(word: string): string | undefined {
   return undefined;
 }
 
+/**
+ * Instructions in which a non-ASCII character cannot change what berth reads: dockerd's parser
+ * reads the flags of the others (ADD, COPY, FROM) byte by byte with Go's unicode.IsSpace, for
+ * which the single bytes 0x85 and 0xA0 (also inside a UTF-8 sequence: `à` is C3 A0) end a word,
+ * where berth, reading UTF-8, sees none. So those, ONBUILD, and any keyword berth does not know
+ * are taken only in ASCII.
+ */
+const TEXT_KEYWORDS = new Set([
+  'run',
+  'cmd',
+  'entrypoint',
+  'label',
+  'env',
+  'maintainer',
+  'expose',
+  'user',
+  'workdir',
+  'volume',
+  'stopsignal',
+  'healthcheck',
+  'shell',
+  'arg',
+]);
+
+/** Whether any UTF-16 code unit of `text` is one `which` picks. */
+function hasCode(text: string, which: (code: number) => boolean): boolean {
+  for (let i = 0; i < text.length; i++) if (which(text.charCodeAt(i))) return true;
+  return false;
+}
+
+function nonAscii(ins: Instruction): string | undefined {
+  if (TEXT_KEYWORDS.has(ins.keyword) || !hasCode(`${ins.keyword} ${ins.rest}`, (c) => c > 0x7f))
+    return undefined;
+  return `line ${ins.line}: ${ins.keyword.toUpperCase()} holds a non-ASCII character; dockerd reads this instruction's flags byte by byte, where some of its bytes end a word, so berth takes it only in ASCII`;
+}
+
 /** The refusals an instruction brings (ADD, and ADD under ONBUILD). */
 function refusalsOf(ins: Instruction): string[] {
+  const odd = nonAscii(ins);
+  if (odd !== undefined) return [odd];
   if (ins.keyword === 'onbuild') {
     const inner = split(ins.rest, ins.line);
     return refusalsOf(inner);
@@ -144,9 +184,11 @@ function refusalsOf(ins: Instruction): string[] {
  * image: from the ARGs declared before the first FROM (a build arg overrides the default); a
  * variable with no value expands to nothing, as in dockerd.
  */
+const VARIABLE = /\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([-+])([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)/g;
+
 function expandArgs(word: string, args: ReadonlyMap<string, string>): string {
   return word.replace(
-    /\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([-+])([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)/g,
+    VARIABLE,
     (
       _m,
       braced: string | undefined,
@@ -182,6 +224,7 @@ export function readDockerfile(
 ): DockerfileFacts {
   const refusals: string[] = [];
   const bases: string[] = [];
+  const platforms: [string, string][] = [];
   const odd = oddSpace(text.replace(/^\uFEFF/, ''));
   if (odd !== undefined) refusals.push(odd);
   // Every reading of the file counts: what any of them would run is checked.
@@ -196,21 +239,45 @@ export function readDockerfile(
           const eq = decl.indexOf('=');
           const name = eq < 0 ? decl : decl.slice(0, eq);
           const given = buildArgs[name];
-          const value = given ?? (eq < 0 ? undefined : decl.slice(eq + 1).replace(/^(["'])(.*)\1$/, '$2'));
+          // A default is expanded from the ARGs before it, as dockerd expands it; a build arg is
+          // taken as it is.
+          const value =
+            given ??
+            (eq < 0 ? undefined : expandArgs(decl.slice(eq + 1).replace(/^(["'])(.*)\1$/, '$2'), globals));
           if (value !== undefined) globals.set(name, value);
         }
       }
       if (ins.keyword === 'from') {
         seenFrom = true;
         const words = ins.rest.split(/\s+/).filter((w) => w !== '' && !w.startsWith('--'));
-        const image = expandArgs(words[0] ?? '', globals);
-        if (image !== '' && image.toLowerCase() !== 'scratch' && !stages.has(image.toLowerCase()))
+        const word = words[0] ?? '';
+        const image = expandArgs(word, globals);
+        // dockerd takes quotes and escape characters out of the name and expands what is left;
+        // berth checks the image the name gives, so it reads only names written plainly.
+        if (/["'\\`$]/.test(word.replace(VARIABLE, '')) || /["'\\`$]/.test(image))
+          refusals.push(
+            `line ${ins.line}: FROM ${word}: berth reads a base image's name only when it is written plainly (no quotes, escape characters or variables it cannot expand), to check the image's ONBUILD triggers`,
+          );
+        else if (image !== '' && image.toLowerCase() !== 'scratch' && !stages.has(image.toLowerCase())) {
           bases.push(image);
+          // The builder pulls a stage's base whose image on the engine is for another platform.
+          for (const w of ins.rest.split(/\s+/)) {
+            const m = /^--platform=(.*)$/i.exec(w);
+            if (!m) continue;
+            const platform = expandArgs(m[1] ?? '', globals);
+            if (/["'\\`$]/.test(platform))
+              refusals.push(
+                `line ${ins.line}: FROM ${w}: berth reads a stage's platform only when it is written plainly`,
+              );
+            else if (platform !== '') platforms.push([image, platform]);
+          }
+        }
         if ((words[1] ?? '').toLowerCase() === 'as' && words[2]) stages.add(words[2].toLowerCase());
       }
     }
   }
-  return { refusals: [...new Set(refusals)], bases: [...new Set(bases)] };
+  const pairs = new Map(platforms.map((x) => [JSON.stringify(x), x]));
+  return { refusals: [...new Set(refusals)], bases: [...new Set(bases)], platforms: [...pairs.values()] };
 }
 
 /** The refusals a base image's ONBUILD triggers bring (they run in the tenant's build). */
@@ -218,6 +285,13 @@ export function triggerRefusals(image: string, triggers: readonly string[]): str
   const odd = triggers.map(oddSpace).find((x) => x !== undefined);
   if (odd !== undefined)
     return [`${image} ONBUILD: ${odd.replace('the Dockerfile holds', 'a trigger holds')}`];
+  // dockerd parses each trigger as a Dockerfile of one instruction: comment lines dropped and
+  // continuation lines joined. A trigger is one line when an ONBUILD instruction writes it; one
+  // that is not (a commit's or an import's config can hold anything) is not read further.
+  if (triggers.some((t) => hasCode(t, (c) => (c < 0x20 && c !== 0x09) || c === 0x7f)))
+    return [
+      `${image} ONBUILD: a trigger spans lines or holds control characters; berth reads one-line triggers only`,
+    ];
   return triggers.flatMap((t) =>
     refusalsOf(split(t, 0)).map((r) => `${image} ONBUILD ${r.replace(/^line 0: /, '')}`),
   );

@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { LoadScanner, compressionOf, landing } from './loadscan.js';
+import { gzipSync } from 'node:zlib';
+import { ArchiveScan, LoadScanner, compressionOf, landing } from './loadscan.js';
 import { entry, header, pax } from '../../test/support/tar.js';
 
 const END = Buffer.alloc(1024);
@@ -184,4 +185,58 @@ test("names land as Go's reader lands them (each case a red-team bypass of an ea
     ]).problem ?? '',
     /sparse/,
   );
+});
+
+test('red-team pass 4: a hard link to a symlink (or through one) is a symlink berth would not know', () => {
+  // link(2) does not follow the link it is given: `h` becomes a second symlink to `.`, and
+  // `h/manifest.json` lands on `manifest.json`.
+  for (const [what, link] of [
+    ['to the link', 's'],
+    ['through the link', 's/x'],
+    ['to the link, by a GNU long link name', 'K'],
+  ] as const) {
+    const hard =
+      link === 'K'
+        ? [entry('././@LongLink', 's\0', 'K'), header('h', 0, '1', { linkname: 'other' })]
+        : [header('h', 0, '1', { linkname: link })];
+    const r = scan([
+      entry('x', 'x'),
+      header('s', 0, '2', { linkname: '.' }),
+      ...hard,
+      entry('h/manifest.json', manifest(['host:1'])),
+      END,
+    ]);
+    assert.match(r.problem ?? '', /hard-links h to/, what);
+  }
+  // A PAX linkpath is read as Go reads it; an empty one leaves the header's field.
+  const viaPax = scan([
+    header('s', 0, '2', { linkname: '.' }),
+    pax({ linkpath: 's' }),
+    header('h', 0, '1', { linkname: 'x' }),
+    END,
+  ]);
+  assert.match(viaPax.problem ?? '', /hard-links h to s/);
+  const emptyPax = scan([
+    entry('x', 'x'),
+    header('s', 0, '2', { linkname: '.' }),
+    pax({ linkpath: '' }),
+    header('h', 0, '1', { linkname: 'x' }),
+    END,
+  ]);
+  assert.equal(emptyPax.problem, undefined);
+  // Ordinary hard links to files stay fine.
+  assert.equal(scan([entry('x', 'x'), header('y', 0, '1', { linkname: 'x' }), END]).problem, undefined);
+});
+
+test('red-team pass 4: a gzip archive that inflates to another compressed stream is refused', async () => {
+  const tar = Buffer.concat([entry('Dockerfile', 'FROM b\n'), END]);
+  const scanOf = async (body: Buffer) => {
+    const a = new ArchiveScan(new LoadScanner(), 'build context');
+    await new Promise<void>((r) => a.write(body, r));
+    return a.end();
+  };
+  await assert.rejects(scanOf(gzipSync(gzipSync(tar))), /gzip inside gzip/);
+  assert.equal((await scanOf(gzipSync(tar))).problem, undefined);
+  // Fewer inflated bytes than a magic's length are still read (and found truncated).
+  assert.match((await scanOf(gzipSync(Buffer.from('abc')))).problem ?? '', /ends in the middle/);
 });

@@ -157,6 +157,8 @@ export class LoadScanner {
   private paxPath: string | undefined;
   private paxSize: number | undefined;
   private longName: string | undefined;
+  private paxLink: string | undefined;
+  private longLink: string | undefined;
   private readonly symlinks = new Set<string>();
 
   write(chunk: Buffer): void {
@@ -240,6 +242,8 @@ export class LoadScanner {
       this.paxPath = undefined;
       this.paxSize = undefined;
       this.longName = undefined;
+      this.paxLink = undefined;
+      this.longLink = undefined;
       this.startData(size, undefined);
       return;
     }
@@ -252,9 +256,12 @@ export class LoadScanner {
     if (this.paxPath !== undefined) name = this.paxPath;
     if (this.longName !== undefined) name = this.longName;
     if (this.paxSize !== undefined) size = this.paxSize;
+    const linkName = this.longLink ?? this.paxLink ?? cstr(h, 157, 100);
     this.paxPath = undefined;
     this.paxSize = undefined;
     this.longName = undefined;
+    this.paxLink = undefined;
+    this.longLink = undefined;
     // An old-style regular entry whose name ends in a slash is a folder to Go (no data).
     if (type === '\0' && name.endsWith('/')) type = '5';
     const at = landing(name);
@@ -262,6 +269,16 @@ export class LoadScanner {
     for (let i = 1; i < parts.length; i++) {
       if (this.symlinks.has(parts.slice(0, i).join('/')))
         return this.fail(`the archive writes ${at} through a symbolic link it made`);
+    }
+    // link(2) does not follow a symbolic link it is given: a hard link to one is another symbolic
+    // link, which the scanner would not know as one. Refused, as is a link through one.
+    if (type === '1') {
+      const target = landing(linkName).split('/');
+      for (let i = 1; i <= target.length; i++)
+        if (this.symlinks.has(target.slice(0, i).join('/')))
+          return this.fail(
+            `the archive hard-links ${at} to ${target.join('/')}, through a symbolic link it made`,
+          );
     }
     if (type === '2') this.symlinks.add(at);
     else this.symlinks.delete(at);
@@ -311,6 +328,8 @@ export class LoadScanner {
       // Go keeps the header's own field where a record's value is empty.
       const path = rec.get('path');
       this.paxPath = path === '' ? undefined : path;
+      const link = rec.get('linkpath');
+      this.paxLink = link === '' ? undefined : link;
       this.paxSize = undefined;
       const size = rec.get('size');
       if (size !== undefined && size !== '') {
@@ -319,10 +338,14 @@ export class LoadScanner {
         if (!Number.isSafeInteger(n) || n < 0) return this.fail('a PAX size berth cannot read');
         this.paxSize = n;
       }
-    } else if (type === 'L') {
-      // Go reads the name up to its first NUL.
+    } else {
+      // GNU long names and link names: Go reads them up to their first NUL, and an empty one
+      // leaves the header's own field.
       const z = data.indexOf(0);
-      this.longName = (z < 0 ? data : data.subarray(0, z)).toString('utf8');
+      const read = (z < 0 ? data : data.subarray(0, z)).toString('utf8');
+      const long = read === '' ? undefined : read;
+      if (type === 'L') this.longName = long;
+      else this.longLink = long;
     }
   }
 
@@ -357,6 +380,8 @@ export class ArchiveScan {
   private kind: Compression | undefined;
   private gunzip: Gunzip | undefined;
   private failed: Error | undefined;
+  /** Reads the first bytes a gzip archive inflates to (called once enough came, or at its end). */
+  private innerHead: (() => void) | undefined;
 
   write(chunk: Buffer, taken: () => void): void {
     if (this.failed) return taken();
@@ -373,7 +398,23 @@ export class ArchiveScan {
     this.kind = compressionOf(head);
     if (this.kind === 'gzip') {
       const z = createGunzip();
-      z.on('data', (c: Buffer) => this.scanner.write(c));
+      // dockerd looks for a compression again in what it is given: the gate passes the inflated
+      // bytes on, so they must not start like a compressed stream themselves.
+      let inner: Buffer | undefined = Buffer.alloc(0);
+      this.innerHead = () => {
+        const head = inner;
+        inner = undefined;
+        if (head === undefined) return;
+        const k = compressionOf(head);
+        if (k !== 'none') this.failed ??= new Error(`it holds ${k} inside gzip`);
+        else this.scanner.write(head);
+      };
+      z.on('data', (c: Buffer) => {
+        if (this.failed) return;
+        if (inner === undefined) return this.scanner.write(c);
+        inner = Buffer.concat([inner, c]);
+        if (inner.length >= 8) this.innerHead?.();
+      });
       z.on('error', (e) => (this.failed ??= e));
       this.gunzip = z;
     }
@@ -431,6 +472,7 @@ export class ArchiveScan {
         z.once('error', () => resolve());
         z.end();
       });
+      this.innerHead?.();
     }
     if (this.failed) throw new ArchiveError(`the ${this.what} cannot be read: ${this.failed.message}`);
     return this.scanner.end();

@@ -144,6 +144,8 @@ export class ProgressReport {
   readonly digests = new Set<string>();
   readonly ids = new Set<string>();
   readonly loaded = new Set<string>();
+  /** Images a load reported by ID: those the archive gave no tag. */
+  readonly loadedIds = new Set<string>();
   private readonly decoder = new StringDecoder('utf8');
   private carry = '';
 
@@ -179,6 +181,8 @@ export class ProgressReport {
     this.add(this.ids, status);
     if (typeof stream === 'string' && stream.startsWith('Loaded image: ') && stream.endsWith('\n'))
       this.loaded.add(normalizeTag(stream.slice('Loaded image: '.length, -1)));
+    if (typeof stream === 'string' && stream.startsWith('Loaded image ID: ') && stream.endsWith('\n'))
+      this.add(this.loadedIds, stream.slice('Loaded image ID: '.length, -1));
   }
 
   private add(into: Set<string>, d: unknown): void {

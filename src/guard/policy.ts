@@ -301,6 +301,23 @@ export function checkResources(r: Record<string, unknown>, policy: Policy): void
     const v = r[f];
     check(policy, 'resources', typeof v === 'number' && v !== 0, `${f} (realtime CPU time) is not allowed`);
   }
+  // Each names a host device by its path, which dockerd stats as root when the container starts:
+  // its answer tells whether any host path exists.
+  for (const f of [
+    'BlkioWeightDevice',
+    'BlkioDeviceReadBps',
+    'BlkioDeviceWriteBps',
+    'BlkioDeviceReadIOps',
+    'BlkioDeviceWriteIOps',
+  ] as const) {
+    const v = r[f];
+    check(
+      policy,
+      'devices',
+      Array.isArray(v) && v.length > 0,
+      `${f} (limits on host devices) is not allowed`,
+    );
+  }
   for (const u of Array.isArray(r.Ulimits) ? r.Ulimits : []) {
     const name = str(obj(u).Name);
     check(
@@ -410,9 +427,26 @@ export function applyLimits(
       throw new Refusal('limits', `${what} ${v} is over the tenant's limit ${max}`);
     }
   };
+  if (!bypass) cpuQuotaUnderCap(hc, l);
   capped('Memory', l.defaultMemoryBytes, l.maxMemoryBytes, 'memory');
   capped('NanoCpus', l.defaultNanoCpus, l.maxNanoCpus, 'CPU (nano CPUs)');
   capped('PidsLimit', l.defaultPidsLimit, l.maxPidsLimit, 'pids limit');
+}
+
+/**
+ * Under a CPU cap, a CFS quota or period of the tenant's own would replace the quota dockerd derives
+ * from NanoCpus (`CpuQuota: -1` is no limit at all): refused, the cap is set as NanoCpus only.
+ */
+function cpuQuotaUnderCap(r: Record<string, unknown>, l: TenantLimits): void {
+  if (l.maxNanoCpus === undefined) return;
+  for (const f of ['CpuQuota', 'CpuPeriod'] as const) {
+    const v = r[f];
+    if (typeof v === 'number' && v !== 0)
+      throw new Refusal(
+        'limits',
+        `${f} ${v} would replace the tenant's CPU limit; set CPUs with NanoCpus (docker --cpus) instead`,
+      );
+  }
 }
 
 /** Rules for `docker update` (its body is Resources + RestartPolicy). */
@@ -434,6 +468,7 @@ export function checkContainerUpdate(body: Record<string, unknown>, policy: Poli
   checkResources(body, policy);
   const out = { ...body };
   const l = policy.allow.has('limits') ? {} : policy.limits;
+  cpuQuotaUnderCap(out, l);
   for (const [f, max] of [
     ['Memory', l.maxMemoryBytes],
     ['NanoCpus', l.maxNanoCpus],
@@ -461,6 +496,13 @@ export function checkNetworkCreate(
   // A tenant network's name, taken first, would keep that tenant off its own network.
   if (RESERVED_NETWORK.test(str(body.Name)))
     throw new Refusal('ownership', `network names like ${str(body.Name)} are reserved for berth guards`);
+  // dockerd finds a network by its name before an ID prefix: a name like another network's short
+  // ID would take the references of everyone who uses that ID (as for containers).
+  if (/^[0-9a-f]{12,64}$/.test(str(body.Name)))
+    throw new Refusal(
+      'ownership',
+      `the network name ${str(body.Name)} reads as a network ID; dockerd would answer to it for every client using that ID (choose a name with a letter outside a-f or a dash)`,
+    );
   const driver = str(body.Driver);
   check(
     policy,

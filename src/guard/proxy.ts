@@ -220,6 +220,10 @@ export class GuardProxy {
 
   /** The engine's list of every container carrying the tenant label (ownership still to check). */
   private readonly tenantContainers: string;
+  /** Tags that are base images of this tenant's builds in flight (tag → how many builds). */
+  private readonly frozen = new Map<string, number>();
+  /** Tags this tenant's operations are writing now (tag → how many). */
+  private readonly writing = new Map<string, number>();
 
   constructor(readonly cfg: ProxyConfig) {
     this.state = new TenantState(cfg.tenant);
@@ -648,11 +652,16 @@ export class GuardProxy {
       }
       case 'image.tag': {
         const target = this.claimTag(query.get('repo'), query.get('tag'));
-        await this.assertTagWritable(target);
-        const source = await this.inspectImage(m.params.name ?? '');
-        const r = await this.forward(req, res, 'POST', path() + q(query), { capture: true });
-        if (r && r.status < 300 && target && source) this.state.setTag(target, source.Id);
-        return;
+        const written = this.beginTagWrite([target]);
+        try {
+          await this.assertTagWritable(target);
+          const source = await this.inspectImage(m.params.name ?? '');
+          const r = await this.forward(req, res, 'POST', path() + q(query), { capture: true });
+          if (r && r.status < 300 && target && source) this.state.setTag(target, source.Id);
+          return;
+        } finally {
+          written();
+        }
       }
       case 'image.delete':
         return this.imageDelete(req, res, m, query);
@@ -927,7 +936,9 @@ export class GuardProxy {
           binds.set(k, { refused: e.message });
         }
       }
-      createdId = await this.createChecked(req, res, target, body, refs, volumes, answers, nets, binds);
+      createdId = await this.oneCreateAtATime(() =>
+        this.createChecked(req, res, target, body, refs, volumes, answers, nets, binds),
+      );
     } finally {
       if (createdId !== undefined) this.pins.attach(createdId, held);
       else await this.pins.release(held);
@@ -941,6 +952,20 @@ export class GuardProxy {
     if (status !== 200 || !Array.isArray(json)) return;
     const live = new Set(json.map((c) => c.Id));
     for (const h of [...this.pins.holders]) if (!live.has(h)) await this.pins.detach(h);
+  }
+
+  /** The creates in flight, in turn: each counts the tenant's containers after the one before landed. */
+  private creates: Promise<unknown> = Promise.resolve();
+
+  /**
+   * Runs a container create after the tenant's creates before it, where the policy limits the
+   * number of containers: otherwise parallel creates would all count the same number and all pass.
+   */
+  private async oneCreateAtATime<T>(create: () => Promise<T>): Promise<T> {
+    if (this.cfg.policy.limits.maxContainers === undefined) return create();
+    const turn = this.creates.then(create);
+    this.creates = turn.catch(() => undefined);
+    return turn;
   }
 
   private async createChecked(
@@ -1216,8 +1241,76 @@ export class GuardProxy {
     return normalizeTag(plainRef(tag ? `${repo}:${tag}` : repo));
   }
 
+  /**
+   * Marks tags as being written by one of the tenant's operations until the returned function is
+   * called; refused while a build of the tenant's reads one of them as a base (holdBases).
+   * Synchronous, so no build's hold can come between the check and the mark.
+   */
+  private beginTagWrite(tags: readonly (string | undefined)[]): () => void {
+    const names = tags.filter((t): t is string => t !== undefined);
+    for (const t of names)
+      if (this.frozen.has(t))
+        throw new Refusal(
+          'image-tag',
+          `${t} is a base image of a build in progress; the build reads it when it reaches that stage, so it can change once the build ended`,
+        );
+    for (const t of names) this.writing.set(t, (this.writing.get(t) ?? 0) + 1);
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      for (const t of names) {
+        const n = (this.writing.get(t) ?? 1) - 1;
+        if (n <= 0) this.writing.delete(t);
+        else this.writing.set(t, n);
+      }
+    };
+  }
+
+  /**
+   * Holds a build's base images by name: the legacy builder looks each stage's FROM up only when
+   * it reaches that stage, so the tenant may not move those tags until the build ended (the
+   * returned function). Waits for the tenant's writes of them already under way to land, so the
+   * images checked next are the ones the build will find.
+   */
+  private async holdBases(bases: Iterable<string>): Promise<() => void> {
+    const names: string[] = [];
+    for (const b of bases) {
+      try {
+        if (!b.includes('@')) names.push(normalizeTag(plainRef(b)));
+      } catch {
+        // a name dockerd cannot parse either: nothing to hold
+      }
+    }
+    for (const t of names) this.frozen.set(t, (this.frozen.get(t) ?? 0) + 1);
+    let done = false;
+    const release = (): void => {
+      if (done) return;
+      done = true;
+      for (const t of names) {
+        const n = (this.frozen.get(t) ?? 1) - 1;
+        if (n <= 0) this.frozen.delete(t);
+        else this.frozen.set(t, n);
+      }
+    };
+    while (names.some((t) => this.writing.has(t))) await new Promise((r) => setTimeout(r, 20));
+    return release;
+  }
+
   async assertTagWritable(tag: string | undefined): Promise<void> {
     if (tag === undefined) return;
+    // dockerd looks a short reference up as a tag before it reads it as an ID prefix: a tag named
+    // like an image's short ID would stand in for that image wherever someone names it so.
+    if (/^[0-9a-f]{12,}:/.test(tag))
+      throw new Refusal(
+        'image-tag',
+        `the repository name of ${tag} is 12 or more hex digits, which reads as an image ID prefix; choose another name`,
+      );
+    if (this.frozen.has(tag))
+      throw new Refusal(
+        'image-tag',
+        `${tag} is a base image of a build in progress; the build reads it when it reaches that stage, so it can change once the build ended`,
+      );
     const { status, json } = await this.upstreamJson<{ Id?: string }>(
       'GET',
       `/images/${encodeURIComponent(tag)}/json`,
@@ -1255,6 +1348,8 @@ export class GuardProxy {
     versions: readonly Buffer[],
     registryConfig: string | undefined,
     buildArgs: string | null,
+    held: (() => void)[],
+    pulls: { always: boolean; platform: string | null },
   ): Promise<Error | undefined> {
     let args: Record<string, string | null> = {};
     try {
@@ -1266,33 +1361,65 @@ export class GuardProxy {
     } catch {
       // dockerd refuses build args it cannot parse; nothing to expand with here
     }
+    // dockerd would answer that it cannot find the Dockerfile; the guard does not guess where
+    // dockerd might find one that it did not read.
+    if (versions.length === 0)
+      return new Refusal(
+        'build-options',
+        'berth found no Dockerfile in the context where the dockerfile option names it; it reads the Dockerfile before the build runs',
+      );
     const refusals: string[] = [];
     const bases = new Set<string>();
+    // The platform each base is built for: a stage's own, else the build's.
+    const platforms = new Map<string, Set<string>>();
+    const wants = (b: string, p: string) => platforms.set(b, (platforms.get(b) ?? new Set()).add(p));
     for (const v of versions) {
       const facts = readDockerfile(v.toString('utf8'), args);
       refusals.push(...facts.refusals);
       for (const b of facts.bases) bases.add(b);
+      for (const [b, p] of facts.platforms) wants(b, p);
     }
+    if (pulls.platform) for (const b of bases) if (!platforms.has(b)) wants(b, pulls.platform);
     // Each base is one inspect: a Dockerfile of more stages than any real one is not read further.
     if (bases.size > 64)
       return new Refusal(
         'build-options',
         `the Dockerfile names ${bases.size} base images; berth checks up to 64`,
       );
+    // Held before they are read: what is checked below is what the build will find.
+    held.push(await this.holdBases(bases));
     const inspect = (b: string) =>
-      this.upstreamJson<{ Config?: { OnBuild?: string[] | null } | null }>(
+      this.upstreamJson<PlatformFacts & { Config?: { OnBuild?: string[] | null } | null }>(
         'GET',
         `/images/${encodeURIComponent(b)}/json`,
       );
     for (const b of bases) {
       let found = await inspect(b);
-      // Not on the engine: the build would pull it and run its triggers unread. It is pulled
-      // here first, as the build would pull it (dockerd is still waiting for the context's end).
-      if (found.status === 404) {
-        await this.pullBase(b, registryConfig).catch(() => undefined);
+      const want = [...(platforms.get(b) ?? [])];
+      // Not on the engine (or the build asks for a fresh pull, or for another platform than the
+      // engine's image is for): the build would pull it and run its triggers unread. It is pulled
+      // here first, as the build would pull it (dockerd is still waiting for the context's end),
+      // and the build is sent without `pull`: it finds the image checked here.
+      const mismatch = () => want.find((p) => !platformMatches(p, found.json));
+      if (found.status === 404 || pulls.always || (found.status === 200 && mismatch() !== undefined)) {
+        for (const p of want.length > 0 ? want : [undefined])
+          await this.pullBase(b, registryConfig, p).catch(() => undefined);
         found = await inspect(b);
       }
-      if (found.status === 200) refusals.push(...triggerRefusals(b, found.json.Config?.OnBuild ?? []));
+      const other = found.status === 200 ? mismatch() : undefined;
+      if (other !== undefined) {
+        refusals.push(
+          `base image ${b}: the engine's image is not for ${other}, and the build would pull it unread; pull ${b} for that platform first, or build for the engine's`,
+        );
+        continue;
+      }
+      // A base berth cannot read is not let through unread: dockerd might find an image under a
+      // name berth did not (its reading of the name, or an image that came meanwhile).
+      if (found.status !== 200)
+        refusals.push(
+          `base image ${b}: not on the engine, and could not be pulled; berth reads a base's ONBUILD triggers before the build runs`,
+        );
+      else refusals.push(...triggerRefusals(b, found.json.Config?.OnBuild ?? []));
     }
     if (refusals.length === 0) return undefined;
     const more = refusals.length > 1 ? ` (and ${refusals.length - 1} more)` : '';
@@ -1304,7 +1431,7 @@ export class GuardProxy {
    * digest), with the build's credentials for that registry from its X-Registry-Config. Like the
    * build's own pull, it claims nothing for the tenant.
    */
-  private async pullBase(ref: string, registryConfig: string | undefined): Promise<void> {
+  private async pullBase(ref: string, registryConfig: string | undefined, platform?: string): Promise<void> {
     const at = ref.indexOf('@');
     const colon = ref.lastIndexOf(':');
     const tagged = at < 0 && colon > ref.lastIndexOf('/');
@@ -1313,6 +1440,7 @@ export class GuardProxy {
       tag: at >= 0 ? '' : tagged ? ref.slice(colon + 1) : 'latest',
     });
     if (at >= 0) qs.delete('tag');
+    if (platform !== undefined) qs.set('platform', platform);
     const headers: http.OutgoingHttpHeaders = {};
     const auth = registryAuth(registryConfig, registryOf(ref));
     if (auth !== undefined) headers['x-registry-auth'] = auth;
@@ -1326,6 +1454,21 @@ export class GuardProxy {
    * tenant sets, so a name someone else sets meanwhile stays theirs. Why not, or undefined.
    */
   private async tagMade(tag: string, imageId: string): Promise<string | undefined> {
+    let written: () => void;
+    try {
+      written = this.beginTagWrite([tag]);
+    } catch (err) {
+      if (err instanceof Refusal) return err.message;
+      throw err;
+    }
+    try {
+      return await this.tagMadeChecked(tag, imageId);
+    } finally {
+      written();
+    }
+  }
+
+  private async tagMadeChecked(tag: string, imageId: string): Promise<string | undefined> {
     try {
       await this.assertTagWritable(tag);
     } catch (err) {
@@ -1368,6 +1511,7 @@ export class GuardProxy {
     query: URLSearchParams,
   ): Promise<void> {
     const since = Date.now();
+    const held: (() => void)[] = [];
     const qs = onRequest(() => checkBuild(query, this.cfg.labels, this.cfg.policy, this.networkName));
     // By ID: a name can be another's too (dockerd allows duplicate network names).
     if (qs.get('networkmode') === this.networkName) qs.set('networkmode', await this.ensureNetwork());
@@ -1381,6 +1525,10 @@ export class GuardProxy {
     else qs.delete('q');
     const tags = qs.getAll('t').map((t) => normalizeTag(plainRef(t)));
     for (const t of tags) await this.assertTagWritable(t);
+    // With the gate, the bases are pulled (where the build would pull them) and checked before
+    // the build runs, and the build finds them there: it is not to pull them again.
+    const pulls = { always: goBool(qs.get('pull')), platform: qs.get('platform') };
+    if (!this.cfg.policy.allow.has('build-options')) qs.delete('pull');
     // dockerd writes no tag: the build runs as long as the tenant makes it, and a name someone else
     // sets meanwhile must stay theirs. The tags are set on the built image afterwards (tagMade).
     qs.delete('t');
@@ -1389,8 +1537,38 @@ export class GuardProxy {
     const gate = this.cfg.policy.allow.has('build-options')
       ? undefined
       : new ContextGate(dockerfilePaths(qs.get('dockerfile')), (versions) =>
-          this.contextRefusal(versions, firstHeader(req.headers['x-registry-config']), qs.get('buildargs')),
+          this.contextRefusal(
+            versions,
+            firstHeader(req.headers['x-registry-config']),
+            qs.get('buildargs'),
+            held,
+            pulls,
+          ),
         );
+    const release = (): void => {
+      for (const r of held.splice(0)) r();
+    };
+    try {
+      await this.buildHeld(req, res, target, qs, { since, quiet, tags, gate, release });
+    } finally {
+      release();
+    }
+  }
+
+  private async buildHeld(
+    req: IncomingMessage,
+    res: ServerResponse,
+    target: string,
+    qs: URLSearchParams,
+    b: {
+      since: number;
+      quiet: boolean;
+      tags: string[];
+      gate: ContextGate | undefined;
+      release: () => void;
+    },
+  ): Promise<void> {
+    const { since, quiet, tags, gate, release } = b;
     if (gate) {
       req.pipe(gate);
       req.once('error', (e) => gate.destroy(e));
@@ -1438,6 +1616,8 @@ export class GuardProxy {
         }
       },
     });
+    // dockerd has found every stage's base: the tenant may move those tags again.
+    release();
     // Stopped after dockerd began to answer: its answer ends in a read error; the reason follows.
     if (gate?.refused && !res.destroyed) {
       const message = answerMessage(contextRefusal(gate.refused));
@@ -1520,6 +1700,22 @@ export class GuardProxy {
     target: string,
     query: URLSearchParams,
   ): Promise<void> {
+    const held: (() => void)[] = [];
+    try {
+      await this.imageCreateHeld(req, res, target, query, held);
+    } finally {
+      for (const release of held) release();
+    }
+  }
+
+  /** imageCreate, with the tag a pull writes marked as being written (released by the caller). */
+  private async imageCreateHeld(
+    req: IncomingMessage,
+    res: ServerResponse,
+    target: string,
+    query: URLSearchParams,
+    held: (() => void)[],
+  ): Promise<void> {
     const since = Date.now();
     const fromSrc = query.get('fromSrc');
     let tag: string | undefined;
@@ -1554,6 +1750,7 @@ export class GuardProxy {
           `pulling every tag of ${from} is not allowed (it would move tags others own); name a tag`,
         );
       tag = digest ? undefined : this.claimTag(from, t);
+      held.push(this.beginTagWrite([tag]));
       // A pull records the manifest's digest as a reference on the image: new ones are the tenant's.
       const repo = repositoryOf(from);
       const before = await this.digestRefs(repo);
@@ -1603,6 +1800,13 @@ export class GuardProxy {
     await pulled?.(report);
   }
 
+  /** Every image ID on the engine now (intermediate images too). */
+  private async imageIds(): Promise<Set<string>> {
+    const { status, json } = await this.upstreamJson<{ Id?: string }[]>('GET', '/images/json?all=1');
+    if (status !== 200 || !Array.isArray(json)) throw new Error(`listing images: engine answered ${status}`);
+    return new Set(json.map((i) => i.Id ?? ''));
+  }
+
   /** The digest references of a repository on the engine now, each with its image ID. */
   private async digestRefs(repo: string): Promise<Map<string, string>> {
     const filters = encodeURIComponent(JSON.stringify({ reference: [repo] }));
@@ -1646,7 +1850,12 @@ export class GuardProxy {
     const lastOfRepo = !tagsOf(f).some((t) => normalizeTag(t) !== tag && repositoryOf(t) === repo);
     const digests = lastOfRepo ? digestsOf(f).filter((d) => repositoryOf(d) === repo) : [];
     const foreign = digests.filter((d) => !this.state.ownsDigestAt(d, f.Id));
-    if (foreign.length === 0) {
+    // The image's last name: dockerd would delete the image with it. An image someone else made
+    // (the host's, named only by its ID until the tenant tagged it) must stay.
+    const lastName =
+      !tagsOf(f).some((t) => normalizeTag(t) !== tag) && !digestsOf(f).some((d) => !digests.includes(d));
+    const othersImage = lastName && !this.state.builtImages.has(f.Id);
+    if (foreign.length === 0 && !othersImage) {
       const r = await this.upstreamBytes('DELETE', `/images/${encodeURIComponent(tag)}${query}`);
       if (r.status < 300) {
         this.state.tags.delete(tag);
@@ -1725,6 +1934,7 @@ export class GuardProxy {
   private async imageLoad(req: IncomingMessage, res: ServerResponse, target: string): Promise<void> {
     const dir = mkdtempSync(join(tmpdir(), 'berth-load-'));
     const file = join(dir, 'archive.tar');
+    let written = (): void => undefined;
     try {
       // Spooled and read in one pass: the scanner sees each piece as it goes to the file.
       const scanning = new ArchiveScan();
@@ -1755,6 +1965,10 @@ export class GuardProxy {
         if (raw !== tag) await this.assertTagWritable(raw);
         tags.add(tag);
       }
+      written = this.beginTagWrite([...tags]);
+      // An untagged image the load makes is the tenant's (removed with its other objects); one the
+      // engine had already is not.
+      const had = await this.imageIds();
       const fresh = [...tags].filter((t) => !this.state.ownsTag(t));
       for (const t of fresh) this.state.addTag(t);
       let up: Upstream;
@@ -1774,6 +1988,7 @@ export class GuardProxy {
       // A claim holds where the load reported setting the tag; a failed load leaves nothing
       // claimed, nor a name someone else set meanwhile. Loaded content was made elsewhere (it may
       // be someone else's too): only the tags are the tenant's.
+      for (const idv of loaded.loadedIds) if (!had.has(idv)) this.state.builtImages.add(idv);
       for (const t of tags) {
         const f = loaded.loaded.has(t) ? await this.inspectImage(t).catch(() => undefined) : undefined;
         if (f) this.state.setTag(t, f.Id);
@@ -1785,6 +2000,7 @@ export class GuardProxy {
       });
       res.end(out);
     } finally {
+      written();
       rmSync(dir, { recursive: true, force: true });
     }
   }
@@ -1814,6 +2030,7 @@ export class GuardProxy {
       ) {
         throw new Refusal('image-tag', `image ${name} is not one you built; remove your tags instead`);
       }
+      this.assertNotHeld(tags);
       await this.forward(
         req,
         res,
@@ -1843,8 +2060,19 @@ export class GuardProxy {
       if (settled) this.state.tags.delete(tag);
       throw new Refusal('image-tag', `the tag ${tag} is not yours to remove${since}`);
     }
+    this.assertNotHeld([tag]);
     const r = await this.removeTag(tag, now, `?${qs.toString()}`);
     sendJsonBytes(res, r.status, r.raw, r.headers);
+  }
+
+  /** Refuses to remove a tag a build of the tenant's holds as a base (the builder would pull it). */
+  private assertNotHeld(tags: readonly string[]): void {
+    const held = tags.map((t) => normalizeTag(t)).find((t) => this.frozen.has(t));
+    if (held !== undefined)
+      throw new Refusal(
+        'image-tag',
+        `${held} is a base image of a build in progress; remove it once the build ended`,
+      );
   }
 
   private async imagePrune(res: ServerResponse): Promise<void> {
@@ -2370,3 +2598,29 @@ function plainRef(ref: string): string {
 
 /** A bind source's key among a create's resolved binds (`Binds` and `Mounts` resolve differently). */
 const bindKey = (source: string, create: boolean): string => `${create ? 'B' : 'M'}${source}`;
+
+/** What an image inspect says of its platform. */
+interface PlatformFacts {
+  Os?: string;
+  Architecture?: string;
+  Variant?: string;
+}
+
+const ARCH_ALIASES: Readonly<Record<string, string>> = {
+  x86_64: 'amd64',
+  'x86-64': 'amd64',
+  aarch64: 'arm64',
+  armhf: 'arm',
+  armel: 'arm',
+  i386: '386',
+};
+
+/** Whether an image is for a platform written `os[/arch[/variant]]` (as the builder compares). */
+export function platformMatches(platform: string, img: PlatformFacts): boolean {
+  const [os = '', arch, variant] = platform.toLowerCase().split('/');
+  const norm = (a: string) => ARCH_ALIASES[a] ?? a;
+  if (os !== (img.Os ?? '').toLowerCase()) return false;
+  if (arch !== undefined && norm(arch) !== norm((img.Architecture ?? '').toLowerCase())) return false;
+  if (variant !== undefined && variant !== (img.Variant ?? '').toLowerCase()) return false;
+  return true;
+}

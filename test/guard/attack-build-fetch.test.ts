@@ -83,7 +83,7 @@ describe('attack: builds that make the daemon fetch from the host’s network', 
       },
       { timeoutMs: 60_000 },
     );
-  const context = (dockerfile: string, name = 'Dockerfile', extra: Buffer[] = []) =>
+  const context = (dockerfile: string | Buffer, name = 'Dockerfile', extra: Buffer[] = []) =>
     Buffer.concat([entry('local.txt', 'local\n'), ...extra, entry(name, dockerfile), END]);
 
   test('refused shapes (raw API): nothing is fetched, no image is made', async () => {
@@ -123,6 +123,154 @@ describe('attack: builds that make the daemon fetch from the host’s network', 
       assert.equal(fetched, 0, `${what}: the daemon fetched the URL`);
       assert.equal(await images(c).find(tag), undefined, `${what}: an image was made`);
     }
+  });
+
+  test('red-team pass 4: byte-level flags, FROM names, triggers over lines, nested gzip, links, no Dockerfile', async () => {
+    // A tenant image whose ONBUILD trigger spans lines (a commit's config can hold any string):
+    // dockerd drops the comment line and runs the ADD.
+    const ml = `berth-fetch-ml-${SESSION}:v1`;
+    made.push(ml);
+    const ctr = await send(sock, {
+      method: 'POST',
+      path: '/v1.41/containers/create',
+      headers: [['Content-Type', 'application/json']],
+      body: JSON.stringify({
+        Image: 'berth-local/busybox',
+        Cmd: ['true'],
+        HostConfig: { NetworkMode: 'none' },
+      }),
+    });
+    assert.equal(ctr.status, 201, ctr.text);
+    const cid = (JSON.parse(ctr.text) as { Id: string }).Id;
+    const [mlRepo, mlTag] = ml.split(':');
+    const commit = await send(sock, {
+      method: 'POST',
+      path: `/v1.41/commit?container=${cid}&repo=${mlRepo ?? ''}&tag=${mlTag ?? ''}`,
+      headers: [['Content-Type', 'application/json']],
+      body: JSON.stringify({ OnBuild: [`# x\nADD ${url} /s`] }),
+    });
+    assert.equal(commit.status, 201, commit.text);
+    // An amd64 image under a loopback registry's name (no registry there: the pull fails at once).
+    const plat = `127.0.0.1:9/berth-plat-${SESSION}:v1`;
+    made.push(plat);
+    assert.equal((await docker(RAW, ['tag', 'berth-local/busybox', plat])).code, 0);
+    const link = Buffer.concat([
+      entry('s', '', '2', { linkname: '.' }),
+      entry('h', '', '1', { linkname: 's' }),
+      entry('h/Dockerfile', `FROM berth-local/busybox\nADD ${url} /s\n`),
+      END,
+    ]);
+    for (const [what, ctx, query, rule, status] of [
+      [
+        'a gzip stream inside the gzip',
+        gzipSync(gzipSync(context(`FROM berth-local/busybox\nADD ${url} /s\n`))),
+        '',
+        'malformed',
+        400,
+      ],
+      [
+        'a flag ended by the byte 0xA0',
+        context(
+          Buffer.concat([
+            Buffer.from('FROM berth-local/busybox\nADD --chown=0:0'),
+            Buffer.from([0xa0]),
+            Buffer.from(`${url} /s\n`),
+          ]),
+        ),
+        '',
+        'build-options',
+        403,
+      ],
+      [
+        'a flag ended inside a UTF-8 sequence',
+        context(`FROM berth-local/busybox\nADD --chown=rootŅ${url} /s\n`),
+        '',
+        'build-options',
+        403,
+      ],
+      ['a quoted FROM name', context(`FROM "${base}"\nRUN true\n`), '', 'build-options', 403],
+      [
+        'a FROM name through ARG defaults',
+        context(`ARG A=${base}\nARG B=$A\nFROM $B\nRUN true\n`),
+        '',
+        'build-options',
+        403,
+      ],
+      ['a trigger over two lines', context(`FROM ${ml}\nRUN true\n`), '', 'build-options', 403],
+      ['a hard link to a symlink', link, '', 'malformed', 400],
+      [
+        'no Dockerfile where the option names it',
+        context('FROM berth-local/busybox\n', 'Other'),
+        '',
+        'build-options',
+        403,
+      ],
+      [
+        'a base berth cannot find',
+        // Named on a loopback port with no registry: the guard's pull fails there, not on the Hub.
+        context(`FROM 127.0.0.1:9/berth-none-${SESSION}:v1\nRUN true\n`),
+        '',
+        'build-options',
+        403,
+      ],
+      [
+        'a platform the engine’s base is not for',
+        context(`FROM ${plat}\nRUN true\n`),
+        'platform=linux/s390x',
+        'build-options',
+        403,
+      ],
+    ] as const) {
+      const tag = `berth-fetch-${SESSION}:${made.length}`;
+      made.push(tag);
+      const r = await build(ctx, `${query}${query ? '&' : ''}t=${encodeURIComponent(tag)}`);
+      expectRefused(r, rule, what, status);
+      assert.equal(fetched, 0, `${what}: the daemon fetched the URL`);
+      assert.equal(await images(c).find(tag), undefined, `${what}: an image was made`);
+    }
+  });
+
+  test('a base the tenant owns cannot move while its build runs (the builder reads it at its stage)', async () => {
+    const mine = `berth-fetch-mine-${SESSION}:v1`;
+    made.push(mine);
+    const [repo, t] = mine.split(':');
+    const clean = await send(sock, {
+      method: 'POST',
+      path: `/v1.41/images/berth-local/busybox/tag?repo=${repo ?? ''}&tag=${t ?? ''}`,
+    });
+    assert.equal(clean.status, 201, clean.text);
+    const tag = `berth-fetch-${SESSION}:race`;
+    made.push(tag);
+    const running = build(
+      context(`FROM berth-local/busybox AS first\nRUN sleep 4\nFROM ${mine}\nRUN true\n`),
+      `t=${encodeURIComponent(tag)}`,
+    );
+    // Once the context passed (the first stage is running), the tenant tries to point its tag at
+    // the image whose trigger fetches, and to remove it (the builder would then pull the name).
+    await new Promise((r) => setTimeout(r, 2000));
+    expectRefused(
+      await send(sock, {
+        method: 'POST',
+        path: `/v1.41/images/${base}/tag?repo=${repo ?? ''}&tag=${t ?? ''}`,
+      }),
+      'image-tag',
+      'moving a base during its build',
+    );
+    expectRefused(
+      await send(sock, { method: 'DELETE', path: `/v1.41/images/${mine}` }),
+      'image-tag',
+      'removing a base during its build',
+    );
+    const r = await running;
+    assert.equal(r.status, 200, r.text);
+    assert.match(r.text, /Successfully tagged/);
+    assert.equal(fetched, 0, 'the daemon fetched the URL');
+    // Once the build ended, the tag is the tenant's to move again.
+    const moved = await send(sock, {
+      method: 'POST',
+      path: `/v1.41/images/${base}/tag?repo=${repo ?? ''}&tag=${t ?? ''}`,
+    });
+    assert.equal(moved.status, 201, moved.text);
   });
 
   test('a context the guard cannot read is malformed (400), and nothing runs', async () => {
@@ -201,6 +349,17 @@ describe('attack: builds that make the daemon fetch from the host’s network', 
       assert.match(r.text, /ONBUILD ADD http:/);
       assert.equal(fetched, 0, 'the daemon fetched the URL');
       assert.equal(await images(c).find(tag), undefined);
+
+      // With pull=1 the builder would pull the base again, whatever the engine has under its name:
+      // here a clean image, while the registry holds the one with the trigger. The guard pulls it
+      // first and reads that one; the build is sent without pull.
+      assert.equal((await docker(RAW, ['tag', 'berth-local/busybox', remote])).code, 0);
+      const again = `berth-fetch-${SESSION}:pull1`;
+      made.push(again);
+      const p = await build(context(`FROM ${remote}\nRUN true\n`), `pull=1&t=${encodeURIComponent(again)}`);
+      expectRefused(p, 'build-options', 'pull=1 onto a registry image with a trigger');
+      assert.equal(fetched, 0, 'the daemon fetched the URL');
+      assert.equal(await images(c).find(again), undefined);
     } finally {
       await registry.close();
     }

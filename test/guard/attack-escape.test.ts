@@ -236,6 +236,15 @@ describe('guard attack suite: escape prevention', () => {
         },
         { rule: 'devices', field: 'DeviceCgroupRules', bad: '["a *:* rwm"]', benign: 'null' },
         { rule: 'devices', field: 'DeviceRequests', bad: '[{"Driver":"nvidia","Count":-1}]', benign: '[]' },
+        // dockerd stats these paths on the host when the container starts: an oracle for any path.
+        {
+          rule: 'devices',
+          field: 'BlkioDeviceReadBps',
+          bad: '[{"Path":"/root/.ssh/id_rsa","Rate":1048576}]',
+          benign: '[]',
+        },
+        { rule: 'devices', field: 'BlkioWeightDevice', bad: '[{"Path":"/etc/shadow","Weight":100}]' },
+        { rule: 'devices', field: 'BlkioDeviceWriteIOps', bad: '[{"Path":"/dev/sda","Rate":10}]' },
       ],
     ],
     [
@@ -495,6 +504,7 @@ describe('guard attack suite: escape prevention', () => {
       '{"OomKillDisable":true}',
       '{"ulimits":[{"name":"rtprio","soft":99,"hard":99}]}',
       '{"CpuRealtimeRuntime":950000}',
+      '{"BlkioDeviceReadBps":[{"Path":"/root","Rate":1}]}',
     ]) {
       const res = await send(a.sock, {
         method: 'POST',

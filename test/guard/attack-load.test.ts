@@ -163,6 +163,15 @@ describe('attack: docker load claiming or reverting tags it does not name', () =
         'a second PAX header',
         (t: string) => [pax({ path: 'zzz' }), pax({ comment: 'a' }), entry('manifest.json', t)],
       ],
+      [
+        // link(2) makes `h` a second symlink to `.`: `h/manifest.json` lands on `manifest.json`.
+        'a hard link to a symlink',
+        (t: string) => [
+          entry('s', '', '2', { linkname: '.' }),
+          entry('h', '', '1', { linkname: 's' }),
+          entry('h/manifest.json', t),
+        ],
+      ],
     ] as const) {
       const r = await loadRaw(withManifest(parts));
       expectRefused(r, 'image-tag', what);

@@ -8,7 +8,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { containers, networks } from '../../src/engine/index.js';
+import { containers, images, networks } from '../../src/engine/index.js';
 import { createGuard, tenantNetworkName } from '../../src/guard/index.js';
 import type { GuardHandle } from '../../src/guard/index.js';
 import { docker, engine, sessionLabels, tempDir, uniqueName } from '../support/index.js';
@@ -135,6 +135,38 @@ describe('attack: squatting a tenant network name', () => {
       assert.equal((await networks(c).list({ name: [hostNetName] })).length, 1, 'one network of that name');
     } finally {
       await containers(c).remove(host.Id, { force: true });
+      await networks(c).remove(hostNet.Id);
+    }
+  });
+
+  test('an image tag or a network named like someone else’s short ID is refused (tag, build, create)', async () => {
+    const sock = join(dir.path, 'a.sock');
+    const hostNetName = uniqueName('namehostnet');
+    const hostNet = await networks(c).create({ Name: hostNetName, Labels: sessionLabels() });
+    try {
+      // dockerd reads `docker run <12 hex>` as a tag first: the tenant's image would run instead.
+      const img = (await images(c).inspect('berth-local/busybox')).Id.replace(/^sha256:/, '');
+      const short = img.slice(0, 12);
+      const tagged = await send(sock, {
+        method: 'POST',
+        path: `/v1.41/images/berth-local/busybox/tag?repo=${short}&tag=latest`,
+      });
+      expectRefused(tagged, 'image-tag', 'a tag named like the image’s short ID');
+      const built = await docker(attacker.address, ['build', '-q', '-t', img.slice(0, 20), '-'], {
+        env: { DOCKER_BUILDKIT: '0' },
+        input: 'FROM berth-local/busybox\nRUN true\n',
+      });
+      assert.notEqual(built.code, 0);
+      assert.match(built.stderr, /berth: image-tag: /);
+      for (const ref of [`${short}:latest`, `${img.slice(0, 20)}:latest`])
+        assert.equal(await images(c).find(ref), undefined, `no tag ${ref} was made`);
+      // dockerd finds a network by name before an ID prefix: `docker network connect <short>`.
+      const netShort = hostNet.Id.slice(0, 12);
+      const net = await postJson(sock, '/v1.41/networks/create', JSON.stringify({ Name: netShort }));
+      expectRefused(net, 'ownership', 'a network named like the host network’s short ID');
+      assert.deepEqual(await networks(c).list({ name: [netShort] }), [], 'no network took the name');
+      assert.equal((await networks(c).inspect(netShort)).Id, hostNet.Id, 'the short ID finds the host’s');
+    } finally {
       await networks(c).remove(hostNet.Id);
     }
   });

@@ -1,0 +1,125 @@
+/**
+ * Attack: images nobody names. An image the host keeps by ID only (no tag) is not the tenant's to
+ * remove, and deleting it by ID is refused; a tenant that tags it first, then removes its tag (or
+ * leaves the tag to the guard's cleanup), would have dockerd delete the image with its last name.
+ * And an image archive without tags (`docker save <id>`) loads an image the tenant made, which the
+ * cleanup must remove like its other objects, without taking an image the engine already had.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { images } from '../../src/engine/index.js';
+import { createGuard } from '../../src/guard/index.js';
+import type { GuardHandle } from '../../src/guard/index.js';
+import { SESSION, engine, sessionLabels, tempDir, uniqueName } from '../support/index.js';
+import { expectRefused, send } from '../support/rawhttp.js';
+
+const RAW = '/var/run/docker.sock';
+const EMPTY_TAR = Buffer.alloc(1024);
+
+/** An untagged image made on the raw socket (an import of an empty archive), labelled uniquely. */
+async function hostImage(label: string): Promise<string> {
+  const changes = encodeURIComponent(`LABEL io.berth.test-session=${SESSION} berth.test.unique=${label}`);
+  const r = await send(RAW, {
+    method: 'POST',
+    path: `/v1.41/images/create?fromSrc=-&changes=${changes}`,
+    headers: [['Content-Type', 'application/x-tar']],
+    body: EMPTY_TAR,
+  });
+  const id = /"status":"(sha256:[0-9a-f]{64})"/.exec(r.text)?.[1];
+  assert.ok(id, r.text);
+  return id;
+}
+
+describe('attack: removing or keeping images nobody names', () => {
+  const c = engine();
+  const dir = tempDir('berth-untagged-');
+  const made: string[] = [];
+  let guard: GuardHandle;
+  let sock = '';
+
+  before(async () => {
+    sock = join(dir.path, 'g.sock');
+    guard = await createGuard({ tenant: uniqueName('untag'), listen: sock, labels: sessionLabels() });
+  });
+
+  after(async () => {
+    await guard.close({ cleanup: true }).catch(() => undefined);
+    for (const id of made)
+      await images(c)
+        .remove(id, true)
+        .catch(() => false);
+    c.close();
+    dir[Symbol.dispose]();
+  });
+
+  test('a host image named only by ID survives the tenant tagging it and removing the tag', async () => {
+    const id = await hostImage(uniqueName('u1'));
+    made.push(id);
+    expectRefused(
+      await send(sock, { method: 'DELETE', path: `/v1.41/images/${id}` }),
+      'image-tag',
+      'deleting the host image by ID',
+    );
+    const repo = `berth-grab-${SESSION}`;
+    const tag = await send(sock, { method: 'POST', path: `/v1.41/images/${id}/tag?repo=${repo}&tag=1` });
+    assert.equal(tag.status, 201, tag.text);
+    const del = await send(sock, { method: 'DELETE', path: `/v1.41/images/${repo}:1` });
+    assert.equal(del.status, 200, del.text);
+    assert.match(del.text, /Untagged/);
+    assert.doesNotMatch(del.text, new RegExp(id.slice(7, 19)), 'the answer reports no deletion of the image');
+    assert.equal((await images(c).inspect(id)).Id, id, 'the host image is still there');
+    assert.equal(await images(c).find(`${repo}:1`), undefined, 'the tenant’s tag is gone');
+  });
+
+  test('nor the guard’s cleanup of a tag the tenant left on it', async () => {
+    const id = await hostImage(uniqueName('u2'));
+    made.push(id);
+    const other = join(dir.path, 'o.sock');
+    const g = await createGuard({ tenant: uniqueName('untag2'), listen: other, labels: sessionLabels() });
+    const repo = `berth-grab2-${SESSION}`;
+    try {
+      const tag = await send(other, { method: 'POST', path: `/v1.41/images/${id}/tag?repo=${repo}&tag=1` });
+      assert.equal(tag.status, 201, tag.text);
+    } finally {
+      await g.close({ cleanup: true });
+    }
+    assert.equal(await images(c).find(`${repo}:1`), undefined, 'the cleanup removed the tag');
+    assert.equal((await images(c).inspect(id)).Id, id, 'and left the host image');
+  });
+
+  test('an untagged load makes an image the cleanup removes; one the engine had stays', async () => {
+    const fresh = await hostImage(uniqueName('u3'));
+    made.push(fresh);
+    const saved = await send(RAW, { method: 'GET', path: `/v1.41/images/${fresh}/get` });
+    assert.equal(saved.status, 200);
+    assert.ok(await images(c).remove(fresh, true));
+    const had = (await images(c).inspect('berth-local/busybox')).Id;
+    const savedHad = await send(RAW, { method: 'GET', path: `/v1.41/images/${had}/get` });
+    const other = join(dir.path, 'l.sock');
+    const g = await createGuard({ tenant: uniqueName('untag3'), listen: other, labels: sessionLabels() });
+    try {
+      for (const archive of [saved.body, savedHad.body]) {
+        const r = await send(other, {
+          method: 'POST',
+          path: '/v1.41/images/load?quiet=1',
+          headers: [['Content-Type', 'application/x-tar']],
+          body: archive,
+        });
+        assert.equal(r.status, 200, r.text);
+        assert.match(r.text, /Loaded image ID: sha256:/);
+      }
+      assert.equal((await images(c).inspect(fresh)).Id, fresh, 'the load made the image');
+      // The tenant may remove what it loaded, by ID; not the image the engine had.
+      expectRefused(
+        await send(other, { method: 'DELETE', path: `/v1.41/images/${had}` }),
+        'image-tag',
+        'an image the engine had before the load',
+      );
+    } finally {
+      await g.close({ cleanup: true });
+    }
+    assert.equal(await images(c).find(fresh), undefined, 'the cleanup removed the loaded image');
+    assert.equal((await images(c).inspect(had)).Id, had, 'the image the engine had is still there');
+  });
+});
