@@ -1518,11 +1518,11 @@ export class GuardProxy {
     // Intermediate containers of the legacy builder carry no labels: always remove them, even on failure.
     qs.set('rm', '1');
     qs.set('forcerm', '1');
-    // `q` read as dockerd's BoolValue reads it, and sent on in one spelling: with it, the answer is
-    // only the image ID (see below).
+    // `q` read as dockerd's BoolValue reads it. dockerd is never asked to be quiet: a quiet build
+    // reports only its last image, and the earlier stages' images would be nobody's. The guard
+    // holds the output back instead and answers as dockerd would (see buildHeld).
     const quiet = goBool(qs.get('q'));
-    if (quiet) qs.set('q', '1');
-    else qs.delete('q');
+    qs.delete('q');
     const tags = qs.getAll('t').map((t) => normalizeTag(plainRef(t)));
     for (const t of tags) await this.assertTagWritable(t);
     // With the gate, the bases are pulled (where the build would pull them) and checked before
@@ -1601,36 +1601,54 @@ export class GuardProxy {
     // `{"aux":{"ID":...}}` counts: everything a build step prints sits inside a JSON string, where
     // its quotes are escaped, so it cannot form `"ID":"`. A "Successfully built <id>" line is not
     // trusted: a RUN step can print one naming someone else's image.
+    // dockerd reports each stage's image as `{"aux":{"ID":…}}`, the last one the build's, and a
+    // failure as an `{"errorDetail":…}` message (a failed multi-stage build has reported its earlier
+    // stages: none of them is the build's image).
     let tail = '';
-    let seen = 0;
+    let errored = false;
     const reported = new Set<string>();
     let last: string | undefined; // the build's final image: dockerd's last aux ID
-    await relay(up.body, res, {
-      end: false,
-      onData: (c) => {
-        seen += c.length;
-        tail = (tail + c.toString('utf8')).slice(-4096);
-        for (const m of tail.matchAll(/"ID":"(sha256:[0-9a-f]{64})"/g)) {
-          if (m[1]) reported.add(m[1]);
-          last = m[1];
+    const watch = (c: Buffer): void => {
+      tail = (tail + c.toString('utf8')).slice(-4096);
+      for (const m of tail.matchAll(/"ID":"(sha256:[0-9a-f]{64})"/g)) {
+        if (m[1]) reported.add(m[1]);
+        last = m[1];
+      }
+      if (tail.includes('{"errorDetail":')) errored = true;
+    };
+    // A quiet build's output is held back, as dockerd holds it: shown only when the build failed.
+    const held: Buffer[] = [];
+    if (quiet) {
+      let bytes = 0;
+      try {
+        for await (const chunk of up.body) {
+          if (res.destroyed) break;
+          const c = chunk as Buffer;
+          watch(c);
+          held.push(c);
+          bytes += c.length;
+          // The head of an output larger than that goes (dockerd would hold it all in memory).
+          while (bytes > QUIET_HELD_MAX && held.length > 1) bytes -= held.shift()?.length ?? 0;
         }
-      },
-    });
+      } catch {
+        errored = true; // the engine's answer broke off
+      } finally {
+        up.body.destroy();
+      }
+    } else await relay(up.body, res, { end: false, onData: watch });
     // dockerd has found every stage's base: the tenant may move those tags again.
     release();
+    if (quiet && !res.destroyed) {
+      if (!errored && !gate?.refused && last !== undefined)
+        res.write(`${JSON.stringify({ stream: `${last}\n` })}\n`);
+      else for (const c of held) res.write(c);
+    }
+    if (errored) last = undefined;
     // Stopped after dockerd began to answer: its answer ends in a read error; the reason follows.
     if (gate?.refused && !res.destroyed) {
       const message = answerMessage(contextRefusal(gate.refused));
       res.write(`${JSON.stringify({ errorDetail: { message }, error: message })}\n`);
       last = undefined;
-    }
-    // With `q`, dockerd sends no aux message: a build that worked answers with one line only,
-    // `{"stream":"sha256:…\n"}`, the steps' output discarded. A failed one dumps that output (a RUN
-    // step can print such a line) and then an error, so only an answer that is that one line counts.
-    const quietId = quiet && seen < 4096 ? QUIET_BUILD_ANSWER.exec(tail.trim())?.[1] : undefined;
-    if (quietId !== undefined) {
-      reported.add(quietId);
-      last = quietId;
     }
     try {
       // What the build made: the reported IDs created during the build.
@@ -2281,7 +2299,8 @@ interface DfResult {
 }
 
 /** The whole answer of a build with `q` that worked. */
-const QUIET_BUILD_ANSWER = /^\{"stream":"(sha256:[0-9a-f]{64})\\n"\}$/;
+/** How much of a quiet build's output the guard holds back (its end, where the error is). */
+const QUIET_HELD_MAX = 16 * 1024 * 1024;
 
 /** dockerd's httputils.BoolValue: anything but "", 0, no, false and none (any case, trimmed) is true. */
 function goBool(v: string | null): boolean {

@@ -264,13 +264,52 @@ describe('quiet builds (docker build -q): the one-line answer names the tenant�
     assert.equal((await images(c).inspect(victim)).Id, victimId);
   });
 
-  test('an untagged quiet build left behind is removed by the cleanup', async () => {
+  test('a failed multi-stage build tags nothing (its first stage’s image is not the build’s)', async () => {
+    const tag = `berth-buildq-${SESSION}:failed`;
+    const b = await docker(
+      guard.address,
+      [
+        'build',
+        '-t',
+        tag,
+        context(
+          'msfail',
+          `FROM berth-local/busybox AS a\nRUN echo a-${SESSION}-fail > /a\nFROM berth-local/busybox\nRUN false\n`,
+        ),
+      ],
+      { env: { DOCKER_BUILDKIT: '0' } },
+    );
+    assert.notEqual(b.code, 0);
+    assert.doesNotMatch(b.stdout, /Successfully tagged/);
+    assert.equal(await images(c).find(tag), undefined, 'no tag was set');
+  });
+
+  test('an untagged quiet build left behind is removed by the cleanup, every stage’s image with it', async () => {
+    // A quiet build answers with the last image only: the guard asks dockerd for every stage's.
+    const dockerfile = `FROM berth-local/busybox AS a\nRUN echo a-${SESSION}-ms > /a\nFROM berth-local/busybox\nCOPY --from=a /a /a\n`;
+    const ms = await docker(guard.address, ['build', '-q', context('ms', dockerfile)], {
+      env: { DOCKER_BUILDKIT: '0' },
+    });
+    assert.equal(ms.code, 0, ms.stderr);
+    assert.match(ms.stdout.trim(), /^sha256:[0-9a-f]{64}$/, 'the one-line answer');
+    // The same build on the raw socket is answered from the cache: its stage images are those.
+    const again = await docker(RAW, ['build', context('ms-raw', dockerfile)], {
+      env: { DOCKER_BUILDKIT: '0' },
+    });
+    assert.equal(again.code, 0, again.stderr);
+    const stages = [
+      ...again.stdout.matchAll(/---> ([0-9a-f]{12})\n(?:Step \d+\/\d+ : FROM|Successfully built)/g),
+    ].map((m) => m[1] ?? '');
+    assert.ok(stages.length >= 2, again.stdout);
+    for (const s of stages) assert.ok(await images(c).find(s), `stage image ${s} exists`);
     const b = await quietBuild('left');
     assert.equal(b.code, 0, b.stderr);
     const id = b.stdout.trim();
     assert.ok(await images(c).find(id));
     await guard.close({ cleanup: true });
     assert.equal(await images(c).find(id), undefined, 'the cleanup removed it');
+    for (const s of stages)
+      assert.equal(await images(c).find(s), undefined, `the cleanup removed stage ${s}`);
     assert.equal((await images(c).inspect(victim)).Id, victimId, 'and nothing of the host’s');
   });
 });
