@@ -127,6 +127,10 @@ test('red-team pass 4: flags read byte by byte, FROM names berth cannot expand, 
     assert.match(refused(text).join(), /written plainly/, JSON.stringify(text));
   // An ARG default is expanded from the ARGs before it, as dockerd expands it.
   assert.deepEqual(readDockerfile('ARG A=onb\nARG B=$A\nARG C=${B}:1\nFROM $C\n').bases, ['onb:1']);
+  // Pass 5: dockerd's builtin proxy args expand in ARG defaults and FROM, declared or not; a
+  // FROM that expands to nothing is refused, not skipped.
+  assert.deepEqual(readDockerfile('ARG B=$HTTP_PROXY\nFROM $B\n', { HTTP_PROXY: 'onb' }).bases, ['onb']);
+  assert.match(refused('ARG B\nFROM $B\n').join(), /no image name/);
   // A stage's platform is reported with its base, expanded; one berth cannot read is refused.
   assert.deepEqual(readDockerfile('ARG P=linux/arm64\nFROM --platform=$P b\n').platforms, [
     ['b', 'linux/arm64'],

@@ -184,6 +184,20 @@ function refusalsOf(ins: Instruction): string[] {
  * image: from the ARGs declared before the first FROM (a build arg overrides the default); a
  * variable with no value expands to nothing, as in dockerd.
  */
+/** Build args dockerd knows without an ARG line (`builtinAllowedBuildArgs`). */
+const BUILTIN_ARGS = [
+  'HTTP_PROXY',
+  'http_proxy',
+  'HTTPS_PROXY',
+  'https_proxy',
+  'FTP_PROXY',
+  'ftp_proxy',
+  'NO_PROXY',
+  'no_proxy',
+  'ALL_PROXY',
+  'all_proxy',
+];
+
 const VARIABLE = /\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([-+])([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)/g;
 
 function expandArgs(word: string, args: ReadonlyMap<string, string>): string {
@@ -230,7 +244,13 @@ export function readDockerfile(
   // Every reading of the file counts: what any of them would run is checked.
   for (const reading of READINGS) {
     const stages = new Set<string>();
+    // dockerd's builtin args (the proxy settings) expand wherever a build arg gives them, declared
+    // or not.
     const globals = new Map<string, string>();
+    for (const name of BUILTIN_ARGS) {
+      const v = buildArgs[name];
+      if (typeof v === 'string') globals.set(name, v);
+    }
     let seenFrom = false;
     for (const ins of instructions(text, reading)) {
       refusals.push(...refusalsOf(ins));
@@ -258,7 +278,11 @@ export function readDockerfile(
           refusals.push(
             `line ${ins.line}: FROM ${word}: berth reads a base image's name only when it is written plainly (no quotes, escape characters or variables it cannot expand), to check the image's ONBUILD triggers`,
           );
-        else if (image !== '' && image.toLowerCase() !== 'scratch' && !stages.has(image.toLowerCase())) {
+        else if (image === '')
+          refusals.push(
+            `line ${ins.line}: FROM ${word}: berth reads no image name there; name the base plainly`,
+          );
+        else if (image.toLowerCase() !== 'scratch' && !stages.has(image.toLowerCase())) {
           bases.push(image);
           // The builder pulls a stage's base whose image on the engine is for another platform.
           for (const w of ins.rest.split(/\s+/)) {

@@ -370,11 +370,13 @@ function checkBuildResources(q: URLSearchParams, out: URLSearchParams, policy: P
   // The docker CLI sends `null` for none.
   const ulimits = jsonParam(q, 'ulimits', 'array', true);
   if (ulimits) checkResources({ Ulimits: ulimits }, policy);
+  // Read as dockerd reads them (strconv.ParseInt, base 10, 64 bits; dockerd takes a value it
+  // cannot parse as 0, which is no limit): `1e3`, `0x10` or `1.5` are refused, not read as numbers.
   const num = (name: string): number => {
     const v = q.get(name);
     if (v === null || v === '') return 0;
-    const n = Number(v);
-    if (!Number.isFinite(n)) throw new Refusal('malformed', `${name}=${v} is not a number`, 400);
+    const n = /^[+-]?\d{1,18}$/.test(v) ? Number(v) : NaN;
+    if (!Number.isSafeInteger(n)) throw new Refusal('malformed', `${name}=${v} is not a whole number`, 400);
     return n;
   };
   const hc: Record<string, unknown> = { Memory: num('memory') };

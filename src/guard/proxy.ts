@@ -224,6 +224,8 @@ export class GuardProxy {
   private readonly frozen = new Map<string, number>();
   /** Tags this tenant's operations are writing now (tag → how many). */
   private readonly writing = new Map<string, number>();
+  /** Images that are bases of this tenant's builds in flight (ID → how many builds). */
+  private readonly heldImages = new Map<string, number>();
 
   constructor(readonly cfg: ProxyConfig) {
     this.state = new TenantState(cfg.tenant);
@@ -1273,7 +1275,9 @@ export class GuardProxy {
    * returned function). Waits for the tenant's writes of them already under way to land, so the
    * images checked next are the ones the build will find.
    */
-  private async holdBases(bases: Iterable<string>): Promise<() => void> {
+  private async holdBases(bases: Iterable<string>, hold: BuildHold): Promise<void> {
+    // A build that already ended (its client went away while the context was read) holds nothing.
+    if (hold.closed) return;
     const names: string[] = [];
     for (const b of bases) {
       try {
@@ -1293,8 +1297,22 @@ export class GuardProxy {
         else this.frozen.set(t, n);
       }
     };
+    hold.releases.push(release);
     while (names.some((t) => this.writing.has(t))) await new Promise((r) => setTimeout(r, 20));
-    return release;
+  }
+
+  /** Keeps an image a build of the tenant's reads as a base from being removed until it ended. */
+  private holdImage(id: string | undefined, hold: BuildHold): void {
+    if (id === undefined || hold.closed) return;
+    this.heldImages.set(id, (this.heldImages.get(id) ?? 0) + 1);
+    let done = false;
+    hold.releases.push(() => {
+      if (done) return;
+      done = true;
+      const n = (this.heldImages.get(id) ?? 1) - 1;
+      if (n <= 0) this.heldImages.delete(id);
+      else this.heldImages.set(id, n);
+    });
   }
 
   async assertTagWritable(tag: string | undefined): Promise<void> {
@@ -1348,7 +1366,7 @@ export class GuardProxy {
     versions: readonly Buffer[],
     registryConfig: string | undefined,
     buildArgs: string | null,
-    held: (() => void)[],
+    hold: BuildHold,
     pulls: { always: boolean; platform: string | null },
   ): Promise<Error | undefined> {
     let args: Record<string, string | null> = {};
@@ -1387,13 +1405,21 @@ export class GuardProxy {
         `the Dockerfile names ${bases.size} base images; berth checks up to 64`,
       );
     // Held before they are read: what is checked below is what the build will find.
-    held.push(await this.holdBases(bases));
+    await this.holdBases(bases, hold);
     const inspect = (b: string) =>
-      this.upstreamJson<PlatformFacts & { Config?: { OnBuild?: string[] | null } | null }>(
+      this.upstreamJson<PlatformFacts & { Id?: string; Config?: { OnBuild?: string[] | null } | null }>(
         'GET',
         `/images/${encodeURIComponent(b)}/json`,
       );
     for (const b of bases) {
+      // A short ID prefix (not a tag of that name) is looked up again when the build reaches the
+      // stage, by a search among every image: it is not read as a name the build would keep.
+      if (/^[0-9a-f]{1,63}$/.test(b) && (await inspect(`${b}:latest`)).status !== 200) {
+        refusals.push(
+          `base image ${b}: reads as an image ID prefix; name the base by a tag, a digest or its full ID`,
+        );
+        continue;
+      }
       let found = await inspect(b);
       const want = [...(platforms.get(b) ?? [])];
       // Not on the engine (or the build asks for a fresh pull, or for another platform than the
@@ -1419,7 +1445,12 @@ export class GuardProxy {
         refusals.push(
           `base image ${b}: not on the engine, and could not be pulled; berth reads a base's ONBUILD triggers before the build runs`,
         );
-      else refusals.push(...triggerRefusals(b, found.json.Config?.OnBuild ?? []));
+      else {
+        // The image read stays until the build ended: a name can be an ID prefix, which dockerd
+        // resolves again when the build reaches that stage.
+        this.holdImage(found.json.Id, hold);
+        refusals.push(...triggerRefusals(b, found.json.Config?.OnBuild ?? []));
+      }
     }
     if (refusals.length === 0) return undefined;
     const more = refusals.length > 1 ? ` (and ${refusals.length - 1} more)` : '';
@@ -1511,7 +1542,7 @@ export class GuardProxy {
     query: URLSearchParams,
   ): Promise<void> {
     const since = Date.now();
-    const held: (() => void)[] = [];
+    const hold: BuildHold = { releases: [], closed: false };
     const qs = onRequest(() => checkBuild(query, this.cfg.labels, this.cfg.policy, this.networkName));
     // By ID: a name can be another's too (dockerd allows duplicate network names).
     if (qs.get('networkmode') === this.networkName) qs.set('networkmode', await this.ensureNetwork());
@@ -1541,12 +1572,13 @@ export class GuardProxy {
             versions,
             firstHeader(req.headers['x-registry-config']),
             qs.get('buildargs'),
-            held,
+            hold,
             pulls,
           ),
         );
     const release = (): void => {
-      for (const r of held.splice(0)) r();
+      hold.closed = true;
+      for (const r of hold.releases.splice(0)) r();
     };
     try {
       await this.buildHeld(req, res, target, qs, { since, quiet, tags, gate, release });
@@ -1743,6 +1775,10 @@ export class GuardProxy {
     // pull reported.
     let made: (f: ImageFacts, r: ProgressReport) => boolean = () => false;
     const report = new ProgressReport();
+    // A pull that brings an image the engine did not have makes it the tenant's (removed with its
+    // other objects; removable by ID).
+    let pulledRef: string | undefined;
+    let had: Set<string> | undefined;
     // dockerd pulls whenever fromImage is set, and imports only otherwise: the same test here, so a
     // pull cannot pass as an import.
     if (fromSrc !== null && (query.get('fromImage') ?? '') === '') {
@@ -1769,6 +1805,8 @@ export class GuardProxy {
         );
       tag = digest ? undefined : this.claimTag(from, t);
       held.push(this.beginTagWrite([tag]));
+      pulledRef = tag ?? (from.includes('@') ? from : `${from}@${t}`);
+      had = await this.imageIds();
       // A pull records the manifest's digest as a reference on the image: new ones are the tenant's.
       const repo = repositoryOf(from);
       const before = await this.digestRefs(repo);
@@ -1814,6 +1852,10 @@ export class GuardProxy {
         await this.confirmTag(tag, since, (f) => made(f, report)).catch(() => {
           this.state.releaseTag(tag, undefined);
         });
+      if (pulledRef !== undefined && had !== undefined) {
+        const f = await this.inspectImage(pulledRef).catch(() => undefined);
+        if (f && !had.has(f.Id) && made(f, report)) this.state.builtImages.add(f.Id);
+      }
     }
     await pulled?.(report);
   }
@@ -2009,6 +2051,7 @@ export class GuardProxy {
       for (const idv of loaded.loadedIds) if (!had.has(idv)) this.state.builtImages.add(idv);
       for (const t of tags) {
         const f = loaded.loaded.has(t) ? await this.inspectImage(t).catch(() => undefined) : undefined;
+        if (f && !had.has(f.Id)) this.state.builtImages.add(f.Id);
         if (f) this.state.setTag(t, f.Id);
         else if (!this.state.settled(t)) this.state.tags.delete(t);
       }
@@ -2048,7 +2091,11 @@ export class GuardProxy {
       ) {
         throw new Refusal('image-tag', `image ${name} is not one you built; remove your tags instead`);
       }
-      this.assertNotHeld(tags);
+      // By ID, dockerd deletes the image: only one the tenant made (its tags on someone else's
+      // image go by name, which keeps the image).
+      if (!this.state.builtImages.has(idv))
+        throw new Refusal('image-tag', `image ${name} is not one you made; remove your tags instead`);
+      this.assertNotHeld(tags, idv);
       await this.forward(
         req,
         res,
@@ -2078,14 +2125,17 @@ export class GuardProxy {
       if (settled) this.state.tags.delete(tag);
       throw new Refusal('image-tag', `the tag ${tag} is not yours to remove${since}`);
     }
-    this.assertNotHeld([tag]);
+    // The image goes with its last name: then it must not be a base of a build in progress.
+    this.assertNotHeld([tag], tagsOf(now).length + digestsOf(now).length > 1 ? undefined : now.Id);
     const r = await this.removeTag(tag, now, `?${qs.toString()}`);
     sendJsonBytes(res, r.status, r.raw, r.headers);
   }
 
   /** Refuses to remove a tag a build of the tenant's holds as a base (the builder would pull it). */
-  private assertNotHeld(tags: readonly string[]): void {
-    const held = tags.map((t) => normalizeTag(t)).find((t) => this.frozen.has(t));
+  private assertNotHeld(tags: readonly string[], imageId?: string): void {
+    const held =
+      tags.map((t) => normalizeTag(t)).find((t) => this.frozen.has(t)) ??
+      (imageId !== undefined && this.heldImages.has(imageId) ? imageId : undefined);
     if (held !== undefined)
       throw new Refusal(
         'image-tag',
@@ -2096,6 +2146,7 @@ export class GuardProxy {
   private async imagePrune(res: ServerResponse): Promise<void> {
     const deleted: { Deleted?: string; Untagged?: string }[] = [];
     for (const idv of [...this.state.builtImages]) {
+      if (this.heldImages.has(idv)) continue; // a base of a build in progress
       const d = await this.deleteIfUnnamed(idv);
       if (d === 'kept') continue;
       this.state.builtImages.delete(idv);
@@ -2642,4 +2693,10 @@ export function platformMatches(platform: string, img: PlatformFacts): boolean {
   if (arch !== undefined && norm(arch) !== norm((img.Architecture ?? '').toLowerCase())) return false;
   if (variant !== undefined && variant !== (img.Variant ?? '').toLowerCase()) return false;
   return true;
+}
+
+/** What a build holds while it runs (its base names and images), released once, when it ended. */
+interface BuildHold {
+  releases: (() => void)[];
+  closed: boolean;
 }

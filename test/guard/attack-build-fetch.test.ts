@@ -150,6 +150,7 @@ describe('attack: builds that make the daemon fetch from the host’s network', 
       body: JSON.stringify({ OnBuild: [`# x\nADD ${url} /s`] }),
     });
     assert.equal(commit.status, 201, commit.text);
+    const baseId = (await images(c).inspect(base)).Id;
     // An amd64 image under a loopback registry's name (no registry there: the pull fails at once).
     const plat = `127.0.0.1:9/berth-plat-${SESSION}:v1`;
     made.push(plat);
@@ -192,6 +193,22 @@ describe('attack: builds that make the daemon fetch from the host’s network', 
       [
         'a FROM name through ARG defaults',
         context(`ARG A=${base}\nARG B=$A\nFROM $B\nRUN true\n`),
+        '',
+        'build-options',
+        403,
+      ],
+      [
+        // dockerd expands ARG defaults with its builtin proxy args too, declared or not.
+        'a FROM name through a proxy build arg',
+        context('ARG B=$HTTP_PROXY\nFROM $B\nRUN true\n'),
+        `buildargs=${encodeURIComponent(JSON.stringify({ HTTP_PROXY: base }))}`,
+        'build-options',
+        403,
+      ],
+      [
+        // An ID prefix is searched for again when the build reaches the stage.
+        'a FROM by an image ID prefix',
+        context(`FROM ${baseId.slice(7, 14)}\nRUN true\n`),
         '',
         'build-options',
         403,

@@ -11,7 +11,8 @@ import { containers } from '../../src/engine/index.js';
 import { createGuard, defaultPolicy } from '../../src/guard/index.js';
 import type { GuardHandle } from '../../src/guard/index.js';
 import { engine, sessionLabels, tempDir, uniqueName } from '../support/index.js';
-import { expectRefused, postJson } from '../support/rawhttp.js';
+import { expectRefused, postJson, send } from '../support/rawhttp.js';
+import { entry } from '../support/tar.js';
 
 const IMAGE = 'berth-local/busybox';
 const MiB = 1024 * 1024;
@@ -98,6 +99,21 @@ describe('attack: getting past the tenant’s resource limits', () => {
     assert.equal(hc.CpuPeriod, 0);
     assert.equal(hc.NanoCpus, 500_000_000);
     await containers(c).remove(id, { force: true });
+  });
+
+  test('a build’s CPU quota is read as dockerd reads it: 1e3 is not a small quota but none', async () => {
+    for (const v of ['1e3', '0x10', '1.5', '99999999999999999999']) {
+      const r = await send(sock, {
+        method: 'POST',
+        path: `/v1.41/build?cpuquota=${v}`,
+        headers: [['Content-Type', 'application/x-tar']],
+        body: Buffer.concat([
+          entry('Dockerfile', 'FROM berth-local/busybox\nRUN true\n'),
+          Buffer.alloc(1024),
+        ]),
+      });
+      expectRefused(r, 'malformed', `cpuquota=${v}`, 400);
+    }
   });
 
   test('creates sent in parallel cannot all count the same number: the tenant ends with the limit', async () => {

@@ -64,6 +64,12 @@ describe('attack: removing or keeping images nobody names', () => {
     const repo = `berth-grab-${SESSION}`;
     const tag = await send(sock, { method: 'POST', path: `/v1.41/images/${id}/tag?repo=${repo}&tag=1` });
     assert.equal(tag.status, 201, tag.text);
+    // Its one name is the tenant's now, but the image is not: by ID, dockerd would delete it.
+    expectRefused(
+      await send(sock, { method: 'DELETE', path: `/v1.41/images/${id}` }),
+      'image-tag',
+      'deleting the host image by ID once tagged',
+    );
     const del = await send(sock, { method: 'DELETE', path: `/v1.41/images/${repo}:1` });
     assert.equal(del.status, 200, del.text);
     assert.match(del.text, /Untagged/);
@@ -94,12 +100,25 @@ describe('attack: removing or keeping images nobody names', () => {
     const saved = await send(RAW, { method: 'GET', path: `/v1.41/images/${fresh}/get` });
     assert.equal(saved.status, 200);
     assert.ok(await images(c).remove(fresh, true));
+    // A tagged archive of another new image: the image the load makes is the tenant's too.
+    const fresh2 = await hostImage(uniqueName('u4'));
+    made.push(fresh2);
+    const repo = `berth-loaded-${SESSION}`;
+    const tagged = await send(RAW, {
+      method: 'POST',
+      path: `/v1.41/images/${fresh2}/tag?repo=${repo}&tag=1`,
+    });
+    assert.equal(tagged.status, 201);
+    const savedTagged = await send(RAW, { method: 'GET', path: `/v1.41/images/${repo}:1/get` });
+    assert.equal(savedTagged.status, 200);
+    assert.ok(await images(c).remove(`${repo}:1`, true));
+    assert.equal(await images(c).find(fresh2), undefined);
     const had = (await images(c).inspect('berth-local/busybox')).Id;
     const savedHad = await send(RAW, { method: 'GET', path: `/v1.41/images/${had}/get` });
     const other = join(dir.path, 'l.sock');
     const g = await createGuard({ tenant: uniqueName('untag3'), listen: other, labels: sessionLabels() });
     try {
-      for (const archive of [saved.body, savedHad.body]) {
+      for (const archive of [saved.body, savedHad.body, savedTagged.body]) {
         const r = await send(other, {
           method: 'POST',
           path: '/v1.41/images/load?quiet=1',
@@ -107,8 +126,9 @@ describe('attack: removing or keeping images nobody names', () => {
           body: archive,
         });
         assert.equal(r.status, 200, r.text);
-        assert.match(r.text, /Loaded image ID: sha256:/);
+        assert.match(r.text, /Loaded image( ID)?: /);
       }
+      assert.equal((await images(c).inspect(`${repo}:1`)).Id, fresh2);
       assert.equal((await images(c).inspect(fresh)).Id, fresh, 'the load made the image');
       // The tenant may remove what it loaded, by ID; not the image the engine had.
       expectRefused(
@@ -120,6 +140,7 @@ describe('attack: removing or keeping images nobody names', () => {
       await g.close({ cleanup: true });
     }
     assert.equal(await images(c).find(fresh), undefined, 'the cleanup removed the loaded image');
+    assert.equal(await images(c).find(fresh2), undefined, 'and the tagged one, with its tag');
     assert.equal((await images(c).inspect(had)).Id, had, 'the image the engine had is still there');
   });
 });
