@@ -200,17 +200,6 @@ const digestsOf = (f: Pick<ImageFacts, 'RepoDigests'> | undefined): string[] =>
 /** Whether anything names the image: a tag or a digest reference. */
 const named = (f: ImageFacts): boolean => tagsOf(f).length + digestsOf(f).length > 0;
 
-/**
- * Whether an image was created at or after `since` (ms): the images a build, commit or import
- * made. A build answered from the shared cache, a stage that only names its base image, a pull or
- * a load give back images that existed before, which others may use: the tenant did not make
- * those. (dockerd stamps an image with its commit time; a 2 s allowance covers clock skew.)
- */
-function createdSince(f: ImageFacts, since: number): boolean {
-  const t = Date.parse((f.Created ?? '').replace(/(\.\d{3})\d+/, '$1'));
-  return Number.isFinite(t) && t >= since - 2000;
-}
-
 export class GuardProxy {
   readonly state: TenantState;
   private networkId: Promise<string> | undefined;
@@ -1525,14 +1514,13 @@ export class GuardProxy {
    * operation reported making (`made`). Otherwise the operation failed, or someone else set the
    * name meanwhile: the claim is released and the tag left as it is.
    */
-  private async confirmTag(tag: string, since: number, made: (f: ImageFacts) => boolean): Promise<void> {
+  private async confirmTag(tag: string, made: (f: ImageFacts) => boolean): Promise<void> {
     const f = await this.inspectImage(tag);
     if (!f || !made(f)) {
       this.state.releaseTag(tag, f?.Id);
       return;
     }
     this.state.setTag(tag, f.Id);
-    if (createdSince(f, since)) this.state.builtImages.add(f.Id);
   }
 
   private async build(
@@ -1541,7 +1529,6 @@ export class GuardProxy {
     target: string,
     query: URLSearchParams,
   ): Promise<void> {
-    const since = Date.now();
     const hold: BuildHold = { releases: [], closed: false };
     const qs = onRequest(() => checkBuild(query, this.cfg.labels, this.cfg.policy, this.networkName));
     // By ID: a name can be another's too (dockerd allows duplicate network names).
@@ -1580,8 +1567,11 @@ export class GuardProxy {
       hold.closed = true;
       for (const r of hold.releases.splice(0)) r();
     };
+    // The images the engine has now: those the build reports and that are not among them are the
+    // ones it made.
+    const had = await this.imageIds();
     try {
-      await this.buildHeld(req, res, target, qs, { since, quiet, tags, gate, release });
+      await this.buildHeld(req, res, target, qs, { had, quiet, tags, gate, release });
     } finally {
       release();
     }
@@ -1593,14 +1583,14 @@ export class GuardProxy {
     target: string,
     qs: URLSearchParams,
     b: {
-      since: number;
+      had: ReadonlySet<string>;
       quiet: boolean;
       tags: string[];
       gate: ContextGate | undefined;
       release: () => void;
     },
   ): Promise<void> {
-    const { since, quiet, tags, gate, release } = b;
+    const { had, quiet, tags, gate, release } = b;
     if (gate) {
       req.pipe(gate);
       req.once('error', (e) => gate.destroy(e));
@@ -1683,11 +1673,13 @@ export class GuardProxy {
       last = undefined;
     }
     try {
-      // What the build made: the reported IDs created during the build.
+      // What the build made: the reported images the engine did not have when the build began (a
+      // cache hit, a stage that only names its base give back images others may have made; an
+      // image's creation date is whatever its config says).
       const made = new Map<string, ImageFacts>();
       for (const idv of reported) {
         const f = await this.inspectImage(idv);
-        if (f && createdSince(f, since)) made.set(idv, f);
+        if (f && !had.has(idv)) made.set(idv, f);
       }
       for (const idv of made.keys()) this.state.builtImages.add(idv);
       // An image that names an owner (a Dockerfile LABEL, or its base image's) would make the
@@ -1766,7 +1758,6 @@ export class GuardProxy {
     query: URLSearchParams,
     held: (() => void)[],
   ): Promise<void> {
-    const since = Date.now();
     const fromSrc = query.get('fromSrc');
     let tag: string | undefined;
     let imported: string | undefined;
@@ -1849,7 +1840,7 @@ export class GuardProxy {
     } finally {
       report.end();
       if (tag)
-        await this.confirmTag(tag, since, (f) => made(f, report)).catch(() => {
+        await this.confirmTag(tag, (f) => made(f, report)).catch(() => {
           this.state.releaseTag(tag, undefined);
         });
       if (pulledRef !== undefined && had !== undefined) {
@@ -1942,8 +1933,16 @@ export class GuardProxy {
     return { status: 200, raw: Buffer.from(JSON.stringify([{ Untagged: tag }])), headers: {} };
   }
 
-  /** Removes a digest reference the tenant owns (the caller checked): dockerd takes nothing else with it. */
-  private async removeDigestRef(ref: string, query = ''): Promise<SmallAnswer> {
+  /**
+   * Removes a digest reference the tenant owns (the caller checked, on `f`, the image it names
+   * now). dockerd deletes the image with its last name: where this reference is that and the
+   * tenant did not make the image (a pull by digest of content someone else has), nothing is
+   * removed and the answer is undefined.
+   */
+  private async removeDigestRef(ref: string, f: ImageFacts, query = ''): Promise<SmallAnswer | undefined> {
+    const lastName =
+      tagsOf(f).length === 0 && digestsOf(f).every((d) => normalizeTag(d) === normalizeTag(ref));
+    if (lastName && !this.state.builtImages.has(f.Id)) return undefined;
     const r = await this.upstreamBytes('DELETE', `/images/${encodeURIComponent(ref)}${query}`);
     if (r.status < 300) this.state.digests.delete(normalizeTag(ref));
     return r;
@@ -2116,7 +2115,12 @@ export class GuardProxy {
       // A digest reference goes alone (dockerd takes nothing else with it): the tenant's own only.
       if (!this.state.ownsDigestAt(tag, now.Id))
         throw new Refusal('image-tag', `the digest reference ${tag} is not yours to remove`);
-      const r = await this.removeDigestRef(tag, `?${qs.toString()}`);
+      const r = await this.removeDigestRef(tag, now, `?${qs.toString()}`);
+      if (r === undefined)
+        throw new Refusal(
+          'image-tag',
+          `${tag} is the last name of an image you did not make; removing it would delete that image`,
+        );
       return sendJsonBytes(res, r.status, r.raw, r.headers);
     }
     if (!this.state.ownsTagAt(tag, now.Id)) {
@@ -2297,7 +2301,8 @@ export class GuardProxy {
     for (const ref of [...this.state.digests.keys()]) {
       const f = await this.inspectImage(ref).catch(() => undefined);
       if (f && this.state.ownsDigestAt(ref, f.Id)) {
-        const r = await this.removeDigestRef(ref).catch(() => undefined);
+        // One that is the last name of an image someone else made stays, with the image.
+        const r = await this.removeDigestRef(ref, f).catch(() => undefined);
         if (r && r.status < 300) counts.tags++;
       }
       this.state.digests.delete(ref);

@@ -13,6 +13,8 @@ import { createGuard } from '../../src/guard/index.js';
 import type { GuardHandle } from '../../src/guard/index.js';
 import { SESSION, engine, sessionLabels, tempDir, uniqueName } from '../support/index.js';
 import { expectRefused, send } from '../support/rawhttp.js';
+import { startRegistry } from '../support/registry.js';
+import { docker } from '../support/index.js';
 
 const RAW = '/var/run/docker.sock';
 const EMPTY_TAR = Buffer.alloc(1024);
@@ -92,6 +94,86 @@ describe('attack: removing or keeping images nobody names', () => {
     }
     assert.equal(await images(c).find(`${repo}:1`), undefined, 'the cleanup removed the tag');
     assert.equal((await images(c).inspect(id)).Id, id, 'and left the host image');
+  });
+
+  test('an image another party made a moment ago is not the tenant’s for building FROM it', async () => {
+    // The image is seconds old: a rule that counted images by their creation date took it for the
+    // tenant's build's, and let the tenant delete it by ID and its cleanup remove it.
+    const id = await hostImage(uniqueName('u5'));
+    made.push(id);
+    const other = join(dir.path, 'f.sock');
+    // No labels of the guard's own: with them the build would add a step, and make an image.
+    const g = await createGuard({ tenant: uniqueName('untag5'), listen: other });
+    try {
+      const b = await docker(`unix://${other}`, ['build', '-q', '-'], {
+        env: { DOCKER_BUILDKIT: '0' },
+        input: `FROM ${id}\n`,
+      });
+      assert.equal(b.code, 0, b.stderr);
+      assert.equal(b.stdout.trim(), id, 'the build gave back the image it names');
+      expectRefused(
+        await send(other, { method: 'DELETE', path: `/v1.41/images/${id}` }),
+        'image-tag',
+        'deleting the image its build named',
+      );
+    } finally {
+      await g.close({ cleanup: true });
+    }
+    assert.equal((await images(c).inspect(id)).Id, id, 'the image is still there');
+  });
+
+  test('a digest reference that is the last name of the host’s image: removing it keeps the image', async () => {
+    const registry = await startRegistry(dir.path);
+    const id = await hostImage(uniqueName('u6'));
+    made.push(id);
+    const other = join(dir.path, 'd.sock');
+    const remote = `${registry.addr}/berth-digest-${SESSION}`;
+    try {
+      // The registry gets the host image's content; the host keeps the image by ID only.
+      const archive = await send(RAW, { method: 'GET', path: `/v1.41/images/${id}/get` });
+      const t = await send(RAW, {
+        method: 'POST',
+        path: `/v1.41/images/${id}/tag?repo=${encodeURIComponent(remote)}&tag=1`,
+      });
+      assert.equal(t.status, 201, t.text);
+      const push = await docker(`unix://${RAW}`, ['push', `${remote}:1`]);
+      assert.equal(push.code, 0, push.stderr);
+      const digest = /digest: (sha256:[0-9a-f]{64})/.exec(push.stdout)?.[1] ?? '';
+      assert.ok(digest, push.stdout);
+      assert.equal((await docker(`unix://${RAW}`, ['rmi', `${remote}:1`])).code, 0);
+      const back = await send(RAW, {
+        method: 'POST',
+        path: '/v1.41/images/load?quiet=1',
+        headers: [['Content-Type', 'application/x-tar']],
+        body: archive.body,
+      });
+      assert.equal(back.status, 200, back.text);
+      assert.deepEqual((await images(c).inspect(id)).RepoDigests, []);
+      // The tenant pulls it by digest: dockerd records the reference on the host's image.
+      const g = await createGuard({ tenant: uniqueName('untag6'), listen: other, labels: sessionLabels() });
+      try {
+        const pull = await send(other, {
+          method: 'POST',
+          path: `/v1.41/images/create?fromImage=${encodeURIComponent(`${remote}@${digest}`)}`,
+        });
+        assert.equal(pull.status, 200, pull.text);
+        assert.deepEqual((await images(c).inspect(id)).RepoDigests, [`${remote}@${digest}`]);
+        expectRefused(
+          await send(other, {
+            method: 'DELETE',
+            path: `/v1.41/images/${encodeURIComponent(`${remote}@${digest}`)}`,
+          }),
+          'image-tag',
+          'removing the digest reference that is the host image’s last name',
+        );
+        assert.equal((await images(c).inspect(id)).Id, id, 'the image is still there');
+      } finally {
+        await g.close({ cleanup: true });
+      }
+      assert.equal((await images(c).inspect(id)).Id, id, 'and after the cleanup');
+    } finally {
+      await registry.close();
+    }
   });
 
   test('an untagged load makes an image the cleanup removes; one the engine had stays', async () => {
