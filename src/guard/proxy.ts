@@ -185,6 +185,7 @@ const SMALL_ANSWER = 256 * 1024;
 interface ImageFacts {
   Id: string;
   Created?: string;
+  Parent?: string;
   RepoTags?: string[] | null;
   RepoDigests?: string[] | null;
   Config?: { Labels?: Record<string, string> | null } | null;
@@ -1438,10 +1439,17 @@ export class GuardProxy {
         // The image read stays until the build ended: a name can be an ID prefix, which dockerd
         // resolves again when the build reaches that stage.
         this.holdImage(found.json.Id, hold);
+        if (found.json.Id !== undefined) hold.bases.add(found.json.Id);
         refusals.push(...triggerRefusals(b, found.json.Config?.OnBuild ?? []));
       }
     }
-    if (refusals.length === 0) return undefined;
+    if (refusals.length === 0) {
+      // Every image the engine has as the build starts to run (dockerd runs no step before the
+      // context's end goes): what the build reports beyond these is what it made. Taken now, not
+      // when the request came: the tenant sets how long its upload takes.
+      hold.had = await this.imageIds();
+      return undefined;
+    }
     const more = refusals.length > 1 ? ` (and ${refusals.length - 1} more)` : '';
     return new Refusal('build-options', `${refusals[0] ?? ''}${more}`);
   }
@@ -1529,7 +1537,7 @@ export class GuardProxy {
     target: string,
     query: URLSearchParams,
   ): Promise<void> {
-    const hold: BuildHold = { releases: [], closed: false };
+    const hold: BuildHold = { releases: [], closed: false, bases: new Set() };
     const qs = onRequest(() => checkBuild(query, this.cfg.labels, this.cfg.policy, this.networkName));
     // By ID: a name can be another's too (dockerd allows duplicate network names).
     if (qs.get('networkmode') === this.networkName) qs.set('networkmode', await this.ensureNetwork());
@@ -1567,11 +1575,10 @@ export class GuardProxy {
       hold.closed = true;
       for (const r of hold.releases.splice(0)) r();
     };
-    // The images the engine has now: those the build reports and that are not among them are the
-    // ones it made.
-    const had = await this.imageIds();
+    // A build without the gate (a trusted tenant's) compares with the images the engine has now.
+    const had = gate ? undefined : await this.imageIds();
     try {
-      await this.buildHeld(req, res, target, qs, { had, quiet, tags, gate, release });
+      await this.buildHeld(req, res, target, qs, { had, hold, quiet, tags, gate, release });
     } finally {
       release();
     }
@@ -1583,14 +1590,15 @@ export class GuardProxy {
     target: string,
     qs: URLSearchParams,
     b: {
-      had: ReadonlySet<string>;
+      had: ReadonlySet<string> | undefined;
+      hold: BuildHold;
       quiet: boolean;
       tags: string[];
       gate: ContextGate | undefined;
       release: () => void;
     },
   ): Promise<void> {
-    const { had, quiet, tags, gate, release } = b;
+    const { hold, quiet, tags, gate, release } = b;
     if (gate) {
       req.pipe(gate);
       req.once('error', (e) => gate.destroy(e));
@@ -1629,14 +1637,23 @@ export class GuardProxy {
     let tail = '';
     let errored = false;
     const reported = new Set<string>();
+    // The images of the steps (` ---> <short ID>` lines): a failed build reports no aux ID for them,
+    // and they would be nobody's. A RUN step can print such a line, so these are only candidates
+    // (see below).
+    const steps = new Set<string>();
     let last: string | undefined; // the build's final image: dockerd's last aux ID
     const watch = (c: Buffer): void => {
-      tail = (tail + c.toString('utf8')).slice(-4096);
-      for (const m of tail.matchAll(/"ID":"(sha256:[0-9a-f]{64})"/g)) {
+      // The piece read whole, with the end of the one before (a message cut between two pieces).
+      const text = tail + c.toString('utf8');
+      tail = text.slice(-4096);
+      for (const m of text.matchAll(/"ID":"(sha256:[0-9a-f]{64})"/g)) {
         if (m[1]) reported.add(m[1]);
         last = m[1];
       }
-      if (tail.includes('{"errorDetail":')) errored = true;
+      if (steps.size < MAX_STEP_IMAGES)
+        for (const m of text.matchAll(/"stream":" ---(?:>|\\u003e) ([0-9a-f]{12})\\n"/g))
+          if (m[1]) steps.add(m[1]);
+      if (text.includes('{"errorDetail":')) errored = true;
     };
     // A quiet build's output is held back, as dockerd holds it: shown only when the build failed.
     const held: Buffer[] = [];
@@ -1677,9 +1694,31 @@ export class GuardProxy {
       // cache hit, a stage that only names its base give back images others may have made; an
       // image's creation date is whatever its config says).
       const made = new Map<string, ImageFacts>();
-      for (const idv of reported) {
-        const f = await this.inspectImage(idv);
-        if (f && !had.has(idv)) made.set(idv, f);
+      const had = b.had ?? hold.had;
+      if (had !== undefined) {
+        for (const idv of reported) {
+          const f = await this.inspectImage(idv);
+          if (f && !had.has(idv)) made.set(idv, f);
+        }
+        // A step's image counts when it is new and descends, step by step, from one of the build's
+        // bases or from an image the build made: a line a RUN step printed can name only an image
+        // that was there before (it is not new) or someone else's made meanwhile from elsewhere.
+        const candidates = new Map<string, ImageFacts>();
+        for (const short of steps) {
+          const f = await this.inspectImage(short).catch(() => undefined);
+          if (f && !had.has(f.Id) && !made.has(f.Id)) candidates.set(f.Id, f);
+        }
+        const roots = new Set([...hold.bases, ...made.keys()]);
+        for (let grew = true; grew;) {
+          grew = false;
+          for (const [idv, f] of candidates)
+            if (roots.has(f.Parent ?? '')) {
+              made.set(idv, f);
+              roots.add(idv);
+              candidates.delete(idv);
+              grew = true;
+            }
+        }
       }
       for (const idv of made.keys()) this.state.builtImages.add(idv);
       // An image that names an owner (a Dockerfile LABEL, or its base image's) would make the
@@ -1770,6 +1809,7 @@ export class GuardProxy {
     // other objects; removable by ID).
     let pulledRef: string | undefined;
     let had: Set<string> | undefined;
+    let pullStart = 0;
     // dockerd pulls whenever fromImage is set, and imports only otherwise: the same test here, so a
     // pull cannot pass as an import.
     if (fromSrc !== null && (query.get('fromImage') ?? '') === '') {
@@ -1798,6 +1838,7 @@ export class GuardProxy {
       held.push(this.beginTagWrite([tag]));
       pulledRef = tag ?? (from.includes('@') ? from : `${from}@${t}`);
       had = await this.imageIds();
+      pullStart = Date.now();
       // A pull records the manifest's digest as a reference on the image: new ones are the tenant's.
       const repo = repositoryOf(from);
       const before = await this.digestRefs(repo);
@@ -1845,7 +1886,11 @@ export class GuardProxy {
         });
       if (pulledRef !== undefined && had !== undefined) {
         const f = await this.inspectImage(pulledRef).catch(() => undefined);
-        if (f && !had.has(f.Id) && made(f, report)) this.state.builtImages.add(f.Id);
+        // A registry's image was made before the pull began. One made since (its ID covers its
+        // creation time) is someone else's new image, which a registry the tenant runs can serve
+        // back while the pull waits: not the tenant's.
+        const created = Date.parse((f?.Created ?? '').replace(/(\.\d{3})\d+/, '$1'));
+        if (f && !had.has(f.Id) && made(f, report) && created < pullStart) this.state.builtImages.add(f.Id);
       }
     }
     await pulled?.(report);
@@ -2355,6 +2400,9 @@ interface DfResult {
 }
 
 /** The whole answer of a build with `q` that worked. */
+/** Step images a build's output may name (a Dockerfile has at most so many steps berth follows). */
+const MAX_STEP_IMAGES = 4096;
+
 /** How much of a quiet build's output the guard holds back (its end, where the error is). */
 const QUIET_HELD_MAX = 16 * 1024 * 1024;
 
@@ -2704,4 +2752,8 @@ export function platformMatches(platform: string, img: PlatformFacts): boolean {
 interface BuildHold {
   releases: (() => void)[];
   closed: boolean;
+  /** The base images the check read (by ID). */
+  bases: Set<string>;
+  /** Every image on the engine once the context passed the check. */
+  had?: Set<string>;
 }

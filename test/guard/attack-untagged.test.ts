@@ -5,6 +5,7 @@
  * And an image archive without tags (`docker save <id>`) loads an image the tenant made, which the
  * cleanup must remove like its other objects, without taking an image the engine already had.
  */
+import { request } from 'node:http';
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
@@ -13,6 +14,7 @@ import { createGuard } from '../../src/guard/index.js';
 import type { GuardHandle } from '../../src/guard/index.js';
 import { SESSION, engine, sessionLabels, tempDir, uniqueName } from '../support/index.js';
 import { expectRefused, send } from '../support/rawhttp.js';
+import { entry } from '../support/tar.js';
 import { startRegistry } from '../support/registry.js';
 import { docker } from '../support/index.js';
 
@@ -120,6 +122,83 @@ describe('attack: removing or keeping images nobody names', () => {
       await g.close({ cleanup: true });
     }
     assert.equal((await images(c).inspect(id)).Id, id, 'the image is still there');
+  });
+
+  test('an image someone else makes while the tenant holds its build’s upload open is not the tenant’s', async () => {
+    const other = join(dir.path, 'w.sock');
+    const g = await createGuard({ tenant: uniqueName('untag7'), listen: other });
+    const repo = `berth-window-${SESSION}`;
+    let id = '';
+    try {
+      // The upload starts, and stalls after a first entry.
+      const answer = new Promise<string>((resolve, reject) => {
+        const req = request(
+          {
+            socketPath: other,
+            method: 'POST',
+            path: '/v1.41/build?rm=1',
+            headers: { 'Content-Type': 'application/x-tar', 'Transfer-Encoding': 'chunked' },
+          },
+          (res) => {
+            let text = '';
+            res.on('data', (d: Buffer) => (text += d.toString()));
+            res.on('end', () => resolve(text));
+          },
+        );
+        req.on('error', reject);
+        req.write(entry('pad', 'x'));
+        void (async () => {
+          await new Promise((r) => setTimeout(r, 300));
+          // Meanwhile the host makes an image it keeps by ID; the tenant tags it and names it.
+          id = await hostImage(uniqueName('u7'));
+          made.push(id);
+          const tag = await send(other, {
+            method: 'POST',
+            path: `/v1.41/images/${id}/tag?repo=${repo}&tag=1`,
+          });
+          assert.equal(tag.status, 201, tag.text);
+          req.end(Buffer.concat([entry('Dockerfile', `FROM ${repo}:1\n`), Buffer.alloc(1024)]));
+        })().catch(reject);
+      });
+      const text = await answer;
+      assert.match(text, new RegExp(`"ID":"${id}"`), 'the build reported the host image as its own');
+      expectRefused(
+        await send(other, { method: 'DELETE', path: `/v1.41/images/${id}` }),
+        'image-tag',
+        'deleting the host image by ID',
+      );
+      const rmi = await send(other, { method: 'DELETE', path: `/v1.41/images/${repo}:1` });
+      assert.equal(rmi.status, 200, rmi.text);
+      assert.equal((await images(c).inspect(id)).Id, id, 'the host image stays after the untag');
+    } finally {
+      await g.close({ cleanup: true });
+    }
+    assert.equal((await images(c).inspect(id)).Id, id, 'and after the cleanup');
+  });
+
+  test('a failed build’s step images are the tenant’s: the cleanup removes them', async () => {
+    const other = join(dir.path, 's.sock');
+    const g = await createGuard({ tenant: uniqueName('untag8'), listen: other });
+    let steps: string[] = [];
+    try {
+      const b = await docker(`unix://${other}`, ['build', '-'], {
+        env: { DOCKER_BUILDKIT: '0' },
+        input: `FROM berth-local/busybox\nRUN echo ${uniqueName('step')} > /f\nRUN echo two > /g\nRUN false\n`,
+      });
+      assert.notEqual(b.code, 0);
+      const base = (await images(c).inspect('berth-local/busybox')).Id.slice(7, 19);
+      steps = [...b.stdout.matchAll(/---> ([0-9a-f]{12})\n/g)]
+        .map((m) => m[1] ?? '')
+        .filter((x) => x !== base);
+      assert.equal(steps.length, 2, b.stdout);
+      for (const st of steps) assert.ok(await images(c).find(st), `step image ${st} is there`);
+      // By ID, the tenant may remove what its build made.
+      const rm = await send(other, { method: 'DELETE', path: `/v1.41/images/${steps[1] ?? ''}` });
+      assert.equal(rm.status, 200, rm.text);
+    } finally {
+      await g.close({ cleanup: true });
+    }
+    for (const st of steps) assert.equal(await images(c).find(st), undefined, `step image ${st} is gone`);
   });
 
   test('a digest reference that is the last name of the host’s image: removing it keeps the image', async () => {
