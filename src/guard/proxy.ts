@@ -1246,17 +1246,7 @@ export class GuardProxy {
           'image-tag',
           `${t} is a base image of a build in progress; the build reads it when it reaches that stage, so it can change once the build ended`,
         );
-    for (const t of names) this.writing.set(t, (this.writing.get(t) ?? 0) + 1);
-    let done = false;
-    return () => {
-      if (done) return;
-      done = true;
-      for (const t of names) {
-        const n = (this.writing.get(t) ?? 1) - 1;
-        if (n <= 0) this.writing.delete(t);
-        else this.writing.set(t, n);
-      }
-    };
+    return countIn(this.writing, names);
   }
 
   /**
@@ -1276,33 +1266,14 @@ export class GuardProxy {
         // a name dockerd cannot parse either: nothing to hold
       }
     }
-    for (const t of names) this.frozen.set(t, (this.frozen.get(t) ?? 0) + 1);
-    let done = false;
-    const release = (): void => {
-      if (done) return;
-      done = true;
-      for (const t of names) {
-        const n = (this.frozen.get(t) ?? 1) - 1;
-        if (n <= 0) this.frozen.delete(t);
-        else this.frozen.set(t, n);
-      }
-    };
-    hold.releases.push(release);
+    hold.releases.push(countIn(this.frozen, names));
     while (names.some((t) => this.writing.has(t))) await new Promise((r) => setTimeout(r, 20));
   }
 
   /** Keeps an image a build of the tenant's reads as a base from being removed until it ended. */
   private holdImage(id: string | undefined, hold: BuildHold): void {
     if (id === undefined || hold.closed) return;
-    this.heldImages.set(id, (this.heldImages.get(id) ?? 0) + 1);
-    let done = false;
-    hold.releases.push(() => {
-      if (done) return;
-      done = true;
-      const n = (this.heldImages.get(id) ?? 1) - 1;
-      if (n <= 0) this.heldImages.delete(id);
-      else this.heldImages.set(id, n);
-    });
+    hold.releases.push(countIn(this.heldImages, [id]));
   }
 
   async assertTagWritable(tag: string | undefined): Promise<void> {
@@ -2399,7 +2370,6 @@ interface DfResult {
   Volumes?: { Labels?: Record<string, string> | null }[];
 }
 
-/** The whole answer of a build with `q` that worked. */
 /** Step images a build's output may name (a Dockerfile has at most so many steps berth follows). */
 const MAX_STEP_IMAGES = 4096;
 
@@ -2756,4 +2726,22 @@ interface BuildHold {
   bases: Set<string>;
   /** Every image on the engine once the context passed the check. */
   had?: Set<string>;
+}
+
+/**
+ * Counts `keys` in `counts` (a multiset of what is held or written now) and returns the function
+ * that takes them out again, once however often it is called.
+ */
+function countIn(counts: Map<string, number>, keys: readonly string[]): () => void {
+  for (const k of keys) counts.set(k, (counts.get(k) ?? 0) + 1);
+  let done = false;
+  return () => {
+    if (done) return;
+    done = true;
+    for (const k of keys) {
+      const n = (counts.get(k) ?? 1) - 1;
+      if (n <= 0) counts.delete(k);
+      else counts.set(k, n);
+    }
+  };
 }
