@@ -185,7 +185,6 @@ const SMALL_ANSWER = 256 * 1024;
 interface ImageFacts {
   Id: string;
   Created?: string;
-  Parent?: string;
   RepoTags?: string[] | null;
   RepoDigests?: string[] | null;
   Config?: { Labels?: Record<string, string> | null } | null;
@@ -1410,7 +1409,6 @@ export class GuardProxy {
         // The image read stays until the build ended: a name can be an ID prefix, which dockerd
         // resolves again when the build reaches that stage.
         this.holdImage(found.json.Id, hold);
-        if (found.json.Id !== undefined) hold.bases.add(found.json.Id);
         refusals.push(...triggerRefusals(b, found.json.Config?.OnBuild ?? []));
       }
     }
@@ -1508,7 +1506,7 @@ export class GuardProxy {
     target: string,
     query: URLSearchParams,
   ): Promise<void> {
-    const hold: BuildHold = { releases: [], closed: false, bases: new Set() };
+    const hold: BuildHold = { releases: [], closed: false };
     const qs = onRequest(() => checkBuild(query, this.cfg.labels, this.cfg.policy, this.networkName));
     // By ID: a name can be another's too (dockerd allows duplicate network names).
     if (qs.get('networkmode') === this.networkName) qs.set('networkmode', await this.ensureNetwork());
@@ -1608,10 +1606,6 @@ export class GuardProxy {
     let tail = '';
     let errored = false;
     const reported = new Set<string>();
-    // The images of the steps (` ---> <short ID>` lines): a failed build reports no aux ID for them,
-    // and they would be nobody's. A RUN step can print such a line, so these are only candidates
-    // (see below).
-    const steps = new Set<string>();
     let last: string | undefined; // the build's final image: dockerd's last aux ID
     const watch = (c: Buffer): void => {
       // The piece read whole, with the end of the one before (a message cut between two pieces).
@@ -1621,9 +1615,6 @@ export class GuardProxy {
         if (m[1]) reported.add(m[1]);
         last = m[1];
       }
-      if (steps.size < MAX_STEP_IMAGES)
-        for (const m of text.matchAll(/"stream":" ---(?:>|\\u003e) ([0-9a-f]{12})\\n"/g))
-          if (m[1]) steps.add(m[1]);
       if (text.includes('{"errorDetail":')) errored = true;
     };
     // A quiet build's output is held back, as dockerd holds it: shown only when the build failed.
@@ -1670,25 +1661,6 @@ export class GuardProxy {
         for (const idv of reported) {
           const f = await this.inspectImage(idv);
           if (f && !had.has(idv)) made.set(idv, f);
-        }
-        // A step's image counts when it is new and descends, step by step, from one of the build's
-        // bases or from an image the build made: a line a RUN step printed can name only an image
-        // that was there before (it is not new) or someone else's made meanwhile from elsewhere.
-        const candidates = new Map<string, ImageFacts>();
-        for (const short of steps) {
-          const f = await this.inspectImage(short).catch(() => undefined);
-          if (f && !had.has(f.Id) && !made.has(f.Id)) candidates.set(f.Id, f);
-        }
-        const roots = new Set([...hold.bases, ...made.keys()]);
-        for (let grew = true; grew;) {
-          grew = false;
-          for (const [idv, f] of candidates)
-            if (roots.has(f.Parent ?? '')) {
-              made.set(idv, f);
-              roots.add(idv);
-              candidates.delete(idv);
-              grew = true;
-            }
         }
       }
       for (const idv of made.keys()) this.state.builtImages.add(idv);
@@ -2370,9 +2342,6 @@ interface DfResult {
   Volumes?: { Labels?: Record<string, string> | null }[];
 }
 
-/** Step images a build's output may name (a Dockerfile has at most so many steps berth follows). */
-const MAX_STEP_IMAGES = 4096;
-
 /** How much of a quiet build's output the guard holds back (its end, where the error is). */
 const QUIET_HELD_MAX = 16 * 1024 * 1024;
 
@@ -2722,8 +2691,6 @@ export function platformMatches(platform: string, img: PlatformFacts): boolean {
 interface BuildHold {
   releases: (() => void)[];
   closed: boolean;
-  /** The base images the check read (by ID). */
-  bases: Set<string>;
   /** Every image on the engine once the context passed the check. */
   had?: Set<string>;
 }
