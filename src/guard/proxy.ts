@@ -213,6 +213,8 @@ export class GuardProxy {
   private readonly frozen = new Map<string, number>();
   /** Tags this tenant's operations are writing now (tag → how many). */
   private readonly writing = new Map<string, number>();
+  /** The bytes of output the tenant's quiet builds hold back now (see buildHeld). */
+  private quietHeld = 0;
   /** Images that are bases of this tenant's builds in flight (ID → how many builds). */
   private readonly heldImages = new Map<string, number>();
 
@@ -1619,8 +1621,15 @@ export class GuardProxy {
     };
     // A quiet build's output is held back, as dockerd holds it: shown only when the build failed.
     const held: Buffer[] = [];
+    let dropped = 0;
     if (quiet) {
       let bytes = 0;
+      const drop = (): void => {
+        const n = held.shift()?.length ?? 0;
+        bytes -= n;
+        dropped += n;
+        this.quietHeld -= n;
+      };
       try {
         for await (const chunk of up.body) {
           if (res.destroyed) break;
@@ -1628,13 +1637,17 @@ export class GuardProxy {
           watch(c);
           held.push(c);
           bytes += c.length;
-          // The head of an output larger than that goes (dockerd would hold it all in memory).
-          while (bytes > QUIET_HELD_MAX && held.length > 1) bytes -= held.shift()?.length ?? 0;
+          this.quietHeld += c.length;
+          // Only the end of the output is kept (dockerd would hold it all, in its own memory), and
+          // less of it while the guard's quiet builds together hold more than their share.
+          const cap = this.quietHeld > QUIET_HELD_TOTAL ? QUIET_HELD_LOW : QUIET_HELD_MAX;
+          while (bytes > cap && held.length > 1) drop();
         }
       } catch {
         errored = true; // the engine's answer broke off
       } finally {
         up.body.destroy();
+        this.quietHeld -= bytes;
       }
     } else await relay(up.body, res, { end: false, onData: watch });
     // dockerd has found every stage's base: the tenant may move those tags again.
@@ -1642,7 +1655,15 @@ export class GuardProxy {
     if (quiet && !res.destroyed) {
       if (!errored && !gate?.refused && last !== undefined)
         res.write(`${JSON.stringify({ stream: `${last}\n` })}\n`);
-      else for (const c of held) res.write(c);
+      else if (dropped === 0) for (const c of held) res.write(c);
+      else {
+        // The kept end starts after the first whole message in it (pieces are not messages).
+        const kept = Buffer.concat(held);
+        const nl = kept.indexOf(10);
+        const note = `berth: the first ${dropped + nl + 1} bytes of this build's output were dropped\n`;
+        res.write(`${JSON.stringify({ stream: note })}\n`);
+        if (nl >= 0) res.write(kept.subarray(nl + 1));
+      }
     }
     if (errored) last = undefined;
     // Stopped after dockerd began to answer: its answer ends in a read error; the reason follows.
@@ -2343,7 +2364,10 @@ interface DfResult {
 }
 
 /** How much of a quiet build's output the guard holds back (its end, where the error is). */
-const QUIET_HELD_MAX = 16 * 1024 * 1024;
+const QUIET_HELD_MAX = 1024 * 1024;
+/** What the quiet builds of one guard hold together before each keeps only its last chunks. */
+const QUIET_HELD_TOTAL = 32 * 1024 * 1024;
+const QUIET_HELD_LOW = 64 * 1024;
 
 /** dockerd's httputils.BoolValue: anything but "", 0, no, false and none (any case, trimmed) is true. */
 function goBool(v: string | null): boolean {

@@ -264,6 +264,14 @@ describe('quiet builds (docker build -q): the one-line answer names the tenant�
     assert.equal((await images(c).inspect(victim)).Id, victimId);
   });
 
+  test('a failed quiet build answers with the end of its output, not all of it held in the guard', async () => {
+    const b = await quietBuild('big', 'RUN yes 0123456789abcdef0123456789abcdef | head -c 3000000; exit 3\n');
+    assert.notEqual(b.code, 0);
+    const out = b.stdout + b.stderr;
+    assert.match(out, /returned a non-zero code: 3/, 'the error comes last, as dockerd answers');
+    assert.ok(out.length < 1.5 * 1024 * 1024, `the answer holds ${out.length} bytes: only the end is kept`);
+  });
+
   test('a failed multi-stage build tags nothing (its first stage’s image is not the build’s)', async () => {
     const tag = `berth-buildq-${SESSION}:failed`;
     const b = await docker(
