@@ -486,6 +486,26 @@ export function checkContainerUpdate(body: Record<string, unknown>, policy: Poli
   return out;
 }
 
+/**
+ * `docker top` runs the host's `ps` with the tenant's arguments and keeps the rows whose column
+ * titled PID is one of the container's processes. A format option (`-o`, `O`) can title another
+ * column PID (`-orss=PID` as the first word gets past dockerd's own check) and so return host
+ * processes, their command lines and (`e`) environments. Only plain option letters are passed.
+ */
+export function checkTopArgs(query: URLSearchParams, policy: Policy): URLSearchParams {
+  const args = query.get('ps_args');
+  const out = new URLSearchParams();
+  if (args === null || args === '') return out;
+  check(
+    policy,
+    'namespaces',
+    !/^(-?[A-NP-Za-np-z]{1,12})( -?[A-NP-Za-np-z]{1,12}){0,3}$/.test(args),
+    `ps_args "${args}": only option letters (no format options, o or O) are passed to the host's ps`,
+  );
+  out.set('ps_args', args);
+  return out;
+}
+
 export function checkExecCreate(body: Record<string, unknown>, policy: Policy): void {
   check(policy, 'privileged', body.Privileged === true, 'privileged exec is not allowed');
 }

@@ -39,6 +39,7 @@ import {
   checkContainerName,
   checkContainerUpdate,
   checkExecCreate,
+  checkTopArgs,
   checkNetworkCreate,
   checkVolumeCreate,
 } from './policy.js';
@@ -680,7 +681,11 @@ export class GuardProxy {
       case 'volume.delete': {
         const name = m.params.name ?? '';
         if (!(await this.volumeOwned(name))) throw new NotFound(`get ${name}: no such volume`);
-        return this.forward(req, res, m.route.method, path() + q(query), { small: true });
+        const r = await this.forward(req, res, m.route.method, path() + q(query), { small: true });
+        // A name is not the tenant's once its volume is gone: a later volume of that name (the
+        // host's) would show in the tenant's events.
+        if (id === 'volume.delete' && r && r.status < 300) this.state.volumes.delete(name);
+        return r;
       }
       case 'network.create': {
         const b = onRequest(() => checkNetworkCreate(this.body('network.create', body), this.cfg.labels, p));
@@ -742,6 +747,7 @@ export class GuardProxy {
             qs = new URLSearchParams(query);
             qs.set('v', '1');
           }
+          if (id === 'container.top') qs = onRequest(() => checkTopArgs(query, p));
           const done = await this.forward(r ?? req, res, m.route.method, path({ id: cid }) + q(qs), {
             body: r,
           });
@@ -1943,6 +1949,20 @@ export class GuardProxy {
   }
 
   /**
+   * Removes one of the tenant's networks at cleanup. The containers of the tenant's builds (RUN
+   * steps, which carry no label) may still be on it while dockerd tears them down: the removal is
+   * tried again for up to 10 s. Whether it went.
+   */
+  private async removeNetwork(nid: string): Promise<boolean> {
+    for (let attempt = 0; attempt < 40; attempt++) {
+      const r = await this.upstreamJson('DELETE', `/networks/${nid}`);
+      if (r.status < 300 || r.status === 404) return r.status < 300;
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+    return false;
+  }
+
+  /**
    * Removes a digest reference the tenant owns (the caller checked, on `f`, the image it names
    * now). dockerd deletes the image with its last name: where this reference is that and the
    * tenant did not make the image (a pull by digest of content someone else has), nothing is
@@ -2284,8 +2304,8 @@ export class GuardProxy {
     );
     for (const n of Array.isArray(ns.json) ? ns.json : []) {
       if (!this.state.owns(n.Labels)) continue;
-      const r = await this.upstreamJson('DELETE', `/networks/${n.Id}`);
-      if (r.status < 300) counts.networks++;
+      const r = await this.removeNetwork(n.Id);
+      if (r) counts.networks++;
     }
     this.networkId = undefined;
     const vs = await this.upstreamJson<{

@@ -454,6 +454,27 @@ describe('guard attack suite: escape prevention', () => {
     }
   });
 
+  test('docker top: ps arguments that title another column PID are refused (host processes would show)', async () => {
+    for (const args of [
+      '-orss=PID,user,pid,args ax f e',
+      'ax -o pid=PID,args',
+      'aux O',
+      '--format pid,args',
+      '-e;id',
+    ]) {
+      const r = await send(a.sock, {
+        method: 'GET',
+        path: `/v1.41/containers/${own}/top?ps_args=${encodeURIComponent(args)}`,
+      });
+      expectRefused(r, 'namespaces', `ps_args ${args}`);
+      assert.doesNotMatch(r.text, /dockerd|containerd/, 'no host process in the answer');
+    }
+    const ok = await docker(a.host, ['top', own, 'aux']);
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.match(ok.stdout, /sleep 3600/);
+    assert.doesNotMatch(ok.stdout, /dockerd/);
+  });
+
   test('privileged exec: raw HTTP variants and docker exec --privileged; no exec is created', async () => {
     const execIds = async () =>
       ((await containers(a.c).inspect(own)) as unknown as { ExecIDs: string[] | null }).ExecIDs ?? [];

@@ -9,7 +9,7 @@ import { request } from 'node:http';
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { images } from '../../src/engine/index.js';
+import { images, networks } from '../../src/engine/index.js';
 import { createGuard } from '../../src/guard/index.js';
 import type { GuardHandle } from '../../src/guard/index.js';
 import { SESSION, engine, sessionLabels, tempDir, uniqueName } from '../support/index.js';
@@ -228,6 +228,23 @@ describe('attack: removing or keeping images nobody names', () => {
       await g.close({ cleanup: true });
     }
     assert.equal((await images(c).inspect(id)).Id, id, 'the host image is still there after the cleanup');
+  });
+
+  test('a guard stopped during a build removes its tenant network all the same', async () => {
+    const tenant = uniqueName('untag9');
+    const sockPath = join(dir.path, 'n.sock');
+    const g = await createGuard({ tenant, listen: sockPath });
+    const building = docker(`unix://${sockPath}`, ['build', '-q', '-'], {
+      env: { DOCKER_BUILDKIT: '0' },
+      input: 'FROM berth-local/busybox\nRUN sleep 12\n',
+    });
+    // The RUN step's container is on the tenant network (it carries no label of the tenant's).
+    await new Promise((r) => setTimeout(r, 3000));
+    const label = { label: [`io.berth.tenant=${tenant}`] };
+    assert.equal((await networks(c).list(label)).length, 1, 'the build made the tenant network');
+    await g.close({ cleanup: true });
+    await building;
+    assert.deepEqual(await networks(c).list(label), [], 'the tenant network is gone');
   });
 
   test('a digest reference that is the last name of the host’s image: removing it keeps the image', async () => {
