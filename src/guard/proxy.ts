@@ -1247,12 +1247,7 @@ export class GuardProxy {
    */
   private beginTagWrite(tags: readonly (string | undefined)[]): () => void {
     const names = tags.filter((t): t is string => t !== undefined);
-    for (const t of names)
-      if (this.frozen.has(t))
-        throw new Refusal(
-          'image-tag',
-          `${t} is a base image of a build in progress; the build reads it when it reaches that stage, so it can change once the build ended`,
-        );
+    for (const t of names) this.assertNotFrozen(t);
     return countIn(this.writing, names);
   }
 
@@ -1283,6 +1278,15 @@ export class GuardProxy {
     hold.releases.push(countIn(this.heldImages, [id]));
   }
 
+  /** Refuses to write a tag that a build of the tenant's holds as a base (holdBases). */
+  private assertNotFrozen(tag: string): void {
+    if (this.frozen.has(tag))
+      throw new Refusal(
+        'image-tag',
+        `${tag} is a base image of a build in progress; the build reads it when it reaches that stage, so it can change once the build ended`,
+      );
+  }
+
   async assertTagWritable(tag: string | undefined): Promise<void> {
     if (tag === undefined) return;
     // dockerd looks a short reference up as a tag before it reads it as an ID prefix: a tag named
@@ -1292,11 +1296,7 @@ export class GuardProxy {
         'image-tag',
         `the repository name of ${tag} is 12 or more hex digits, which reads as an image ID prefix; choose another name`,
       );
-    if (this.frozen.has(tag))
-      throw new Refusal(
-        'image-tag',
-        `${tag} is a base image of a build in progress; the build reads it when it reaches that stage, so it can change once the build ended`,
-      );
+    this.assertNotFrozen(tag);
     const { status, json } = await this.upstreamJson<{ Id?: string }>(
       'GET',
       `/images/${encodeURIComponent(tag)}/json`,
@@ -1499,13 +1499,14 @@ export class GuardProxy {
    * operation reported making (`made`). Otherwise the operation failed, or someone else set the
    * name meanwhile: the claim is released and the tag left as it is.
    */
-  private async confirmTag(tag: string, made: (f: ImageFacts) => boolean): Promise<void> {
+  private async confirmTag(tag: string, made: (f: ImageFacts) => boolean): Promise<ImageFacts | undefined> {
     const f = await this.inspectImage(tag);
     if (!f || !made(f)) {
       this.state.releaseTag(tag, f?.Id);
-      return;
+      return f;
     }
     this.state.setTag(tag, f.Id);
+    return f;
   }
 
   private async build(
@@ -1850,12 +1851,15 @@ export class GuardProxy {
       }
     } finally {
       report.end();
-      if (tag)
-        await this.confirmTag(tag, (f) => made(f, report)).catch(() => {
-          this.state.releaseTag(tag, undefined);
-        });
+      const confirmed = tag
+        ? await this.confirmTag(tag, (f) => made(f, report)).catch(() => {
+            this.state.releaseTag(tag, undefined);
+            return undefined;
+          })
+        : undefined;
       if (pulledRef !== undefined && had !== undefined) {
-        const f = await this.inspectImage(pulledRef).catch(() => undefined);
+        // A tagged pull's image was read just now; a pull by digest reads it here.
+        const f = tag ? confirmed : await this.inspectImage(pulledRef).catch(() => undefined);
         // A registry's image was made before the pull began. One made since (its ID covers its
         // creation time) is someone else's new image, which a registry the tenant runs can serve
         // back while the pull waits: not the tenant's.
