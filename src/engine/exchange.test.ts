@@ -79,6 +79,9 @@ test('malformed and oversized answers are errors, not guesses', () => {
   const bad = [
     'SSH-2.0-OpenSSH\r\n\r\n',
     'HTTP/1.1 200 OK\r\nno colon here\r\n\r\n',
+    'HTTP/1.1 200 OK\r\nno colon here\r\nX-Later: has one\r\n\r\n',
+    'HTTP/1.1 200 OK\r\n: no name\r\n\r\n',
+    'HTTP/1.1 200 OK\r\nBad Name: v\r\n\r\n',
     'HTTP/1.1 200 OK\r\nContent-Length: 1x\r\n\r\n',
     'HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n',
     'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n',

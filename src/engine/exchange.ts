@@ -50,6 +50,22 @@ const BAD_VALUE = /[\r\n\0]/;
 const BAD_PATH = /[\s\0-\x1f\x7f]/;
 const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 
+/**
+ * A header name as sent, lowercased and checked. The engine sends the same dozen names with every
+ * answer, so their lowercased forms are kept (a few hundred at most) rather than made again.
+ */
+const headerNames = new Map<string, string>();
+function headerName(raw: string): string {
+  const known = headerNames.get(raw);
+  if (known !== undefined) return known;
+  const name = raw.toLowerCase();
+  if (!TOKEN.test(name)) throw new ExchangeError('malformed answer header', 'ENGINE_PROTOCOL');
+  if (headerNames.size < 256) headerNames.set(raw, name);
+  return name;
+}
+
+const EMPTY = Buffer.alloc(0);
+
 /** Serializes a request head (and body) for one write; throws on values that would split it. */
 export function requestBytes(req: ExchangeRequest): Buffer {
   if (!TOKEN.test(req.method)) throw new ExchangeError(`invalid method ${req.method}`, 'INVALID_REQUEST');
@@ -86,7 +102,7 @@ export class AnswerParser {
   readonly headers: Record<string, string> = {};
   keepAlive = true;
   leftover = 0;
-  private head: Buffer = Buffer.alloc(0);
+  private head: Buffer = EMPTY;
   private inHead = true;
   private framing: Framing = { kind: 'none' };
   private readonly parts: Buffer[] = [];
@@ -94,7 +110,7 @@ export class AnswerParser {
   // chunked decoding state
   private chunkLeft = 0;
   private chunkState: 'size' | 'data' | 'data-crlf' | 'trailer' = 'size';
-  private line: Buffer = Buffer.alloc(0);
+  private line: Buffer = EMPTY;
   private done = false;
 
   constructor(
@@ -128,7 +144,7 @@ export class AnswerParser {
           this.head = joined;
           return false;
         }
-        this.head = Buffer.alloc(0);
+        this.head = EMPTY;
         buf = joined.subarray(end + 4);
         if (this.parseHead(joined.subarray(0, end).toString('latin1'))) continue; // interim 1xx
         this.inHead = false;
@@ -149,10 +165,10 @@ export class AnswerParser {
 
   /** Returns true for an interim (1xx) answer, whose head is skipped. */
   private parseHead(text: string): boolean {
-    const lines = text.split('\r\n');
-    const m = /^HTTP\/1\.([01]) (\d{3})(?: .*)?$/.exec(lines[0] ?? '');
-    if (!m)
-      throw new ExchangeError(`not an HTTP answer: ${(lines[0] ?? '').slice(0, 80)}`, 'ENGINE_PROTOCOL');
+    const eol = text.indexOf('\r\n');
+    const first = eol < 0 ? text : text.slice(0, eol);
+    const m = /^HTTP\/1\.([01]) (\d{3})(?: .*)?$/.exec(first);
+    if (!m) throw new ExchangeError(`not an HTTP answer: ${first.slice(0, 80)}`, 'ENGINE_PROTOCOL');
     const status = Number(m[2]);
     if (status >= 100 && status < 200) {
       if (status === 101) throw new ExchangeError('unexpected protocol switch', 'ENGINE_PROTOCOL');
@@ -160,14 +176,16 @@ export class AnswerParser {
     }
     this.status = status;
     this.keepAlive = m[1] === '1';
-    for (const line of lines.slice(1)) {
-      const colon = line.indexOf(':');
-      if (colon <= 0) throw new ExchangeError('malformed answer header', 'ENGINE_PROTOCOL');
-      const name = line.slice(0, colon).toLowerCase();
-      if (!TOKEN.test(name)) throw new ExchangeError('malformed answer header', 'ENGINE_PROTOCOL');
-      const value = line.slice(colon + 1).trim();
+    for (let at = eol < 0 ? text.length : eol + 2; at < text.length;) {
+      let end = text.indexOf('\r\n', at);
+      if (end < 0) end = text.length;
+      const colon = text.indexOf(':', at);
+      if (colon <= at || colon > end) throw new ExchangeError('malformed answer header', 'ENGINE_PROTOCOL');
+      const name = headerName(text.slice(at, colon));
+      const value = text.slice(colon + 1, end).trim();
       const prev = this.headers[name];
       this.headers[name] = prev === undefined ? value : `${prev}, ${value}`;
+      at = end + 2;
     }
     const conn = (this.headers.connection ?? '').toLowerCase();
     if (conn.includes('close')) this.keepAlive = false;
@@ -205,7 +223,7 @@ export class AnswerParser {
     const f = this.framing;
     if (f.kind === 'close') {
       this.keep(buf);
-      return Buffer.alloc(0);
+      return EMPTY;
     }
     if (f.kind === 'length') {
       const n = Math.min(f.remaining, buf.length);
@@ -229,18 +247,21 @@ export class AnswerParser {
       if (nl < 0) {
         this.line = Buffer.concat([this.line, rest]);
         if (this.line.length > 4096) throw new ExchangeError('malformed chunk', 'ENGINE_PROTOCOL');
-        return Buffer.alloc(0);
+        return EMPTY;
       }
-      const line = Buffer.concat([this.line, rest.subarray(0, nl)])
-        .toString('latin1')
-        .replace(/\r$/, '');
-      this.line = Buffer.alloc(0);
+      const bytes = this.line.length
+        ? Buffer.concat([this.line, rest.subarray(0, nl)])
+        : rest.subarray(0, nl);
+      const end = bytes.length > 0 && bytes[bytes.length - 1] === 0x0d ? bytes.length - 1 : bytes.length;
+      const line = bytes.toString('latin1', 0, end);
+      this.line = EMPTY;
       rest = rest.subarray(nl + 1);
       if (this.chunkState === 'data-crlf') {
         if (line !== '') throw new ExchangeError('malformed chunk', 'ENGINE_PROTOCOL');
         this.chunkState = 'size';
       } else if (this.chunkState === 'size') {
-        const hex = line.split(';')[0]?.trim() ?? '';
+        const semi = line.indexOf(';');
+        const hex = (semi < 0 ? line : line.slice(0, semi)).trim();
         if (!/^[0-9a-fA-F]{1,12}$/.test(hex))
           throw new ExchangeError('malformed chunk size', 'ENGINE_PROTOCOL');
         this.chunkLeft = parseInt(hex, 16);

@@ -193,6 +193,17 @@ export class ProgressReport {
 const HEX = new Uint8Array(256);
 for (const c of '0123456789abcdef') HEX[c.charCodeAt(0)] = 1;
 const ENTRY = Buffer.from('{"Id":"', 'latin1');
+/** What a byte is to the list scan: nothing, a string's quote, an opening or a closing bracket. */
+const PLAIN = 0;
+const QUOTE = 1;
+const OPEN = 2;
+const CLOSE = 3;
+const JSON_BYTE = new Uint8Array(256);
+JSON_BYTE[0x22] = QUOTE;
+JSON_BYTE[0x7b] = OPEN;
+JSON_BYTE[0x5b] = OPEN;
+JSON_BYTE[0x7d] = CLOSE;
+JSON_BYTE[0x5d] = CLOSE;
 
 /** The ID at `i` when an object opening `{"Id":"<64 hex>"` starts there. */
 function idAt(b: Buffer, i: number): string | undefined {
@@ -217,27 +228,29 @@ export function listedContainerIds(answer: Buffer): string[] | undefined {
   const ids: string[] = [];
   let depth = 0;
   for (let i = 0; i < n; i++) {
-    const c = answer[i];
-    if (c === 0x22) {
+    // One table lookup per byte: most of an answer is plain bytes between its strings' quotes.
+    const kind = JSON_BYTE[answer[i] as number];
+    if (kind === PLAIN) continue;
+    if (kind === QUOTE) {
       for (i++; i < n; i++) {
         const d = answer[i];
+        if (d === 0x22) break;
         if (d === 0x5c) i++;
-        else if (d === 0x22) break;
       }
       if (i >= n) return undefined;
-    } else if (c === 0x7b || c === 0x5b) {
+    } else if (kind === OPEN) {
       if (depth === 1) {
-        const id = c === 0x7b ? idAt(answer, i) : undefined;
+        const id = answer[i] === 0x7b ? idAt(answer, i) : undefined;
         if (id === undefined) return undefined;
         ids.push(id);
       }
       depth++;
-    } else if (c === 0x7d || c === 0x5d) {
+    } else {
       depth--;
       if (depth < 0) return undefined;
       if (depth === 0) {
         if (
-          c !== 0x5d ||
+          answer[i] !== 0x5d ||
           answer
             .subarray(i + 1)
             .toString('latin1')

@@ -94,8 +94,13 @@ export const ROUTES: readonly Route[] = [
 
 export class PathError extends Error {}
 
+// eslint-disable-next-line no-control-regex -- NUL is what this must not let through
+const CLEAN_PATH = /^(?:\/[^/%.\0][^/%\0]*)+$/;
+
 /** Percent-decodes and cleans a request path as Go's net/http + gorilla/mux would. */
 export function normalizePath(rawPath: string): string {
+  // Already clean (every segment non-empty, none a dot segment, nothing encoded): as it is.
+  if (CLEAN_PATH.test(rawPath)) return rawPath;
   let decoded: string;
   try {
     decoded = decodeURIComponent(rawPath);
@@ -127,13 +132,38 @@ export function splitVersion(path: string): { apiVersion: string | undefined; re
   return { apiVersion: m[1], rest: m[2] === '' || m[2] === undefined ? '/' : m[2] };
 }
 
-const SPLIT = new Map<string, string[]>(ROUTES.map((r) => [r.pattern, r.pattern.split('/').filter(Boolean)]));
+interface Compiled {
+  route: Route;
+  /** The pattern's segments. */
+  p: readonly string[];
+  /** Where its `{name*}` segment is, or -1. */
+  star: number;
+}
 
-function matchPattern(pattern: string, s: readonly string[]): Record<string, string> | undefined {
-  const p = SPLIT.get(pattern) ?? pattern.split('/').filter(Boolean);
+const compile = (route: Route): Compiled => {
+  const p = route.pattern.split('/').filter(Boolean);
+  return { route, p, star: p.findIndex((x) => x.endsWith('*}')) };
+};
+
+/**
+ * The routes by method and first segment, in ROUTES order (every pattern starts with a literal
+ * segment, so a path can match only the routes filed under its own first segment).
+ */
+const BY_HEAD = new Map<string, Compiled[]>();
+for (const route of ROUTES) {
+  const c = compile(route);
+  const head = c.p[0] ?? '';
+  if (head.startsWith('{')) throw new Error(`route ${route.pattern} must start with a literal segment`);
+  const key = `${route.method} ${head}`;
+  const list = BY_HEAD.get(key) ?? [];
+  list.push(c);
+  BY_HEAD.set(key, list);
+}
+
+function matchPattern(c: Compiled, s: readonly string[]): Record<string, string> | undefined {
+  const { p, star } = c;
   const params: Record<string, string> = {};
   // `{name*}` takes as many segments as leave the rest of the pattern matching.
-  const star = p.findIndex((x) => x.endsWith('*}'));
   if (star >= 0) {
     const after = p.length - star - 1;
     if (s.length < p.length) return undefined;
@@ -162,10 +192,9 @@ export function matchRoute(method: string, normalized: string): Matched | undefi
   const { apiVersion, rest } = splitVersion(normalized);
   const m = method.toUpperCase();
   const segs = rest.split('/').filter(Boolean);
-  for (const route of ROUTES) {
-    if (route.method !== m) continue;
-    const params = matchPattern(route.pattern, segs);
-    if (params) return { route, params, apiVersion, path: rest };
+  for (const c of BY_HEAD.get(`${m} ${segs[0] ?? ''}`) ?? []) {
+    const params = matchPattern(c, segs);
+    if (params) return { route: c.route, params, apiVersion, path: rest };
   }
   return undefined;
 }

@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { BodyError, SCHEMAS, canonicalize, foldKey } from './canonical.js';
-import { buildPath, matchRoute, normalizePath, splitTarget, splitVersion } from './routes.js';
+import { ROUTES, buildPath, matchRoute, normalizePath, splitTarget, splitVersion } from './routes.js';
 import {
   Refusal,
   applyLimits,
@@ -214,6 +214,33 @@ test('routing: dot segments, //, %2F and %2e are resolved before matching; unkno
     ['DELETE', '/images/'],
   ] as const) {
     assert.equal(matchRoute(method, normalizePath(path)), undefined, `${method} ${path}`);
+  }
+});
+
+test('routing: clean paths pass as they are; anything else takes the full clean-up', () => {
+  for (const path of ['/_ping', '/v1.41/containers/abc/json', '/images/a.b/c:1.0/json', '/x/y.']) {
+    assert.equal(normalizePath(path), path);
+  }
+  assert.equal(normalizePath('/containers/.hidden/json'), '/containers/.hidden/json');
+  assert.equal(normalizePath('/containers/json/'), '/containers/json');
+  assert.equal(normalizePath('/containers/./json'), '/containers/json');
+  assert.equal(normalizePath('/containers/x/..'), '/containers');
+  assert.equal(normalizePath('containers/json'), '/containers/json');
+  assert.equal(normalizePath('/'), '/');
+  assert.throws(() => normalizePath('/containers/a\0b/json'), /NUL/);
+});
+
+test('routing: every route is found for its own path, by it or by an earlier route of that path', () => {
+  for (const [i, route] of ROUTES.entries()) {
+    const params: Record<string, string> = {};
+    for (const m of route.pattern.matchAll(/\{(\w+)(\*?)\}/g)) params[m[1] ?? ''] = m[2] ? 'a/b' : 'x1';
+    for (const version of [undefined, '1.41']) {
+      const path = buildPath(route, params, version);
+      const found = matchRoute(route.method, path);
+      assert.ok(found, `${route.method} ${path}`);
+      assert.ok(ROUTES.indexOf(found.route) <= i, `${route.method} ${path} matched a later route`);
+      assert.equal(buildPath(found.route, found.params, found.apiVersion), path);
+    }
   }
 });
 
