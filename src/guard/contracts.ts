@@ -34,6 +34,7 @@ export type RuleName =
   | 'image-import'
   | 'ownership'
   | 'image-tag'
+  | 'registries'
   | 'limits'
   | 'body'
   | 'malformed';
@@ -151,6 +152,11 @@ export interface Policy {
   /** Sysctls a container may set. */
   readonly safeSysctls: ReadonlySet<string>;
   readonly limits: TenantLimits;
+  /**
+   * The registries (`host[:port]`, lowercase; `docker.io` for Docker Hub) the tenant's pulls,
+   * pushes, logins, searches and distribution inspects may name; undefined: any.
+   */
+  readonly registries?: ReadonlySet<string> | undefined;
 }
 
 /** One audit line (JSON), written for every decision. */

@@ -1,11 +1,12 @@
 /**
- * Policy files: which rules a trusted tenant may bypass, limits, and extra safe sysctls.
+ * Policy files: which rules a trusted tenant may bypass, limits, extra safe sysctls, and the registries it may use.
  *
  *   tenants:
  *     "ci/*":            # a glob over tenant names; the first match wins
  *       allow: [binds]   # rule names from the guard's refusals
  *       limits: { maxContainers: 20, maxMemoryBytes: 2147483648, defaultPidsLimit: 512 }
  *       sysctls: [net.ipv4.tcp_tw_reuse]
+ *       registries: [127.0.0.1:5000, docker.io]   # pulls, pushes, logins, searches: these only
  *   defaults: { limits: {...} }
  *
  * Every problem is reported at once, with its dotted path.
@@ -53,7 +54,12 @@ interface Section {
   allow?: RuleName[];
   limits?: TenantLimits;
   sysctls?: string[];
+  registries?: string[];
 }
+
+/** A registry as a policy names it: `host`, `host:port` or `[v6]:port`; Docker Hub is `docker.io`. */
+const REGISTRY =
+  /^(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?$/;
 
 function globToRegExp(glob: string): RegExp {
   return new RegExp(
@@ -67,7 +73,7 @@ function globToRegExp(glob: string): RegExp {
 function checkSection(v: unknown, path: string, problems: string[]): Section {
   const out: Section = {};
   if (typeof v !== 'object' || v === null || Array.isArray(v)) {
-    problems.push(`${path}: expected a mapping with allow, limits, sysctls`);
+    problems.push(`${path}: expected a mapping with allow, limits, sysctls, registries`);
     return out;
   }
   for (const [k, val] of Object.entries(v)) {
@@ -98,7 +104,18 @@ function checkSection(v: unknown, path: string, problems: string[]): Section {
       if (!Array.isArray(val) || !val.every((s) => typeof s === 'string'))
         problems.push(`${path}.sysctls: expected a list of sysctl names`);
       else out.sysctls = val;
-    } else problems.push(`${path}.${k}: unknown key; expected allow, limits or sysctls`);
+    } else if (k === 'registries') {
+      if (!Array.isArray(val)) problems.push(`${path}.registries: expected a list of registry hosts`);
+      else
+        out.registries = val.flatMap((r, i) => {
+          const host = typeof r === 'string' ? r.toLowerCase() : '';
+          if (REGISTRY.test(host)) return [host === 'index.docker.io' ? 'docker.io' : host];
+          problems.push(
+            `${path}.registries[${i}]: ${JSON.stringify(r)} is not a registry host; write host or host:port (docker.io for Docker Hub), no scheme or path`,
+          );
+          return [];
+        });
+    } else problems.push(`${path}.${k}: unknown key; expected allow, limits, sysctls or registries`);
   }
   return out;
 }
@@ -139,6 +156,11 @@ export function policyFor(text: string, file: string, tenant: string): Policy {
     allow: new Set([...(defaults.allow ?? []), ...(hit.allow ?? [])]),
     safeSysctls: new Set([...DEFAULT_SAFE_SYSCTLS, ...(defaults.sysctls ?? []), ...(hit.sysctls ?? [])]),
     limits: { ...defaults.limits, ...hit.limits },
+    // A tenant's own list replaces the default one.
+    registries: (() => {
+      const list = hit.registries ?? defaults.registries;
+      return list === undefined ? undefined : new Set(list);
+    })(),
   };
 }
 

@@ -5,7 +5,7 @@
 import { posix } from 'node:path';
 import type { Decision, PathMap, Policy, RuleName, TenantLimits } from './contracts.js';
 import { LABEL_TENANT } from '../common/index.js';
-import { RESERVED_NETWORK } from './ownership.js';
+import { RESERVED_NETWORK, registryOf } from './ownership.js';
 import { BodyError, isRecord } from './canonical.js';
 
 export const DEFAULT_SAFE_SYSCTLS: readonly string[] = [
@@ -504,6 +504,58 @@ export function checkTopArgs(query: URLSearchParams, policy: Policy): URLSearchP
   );
   out.set('ps_args', args);
   return out;
+}
+
+/**
+ * The registry a search term names, as dockerd splits it: the part before the first `/` when it
+ * looks like a host (has a `.` or a `:`, or is `localhost`), else Docker Hub.
+ */
+export function searchRegistry(term: string): string {
+  const slash = term.indexOf('/');
+  const first = slash < 0 ? '' : term.slice(0, slash);
+  if (slash < 0 || (!/[.:]/.test(first) && first !== 'localhost')) return 'docker.io';
+  return first === 'index.docker.io' ? 'docker.io' : first;
+}
+
+/**
+ * The registry host a login names (`serveraddress`), as dockerd reads it: a scheme is optional,
+ * the host ends at the first `/`; empty is Docker Hub. Undefined for anything dockerd could read
+ * differently (user info, a query, spaces): refused where registries are restricted.
+ */
+export function loginRegistry(serverAddress: string): string | undefined {
+  if (serverAddress === '') return 'docker.io';
+  const m =
+    /^(?:https?:\/\/)?([A-Za-z0-9.-]+(?::[0-9]+)?|\[[0-9A-Fa-f:.]+\](?::[0-9]+)?)(?:\/[^\s?#@\\]*)?$/.exec(
+      serverAddress,
+    );
+  const host = m?.[1]?.toLowerCase();
+  if (host === undefined) return undefined;
+  return ['index.docker.io', 'registry-1.docker.io', 'registry.hub.docker.com'].includes(host)
+    ? 'docker.io'
+    : host;
+}
+
+/**
+ * Where the policy restricts registries: the registry an operation makes dockerd contact must be
+ * one of them. `what` says which operation, `registry` is the host it names (undefined when it
+ * cannot be read: refused).
+ */
+export function checkRegistry(policy: Policy, what: string, registry: string | undefined): void {
+  const allowed = policy.registries;
+  if (allowed === undefined) return;
+  const host = registry?.toLowerCase();
+  if (host !== undefined && allowed.has(host)) return;
+  const list = allowed.size > 0 ? [...allowed].join(', ') : 'none';
+  throw new Refusal(
+    'registries',
+    `${what}: ${host === undefined ? 'the registry cannot be read' : `registry ${host} is not one this tenant may use`} (allowed: ${list})`,
+  );
+}
+
+/** checkRegistry for an image reference (`registry:5000/app:1`, `app`, `app@sha256:…`). */
+export function checkImageRegistry(policy: Policy, what: string, ref: string): void {
+  if (policy.registries === undefined) return;
+  checkRegistry(policy, `${what} ${ref}`, registryOf(ref));
 }
 
 export function checkExecCreate(body: Record<string, unknown>, policy: Policy): void {

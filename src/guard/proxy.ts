@@ -36,6 +36,10 @@ import {
   Refusal,
   checkBuild,
   checkContainerCreate,
+  checkImageRegistry,
+  checkRegistry,
+  loginRegistry,
+  searchRegistry,
   checkContainerName,
   checkContainerUpdate,
   checkExecCreate,
@@ -538,9 +542,13 @@ export class GuardProxy {
       case 'image.history':
         return this.forward(req, res, m.route.method, path() + q(query), { small: true });
       case 'image.search':
+        checkRegistry(p, `search for ${query.get('term') ?? ''}`, searchRegistry(query.get('term') ?? ''));
+        return this.forward(req, res, m.route.method, path() + q(query));
       case 'image.distribution':
+        checkImageRegistry(p, 'distribution inspect of', m.params.name ?? '');
         return this.forward(req, res, m.route.method, path() + q(query));
       case 'image.push': {
+        checkImageRegistry(p, 'push of', m.params.name ?? '');
         // A push records the digest it pushed as a reference on the image: that one is the tenant's.
         const repo = repositoryOf(m.params.name ?? '');
         const before = await this.digestRefs(repo);
@@ -548,8 +556,12 @@ export class GuardProxy {
         await this.forward(req, res, m.route.method, path() + q(query), { onData: report.feed });
         return this.claimNewDigests(repo, before, report.end().digests);
       }
-      case 'auth':
-        return this.forwardJson(req, res, 'POST', path(), this.body('auth', body));
+      case 'auth': {
+        const login = this.body('auth', body);
+        const server = typeof login.serveraddress === 'string' ? login.serveraddress : '';
+        checkRegistry(p, `login to ${server === '' ? 'Docker Hub' : server}`, loginRegistry(server));
+        return this.forwardJson(req, res, 'POST', path(), login);
+      }
       case 'system.events':
         return this.events(res, path() + q(query));
       case 'system.df':
@@ -1396,6 +1408,13 @@ export class GuardProxy {
       // and the build is sent without `pull`: it finds the image checked here.
       const mismatch = () => want.find((p) => !platformMatches(p, found.json));
       if (found.status === 404 || pulls.always || (found.status === 200 && mismatch() !== undefined)) {
+        // The pull below must be one the tenant could make itself.
+        try {
+          checkImageRegistry(this.cfg.policy, 'base image', b);
+        } catch (err) {
+          if (err instanceof Refusal) return err;
+          throw err;
+        }
         for (const p of want.length > 0 ? want : [undefined])
           await this.pullBase(b, registryConfig, p).catch(() => undefined);
         found = await inspect(b);
@@ -1798,6 +1817,7 @@ export class GuardProxy {
       query.append('changes', `LABEL ${LABEL_TENANT}=""`);
     } else {
       const from = query.get('fromImage') ?? '';
+      checkImageRegistry(this.cfg.policy, 'pull of', from);
       const t = query.get('tag') ?? '';
       const digest = from.includes('@') || /^[a-z0-9]+:[0-9a-f]{32,}$/i.test(t);
       if (!digest && t === '' && !hasTag(from))

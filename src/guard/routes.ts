@@ -94,7 +94,6 @@ export const ROUTES: readonly Route[] = [
 
 export class PathError extends Error {}
 
-// eslint-disable-next-line no-control-regex -- NUL is what this must not let through
 const CLEAN_PATH = /^(?:\/[^/%.\0][^/%\0]*)+$/;
 
 /** Percent-decodes and cleans a request path as Go's net/http + gorilla/mux would. */

@@ -11,6 +11,10 @@ import {
   checkBuild,
   checkContainerCreate,
   checkContainerUpdate,
+  checkImageRegistry,
+  checkRegistry,
+  loginRegistry,
+  searchRegistry,
   checkExecCreate,
   checkNetworkCreate,
   checkVolumeCreate,
@@ -631,6 +635,85 @@ test('policy file: JSON or YAML, defaults merged under the first matching tenant
   assert.throws(() => policyFor('tenants: [a]', 'p.yml', 'x'), /tenants: expected a mapping/);
   assert.throws(() => policyFor('- a\n', 'p.yml', 'x'), /\(root\)/);
   assert.throws(() => policyFor('a: [', 'p.yml', 'x'), /p\.yml/);
+});
+
+test('registries: a policy list restricts what pulls, pushes, logins and searches name; none means any', () => {
+  const open = defaultPolicy();
+  const only: Policy = { ...open, registries: new Set(['127.0.0.1:5000', 'docker.io']) };
+  const refusedBy = (f: () => void) => {
+    try {
+      f();
+    } catch (e) {
+      return e instanceof Refusal ? e.rule : 'not a refusal';
+    }
+    return undefined;
+  };
+  checkImageRegistry(open, 'pull of', '10.0.0.1:1/x');
+  checkRegistry(open, 'login', undefined);
+  for (const ok of [
+    'busybox',
+    'library/busybox:1',
+    'docker.io/a/b',
+    'index.docker.io/a/b',
+    '127.0.0.1:5000/a:1',
+  ])
+    assert.equal(
+      refusedBy(() => checkImageRegistry(only, 'pull of', ok)),
+      undefined,
+      ok,
+    );
+  // Names whose first part reads as a host (a dot, a colon, localhost, an upper-case letter).
+  for (const bad of ['127.0.0.1:5001/a', 'localhost:5000/a', 'LOCALHOST:5000/a', 'Host/a', 'a.b/c@sha256:00'])
+    assert.equal(
+      refusedBy(() => checkImageRegistry(only, 'pull of', bad)),
+      'registries',
+      bad,
+    );
+  assert.equal(searchRegistry('busybox'), 'docker.io');
+  assert.equal(searchRegistry('someone/app'), 'docker.io');
+  assert.equal(searchRegistry('127.0.0.1:5001/app'), '127.0.0.1:5001');
+  assert.equal(searchRegistry('localhost/app'), 'localhost');
+  assert.equal(loginRegistry(''), 'docker.io');
+  assert.equal(loginRegistry('https://index.docker.io/v1/'), 'docker.io');
+  assert.equal(loginRegistry('http://127.0.0.1:5000'), '127.0.0.1:5000');
+  assert.equal(loginRegistry('Registry.Example:443/v2/'), 'registry.example:443');
+  assert.equal(loginRegistry('[::1]:5000'), '[::1]:5000');
+  for (const odd of ['https://u@h:1/', 'https://h?x', 'h /', 'ftp://h', 'https://h#f', 'h\\x'])
+    assert.equal(loginRegistry(odd), undefined, odd);
+  assert.equal(
+    refusedBy(() => checkRegistry(only, 'login', undefined)),
+    'registries',
+  );
+  assert.match(
+    (() => {
+      try {
+        checkRegistry({ ...open, registries: new Set() }, 'search', 'docker.io');
+      } catch (e) {
+        return (e as Error).message;
+      }
+      return '';
+    })(),
+    /^berth: registries: search: registry docker\.io is not one this tenant may use \(allowed: none\)$/,
+  );
+  // The policy file: hosts folded to lower case, Docker Hub's alias read, a tenant's list replaces the default.
+  const text =
+    'defaults:\n  registries: [Index.Docker.io, "127.0.0.1:5000"]\ntenants:\n  "ci-*": { registries: [] }\n';
+  assert.deepEqual([...(policyFor(text, 'p', 'x').registries ?? [])], ['docker.io', '127.0.0.1:5000']);
+  assert.equal(policyFor(text, 'p', 'ci-1').registries?.size, 0);
+  assert.equal(policyFor('', 'p', 'x').registries, undefined);
+  assert.throws(
+    () => policyFor('defaults:\n  registries: ["https://h/", "h/x", 5, ok.example]\n', 'p.yml', 'x'),
+    (e: unknown) => {
+      const m = (e as Error).message;
+      return (
+        /3 problem/.test(m) && m.includes('defaults.registries[0]') && m.includes('defaults.registries[2]')
+      );
+    },
+  );
+  assert.throws(
+    () => policyFor('defaults:\n  registries: h\n', 'p.yml', 'x'),
+    /defaults\.registries: expected a list/,
+  );
 });
 
 test('build resources: ulimits as for containers, memory and CPU filled and capped, RUN on the tenant network', () => {
