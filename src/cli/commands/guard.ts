@@ -32,7 +32,10 @@ export function registerGuard(program: Command): void {
       collect,
       [],
     )
-    .option('--policy <file>', 'a policy file that loosens named rules for trusted tenants')
+    .option(
+      '--policy <file>',
+      'a policy file: rules loosened for trusted tenants, limits, allowed registries (docs/guard.md)',
+    )
     .option('--audit <file|->', 'write one JSON line per decision')
     .option('--keep', 'keep the tenant’s objects when the guard stops')
     .option('--insecure-tcp', 'allow tcp:// without TLS client certificates')
