@@ -492,7 +492,7 @@ export class GuardProxy {
     } catch (err) {
       if (err instanceof Refusal) {
         const d = err.decision();
-        this.audit(method, normalized, d.status === 404 ? 'deny' : 'deny', {
+        this.audit(method, normalized, 'deny', {
           rule: err.rule,
           status: d.status,
           message: d.message,
