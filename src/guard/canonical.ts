@@ -242,7 +242,9 @@ export const CONTAINER_CONFIG: Record<string, Schema> = {
   StdinOnce: B,
   Env: strings,
   Cmd: strslice,
-  Healthcheck: A,
+  Healthcheck: {
+    obj: { Test: strings, Interval: I, Timeout: I, StartPeriod: I, StartInterval: I, Retries: I },
+  },
   ArgsEscaped: B,
   Image: S,
   Volumes: A,

@@ -25,6 +25,7 @@ export type RuleName =
   | 'sysctls'
   | 'volumes-from'
   | 'links'
+  | 'ports'
   | 'binds'
   | 'volume-options'
   | 'network-driver'
@@ -137,6 +138,8 @@ export interface PathMap {
 /** Per-tenant limits from the policy. */
 export interface TenantLimits {
   readonly maxContainers?: number;
+  /** Networks the tenant may have at once, its own network included (default 8). */
+  readonly maxNetworks?: number;
   readonly defaultMemoryBytes?: number;
   readonly maxMemoryBytes?: number;
   readonly defaultNanoCpus?: number;

@@ -31,6 +31,7 @@ export const RULES: readonly RuleName[] = [
   'sysctls',
   'volumes-from',
   'links',
+  'ports',
   'binds',
   'volume-options',
   'network-driver',
@@ -42,6 +43,7 @@ export const RULES: readonly RuleName[] = [
 ];
 const LIMIT_KEYS: readonly (keyof TenantLimits)[] = [
   'maxContainers',
+  'maxNetworks',
   'defaultMemoryBytes',
   'maxMemoryBytes',
   'defaultNanoCpus',

@@ -4,7 +4,7 @@
  */
 import { posix } from 'node:path';
 import type { Decision, PathMap, Policy, RuleName, TenantLimits } from './contracts.js';
-import { LABEL_TENANT } from '../common/index.js';
+import { LABEL_PREFIX, LABEL_TENANT } from '../common/index.js';
 import { RESERVED_NETWORK, registryOf } from './ownership.js';
 import { BodyError, isRecord } from './canonical.js';
 
@@ -68,6 +68,67 @@ const str = (v: unknown): string => (typeof v === 'string' ? v : '');
 const list = (v: unknown): string[] =>
   Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : [];
 const obj = (v: unknown): Record<string, unknown> => (isRecord(v) ? v : {});
+
+/**
+ * berth's own labels (`io.berth.*`) are read by host-side code (dind sidecars, reapers, runs): a
+ * tenant may not set one, except with the value its guard sets anyway. The tenant label itself
+ * is handled where it can appear (overridden, or emptied on images).
+ */
+export function checkLabels(what: string, labels: unknown, own: Readonly<Record<string, string>>): void {
+  for (const [k, v] of Object.entries(obj(labels))) {
+    if (!k.startsWith(LABEL_PREFIX) || k === LABEL_TENANT || own[k] === v) continue;
+    throw new Refusal(
+      'ownership',
+      `${what}: the label ${k} is berth's own; labels under ${LABEL_PREFIX} are set by berth only`,
+    );
+  }
+}
+
+/**
+ * Names berth's own host-side objects use (dind sidecars, their cache volumes and cache locks): a
+ * tenant's container or volume of such a name would be taken for berth's.
+ */
+export function checkReservedName(kind: 'container' | 'volume', name: string | null): void {
+  if (name !== null && /^\/?berth-dind/i.test(name))
+    throw new Refusal(
+      'ownership',
+      `${kind} names starting with berth-dind are reserved for berth's nested daemons (${name})`,
+    );
+}
+
+/** The image repositories berth builds on the host and runs itself (`berth images build-local`). */
+export function checkReservedRepository(repository: string): void {
+  if (/^berth-local\//i.test(repository))
+    throw new Refusal(
+      'image-tag',
+      `${repository}: repositories under berth-local/ are berth's own (built on the host by berth images build-local)`,
+    );
+}
+
+/**
+ * `changes` of a commit or an import: dockerd joins them with newlines and reads them as a
+ * Dockerfile, after which the guard's own last change (`LABEL io.berth.tenant=""`) must still be a
+ * line of its own. A change that continues onto the next line (a trailing escape character), sets
+ * the escape character (a `#` parser directive), holds a line break, or names berth's labels is
+ * refused.
+ */
+export function checkChanges(changes: readonly string[]): void {
+  for (const c of changes) {
+    const why = /[\r\n]/.test(c)
+      ? 'holds a line break'
+      : /^\s*#/.test(c)
+        ? 'is a comment or parser directive'
+        : /[\\`]\s*$/.test(c)
+          ? 'ends with an escape character (it would continue onto the next change)'
+          : c.toLowerCase().includes(LABEL_PREFIX)
+            ? `names a label under ${LABEL_PREFIX}, which berth sets only`
+            : undefined;
+    if (why !== undefined) throw new Refusal('ownership', `the change ${JSON.stringify(c)} ${why}`);
+  }
+}
+
+/** The shortest health check interval, timeout and start period berth passes (dockerd takes 1 ms). */
+export const MIN_HEALTH_INTERVAL_NS = 1_000_000_000;
 
 /** The map whose job path holds `source` (the longest wins), and the path below it. Pure. */
 export function mapFor(source: string, maps: readonly PathMap[]): { map: PathMap; rest: string } | undefined {
@@ -231,6 +292,7 @@ export function checkContainerCreate(
       const src = parts[0] ?? '';
       if (parts.length < 2) return b; // anonymous volume
       if (!src.startsWith('/')) {
+        checkReservedName('volume', src);
         r.volume(src);
         return b;
       }
@@ -252,9 +314,13 @@ export function checkContainerCreate(
           str(driver.Name) !== '' || Object.keys(obj(driver.Options)).length > 0,
           'volume driver options are not allowed',
         );
-        if (src !== '') r.volume(src);
+        if (src !== '') {
+          checkReservedName('volume', src);
+          r.volume(src);
+        }
         // dockerd puts these labels on a volume it creates for the mount: never another owner's.
         const vo = obj(m.VolumeOptions);
+        checkLabels('volume mount', vo.Labels, ctx.labels);
         if (Object.hasOwn(obj(vo.Labels), LABEL_TENANT)) {
           const { [LABEL_TENANT]: _forged, ...labels } = obj(vo.Labels);
           return { ...m, VolumeOptions: { ...vo, Labels: labels } };
@@ -266,6 +332,24 @@ export function checkContainerCreate(
       return m;
     });
   }
+  // A published port is a listener on the host: on its loopback (where the host's and other
+  // tenants' clients expect their own services, registries included) or on every address, served
+  // by a docker-proxy process outside the tenant's cgroups.
+  const published = Object.keys(obj(hc.PortBindings));
+  check(
+    p,
+    'ports',
+    published.length > 0 || hc.PublishAllPorts === true,
+    `publishing container ports on the host is not allowed (${published.length > 0 ? published.join(', ') : 'all exposed ports'}); reach the container by its name on the tenant's network`,
+  );
+  // dockerd runs a health check as an exec outside the container's CPU share: a 1 ms interval
+  // costs the host several times the container's own quota.
+  const health = obj(body.Healthcheck);
+  for (const f of ['Interval', 'Timeout', 'StartPeriod', 'StartInterval'] as const) {
+    const ns = typeof health[f] === 'number' ? health[f] : 0;
+    check(p, 'resources', ns !== 0 && ns < MIN_HEALTH_INTERVAL_NS, `health check ${f} ${ns} ns is under 1 s`);
+  }
+  checkLabels('container', body.Labels, ctx.labels);
   checkResources(hc, p);
   applyLimits(hc, p.limits, ctx.containerCount, p.allow.has('limits'));
   out.Labels = { ...obj(body.Labels), ...ctx.labels };
@@ -624,6 +708,7 @@ export function checkNetworkCreate(
   // Without the check, dockerd creates a second network of an existing name: the host's and other
   // tenants' references by that name then fail as ambiguous, and the answer's warning names the
   // other network's ID.
+  checkLabels('network', body.Labels, labels);
   return { ...body, CheckDuplicate: true, Labels: { ...obj(body.Labels), ...labels } };
 }
 
@@ -635,7 +720,25 @@ export function checkNetworkCreate(
  * length docker prints; shorter all-hex names (`db`, `cafe`) stay allowed, as a prefix that short
  * is ambiguous in plain Docker too.
  */
+/**
+ * Networks come from the engine's address pools, which every tenant and the host share (31
+ * networks with dockerd's defaults): one tenant creating many keeps everyone else from creating
+ * any. Unless the policy says otherwise, a tenant has at most this many.
+ */
+export const DEFAULT_MAX_NETWORKS = 8;
+
+export function checkNetworkCount(count: number, policy: Policy): void {
+  const max = policy.limits.maxNetworks ?? DEFAULT_MAX_NETWORKS;
+  check(
+    policy,
+    'limits',
+    count >= max,
+    `the tenant already has ${count} networks (limit ${max}); networks come from address pools every tenant shares`,
+  );
+}
+
 export function checkContainerName(name: string | null): void {
+  checkReservedName('container', name);
   if (name !== null && /^\/?[0-9a-f]{12,64}$/.test(name))
     throw new Refusal(
       'ownership',
@@ -658,6 +761,8 @@ export function checkVolumeCreate(
   for (const k of Object.keys(obj(body.DriverOpts))) {
     check(policy, 'volume-options', k !== 'size', `volume driver option ${k} is not allowed (only size)`);
   }
+  checkReservedName('volume', str(body.Name));
+  checkLabels('volume', body.Labels, labels);
   const out: Record<string, unknown> = { ...body, Labels: { ...obj(body.Labels), ...labels } };
   delete out.ClusterVolumeSpec;
   // After the rules, so a refused shape is named as such. dockerd's local driver takes these
@@ -710,6 +815,7 @@ export function checkBuild(
     'BuildKit sessions are not supported (use DOCKER_BUILDKIT=0)',
   );
   const existing = jsonParam(q, 'labels', 'object') ?? {};
+  checkLabels('build', existing, labels);
   // The guard's labels go on built images (the reaper finds them by run), but not the tenant label:
   // an image must name no owner (containers inherit its labels), and dockerd's legacy builder makes
   // each label of this parameter a LABEL step of its own, with a container created and removed

@@ -36,14 +36,18 @@ import {
   Refusal,
   checkBuild,
   checkContainerCreate,
+  checkChanges,
   checkImageRegistry,
+  checkLabels,
   checkRegistry,
+  checkReservedRepository,
   loginRegistry,
   searchRegistry,
   checkContainerName,
   checkContainerUpdate,
   checkExecCreate,
   checkTopArgs,
+  checkNetworkCount,
   checkNetworkCreate,
   checkVolumeCreate,
 } from './policy.js';
@@ -58,6 +62,13 @@ import { PathError, buildPath, matchRoute, normalizePath, splitTarget } from './
 import type { Matched } from './routes.js';
 
 export const MAX_JSON_BODY = 4 * 1024 * 1024;
+/**
+ * An exec's body (its command and environment) stays in dockerd's memory for as long as the exec
+ * is kept: a few kilobytes in real use. 100 execs of 3 MiB each took dockerd from 106 to 589 MB.
+ */
+export const MAX_EXEC_BODY = 128 * 1024;
+/** Execs created and never started that a tenant may have at once. */
+export const MAX_UNSTARTED_EXECS = 256;
 
 export interface ProxyConfig {
   tenant: string;
@@ -222,6 +233,8 @@ export class GuardProxy {
   private quietHeld = 0;
   /** Images that are bases of this tenant's builds in flight (ID → how many builds). */
   private readonly heldImages = new Map<string, number>();
+  /** Execs the tenant created and has not started (exec ID → container ID). */
+  private readonly unstartedExecs = new Map<string, string>();
 
   constructor(readonly cfg: ProxyConfig) {
     this.state = new TenantState(cfg.tenant);
@@ -485,7 +498,7 @@ export class GuardProxy {
         query = firstWins(merged);
         body = Buffer.alloc(0);
       } else if (m.route.body === 'json') {
-        body = await readBody(req, MAX_JSON_BODY);
+        body = await readBody(req, m.route.id === 'exec.create' ? MAX_EXEC_BODY : MAX_JSON_BODY);
       }
       await this.dispatch(m, req, res, query, body);
       this.audit(method, m.path, 'allow', { status: res.statusCode });
@@ -572,7 +585,16 @@ export class GuardProxy {
         return this.scopedList(id, res, path(), query);
       case 'container.prune':
         return this.containerPrune(res, query);
-      case 'volume.prune':
+      case 'volume.prune': {
+        const r = await this.forward(req, res, 'POST', path() + q(withTenantFilter(query, this.cfg.tenant)), {
+          capture: true,
+        });
+        // A pruned volume's name is free again: a later volume of that name is not the tenant's.
+        const gone = isRecord(r?.json) ? r.json.VolumesDeleted : undefined;
+        if (Array.isArray(gone))
+          for (const v of gone) if (typeof v === 'string') this.state.volumes.delete(v);
+        return;
+      }
       case 'network.prune':
         return this.forward(req, res, 'POST', path() + q(withTenantFilter(query, this.cfg.tenant)));
       case 'image.prune':
@@ -608,10 +630,21 @@ export class GuardProxy {
         const { id: cid } = await this.resolveContainer(m.params.id ?? '');
         const b = this.body('exec.create', body);
         onRequest(() => checkExecCreate(b, p));
-        return this.forwardJson(req, res, 'POST', path({ id: cid }), b);
+        // dockerd keeps an exec that was never started until its container is removed.
+        if (this.unstartedExecs.size >= MAX_UNSTARTED_EXECS) await this.forgetGoneExecs();
+        if (this.unstartedExecs.size >= MAX_UNSTARTED_EXECS)
+          throw new Refusal(
+            'limits',
+            `the tenant has ${this.unstartedExecs.size} execs created and never started (limit ${MAX_UNSTARTED_EXECS}); start them or remove their containers`,
+          );
+        const made = await this.forwardJson(req, res, 'POST', path({ id: cid }), b, { capture: true });
+        const eid = isRecord(made?.json) ? made.json.Id : undefined;
+        if (typeof eid === 'string') this.unstartedExecs.set(eid, cid);
+        return;
       }
       case 'exec.start': {
         const eid = await this.resolveExec(m.params.id ?? '');
+        this.unstartedExecs.delete(eid);
         return this.forwardJson(req, res, 'POST', path({ id: eid }), this.body('exec.start', body));
       }
       case 'exec.resize':
@@ -630,6 +663,8 @@ export class GuardProxy {
         const target = this.claimTag(query.get('repo'), query.get('tag'));
         await this.assertTagWritable(target);
         const b = this.body('image.commit', body);
+        checkLabels('commit', b.Labels, this.cfg.labels);
+        checkChanges(query.getAll('changes'));
         // The image would inherit the container's tenant label: it must name no owner.
         b.Labels = { ...(isRecord(b.Labels) ? b.Labels : {}), ...imageLabelsFor(this.cfg.labels) };
         const qs = new URLSearchParams(query);
@@ -701,10 +736,15 @@ export class GuardProxy {
       }
       case 'network.create': {
         const b = onRequest(() => checkNetworkCreate(this.body('network.create', body), this.cfg.labels, p));
-        const r = await this.forwardJson(req, res, 'POST', path(), b, { capture: true });
-        const created = r?.json as { Id?: string } | undefined;
-        if (created?.Id) this.state.networks.add(created.Id);
-        return;
+        // One at a time, counted: parallel creates would all see the same count.
+        const turn = this.networkCreates.then(async () => {
+          checkNetworkCount(await this.tenantNetworkCount(), p);
+          const r = await this.forwardJson(req, res, 'POST', path(), b, { capture: true });
+          const created = r?.json as { Id?: string } | undefined;
+          if (created?.Id) this.state.networks.add(created.Id);
+        });
+        this.networkCreates = turn.catch(() => undefined);
+        return turn;
       }
       case 'network.inspect':
       case 'network.delete': {
@@ -765,6 +805,7 @@ export class GuardProxy {
           });
           if (id === 'container.delete' && done && done.status < 300) {
             this.state.containers.delete(cid);
+            for (const [e, c] of this.unstartedExecs) if (c === cid) this.unstartedExecs.delete(e);
             await this.pins.detach(cid);
           }
           return;
@@ -1067,6 +1108,54 @@ export class GuardProxy {
     for (const id of known) if (!alive.has(id)) this.state.containers.delete(id);
   }
 
+  /**
+   * A container list's `since` and `before` filters name a container: dockerd answers an error for
+   * one it does not have, so they would tell whether a host's or another tenant's container exists.
+   * Each is resolved as the tenant's (absent otherwise) and forwarded as its full ID.
+   */
+  private async resolveOrderFilters(query: URLSearchParams): Promise<URLSearchParams> {
+    const raw = query.get('filters');
+    let filters: unknown;
+    try {
+      filters = raw ? JSON.parse(raw) : undefined;
+    } catch {
+      return query; // refused as malformed by withTenantFilter
+    }
+    if (!isRecord(filters) || (filters.since === undefined && filters.before === undefined)) return query;
+    const out: Record<string, unknown> = { ...filters };
+    for (const key of ['since', 'before'] as const) {
+      const v = filters[key];
+      if (v === undefined || v === null) continue;
+      const refs = Array.isArray(v) ? v : isRecord(v) ? Object.keys(v) : [v];
+      const ids: string[] = [];
+      for (const ref of refs) ids.push((await this.resolveContainer(String(ref))).id);
+      out[key] = Array.isArray(v) || !isRecord(v) ? ids : Object.fromEntries(ids.map((i) => [i, true]));
+    }
+    const qs = new URLSearchParams(query);
+    qs.set('filters', JSON.stringify(out));
+    return qs;
+  }
+
+  /** Forgets the unstarted execs of containers the engine no longer has (removed elsewhere). */
+  private async forgetGoneExecs(): Promise<void> {
+    for (const cid of new Set(this.unstartedExecs.values())) {
+      const { status } = await this.upstreamBytes('GET', `/containers/${cid}/json`);
+      if (status === 404)
+        for (const [e, c] of this.unstartedExecs) if (c === cid) this.unstartedExecs.delete(e);
+    }
+  }
+
+  private networkCreates: Promise<unknown> = Promise.resolve();
+
+  /** The networks on the engine that carry the tenant's label (its own network included). */
+  private async tenantNetworkCount(): Promise<number> {
+    const filters = encodeURIComponent(JSON.stringify({ label: [`${LABEL_TENANT}=${this.cfg.tenant}`] }));
+    const { status, json } = await this.upstreamJson<unknown[]>('GET', `/networks?filters=${filters}`);
+    if (status !== 200 || !Array.isArray(json))
+      throw new Error(`cannot count the tenant's networks (engine answered ${status})`);
+    return json.length;
+  }
+
   private async ownedContainerCount(): Promise<number> {
     if (this.cfg.policy.limits.maxContainers === undefined) return 0;
     return (await this.ownedContainerList()).length;
@@ -1078,7 +1167,10 @@ export class GuardProxy {
     target: string,
     query: URLSearchParams,
   ): Promise<void> {
-    const qs = withTenantFilter(query, this.cfg.tenant);
+    const qs = withTenantFilter(
+      id === 'container.list' ? await this.resolveOrderFilters(query) : query,
+      this.cfg.tenant,
+    );
     const { status, raw, headers } = await this.upstreamBytes('GET', `${target}?${qs.toString()}`);
     // Every entry a container this guard created (the usual case): the bytes go back unparsed.
     if (status === 200 && id === 'container.list') {
@@ -1308,6 +1400,7 @@ export class GuardProxy {
         'image-tag',
         `the repository name of ${tag} is 12 or more hex digits, which reads as an image ID prefix; choose another name`,
       );
+    checkReservedRepository(repositoryOf(tag));
     this.assertNotFrozen(tag);
     const { status, json } = await this.upstreamJson<{ Id?: string }>(
       'GET',
@@ -1808,6 +1901,7 @@ export class GuardProxy {
           'image-import',
           'importing an image from a URL is not allowed (use docker import - with a file)',
         );
+      checkChanges(query.getAll('changes'));
       imported = this.claimTag(query.get('repo'), query.get('tag'));
       await this.assertTagWritable(imported);
       // Imported untagged; the tag is set once the image exists (tagMade).

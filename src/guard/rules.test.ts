@@ -9,6 +9,7 @@ import {
   applyLimits,
   boolValue,
   checkBuild,
+  checkChanges,
   checkContainerCreate,
   checkContainerUpdate,
   checkImageRegistry,
@@ -714,6 +715,24 @@ test('registries: a policy list restricts what pulls, pushes, logins and searche
     () => policyFor('defaults:\n  registries: h\n', 'p.yml', 'x'),
     /defaults\.registries: expected a list/,
   );
+});
+
+test('commit and import changes: one line each, no escape at the end, no directive, no berth labels', () => {
+  checkChanges(['ENV A=1', 'LABEL a=b', 'CMD ["sh", "-c", "echo \\\\ x"]', 'WORKDIR /w']);
+  for (const bad of [
+    ['ENV Z=\\'],
+    ['ENV Z=\\  '],
+    ['ENV Z=`'],
+    ['# escape=`'],
+    ['  #x'],
+    ['ENV A=1\nLABEL b=2'],
+    ['LABEL Io.Berth.Role=x'],
+  ])
+    assert.throws(
+      () => checkChanges(bad),
+      (e: unknown) => e instanceof Refusal && e.rule === 'ownership',
+      JSON.stringify(bad),
+    );
 });
 
 test('build resources: ulimits as for containers, memory and CPU filled and capped, RUN on the tenant network', () => {

@@ -223,7 +223,7 @@ describe('quiet builds (docker build -q): the one-line answer names the tenantâ€
       .remove(victim, true)
       .catch(() => false);
     const left = (await images(c).list({ label: [`io.berth.test-session=${SESSION}`] })).filter(
-      (i) => i.Id !== victimId && (i.Labels ?? {})['io.berth.quiet-test'] !== undefined,
+      (i) => i.Id !== victimId && (i.Labels ?? {})['berth.test.quiet'] !== undefined,
     );
     c.close();
     dir[Symbol.dispose]();
@@ -234,13 +234,7 @@ describe('quiet builds (docker build -q): the one-line answer names the tenantâ€
   const quietBuild = (name: string, steps = `RUN echo ${name}-${SESSION} > /f\n`) =>
     docker(
       guard.address,
-      [
-        'build',
-        '-q',
-        '--label',
-        'io.berth.quiet-test=1',
-        context(name, `FROM berth-local/busybox\n${steps}`),
-      ],
+      ['build', '-q', '--label', 'berth.test.quiet=1', context(name, `FROM berth-local/busybox\n${steps}`)],
       { env: { DOCKER_BUILDKIT: '0' } },
     );
 

@@ -244,7 +244,12 @@ describe('attack: a host container run from an image that carries the attackerâ€
       box,
       committed,
     ]);
-    assert.equal(cm.code, 0, cm.stderr);
+    // A change naming berth's labels is refused outright; a plain commit names no owner either.
+    assert.notEqual(cm.code, 0, 'a commit whose change names the tenant label went through');
+    assert.match(cm.stderr, /berth: ownership: /);
+    assert.equal(await images(c).find(committed), undefined, 'nothing committed');
+    const plain = await docker(guard.address, ['commit', box, committed]);
+    assert.equal(plain.code, 0, plain.stderr);
     tags.push(committed);
     assert.equal(await label(committed), '', 'a committed image carries a tenant label');
 
@@ -258,7 +263,11 @@ describe('attack: a host container run from an image that carries the attackerâ€
       tar,
       imported,
     ]);
-    assert.equal(im.code, 0, im.stderr);
+    assert.notEqual(im.code, 0, 'an import whose change names the tenant label went through');
+    assert.match(im.stderr, /berth: ownership: /);
+    assert.equal(await images(c).find(imported), undefined, 'nothing imported');
+    const plainImport = await docker(guard.address, ['import', tar, imported]);
+    assert.equal(plainImport.code, 0, plainImport.stderr);
     tags.push(imported);
     assert.equal(await label(imported), '', 'an imported image carries a tenant label');
     assert.equal((await docker(guard.address, ['rm', box])).code, 0);
