@@ -200,6 +200,7 @@ const SMALL_ANSWER = 256 * 1024;
 /** The fields of an image inspect the guard's ownership decisions read. */
 interface ImageFacts {
   Id: string;
+  Parent?: string;
   Created?: string;
   RepoTags?: string[] | null;
   RepoDigests?: string[] | null;
@@ -1804,6 +1805,10 @@ export class GuardProxy {
         }
       }
       for (const idv of made.keys()) this.state.builtImages.add(idv);
+      // Their step images: each stage's chain of parents back to an image the engine had. Image
+      // deletes never prune parents (noprune: dockerd would take any unnamed parent, someone
+      // else's too), so these are removed one by one, child first, as the tenant's own.
+      if (had !== undefined) for (const f of made.values()) await this.claimSteps(f, had);
       // An image that names an owner (a Dockerfile LABEL, or its base image's) would make the
       // containers run from it look like that tenant's: it is removed, and the build fails.
       let failed = false;
@@ -1853,9 +1858,41 @@ export class GuardProxy {
     if (named(f)) return 'kept';
     const r = await this.upstreamJson<{ Deleted?: string; Untagged?: string }[]>(
       'DELETE',
-      `/images/${encodeURIComponent(idv)}`,
+      `/images/${encodeURIComponent(idv)}?noprune=1`,
     );
-    return r.status < 300 && Array.isArray(r.json) ? r.json : 'kept';
+    if (r.status >= 300 || !Array.isArray(r.json)) return 'kept';
+    return [...r.json, ...(await this.pruneOwnParents(f.Parent))];
+  }
+
+  /**
+   * The step images of a build's stage image `f`: its parents, up to the first image the engine
+   * had when the build began, are the tenant's (a shared cache hit ends the chain there: an image
+   * that was on the engine is someone else's).
+   */
+  private async claimSteps(f: ImageFacts, had: ReadonlySet<string>): Promise<void> {
+    let parent = f.Parent;
+    for (let n = 0; n < 512 && parent && !had.has(parent) && !this.state.builtImages.has(parent); n++) {
+      this.state.builtImages.add(parent);
+      parent = (await this.inspectImage(parent))?.Parent;
+    }
+  }
+
+  /**
+   * After one of the tenant's images went: its parents the tenant made, unnamed and now without
+   * children, go too (what dockerd's pruning did, but only for the tenant's own images).
+   */
+  private async pruneOwnParents(parent: string | undefined): Promise<{ Deleted?: string }[]> {
+    const out: { Deleted?: string }[] = [];
+    for (let p = parent; p && this.state.builtImages.has(p) && !this.heldImages.has(p); ) {
+      const f = await this.inspectImage(p);
+      if (!f || named(f)) break;
+      const r = await this.upstreamJson<{ Deleted?: string }[]>('DELETE', `/images/${p}?noprune=1`);
+      if (r.status >= 300) break; // a child or a container still uses it
+      this.state.builtImages.delete(p);
+      if (Array.isArray(r.json)) out.push(...r.json);
+      p = f.Parent;
+    }
+    return out;
   }
 
   private async imageCreate(
@@ -2040,10 +2077,14 @@ export class GuardProxy {
       !tagsOf(f).some((t) => normalizeTag(t) !== tag) && !digestsOf(f).some((d) => !digests.includes(d));
     const othersImage = lastName && !this.state.builtImages.has(f.Id);
     if (foreign.length === 0 && !othersImage) {
-      const r = await this.upstreamBytes('DELETE', `/images/${encodeURIComponent(tag)}${query}`);
+      const r = await this.upstreamBytes('DELETE', `/images/${encodeURIComponent(tag)}${noPrune(query)}`);
       if (r.status < 300) {
         this.state.tags.delete(tag);
         for (const d of digests) this.state.digests.delete(normalizeTag(d));
+        if (lastName) {
+          this.state.builtImages.delete(f.Id);
+          await this.pruneOwnParents(f.Parent);
+        }
       }
       return r;
     }
@@ -2060,7 +2101,10 @@ export class GuardProxy {
     if (aside.status >= 300 || failed)
       throw new Error(`moving ${tag} aside to remove it: ${aside.raw.toString('utf8').trim()}`);
     // The tag is the empty image's only name: removing it removes that image too.
-    const del = await this.upstreamJson<{ message?: string }>('DELETE', `/images/${encodeURIComponent(tag)}`);
+    const del = await this.upstreamJson<{ message?: string }>(
+      'DELETE',
+      `/images/${encodeURIComponent(tag)}?noprune=1`,
+    );
     if (del.status >= 300) throw new Error(`removing ${tag}: ${del.json.message ?? del.status}`);
     this.state.tags.delete(tag);
     return { status: 200, raw: Buffer.from(JSON.stringify([{ Untagged: tag }])), headers: {} };
@@ -2090,8 +2134,14 @@ export class GuardProxy {
     const lastName =
       tagsOf(f).length === 0 && digestsOf(f).every((d) => normalizeTag(d) === normalizeTag(ref));
     if (lastName && !this.state.builtImages.has(f.Id)) return undefined;
-    const r = await this.upstreamBytes('DELETE', `/images/${encodeURIComponent(ref)}${query}`);
-    if (r.status < 300) this.state.digests.delete(normalizeTag(ref));
+    const r = await this.upstreamBytes('DELETE', `/images/${encodeURIComponent(ref)}${noPrune(query)}`);
+    if (r.status < 300) {
+      this.state.digests.delete(normalizeTag(ref));
+      if (lastName) {
+        this.state.builtImages.delete(f.Id);
+        await this.pruneOwnParents(f.Parent);
+      }
+    }
     return r;
   }
 
@@ -2242,12 +2292,19 @@ export class GuardProxy {
       if (!this.state.builtImages.has(idv))
         throw new Refusal('image-tag', `image ${name} is not one you made; remove your tags instead`);
       this.assertNotHeld(tags, idv);
-      await this.forward(
+      // dockerd would also delete every unnamed parent nobody else uses, someone else's too.
+      qs.set('noprune', '1');
+      const done = await this.forward(
         req,
         res,
         'DELETE',
         `${buildPath(m.route, { name: idv }, m.apiVersion)}?${qs.toString()}`,
+        { capture: true },
       );
+      if (done && done.status < 300) {
+        this.state.builtImages.delete(idv);
+        await this.pruneOwnParents(f.Parent);
+      }
       return;
     }
     const tag = normalizeTag(name);
@@ -2758,6 +2815,13 @@ function onRequest<T>(rules: () => T): T {
     if (e instanceof Refusal || e instanceof BodyError || e instanceof PathError) throw e;
     throw new BodyError(`the request has an unexpected shape (${errorMessage(e)})`);
   }
+}
+
+/** An image delete's query with `noprune=1`: dockerd takes no parent image along. */
+function noPrune(query: string): string {
+  const qs = new URLSearchParams(query.replace(/^\?/, ''));
+  qs.set('noprune', '1');
+  return `?${qs.toString()}`;
 }
 
 /** The request target as Go's ParseRequestURI reads it (`//` starts a path, not a host). */

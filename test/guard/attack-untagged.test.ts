@@ -350,4 +350,62 @@ describe('attack: removing or keeping images nobody names', () => {
     assert.equal(await images(c).find(fresh2), undefined, 'and the tagged one, with its tag');
     assert.equal((await images(c).inspect(had)).Id, had, 'the image the engine had is still there');
   });
+
+  test('deleting the tenant’s own image takes no unnamed parent of someone else’s (commit, build)', async () => {
+    // dockerd deletes an image's unnamed parents with it unless told not to: a tenant made a host
+    // image (named by nothing, or by the tenant's own tag only) the parent of its own image, then
+    // deleted its image, and the host's went too.
+    for (const via of ['commit', 'build'] as const) {
+      const id = await hostImage(uniqueName(`u-${via}`));
+      made.push(id);
+      let mine = '';
+      if (via === 'commit') {
+        const cr = await send(sock, {
+          method: 'POST',
+          path: `/v1.41/containers/create?name=${uniqueName('u-box')}`,
+          headers: [['Content-Type', 'application/json']],
+          body: JSON.stringify({ Image: id, Cmd: ['true'], HostConfig: { NetworkMode: 'none' } }),
+        });
+        assert.equal(cr.status, 201, cr.text);
+        const box = (JSON.parse(cr.text) as { Id: string }).Id;
+        const cm = await send(sock, { method: 'POST', path: `/v1.41/commit?container=${box}` });
+        assert.equal(cm.status, 201, cm.text);
+        mine = (JSON.parse(cm.text) as { Id: string }).Id;
+        assert.equal((await send(sock, { method: 'DELETE', path: `/v1.41/containers/${box}` })).status, 204);
+      } else {
+        const repo = `berth-parent-${SESSION}`;
+        const tag = await send(sock, { method: 'POST', path: `/v1.41/images/${id}/tag?repo=${repo}&tag=1` });
+        assert.equal(tag.status, 201, tag.text);
+        const ctx = Buffer.concat([
+          entry('Dockerfile', `FROM ${repo}:1\nLABEL berth.test.step=1\n`),
+          Buffer.alloc(1024),
+        ]);
+        const b = await send(sock, {
+          method: 'POST',
+          path: '/v1.41/build?q=1',
+          headers: [['Content-Type', 'application/x-tar']],
+          body: ctx,
+        });
+        assert.equal(b.status, 200, b.text);
+        mine = /sha256:[0-9a-f]{64}/.exec(b.text)?.[0] ?? '';
+        assert.ok(mine, b.text);
+        // The tenant's tag on the host image goes (moved aside); the image stays, named by nothing.
+        assert.equal((await send(sock, { method: 'DELETE', path: `/v1.41/images/${repo}:1` })).status, 200);
+      }
+      const chain: string[] = [];
+      for (let p: string | undefined = mine; p;) {
+        chain.push(p);
+        p = ((await images(c).inspect(p)) as { Parent?: string }).Parent || undefined;
+      }
+      assert.ok(chain.includes(id), `${via}: the tenant's image descends from the host's`);
+      const steps = chain.slice(1, chain.indexOf(id));
+      const del = await send(sock, { method: 'DELETE', path: `/v1.41/images/${mine}` });
+      assert.equal(del.status, 200, del.text);
+      assert.equal(await images(c).find(mine), undefined, `${via}: the tenant's image is gone`);
+      assert.equal((await images(c).inspect(id)).Id, id, `${via}: the host image is still there`);
+      // The build's own step images between the two went with the tenant's image.
+      for (const step of steps)
+        assert.equal(await images(c).find(step), undefined, `${via}: step ${step} left`);
+    }
+  });
 });
