@@ -3,6 +3,9 @@
  * and host; a bench killed mid-run (SIGKILL, a crash) leaves objects whose owner is gone, and the
  * next bench removes them before it measures anything. A bench interrupted by SIGINT/SIGTERM cleans
  * up itself (see `onInterrupt` in run.ts).
+ *
+ * The bench never makes objects that name a guard tenant; those are skipped whatever other
+ * `io.berth.*` labels they carry (a tenant can set any of them but its own tenant label).
  */
 import {
   LABEL_DIND,
@@ -11,6 +14,7 @@ import {
   errorMessage,
   ownerGone,
   ownerLabels,
+  tenantOf,
 } from '../common/index.js';
 import { containers, networks, volumes } from '../engine/index.js';
 import type { DockerClient } from '../engine/index.js';
@@ -32,20 +36,24 @@ export interface BenchReapResult {
   networks: number;
   volumes: number;
   errors: string[];
+  /** What was left in place on purpose (e.g. a socket dir berth did not make). */
+  notes: string[];
 }
 
 /**
  * Removes bench objects whose owner is gone (or, with `all`, every bench object of this process
- * too: the interrupt path uses it for what its own run made).
+ * too: the interrupt path uses it for what its own run made). `labelFilter` (`k=v`) narrows it
+ * further (e.g. a test session). Objects that name a guard tenant are never touched.
  */
 export async function reapBench(
   client: DockerClient,
-  opts: { includeOwn?: boolean } = {},
+  opts: { includeOwn?: boolean; labelFilter?: readonly string[] } = {},
 ): Promise<BenchReapResult> {
-  const label = [LABEL_BENCH];
+  const label = [LABEL_BENCH, ...(opts.labelFilter ?? [])];
   const mine = (l: Record<string, string> | null | undefined) =>
-    ownerGone(l) || (opts.includeOwn === true && l?.[LABEL_OWNER_PID] === String(process.pid));
-  const out: BenchReapResult = { containers: 0, networks: 0, volumes: 0, errors: [] };
+    tenantOf(l) === undefined &&
+    (ownerGone(l) || (opts.includeOwn === true && l?.[LABEL_OWNER_PID] === String(process.pid)));
+  const out: BenchReapResult = { containers: 0, networks: 0, volumes: 0, errors: [], notes: [] };
   const attempt = async (what: string, fn: () => Promise<unknown>, count: () => void) => {
     try {
       await fn();
@@ -58,10 +66,15 @@ export async function reapBench(
     if (!mine(c.Labels)) continue;
     const dind = c.Labels?.[LABEL_DIND];
     if (dind !== undefined && c.Labels?.[LABEL_ROLE] === 'dind')
-      // A nested daemon: its socket dir and cache lock go too.
+      // A nested daemon: its socket dir and cache lock go too (stopDind checks the sidecar it
+      // finds by name is berth's own, and removes only a socket dir berth made).
       await attempt(
         `dind ${dind}`,
-        () => stopDind(client, dind, { purge: true }),
+        () =>
+          stopDind(client, dind, {
+            purge: true,
+            log: (line) => out.notes.push(line),
+          }),
         () => out.containers++,
       );
     else

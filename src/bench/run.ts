@@ -65,6 +65,7 @@ export async function runBench(
       `removed leftovers of an earlier bench: ${reaped.containers} containers, ${reaped.networks} networks, ${reaped.volumes} volumes`,
     );
   for (const e of reaped.errors) o.log(`could not remove a leftover ${e}`);
+  for (const n of reaped.notes) o.log(n);
 
   const started: Contender[] = [];
   const stopAll = async (): Promise<void> => {

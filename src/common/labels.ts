@@ -19,3 +19,15 @@ export const LABEL_OWNER_HOST = 'io.berth.owner.host';
 export const LABEL_TEST_SESSION = 'io.berth.test-session';
 /** The local image namespace built by `berth images build-local`. */
 export const LOCAL_IMAGE_PREFIX = 'berth-local/';
+
+/**
+ * The guard tenant named by an object's labels, or undefined when it names none (absent or
+ * empty). Everything a tenant creates through the guard carries a non-empty tenant label that it
+ * cannot override; berth's own host-side objects (dind sidecars, their cache volumes and locks,
+ * bench objects) never do. Host-side code that finds objects by name or label must not act on one
+ * that names a tenant as if it were its own.
+ */
+export function tenantOf(labels: Record<string, string> | null | undefined): string | undefined {
+  const t = labels?.[LABEL_TENANT];
+  return t === undefined || t === '' ? undefined : t;
+}

@@ -21,12 +21,14 @@ import {
   LABEL_RUN,
   LABEL_TENANT,
   sleep,
+  tenantOf,
 } from '../common/index.js';
 import {
   DockerClient,
   containers,
   images,
   isConflict,
+  isNotFound,
   parseEndpoint,
   readLogs,
   system,
@@ -47,6 +49,7 @@ import {
   storageCandidates,
   validateOptions,
 } from './config.js';
+import { isOwnCacheLock, isOwnCacheVolume, isOwnSidecar, ownSocketDir, socketDirBase } from './ownership.js';
 
 /** Label on the sidecar: the host socket dir berth created for it (removed on down). */
 const LABEL_SOCKET_DIR = 'io.berth.dind.socket-dir';
@@ -55,12 +58,15 @@ const LABEL_SOCKET_OWNED = 'io.berth.dind.socket-dir-owned';
 /** Label on the sidecar: the cache lock it holds. */
 const LABEL_CACHE_LOCK = 'io.berth.dind.cache-lock';
 
-/** The upstream docker image, used when it is present locally (it needs a registry to pull). */
+/**
+ * The upstream docker image. Never picked on its own: on a shared engine any guard tenant can
+ * create the tag `docker:dind`, and the sidecar runs privileged. Name it with `image` to use it.
+ */
 export const UPSTREAM_DIND_IMAGE = 'docker:dind';
 
 export interface DindOptions {
   name: string;
-  /** Image with dockerd; default docker:dind when present locally, else berth-local/dind. */
+  /** Image with dockerd; default berth-local/dind (docker:dind only when named here). */
   image?: string;
   /** Keep /var/lib/docker in the named volume berth-dind-cache-<key> across runs. */
   cache?: string;
@@ -188,22 +194,47 @@ async function privilegeConfig(
   return { mode: 'fallback-caps', hostConfig: hc };
 }
 
+/**
+ * The sidecar's image: the one asked for, else berth-local/dind — never a well-known name found on
+ * the engine by chance (a guard tenant can create any tag nobody holds, e.g. docker:dind). An
+ * image that names a guard tenant in its labels is refused: the sidecar runs privileged.
+ */
 async function pickImage(client: DockerClient, asked: string | undefined): Promise<string> {
-  if (asked) {
-    if (!(await images(client).find(asked)))
-      throw new BerthError('DIND_START_FAILED', `the dind image ${asked} is not on the engine`, {
-        hint: 'pull or build it first (`berth images build-local` builds berth-local/dind)',
-      });
-    return asked;
-  }
-  if (await images(client).find(UPSTREAM_DIND_IMAGE)) return UPSTREAM_DIND_IMAGE;
-  if (await images(client).find(DIND_IMAGE)) return DIND_IMAGE;
-  throw new BerthError(
+  const image = asked || DIND_IMAGE;
+  const found = await images(client).find(image);
+  if (!found)
+    throw new BerthError('DIND_START_FAILED', `the dind image ${image} is not on the engine`, {
+      hint: asked
+        ? `pull or build it first (\`berth images build-local\` builds ${DIND_IMAGE})`
+        : `run \`berth images build-local\` (no registry needed), or pull ${UPSTREAM_DIND_IMAGE} and pass --image ${UPSTREAM_DIND_IMAGE}`,
+    });
+  const tenant = tenantOf(found.Config?.Labels);
+  if (tenant !== undefined)
+    throw new BerthError(
+      'DIND_START_FAILED',
+      `the dind image ${image} carries ${LABEL_TENANT}=${tenant}: it was made by a guard tenant, not by berth or the operator, and the sidecar runs privileged`,
+      {
+        hint: `rebuild ${DIND_IMAGE} with \`berth images build-local\` or name a trusted image with --image`,
+        details: { image, tenant },
+      },
+    );
+  return image;
+}
+
+/** The error for an object found under a berth dind name that berth did not make. */
+function notBerths(
+  what: string,
+  objectName: string,
+  labels: Record<string, string> | null | undefined,
+  hint: string,
+): BerthError {
+  const tenant = tenantOf(labels);
+  return new BerthError(
     'DIND_START_FAILED',
-    `neither ${UPSTREAM_DIND_IMAGE} nor ${DIND_IMAGE} is on the engine`,
-    {
-      hint: 'run `berth images build-local` (no registry needed), or pull docker:dind',
-    },
+    `the ${what} ${objectName} already exists and was not made by berth${
+      tenant !== undefined ? ` (it belongs to the guard tenant "${tenant}")` : ''
+    }; refusing to use it`,
+    { hint, details: { object: objectName, ...(tenant !== undefined ? { tenant } : {}) } },
   );
 }
 
@@ -244,13 +275,25 @@ async function acquireCacheLock(
     }
     // Held. A lock whose owner sidecar is gone (a killed runner) is stale.
     const lock = await containers(client).find(lockName);
+    if (lock && !isOwnCacheLock(lock.Config.Labels, key))
+      throw notBerths(
+        'cache lock container',
+        lockName,
+        lock.Config.Labels,
+        `remove it if it is not needed (it is not a berth cache lock), or use another cache key`,
+      );
     if (lock) {
       const holder = lock.Config.Labels?.[LABEL_DIND] ?? '';
       const age = Date.now() - Date.parse((lock as unknown as { Created: string }).Created);
+      // Only berth's own sidecar keeps a lock alive (a tenant can name a container berth-dind-*).
       const sidecar = holder ? await containers(client).find(names.sidecar(holder)) : undefined;
-      if (!sidecar && age > 30_000) {
+      if (!(sidecar && isOwnSidecar(sidecar.Config.Labels, holder)) && age > 30_000) {
         log(`dind: removing the stale cache lock of ${holder || 'an unknown daemon'} on "${key}"`);
-        await containers(client).remove(lockName, { force: true });
+        await containers(client)
+          .remove(lock.Id, { force: true })
+          .catch((err: unknown) => {
+            if (!isNotFound(err)) throw err;
+          });
         continue;
       }
       if (busy === 'fail')
@@ -289,8 +332,8 @@ async function acquireCacheLock(
 async function releaseCacheLock(client: DockerClient, key: string, owner: string): Promise<void> {
   const lockName = names.cacheLock(key);
   const lock = await containers(client).find(lockName);
-  if (lock && lock.Config.Labels?.[LABEL_DIND] === owner)
-    await containers(client).remove(lockName, { force: true });
+  if (lock && isOwnCacheLock(lock.Config.Labels, key) && lock.Config.Labels?.[LABEL_DIND] === owner)
+    await containers(client).remove(lock.Id, { force: true });
 }
 
 function tarOf(files: Record<string, string | Buffer>): Promise<Buffer> {
@@ -391,7 +434,15 @@ export async function startDind(opts: DindOptions): Promise<DindHandle> {
   const name = opts.name;
   const sidecarName = names.sidecar(name);
   const readyTimeoutMs = opts.readyTimeoutMs ?? 60_000;
-  if (await containers(client).find(sidecarName))
+  const existing = await containers(client).find(sidecarName);
+  if (existing && !isOwnSidecar(existing.Config.Labels, name))
+    throw notBerths(
+      'container',
+      sidecarName,
+      existing.Config.Labels,
+      'pick another --name (berth never stops or reuses a container it did not make)',
+    );
+  if (existing)
     throw new BerthError('DIND_START_FAILED', `a dind daemon named "${name}" already exists`, {
       hint: `stop it with \`berth dind down ${name}\` or pick another --name`,
     });
@@ -414,18 +465,33 @@ export async function startDind(opts: DindOptions): Promise<DindHandle> {
     );
     if (got) {
       lockKey = opts.cache;
-      cacheVolume = names.cacheVolume(opts.cache);
-      await volumes(client).create({
-        Name: cacheVolume,
-        // The cache outlives the run: no run/job/owner labels, so the reaper keeps it.
-        Labels: { ...outliving(opts.labels), [LABEL_ROLE]: 'dind-cache', [LABEL_DIND_CACHE]: opts.cache },
-      });
+      const volName = names.cacheVolume(opts.cache);
+      try {
+        // The engine answers a create of an existing name with the existing volume, whoever made
+        // it: a volume of that name a guard tenant made first must not become this privileged
+        // daemon's /var/lib/docker.
+        const vol = await volumes(client).create({
+          Name: volName,
+          // The cache outlives the run: no run/job/owner labels, so the reaper keeps it.
+          Labels: { ...outliving(opts.labels), [LABEL_ROLE]: 'dind-cache', [LABEL_DIND_CACHE]: opts.cache },
+        });
+        if (!isOwnCacheVolume(vol.Labels, opts.cache))
+          throw notBerths(
+            'cache volume',
+            volName,
+            vol.Labels,
+            `berth did not make it (it lacks ${LABEL_ROLE}=dind-cache and ${LABEL_DIND_CACHE}=${opts.cache}, or names a tenant): inspect and remove it, or use another cache key`,
+          );
+      } catch (err) {
+        await releaseCacheLock(client, opts.cache, name).catch(() => undefined);
+        throw err;
+      }
+      cacheVolume = volName;
     }
   }
 
   const ownsSocketDir = opts.socketDir === undefined;
-  const socketDir =
-    opts.socketDir ?? mkdtempSync(join(process.env.XDG_RUNTIME_DIR || tmpdir(), 'berth-dind-'));
+  const socketDir = opts.socketDir ?? mkdtempSync(join(socketDirBase(), 'berth-dind-'));
   if (!ownsSocketDir) mkdirSync(socketDir, { recursive: true });
   const sockPath = join(socketDir, SOCKET_NAME);
   let certDir: string | undefined;
@@ -547,7 +613,7 @@ export async function startDind(opts: DindOptions): Promise<DindHandle> {
               await pruneIfOver(`unix://${sockPath}`, opts.cacheMaxBytes, log).catch((e: unknown) =>
                 log(`dind: cache prune failed: ${errorMessage(e)}`),
               );
-            await stopDind(client, name, { purge: o.purge });
+            await stopDind(client, name, { purge: o.purge, log });
           },
           [Symbol.asyncDispose]: () => handle.close(),
         };
@@ -641,9 +707,12 @@ async function pruneIfOver(host: string, maxBytes: number, log: (l: string) => v
 export async function stopDind(
   client: DockerClient,
   name: string,
-  opts: { purge?: boolean | undefined } = {},
+  opts: { purge?: boolean | undefined; log?: ((line: string) => void) | undefined } = {},
 ): Promise<{ removed: boolean; purged?: string }> {
-  const c = await containers(client).find(names.sidecar(name));
+  const found = await containers(client).find(names.sidecar(name));
+  // A container under the sidecar's name that berth did not make (a guard tenant can name one
+  // berth-dind-*) is not a daemon: it is neither stopped nor trusted for the paths in its labels.
+  const c = found && isOwnSidecar(found.Config.Labels, name) ? found : undefined;
   const labels = c?.Config.Labels ?? {};
   if (c) {
     if (c.State.Running)
@@ -655,46 +724,84 @@ export async function stopDind(
     if (lock) await releaseCacheLock(client, lock, name);
     const dir = labels[LABEL_SOCKET_DIR];
     if (dir) {
-      if (labels[LABEL_SOCKET_OWNED] === '1') rmSync(dir, { recursive: true, force: true });
-      else {
+      if (labels[LABEL_SOCKET_OWNED] === '1') {
+        // Removed recursively only when it is a dir startDind makes itself, whatever the label says.
+        const own = ownSocketDir(dir);
+        if (own !== undefined) rmSync(own, { recursive: true, force: true });
+        else if (existsSync(dir))
+          opts.log?.(
+            `dind: left ${dir} in place: it is not a socket dir berth made (berth-dind-* in ${socketDirBase()})`,
+          );
+      } else {
         rmSync(join(dir, SOCKET_NAME), { force: true });
         rmSync(join(dir, 'certs'), { recursive: true, force: true });
       }
     }
   }
   if (!c)
-    throw new BerthError('DIND_NOT_FOUND', `no dind daemon named "${name}"`, {
-      hint: 'see `berth dind ls`; a kept cache is removed with `berth dind purge KEY`',
-    });
+    throw new BerthError(
+      'DIND_NOT_FOUND',
+      found
+        ? `no dind daemon named "${name}": the container ${names.sidecar(name)} was not made by berth${
+            tenantOf(found.Config.Labels) !== undefined
+              ? ` (it belongs to the guard tenant "${tenantOf(found.Config.Labels)}")`
+              : ''
+          }`
+        : `no dind daemon named "${name}"`,
+      {
+        hint: 'see `berth dind ls`; a kept cache is removed with `berth dind purge KEY`',
+      },
+    );
   let purged: string | undefined;
   const key = labels[LABEL_DIND_CACHE];
-  if (opts.purge && key) {
-    await volumes(client).remove(names.cacheVolume(key));
-    purged = names.cacheVolume(key);
-  }
+  if (opts.purge && key && (await purgeCache(client, key))) purged = names.cacheVolume(key);
   return { removed: true, ...(purged ? { purged } : {}) };
 }
 
-/** Removes a cache volume (must not be in use). */
+/**
+ * Removes a cache volume (must not be in use). A volume of that name that berth did not make
+ * (a guard tenant's) is refused with DIND_NOT_FOUND, never removed.
+ */
 export async function purgeCache(client: DockerClient, key: string): Promise<boolean> {
-  return volumes(client).remove(names.cacheVolume(key));
+  const name = names.cacheVolume(key);
+  const vol = await volumes(client)
+    .inspect(name)
+    .catch((err: unknown) => {
+      if (isNotFound(err)) return undefined;
+      throw err;
+    });
+  if (!vol) return false;
+  if (!isOwnCacheVolume(vol.Labels, key)) {
+    const tenant = tenantOf(vol.Labels);
+    throw new BerthError(
+      'DIND_NOT_FOUND',
+      `the volume ${name} is not a dind cache berth made${tenant !== undefined ? ` (it belongs to the guard tenant "${tenant}")` : ''}; not removing it`,
+      { details: { volume: name, ...(tenant !== undefined ? { tenant } : {}) } },
+    );
+  }
+  return volumes(client).remove(name);
 }
 
-/** The dind daemons on the engine (sidecars labelled io.berth.role=dind). */
+/**
+ * The dind daemons on the engine: sidecars labelled io.berth.role=dind, minus containers of guard
+ * tenants (which may carry any io.berth.* label but are never berth's daemons).
+ */
 export async function listDind(client: DockerClient): Promise<DindSummary[]> {
   const list: ContainerSummary[] = await containers(client).list({
     all: true,
     filters: { label: [`${LABEL_ROLE}=dind`] },
   });
-  return list.map((c) => {
-    const l = c.Labels ?? {};
-    return {
-      name: l[LABEL_DIND] ?? c.Names[0]?.replace(/^\//, '') ?? c.Id,
-      containerId: c.Id,
-      state: c.State,
-      image: c.Image,
-      ...(l[LABEL_DIND_CACHE] ? { cache: l[LABEL_DIND_CACHE] } : {}),
-      ...(l[LABEL_SOCKET_DIR] ? { socketDir: l[LABEL_SOCKET_DIR] } : {}),
-    };
-  });
+  return list
+    .filter((c) => tenantOf(c.Labels) === undefined)
+    .map((c) => {
+      const l = c.Labels ?? {};
+      return {
+        name: l[LABEL_DIND] ?? c.Names[0]?.replace(/^\//, '') ?? c.Id,
+        containerId: c.Id,
+        state: c.State,
+        image: c.Image,
+        ...(l[LABEL_DIND_CACHE] ? { cache: l[LABEL_DIND_CACHE] } : {}),
+        ...(l[LABEL_SOCKET_DIR] ? { socketDir: l[LABEL_SOCKET_DIR] } : {}),
+      };
+    });
 }

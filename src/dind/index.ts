@@ -2,6 +2,15 @@
 export { listDind, purgeCache, startDind, stopDind, UPSTREAM_DIND_IMAGE } from './dind.js';
 export type { DindHandle, DindOptions, DindSummary } from './dind.js';
 export {
+  OWN_SOCKET_DIR_PREFIX,
+  isOwnCacheLock,
+  isOwnCacheVolume,
+  isOwnSidecar,
+  isOwnSocketDir,
+  ownSocketDir,
+  socketDirBase,
+} from './ownership.js';
+export {
   SOCKET_DIR_IN_CONTAINER,
   STORAGE_DRIVERS,
   classifyFailure,

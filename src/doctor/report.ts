@@ -48,7 +48,7 @@ export function verdicts(r: Omit<DoctorReport, 'modes'>): DoctorReport['modes'] 
   } else if (!r.dindImage.present) {
     dind = {
       available: false,
-      reason: `${r.dindImage.name} is missing: run \`berth images build-local dind\` (or use docker:dind with a registry)`,
+      reason: `${r.dindImage.name} is missing: run \`berth images build-local dind\` (or pull docker:dind from a registry and pass \`--image docker:dind\`)`,
     };
   } else {
     dind = { available: true, reason: `nested daemons via ${how}` };

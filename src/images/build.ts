@@ -226,7 +226,7 @@ function debianSuite(): string {
     /* fall through */
   }
   throw new BerthError('IMAGE_BUILD_FAILED', 'cannot tell the Debian suite from /etc/os-release', {
-    hint: 'build berth-local/dind on Debian, or use the official docker:dind image where a registry is reachable',
+    hint: 'build berth-local/dind on Debian, or, where a registry is reachable, pull the official docker:dind and pass it with `--image docker:dind`',
   });
 }
 

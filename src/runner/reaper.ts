@@ -13,6 +13,7 @@ import {
   errorMessage,
   pidAlive,
   sleep,
+  tenantOf,
 } from '../common/index.js';
 import { EngineError, containers, networks, volumes } from '../engine/index.js';
 import type { DockerClient } from '../engine/index.js';
@@ -54,6 +55,11 @@ export function isStale(labels: Record<string, string> | null | undefined, host 
   return !pidAlive(Number(labels[LABEL_OWNER_PID]));
 }
 
+/** Whether a run id is one path segment (it names a folder under the run temp root). */
+export function isRunIdSegment(runId: string): boolean {
+  return /^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(runId) && !runId.includes('..');
+}
+
 export async function reap(client: DockerClient, opts: ReapOptions = {}): Promise<ReapResult> {
   const host = hostname();
   const label = [opts.runId ? `${LABEL_RUN}=${opts.runId}` : LABEL_RUN, ...(opts.labelFilter ?? [])];
@@ -63,8 +69,10 @@ export async function reap(client: DockerClient, opts: ReapOptions = {}): Promis
   const runs = new Set<string>();
   await removeLabelled(client, label, result, (labels) => {
     if (!pick(labels)) return false;
+    // A guard tenant's object may carry any io.berth.* label but its tenant's: it is removed, but
+    // its run label never decides which host folder goes.
     const r = labels[LABEL_RUN];
-    if (r) runs.add(r);
+    if (r && tenantOf(labels) === undefined && isRunIdSegment(r)) runs.add(r);
     return true;
   });
   if (opts.store) {
@@ -76,7 +84,7 @@ export async function reap(client: DockerClient, opts: ReapOptions = {}): Promis
       }
     }
   }
-  for (const r of runs) rmSync(jobTempRoot(r), { recursive: true, force: true });
+  for (const r of runs) if (isRunIdSegment(r)) rmSync(jobTempRoot(r), { recursive: true, force: true });
   result.runs = [...runs].sort();
   return result;
 }

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { maskSecrets, parseDuration, parseRunSpec } from './spec.js';
 import { effectiveNeeds, selectJobs, shouldRun } from './run.js';
 import { formatEvent, formatters } from './events.js';
-import { isStale, ofRunTenant } from './reaper.js';
+import { isRunIdSegment, isStale, ofRunTenant } from './reaper.js';
 
 const FILE = '/repo/berth.yml';
 
@@ -140,4 +140,11 @@ test('the reaper spares live owners, other hosts and persistent tenants', () => 
   assert.equal(isStale({ ...base, 'io.berth.owner.pid': '999999999' }, 'h2'), false, 'other host');
   assert.equal(ofRunTenant({ ...base, 'io.berth.tenant': 'run/r1/build' }), true);
   assert.equal(ofRunTenant({ ...base, 'io.berth.tenant': 'env/production' }), false);
+});
+
+test('the reaper deletes only run folders whose id is one path segment', () => {
+  assert.equal(isRunIdSegment('20261123-021900-a1b2'), true);
+  assert.equal(isRunIdSegment('r1'), true);
+  for (const bad of ['', '.', '..', '../x', 'a/b', '/tmp', 'a..b', '-x', 'x y'])
+    assert.equal(isRunIdSegment(bad), false, bad);
 });

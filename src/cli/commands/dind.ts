@@ -19,7 +19,10 @@ export function registerDind(program: Command): void {
     .command('up')
     .description('start a nested dockerd; prints the DOCKER_HOST to use once the daemon answers')
     .requiredOption('--name <name>', 'name of the daemon (sidecar berth-dind-<name>)')
-    .option('--image <image>', 'image with dockerd (default docker:dind if present, else berth-local/dind)')
+    .option(
+      '--image <image>',
+      'image with dockerd (default berth-local/dind; name docker:dind here to use it)',
+    )
     .option('--cache <key>', 'keep /var/lib/docker in the volume berth-dind-cache-<key>')
     .addOption(
       new Option('--cache-busy <what>', 'when the cache is in use: wait, ephemeral or fail')
@@ -112,7 +115,10 @@ export function registerDind(program: Command): void {
     .option('--purge', 'also remove the cache volume')
     .action(async (name: string, o: { purge?: boolean }) => {
       using client = new DockerClient();
-      const r = await stopDind(client, name, { purge: o.purge });
+      const r = await stopDind(client, name, {
+        purge: o.purge,
+        log: (l) => process.stderr.write(`${l}\n`),
+      });
       process.stderr.write(
         `dind: ${r.removed ? `removed "${name}"` : `"${name}" was not running`}${r.purged ? `; purged ${r.purged}` : ''}\n`,
       );

@@ -1,0 +1,91 @@
+/**
+ * The bench reaper on a shared engine: a guard tenant can label its containers like bench objects
+ * and dind sidecars (the guard passes io.berth.* labels other than the tenant's own), but never
+ * without its io.berth.tenant label. Scoped to this test session's objects with labelFilter.
+ */
+import { after, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { tmpdir } from 'node:os';
+import { LABEL_TEST_SESSION } from '../common/index.js';
+import { containers } from '../engine/index.js';
+import { dindNames } from '../dind/index.js';
+import { SESSION, engine, sessionLabels, uniqueName } from '../../test/support/index.js';
+import { reapBench } from './reap.js';
+
+const client = engine();
+const made = { containers: [] as string[], dirs: [] as string[] };
+const scope = { labelFilter: [`${LABEL_TEST_SESSION}=${SESSION}`] };
+
+after(async () => {
+  for (const id of made.containers)
+    await containers(client)
+      .remove(id, { force: true, volumes: true })
+      .catch(() => undefined);
+  for (const d of made.dirs) rmSync(d, { recursive: true, force: true });
+  client.close();
+});
+
+function hostDir(): string {
+  const d = mkdtempSync(join(tmpdir(), 'berth-reap-test-'));
+  made.dirs.push(d);
+  writeFileSync(join(d, 'keep.txt'), 'keep');
+  return d;
+}
+
+async function container(name: string, labels: Record<string, string>): Promise<string> {
+  const { Id } = await containers(client).create(
+    {
+      Image: 'berth-local/busybox',
+      Cmd: ['true'],
+      Labels: sessionLabels(labels),
+      HostConfig: { NetworkMode: 'none' },
+    },
+    name,
+  );
+  made.containers.push(Id);
+  return Id;
+}
+
+/** The labels of the red-team proof: a bench dind sidecar whose owner is gone (no owner labels). */
+const sidecarLabels = (name: string, dir: string) => ({
+  'io.berth.bench': 'bench',
+  'io.berth.role': 'dind',
+  'io.berth.dind': name,
+  'io.berth.dind.socket-dir': dir,
+  'io.berth.dind.socket-dir-owned': '1',
+});
+
+test("reapBench skips a tenant's container with bench and dind labels: no stop, no rm -rf of the labelled dir", async () => {
+  const name = uniqueName('rb');
+  const dir = hostDir();
+  const id = await container(dindNames.sidecar(name), {
+    ...sidecarLabels(name, dir),
+    'io.berth.tenant': 'x',
+  });
+  const plain = await container(uniqueName('rbt'), { 'io.berth.bench': 'bench', 'io.berth.tenant': 'x' });
+  const r = await reapBench(client, scope);
+  assert.deepEqual(r.errors, []);
+  assert.equal(r.containers, 0);
+  assert.ok(await containers(client).find(id), 'not treated as a sidecar');
+  assert.ok(await containers(client).find(plain), "a tenant's bench-labelled container is not removed");
+  assert.ok(existsSync(join(dir, 'keep.txt')), 'the labelled host dir is still there');
+});
+
+test("reapBench removes berth's own leftovers, but a socket dir only when berth made it", async () => {
+  const name = uniqueName('rbo');
+  const dir = hostDir();
+  const side = await container(dindNames.sidecar(name), sidecarLabels(name, dir));
+  const other = await container(uniqueName('rbp'), { 'io.berth.bench': 'bench' });
+  const r = await reapBench(client, scope);
+  assert.deepEqual(r.errors, []);
+  assert.equal(r.containers, 2);
+  assert.equal(await containers(client).find(side), undefined);
+  assert.equal(await containers(client).find(other), undefined);
+  assert.ok(existsSync(join(dir, 'keep.txt')), 'a dir berth did not make stays');
+  assert.ok(
+    r.notes.some((n) => n.includes(`left ${dir} in place`)),
+    r.notes.join('\n'),
+  );
+});
