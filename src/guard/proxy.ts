@@ -1883,7 +1883,7 @@ export class GuardProxy {
    */
   private async pruneOwnParents(parent: string | undefined): Promise<{ Deleted?: string }[]> {
     const out: { Deleted?: string }[] = [];
-    for (let p = parent; p && this.state.builtImages.has(p) && !this.heldImages.has(p); ) {
+    for (let p = parent; p && this.state.builtImages.has(p) && !this.heldImages.has(p);) {
       const f = await this.inspectImage(p);
       if (!f || named(f)) break;
       const r = await this.upstreamJson<{ Deleted?: string }[]>('DELETE', `/images/${p}?noprune=1`);
@@ -1972,7 +1972,7 @@ export class GuardProxy {
         // A pull of a tag someone else has: fine while it changes nothing (the image is up to
         // date); a pull that would move the tag is undone and reported as an error.
         if (was !== undefined) {
-          await this.pullExisting(req, res, `${target}?${query.toString()}`, tag, was, report.feed);
+          await this.pullExisting(req, res, target, query, tag, was, report.feed, { had, pullStart });
           return pulled(report.end());
         }
       }
@@ -2150,35 +2150,69 @@ export class GuardProxy {
     return (await this.inspectImage(ref))?.Id;
   }
 
+  /**
+   * A pull of a tag someone else owns. dockerd writes the tag when a pull ends, before the guard
+   * could look (and a tenant that stops reading the answer holds the guard's look off for as long
+   * as it likes), so the tag is never pulled: the guard reads the tag's digest from the registry
+   * and pulls `repo@digest`, which writes only a digest reference. Fine while that is the image the
+   * tag names (up to date); otherwise the answer ends in an error, and the pulled image is the
+   * tenant's only by its digest reference.
+   */
   private async pullExisting(
     req: IncomingMessage,
     res: ServerResponse,
     target: string,
+    query: URLSearchParams,
     tag: string,
     was: string,
     onData: (chunk: Buffer) => void,
+    pull: { had: ReadonlySet<string>; pullStart: number },
   ): Promise<void> {
     const auth = req.headers['x-registry-auth'];
-    const up = await this.upstream('POST', target, {
-      headers: auth === undefined ? {} : { 'x-registry-auth': auth },
+    const headers = auth === undefined ? {} : { 'x-registry-auth': auth };
+    const dist = await this.upstreamBytes('GET', `/distribution/${encodeURIComponent(tag)}/json`, {
+      headers,
     });
+    const digest = (() => {
+      const d = (parseAnswer(dist.raw) as { Descriptor?: { digest?: unknown } } | undefined)?.Descriptor
+        ?.digest;
+      return dist.status === 200 && typeof d === 'string' && /^sha256:[0-9a-f]{64}$/.test(d) ? d : undefined;
+    })();
+    const fail = (message: string) => {
+      this.audit('POST', '/images/create', 'deny', { rule: 'image-tag', status: 200, message });
+      if (!res.headersSent) res.writeHead(200, { 'Content-Type': 'application/json' });
+      if (!res.destroyed) res.write(`${JSON.stringify({ error: message, errorDetail: { message } })}\n`);
+      res.end();
+    };
+    if (digest === undefined) {
+      const why = (parseAnswer(dist.raw) as { message?: unknown } | undefined)?.message;
+      return fail(
+        `berth: image-tag: ${tag} belongs to someone else, and berth could not read its digest from the registry (${typeof why === 'string' ? why : `engine answered ${dist.status}`}); pull it under a tag of your own`,
+      );
+    }
+    const repo = splitTag(tag)[0];
+    const byDigest = `${repo}@${digest}`;
+    const qs = new URLSearchParams(query);
+    qs.set('fromImage', byDigest);
+    qs.delete('tag');
+    // The digest reference is the tenant's if this pull made it (dockerd reports no digest line for
+    // a pull by digest).
+    const refBefore = await this.inspectImage(byDigest).catch(() => undefined);
+    const up = await this.upstream('POST', `${target}?${qs.toString()}`, { headers });
     res.writeHead(up.status, { 'Content-Type': up.headers['content-type'] ?? 'application/json' });
     res.flushHeaders();
     await relay(up.body, res, { end: false, onData });
-    // Fail closed: a tag the check cannot read is put back as well.
-    const now = await this.imageIdOf(tag).catch(() => null);
-    if (now !== was) {
-      const [repo, t] = splitTag(tag);
-      // A repair of someone else's tag: it is sent even while the guard closes.
-      await this.upstreamBytes(
-        'POST',
-        `/images/${encodeURIComponent(was)}/tag?repo=${encodeURIComponent(repo)}&tag=${encodeURIComponent(t)}`,
-        { evenStopped: true },
-      );
-      const message = `berth: image-tag: the pull would move ${tag}, which belongs to someone else; it was put back (pull it under a tag of your own)`;
-      this.audit('POST', '/images/create', 'deny', { rule: 'image-tag', status: 200, message });
-      if (!res.destroyed) res.write(`${JSON.stringify({ error: message, errorDetail: { message } })}\n`);
+    const f = await this.inspectImage(byDigest).catch(() => undefined);
+    if (f && refBefore === undefined && digestsOf(f).some((d) => normalizeTag(d) === normalizeTag(byDigest)))
+      this.state.digests.set(normalizeTag(byDigest), f.Id);
+    if (f && !pull.had.has(f.Id)) {
+      const created = Date.parse((f.Created ?? '').replace(/(\.\d{3})\d+/, '$1'));
+      if (created < pull.pullStart) this.state.builtImages.add(f.Id);
     }
+    if (f?.Id !== was)
+      return fail(
+        `berth: image-tag: the registry's ${tag} is not the image the engine's tag names, and that tag belongs to someone else: it was left as it is, and the image was pulled as ${byDigest} only (tag it with a name of your own)`,
+      );
     res.end();
   }
 

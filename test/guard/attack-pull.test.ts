@@ -5,6 +5,7 @@
  * Against a real registry (Debian's docker-registry) started on a free loopback port.
  */
 import { after, before, describe, test } from 'node:test';
+import { connect } from 'node:net';
 import assert from 'node:assert/strict';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -101,9 +102,26 @@ describe('attack: pulling over a tag the host owns', () => {
     await images(c).tag(`berth-pull-${SESSION}:a`, repo, 'v1');
     assert.equal((await images(c).inspect(ref)).Id, hostId);
 
+    // A client that does not read the answer: dockerd would write the tag as the pull ends, before
+    // the guard could look. The guard pulls by digest instead, so the tag never moves, not even
+    // while the answer waits unread.
+    const stalled = connect(join(dir.path, 'g.sock'));
+    await new Promise<void>((resolve) => stalled.once('connect', () => resolve()));
+    stalled.pause();
+    stalled.write(
+      `POST /v1.41/images/create?fromImage=${encodeURIComponent(ref)} HTTP/1.1\r\nHost: d\r\nContent-Length: 0\r\n\r\n`,
+    );
+    const seen = new Set<string>();
+    for (let i = 0; i < 30; i++) {
+      seen.add((await images(c).inspect(ref)).Id);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    stalled.destroy();
+    assert.deepEqual([...seen], [hostId], 'the host’s tag moved while the answer waited unread');
+
     const r = await docker(guard.address, ['pull', ref]);
     assert.notEqual(r.code, 0, `the pull reports the refusal; it printed: ${r.stdout}${r.stderr}`);
-    assert.match(r.stderr, /berth: image-tag: the pull would move/);
+    assert.match(r.stderr, /berth: image-tag: the registry's .* is not the image the engine's tag names/);
     assert.equal((await images(c).inspect(ref)).Id, hostId, 'the host’s tag points where it did');
     const gone = await docker(guard.address, ['rmi', ref]);
     assert.notEqual(gone.code, 0, 'and the tenant did not come to own it');
