@@ -416,8 +416,24 @@ export class GuardProxy {
     );
     if (status === 404) return false;
     if (status !== 200 || !this.state.owns(json.Labels)) throw new NotFound(`get ${name}: no such volume`);
-    this.state.volumes.add(name);
+    this.claimVolume(name);
     return true;
+  }
+
+  /**
+   * When each volume name became the tenant's (ms): volumes are known by name, and an events
+   * replay (`since`) must not show what someone else did under that name before.
+   */
+  private readonly volumeSince = new Map<string, number>();
+
+  private forgetVolume(name: string): void {
+    this.state.volumes.delete(name);
+    this.volumeSince.delete(name);
+  }
+
+  private claimVolume(name: string, since = Date.now()): void {
+    this.state.volumes.add(name);
+    if (!this.volumeSince.has(name)) this.volumeSince.set(name, since);
   }
 
   ensureNetwork(): Promise<string> {
@@ -592,8 +608,7 @@ export class GuardProxy {
         });
         // A pruned volume's name is free again: a later volume of that name is not the tenant's.
         const gone = isRecord(r?.json) ? r.json.VolumesDeleted : undefined;
-        if (Array.isArray(gone))
-          for (const v of gone) if (typeof v === 'string') this.state.volumes.delete(v);
+        if (Array.isArray(gone)) for (const v of gone) if (typeof v === 'string') this.forgetVolume(v);
         return;
       }
       case 'network.prune':
@@ -698,7 +713,9 @@ export class GuardProxy {
         try {
           await this.assertTagWritable(target);
           const source = await this.inspectImage(m.params.name ?? '');
-          const r = await this.forward(req, res, 'POST', path() + q(query), { capture: true });
+          // By the ID read: the source name may move meanwhile, and the tag must name what was read.
+          const from = source ? path({ name: source.Id }) : path();
+          const r = await this.forward(req, res, 'POST', from + q(query), { capture: true });
           if (r && r.status < 300 && target && source) this.state.setTag(target, source.Id);
           return;
         } finally {
@@ -715,6 +732,7 @@ export class GuardProxy {
         }
         // Not forwarded as is: dockerd answers a create of an existing name with that volume, which
         // someone else may have made since the check.
+        const asked = Date.now();
         const r = await this.upstreamBytes('POST', path(), {
           body: Buffer.from(JSON.stringify(b)),
           headers: { 'content-type': 'application/json' },
@@ -722,7 +740,7 @@ export class GuardProxy {
         const created = parseAnswer(r.raw) as { Name?: string; Labels?: Record<string, string> | null };
         if (r.status < 300 && !this.state.owns(created.Labels))
           throw new NotFound(`get ${name}: no such volume`);
-        if (r.status < 300 && created.Name) this.state.volumes.add(created.Name);
+        if (r.status < 300 && created.Name) this.claimVolume(created.Name, asked);
         return sendJsonBytes(res, r.status, r.raw, r.headers);
       }
       case 'volume.inspect':
@@ -732,7 +750,7 @@ export class GuardProxy {
         const r = await this.forward(req, res, m.route.method, path() + q(query), { small: true });
         // A name is not the tenant's once its volume is gone: a later volume of that name (the
         // host's) would show in the tenant's events.
-        if (id === 'volume.delete' && r && r.status < 300) this.state.volumes.delete(name);
+        if (id === 'volume.delete' && r && r.status < 300) this.forgetVolume(name);
         return r;
       }
       case 'network.create': {
@@ -1034,7 +1052,7 @@ export class GuardProxy {
   ): Promise<string | undefined> {
     const needsTenantNet = refs.needsTenantNetwork;
     const tenantNet = needsTenantNet ? await this.ensureNetwork() : this.networkName;
-    const count = await this.ownedContainerCount();
+    const count = (await this.ownedContainerCount()) + this.buildsInFlight;
     const resolver: Resolver = {
       container: (ref) => {
         const hit = answers.get(ref) ?? answers.get(ref.replace(/^\//, ''));
@@ -1070,7 +1088,7 @@ export class GuardProxy {
         // dockerd's create answers with an existing volume of that name as it is: someone else may
         // have made it since the check.
         if (!this.state.owns(r.json.Labels)) throw new NotFound(`get ${vname}: no such volume`);
-        this.state.volumes.add(vname);
+        this.claimVolume(vname);
       }
     }
     const r = await this.forwardJson(req, res, 'POST', target, out, { capture: true });
@@ -1278,8 +1296,11 @@ export class GuardProxy {
         return this.ownsContainer(actorId, attrs, attrs.image).catch(() => false);
       case 'network':
         return this.state.networks.has(actorId);
-      case 'volume':
-        return this.state.volumes.has(actorId);
+      case 'volume': {
+        const since = this.volumeSince.get(actorId);
+        const at = ev.timeNano !== undefined ? ev.timeNano / 1e6 : (ev.time ?? 0) * 1000;
+        return this.state.volumes.has(actorId) && (since === undefined || at >= since);
+      }
       case 'image':
         return this.state.ownsTag(attrs.name ?? actorId) || this.state.builtImages.has(actorId);
       default:
@@ -1666,14 +1687,32 @@ export class GuardProxy {
       hold.closed = true;
       for (const r of hold.releases.splice(0)) r();
     };
-    // A build without the gate (a trusted tenant's) compares with the images the engine has now.
-    const had = gate ? undefined : await this.imageIds();
+    // A build's steps run in containers of their own: under a container limit, a build in flight
+    // counts as one (counted with the creates, one at a time).
+    const max = this.cfg.policy.limits.maxContainers;
+    const counted = max !== undefined && !this.cfg.policy.allow.has('limits');
+    if (counted)
+      await this.oneCreateAtATime(async () => {
+        const count = (await this.ownedContainerCount()) + this.buildsInFlight;
+        if (count >= max)
+          throw new Refusal(
+            'limits',
+            `the tenant already has ${count} containers and builds in flight (limit ${max}); a build runs its steps in containers`,
+          );
+        this.buildsInFlight++;
+      });
     try {
+      // A build without the gate (a trusted tenant's) compares with the images the engine has now.
+      const had = gate ? undefined : await this.imageIds();
       await this.buildHeld(req, res, target, qs, { had, hold, quiet, tags, gate, release });
     } finally {
       release();
+      if (counted) this.buildsInFlight--;
     }
   }
+
+  /** The tenant's builds running now, where the policy limits containers (see build). */
+  private buildsInFlight = 0;
 
   private async buildHeld(
     req: IncomingMessage,
@@ -2570,6 +2609,8 @@ interface ContainerJson {
 interface DockerEvent {
   Type?: string;
   id?: string;
+  time?: number;
+  timeNano?: number;
   Actor?: { ID?: string; Attributes?: Record<string, string> };
 }
 

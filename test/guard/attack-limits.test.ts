@@ -126,4 +126,29 @@ describe('attack: getting past the tenant’s resource limits', () => {
     assert.equal(now.length, 3, 'the engine holds the limit, not more');
     for (const x of now) await containers(c).remove(x.Id, { force: true });
   });
+
+  test('builds count against the container limit: their RUN steps are containers too', async () => {
+    // Two containers of the limit's three are taken; of three builds sent at once, one may run.
+    const taken = await Promise.all([create({}), create({})]);
+    for (const t of taken) assert.equal(t.status, 201, t.text);
+    const build = () =>
+      send(sock, {
+        method: 'POST',
+        path: '/v1.41/build?q=1',
+        headers: [['Content-Type', 'application/x-tar']],
+        body: Buffer.concat([
+          entry('Dockerfile', `FROM berth-local/busybox\nRUN sleep 2 && echo ${uniqueName('b')}\n`),
+          Buffer.alloc(1024),
+        ]),
+      });
+    const answers = await Promise.all([build(), build(), build()]);
+    const ran = answers.filter((a) => a.status === 200);
+    assert.equal(ran.length, 1, answers.map((a) => `${a.status} ${a.text.slice(0, 120)}`).join('\n'));
+    for (const a of answers.filter((x) => x.status !== 200))
+      expectRefused(a, 'limits', 'a build over the count');
+    // A build's count ends with it: a container fits again.
+    const after = await create({});
+    assert.equal(after.status, 201, after.text);
+    for (const x of await owned()) await containers(c).remove(x.Id, { force: true });
+  });
 });

@@ -330,4 +330,29 @@ describe('attack: pass 11 (names, labels, ports, health checks, execs, networks,
       `the tenant saw the host volume's events: ${messageOf(ev) ?? ev.text.slice(0, 300)}`,
     );
   });
+
+  test('an events replay shows nothing someone else did under a volume name before the tenant took it', async () => {
+    const name = uniqueName('p11ev');
+    const since = Math.floor(Date.now() / 1000) - 1;
+    await volumes(c).create({ Name: name, Labels: sessionLabels() });
+    const user = await containers(c).create({
+      Image: IMAGE,
+      Cmd: ['true'],
+      Labels: sessionLabels(),
+      HostConfig: { Binds: [`${name}:/v`], NetworkMode: 'none' },
+    });
+    await containers(c).start(user.Id);
+    await containers(c).wait(user.Id);
+    await containers(c).remove(user.Id, { force: true });
+    await volumes(c).remove(name);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    assert.equal((await postJson(sock, '/v1.41/volumes/create', JSON.stringify({ Name: name }))).status, 201);
+    const until = Math.floor(Date.now() / 1000) + 1;
+    const ev = await send(sock, { method: 'GET', path: `/v1.41/events?since=${since}&until=${until}` });
+    assert.equal(ev.status, 200);
+    assert.ok(!ev.text.includes(user.Id), 'the host container’s mount events reached the tenant');
+    // The tenant's own create of the name is its event.
+    assert.match(ev.text, new RegExp(`"Action":"create".*"ID":"${name}"|"ID":"${name}".*"Action":"create"`));
+    await send(sock, { method: 'DELETE', path: `/v1.41/volumes/${name}` });
+  });
 });
