@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { BerthError, deadline, sleep } from '../common/index.js';
 import { DockerClient, parseEndpoint } from '../engine/index.js';
 import type { Contender, ContenderId } from './types.js';
+import { LABEL_BENCH, benchLabels } from './reap.js';
 
 export function rawContender(): Contender {
   const client = new DockerClient();
@@ -158,7 +159,20 @@ export async function guardContender(): Promise<Contender> {
     dir,
     socket,
     node,
-    [...args, 'guard', '--tenant', `bench-${process.pid}`, '--listen', socket],
+    [
+      ...args,
+      'guard',
+      '--tenant',
+      `bench-${process.pid}`,
+      '--listen',
+      socket,
+      // The labels the scenarios put on what they make: the guard's own, so the tenant may repeat
+      // them (labels under io.berth. are berth's).
+      ...Object.entries(benchLabels({ [LABEL_BENCH]: 'guard' })).flatMap(([k, v]) => [
+        '--label',
+        `${k}=${v}`,
+      ]),
+    ],
     60_000,
   );
 }

@@ -6,6 +6,16 @@ function collect(v: string, prev: string[]): string[] {
   return [...prev, v];
 }
 
+/** `--label KEY=VALUE`: a label the guard puts on everything the tenant creates. */
+export function parseLabel(spec: string): [string, string] {
+  const i = spec.indexOf('=');
+  if (i <= 0) throw new BerthError('BERTH_USAGE', `--label ${spec}: expected KEY=VALUE`);
+  const key = spec.slice(0, i);
+  if (key === 'io.berth.tenant')
+    throw new BerthError('BERTH_USAGE', `--label ${spec}: the tenant label is the guard's (--tenant)`);
+  return [key, spec.slice(i + 1)];
+}
+
 export function parseMap(spec: string): { jobPath: string; hostPath: string } {
   const i = spec.indexOf('=');
   const jobPath = spec.slice(0, i);
@@ -36,6 +46,12 @@ export function registerGuard(program: Command): void {
       '--policy <file>',
       'a policy file: rules loosened for trusted tenants, limits, allowed registries (docs/guard.md)',
     )
+    .option(
+      '--label <KEY=VALUE>',
+      'a label the guard puts on everything the tenant creates (repeatable; the tenant may repeat it)',
+      collect,
+      [],
+    )
     .option('--audit <file|->', 'write one JSON line per decision')
     .option('--keep', 'keep the tenant’s objects when the guard stops')
     .option('--insecure-tcp', 'allow tcp:// without TLS client certificates')
@@ -53,6 +69,7 @@ export function registerGuard(program: Command): void {
         listen: string;
         upstream?: string;
         map: string[];
+        label: string[];
         policy?: string;
         audit?: string;
         keep?: boolean;
@@ -75,6 +92,7 @@ export function registerGuard(program: Command): void {
           listen: o.listen,
           upstream: o.upstream,
           maps: o.map.map(parseMap),
+          labels: Object.fromEntries(o.label.map(parseLabel)),
           policy: o.policy,
           audit: o.audit,
           keep: o.keep === true,
