@@ -138,7 +138,7 @@ export interface PathMap {
 /** Per-tenant limits from the policy. */
 export interface TenantLimits {
   readonly maxContainers?: number;
-  /** Networks the tenant may have at once, its own network included (default 8). */
+  /** Networks the tenant may create and have at once, besides its own network (default 8). */
   readonly maxNetworks?: number;
   readonly defaultMemoryBytes?: number;
   readonly maxMemoryBytes?: number;

@@ -97,6 +97,24 @@ test('base images: stages and scratch are not bases; variables expand from globa
   );
 });
 
+test('COPY --from an image is a base; a stage or an index is not; berth labels are refused', () => {
+  const df =
+    'FROM a AS one\nCOPY --from=one /x /x\nCOPY --from=0 /x /x\nCOPY --chown=1 --from=reg:5000/tool:2 /t /t\nCOPY --from=later /y /y\nFROM b AS later\n';
+  assert.deepEqual(readDockerfile(df).bases, ['a', 'reg:5000/tool:2', 'later', 'b']);
+  for (const bad of [
+    'FROM a\nCOPY --from=$X /x /x\n',
+    'FROM a\nCOPY --from="img" /x /x\n',
+    'FROM a\nONBUILD COPY --from=img /x /x\n',
+    'FROM a\nLABEL io.berth.run=x\n',
+    'FROM a\nLABEL "io\\.berth\\.role"=dind\n',
+    'FROM a\nLABEL ${K}=v\n',
+    'FROM a\nONBUILD LABEL io.berth.bench=1\n',
+  ])
+    assert.ok(readDockerfile(bad).refusals.length > 0, bad);
+  assert.deepEqual(readDockerfile('FROM a\nLABEL version=$V other="x y"\n').refusals, []);
+  assert.ok(triggerRefusals('img', ['LABEL io.berth.role=dind']).length > 0);
+});
+
 test("a base image's ONBUILD triggers are read like Dockerfile lines", () => {
   assert.equal(triggerRefusals('base:1', ['ADD http://x/ /s', 'RUN true']).length, 1);
   assert.deepEqual(triggerRefusals('base:1', ['ADD . /src', 'COPY a b']), []);

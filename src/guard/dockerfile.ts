@@ -168,7 +168,26 @@ function refusalsOf(ins: Instruction): string[] {
   if (odd !== undefined) return [odd];
   if (ins.keyword === 'onbuild') {
     const inner = split(ins.rest, ins.line);
+    // A trigger runs in a later build, whose stages berth cannot know here: an image a trigger
+    // copies from would be read (and pulled) unchecked.
+    if (inner.keyword === 'copy' && /(^|\s)--from=/i.test(inner.rest))
+      return [`line ${ins.line}: ONBUILD COPY --from: berth does not let a trigger copy from an image`];
     return refusalsOf(inner);
+  }
+  if (ins.keyword === 'label') {
+    // berth's host-side code reads labels under io.berth.; a build's RUN containers carry the
+    // image's labels at their step and no tenant label, so a Dockerfile may not set them.
+    const plain = ins.rest.replace(/[\\"'`]/g, '').toLowerCase();
+    const keys = ins.rest.includes('=')
+      ? ins.rest.split(/\s+/).flatMap((w) => (w.includes('=') ? [w.slice(0, w.indexOf('='))] : []))
+      : [ins.rest.trim().split(/\s+/)[0] ?? ''];
+    if (plain.includes('io.berth.'))
+      return [
+        `line ${ins.line}: LABEL: labels under io.berth. are berth's own; a Dockerfile may not set them`,
+      ];
+    if (keys.some((k) => k.includes('$')))
+      return [`line ${ins.line}: LABEL: berth reads label names only when written without variables`];
+    return [];
   }
   if (ins.keyword !== 'add') return [];
   const out: string[] = [];
@@ -297,6 +316,20 @@ export function readDockerfile(
           }
         }
         if ((words[1] ?? '').toLowerCase() === 'as' && words[2]) stages.add(words[2].toLowerCase());
+      }
+      // `COPY --from=<image>` that names no earlier stage: the builder reads (and pulls, when the
+      // engine lacks it) that image as it reads a base. It is checked, pulled and held as one.
+      if (ins.keyword === 'copy') {
+        for (const w of ins.rest.split(/\s+/)) {
+          const m = /^--from=(.*)$/i.exec(w);
+          if (!m) continue;
+          const ref = m[1] ?? '';
+          if (/["'\\`$]/.test(ref))
+            refusals.push(
+              `line ${ins.line}: COPY ${w}: berth reads an image COPY takes from only when it is named plainly (no quotes, escape characters or variables)`,
+            );
+          else if (ref !== '' && !/^[0-9]+$/.test(ref) && !stages.has(ref.toLowerCase())) bases.push(ref);
+        }
       }
     }
   }

@@ -326,8 +326,15 @@ export class TenantState {
   /** Image IDs of the tenant's settled tags that an operation in flight re-claimed (a rebuild). */
   private readonly reopened = new Map<string, string>();
 
+  /**
+   * When each tag became the tenant's (ms, from its first claim): tags are known by name, and an
+   * events replay must not show what someone else did under that name before.
+   */
+  readonly tagSince = new Map<string, number>();
+
   /** A claim for an operation in flight; `setTag` or `releaseTag` settles it. */
   addTag(ref: string): void {
+    if (!this.tags.has(normalizeTag(ref))) this.tagSince.set(normalizeTag(ref), Date.now());
     const k = normalizeTag(ref);
     const was = this.tags.get(k);
     if (was !== undefined) this.reopened.set(k, was);
@@ -337,6 +344,7 @@ export class TenantState {
   setTag(ref: string, imageId: string): void {
     const k = normalizeTag(ref);
     this.reopened.delete(k);
+    if (!this.tags.has(k)) this.tagSince.set(k, Date.now());
     this.tags.set(k, imageId);
   }
 

@@ -120,9 +120,14 @@ export function checkChanges(changes: readonly string[]): void {
         ? 'is a comment or parser directive'
         : /[\\`]\s*$/.test(c)
           ? 'ends with an escape character (it would continue onto the next change)'
-          : c.toLowerCase().includes(LABEL_PREFIX)
+          : c
+                .replace(/[\\"'`]/g, '')
+                .toLowerCase()
+                .includes(LABEL_PREFIX)
             ? `names a label under ${LABEL_PREFIX}, which berth sets only`
-            : undefined;
+            : /^\s*label\b/i.test(c) && c.includes('$')
+              ? 'is a LABEL with a variable, which berth cannot read'
+              : undefined;
     if (why !== undefined) throw new Refusal('ownership', `the change ${JSON.stringify(c)} ${why}`);
   }
 }
@@ -735,6 +740,28 @@ export function checkNetworkCount(count: number, policy: Policy): void {
     count >= max,
     `the tenant already has ${count} networks (limit ${max}); networks come from address pools every tenant shares`,
   );
+}
+
+/**
+ * The health check a container gets: its own fields where set, else its image's (as dockerd
+ * merges them). An image can bring a 1 ms interval from its Dockerfile or a commit.
+ */
+export function checkInheritedHealthcheck(own: unknown, image: unknown, policy: Policy): void {
+  const c = obj(own);
+  const i = obj(image);
+  const test = Array.isArray(c.Test) && c.Test.length > 0 ? c.Test : i.Test;
+  if (Array.isArray(test) && test[0] === 'NONE') return;
+  if (!Array.isArray(test) || test.length === 0) return;
+  for (const f of ['Interval', 'Timeout', 'StartPeriod', 'StartInterval'] as const) {
+    const mine = typeof c[f] === 'number' ? c[f] : 0;
+    const ns = mine !== 0 ? mine : typeof i[f] === 'number' ? i[f] : 0;
+    check(
+      policy,
+      'resources',
+      ns !== 0 && ns < MIN_HEALTH_INTERVAL_NS,
+      `health check ${f} ${ns} ns (from the image) is under 1 s; set the container's own`,
+    );
+  }
 }
 
 export function checkContainerName(name: string | null): void {

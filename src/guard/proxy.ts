@@ -38,6 +38,7 @@ import {
   checkContainerCreate,
   checkChanges,
   checkImageRegistry,
+  checkInheritedHealthcheck,
   checkLabels,
   checkRegistry,
   checkReservedRepository,
@@ -236,6 +237,8 @@ export class GuardProxy {
   private readonly heldImages = new Map<string, number>();
   /** Execs the tenant created and has not started (exec ID → container ID). */
   private readonly unstartedExecs = new Map<string, string>();
+  /** Exec creates sent to the engine and not answered yet. */
+  private execCreates = 0;
 
   constructor(readonly cfg: ProxyConfig) {
     this.state = new TenantState(cfg.tenant);
@@ -647,21 +650,36 @@ export class GuardProxy {
         const b = this.body('exec.create', body);
         onRequest(() => checkExecCreate(b, p));
         // dockerd keeps an exec that was never started until its container is removed.
-        if (this.unstartedExecs.size >= MAX_UNSTARTED_EXECS) await this.forgetGoneExecs();
-        if (this.unstartedExecs.size >= MAX_UNSTARTED_EXECS)
+        // Counted with the creates still in flight, so parallel creates cannot all pass.
+        const pending = () => this.unstartedExecs.size + this.execCreates;
+        if (pending() >= MAX_UNSTARTED_EXECS) await this.forgetGoneExecs();
+        if (pending() >= MAX_UNSTARTED_EXECS)
           throw new Refusal(
             'limits',
-            `the tenant has ${this.unstartedExecs.size} execs created and never started (limit ${MAX_UNSTARTED_EXECS}); start them or remove their containers`,
+            `the tenant has ${pending()} execs created and never started (limit ${MAX_UNSTARTED_EXECS}); start them or remove their containers`,
           );
-        const made = await this.forwardJson(req, res, 'POST', path({ id: cid }), b, { capture: true });
-        const eid = isRecord(made?.json) ? made.json.Id : undefined;
-        if (typeof eid === 'string') this.unstartedExecs.set(eid, cid);
+        this.execCreates++;
+        try {
+          const made = await this.forwardJson(req, res, 'POST', path({ id: cid }), b, { capture: true });
+          const eid = isRecord(made?.json) ? made.json.Id : undefined;
+          if (typeof eid === 'string') this.unstartedExecs.set(eid, cid);
+        } finally {
+          this.execCreates--;
+        }
         return;
       }
       case 'exec.start': {
         const eid = await this.resolveExec(m.params.id ?? '');
-        this.unstartedExecs.delete(eid);
-        return this.forwardJson(req, res, 'POST', path({ id: eid }), this.body('exec.start', body));
+        const started = await this.forwardJson(
+          req,
+          res,
+          'POST',
+          path({ id: eid }),
+          this.body('exec.start', body),
+        );
+        // Only a start dockerd took: a refused one (a malformed body, a stopped container) keeps it.
+        if (started && started.status < 300) this.unstartedExecs.delete(eid);
+        return;
       }
       case 'exec.resize':
       case 'exec.inspect': {
@@ -968,6 +986,12 @@ export class GuardProxy {
     body: Record<string, unknown>,
   ): Promise<void> {
     checkContainerName(query.get('name'));
+    // A health check the image brings runs as often as the image says.
+    if (!this.cfg.policy.allow.has('resources') && typeof body.Image === 'string') {
+      const image = (await this.inspectImage(body.Image).catch(() => undefined)) as
+        { Config?: { Healthcheck?: unknown } | null } | undefined;
+      checkInheritedHealthcheck(body.Healthcheck, image?.Config?.Healthcheck, this.cfg.policy);
+    }
     // Resolve every reference the rules need, then run the pure rules with the answers.
     const answers = new Map<string, string>();
     const volumes = new Map<string, boolean>();
@@ -1172,7 +1196,8 @@ export class GuardProxy {
     const { status, json } = await this.upstreamJson<unknown[]>('GET', `/networks?filters=${filters}`);
     if (status !== 200 || !Array.isArray(json))
       throw new Error(`cannot count the tenant's networks (engine answered ${status})`);
-    return json.length;
+    // Its own network (made by the guard on first use) is not one it created.
+    return json.filter((n) => !(isRecord(n) && n.Name === this.networkName)).length;
   }
 
   private async ownedContainerCount(): Promise<number> {
@@ -1291,9 +1316,18 @@ export class GuardProxy {
     const attrs = ev.Actor?.Attributes ?? {};
     const actorId = ev.Actor?.ID ?? ev.id ?? '';
     switch (ev.Type) {
-      case 'container':
-        // Event attributes carry the container's labels and its image by the name it was run with.
-        return this.ownsContainer(actorId, attrs, attrs.image).catch(() => false);
+      case 'container': {
+        // Event attributes carry the container's labels, and its image by the name it was run
+        // with, which may name another image by now: the container's own image ID decides.
+        if (!this.state.owns(attrs)) return false;
+        if (this.state.containers.has(actorId)) return true;
+        const c = await this.upstreamJson<ContainerJson>(
+          'GET',
+          `/containers/${encodeURIComponent(actorId)}/json`,
+        ).catch(() => undefined);
+        if (c?.status !== 200) return false;
+        return this.ownsContainer(c.json.Id, c.json.Config?.Labels, c.json.Image).catch(() => false);
+      }
       case 'network':
         return this.state.networks.has(actorId);
       case 'volume': {
@@ -1301,8 +1335,16 @@ export class GuardProxy {
         const at = ev.timeNano !== undefined ? ev.timeNano / 1e6 : (ev.time ?? 0) * 1000;
         return this.state.volumes.has(actorId) && (since === undefined || at >= since);
       }
-      case 'image':
-        return this.state.ownsTag(attrs.name ?? actorId) || this.state.builtImages.has(actorId);
+      case 'image': {
+        if (this.state.builtImages.has(actorId)) return true;
+        // By a tag of the tenant's: one it held at the time, on the image it set it to.
+        const name = attrs.name ?? actorId;
+        if (!this.state.ownsTag(name)) return false;
+        const since = this.state.tagSince.get(normalizeTag(name));
+        const at = ev.timeNano !== undefined ? ev.timeNano / 1e6 : (ev.time ?? 0) * 1000;
+        if (since !== undefined && at < since) return false;
+        return !this.state.settled(name) || this.state.ownsTagAt(name, actorId);
+      }
       default:
         return false;
     }
@@ -1551,6 +1593,7 @@ export class GuardProxy {
         // The image read stays until the build ended: a name can be an ID prefix, which dockerd
         // resolves again when the build reaches that stage.
         this.holdImage(found.json.Id, hold);
+        (hold.pinned ??= new Map()).set(b, found.json.Id);
         refusals.push(...triggerRefusals(b, found.json.Config?.OnBuild ?? []));
       }
     }
@@ -1583,8 +1626,26 @@ export class GuardProxy {
     const headers: http.OutgoingHttpHeaders = {};
     const auth = registryAuth(registryConfig, registryOf(ref));
     if (auth !== undefined) headers['x-registry-auth'] = auth;
+    // A tag someone else has is not moved (dockerd writes the tag a pull names): the build then
+    // uses the image the engine has, which berth checked.
+    const tag = at < 0 ? normalizeTag(tagged ? ref : `${ref}:latest`) : undefined;
+    const existing = await this.inspectImage(ref).catch(() => undefined);
+    if (existing && tag !== undefined && !this.state.ownsTagAt(tag, existing.Id)) return;
+    // What the pull brings the engine is the tenant's, as for its own pulls (removed with its
+    // other objects): a new tag, new digest references, an image the engine did not have.
+    const repo = repositoryOf(ref);
+    const before = await this.digestRefs(repo);
+    const had = await this.imageIds();
+    const pullStart = Date.now();
     const up = await this.upstream('POST', `/images/create?${qs.toString()}`, { headers });
-    await readAll(up.body);
+    const report = new ProgressReport();
+    for await (const chunk of up.body) report.feed(chunk as Buffer);
+    await this.claimNewDigests(repo, before, report.end().digests);
+    const f = await this.inspectImage(ref).catch(() => undefined);
+    if (!f) return;
+    if (tag !== undefined && !existing) this.state.setTag(tag, f.Id);
+    const created = Date.parse((f.Created ?? '').replace(/(\.\d{3})\d+/, '$1'));
+    if (!had.has(f.Id) && created < pullStart) this.state.builtImages.add(f.Id);
   }
 
   /**
@@ -1837,7 +1898,21 @@ export class GuardProxy {
       // image's creation date is whatever its config says).
       const made = new Map<string, ImageFacts>();
       const had = b.had ?? hold.had;
-      if (had !== undefined) {
+      // The builder looks a stage's base up when it reaches the stage: a base name someone else
+      // moved meanwhile (the tenant's own writes are held off) gave the build an image berth did
+      // not check, whose own new images would read as the build's. The build then made nothing.
+      let moved: string | undefined;
+      for (const [name, id] of hold.pinned ?? []) {
+        if ((await this.imageIdOf(name).catch(() => undefined)) === id) continue;
+        moved = name;
+        break;
+      }
+      if (moved !== undefined) {
+        last = undefined;
+        const message = `berth: build-options: the base image ${moved} changed while the build ran; berth counts nothing the build made as the tenant's and sets no tag (build again)`;
+        this.audit('POST', '/build', 'deny', { rule: 'build-options', status: 200, message });
+        if (!res.destroyed) res.write(`${JSON.stringify({ error: message, errorDetail: { message } })}\n`);
+      } else if (had !== undefined) {
         for (const idv of reported) {
           const f = await this.inspectImage(idv);
           if (f && !had.has(idv)) made.set(idv, f);
@@ -2120,7 +2195,9 @@ export class GuardProxy {
       if (r.status < 300) {
         this.state.tags.delete(tag);
         for (const d of digests) this.state.digests.delete(normalizeTag(d));
-        if (lastName) {
+        // dockerd deleted the image with its last name unless a child image holds it (then it
+        // stays the tenant's, for the prune or the cleanup).
+        if (lastName && (await this.inspectImage(f.Id)) === undefined) {
           this.state.builtImages.delete(f.Id);
           await this.pruneOwnParents(f.Parent);
         }
@@ -2176,7 +2253,7 @@ export class GuardProxy {
     const r = await this.upstreamBytes('DELETE', `/images/${encodeURIComponent(ref)}${noPrune(query)}`);
     if (r.status < 300) {
       this.state.digests.delete(normalizeTag(ref));
-      if (lastName) {
+      if (lastName && (await this.inspectImage(f.Id)) === undefined) {
         this.state.builtImages.delete(f.Id);
         await this.pruneOwnParents(f.Parent);
       }
@@ -2365,8 +2442,10 @@ export class GuardProxy {
       if (!this.state.builtImages.has(idv))
         throw new Refusal('image-tag', `image ${name} is not one you made; remove your tags instead`);
       this.assertNotHeld(tags, idv);
-      // dockerd would also delete every unnamed parent nobody else uses, someone else's too.
+      // dockerd would also delete every unnamed parent nobody else uses, someone else's too; and
+      // force would take the image from under others' containers.
       qs.set('noprune', '1');
+      qs.delete('force');
       const done = await this.forward(
         req,
         res,
@@ -2425,15 +2504,29 @@ export class GuardProxy {
   }
 
   private async imagePrune(res: ServerResponse): Promise<void> {
+    send(res, 200, { ImagesDeleted: await this.deleteOwnUnnamed(), SpaceReclaimed: 0 });
+  }
+
+  /**
+   * Deletes the images the tenant made that nobody names, children before parents: a parent whose
+   * child is still there is kept and tried again once the child went (a commit the tenant built
+   * on, whose build came later). Images someone names, or a container uses, stay the tenant's.
+   */
+  private async deleteOwnUnnamed(): Promise<{ Deleted?: string; Untagged?: string }[]> {
     const deleted: { Deleted?: string; Untagged?: string }[] = [];
-    for (const idv of [...this.state.builtImages]) {
-      if (this.heldImages.has(idv)) continue; // a base of a build in progress
-      const d = await this.deleteIfUnnamed(idv);
-      if (d === 'kept') continue;
-      this.state.builtImages.delete(idv);
-      if (d !== 'gone') deleted.push(...d);
+    for (let pass = 0; pass < 16; pass++) {
+      let progress = false;
+      for (const idv of [...this.state.builtImages]) {
+        if (this.heldImages.has(idv)) continue; // a base of a build in progress
+        const d = await this.deleteIfUnnamed(idv);
+        if (d === 'kept') continue;
+        this.state.builtImages.delete(idv);
+        progress = true;
+        if (d !== 'gone') deleted.push(...d);
+      }
+      if (!progress) break;
     }
-    send(res, 200, { ImagesDeleted: deleted, SpaceReclaimed: 0 });
+    return deleted;
   }
 
   // ---------------------------------------------------------------- hijacked connections
@@ -2451,6 +2544,7 @@ export class GuardProxy {
       let body: Buffer = Buffer.alloc(0);
       let rest: Buffer = head;
       let target: string;
+      let startedExec: string | undefined;
       if (m.route.id === 'exec.start') {
         const len = Number(req.headers['content-length'] ?? '0');
         if (len > MAX_JSON_BODY) throw new Refusal('body', 'body too large', 400);
@@ -2461,6 +2555,7 @@ export class GuardProxy {
           JSON.stringify(canonicalize(body.toString('utf8'), SCHEMAS['exec.start'], 'exec.start')),
         );
         target = buildPath(m.route, { id: eid }, m.apiVersion);
+        startedExec = eid;
       } else {
         const { id: cid } = await this.resolveContainer(m.params.id ?? '');
         target =
@@ -2468,6 +2563,7 @@ export class GuardProxy {
           (url.search === '' ? '' : `?${new URLSearchParams(url.search).toString()}`);
       }
       const upstream = await this.hijackUpstream(target, body);
+      if (startedExec !== undefined) this.unstartedExecs.delete(startedExec);
       this.audit(method, m.path, 'allow', { status: 101 });
       client.write(
         `HTTP/1.1 101 UPGRADED\r\nContent-Type: ${upstream.contentType}\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n`,
@@ -2585,7 +2681,7 @@ export class GuardProxy {
       this.state.digests.delete(ref);
     }
     // Images the tenant made, once its tags are gone.
-    for (const idv of [...this.state.builtImages]) await this.removeIfUnnamed(idv);
+    await this.deleteOwnUnnamed();
     return counts;
   }
 }
@@ -2994,6 +3090,8 @@ interface BuildHold {
   closed: boolean;
   /** Every image on the engine once the context passed the check. */
   had?: Set<string>;
+  /** Each base name, with the image it named when checked. */
+  pinned?: Map<string, string>;
 }
 
 /**

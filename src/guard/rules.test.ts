@@ -727,6 +727,9 @@ test('commit and import changes: one line each, no escape at the end, no directi
     ['  #x'],
     ['ENV A=1\nLABEL b=2'],
     ['LABEL Io.Berth.Role=x'],
+    ['LABEL io\\.berth\\.role=dind'],
+    ['LABEL "io.berth.x"=1'],
+    ['LABEL $K=1'],
   ])
     assert.throws(
       () => checkChanges(bad),

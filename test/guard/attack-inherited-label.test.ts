@@ -200,12 +200,17 @@ describe('attack: a host container run from an image that carries the attackerâ€
   test('images made through the guard name no owner, whatever the Dockerfile, --change or import says', async () => {
     const ctx = join(dir.path, 'ctx');
     mkdirSync(ctx, { recursive: true });
-    // A build whose image would name an owner (its Dockerfile's LABEL, or its base image's) fails,
-    // and its image and tag are removed.
-    for (const [i, dockerfile] of [
-      `FROM ${IMAGE}\nLABEL ${LABEL_TENANT}=${victim}\n`,
-      `FROM ${forged}\nENV BERTH_INHERITED=1\n`,
-    ].entries()) {
+    // A Dockerfile may not set berth's labels at all: refused before dockerd builds anything.
+    writeFileSync(join(ctx, 'Dockerfile'), `FROM ${IMAGE}\nLABEL ${LABEL_TENANT}=${victim}\n`);
+    const refused = await docker(guard.address, ['build', '-t', `${repo}:built-label`, ctx], {
+      env: { DOCKER_BUILDKIT: '0' },
+    });
+    assert.notEqual(refused.code, 0, `the build is refused; it printed: ${refused.stdout}${refused.stderr}`);
+    assert.match(refused.stderr, /berth: build-options: .*LABEL: labels under io\.berth\. are berth's own/);
+    assert.doesNotMatch(refused.stdout, /Successfully built/);
+    // A build whose image would name an owner through its base image fails, and its image and tag
+    // are removed.
+    for (const [i, dockerfile] of [`FROM ${forged}\nENV BERTH_INHERITED=1\n`].entries()) {
       writeFileSync(join(ctx, 'Dockerfile'), dockerfile);
       const built = `${repo}:built${i}`;
       tags.push(built);

@@ -149,7 +149,9 @@ describe('attack: pass 11 (names, labels, ports, health checks, execs, networks,
     const c2 = made(await create({ HostConfig: { NetworkMode: 'none' } }));
     const commit = (q: string, body: Record<string, unknown> = {}) =>
       postJson(sock, `/v1.41/commit?container=${c2}&${q}`, JSON.stringify(body));
-    const imagesBefore = (await images(c).list()).length;
+    // Every attempt also asks for a label of this test's own: nothing may carry it afterwards.
+    const mark = `berth.test.p11=${uniqueName('mark')}`;
+    const marked = async () => (await images(c).list({ label: [mark] })).length;
     expectRefused(await commit('', { Labels: reaperBait }), 'ownership', 'commit labels');
     // dockerd joins changes with newlines and reads them as a Dockerfile: a trailing escape would
     // swallow the guard's own last line (LABEL io.berth.tenant=""), and so would a directive that
@@ -161,7 +163,7 @@ describe('attack: pass 11 (names, labels, ports, health checks, execs, networks,
       [`LABEL io.berth.tenant=${tenant}`],
       ['LABEL IO.BERTH.ROLE=dind'],
     ]) {
-      const q = changes.map((ch) => `changes=${encodeURIComponent(ch)}`).join('&');
+      const q = [`LABEL ${mark}`, ...changes].map((ch) => `changes=${encodeURIComponent(ch)}`).join('&');
       expectRefused(await commit(q), 'ownership', `commit changes ${JSON.stringify(changes)}`);
       expectRefused(
         await send(sock, {
@@ -174,7 +176,7 @@ describe('attack: pass 11 (names, labels, ports, health checks, execs, networks,
         `import changes ${JSON.stringify(changes)}`,
       );
     }
-    assert.equal((await images(c).list()).length, imagesBefore, 'no image made');
+    assert.equal(await marked(), 0, 'no image made');
     for (const id of [same, c2]) await containers(c).remove(id, { force: true });
   });
 
@@ -252,11 +254,14 @@ describe('attack: pass 11 (names, labels, ports, health checks, execs, networks,
       }
     }
     assert.equal(n, 256, 'the 257th unstarted exec is refused');
-    // Starting one frees its place.
+    // Starting one frees its place; a start the engine never took (a malformed body) does not.
     const r = await exec(['A=1']);
     expectRefused(r, 'limits');
     const inspect = (await containers(c).inspect(id)) as { ExecIDs?: string[] | null };
     const first = inspect.ExecIDs?.[0] ?? '';
+    const bad = await postJson(sock, `/v1.41/exec/${first}/start`, JSON.stringify({ Detach: 'notabool' }));
+    assert.equal(bad.status, 400, bad.text);
+    expectRefused(await exec(['A=1']), 'limits', 'after a refused start');
     const started = await postJson(sock, `/v1.41/exec/${first}/start`, JSON.stringify({ Detach: true }));
     assert.equal(started.status, 200, started.text);
     assert.equal((await exec(['A=1'])).status, 201);
@@ -278,8 +283,12 @@ describe('attack: pass 11 (names, labels, ports, health checks, execs, networks,
     );
     const ok = answers.filter((a) => a.status === 201).length;
     for (const a of answers) if (a.status !== 201) expectRefused(a, 'limits');
-    const onEngine = await networks(c).list({ label: [`io.berth.tenant=${tenant}`] });
+    // The tenant's own network (made by the guard on first use) is not counted.
+    const onEngine = (await networks(c).list({ label: [`io.berth.tenant=${tenant}`] })).filter((n) =>
+      names.includes(n.Name),
+    );
     assert.equal(onEngine.length, 3, `networks on the engine (${ok} created)`);
+    assert.equal(ok, 3);
     for (const n of onEngine) await networks(c).remove(n.Id);
   });
 
