@@ -119,6 +119,8 @@ export async function reap(client: DockerClient, opts: ReapOptions = {}): Promis
       }
     }
   }
+  // A run the operator names with --force goes, folder included, even with no objects left.
+  if (opts.force === true && opts.runId !== undefined) candidates.add(opts.runId);
   const runs = new Set<string>(fromStore);
   for (const r of new Set([...candidates, ...fromStore])) {
     if (!isRunIdSegment(r)) continue;
