@@ -1,13 +1,15 @@
 /**
  * The bench reaper on a shared engine: a guard tenant can label its containers like bench objects
  * and dind sidecars (the guard passes io.berth.* labels other than the tenant's own), but never
- * without its io.berth.tenant label. Scoped to this test session's objects with labelFilter.
+ * without its io.berth.tenant label; its build step containers carry its Dockerfile's labels and
+ * no tenant label, so a label never points the reaper at another container. Scoped to this test
+ * session's objects with labelFilter.
  */
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { tmpdir } from 'node:os';
+import { hostname, tmpdir } from 'node:os';
 import { LABEL_TEST_SESSION } from '../common/index.js';
 import { containers } from '../engine/index.js';
 import { dindNames } from '../dind/index.js';
@@ -88,4 +90,30 @@ test("reapBench removes berth's own leftovers, but a socket dir only when berth 
     r.notes.some((n) => n.includes(`left ${dir} in place`)),
     r.notes.join('\n'),
   );
+});
+
+test('reapBench never stops a sidecar that a stale container merely names in its labels', async () => {
+  // A live bench sidecar, shaped as berth makes it (its name, role and daemon label, owner = this
+  // process), and a build step container (dockerd's builder makes it: the tenant's Dockerfile
+  // labels, no tenant label, a random name) that points at it.
+  const name = uniqueName('rbs');
+  const dir = hostDir();
+  const side = await container(dindNames.sidecar(name), {
+    ...sidecarLabels(name, dir),
+    'io.berth.owner.pid': String(process.pid),
+    'io.berth.owner.host': hostname(),
+  });
+  const step = await container(uniqueName('rbstep'), {
+    'io.berth.bench': 'x',
+    'io.berth.role': 'dind',
+    'io.berth.dind': name,
+    'io.berth.owner.pid': '999999999',
+    'io.berth.owner.host': hostname(),
+  });
+  const r = await reapBench(client, scope);
+  assert.deepEqual(r.errors, []);
+  assert.equal(r.containers, 1);
+  assert.equal(await containers(client).find(step), undefined, 'the stale step container itself goes');
+  assert.ok(await containers(client).find(side), 'the sidecar it names stays');
+  assert.ok(existsSync(join(dir, 'keep.txt')));
 });

@@ -8,7 +8,6 @@
  * `io.berth.*` labels they carry (a tenant can set any of them but its own tenant label).
  */
 import {
-  LABEL_DIND,
   LABEL_OWNER_PID,
   LABEL_ROLE,
   errorMessage,
@@ -18,7 +17,7 @@ import {
 } from '../common/index.js';
 import { containers, networks, volumes } from '../engine/index.js';
 import type { DockerClient } from '../engine/index.js';
-import { stopDind } from '../dind/index.js';
+import { ownSidecarName, stopDind } from '../dind/index.js';
 
 /** Marks every bench object (its value names the contender where there is one). */
 export const LABEL_BENCH = 'io.berth.bench';
@@ -64,14 +63,17 @@ export async function reapBench(
   };
   for (const c of await containers(client).list({ all: true, filters: { label } })) {
     if (!mine(c.Labels)) continue;
-    const dind = c.Labels?.[LABEL_DIND];
-    if (dind !== undefined && c.Labels?.[LABEL_ROLE] === 'dind')
-      // A nested daemon: its socket dir and cache lock go too (stopDind checks the sidecar it
-      // finds by name is berth's own, and removes only a socket dir berth made).
+    // Only a container that is itself berth's sidecar (its own name and labels) is stopped as a
+    // daemon, with its socket dir and cache lock; one whose labels merely name a daemon (a
+    // tenant's build step container carries any io.berth.* labels and no tenant label) is at
+    // most removed itself, never used to stop another container.
+    const dind = ownSidecarName(c);
+    if (dind !== undefined)
       await attempt(
         `dind ${dind}`,
         () =>
           stopDind(client, dind, {
+            id: c.Id,
             purge: true,
             log: (line) => out.notes.push(line),
           }),

@@ -49,7 +49,14 @@ import {
   storageCandidates,
   validateOptions,
 } from './config.js';
-import { isOwnCacheLock, isOwnCacheVolume, isOwnSidecar, ownSocketDir, socketDirBase } from './ownership.js';
+import {
+  isOwnCacheLock,
+  isOwnCacheVolume,
+  isOwnSidecar,
+  ownSidecarName,
+  ownSocketDir,
+  socketDirBase,
+} from './ownership.js';
 
 /** Label on the sidecar: the host socket dir berth created for it (removed on down). */
 const LABEL_SOCKET_DIR = 'io.berth.dind.socket-dir';
@@ -707,12 +714,20 @@ async function pruneIfOver(host: string, maxBytes: number, log: (l: string) => v
 export async function stopDind(
   client: DockerClient,
   name: string,
-  opts: { purge?: boolean | undefined; log?: ((line: string) => void) | undefined } = {},
+  opts: {
+    purge?: boolean | undefined;
+    log?: ((line: string) => void) | undefined;
+    /** Only when the sidecar is this container (a reaper that judged one it listed). */
+    id?: string | undefined;
+  } = {},
 ): Promise<{ removed: boolean; purged?: string }> {
   const found = await containers(client).find(names.sidecar(name));
   // A container under the sidecar's name that berth did not make (a guard tenant can name one
   // berth-dind-*) is not a daemon: it is neither stopped nor trusted for the paths in its labels.
-  const c = found && isOwnSidecar(found.Config.Labels, name) ? found : undefined;
+  const c =
+    found && isOwnSidecar(found.Config.Labels, name) && (opts.id === undefined || found.Id === opts.id)
+      ? found
+      : undefined;
   const labels = c?.Config.Labels ?? {};
   if (c) {
     if (c.State.Running)
@@ -741,13 +756,15 @@ export async function stopDind(
   if (!c)
     throw new BerthError(
       'DIND_NOT_FOUND',
-      found
-        ? `no dind daemon named "${name}": the container ${names.sidecar(name)} was not made by berth${
-            tenantOf(found.Config.Labels) !== undefined
-              ? ` (it belongs to the guard tenant "${tenantOf(found.Config.Labels)}")`
-              : ''
-          }`
-        : `no dind daemon named "${name}"`,
+      found && isOwnSidecar(found.Config.Labels, name)
+        ? `the dind daemon "${name}" is no longer the container ${opts.id?.slice(0, 12) ?? ''}`
+        : found
+          ? `no dind daemon named "${name}": the container ${names.sidecar(name)} was not made by berth${
+              tenantOf(found.Config.Labels) !== undefined
+                ? ` (it belongs to the guard tenant "${tenantOf(found.Config.Labels)}")`
+                : ''
+            }`
+          : `no dind daemon named "${name}"`,
       {
         hint: 'see `berth dind ls`; a kept cache is removed with `berth dind purge KEY`',
       },
@@ -783,25 +800,29 @@ export async function purgeCache(client: DockerClient, key: string): Promise<boo
 }
 
 /**
- * The dind daemons on the engine: sidecars labelled io.berth.role=dind, minus containers of guard
- * tenants (which may carry any io.berth.* label but are never berth's daemons).
+ * The dind daemons on the engine: containers that are themselves berth's sidecars (named
+ * `berth-dind-<io.berth.dind>`, io.berth.role=dind, no tenant: see ownSidecarName). A container
+ * that merely carries those labels (a guard tenant's, or a tenant's build step container, which
+ * has its Dockerfile's labels and no tenant label) is not a daemon.
  */
 export async function listDind(client: DockerClient): Promise<DindSummary[]> {
   const list: ContainerSummary[] = await containers(client).list({
     all: true,
     filters: { label: [`${LABEL_ROLE}=dind`] },
   });
-  return list
-    .filter((c) => tenantOf(c.Labels) === undefined)
-    .map((c) => {
-      const l = c.Labels ?? {};
-      return {
-        name: l[LABEL_DIND] ?? c.Names[0]?.replace(/^\//, '') ?? c.Id,
+  return list.flatMap((c) => {
+    const name = ownSidecarName(c);
+    if (name === undefined) return [];
+    const l = c.Labels ?? {};
+    return [
+      {
+        name,
         containerId: c.Id,
         state: c.State,
         image: c.Image,
         ...(l[LABEL_DIND_CACHE] ? { cache: l[LABEL_DIND_CACHE] } : {}),
         ...(l[LABEL_SOCKET_DIR] ? { socketDir: l[LABEL_SOCKET_DIR] } : {}),
-      };
-    });
+      },
+    ];
+  });
 }

@@ -7,6 +7,7 @@ export {
   isOwnCacheVolume,
   isOwnSidecar,
   isOwnSocketDir,
+  ownSidecarName,
   ownSocketDir,
   socketDirBase,
 } from './ownership.js';

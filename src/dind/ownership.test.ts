@@ -4,7 +4,14 @@ import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { tenantOf } from '../common/index.js';
-import { isOwnCacheLock, isOwnCacheVolume, isOwnSidecar, isOwnSocketDir, ownSocketDir } from './ownership.js';
+import {
+  isOwnCacheLock,
+  isOwnCacheVolume,
+  isOwnSidecar,
+  isOwnSocketDir,
+  ownSidecarName,
+  ownSocketDir,
+} from './ownership.js';
 
 test('tenantOf: only a non-empty io.berth.tenant names a tenant', () => {
   assert.equal(tenantOf(undefined), undefined);
@@ -80,4 +87,25 @@ test('isOwnSocketDir: only a berth-dind-* directory directly in a base, symlinks
     rmSync(base, { recursive: true, force: true });
     rmSync(other, { recursive: true, force: true });
   }
+});
+
+test('ownSidecarName: a container is a daemon only when it is itself the sidecar (its name and labels)', () => {
+  const labels = { 'io.berth.role': 'dind', 'io.berth.dind': 'n1' };
+  assert.equal(ownSidecarName({ Names: ['/berth-dind-n1'], Labels: labels }), 'n1');
+  assert.equal(ownSidecarName({ Names: ['berth-dind-n1'], Labels: labels }), 'n1');
+  // A build step container: random name, the Dockerfile's labels, no tenant label.
+  assert.equal(ownSidecarName({ Names: ['/eager_turing'], Labels: labels }), undefined, 'points at n1');
+  assert.equal(ownSidecarName({ Names: ['/berth-dind-n2'], Labels: labels }), undefined, 'another name');
+  assert.equal(
+    ownSidecarName({ Names: ['/berth-dind-n1'], Labels: { ...labels, 'io.berth.tenant': 't' } }),
+    undefined,
+    "a tenant's",
+  );
+  assert.equal(ownSidecarName({ Names: ['/berth-dind-n1'], Labels: { 'io.berth.dind': 'n1' } }), undefined);
+  assert.equal(
+    ownSidecarName({ Names: ['/berth-dind-'], Labels: { ...labels, 'io.berth.dind': '' } }),
+    undefined,
+  );
+  assert.equal(ownSidecarName({ Names: null, Labels: labels }), undefined);
+  assert.equal(ownSidecarName({ Names: ['/berth-dind-n1'], Labels: null }), undefined);
 });

@@ -8,6 +8,7 @@ import { lstatSync, realpathSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, dirname } from 'node:path';
 import { LABEL_DIND, LABEL_DIND_CACHE, LABEL_ROLE, tenantOf } from '../common/index.js';
+import { names } from './config.js';
 
 type Labels = Record<string, string> | null | undefined;
 
@@ -58,6 +59,22 @@ export function isOwnSocketDir(path: string, bases?: readonly string[]): boolean
 /** Whether a container is the sidecar berth made for the daemon `name`. */
 export function isOwnSidecar(labels: Labels, name: string): boolean {
   return tenantOf(labels) === undefined && labels?.[LABEL_ROLE] === 'dind' && labels[LABEL_DIND] === name;
+}
+
+/**
+ * The daemon name of a listed container when that container is itself a sidecar berth made: its
+ * own name is `berth-dind-<io.berth.dind>` and it passes isOwnSidecar. Labels alone are not
+ * enough: a guard tenant's build step container carries its Dockerfile's `io.berth.*` labels and
+ * no tenant label, so a label may only describe the container it is on, never point at another.
+ */
+export function ownSidecarName(c: {
+  Names?: readonly string[] | null | undefined;
+  Labels?: Labels;
+}): string | undefined {
+  const name = c.Labels?.[LABEL_DIND];
+  if (name === undefined || name === '' || !isOwnSidecar(c.Labels, name)) return undefined;
+  const want = names.sidecar(name);
+  return (c.Names ?? []).some((n) => n.replace(/^\//, '') === want) ? name : undefined;
 }
 
 /** Whether a container is a cache lock berth made for the cache `key`. */

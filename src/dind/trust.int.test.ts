@@ -161,6 +161,42 @@ test("a tenant's container with a sidecar's name and labels is not a daemon: not
   assert.ok(await containers(client).find(id));
 });
 
+test('a container that only names a daemon in its labels (a build step container) is not listed or stopped', async () => {
+  // dockerd's builder makes step containers with the tenant's Dockerfile labels, no tenant label
+  // and a random name.
+  const name = uniqueName('tb');
+  const ghost = uniqueName('tbg');
+  const dir = hostDir();
+  const stepLabels = (daemon: string) =>
+    sessionLabels({
+      'io.berth.role': 'dind',
+      'io.berth.dind': daemon,
+      'io.berth.dind.socket-dir': dir,
+      'io.berth.dind.socket-dir-owned': '1',
+    });
+  const side = await container(
+    dindNames.sidecar(name),
+    sessionLabels({ 'io.berth.role': 'dind', 'io.berth.dind': name }),
+  );
+  const step = await container(uniqueName('tbs'), stepLabels(name));
+  const step2 = await container(uniqueName('tbs'), stepLabels(ghost));
+  const listed = (await listDind(client)).filter((d) => [side, step, step2].includes(d.containerId));
+  assert.deepEqual(
+    listed.map((d) => [d.containerId, d.name]),
+    [[side, name]],
+    '`berth dind ls` lists the sidecar only',
+  );
+  // `berth dind down <ghost>`: no daemon of that name, whatever a label says.
+  await assert.rejects(stopDind(client, ghost), (err: unknown) => isBerthError(err, 'DIND_NOT_FOUND'));
+  assert.ok(await containers(client).find(step2));
+  assert.ok(existsSync(join(dir, 'keep.txt')));
+  // `berth dind down <name>` acts on the sidecar of that name, not on what points at it.
+  assert.deepEqual(await stopDind(client, name), { removed: true });
+  assert.equal(await containers(client).find(side), undefined);
+  assert.ok(await containers(client).find(step), 'the step container is not touched');
+  assert.ok(existsSync(join(dir, 'keep.txt')), 'its labelled dir is not touched');
+});
+
 test('stopDind removes a socket dir named by a label only when berth made it (berth-dind-* in the runtime/temp dir)', async () => {
   const foreign = hostDir();
   const own = hostDir(socketDirBase(), 'berth-dind-');

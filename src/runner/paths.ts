@@ -1,7 +1,9 @@
 /** Names and host paths of a run's objects. */
-import { tmpdir } from 'node:os';
+import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { lstatSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { pidAlive } from '../common/index.js';
 
 /** A new run id: sortable by time, safe in Docker names: 20261123-021900-a1b2. */
 export function newRunId(date = new Date()): string {
@@ -23,4 +25,69 @@ export function objectName(runId: string, job: string, service?: string): string
  */
 export function jobTempRoot(runId: string): string {
   return join(tmpdir(), 'berth-run', runId);
+}
+
+/**
+ * The file in a run's temp root that names the runner owning it. Its name holds a `+`, which a
+ * job's folder name never does (job names are cleaned to `[a-zA-Z0-9_.-]`).
+ */
+export const RUN_OWNER_FILE = 'owner+berth.json';
+
+/** The runner process that made a run's temp root. */
+export interface RunOwner {
+  runId: string;
+  pid: number;
+  host: string;
+}
+
+/**
+ * Makes a run's temp root (mode 0700) and records its owner in it (this process, this host), so
+ * the reaper judges the folder by what the runner wrote, never by a label on an engine object.
+ */
+export function createRunTempRoot(runId: string, owner: Omit<RunOwner, 'runId'> = ownProcess()): string {
+  const root = jobTempRoot(runId);
+  mkdirSync(root, { recursive: true, mode: 0o700 });
+  const record: RunOwner = { runId, pid: owner.pid, host: owner.host };
+  writeFileSync(join(root, RUN_OWNER_FILE), `${JSON.stringify(record)}\n`, { mode: 0o600 });
+  return root;
+}
+
+function ownProcess(): Omit<RunOwner, 'runId'> {
+  return { pid: process.pid, host: hostname() };
+}
+
+/** Reads a run owner record; undefined unless it is well formed and names this run. */
+export function parseRunOwner(text: string, runId: string): RunOwner | undefined {
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  if (typeof v !== 'object' || v === null) return undefined;
+  const o = v as Record<string, unknown>;
+  if (o.runId !== runId || typeof o.host !== 'string') return undefined;
+  if (typeof o.pid !== 'number' || !Number.isInteger(o.pid) || o.pid <= 0) return undefined;
+  return { runId, pid: o.pid, host: o.host };
+}
+
+/**
+ * The owner recorded in a run's temp root: undefined when the folder is absent, is not a plain
+ * directory, or holds no well-formed owner file (a folder of an older berth, or not berth's).
+ */
+export function readRunOwner(runId: string): RunOwner | undefined {
+  const root = jobTempRoot(runId);
+  try {
+    if (!lstatSync(root).isDirectory()) return undefined;
+    const file = join(root, RUN_OWNER_FILE);
+    if (!lstatSync(file).isFile()) return undefined;
+    return parseRunOwner(readFileSync(file, 'utf8'), runId);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Whether an owner record names a runner on this host that no longer runs. */
+export function runOwnerGone(owner: RunOwner | undefined, host = hostname()): boolean {
+  return owner !== undefined && owner.host === host && !pidAlive(owner.pid);
 }

@@ -1,7 +1,9 @@
 /**
  * `berth reap` and tenant objects: a run's guard tenant may label its containers with any
- * io.berth.* label but its tenant's; such a container is removed with its run, but its labels
- * never pick the host folder that goes with a run.
+ * io.berth.* label but its tenant's, and its build step containers (made by dockerd's builder)
+ * carry its Dockerfile's labels and no tenant label at all. Such a container is removed if it
+ * looks stale, but its labels never pick the host folder that goes with a run: a folder goes on
+ * the owner file its runner wrote in it.
  */
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -11,7 +13,7 @@ import { join } from 'node:path';
 import { LABEL_TEST_SESSION } from '../common/index.js';
 import { containers } from '../engine/index.js';
 import { SESSION, engine, sessionLabels, uniqueName } from '../../test/support/index.js';
-import { jobTempRoot } from './paths.js';
+import { RUN_OWNER_FILE, createRunTempRoot, jobTempRoot } from './paths.js';
 import { reap } from './reaper.js';
 
 const client = engine();
@@ -26,8 +28,9 @@ after(async () => {
   client.close();
 });
 
-function runDir(runId: string): string {
-  const d = jobTempRoot(runId);
+/** A run folder as the runner makes it, owned by `pid` on this host (or with no owner file). */
+function runDir(runId: string, pid?: number): string {
+  const d = pid === undefined ? jobTempRoot(runId) : createRunTempRoot(runId, { pid, host: hostname() });
   mkdirSync(d, { recursive: true });
   made.dirs.push(d);
   writeFileSync(join(d, 'keep.txt'), 'keep');
@@ -57,8 +60,8 @@ const dead = (run: string) => ({
 test("reap removes a run's stale tenant container but lets only berth's own objects choose the run folder", async () => {
   const tenantRun = uniqueName('run');
   const ownRun = uniqueName('run');
-  const tenantDir = runDir(tenantRun);
-  const ownDir = runDir(ownRun);
+  const tenantDir = runDir(tenantRun, 999999999);
+  const ownDir = runDir(ownRun, 999999999);
   const t = await container({ ...dead(tenantRun), 'io.berth.tenant': `run/${tenantRun}/build` });
   const o = await container(dead(ownRun));
   const r = await reap(client, { labelFilter: [`${LABEL_TEST_SESSION}=${SESSION}`] });
@@ -69,4 +72,30 @@ test("reap removes a run's stale tenant container but lets only berth's own obje
   assert.deepEqual(r.runs, [ownRun]);
   assert.ok(existsSync(join(tenantDir, 'keep.txt')), "a tenant's labels do not pick a folder to delete");
   assert.equal(existsSync(ownDir), false, "berth's own stale run folder goes");
+});
+
+test("a build step container's forged run and owner labels do not make a live run dead", async () => {
+  // dockerd's builder makes the step container: the labels are the Dockerfile's, no tenant label.
+  const victim = uniqueName('run');
+  const legacy = uniqueName('run');
+  const victimDir = runDir(victim, process.pid);
+  const legacyDir = runDir(legacy);
+  const step = await container(dead(victim));
+  const step2 = await container(dead(legacy));
+  const r = await reap(client, { labelFilter: [`${LABEL_TEST_SESSION}=${SESSION}`] });
+  assert.deepEqual(r.errors, []);
+  assert.equal(await containers(client).find(step), undefined, 'the stale-looking container itself goes');
+  assert.equal(await containers(client).find(step2), undefined);
+  assert.deepEqual(r.runs, [], 'no run is reported dead');
+  assert.ok(existsSync(join(victimDir, 'keep.txt')), "a live run's folder stays");
+  assert.ok(existsSync(join(victimDir, RUN_OWNER_FILE)));
+  assert.ok(existsSync(join(legacyDir, 'keep.txt')), 'a folder with no owner file is not judged on labels');
+  // The operator can still remove a run by name.
+  const forced = await reap(client, {
+    runId: victim,
+    force: true,
+    labelFilter: [`${LABEL_TEST_SESSION}=${SESSION}`],
+  });
+  assert.deepEqual(forced.runs, [victim]);
+  assert.equal(existsSync(victimDir), false);
 });

@@ -1,10 +1,11 @@
 /**
  * The reaper: removes what runs left behind when their runner died (kill -9, crash, power loss).
  * Every object of a run carries `io.berth.run` and the owner's pid and host; an object whose owner
- * runs on this host and is no longer alive is a leftover.
+ * runs on this host and is no longer alive is a leftover. A run's host folder is judged by the
+ * owner file the runner wrote in it (and the store), never by an object's labels.
  */
 import { hostname } from 'node:os';
-import { rmSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import {
   LABEL_OWNER_HOST,
   LABEL_OWNER_PID,
@@ -18,7 +19,8 @@ import {
 import { EngineError, containers, networks, volumes } from '../engine/index.js';
 import type { DockerClient } from '../engine/index.js';
 import type { Store } from './store.js';
-import { jobTempRoot } from './paths.js';
+import { jobTempRoot, readRunOwner, runOwnerGone } from './paths.js';
+import type { RunOwner } from './paths.js';
 
 export interface ReapOptions {
   /** Only this run (its owner must be dead unless `force`). */
@@ -60,19 +62,52 @@ export function isRunIdSegment(runId: string): boolean {
   return /^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(runId) && !runId.includes('..');
 }
 
+/** What the reaper does with a candidate run's temp root (see folderVerdict). */
+export interface FolderVerdict {
+  /** Remove the folder. */
+  remove: boolean;
+  /** Report the run as reaped. */
+  reaped: boolean;
+}
+
+/**
+ * Whether a candidate run's temp root goes, judged by what the runner wrote in it (`owner`, from
+ * its owner file) and never by labels on engine objects: a tenant's build step container carries
+ * whatever `io.berth.*` labels its Dockerfile set, and no tenant label.
+ * - `forced`: the operator named this run with --force: it goes.
+ * - an owner file: the folder goes only when it names this host and a dead pid.
+ * - no owner file: an absent folder has nothing to remove; a folder without one (an older berth's,
+ *   or not berth's) goes only for a run the store says is dead (the store is the runner's own
+ *   record), never for a run seen only on labels.
+ */
+export function folderVerdict(
+  owner: RunOwner | undefined,
+  folderExists: boolean,
+  how: { fromStore: boolean; forced: boolean; host?: string },
+): FolderVerdict {
+  if (how.forced) return { remove: true, reaped: true };
+  if (owner !== undefined) {
+    const gone = runOwnerGone(owner, how.host);
+    return { remove: gone, reaped: gone || how.fromStore };
+  }
+  if (!folderExists) return { remove: false, reaped: true };
+  return { remove: how.fromStore, reaped: how.fromStore };
+}
+
 export async function reap(client: DockerClient, opts: ReapOptions = {}): Promise<ReapResult> {
   const host = hostname();
   const label = [opts.runId ? `${LABEL_RUN}=${opts.runId}` : LABEL_RUN, ...(opts.labelFilter ?? [])];
   const pick = (labels: Record<string, string>) =>
     opts.force === true ? opts.runId !== undefined : isStale(labels, host);
   const result: ReapResult = { runs: [], containers: 0, networks: 0, volumes: 0, errors: [] };
-  const runs = new Set<string>();
+  // Runs seen on labels are only candidates: the labels are not proof (a guard tenant's objects,
+  // its build step containers included, may carry any run and owner labels).
+  const candidates = new Set<string>();
+  const fromStore = new Set<string>();
   await removeLabelled(client, label, result, (labels) => {
     if (!pick(labels)) return false;
-    // A guard tenant's object may carry any io.berth.* label but its tenant's: it is removed, but
-    // its run label never decides which host folder goes.
     const r = labels[LABEL_RUN];
-    if (r && tenantOf(labels) === undefined && isRunIdSegment(r)) runs.add(r);
+    if (r && tenantOf(labels) === undefined && isRunIdSegment(r)) candidates.add(r);
     return true;
   });
   if (opts.store) {
@@ -80,11 +115,23 @@ export async function reap(client: DockerClient, opts: ReapOptions = {}): Promis
       if (opts.runId !== undefined && r.id !== opts.runId) continue;
       if (r.owner_host === host && (!pidAlive(r.owner_pid) || opts.force === true)) {
         opts.store.abandonRun(r.id, new Date().toISOString());
-        runs.add(r.id);
+        fromStore.add(r.id);
       }
     }
   }
-  for (const r of runs) if (isRunIdSegment(r)) rmSync(jobTempRoot(r), { recursive: true, force: true });
+  // A run the operator names with --force goes, folder included, even with no objects left.
+  if (opts.force === true && opts.runId !== undefined) candidates.add(opts.runId);
+  const runs = new Set<string>(fromStore);
+  for (const r of new Set([...candidates, ...fromStore])) {
+    if (!isRunIdSegment(r)) continue;
+    const verdict = folderVerdict(readRunOwner(r), existsSync(jobTempRoot(r)), {
+      fromStore: fromStore.has(r),
+      forced: opts.force === true && opts.runId === r,
+      host,
+    });
+    if (verdict.remove) rmSync(jobTempRoot(r), { recursive: true, force: true });
+    if (verdict.reaped) runs.add(r);
+  }
   result.runs = [...runs].sort();
   return result;
 }

@@ -11,7 +11,7 @@ import { DockerClient } from '../engine/index.js';
 import type { JobStatus, RunEvent, RunStatus } from './events.js';
 import { now } from './events.js';
 import { JobRun } from './job.js';
-import { jobTempRoot, newRunId } from './paths.js';
+import { createRunTempRoot, jobTempRoot, newRunId } from './paths.js';
 import { reap } from './reaper.js';
 import type { DockerMode, JobSpec, RunSpec } from './spec.js';
 import { maskSecrets } from './spec.js';
@@ -263,6 +263,8 @@ export async function runPipeline(opts: RunOptions): Promise<RunOutcome> {
       });
     };
     try {
+      // Its owner file tells the reaper whether this run's runner is alive (see reaper.ts).
+      createRunTempRoot(runId);
       for (;;) {
         const queued = jobs.filter((j) => status.get(j.name) === 'queued');
         if (queued.length === 0 && running.size === 0) break;

@@ -9,9 +9,9 @@ import { EventEmitter } from 'node:events';
 import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { BerthError, LABEL_JOB, LABEL_RUN, errorMessage } from '../common/index.js';
+import { BerthError, LABEL_JOB, LABEL_RUN, errorMessage, tenantOf } from '../common/index.js';
 import { DockerClient, containers } from '../engine/index.js';
-import { effectiveNeeds, loadRunSpec, reap, runPipeline } from '../runner/index.js';
+import { effectiveNeeds, loadRunSpec, objectName, reap, runPipeline } from '../runner/index.js';
 import type { RunEvent } from '../runner/index.js';
 import { pickRunsToStart } from './schedule.js';
 import type { Run, RunStatus, ServerStore } from './store.js';
@@ -379,7 +379,10 @@ class Sampler {
         all: false,
         filters: { label: [`${LABEL_RUN}=${this.runnerId}`, `${LABEL_JOB}=${job}`, 'io.berth.role=job'] },
       });
-      const c = list[0];
+      // The job container by its own name, not just its labels: a tenant's build step container
+      // may carry the same labels (its Dockerfile's) and no tenant label.
+      const own = `/${objectName(this.runnerId, job)}`;
+      const c = list.find((x) => x.Names.includes(own) && tenantOf(x.Labels) === undefined);
       if (!c) return;
       const s = await this.client.json<StatsJson>('GET', `/containers/${c.Id}/stats`, {
         query: { stream: false },

@@ -1,10 +1,11 @@
 /** `berth run` when things go wrong: failing steps, timeouts, Ctrl-C, a runner killed with -9. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { LABEL_TENANT } from '../../src/common/index.js';
 import { containers, networks, volumes } from '../../src/engine/index.js';
+import { readRunOwner, jobTempRoot } from '../../src/runner/paths.js';
 import { berth, engine, uniqueName } from '../support/index.js';
 import {
   LABEL_ARG,
@@ -210,10 +211,12 @@ jobs:
       left.length >= 5,
       `job, service, network and the job's own container and volume remain: ${left.join(', ')}`,
     );
+    assert.equal(readRunOwner(runId)?.pid, p.child.pid, 'the run folder names its runner');
     const reaped = await berth(['reap', '--store', join(ws.path, '.berth'), ...LABEL_ARG]);
     assert.equal(reaped.code, 0, reaped.stderr);
     assert.match(reaped.stdout, new RegExp(`reaped 1 run\\(s\\) \\(${runId}\\)`));
     assert.deepEqual(await leftovers(runId), []);
+    assert.equal(existsSync(jobTempRoot(runId)), false, 'the run folder is gone');
     const ls = await berth(['ls', '--json', '--store', join(ws.path, '.berth')]);
     const runs = JSON.parse(ls.stdout) as { id: string; status: string; jobs: { status: string }[] }[];
     assert.equal(runs[0]?.status, 'abandoned');
