@@ -332,9 +332,24 @@ export class TenantState {
    */
   readonly tagSince = new Map<string, number>();
 
+  /**
+   * An operation that may make the tag the tenant's starts now (dockerd's event for it comes
+   * before the operation's answer): the tag's events count from here, unless it is held already.
+   */
+  claimStart(ref: string): void {
+    const k = normalizeTag(ref);
+    if (!this.tags.has(k)) this.tagSince.set(k, Date.now());
+  }
+
+  /** The claim time of a tag taken without claimStart (or long after it): now. */
+  private since(k: string): void {
+    const s = this.tagSince.get(k);
+    if (!this.tags.has(k) && (s === undefined || Date.now() - s > 600_000)) this.tagSince.set(k, Date.now());
+  }
+
   /** A claim for an operation in flight; `setTag` or `releaseTag` settles it. */
   addTag(ref: string): void {
-    if (!this.tags.has(normalizeTag(ref))) this.tagSince.set(normalizeTag(ref), Date.now());
+    this.since(normalizeTag(ref));
     const k = normalizeTag(ref);
     const was = this.tags.get(k);
     if (was !== undefined) this.reopened.set(k, was);
@@ -344,7 +359,7 @@ export class TenantState {
   setTag(ref: string, imageId: string): void {
     const k = normalizeTag(ref);
     this.reopened.delete(k);
-    if (!this.tags.has(k)) this.tagSince.set(k, Date.now());
+    this.since(k);
     this.tags.set(k, imageId);
   }
 

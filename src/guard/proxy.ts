@@ -1466,6 +1466,7 @@ export class GuardProxy {
       );
     checkReservedRepository(repositoryOf(tag));
     this.assertNotFrozen(tag);
+    this.state.claimStart(tag);
     const { status, json } = await this.upstreamJson<{ Id?: string }>(
       'GET',
       `/images/${encodeURIComponent(tag)}/json`,
@@ -1637,6 +1638,7 @@ export class GuardProxy {
     const before = await this.digestRefs(repo);
     const had = await this.imageIds();
     const pullStart = Date.now();
+    if (tag !== undefined) this.state.claimStart(tag);
     const up = await this.upstream('POST', `/images/create?${qs.toString()}`, { headers });
     const report = new ProgressReport();
     for await (const chunk of up.body) report.feed(chunk as Buffer);
