@@ -100,7 +100,8 @@ test('base images: stages and scratch are not bases; variables expand from globa
 test('COPY --from an image is a base; a stage or an index is not; berth labels are refused', () => {
   const df =
     'FROM a AS one\nCOPY --from=one /x /x\nCOPY --from=0 /x /x\nCOPY --chown=1 --from=reg:5000/tool:2 /t /t\nCOPY --from=later /y /y\nFROM b AS later\n';
-  assert.deepEqual(readDockerfile(df).bases, ['a', 'reg:5000/tool:2', 'later', 'b']);
+  // `one` is the stage being built there: the builder reads it as an image.
+  assert.deepEqual(readDockerfile(df).bases, ['a', 'one', 'reg:5000/tool:2', 'later', 'b']);
   for (const bad of [
     'FROM a\nCOPY --from=$X /x /x\n',
     'FROM a\nCOPY --from="img" /x /x\n',
@@ -113,6 +114,23 @@ test('COPY --from an image is a base; a stage or an index is not; berth labels a
     assert.ok(readDockerfile(bad).refusals.length > 0, bad);
   assert.deepEqual(readDockerfile('FROM a\nLABEL version=$V other="x y"\n').refusals, []);
   assert.ok(triggerRefusals('img', ['LABEL io.berth.role=dind']).length > 0);
+});
+
+test('flags are read only when written plainly: a quoted flag cannot hide the word after it', () => {
+  for (const bad of [
+    'FROM --pl"atform"=linux/amd64${x:+" berth-local/busybox "} real\n',
+    "FROM --platform='a b' decoy real\n",
+    'FROM --platform=x\\ decoy real\n',
+    'FROM a\nCOPY --f"rom"=img /x /x\n',
+    'FROM a\nCOPY --fr\\om=img /x /x\n',
+    'FROM a\nONBUILD COPY --f"rom"=img /x /x\n',
+    'FROM --platform=x\tdecoy real\n',
+  ])
+    assert.ok(readDockerfile(bad).refusals.length > 0, bad);
+  assert.deepEqual(readDockerfile('FROM --platform=$BUILDPLATFORM golang:1 AS b\n').refusals, []);
+  // A stage's name is known once the stage ended: within it, it names an image.
+  assert.deepEqual(readDockerfile('FROM a AS self\nCOPY --from=self /x /x\n').bases, ['a', 'self']);
+  assert.deepEqual(readDockerfile('FROM a AS one\nFROM b\nCOPY --from=one /x /x\n').bases, ['a', 'b']);
 });
 
 test("a base image's ONBUILD triggers are read like Dockerfile lines", () => {

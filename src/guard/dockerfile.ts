@@ -163,8 +163,24 @@ function nonAscii(ins: Instruction): string | undefined {
 }
 
 /** The refusals an instruction brings (ADD, and ADD under ONBUILD). */
+/**
+ * dockerd reads an instruction's leading `--flag` words as a shell would: quotes and escape
+ * characters are taken out and keep spaces inside the word, so a quoted flag can hide the word
+ * after it (`FROM --pl"atform"=x${v:+" decoy "} real` builds from `real`). berth reads such words
+ * only when they are written plainly.
+ */
+function oddFlags(ins: Instruction): string | undefined {
+  if (!['from', 'copy', 'add'].includes(ins.keyword)) return undefined;
+  for (const w of ins.rest.trim().split(/ +/)) {
+    if (!w.startsWith('--')) break;
+    if (/["'\\`\t\v\f\r\n]/.test(w))
+      return `line ${ins.line}: ${ins.keyword.toUpperCase()} ${w}: berth reads an instruction's flags only when they are written plainly (no quotes, escape characters or tabs)`;
+  }
+  return undefined;
+}
+
 function refusalsOf(ins: Instruction): string[] {
-  const odd = nonAscii(ins);
+  const odd = nonAscii(ins) ?? oddFlags(ins);
   if (odd !== undefined) return [odd];
   if (ins.keyword === 'onbuild') {
     const inner = split(ins.rest, ins.line);
@@ -271,6 +287,7 @@ export function readDockerfile(
       if (typeof v === 'string') globals.set(name, v);
     }
     let seenFrom = false;
+    let current: string | undefined;
     for (const ins of instructions(text, reading)) {
       refusals.push(...refusalsOf(ins));
       if (ins.keyword === 'arg' && !seenFrom) {
@@ -288,6 +305,8 @@ export function readDockerfile(
       }
       if (ins.keyword === 'from') {
         seenFrom = true;
+        // A stage's name is known to the builder once the stage ended, not within it.
+        if (current !== undefined) stages.add(current);
         const words = ins.rest.split(/\s+/).filter((w) => w !== '' && !w.startsWith('--'));
         const word = words[0] ?? '';
         const image = expandArgs(word, globals);
@@ -315,7 +334,7 @@ export function readDockerfile(
             else if (platform !== '') platforms.push([image, platform]);
           }
         }
-        if ((words[1] ?? '').toLowerCase() === 'as' && words[2]) stages.add(words[2].toLowerCase());
+        current = (words[1] ?? '').toLowerCase() === 'as' && words[2] ? words[2].toLowerCase() : undefined;
       }
       // `COPY --from=<image>` that names no earlier stage: the builder reads (and pulls, when the
       // engine lacks it) that image as it reads a base. It is checked, pulled and held as one.

@@ -1642,9 +1642,16 @@ export class GuardProxy {
     const up = await this.upstream('POST', `/images/create?${qs.toString()}`, { headers });
     const report = new ProgressReport();
     for await (const chunk of up.body) report.feed(chunk as Buffer);
-    await this.claimNewDigests(repo, before, report.end().digests);
+    const reported = report.end().digests;
+    await this.claimNewDigests(repo, before, reported);
     const f = await this.inspectImage(ref).catch(() => undefined);
-    if (!f) return;
+    // Only what this pull brought: an image carrying a digest the pull reported (a pull that failed
+    // while someone else set the tag gives nothing).
+    if (
+      !f ||
+      !digestsOf(f).some((d) => repositoryOf(d) === repo && reported.has(d.slice(d.lastIndexOf('@') + 1)))
+    )
+      return;
     if (tag !== undefined && !existing) this.state.setTag(tag, f.Id);
     const created = Date.parse((f.Created ?? '').replace(/(\.\d{3})\d+/, '$1'));
     if (!had.has(f.Id) && created < pullStart) this.state.builtImages.add(f.Id);
