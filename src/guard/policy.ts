@@ -132,6 +132,36 @@ export function checkChanges(changes: readonly string[]): void {
   }
 }
 
+/**
+ * dockerd keeps every health probe's command, as an exec, until its container goes: a probe
+ * command is a few words in real use.
+ */
+export const MAX_HEALTH_TEST_BYTES = 4096;
+
+function checkHealthTest(test: unknown, policy: Policy, whose: string): void {
+  const bytes = Array.isArray(test)
+    ? test.reduce<number>((n, a) => n + Buffer.byteLength(String(a)) + 1, 0)
+    : 0;
+  check(
+    policy,
+    'resources',
+    bytes > MAX_HEALTH_TEST_BYTES,
+    `${whose}'s health check command is ${bytes} bytes (over ${MAX_HEALTH_TEST_BYTES}); dockerd keeps every probe's command`,
+  );
+}
+
+/** Container logs: what berth sets where the tenant sets nothing, and the largest it passes. */
+export const DEFAULT_LOG_MAX_SIZE = '10m';
+const MAX_LOG_BYTES = 100 * 1024 * 1024;
+
+/** A log max-size as dockerd reads it (`10m`, `1g`, `500k`, bytes); NaN when unreadable. */
+export function logBytes(size: string): number {
+  const m = /^([0-9]+(?:\.[0-9]+)?)\s*([kmg]?)b?$/i.exec(size.trim());
+  if (!m) return Number.NaN;
+  const unit = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 }[(m[2] ?? '').toLowerCase()] ?? Number.NaN;
+  return Number(m[1]) * unit;
+}
+
 /** The shortest health check interval, timeout and start period berth passes (dockerd takes 1 ms). */
 export const MIN_HEALTH_INTERVAL_NS = 1_000_000_000;
 
@@ -354,8 +384,29 @@ export function checkContainerCreate(
     const ns = typeof health[f] === 'number' ? health[f] : 0;
     check(p, 'resources', ns !== 0 && ns < MIN_HEALTH_INTERVAL_NS, `health check ${f} ${ns} ns is under 1 s`);
   }
+  checkHealthTest(health.Test, p, 'the container');
   checkLabels('container', body.Labels, ctx.labels);
   checkResources(hc, p);
+  // Logs go to the engine's disk: json-file (or local) with a size cap, unless the tenant set one
+  // (another driver is a trusted tenant's, under its own options).
+  const log = { ...obj(hc.LogConfig) };
+  if (str(log.Type) === '') log.Type = 'json-file';
+  if (str(log.Type) === 'json-file' || str(log.Type) === 'local') {
+    const logOpts: Record<string, unknown> = { ...obj(log.Config) };
+    const size = str(logOpts['max-size']);
+    if (size === '') logOpts['max-size'] = DEFAULT_LOG_MAX_SIZE;
+    else
+      check(
+        p,
+        'resources',
+        !(logBytes(size) <= MAX_LOG_BYTES),
+        `log max-size ${size} is over 100m (or unreadable)`,
+      );
+    const files = str(logOpts['max-file']);
+    if (files === '') logOpts['max-file'] = '3';
+    else check(p, 'resources', !/^[1-9]$/.test(files), `log max-file ${files} is over 9`);
+    hc.LogConfig = { ...log, Config: logOpts };
+  }
   applyLimits(hc, p.limits, ctx.containerCount, p.allow.has('limits'));
   out.Labels = { ...obj(body.Labels), ...ctx.labels };
   return out;
@@ -751,6 +802,7 @@ export function checkInheritedHealthcheck(own: unknown, image: unknown, policy: 
   const i = obj(image);
   const test = Array.isArray(c.Test) && c.Test.length > 0 ? c.Test : i.Test;
   if (Array.isArray(test) && test[0] === 'NONE') return;
+  checkHealthTest(test, policy, 'the image');
   if (!Array.isArray(test) || test.length === 0) return;
   for (const f of ['Interval', 'Timeout', 'StartPeriod', 'StartInterval'] as const) {
     const mine = typeof c[f] === 'number' ? c[f] : 0;

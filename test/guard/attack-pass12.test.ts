@@ -245,4 +245,48 @@ describe('attack: pass 12 (COPY --from, inherited health checks, moved bases, fo
     assert.match(ev.text, new RegExp(`"name":"${name}:v1"`), 'the tenant’s own tag event is shown');
     await send(sock, { method: 'DELETE', path: `/v1.41/images/${name}:v1` });
   });
+
+  test('pass 13: health check commands, container logs and cp -a are bounded', async () => {
+    const create = (body: Record<string, unknown>) =>
+      postJson(
+        sock,
+        `/v1.41/containers/create?name=${uniqueName('p13')}`,
+        JSON.stringify({ Image: IMAGE, Cmd: ['sleep', '30'], HostConfig: { NetworkMode: 'none' }, ...body }),
+      );
+    // dockerd keeps every probe's command until the container goes.
+    expectRefused(
+      await create({ Healthcheck: { Test: ['CMD', 'true', 'x'.repeat(5000)], Interval: 2_000_000_000 } }),
+      'resources',
+    );
+    // Logs get a size cap unless the tenant sets one; one over 100m is refused.
+    expectRefused(
+      await create({
+        HostConfig: { NetworkMode: 'none', LogConfig: { Type: 'json-file', Config: { 'max-size': '1g' } } },
+      }),
+      'resources',
+    );
+    const ok = await create({});
+    assert.equal(ok.status, 201, ok.text);
+    const id = (JSON.parse(ok.text) as { Id: string }).Id;
+    const log = (await containers(c).inspect(id)).HostConfig as {
+      LogConfig?: { Type?: string; Config?: Record<string, string> };
+    };
+    assert.equal(log.LogConfig?.Type, 'json-file');
+    assert.equal(log.LogConfig?.Config?.['max-size'], '10m');
+    // cp -a (copyUIDGID) with a named user would look the name up in the host's user database.
+    const named = await create({ User: 'postgres' });
+    assert.equal(named.status, 201, named.text);
+    const namedId = (JSON.parse(named.text) as { Id: string }).Id;
+    const tar = Buffer.concat([entry('f.txt', 'x'), END]);
+    const put = (cid: string) =>
+      send(sock, {
+        method: 'PUT',
+        path: `/v1.41/containers/${cid}/archive?path=/tmp&copyUIDGID=1`,
+        headers: [['Content-Type', 'application/x-tar']],
+        body: tar,
+      });
+    expectRefused(await put(namedId), 'namespaces', 'copyUIDGID with a named user');
+    assert.equal((await put(id)).status, 200, 'copyUIDGID with no user');
+    for (const x of [id, namedId]) await containers(c).remove(x, { force: true });
+  });
 });
