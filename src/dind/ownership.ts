@@ -77,20 +77,17 @@ export function ownSidecarName(c: {
   return (c.Names ?? []).some((n) => n.replace(/^\//, '') === want) ? name : undefined;
 }
 
+/** Whether an object berth made for the cache `key` in the given role (no tenant named). */
+function isOwnCacheObject(labels: Labels, key: string, role: string): boolean {
+  return tenantOf(labels) === undefined && labels?.[LABEL_ROLE] === role && labels[LABEL_DIND_CACHE] === key;
+}
+
 /** Whether a container is a cache lock berth made for the cache `key`. */
 export function isOwnCacheLock(labels: Labels, key: string): boolean {
-  return (
-    tenantOf(labels) === undefined &&
-    labels?.[LABEL_ROLE] === 'dind-cache-lock' &&
-    labels[LABEL_DIND_CACHE] === key
-  );
+  return isOwnCacheObject(labels, key, 'dind-cache-lock');
 }
 
 /** Whether a volume is the cache volume berth made for the cache `key`. */
 export function isOwnCacheVolume(labels: Labels, key: string): boolean {
-  return (
-    tenantOf(labels) === undefined &&
-    labels?.[LABEL_ROLE] === 'dind-cache' &&
-    labels[LABEL_DIND_CACHE] === key
-  );
+  return isOwnCacheObject(labels, key, 'dind-cache');
 }

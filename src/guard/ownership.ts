@@ -282,6 +282,21 @@ export class TenantState {
   readonly digests = new Map<string, string>();
   readonly networks = new Set<string>();
   readonly volumes = new Set<string>();
+  /**
+   * When each volume name became the tenant's (ms): volumes are known by name, and an events
+   * replay (`since`) must not show what someone else did under that name before.
+   */
+  readonly volumeSince = new Map<string, number>();
+
+  claimVolume(name: string, since = Date.now()): void {
+    this.volumes.add(name);
+    if (!this.volumeSince.has(name)) this.volumeSince.set(name, since);
+  }
+
+  forgetVolume(name: string): void {
+    this.volumes.delete(name);
+    this.volumeSince.delete(name);
+  }
 
   constructor(readonly tenant: string) {}
 

@@ -38,7 +38,6 @@ import {
   checkContainerCreate,
   checkChanges,
   checkImageRegistry,
-  checkInheritedHealthcheck,
   checkLabels,
   checkRegistry,
   checkReservedRepository,
@@ -342,7 +341,7 @@ export class GuardProxy {
 
   // ---------------------------------------------------------------- ownership lookups
 
-  async resolveContainer(ref: string): Promise<{ id: string; name: string }> {
+  async resolveContainer(ref: string): Promise<{ id: string; name: string; user: string }> {
     const r = ref.replace(/^\//, '');
     if (r === '') throw new NotFound(`No such container: ${ref}`);
     const { status, json } = await this.upstreamJson<ContainerJson>(
@@ -351,7 +350,7 @@ export class GuardProxy {
     );
     if (status !== 200 || !(await this.ownsContainer(json.Id, json.Config?.Labels, json.Image)))
       throw new NotFound(`No such container: ${r}`);
-    return { id: json.Id, name: json.Name.replace(/^\//, '') };
+    return { id: json.Id, name: json.Name.replace(/^\//, ''), user: json.Config?.User ?? '' };
   }
 
   private readonly imageLabelCache = new Map<string, Record<string, string>>();
@@ -426,24 +425,8 @@ export class GuardProxy {
     );
     if (status === 404) return false;
     if (status !== 200 || !this.state.owns(json.Labels)) throw new NotFound(`get ${name}: no such volume`);
-    this.claimVolume(name);
+    this.state.claimVolume(name);
     return true;
-  }
-
-  /**
-   * When each volume name became the tenant's (ms): volumes are known by name, and an events
-   * replay (`since`) must not show what someone else did under that name before.
-   */
-  private readonly volumeSince = new Map<string, number>();
-
-  private forgetVolume(name: string): void {
-    this.state.volumes.delete(name);
-    this.volumeSince.delete(name);
-  }
-
-  private claimVolume(name: string, since = Date.now()): void {
-    this.state.volumes.add(name);
-    if (!this.volumeSince.has(name)) this.volumeSince.set(name, since);
   }
 
   ensureNetwork(): Promise<string> {
@@ -618,7 +601,7 @@ export class GuardProxy {
         });
         // A pruned volume's name is free again: a later volume of that name is not the tenant's.
         const gone = isRecord(r?.json) ? r.json.VolumesDeleted : undefined;
-        if (Array.isArray(gone)) for (const v of gone) if (typeof v === 'string') this.forgetVolume(v);
+        if (Array.isArray(gone)) for (const v of gone) if (typeof v === 'string') this.state.forgetVolume(v);
         return;
       }
       case 'network.prune':
@@ -772,7 +755,7 @@ export class GuardProxy {
         const created = parseAnswer(r.raw) as { Name?: string; Labels?: Record<string, string> | null };
         if (r.status < 300 && !this.state.owns(created.Labels))
           throw new NotFound(`get ${name}: no such volume`);
-        if (r.status < 300 && created.Name) this.claimVolume(created.Name, asked);
+        if (r.status < 300 && created.Name) this.state.claimVolume(created.Name, asked);
         return sendJsonBytes(res, r.status, r.raw, r.headers);
       }
       case 'volume.inspect':
@@ -782,7 +765,7 @@ export class GuardProxy {
         const r = await this.forward(req, res, m.route.method, path() + q(query), { small: true });
         // A name is not the tenant's once its volume is gone: a later volume of that name (the
         // host's) would show in the tenant's events.
-        if (id === 'volume.delete' && r && r.status < 300) this.forgetVolume(name);
+        if (id === 'volume.delete' && r && r.status < 300) this.state.forgetVolume(name);
         return r;
       }
       case 'network.create': {
@@ -841,7 +824,7 @@ export class GuardProxy {
       default: {
         // Every other route is a container operation on {id}: resolve, check, forward with the full ID.
         if (id.startsWith('container.') && m.params.id !== undefined) {
-          const { id: cid } = await this.resolveContainer(m.params.id);
+          const { id: cid, user } = await this.resolveContainer(m.params.id);
           if (BULK.has(id)) return this.bulk(req, res, path({ id: cid }) + q(query));
           const r = m.route.body === 'stream' ? req : undefined;
           let qs = query;
@@ -853,22 +836,22 @@ export class GuardProxy {
           if (id === 'container.top') qs = onRequest(() => checkTopArgs(query, p));
           // dockerd looks a named User up in the host's user database for copyUIDGID: which
           // accounts the host has. Only a numeric user (or none) is passed.
-          if (id === 'container.archive.put' && goBool(query.get('copyUIDGID'))) {
-            const { json } = await this.upstreamJson<ContainerJson>('GET', `/containers/${cid}/json`);
-            const user = json.Config?.User ?? '';
-            if (user !== '' && !/^[0-9]+(:[0-9]+)?$/.test(user))
-              throw new Refusal(
-                'namespaces',
-                `copying with the container's owner (-a) resolves user ${user} in the host's user database; give the container a numeric user`,
-              );
-          }
+          if (
+            id === 'container.archive.put' &&
+            goBool(query.get('copyUIDGID')) &&
+            user !== '' &&
+            !/^[0-9]+(:[0-9]+)?$/.test(user)
+          )
+            throw new Refusal(
+              'namespaces',
+              `copying with the container's owner (-a) resolves user ${user} in the host's user database; give the container a numeric user`,
+            );
           const done = await this.forward(r ?? req, res, m.route.method, path({ id: cid }) + q(qs), {
             body: r,
           });
           if (id === 'container.delete' && done && done.status < 300) {
             this.state.containers.delete(cid);
-            for (const [e, c] of this.unstartedExecs) if (c === cid) this.unstartedExecs.delete(e);
-            this.execsMade.delete(cid);
+            this.forgetExecsOf(cid);
             await this.pins.detach(cid);
           }
           return;
@@ -1012,12 +995,6 @@ export class GuardProxy {
     body: Record<string, unknown>,
   ): Promise<void> {
     checkContainerName(query.get('name'));
-    // A health check the image brings runs as often as the image says.
-    if (!this.cfg.policy.allow.has('resources') && typeof body.Image === 'string') {
-      const image = (await this.inspectImage(body.Image).catch(() => undefined)) as
-        { Config?: { Healthcheck?: unknown } | null } | undefined;
-      checkInheritedHealthcheck(body.Healthcheck, image?.Config?.Healthcheck, this.cfg.policy);
-    }
     // Resolve every reference the rules need, then run the pure rules with the answers.
     const answers = new Map<string, string>();
     const volumes = new Map<string, boolean>();
@@ -1057,8 +1034,16 @@ export class GuardProxy {
           binds.set(k, { refused: e.message });
         }
       }
+      // A health check the image brings runs as the container's own (the rules merge the two).
+      const imageHealthcheck =
+        this.cfg.policy.allow.has('resources') || typeof body.Image !== 'string'
+          ? undefined
+          : (
+              (await this.inspectImage(body.Image).catch(() => undefined)) as
+                { Config?: { Healthcheck?: unknown } | null } | undefined
+            )?.Config?.Healthcheck;
       createdId = await this.oneCreateAtATime(() =>
-        this.createChecked(req, res, target, body, refs, volumes, answers, nets, binds),
+        this.createChecked(req, res, target, body, refs, { volumes, answers, nets, binds, imageHealthcheck }),
       );
     } finally {
       if (createdId !== undefined) this.pins.attach(createdId, held);
@@ -1095,11 +1080,15 @@ export class GuardProxy {
     target: string,
     body: Record<string, unknown>,
     refs: Refs,
-    volumes: Map<string, boolean>,
-    answers: Map<string, string>,
-    nets: Map<string, string>,
-    binds: Map<string, { forward: string } | { refused: string }>,
+    facts: {
+      volumes: Map<string, boolean>;
+      answers: Map<string, string>;
+      nets: Map<string, string>;
+      binds: Map<string, { forward: string } | { refused: string }>;
+      imageHealthcheck: unknown;
+    },
   ): Promise<string | undefined> {
+    const { volumes, answers, nets, binds, imageHealthcheck } = facts;
     const needsTenantNet = refs.needsTenantNetwork;
     const tenantNet = needsTenantNet ? await this.ensureNetwork() : this.networkName;
     const count = (await this.ownedContainerCount()) + this.buildsInFlight;
@@ -1121,7 +1110,13 @@ export class GuardProxy {
     const out = onRequest(() =>
       checkContainerCreate(
         body,
-        { labels: this.cfg.labels, network: tenantNet, policy: this.cfg.policy, containerCount: count },
+        {
+          labels: this.cfg.labels,
+          network: tenantNet,
+          policy: this.cfg.policy,
+          containerCount: count,
+          imageHealthcheck,
+        },
         resolver,
       ),
     );
@@ -1138,7 +1133,7 @@ export class GuardProxy {
         // dockerd's create answers with an existing volume of that name as it is: someone else may
         // have made it since the check.
         if (!this.state.owns(r.json.Labels)) throw new NotFound(`get ${vname}: no such volume`);
-        this.claimVolume(vname);
+        this.state.claimVolume(vname);
       }
     }
     const r = await this.forwardJson(req, res, 'POST', target, out, { capture: true });
@@ -1182,15 +1177,8 @@ export class GuardProxy {
    * one it does not have, so they would tell whether a host's or another tenant's container exists.
    * Each is resolved as the tenant's (absent otherwise) and forwarded as its full ID.
    */
-  private async resolveOrderFilters(query: URLSearchParams): Promise<URLSearchParams> {
-    const raw = query.get('filters');
-    let filters: unknown;
-    try {
-      filters = raw ? JSON.parse(raw) : undefined;
-    } catch {
-      return query; // refused as malformed by withTenantFilter
-    }
-    if (!isRecord(filters) || (filters.since === undefined && filters.before === undefined)) return query;
+  private async resolveOrderFilters(filters: Record<string, unknown>): Promise<Record<string, unknown>> {
+    if (filters.since === undefined && filters.before === undefined) return filters;
     const out: Record<string, unknown> = { ...filters };
     for (const key of ['since', 'before'] as const) {
       const v = filters[key];
@@ -1200,23 +1188,26 @@ export class GuardProxy {
       for (const ref of refs) ids.push((await this.resolveContainer(String(ref))).id);
       out[key] = Array.isArray(v) || !isRecord(v) ? ids : Object.fromEntries(ids.map((i) => [i, true]));
     }
-    const qs = new URLSearchParams(query);
-    qs.set('filters', JSON.stringify(out));
-    return qs;
+    return out;
   }
 
-  /** Forgets the unstarted execs of containers the engine no longer has (removed elsewhere). */
+  /** Forgets the execs of containers the engine no longer has (removed elsewhere). */
   private async forgetGoneExecs(): Promise<void> {
     for (const cid of new Set(this.unstartedExecs.values())) {
       const { status } = await this.upstreamBytes('GET', `/containers/${cid}/json`);
-      if (status === 404)
-        for (const [e, c] of this.unstartedExecs) if (c === cid) this.unstartedExecs.delete(e);
+      if (status === 404) this.forgetExecsOf(cid);
     }
+  }
+
+  /** A container is gone: its execs no longer count. */
+  private forgetExecsOf(cid: string): void {
+    for (const [e, c] of this.unstartedExecs) if (c === cid) this.unstartedExecs.delete(e);
+    this.execsMade.delete(cid);
   }
 
   private networkCreates: Promise<unknown> = Promise.resolve();
 
-  /** The networks on the engine that carry the tenant's label (its own network included). */
+  /** The networks the tenant created that the engine has (its own network not counted). */
   private async tenantNetworkCount(): Promise<number> {
     const filters = encodeURIComponent(JSON.stringify({ label: [`${LABEL_TENANT}=${this.cfg.tenant}`] }));
     const { status, json } = await this.upstreamJson<unknown[]>('GET', `/networks?filters=${filters}`);
@@ -1237,9 +1228,11 @@ export class GuardProxy {
     target: string,
     query: URLSearchParams,
   ): Promise<void> {
+    const filters = filtersObject(query);
     const qs = withTenantFilter(
-      id === 'container.list' ? await this.resolveOrderFilters(query) : query,
+      query,
       this.cfg.tenant,
+      id === 'container.list' ? await this.resolveOrderFilters(filters) : filters,
     );
     const { status, raw, headers } = await this.upstreamBytes('GET', `${target}?${qs.toString()}`);
     // Every entry a container this guard created (the usual case): the bytes go back unparsed.
@@ -1357,9 +1350,8 @@ export class GuardProxy {
       case 'network':
         return this.state.networks.has(actorId);
       case 'volume': {
-        const since = this.volumeSince.get(actorId);
-        const at = ev.timeNano !== undefined ? ev.timeNano / 1e6 : (ev.time ?? 0) * 1000;
-        return this.state.volumes.has(actorId) && (since === undefined || at >= since);
+        const since = this.state.volumeSince.get(actorId);
+        return this.state.volumes.has(actorId) && (since === undefined || eventMs(ev) >= since);
       }
       case 'image': {
         if (this.state.builtImages.has(actorId)) return true;
@@ -1367,8 +1359,7 @@ export class GuardProxy {
         const name = attrs.name ?? actorId;
         if (!this.state.ownsTag(name)) return false;
         const since = this.state.tagSince.get(normalizeTag(name));
-        const at = ev.timeNano !== undefined ? ev.timeNano / 1e6 : (ev.time ?? 0) * 1000;
-        if (since !== undefined && at < since) return false;
+        if (since !== undefined && eventMs(ev) < since) return false;
         return !this.state.settled(name) || this.state.ownsTagAt(name, actorId);
       }
       default:
@@ -1600,7 +1591,9 @@ export class GuardProxy {
           throw err;
         }
         for (const p of want.length > 0 ? want : [undefined])
-          await this.pullBase(b, registryConfig, p).catch(() => undefined);
+          await this.pullBase(b, registryConfig, p, found.status === 200 ? found.json.Id : undefined).catch(
+            () => undefined,
+          );
         found = await inspect(b);
       }
       const other = found.status === 200 ? mismatch() : undefined;
@@ -1640,7 +1633,12 @@ export class GuardProxy {
    * digest), with the build's credentials for that registry from its X-Registry-Config. Like the
    * build's own pull, it claims nothing for the tenant.
    */
-  private async pullBase(ref: string, registryConfig: string | undefined, platform?: string): Promise<void> {
+  private async pullBase(
+    ref: string,
+    registryConfig: string | undefined,
+    platform: string | undefined,
+    existing: string | undefined,
+  ): Promise<void> {
     const at = ref.indexOf('@');
     const colon = ref.lastIndexOf(':');
     const tagged = at < 0 && colon > ref.lastIndexOf('/');
@@ -1656,8 +1654,7 @@ export class GuardProxy {
     // A tag someone else has is not moved (dockerd writes the tag a pull names): the build then
     // uses the image the engine has, which berth checked.
     const tag = at < 0 ? normalizeTag(tagged ? ref : `${ref}:latest`) : undefined;
-    const existing = await this.inspectImage(ref).catch(() => undefined);
-    if (existing && tag !== undefined && !this.state.ownsTagAt(tag, existing.Id)) return;
+    if (existing !== undefined && tag !== undefined && !this.state.ownsTagAt(tag, existing)) return;
     // What the pull brings the engine is the tenant's, as for its own pulls (removed with its
     // other objects): a new tag, new digest references, an image the engine did not have.
     const repo = repositoryOf(ref);
@@ -1678,9 +1675,8 @@ export class GuardProxy {
       !digestsOf(f).some((d) => repositoryOf(d) === repo && reported.has(d.slice(d.lastIndexOf('@') + 1)))
     )
       return;
-    if (tag !== undefined && !existing) this.state.setTag(tag, f.Id);
-    const created = Date.parse((f.Created ?? '').replace(/(\.\d{3})\d+/, '$1'));
-    if (!had.has(f.Id) && created < pullStart) this.state.builtImages.add(f.Id);
+    if (tag !== undefined && existing === undefined) this.state.setTag(tag, f.Id);
+    if (pulledHere(f, had, pullStart)) this.state.builtImages.add(f.Id);
   }
 
   /**
@@ -1998,10 +1994,19 @@ export class GuardProxy {
     await this.deleteIfUnnamed(idv);
   }
 
-  /** Deletes an image nobody names (unforced); what dockerd deleted, or why nothing was. */
+  /** Deletes an image nobody names (unforced), then its own parents; what dockerd deleted, or why nothing was. */
   private async deleteIfUnnamed(
     idv: string,
   ): Promise<{ Deleted?: string; Untagged?: string }[] | 'gone' | 'kept'> {
+    const d = await this.deleteOneUnnamed(idv);
+    if (typeof d === 'string') return d;
+    return [...d.deleted, ...(await this.pruneOwnParents(d.f.Parent))];
+  }
+
+  /** Deletes one image nobody names, unforced and without its parents (noprune). */
+  private async deleteOneUnnamed(
+    idv: string,
+  ): Promise<{ f: ImageFacts; deleted: { Deleted?: string; Untagged?: string }[] } | 'gone' | 'kept'> {
     const f = await this.inspectImage(idv);
     if (!f) return 'gone';
     if (named(f)) return 'kept';
@@ -2009,8 +2014,14 @@ export class GuardProxy {
       'DELETE',
       `/images/${encodeURIComponent(idv)}?noprune=1`,
     );
-    if (r.status >= 300 || !Array.isArray(r.json)) return 'kept';
-    return [...r.json, ...(await this.pruneOwnParents(f.Parent))];
+    if (r.status >= 300 || !Array.isArray(r.json)) return 'kept'; // a child or a container holds it
+    return { f, deleted: r.json };
+  }
+
+  /** One of the tenant's images went: it is forgotten, and its own parents go after it. */
+  private async ownImageGone(f: ImageFacts): Promise<void> {
+    this.state.builtImages.delete(f.Id);
+    await this.pruneOwnParents(f.Parent);
   }
 
   /**
@@ -2033,13 +2044,11 @@ export class GuardProxy {
   private async pruneOwnParents(parent: string | undefined): Promise<{ Deleted?: string }[]> {
     const out: { Deleted?: string }[] = [];
     for (let p = parent; p && this.state.builtImages.has(p) && !this.heldImages.has(p);) {
-      const f = await this.inspectImage(p);
-      if (!f || named(f)) break;
-      const r = await this.upstreamJson<{ Deleted?: string }[]>('DELETE', `/images/${p}?noprune=1`);
-      if (r.status >= 300) break; // a child or a container still uses it
+      const d = await this.deleteOneUnnamed(p);
+      if (typeof d === 'string') break;
       this.state.builtImages.delete(p);
-      if (Array.isArray(r.json)) out.push(...r.json);
-      p = f.Parent;
+      out.push(...d.deleted);
+      p = d.f.Parent;
     }
     return out;
   }
@@ -2160,11 +2169,7 @@ export class GuardProxy {
       if (pulledRef !== undefined && had !== undefined) {
         // A tagged pull's image was read just now; a pull by digest reads it here.
         const f = tag ? confirmed : await this.inspectImage(pulledRef).catch(() => undefined);
-        // A registry's image was made before the pull began. One made since (its ID covers its
-        // creation time) is someone else's new image, which a registry the tenant runs can serve
-        // back while the pull waits: not the tenant's.
-        const created = Date.parse((f?.Created ?? '').replace(/(\.\d{3})\d+/, '$1'));
-        if (f && !had.has(f.Id) && made(f, report) && created < pullStart) this.state.builtImages.add(f.Id);
+        if (f && made(f, report) && pulledHere(f, had, pullStart)) this.state.builtImages.add(f.Id);
       }
     }
     await pulled?.(report);
@@ -2232,10 +2237,7 @@ export class GuardProxy {
         for (const d of digests) this.state.digests.delete(normalizeTag(d));
         // dockerd deleted the image with its last name unless a child image holds it (then it
         // stays the tenant's, for the prune or the cleanup).
-        if (lastName && (await this.inspectImage(f.Id)) === undefined) {
-          this.state.builtImages.delete(f.Id);
-          await this.pruneOwnParents(f.Parent);
-        }
+        if (lastName && (await this.inspectImage(f.Id)) === undefined) await this.ownImageGone(f);
       }
       return r;
     }
@@ -2288,10 +2290,7 @@ export class GuardProxy {
     const r = await this.upstreamBytes('DELETE', `/images/${encodeURIComponent(ref)}${noPrune(query)}`);
     if (r.status < 300) {
       this.state.digests.delete(normalizeTag(ref));
-      if (lastName && (await this.inspectImage(f.Id)) === undefined) {
-        this.state.builtImages.delete(f.Id);
-        await this.pruneOwnParents(f.Parent);
-      }
+      if (lastName && (await this.inspectImage(f.Id)) === undefined) await this.ownImageGone(f);
     }
     return r;
   }
@@ -2356,10 +2355,7 @@ export class GuardProxy {
     const f = await this.inspectImage(byDigest).catch(() => undefined);
     if (f && refBefore === undefined && digestsOf(f).some((d) => normalizeTag(d) === normalizeTag(byDigest)))
       this.state.digests.set(normalizeTag(byDigest), f.Id);
-    if (f && !pull.had.has(f.Id)) {
-      const created = Date.parse((f.Created ?? '').replace(/(\.\d{3})\d+/, '$1'));
-      if (created < pull.pullStart) this.state.builtImages.add(f.Id);
-    }
+    if (f && pulledHere(f, pull.had, pull.pullStart)) this.state.builtImages.add(f.Id);
     if (f?.Id !== was)
       return fail(
         `berth: image-tag: the registry's ${tag} is not the image the engine's tag names, and that tag belongs to someone else: it was left as it is, and the image was pulled as ${byDigest} only (tag it with a name of your own)`,
@@ -2488,10 +2484,7 @@ export class GuardProxy {
         `${buildPath(m.route, { name: idv }, m.apiVersion)}?${qs.toString()}`,
         { capture: true },
       );
-      if (done && done.status < 300) {
-        this.state.builtImages.delete(idv);
-        await this.pruneOwnParents(f.Parent);
-      }
+      if (done && done.status < 300) await this.ownImageGone(f);
       return;
     }
     const tag = normalizeTag(name);
@@ -2801,20 +2794,33 @@ function firstWins(q: URLSearchParams): URLSearchParams {
 }
 
 /** Adds `label=io.berth.tenant=<t>` to a list/prune query's `filters`. */
-export function withTenantFilter(query: URLSearchParams, tenant: string): URLSearchParams {
-  const out = new URLSearchParams(query);
-  let filters: Record<string, unknown> = {};
+/**
+ * A request's `filters` as the JSON object it is ({} when absent), its form kept for re-encoding
+ * (parseFilters reads the values); refused when it is not an object.
+ */
+export function filtersObject(query: URLSearchParams): Record<string, unknown> {
   const raw = query.get('filters');
-  if (raw) {
-    try {
-      const parsed: unknown = JSON.parse(raw);
-      if (parsed && typeof parsed === 'object' && !Array.isArray(parsed))
-        filters = parsed as Record<string, unknown>;
-      else throw new Error('not an object');
-    } catch {
-      throw new Refusal('malformed', 'filters is not a JSON object', 400);
-    }
+  if (!raw) return {};
+  try {
+    const parsed: unknown = JSON.parse(raw);
+    if (isRecord(parsed)) return parsed;
+  } catch {
+    // refused below
   }
+  throw new Refusal('malformed', 'filters is not a JSON object', 400);
+}
+
+/**
+ * The query with the tenant's label added to its filters (`filters`: the query's own, parsed
+ * already by a caller that read them).
+ */
+export function withTenantFilter(
+  query: URLSearchParams,
+  tenant: string,
+  parsed: Record<string, unknown> = filtersObject(query),
+): URLSearchParams {
+  const out = new URLSearchParams(query);
+  const filters = { ...parsed };
   const label = filters.label;
   const want = `${LABEL_TENANT}=${tenant}`;
   // dockerd reads either {"key": {"value": true}} or the legacy {"key": ["value"]}, not a mix.
@@ -3021,6 +3027,20 @@ function onRequest<T>(rules: () => T): T {
     if (e instanceof Refusal || e instanceof BodyError || e instanceof PathError) throw e;
     throw new BodyError(`the request has an unexpected shape (${errorMessage(e)})`);
   }
+}
+
+/** When an event happened (ms). */
+function eventMs(ev: DockerEvent): number {
+  return ev.timeNano !== undefined ? ev.timeNano / 1e6 : (ev.time ?? 0) * 1000;
+}
+
+/**
+ * Whether a pull brought the image `f`: the engine did not have it when the pull began, and it was
+ * made before then (its ID covers its creation time: one made since is someone else's new image,
+ * which a registry the tenant runs can serve back while the pull waits).
+ */
+function pulledHere(f: ImageFacts, had: ReadonlySet<string>, pullStart: number): boolean {
+  return !had.has(f.Id) && Date.parse((f.Created ?? '').replace(/(\.\d{3})\d+/, '$1')) < pullStart;
 }
 
 /** An image delete's query with `noprune=1`: dockerd takes no parent image along. */
