@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
-packages=(docker.io iptables busybox-static debootstrap docker-registry curl git)
+packages=(docker.io iptables busybox-static debootstrap docker-registry curl git gcc libc6-dev)
 if [ "${1:-}" = "--test" ]; then
   packages+=(docker-compose haproxy postgresql chromium)
 fi

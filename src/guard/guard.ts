@@ -44,6 +44,12 @@ export interface GuardOptions {
    * what they made (default 120 s); past that, what they make is left to the reaper (labels).
    */
   lateMs?: number;
+  /**
+   * How bulk downloads (save, export, cp out, logs) reach the client: `splice` (default) has the
+   * kernel move them with the berth-splice helper where it was built and both ends allow it;
+   * `javascript` always relays them through the guard's own code (see bulksplice.ts).
+   */
+  bulkRelay?: 'splice' | 'javascript';
 }
 
 export interface GuardHandle {
@@ -88,6 +94,7 @@ export async function createGuard(o: GuardOptions): Promise<GuardHandle> {
     audit: o.audit === undefined ? undefined : sink.write,
     bindPins: o.bindPins,
     engineKey: upstream.url,
+    bulkRelay: o.bulkRelay,
   });
   // Requests still being handled when the guard closes must land before the cleanup looks.
   const inflight = new Set<Promise<unknown>>();

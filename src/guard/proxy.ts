@@ -5,6 +5,7 @@
  * bytes go upstream. Streams (logs, events, build contexts, save/load, archives) flow with
  * backpressure; attach/exec connections are spliced with half-close in both directions.
  */
+import { TLSSocket } from 'node:tls';
 import http from 'node:http';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex, Readable } from 'node:stream';
@@ -55,6 +56,7 @@ import type { Resolver } from './policy.js';
 import { relay } from './relay.js';
 import { BindPins, BindSourceError, pinMode } from './pin.js';
 import { rawStream, requestHead } from './rawstream.js';
+import { spliceHelper, spliceStream } from './bulksplice.js';
 import { ArchiveError, ArchiveScan } from './loadscan.js';
 import { ContextGate, dockerfilePaths } from './contextgate.js';
 import { readDockerfile, triggerRefusals } from './dockerfile.js';
@@ -95,6 +97,8 @@ export interface ProxyConfig {
    * longer has (then twice as many as it still remembers). Default 1024.
    */
   forgetFrom?: number | undefined;
+  /** Bulk downloads by the kernel (`splice`, default where possible) or through JavaScript. */
+  bulkRelay?: 'splice' | 'javascript' | undefined;
 }
 
 /** A small engine answer, held whole. */
@@ -966,7 +970,14 @@ export class GuardProxy {
     }
     // From here the answer goes onto the client's socket directly; node:http writes nothing.
     res.shouldKeepAlive = false;
-    res.statusCode = await rawStream(connect, requestHead('GET', target), req.socket);
+    const head = requestHead('GET', target);
+    const endpoint = this.cfg.transport.endpoint;
+    const helper = this.cfg.bulkRelay === 'javascript' ? undefined : spliceHelper();
+    if (helper && endpoint.kind === 'unix' && !(req.socket instanceof TLSSocket)) {
+      res.statusCode = await spliceStream(helper, endpoint.socketPath, head, req.socket);
+      return;
+    }
+    res.statusCode = await rawStream(connect, head, req.socket);
   }
 
   forwardJson(

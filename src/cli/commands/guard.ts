@@ -60,6 +60,11 @@ export function registerGuard(program: Command): void {
       'bind sources below a mapped folder: auto (pin them where possible) or roots (mapped folders only)',
       'auto',
     )
+    .option(
+      '--bulk-relay <mode>',
+      'save, export, cp out and logs: splice (moved by the kernel where the helper was built) or javascript',
+      'splice',
+    )
     .option('--tls-cert <file>', 'server certificate (tcp://)')
     .option('--tls-key <file>', 'server key (tcp://)')
     .option('--tls-ca <file>', 'CA for client certificates (tcp://)')
@@ -75,6 +80,7 @@ export function registerGuard(program: Command): void {
         keep?: boolean;
         insecureTcp?: boolean;
         bindPins: string;
+        bulkRelay: string;
         tlsCert?: string;
         tlsKey?: string;
         tlsCa?: string;
@@ -83,6 +89,8 @@ export function registerGuard(program: Command): void {
           o.tlsCert && o.tlsKey && o.tlsCa ? { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa } : undefined;
         if (o.bindPins !== 'auto' && o.bindPins !== 'roots')
           throw new BerthError('BERTH_USAGE', `--bind-pins ${o.bindPins}: expected auto or roots`);
+        if (o.bulkRelay !== 'splice' && o.bulkRelay !== 'javascript')
+          throw new BerthError('BERTH_USAGE', `--bulk-relay ${o.bulkRelay}: expected splice or javascript`);
         // The guard runs in a worker thread of its own, as the runner's do: its heap then holds the
         // guard alone. In this thread, next to the CLI's modules, a guard that had served a few
         // thousand API requests collected with a full mark-compact every 20 MB of build context
@@ -99,6 +107,7 @@ export function registerGuard(program: Command): void {
           tls,
           insecureTcp: o.insecureTcp === true,
           bindPins: o.bindPins,
+          bulkRelay: o.bulkRelay,
         });
         process.stderr.write(`berth guard: tenant ${o.tenant} ready at ${guard.address}\n`);
         process.stdout.write(`DOCKER_HOST=${guard.address}\n`);

@@ -1,0 +1,149 @@
+/*
+ * berth-splice: one bulk download (docker save, export, cp out) from the engine to a client, moved
+ * by the kernel (splice through a pipe) instead of through the guard's JavaScript.
+ *
+ *   berth-splice ENGINE_SOCKET_PATH REQUEST_HEAD      (fd 3: the client's connection)
+ *
+ * It connects to the engine's unix socket, sends REQUEST_HEAD (a complete head the guard built,
+ * with `Connection: close`), reads the answer's status line, prints `status NNN` on stdout, and
+ * from then on moves the whole answer (head and body, unchanged) onto fd 3 until the engine closes
+ * the connection. The guard has already checked the request; this program takes no decision.
+ *
+ * Exit codes: 0 the answer was moved whole; 1 nothing was written to the client (the reason is on
+ * stderr; the guard can still answer with an error); 2 the client went away; 3 the engine's
+ * connection failed midway; 64 usage.
+ *
+ * Backpressure is the kernel's: data leaves the engine's socket only as fast as the client's
+ * socket takes it (the pipe between them holds at most 1 MiB).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define CLIENT 3
+#define PIPE_CAP (1 << 20)
+
+static void fail(int code, const char *what) {
+  fprintf(stderr, "berth-splice: %s: %s\n", what, strerror(errno));
+  exit(code);
+}
+
+/* Waits until fd is ready for `events`; a client that hung up ends the program. */
+static void wait_for(int fd, short events) {
+  struct pollfd p[2] = {{fd, events, 0}, {CLIENT, 0, 0}};
+  for (;;) {
+    int n = poll(p, fd == CLIENT ? 1 : 2, -1);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) fail(3, "poll");
+    if (fd != CLIENT && (p[1].revents & (POLLHUP | POLLERR))) exit(2);
+    if (fd == CLIENT && (p[0].revents & (POLLHUP | POLLERR))) exit(2);
+    if (p[0].revents) return;
+  }
+}
+
+/* Writes all of buf to the (non-blocking) client socket. */
+static void write_client(const char *buf, size_t len) {
+  while (len > 0) {
+    ssize_t n = write(CLIENT, buf, len);
+    if (n > 0) {
+      buf += n;
+      len -= (size_t)n;
+    } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+      wait_for(CLIENT, POLLOUT);
+    } else {
+      exit(2);
+    }
+  }
+}
+
+int main(int argc, char **argv) {
+  if (argc != 3) {
+    fprintf(stderr, "usage: berth-splice ENGINE_SOCKET_PATH REQUEST_HEAD (fd 3: client)\n");
+    return 64;
+  }
+  signal(SIGPIPE, SIG_IGN);
+  /* The guard that started it is the only reason to go on: it goes when the guard goes. */
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (fcntl(CLIENT, F_GETFD) < 0) fail(64, "fd 3");
+
+  struct sockaddr_un addr = {.sun_family = AF_UNIX};
+  if (strlen(argv[1]) >= sizeof addr.sun_path) {
+    errno = ENAMETOOLONG;
+    fail(1, "engine socket path");
+  }
+  strcpy(addr.sun_path, argv[1]);
+  int up = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (up < 0) fail(1, "socket");
+  if (connect(up, (struct sockaddr *)&addr, sizeof addr) < 0) fail(1, "connect to the engine");
+  const char *head = argv[2];
+  size_t left = strlen(head);
+  while (left > 0) {
+    ssize_t n = write(up, head, left);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) fail(1, "send the request");
+    head += n;
+    left -= (size_t)n;
+  }
+
+  /* The answer's first bytes, up to the end of its status line, are read here. */
+  char first[4096];
+  size_t got = 0;
+  char *eol = NULL;
+  while (eol == NULL && got < sizeof first) {
+    ssize_t n = read(up, first + got, sizeof first - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) fail(1, "read the answer");
+    if (n == 0) {
+      errno = ECONNRESET;
+      fail(1, "the engine closed the connection without an answer");
+    }
+    got += (size_t)n;
+    eol = memchr(first, '\n', got);
+  }
+  int status = 0;
+  if (eol == NULL || sscanf(first, "HTTP/1.%*1[01] %3d", &status) != 1 || status < 100) {
+    errno = EPROTO;
+    fail(1, "the engine's answer has no status line");
+  }
+  printf("status %d\n", status);
+  fflush(stdout);
+  write_client(first, got);
+
+  if (fcntl(up, F_SETFL, fcntl(up, F_GETFL) | O_NONBLOCK) < 0) fail(3, "fcntl");
+  int p[2];
+  if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0) fail(3, "pipe");
+  long cap = fcntl(p[1], F_SETPIPE_SZ, PIPE_CAP);
+  if (cap < 0) cap = fcntl(p[1], F_GETPIPE_SZ);
+  if (cap <= 0) cap = 65536;
+
+  size_t held = 0;
+  int ended = 0;
+  for (;;) {
+    int want_in = 0, want_out = 0;
+    if (!ended && held < (size_t)cap) {
+      ssize_t n = splice(up, NULL, p[1], NULL, (size_t)cap - held, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      if (n > 0) held += (size_t)n;
+      else if (n == 0) ended = 1;
+      else if (errno == EAGAIN) want_in = 1;
+      else if (errno != EINTR) fail(3, "read from the engine");
+    }
+    if (held > 0) {
+      ssize_t n = splice(p[0], NULL, CLIENT, NULL, held, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      if (n > 0) held -= (size_t)n;
+      else if (n < 0 && errno == EAGAIN) want_out = 1;
+      else if (n < 0 && errno != EINTR) exit(2);
+    }
+    if (ended && held == 0) return 0;
+    if (want_out && (want_in || ended || held >= (size_t)cap)) wait_for(CLIENT, POLLOUT);
+    else if (want_in && held == 0) wait_for(up, POLLIN);
+  }
+}
