@@ -6,10 +6,16 @@ import { mkdirSync } from 'node:fs';
 const cc = process.env.CC || 'cc';
 const out = 'dist/native/berth-splice';
 mkdirSync('dist/native', { recursive: true });
-const r = spawnSync(cc, ['-O2', '-Wall', '-Wextra', '-Werror', '-o', out, 'src/guard/native/berth-splice.c'], {
-  stdio: 'inherit',
-});
+const r = spawnSync(
+  cc,
+  ['-O2', '-Wall', '-Wextra', '-Werror', '-o', out, 'src/guard/native/berth-splice.c'],
+  {
+    stdio: 'inherit',
+  },
+);
 if (r.error || r.status !== 0) {
   const why = r.error ? r.error.message : `${cc} exited with ${r.status}`;
-  console.warn(`berth: the splice helper was not built (${why}); the guard relays bulk downloads in JavaScript`);
+  console.warn(
+    `berth: the splice helper was not built (${why}); the guard relays bulk downloads in JavaScript`,
+  );
 }

@@ -51,7 +51,12 @@ const NOTHING_SENT = 1;
  * closed afterwards. Resolves with the answer's status; rejects (RawStreamError) only when nothing
  * was written to the client, so the caller can still answer with an error.
  */
-export function spliceStream(helper: string, enginePath: string, head: string, client: Socket): Promise<number> {
+export function spliceStream(
+  helper: string,
+  enginePath: string,
+  head: string,
+  client: Socket,
+): Promise<number> {
   return new Promise<number>((resolve, reject) => {
     let status = 0;
     let out = '';
