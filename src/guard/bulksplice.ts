@@ -62,7 +62,9 @@ export function spliceStream(
     let out = '';
     let err = '';
     // Node stops reading the client's socket here: the helper owns it until it exits.
-    const child = spawn(helper, [enginePath, head], { stdio: ['ignore', 'pipe', 'pipe', client] });
+    const child = spawn(helper, [enginePath], { stdio: ['pipe', 'pipe', 'pipe', client] });
+    // The head goes on stdin: an argument would be in the process list for every local user.
+    child.stdin?.on('error', () => undefined).end(head);
     child.stdout?.setEncoding('latin1').on('data', (d: string) => {
       if (out.length < 64) out += d;
       const m = /^status (\d{3})\n/.exec(out);

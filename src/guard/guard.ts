@@ -172,6 +172,7 @@ export async function createGuard(o: GuardOptions): Promise<GuardHandle> {
       });
     }
   });
+  proxy.start();
   const sockets = new Set<import('node:net').Socket>();
   server.on('connection', (s) => {
     sockets.add(s);

@@ -264,6 +264,32 @@ export function listedContainerIds(answer: Buffer): string[] | undefined {
   return undefined;
 }
 
+/** A set that remembers when each member came in (ms). */
+export class TimedSet extends Set<string> {
+  readonly at = new Map<string, number>();
+  override add(v: string): this {
+    this.at.set(v, Date.now());
+    return super.add(v);
+  }
+  override delete(v: string): boolean {
+    this.at.delete(v);
+    return super.delete(v);
+  }
+}
+
+/** A map that remembers when each key was last set (ms). */
+export class TimedMap extends Map<string, string> {
+  readonly at = new Map<string, number>();
+  override set(k: string, v: string): this {
+    this.at.set(k, Date.now());
+    return super.set(k, v);
+  }
+  override delete(k: string): boolean {
+    this.at.delete(k);
+    return super.delete(k);
+  }
+}
+
 export class TenantState {
   /** Containers this guard created (their tenant label is ours even when the image also carries it). */
   readonly containers = new Set<string>();
@@ -273,13 +299,14 @@ export class TenantState {
    * have set the same name since (two builds of one new tag, a host re-tag).
    */
   readonly tags = new Map<string, string | undefined>();
-  readonly builtImages = new Set<string>();
+  /** Images the tenant made (with when each became the tenant's). */
+  readonly builtImages = new TimedSet();
   /**
    * Digest references (`repo@sha256:…`) the tenant's pulls and pushes made, with their image ID.
    * dockerd drops a repository's digest references along with its last tag on an image, so an
    * untag must know which of them are the tenant's to lose.
    */
-  readonly digests = new Map<string, string>();
+  readonly digests = new TimedMap();
   readonly networks = new Set<string>();
   readonly volumes = new Set<string>();
   /**
@@ -376,6 +403,54 @@ export class TenantState {
     this.reopened.delete(k);
     this.since(k);
     this.tags.set(k, imageId);
+    this.settledAt.set(k, Date.now());
+  }
+
+  /** When each settled tag claim settled (ms): a write of that name logged later is someone else's. */
+  private readonly settledAt = new Map<string, number>();
+
+  /**
+   * The image left the engine (at `atMs`): every claim naming it ends (its ID comes back whenever anyone pulls
+   * the same content again, and would be taken for the tenant's).
+   */
+  forgetImage(id: string, atMs = Date.now()): void {
+    // Only claims older than the image's removal: an event replayed late must not end a claim
+    // made on the same content after it came back.
+    for (const [k, v] of this.tags) if (v === id && (this.settledAt.get(k) ?? 0) < atMs) this.tags.delete(k);
+    for (const [k, v] of this.digests)
+      if (v === id && (this.digests.at.get(k) ?? 0) < atMs) this.digests.delete(k);
+    if ((this.builtImages.at.get(id) ?? 0) < atMs) this.builtImages.delete(id);
+  }
+
+  /** The tag and digest references the tenant claims on an image (settled claims only). */
+  claimsOn(id: string): string[] {
+    const out: string[] = [];
+    for (const [k, v] of this.tags) if (v === id) out.push(k);
+    for (const [k, v] of this.digests) if (v === id) out.push(k);
+    return out;
+  }
+
+  /** Ends the claim on a tag or digest reference (a name the engine no longer maps to the claimed image). */
+  forgetClaim(name: string): void {
+    this.tags.delete(name);
+    this.digests.delete(name);
+  }
+
+  /**
+   * The engine logged a write of `ref` (a tag, a pull) at `atMs`. A settled claim older than that
+   * is over: someone else wrote the name since, even when it names the same image again. The
+   * tenant's own writes are logged before their claim settles (dockerd logs, then answers).
+   */
+  foreignWrite(ref: string, atMs: number): void {
+    let k: string;
+    try {
+      k = normalizeTag(ref);
+    } catch {
+      return; // not a tag (a digest reference): the image's own events tell
+    }
+    // The claim's time is whole milliseconds (Date.now()), the event's finer: an own write logged
+    // in the same millisecond as its claim settled is not someone else's.
+    if (this.tags.get(k) !== undefined && (this.settledAt.get(k) ?? 0) + 1 < atMs) this.tags.delete(k);
   }
 
   /**

@@ -57,6 +57,8 @@ import { relay } from './relay.js';
 import { BindPins, BindSourceError, pinMode } from './pin.js';
 import { rawStream, requestHead } from './rawstream.js';
 import { spliceHelper, spliceStream } from './bulksplice.js';
+import { ImageWatch, imageEventEffect } from './imagewatch.js';
+import type { ImageEvent } from './imagewatch.js';
 import { ArchiveError, ArchiveScan } from './loadscan.js';
 import { ContextGate, dockerfilePaths } from './contextgate.js';
 import { readDockerfile, triggerRefusals } from './dockerfile.js';
@@ -201,6 +203,21 @@ async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
 }
 
 /** Downloads relayed byte for byte (rawstream.ts): large answers the guard never needs to read. */
+/** Routes whose decisions rest on the tenant's image claims (see ImageWatch.sync). */
+const CLAIM_ROUTES: ReadonlySet<string> = new Set([
+  'image.build',
+  'image.create',
+  'image.load',
+  'image.prune',
+  'image.commit',
+  'image.push',
+  'image.tag',
+  'image.delete',
+]);
+/** berth-splice processes one guard runs at once; downloads beyond them take the JavaScript relay. */
+const MAX_SPLICING = 16;
+/** Followed container logs one guard serves at once (see followLogs). */
+const MAX_FOLLOWS = 16;
 const BULK: ReadonlySet<string> = new Set(['container.logs', 'container.export', 'container.archive.get']);
 
 /** Sized upstream answers up to this many bytes are read whole and sent in one write. */
@@ -250,6 +267,46 @@ export class GuardProxy {
   /** Execs asked for per container, over its life (forgotten with the container). */
   private readonly execsMade = new Map<string, number>();
 
+  /** The engine's image events, ending claims whose image or name went (see imagewatch.ts). */
+  readonly imageWatch = new ImageWatch({
+    open: async (path) => {
+      const up = await this.upstream('GET', path, { evenStopped: true });
+      if (up.status !== 200) {
+        up.body.resume();
+        throw new Error(`the engine answered ${up.status} to its events`);
+      }
+      return up.body;
+    },
+    handle: (ev) => this.onImageEvent(ev),
+  });
+
+  /** What an image event ends of the tenant's claims. */
+  private async onImageEvent(ev: ImageEvent): Promise<void> {
+    const e = imageEventEffect(ev);
+    switch (e.kind) {
+      case 'gone':
+        this.state.forgetImage(e.id, e.atMs);
+        return;
+      case 'untagged':
+        // One of the image's names went: the claims naming it hold only where the name still does.
+        for (const name of this.state.claimsOn(e.id)) {
+          const f = await this.inspectImage(name).catch(() => null);
+          if (f === undefined || (f !== null && f.Id !== e.id)) this.state.forgetClaim(name);
+        }
+        return;
+      case 'written':
+        this.state.foreignWrite(e.ref, e.atMs);
+        return;
+      case 'none':
+        return;
+    }
+  }
+
+  /** Starts reading the engine's image events (createGuard, once the guard listens). */
+  start(): void {
+    this.imageWatch.start();
+  }
+
   constructor(readonly cfg: ProxyConfig) {
     this.state = new TenantState(cfg.tenant);
     this.tenantContainers = `/containers/json?all=1&filters=${encodeURIComponent(
@@ -274,6 +331,7 @@ export class GuardProxy {
    */
   stop(): void {
     this.stopped = true;
+    this.imageWatch.close();
   }
 
   private assertRunning(method: string, evenStopped = false): void {
@@ -511,9 +569,19 @@ export class GuardProxy {
         for (const [k, v] of query) merged.append(k, v);
         query = firstWins(merged);
         body = Buffer.alloc(0);
+        // An upload sent as form values: dockerd would read the body as such, and the archive or
+        // image it should carry would be gone (the request used to hang, waiting for it).
+        if (
+          m.route.id === 'container.archive.put' ||
+          m.route.id === 'image.load' ||
+          (m.route.id === 'image.create' && query.get('fromSrc') === '-')
+        )
+          throw new BodyError(`${method} ${m.path} takes an archive as its body (a stream), not form values`);
       } else if (m.route.body === 'json') {
         body = await readBody(req, m.route.id === 'exec.create' ? MAX_EXEC_BODY : MAX_JSON_BODY);
       }
+      // Decisions that rest on the tenant's image claims see every image event up to now first.
+      if (CLAIM_ROUTES.has(m.route.id)) await this.imageWatch.sync();
       await this.dispatch(m, req, res, query, body);
       this.audit(method, m.path, 'allow', { status: res.statusCode });
     } catch (err) {
@@ -559,7 +627,7 @@ export class GuardProxy {
     switch (id) {
       case 'image.get':
       case 'image.get-all':
-        return this.bulk(req, res, path() + q(query));
+        return this.bulk(req, res, path() + q(query), true);
       case 'system.info':
         return this.info(res, path() + q(query));
       case 'system.ping':
@@ -829,7 +897,11 @@ export class GuardProxy {
         // Every other route is a container operation on {id}: resolve, check, forward with the full ID.
         if (id.startsWith('container.') && m.params.id !== undefined) {
           const { id: cid, user } = await this.resolveContainer(m.params.id);
-          if (BULK.has(id)) return this.bulk(req, res, path({ id: cid }) + q(query));
+          if (BULK.has(id)) {
+            if (id === 'container.logs' && goBool(query.get('follow')))
+              return this.followLogs(req, res, path({ id: cid }) + q(query));
+            return this.bulk(req, res, path({ id: cid }) + q(query), true);
+          }
           const r = m.route.body === 'stream' ? req : undefined;
           let qs = query;
           if (id === 'container.delete') {
@@ -962,7 +1034,45 @@ export class GuardProxy {
    * A bulk download, checked already: relayed byte for byte on its own engine connection (see
    * rawstream.ts); through node:http where the transport has no raw connections (TLS).
    */
-  private async bulk(req: IncomingMessage, res: ServerResponse, target: string): Promise<void> {
+  /** `logs -f` streams open through this guard now (at most MAX_FOLLOWS unless `limits` is allowed). */
+  private following = 0;
+
+  /**
+   * A followed log. dockerd watches the log file with an inotify instance of its own (root's) for
+   * each: the kernel's per-user limit on those (128 by default) is the whole host's, so one tenant
+   * may not hold them all. Long and thin, it stays with the JavaScript relay (no process for it).
+   */
+  private async followLogs(req: IncomingMessage, res: ServerResponse, target: string): Promise<void> {
+    if (this.following >= MAX_FOLLOWS && !this.cfg.policy.allow.has('limits'))
+      throw new Refusal(
+        'limits',
+        `the tenant already follows ${this.following} container logs (limit ${MAX_FOLLOWS}); dockerd holds an inotify instance of the host's for each`,
+      );
+    this.following++;
+    // A client that closes its side of a followed log is gone (it sends nothing more, and a log
+    // that writes nothing would never find out): without this, each such stream (and its inotify
+    // instance in dockerd) stays.
+    const gone = (): void => {
+      req.socket.destroy();
+    };
+    req.socket.once('end', gone);
+    try {
+      await this.bulk(req, res, target, false);
+    } finally {
+      req.socket.off('end', gone);
+      this.following--;
+    }
+  }
+
+  /** berth-splice helpers running for this guard now (at most MAX_SPLICING; the rest relay in JavaScript). */
+  private splicing = 0;
+
+  private async bulk(
+    req: IncomingMessage,
+    res: ServerResponse,
+    target: string,
+    spliced: boolean,
+  ): Promise<void> {
     const connect = this.cfg.transport.connectRaw;
     if (!connect || req.httpVersion !== '1.1') {
       await this.forward(req, res, 'GET', target);
@@ -972,9 +1082,19 @@ export class GuardProxy {
     res.shouldKeepAlive = false;
     const head = requestHead('GET', target);
     const endpoint = this.cfg.transport.endpoint;
-    const helper = this.cfg.bulkRelay === 'javascript' ? undefined : spliceHelper();
-    if (helper && endpoint.kind === 'unix' && !(req.socket instanceof TLSSocket)) {
-      res.statusCode = await spliceStream(helper, endpoint.socketPath, head, req.socket);
+    const helper = spliced && this.cfg.bulkRelay !== 'javascript' ? spliceHelper() : undefined;
+    if (
+      helper &&
+      endpoint.kind === 'unix' &&
+      !(req.socket instanceof TLSSocket) &&
+      this.splicing < MAX_SPLICING
+    ) {
+      this.splicing++;
+      try {
+        res.statusCode = await spliceStream(helper, endpoint.socketPath, head, req.socket);
+      } finally {
+        this.splicing--;
+      }
       return;
     }
     res.statusCode = await rawStream(connect, head, req.socket);
@@ -1465,6 +1585,8 @@ export class GuardProxy {
       }
     }
     hold.releases.push(countIn(this.frozen, names));
+    hold.holds ??= new Map();
+    for (const n of names) hold.holds.set(n, (hold.holds.get(n) ?? 0) + 1);
     while (names.some((t) => this.writing.has(t))) await new Promise((r) => setTimeout(r, 20));
   }
 
@@ -1602,9 +1724,13 @@ export class GuardProxy {
           throw err;
         }
         for (const p of want.length > 0 ? want : [undefined])
-          await this.pullBase(b, registryConfig, p, found.status === 200 ? found.json.Id : undefined).catch(
-            () => undefined,
-          );
+          await this.pullBase(
+            b,
+            registryConfig,
+            p,
+            found.status === 200 ? found.json.Id : undefined,
+            hold,
+          ).catch(() => undefined);
         found = await inspect(b);
       }
       const other = found.status === 200 ? mismatch() : undefined;
@@ -1649,6 +1775,7 @@ export class GuardProxy {
     registryConfig: string | undefined,
     platform: string | undefined,
     existing: string | undefined,
+    hold: BuildHold,
   ): Promise<void> {
     const at = ref.indexOf('@');
     const colon = ref.lastIndexOf(':');
@@ -1666,6 +1793,25 @@ export class GuardProxy {
     // uses the image the engine has, which berth checked.
     const tag = at < 0 ? normalizeTag(tagged ? ref : `${ref}:latest`) : undefined;
     if (existing !== undefined && tag !== undefined && !this.state.ownsTagAt(tag, existing)) return;
+    // Nor is a tag another build of the tenant's holds as a base: that build checked the image the
+    // tag names now, and reads the tag again when it reaches that stage (a pull here would hand it
+    // an image nobody checked). This build then uses the engine's image too, which it checks.
+    if (tag !== undefined && (this.frozen.get(tag) ?? 0) > (hold.holds?.get(tag) ?? 0)) return;
+    // The pull writes the tag: builds that start meanwhile wait for it to land (holdBases).
+    const written = tag === undefined ? () => undefined : countIn(this.writing, [tag]);
+    try {
+      await this.pullBaseNow(ref, qs, headers, tag);
+    } finally {
+      written();
+    }
+  }
+
+  private async pullBaseNow(
+    ref: string,
+    qs: URLSearchParams,
+    headers: http.OutgoingHttpHeaders,
+    tag: string | undefined,
+  ): Promise<void> {
     // What the pull brings the engine is the tenant's, as for its own pulls (removed with its
     // other objects): a new tag, new digest references, an image the engine did not have.
     const repo = repositoryOf(ref);
@@ -1686,7 +1832,8 @@ export class GuardProxy {
       !digestsOf(f).some((d) => repositoryOf(d) === repo && reported.has(d.slice(d.lastIndexOf('@') + 1)))
     )
       return;
-    if (tag !== undefined && existing === undefined) this.state.setTag(tag, f.Id);
+    // The tag is the tenant's: new, or its own it held before (the pull moved it; the claim follows).
+    if (tag !== undefined) this.state.setTag(tag, f.Id);
     if (pulledHere(f, had, pullStart)) this.state.builtImages.add(f.Id);
   }
 
@@ -2031,7 +2178,9 @@ export class GuardProxy {
 
   /** One of the tenant's images went: it is forgotten, and its own parents go after it. */
   private async ownImageGone(f: ImageFacts): Promise<void> {
-    this.state.builtImages.delete(f.Id);
+    // Every claim naming it goes too (dockerd removed its names with it; the same ID comes back
+    // when anyone pulls that content again).
+    this.state.forgetImage(f.Id);
     await this.pruneOwnParents(f.Parent);
   }
 
@@ -2674,6 +2823,9 @@ export class GuardProxy {
 
   /** Removes every container, network, volume and image tag the tenant owns. */
   async cleanup(): Promise<{ containers: number; networks: number; volumes: number; tags: number }> {
+    // Claims whose image or name went meanwhile are not acted on (the host may have pulled the
+    // same content again since).
+    await this.imageWatch.sync();
     const filters = encodeURIComponent(JSON.stringify({ label: [`${LABEL_TENANT}=${this.cfg.tenant}`] }));
     const counts = { containers: 0, networks: 0, volumes: 0, tags: 0 };
     for (const c of await this.ownedContainerList()) {
@@ -3158,6 +3310,8 @@ interface BuildHold {
   had?: Set<string>;
   /** Each base name, with the image it named when checked. */
   pinned?: Map<string, string>;
+  /** The tag names this build holds (holdBases), with how often it holds each. */
+  holds?: Map<string, number>;
 }
 
 /**

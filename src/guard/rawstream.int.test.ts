@@ -11,6 +11,8 @@ import { createHash } from 'node:crypto';
 import { spawn } from 'node:child_process';
 import { readFileSync, readdirSync } from 'node:fs';
 import { request } from 'node:http';
+import { connect } from 'node:net';
+import type { Socket } from 'node:net';
 import { join } from 'node:path';
 import { containers } from '../engine/index.js';
 import { createGuard } from './index.js';
@@ -54,6 +56,25 @@ function get(
   });
 }
 
+/**
+ * Starts a GET over a raw unix socket, reads its first bytes, then stops reading (the socket stays
+ * open and paused): a download held up by its client.
+ */
+async function stalledDownload(
+  socketPath: string,
+  path: string,
+  settleMs = 300,
+): Promise<{ socket: Socket; firstBytes: string }> {
+  const socket = connect(socketPath);
+  await new Promise((r) => socket.once('connect', r));
+  socket.write(`GET ${path} HTTP/1.1\r\nHost: docker\r\n\r\n`);
+  const first = await new Promise<Buffer>((r) => socket.once('data', r));
+  socket.pause();
+  // Give the download time to fill the socket buffers and block.
+  await new Promise((r) => setTimeout(r, settleMs));
+  return { socket, firstBytes: first.toString('latin1', 0, 64) };
+}
+
 /** berth-splice processes this process started (its children, by name). */
 function helpers(): number[] {
   const out: number[] = [];
@@ -87,7 +108,7 @@ test('berth-splice: an engine it cannot reach rejects before a byte reaches the 
   assert.ok(helper);
   const dir = tempDir('berth-splice-');
   try {
-    const { createServer, connect } = await import('node:net');
+    const { createServer } = await import('node:net');
     const got: Buffer[] = [];
     const server = createServer((s) => s.on('data', (d: Buffer) => got.push(d)));
     const at = join(dir.path, 'client.sock');
@@ -199,6 +220,23 @@ for (const mode of ['splice', 'javascript'] as const)
       assert.ok(slow.bytes > 2 * 1024 * 1024, `only ${slow.bytes} bytes`);
     });
 
+    test('a download goes the way the guard was told, and a client that hangs up mid-way ends it', async () => {
+      const { socket, firstBytes } = await stalledDownload(
+        sock,
+        `/v1.41/containers/${box}/logs?stdout=1&stderr=1`,
+      );
+      assert.match(firstBytes, /^HTTP\/1\.1 200 /);
+      // The client reads no more: the download waits on it (backpressure), through the helper or not.
+      assert.equal(helpers().length, mode === 'splice' ? 1 : 0, `${mode}: berth-splice processes`);
+      // The request (container IDs, paths in containers) is not in the process list for local users.
+      for (const pid of helpers())
+        assert.doesNotMatch(readFileSync(`/proc/${pid}/cmdline`, 'latin1'), /GET|logs/);
+      socket.destroy();
+      await until('the download ended with its client', () => helpers().length === 0);
+      // The guard serves on.
+      assert.equal((await get(sock, '/_ping')).status, 200);
+    });
+
     test('errors come through as the engine words them; others’ containers stay absent', async () => {
       const missing = await get(sock, `/v1.41/containers/${box}/archive?path=/no/such/file`);
       assert.equal(missing.status, 404);
@@ -226,13 +264,11 @@ for (const mode of ['splice', 'javascript'] as const)
         await new Promise((r) => setTimeout(r, 100));
       assert.ok((out.match(/tick/g) ?? []).length >= 5, 'logs -f delivers lines as they come');
       assert.equal(follow.exitCode, null, 'still following');
-      // The stream goes the way the guard was told: through the helper, or not.
-      assert.equal(helpers().length, mode === 'splice' ? 1 : 0, `${mode}: berth-splice processes`);
+      // A followed log stays with the JavaScript relay: no process is held for a long, thin stream.
+      assert.equal(helpers().length, 0, `${mode}: berth-splice processes for logs -f`);
       const gone = new Promise((r) => follow.once('exit', r));
       follow.kill('SIGINT');
       await gone;
-      // The helper leaves with its client.
-      await until('berth-splice ended with its client', () => helpers().length === 0);
       // The CLI through the same guard keeps working after a stream was cut.
       const cp = await docker(guard.address, ['cp', `${box}:/payload`, join(dir.path, 'payload')]);
       assert.equal(cp.code, 0, cp.stderr);
@@ -245,38 +281,55 @@ describe('guard bulk downloads: a guard that closes ends its helpers', () => {
 
   after(() => dir[Symbol.dispose]());
 
-  test('logs -f through berth-splice, then the guard closes: the stream ends, no helper is left', async () => {
+  test('at most 16 helpers run for one guard; further downloads take the JavaScript relay', async () => {
+    const guard = await createGuard({
+      tenant: uniqueName('splice-cap'),
+      listen: join(dir.path, 'cap.sock'),
+      labels: sessionLabels(),
+    });
+    const held: Socket[] = [];
+    try {
+      const path = `/v1.41/images/get?names=${encodeURIComponent('berth-local/tools')}`;
+      for (let i = 0; i < 18; i++) {
+        const d = await stalledDownload(join(dir.path, 'cap.sock'), path, 0);
+        assert.match(d.firstBytes, /^HTTP\/1\.1 200 /, `download ${i}`);
+        held.push(d.socket);
+      }
+      await new Promise((r) => setTimeout(r, 300));
+      assert.equal(helpers().length, 16);
+      // The downloads past the cap are whole all the same.
+      const direct = await get('/var/run/docker.sock', path);
+      const through = await get(join(dir.path, 'cap.sock'), path);
+      assert.equal(through.sha, direct.sha);
+      for (const s of held) s.destroy();
+      await until('every helper ended with its client', () => helpers().length === 0);
+    } finally {
+      for (const s of held) s.destroy();
+      await guard.close({ cleanup: true });
+    }
+  });
+
+  test('a download held up by its client, then the guard closes: the connection ends, no helper is left', async () => {
     const guard = await createGuard({
       tenant: uniqueName('splice-close'),
       listen: join(dir.path, 'g.sock'),
       labels: sessionLabels(),
     });
     try {
-      const t = await docker(guard.address, [
-        'run',
-        '-d',
-        '--network',
-        'none',
-        IMAGE,
-        'sh',
-        '-c',
-        'while true; do echo tick; sleep 0.1; done',
-      ]);
-      assert.equal(t.code, 0, t.stderr);
-      const follow = spawn(DOCKER_CLI, ['logs', '-f', t.stdout.trim()], {
-        env: { ...process.env, DOCKER_HOST: guard.address },
-      });
-      const exited = new Promise<number | null>((r) => follow.once('exit', r));
-      let out = '';
-      follow.stdout.on('data', (b: Buffer) => (out += b.toString()));
-      await until('ticks arrive', () => (out.match(/tick/g) ?? []).length >= 3);
-      assert.equal(helpers().length, 1, 'the stream went through berth-splice');
+      const { socket, firstBytes } = await stalledDownload(
+        join(dir.path, 'g.sock'),
+        `/v1.41/images/get?names=${encodeURIComponent('berth-local/tools')}`,
+      );
+      assert.match(firstBytes, /^HTTP\/1\.1 200 /);
+      assert.equal(helpers().length, 1, 'the download went through berth-splice');
+      const closed = new Promise((r) => socket.once('close', r));
       await guard.close({ cleanup: true });
       await until('berth-splice ended with the guard', () => helpers().length === 0);
-      // The follower's stream ended with the guard (it would otherwise follow for ever).
+      // What was in flight is dropped; the client's connection ends.
+      socket.resume();
       await Promise.race([
-        exited,
-        new Promise((_, j) => setTimeout(() => j(new Error('logs -f still runs')), 10_000)),
+        closed,
+        new Promise((_, j) => setTimeout(() => j(new Error('the client connection is still open')), 10_000)),
       ]);
     } finally {
       await guard.close({ cleanup: true }).catch(() => undefined);

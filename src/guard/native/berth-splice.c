@@ -2,10 +2,11 @@
  * berth-splice: one bulk download (docker save, export, cp out) from the engine to a client, moved
  * by the kernel (splice through a pipe) instead of through the guard's JavaScript.
  *
- *   berth-splice ENGINE_SOCKET_PATH REQUEST_HEAD      (fd 3: the client's connection)
+ *   berth-splice ENGINE_SOCKET_PATH < REQUEST_HEAD      (fd 3: the client's connection)
  *
- * It connects to the engine's unix socket, sends REQUEST_HEAD (a complete head the guard built,
- * with `Connection: close`), reads the answer's status line, prints `status NNN` on stdout, and
+ * It connects to the engine's unix socket, sends the request head it reads on stdin (a complete
+ * head the guard built, with `Connection: close`; not an argument, which every local user could
+ * read in the process list), reads the answer's status line, prints `status NNN` on stdout, and
  * from then on moves the whole answer (head and body, unchanged) onto fd 3 until the engine closes
  * the connection. The guard has already checked the request; this program takes no decision.
  *
@@ -26,18 +27,25 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #define CLIENT 3
 #define PIPE_CAP (1 << 20)
+#define HEAD_MAX (64 * 1024)
 
 static void fail(int code, const char *what) {
   fprintf(stderr, "berth-splice: %s: %s\n", what, strerror(errno));
   exit(code);
 }
 
-/* Waits until fd is ready for `events`; a client that hung up ends the program. */
+/*
+ * Waits until fd is ready for `events`; a client that hung up ends the program. A client that only
+ * half-closed (a TCP FIN) still gets its answer, as from the guard's own relays: when it is gone
+ * for good, the next write fails (EPIPE). Followed logs, which may write nothing for hours, do not
+ * come here (the guard relays them itself), and one guard runs at most 16 of these at once.
+ */
 static void wait_for(int fd, short events) {
   struct pollfd p[2] = {{fd, events, 0}, {CLIENT, 0, 0}};
   for (;;) {
@@ -66,14 +74,36 @@ static void write_client(const char *buf, size_t len) {
 }
 
 int main(int argc, char **argv) {
-  if (argc != 3) {
-    fprintf(stderr, "usage: berth-splice ENGINE_SOCKET_PATH REQUEST_HEAD (fd 3: client)\n");
+  if (argc != 2) {
+    fprintf(stderr, "usage: berth-splice ENGINE_SOCKET_PATH < REQUEST_HEAD (fd 3: client)\n");
     return 64;
   }
+#ifdef SYS_close_range
+  /* Descriptors the guard's process let through (not close-on-exec) are none of this program's. */
+  syscall(SYS_close_range, 5U, ~0U, 0U);
+#endif
   signal(SIGPIPE, SIG_IGN);
   /* The guard that started it is the only reason to go on: it goes when the guard goes. */
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (fcntl(CLIENT, F_GETFD) < 0) fail(64, "fd 3");
+
+  static char head[HEAD_MAX + 1];
+  size_t left = 0;
+  for (;;) {
+    ssize_t n = read(0, head + left, HEAD_MAX - left);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) fail(1, "read the request head");
+    if (n == 0) break;
+    left += (size_t)n;
+    if (left == HEAD_MAX) {
+      errno = E2BIG;
+      fail(1, "read the request head");
+    }
+  }
+  if (left < 4 || memcmp(head + left - 4, "\r\n\r\n", 4) != 0) {
+    errno = EINVAL;
+    fail(1, "the request head does not end with an empty line");
+  }
 
   struct sockaddr_un addr = {.sun_family = AF_UNIX};
   if (strlen(argv[1]) >= sizeof addr.sun_path) {
@@ -84,22 +114,20 @@ int main(int argc, char **argv) {
   int up = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (up < 0) fail(1, "socket");
   if (connect(up, (struct sockaddr *)&addr, sizeof addr) < 0) fail(1, "connect to the engine");
-  const char *head = argv[2];
-  size_t left = strlen(head);
-  while (left > 0) {
-    ssize_t n = write(up, head, left);
+  for (const char *h = head; left > 0;) {
+    ssize_t n = write(up, h, left);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) fail(1, "send the request");
-    head += n;
+    h += n;
     left -= (size_t)n;
   }
 
   /* The answer's first bytes, up to the end of its status line, are read here. */
-  char first[4096];
+  char first[4096 + 1];
   size_t got = 0;
   char *eol = NULL;
-  while (eol == NULL && got < sizeof first) {
-    ssize_t n = read(up, first + got, sizeof first - got);
+  while (eol == NULL && got < sizeof first - 1) {
+    ssize_t n = read(up, first + got, sizeof first - 1 - got);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) fail(1, "read the answer");
     if (n == 0) {
@@ -107,6 +135,7 @@ int main(int argc, char **argv) {
       fail(1, "the engine closed the connection without an answer");
     }
     got += (size_t)n;
+    first[got] = '\0';
     eol = memchr(first, '\n', got);
   }
   int status = 0;
