@@ -2824,8 +2824,17 @@ export class GuardProxy {
   /** Removes every container, network, volume and image tag the tenant owns. */
   async cleanup(): Promise<{ containers: number; networks: number; volumes: number; tags: number }> {
     // Claims whose image or name went meanwhile are not acted on (the host may have pulled the
-    // same content again since).
-    await this.imageWatch.sync();
+    // same content again since). Where the engine's events cannot be read, the containers,
+    // networks and volumes still go; the image claims, unverified, are left alone.
+    const synced = await this.imageWatch.sync().then(
+      () => true,
+      () => false,
+    );
+    if (!synced) {
+      this.state.tags.clear();
+      this.state.digests.clear();
+      this.state.builtImages.clear();
+    }
     const filters = encodeURIComponent(JSON.stringify({ label: [`${LABEL_TENANT}=${this.cfg.tenant}`] }));
     const counts = { containers: 0, networks: 0, volumes: 0, tags: 0 };
     for (const c of await this.ownedContainerList()) {
