@@ -275,6 +275,10 @@ export class TimedSet extends Set<string> {
     this.at.delete(v);
     return super.delete(v);
   }
+  override clear(): void {
+    this.at.clear();
+    super.clear();
+  }
 }
 
 /** A map that remembers when each key was last set (ms). */
@@ -287,6 +291,10 @@ export class TimedMap extends Map<string, string> {
   override delete(k: string): boolean {
     this.at.delete(k);
     return super.delete(k);
+  }
+  override clear(): void {
+    this.at.clear();
+    super.clear();
   }
 }
 
@@ -420,6 +428,13 @@ export class TenantState {
     for (const [k, v] of this.digests)
       if (v === id && (this.digests.at.get(k) ?? 0) < atMs) this.digests.delete(k);
     if ((this.builtImages.at.get(id) ?? 0) < atMs) this.builtImages.delete(id);
+  }
+
+  /** Every image claim (tags, digest references, images made): none can be checked any more. */
+  forgetImageClaims(): void {
+    this.tags.clear();
+    this.digests.clear();
+    this.builtImages.clear();
   }
 
   /** The tag and digest references the tenant claims on an image (settled claims only). */

@@ -202,7 +202,6 @@ async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
   return Buffer.concat(chunks);
 }
 
-/** Downloads relayed byte for byte (rawstream.ts): large answers the guard never needs to read. */
 /** Routes whose decisions rest on the tenant's image claims (see ImageWatch.sync). */
 const CLAIM_ROUTES: ReadonlySet<string> = new Set([
   'image.build',
@@ -218,6 +217,7 @@ const CLAIM_ROUTES: ReadonlySet<string> = new Set([
 const MAX_SPLICING = 16;
 /** Followed container logs one guard serves at once (see followLogs). */
 const MAX_FOLLOWS = 16;
+/** Downloads relayed byte for byte (see bulk()): large answers the guard never needs to read. */
 const BULK: ReadonlySet<string> = new Set(['container.logs', 'container.export', 'container.archive.get']);
 
 /** Sized upstream answers up to this many bytes are read whole and sent in one write. */
@@ -1030,10 +1030,6 @@ export class GuardProxy {
     return { status: up.status, json: undefined };
   }
 
-  /**
-   * A bulk download, checked already: relayed byte for byte on its own engine connection (see
-   * rawstream.ts); through node:http where the transport has no raw connections (TLS).
-   */
   /** `logs -f` streams open through this guard now (at most MAX_FOLLOWS unless `limits` is allowed). */
   private following = 0;
 
@@ -1067,6 +1063,11 @@ export class GuardProxy {
   /** berth-splice helpers running for this guard now (at most MAX_SPLICING; the rest relay in JavaScript). */
   private splicing = 0;
 
+  /**
+   * A bulk download, checked already: spliced by berth-splice where it can be (`spliced`, see
+   * bulksplice.ts), else relayed byte for byte on its own engine connection (rawstream.ts);
+   * through node:http where the transport has no raw connections (TLS).
+   */
   private async bulk(
     req: IncomingMessage,
     res: ServerResponse,
@@ -2830,11 +2831,7 @@ export class GuardProxy {
       () => true,
       () => false,
     );
-    if (!synced) {
-      this.state.tags.clear();
-      this.state.digests.clear();
-      this.state.builtImages.clear();
-    }
+    if (!synced) this.state.forgetImageClaims();
     const filters = encodeURIComponent(JSON.stringify({ label: [`${LABEL_TENANT}=${this.cfg.tenant}`] }));
     const counts = { containers: 0, networks: 0, volumes: 0, tags: 0 };
     for (const c of await this.ownedContainerList()) {

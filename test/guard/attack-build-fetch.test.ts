@@ -8,8 +8,6 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createServer } from 'node:http';
-import type { Server } from 'node:http';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
@@ -19,30 +17,25 @@ import type { GuardHandle } from '../../src/guard/index.js';
 import { SESSION, docker, engine, sessionLabels, tempDir, uniqueName } from '../support/index.js';
 import { expectRefused, messageOf, send } from '../support/rawhttp.js';
 import { startRegistry } from '../support/registry.js';
-import { entry } from '../support/tar.js';
+import { startHostService } from '../support/hostservice.js';
+import type { HostService } from '../support/hostservice.js';
+import { END, entry } from '../support/tar.js';
 
 const RAW = 'unix:///var/run/docker.sock';
-const END = Buffer.alloc(1024);
 
 describe('attack: builds that make the daemon fetch from the host’s network', () => {
   const c = engine();
   const dir = tempDir('berth-fetch-');
   const sock = join(dir.path, 'g.sock');
   let guard: GuardHandle;
-  let server: Server;
+  let service: HostService;
   let url = '';
-  let fetched = 0;
   const base = `berth-onbuild-base-${SESSION}:v1`;
   const made: string[] = [];
 
   before(async () => {
-    server = createServer((_req, res) => {
-      fetched++;
-      res.end('host secret\n');
-    });
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    const a = server.address();
-    url = `http://127.0.0.1:${a && typeof a === 'object' ? a.port : 0}/secret`;
+    service = await startHostService({ body: 'host secret\n' });
+    url = `http://${service.addr}/secret`;
     guard = await createGuard({ tenant: uniqueName('fetch'), listen: sock, labels: sessionLabels() });
     // A base image the host made, with a trigger that runs in every build FROM it.
     const ctx = join(dir.path, 'base');
@@ -64,8 +57,7 @@ describe('attack: builds that make the daemon fetch from the host’s network', 
       await images(c)
         .remove(t)
         .catch(() => false);
-    server.closeAllConnections();
-    await new Promise<void>((resolve) => server.close(() => resolve()));
+    await service[Symbol.asyncDispose]();
     c.close();
     dir[Symbol.dispose]();
   });
@@ -120,7 +112,7 @@ describe('attack: builds that make the daemon fetch from the host’s network', 
       made.push(tag);
       const r = await build(ctx, `${query}${query ? '&' : ''}t=${encodeURIComponent(tag)}`);
       expectRefused(r, 'build-options', what);
-      assert.equal(fetched, 0, `${what}: the daemon fetched the URL`);
+      assert.equal(service.hits(), 0, `${what}: the daemon fetched the URL`);
       assert.equal(await images(c).find(tag), undefined, `${what}: an image was made`);
     }
   });
@@ -242,7 +234,7 @@ describe('attack: builds that make the daemon fetch from the host’s network', 
       made.push(tag);
       const r = await build(ctx, `${query}${query ? '&' : ''}t=${encodeURIComponent(tag)}`);
       expectRefused(r, rule, what, status);
-      assert.equal(fetched, 0, `${what}: the daemon fetched the URL`);
+      assert.equal(service.hits(), 0, `${what}: the daemon fetched the URL`);
       assert.equal(await images(c).find(tag), undefined, `${what}: an image was made`);
     }
   });
@@ -281,7 +273,7 @@ describe('attack: builds that make the daemon fetch from the host’s network', 
     const r = await running;
     assert.equal(r.status, 200, r.text);
     assert.match(r.text, /Successfully tagged/);
-    assert.equal(fetched, 0, 'the daemon fetched the URL');
+    assert.equal(service.hits(), 0, 'the daemon fetched the URL');
     // Once the build ended, the tag is the tenant's to move again.
     const moved = await send(sock, {
       method: 'POST',
@@ -303,7 +295,7 @@ describe('attack: builds that make the daemon fetch from the host’s network', 
       assert.equal(r.status, 400, `${what}: ${r.text}`);
       assert.match(messageOf(r) ?? '', /^berth: malformed: /, what);
     }
-    assert.equal(fetched, 0);
+    assert.equal(service.hits(), 0);
   });
 
   test('the same through the CLI, with a context directory and with -f -', async () => {
@@ -320,7 +312,7 @@ describe('attack: builds that make the daemon fetch from the host’s network', 
     });
     assert.notEqual(stdin.code, 0);
     assert.match(stdin.stderr, /berth: build-options: /);
-    assert.equal(fetched, 0, 'the daemon fetched the URL');
+    assert.equal(service.hits(), 0, 'the daemon fetched the URL');
   });
 
   test('ordinary builds still work: ADD of a local file, gzip contexts, -f -', async () => {
@@ -341,7 +333,7 @@ describe('attack: builds that make the daemon fetch from the host’s network', 
       input: 'FROM berth-local/busybox\nADD local.txt /l\nRUN cat /l\n',
     });
     assert.equal(stdin.code, 0, stdin.stderr);
-    assert.equal(fetched, 0);
+    assert.equal(service.hits(), 0);
   });
 
   test('a base image the build would pull is pulled and read first: its ONBUILD trigger is refused too', async () => {
@@ -364,7 +356,7 @@ describe('attack: builds that make the daemon fetch from the host’s network', 
       );
       expectRefused(r, 'build-options', 'the pulled base image’s ONBUILD trigger');
       assert.match(r.text, /ONBUILD ADD http:/);
-      assert.equal(fetched, 0, 'the daemon fetched the URL');
+      assert.equal(service.hits(), 0, 'the daemon fetched the URL');
       assert.equal(await images(c).find(tag), undefined);
 
       // With pull=1 the builder would pull the base again, whatever the engine has under its name:
@@ -378,7 +370,7 @@ describe('attack: builds that make the daemon fetch from the host’s network', 
       const p = await build(context(`FROM ${remote}\nRUN true\n`), `pull=1&t=${encodeURIComponent(again)}`);
       assert.equal(p.status, 200, p.text);
       assert.doesNotMatch(p.text, /errorDetail/);
-      assert.equal(fetched, 0, 'the daemon fetched the URL');
+      assert.equal(service.hits(), 0, 'the daemon fetched the URL');
       assert.equal((await images(c).inspect(remote)).Id, hostId, 'the host’s tag moved');
     } finally {
       await registry.close();
@@ -398,7 +390,7 @@ describe('attack: builds that make the daemon fetch from the host’s network', 
       writeFileSync(join(ctx, 'Dockerfile'), `FROM berth-local/busybox\nADD ${url} /s\nRUN cat /s\n`);
       const r = await docker(trusted.address, ['build', '-q', ctx], { env: { DOCKER_BUILDKIT: '0' } });
       assert.equal(r.code, 0, r.stderr);
-      assert.equal(fetched, 1, 'the daemon fetched the URL once');
+      assert.equal(service.hits(), 1, 'the daemon fetched the URL once');
     } finally {
       await trusted.close({ cleanup: true });
     }

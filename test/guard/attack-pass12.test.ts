@@ -11,33 +11,22 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createServer } from 'node:http';
-import type { Server } from 'node:http';
 import { join } from 'node:path';
 import { containers, images } from '../../src/engine/index.js';
 import { createGuard, defaultPolicy } from '../../src/guard/index.js';
 import type { GuardHandle } from '../../src/guard/index.js';
 import { SESSION, docker, engine, sessionLabels, tempDir, uniqueName } from '../support/index.js';
-import { expectRefused, postJson, send } from '../support/rawhttp.js';
+import { expectRefused, postBuild, postJson, send } from '../support/rawhttp.js';
 import { startRegistry } from '../support/registry.js';
-import { entry } from '../support/tar.js';
+import { startHostService } from '../support/hostservice.js';
+import type { HostService } from '../support/hostservice.js';
+import { END, dockerContext, entry } from '../support/tar.js';
 
 const IMAGE = 'berth-local/busybox';
 const RAW = '/var/run/docker.sock';
-const END = Buffer.alloc(1024);
 
-const context = (dockerfile: string) => Buffer.concat([entry('Dockerfile', dockerfile), END]);
 const build = (sock: string, dockerfile: string, query = '') =>
-  send(
-    sock,
-    {
-      method: 'POST',
-      path: `/v1.41/build?${query}`,
-      headers: [['Content-Type', 'application/x-tar']],
-      body: context(dockerfile),
-    },
-    { timeoutMs: 120_000 },
-  );
+  postBuild(sock, dockerContext(dockerfile), query);
 const builtId = (text: string) => /"ID":"(sha256:[0-9a-f]{64})"/g.exec(text)?.[1];
 
 describe('attack: pass 12 (COPY --from, inherited health checks, moved bases, forced deletes, cleanup, events)', () => {
@@ -46,21 +35,14 @@ describe('attack: pass 12 (COPY --from, inherited health checks, moved bases, fo
   const sock = join(dir.path, 'g.sock');
   const tenant = uniqueName('p12');
   let guard: GuardHandle;
-  let server: Server;
+  let service: HostService;
   let hostService = '';
-  let contacted = 0;
   const hostTags: string[] = [];
   const hostContainers: string[] = [];
 
   before(async () => {
-    server = createServer((_req, res) => {
-      contacted++;
-      res.statusCode = 404;
-      res.end('{}');
-    });
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    const a = server.address();
-    hostService = `127.0.0.1:${a && typeof a === 'object' ? a.port : 0}`;
+    service = await startHostService({ status: 404, body: '{}' });
+    hostService = service.addr;
     guard = await createGuard({ tenant, listen: sock, labels: sessionLabels() });
   });
 
@@ -75,8 +57,7 @@ describe('attack: pass 12 (COPY --from, inherited health checks, moved bases, fo
       await images(c)
         .remove(t, true)
         .catch(() => false);
-    server.closeAllConnections();
-    await new Promise<void>((resolve) => server.close(() => resolve()));
+    await service[Symbol.asyncDispose]();
     c.close();
     dir[Symbol.dispose]();
   });
@@ -101,7 +82,7 @@ describe('attack: pass 12 (COPY --from, inherited health checks, moved bases, fo
     } finally {
       await g.close({ cleanup: true });
     }
-    assert.equal(contacted, 0, 'the host service saw a request');
+    assert.equal(service.hits(), 0, 'the host service saw a request');
   });
 
   test('an image COPY --from pulled is the tenant’s: its cleanup removes the tag and the image', async () => {

@@ -12,8 +12,6 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createServer } from 'node:http';
-import type { Server } from 'node:http';
 import { connect } from 'node:net';
 import type { Socket } from 'node:net';
 import { join } from 'node:path';
@@ -21,33 +19,19 @@ import { containers, images } from '../../src/engine/index.js';
 import { createGuard } from '../../src/guard/index.js';
 import type { GuardHandle } from '../../src/guard/index.js';
 import { SESSION, docker, engine, sessionLabels, tempDir, uniqueName } from '../support/index.js';
-import { expectRefused, send } from '../support/rawhttp.js';
+import { expectRefused, postBuild, send } from '../support/rawhttp.js';
 import { startRegistry } from '../support/registry.js';
 import type { TestRegistry } from '../support/registry.js';
-import { entry } from '../support/tar.js';
+import { startHostService } from '../support/hostservice.js';
+import type { HostService } from '../support/hostservice.js';
+import { dockerContext } from '../support/tar.js';
 
 const IMAGE = 'berth-local/busybox';
 const RAW = '/var/run/docker.sock';
 const HOST = `unix://${RAW}`;
-const END = Buffer.alloc(1024);
 
-const context = (dockerfile: string, files: Record<string, string> = {}) =>
-  Buffer.concat([
-    entry('Dockerfile', dockerfile),
-    ...Object.entries(files).map(([n, v]) => entry(n, v)),
-    END,
-  ]);
 const build = (sock: string, dockerfile: string, query = '') =>
-  send(
-    sock,
-    {
-      method: 'POST',
-      path: `/v1.41/build?${query}`,
-      headers: [['Content-Type', 'application/x-tar']],
-      body: context(dockerfile),
-    },
-    { timeoutMs: 120_000 },
-  );
+  postBuild(sock, dockerContext(dockerfile), query);
 
 describe('attack: pass 14 (held bases, stale claims, follows, form uploads)', () => {
   const c = engine();
@@ -55,9 +39,8 @@ describe('attack: pass 14 (held bases, stale claims, follows, form uploads)', ()
   const sock = join(dir.path, 'g.sock');
   let guard: GuardHandle;
   let registry: TestRegistry;
-  let server: Server;
+  let service: HostService;
   let hostService = '';
-  let contacted = 0;
   const hostImages: string[] = [];
 
   /** The image ID a reference names on the engine, or undefined. */
@@ -69,15 +52,10 @@ describe('attack: pass 14 (held bases, stale claims, follows, form uploads)', ()
    */
   async function registryOnly(name: string): Promise<{ ref: string; id: string }> {
     const ref = `${registry.addr}/berth-p14-${name}-${SESSION}:1`;
-    const r = await send(
+    const r = await postBuild(
       RAW,
-      {
-        method: 'POST',
-        path: `/v1.41/build?t=${encodeURIComponent(ref)}&labels=${encodeURIComponent(JSON.stringify(sessionLabels()))}`,
-        headers: [['Content-Type', 'application/x-tar']],
-        body: context('FROM scratch\nCOPY f /f\n', { f: `${name} ${SESSION} ${Date.now()}\n` }),
-      },
-      { timeoutMs: 60_000 },
+      dockerContext('FROM scratch\nCOPY f /f\n', { f: `${name} ${SESSION} ${Date.now()}\n` }),
+      `t=${encodeURIComponent(ref)}&labels=${encodeURIComponent(JSON.stringify(sessionLabels()))}`,
     );
     assert.equal(r.status, 200, r.text);
     const id = await idOf(ref);
@@ -91,13 +69,8 @@ describe('attack: pass 14 (held bases, stale claims, follows, form uploads)', ()
 
   before(async () => {
     registry = await startRegistry(dir.path);
-    server = createServer((_req, res) => {
-      contacted++;
-      res.end('HOST-LOOPBACK-SECRET\n');
-    });
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    const a = server.address();
-    hostService = `127.0.0.1:${a && typeof a === 'object' ? a.port : 0}`;
+    service = await startHostService({ body: 'HOST-LOOPBACK-SECRET\n' });
+    hostService = service.addr;
     guard = await createGuard({ tenant: uniqueName('p14'), listen: sock, labels: sessionLabels() });
   });
 
@@ -108,8 +81,7 @@ describe('attack: pass 14 (held bases, stale claims, follows, form uploads)', ()
         .remove(id, true)
         .catch(() => false);
     await registry[Symbol.asyncDispose]();
-    server.closeAllConnections();
-    await new Promise<void>((resolve) => server.close(() => resolve()));
+    await service[Symbol.asyncDispose]();
     c.close();
     dir[Symbol.dispose]();
   });
@@ -145,7 +117,7 @@ describe('attack: pass 14 (held bases, stale claims, follows, form uploads)', ()
     await new Promise((r) => setTimeout(r, 1500));
     const b = await build(sock, `FROM ${ref}\n`, 'pull=1');
     const ra = await a;
-    assert.equal(contacted, 0, `the host service was fetched:\n${ra.text}`);
+    assert.equal(service.hits(), 0, `the host service was fetched:\n${ra.text}`);
     assert.doesNotMatch(ra.text, /build trigger|HOST-LOOPBACK-SECRET/, ra.text);
     assert.equal(ra.status, 200, ra.text);
     // Build B used the engine's image, which it checked.

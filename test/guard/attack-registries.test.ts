@@ -9,8 +9,6 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createServer } from 'node:http';
-import type { Server } from 'node:http';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { images } from '../../src/engine/index.js';
@@ -19,10 +17,10 @@ import type { GuardHandle } from '../../src/guard/index.js';
 import { SESSION, docker, engine, sessionLabels, tempDir, uniqueName } from '../support/index.js';
 import { expectRefused, messageOf, send } from '../support/rawhttp.js';
 import { startRegistry } from '../support/registry.js';
+import { startHostService } from '../support/hostservice.js';
+import type { HostService } from '../support/hostservice.js';
 import type { TestRegistry } from '../support/registry.js';
-import { entry } from '../support/tar.js';
-
-const END = Buffer.alloc(1024);
+import { END, entry } from '../support/tar.js';
 
 describe('attack: registries outside the policy’s list', () => {
   const c = engine();
@@ -30,20 +28,13 @@ describe('attack: registries outside the policy’s list', () => {
   const sock = join(dir.path, 'g.sock');
   let guard: GuardHandle;
   let registry: TestRegistry | undefined;
-  let server: Server;
+  let service: HostService;
   let host = '';
-  let contacted = 0;
   const tenant = uniqueName('registries');
 
   before(async () => {
-    server = createServer((_req, res) => {
-      contacted++;
-      res.statusCode = 404;
-      res.end('{}');
-    });
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    const a = server.address();
-    host = `127.0.0.1:${a && typeof a === 'object' ? a.port : 0}`;
+    service = await startHostService({ status: 404, body: '{}' });
+    host = service.addr;
     registry = await startRegistry(dir.path);
     // Through a policy file's text, as an operator writes it (case and Docker Hub's alias folded).
     const policy = policyFor(
@@ -58,8 +49,7 @@ describe('attack: registries outside the policy’s list', () => {
   after(async () => {
     await guard.close({ cleanup: true }).catch(() => undefined);
     await registry?.close();
-    server.closeAllConnections();
-    await new Promise<void>((resolve) => server.close(() => resolve()));
+    await service[Symbol.asyncDispose]();
     c.close();
     dir[Symbol.dispose]();
   });
@@ -91,7 +81,7 @@ describe('attack: registries outside the policy’s list', () => {
       expectRefused(res, 'registries', `${method} ${path} ${body ?? ''}`);
       assert.match(messageOf(res) ?? '', new RegExp(`allowed: ${registry?.addr ?? ''}, docker.io`));
     }
-    assert.equal(contacted, 0, 'the host service saw a request');
+    assert.equal(service.hits(), 0, 'the host service saw a request');
   });
 
   test('a build that would pull its base from another registry is refused before dockerd sees it', async () => {
@@ -105,7 +95,7 @@ describe('attack: registries outside the policy’s list', () => {
       });
       expectRefused(res, 'registries', `build ${query}`);
     }
-    assert.equal(contacted, 0, 'the host service saw a request');
+    assert.equal(service.hits(), 0, 'the host service saw a request');
   });
 
   test('the CLI: push and pull work with the allowed registry, other registries are refused', async () => {
@@ -137,6 +127,6 @@ describe('attack: registries outside the policy’s list', () => {
     });
     assert.notEqual(login.code, 0, `login to ${host} succeeded`);
     assert.match(login.stderr, /berth: registries: /);
-    assert.equal(contacted, 0, 'the host service saw a request');
+    assert.equal(service.hits(), 0, 'the host service saw a request');
   });
 });

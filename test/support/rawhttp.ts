@@ -249,3 +249,17 @@ export function expectAbsent(res: RawResponse, what = ''): void {
   assert.equal(res.status, 404, ctx);
   assert.match(messageOf(res) ?? '', /no such|not found/i, ctx);
 }
+
+/** `POST /build` of a plain tar context over a unix socket (the guard's or the engine's). */
+export function postBuild(socketPath: string, context: Buffer, query = '', timeoutMs = 120_000) {
+  return send(
+    socketPath,
+    {
+      method: 'POST',
+      path: `/v1.41/build?${query}`,
+      headers: [['Content-Type', 'application/x-tar']],
+      body: context,
+    },
+    { timeoutMs },
+  );
+}

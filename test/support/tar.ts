@@ -41,3 +41,15 @@ export function pax(records: Record<string, string>): Buffer {
   }
   return entry('PaxHeaders/x', body, 'x');
 }
+
+/** The end-of-archive marker: two zero blocks. */
+export const END = Buffer.alloc(1024);
+
+/** A build context: the Dockerfile, then `files`, then the end of the archive. */
+export function dockerContext(dockerfile: string, files: Record<string, string> = {}): Buffer {
+  return Buffer.concat([
+    entry('Dockerfile', dockerfile),
+    ...Object.entries(files).map(([n, v]) => entry(n, v)),
+    END,
+  ]);
+}
