@@ -94,6 +94,8 @@ export function checkReservedName(kind: 'container' | 'volume', name: string | n
       'ownership',
       `${kind} names starting with berth-dind are reserved for berth's nested daemons (${name})`,
     );
+  if (kind === 'volume' && name !== null && name.toLowerCase().startsWith('berth-tag-'))
+    throw new Refusal('ownership', `volume names starting with berth-tag- are reserved for berth (${name})`);
 }
 
 /** The image repositories berth builds on the host and runs itself (`berth images build-local`). */

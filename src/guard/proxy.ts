@@ -60,6 +60,7 @@ import { spliceHelper, spliceStream } from './bulksplice.js';
 import { ImageWatch, imageEventEffect } from './imagewatch.js';
 import type { ImageEvent } from './imagewatch.js';
 import { ArchiveError, ArchiveScan } from './loadscan.js';
+import { ANY_IMAGE, TagRecords, byIdOrDigest } from './tagrecords.js';
 import { ContextGate, dockerfilePaths } from './contextgate.js';
 import { readDockerfile, triggerRefusals } from './dockerfile.js';
 import { PathError, buildPath, matchRoute, normalizePath, splitTarget } from './routes.js';
@@ -307,8 +308,14 @@ export class GuardProxy {
     this.imageWatch.start();
   }
 
+  /** The records of tags tenants wrote, shared by the guards on the engine (tagrecords.ts). */
+  readonly records: TagRecords;
+
   constructor(readonly cfg: ProxyConfig) {
     this.state = new TenantState(cfg.tenant);
+    this.records = new TagRecords(cfg.tenant, cfg.labels, (method, path, body) =>
+      this.upstreamJson(method, path, body),
+    );
     this.tenantContainers = `/containers/json?all=1&filters=${encodeURIComponent(
       JSON.stringify({ label: [`${LABEL_TENANT}=${cfg.tenant}`] }),
     )}`;
@@ -466,6 +473,58 @@ export class GuardProxy {
       if (owned) out.push(c);
     }
     return out;
+  }
+
+  /**
+   * Answers "no such image" for a name another tenant set to an image of its own (a tag record
+   * says so): dockerd would run that tenant's image for a name this tenant expects from its
+   * registry, or from the host. A pull (through this guard) writes over such a name.
+   */
+  private async assertNotForeignLocal(ref: string, imageId: string): Promise<void> {
+    const tag = await this.foreignLocalTag(ref, imageId);
+    if (tag !== undefined)
+      throw new NotFound(
+        `No such image: ${ref} (berth: image-tag: another tenant set ${tag} to an image of its own; pull it to get the registry's, or name it by digest)`,
+      );
+  }
+
+  /** The tag `ref` reads as, when another tenant set it to `imageId`, an image of its own. */
+  private async foreignLocalTag(ref: string, imageId: string): Promise<string | undefined> {
+    if (byIdOrDigest(ref) || this.state.ownsTagAt(ref, imageId)) return undefined;
+    let tag: string;
+    try {
+      tag = normalizeTag(plainRef(ref));
+    } catch {
+      return undefined; // not a tag dockerd could look up either
+    }
+    return (await this.records.foreign(tag, imageId)) ? tag : undefined;
+  }
+
+  /**
+   * Why a container created from an image name must not stay: dockerd found another image under
+   * the name than the check read (the name moved meanwhile), or another tenant's record now says
+   * the image is that tenant's. Undefined when it may stay.
+   */
+  private async createdElsewhere(
+    id: string,
+    name: string,
+    checked: string | undefined,
+  ): Promise<Refusal | undefined> {
+    const c = await this.upstreamJson<{ Image?: unknown }>('GET', `/containers/${id}/json`);
+    const image = c.status === 200 && typeof c.json.Image === 'string' ? c.json.Image : undefined;
+    if (image === undefined || image !== checked)
+      return new Refusal(
+        'image-tag',
+        `the image ${name} changed while the container was created; create it again`,
+        409,
+      );
+    try {
+      await this.assertNotForeignLocal(name, image);
+    } catch (err) {
+      if (err instanceof Refusal) return err;
+      throw err;
+    }
+    return undefined;
   }
 
   async resolveNetwork(ref: string): Promise<string> {
@@ -799,11 +858,17 @@ export class GuardProxy {
         const written = this.beginTagWrite([target]);
         try {
           await this.assertTagWritable(target);
-          const source = await this.inspectImage(m.params.name ?? '');
+          const name = m.params.name ?? '';
+          const source = await this.inspectImage(name);
+          if (source) await this.assertNotForeignLocal(name, source.Id);
           // By the ID read: the source name may move meanwhile, and the tag must name what was read.
           const from = source ? path({ name: source.Id }) : path();
+          const record = target && source ? await this.records.before(target, source.Id) : undefined;
           const r = await this.forward(req, res, 'POST', from + q(query), { capture: true });
-          if (r && r.status < 300 && target && source) this.state.setTag(target, source.Id);
+          if (r && r.status < 300 && target && source) {
+            this.state.setTag(target, source.Id);
+            await record?.keep();
+          } else await record?.drop();
           return;
         } finally {
           written();
@@ -1174,8 +1239,19 @@ export class GuardProxy {
               (await this.inspectImage(body.Image).catch(() => undefined)) as
                 { Config?: { Healthcheck?: unknown } | null } | undefined
             )?.Config?.Healthcheck;
+      // An image name another tenant set to its own image is absent for this tenant (tagrecords.ts).
+      const named = typeof body.Image === 'string' && !byIdOrDigest(body.Image) ? body.Image : undefined;
+      const image = named === undefined ? undefined : await this.inspectImage(named);
+      if (named !== undefined && image) await this.assertNotForeignLocal(named, image.Id);
       createdId = await this.oneCreateAtATime(() =>
-        this.createChecked(req, res, target, body, refs, { volumes, answers, nets, binds, imageHealthcheck }),
+        this.createChecked(req, res, target, body, refs, {
+          volumes,
+          answers,
+          nets,
+          binds,
+          imageHealthcheck,
+          image: named === undefined ? undefined : { name: named, id: image?.Id },
+        }),
       );
     } finally {
       if (createdId !== undefined) this.pins.attach(createdId, held);
@@ -1218,6 +1294,8 @@ export class GuardProxy {
       nets: Map<string, string>;
       binds: Map<string, { forward: string } | { refused: string }>;
       imageHealthcheck: unknown;
+      /** The image name the create names, and the image it named when checked. */
+      image?: { name: string; id: string | undefined };
     },
   ): Promise<string | undefined> {
     const { volumes, answers, nets, binds, imageHealthcheck } = facts;
@@ -1268,9 +1346,21 @@ export class GuardProxy {
         this.state.claimVolume(vname);
       }
     }
-    const r = await this.forwardJson(req, res, 'POST', target, out, { capture: true });
-    const created = (r?.json as { Id?: unknown } | undefined)?.Id;
-    if (r && r.status < 300 && typeof created === 'string') {
+    const a = await this.upstreamBytes('POST', target, {
+      body: Buffer.from(JSON.stringify(out)),
+      headers: { 'content-type': 'application/json' },
+    });
+    const created = a.status < 300 ? (parseAnswer(a.raw) as { Id?: unknown } | undefined)?.Id : undefined;
+    if (typeof created === 'string' && facts.image) {
+      // The name is looked up again by dockerd: it must have found the image the check read.
+      const moved = await this.createdElsewhere(created, facts.image.name, facts.image.id);
+      if (moved !== undefined) {
+        await this.upstreamJson('DELETE', `/containers/${created}?force=1&v=1`).catch(() => undefined);
+        throw moved;
+      }
+    }
+    sendSmall(res, 'POST', a);
+    if (typeof created === 'string') {
       this.state.containers.add(created);
       if (this.state.containers.size >= this.forgetAt) {
         this.forgetAt = Number.POSITIVE_INFINITY; // one pass at a time
@@ -1753,6 +1843,10 @@ export class GuardProxy {
         this.holdImage(found.json.Id, hold);
         (hold.pinned ??= new Map()).set(b, found.json.Id);
         refusals.push(...triggerRefusals(b, found.json.Config?.OnBuild ?? []));
+        if ((await this.foreignLocalTag(b, found.json.Id ?? '')) !== undefined)
+          refusals.push(
+            `base image ${b}: another tenant set this name to an image of its own; name the base by digest, or by a tag of yours`,
+          );
       }
     }
     if (refusals.length === 0) {
@@ -1866,16 +1960,24 @@ export class GuardProxy {
       throw err;
     }
     const [repo, t] = splitTag(tag);
+    let record: Awaited<ReturnType<TagRecords['before']>>;
+    try {
+      record = await this.records.before(tag, imageId);
+    } catch (err) {
+      return `berth: image-tag: ${tag} could not be set: ${errorMessage(err)}`;
+    }
     const r = await this.upstreamBytes(
       'POST',
       `/images/${encodeURIComponent(imageId)}/tag?repo=${encodeURIComponent(repo)}&tag=${encodeURIComponent(t)}`,
     );
     if (r.status >= 300) {
+      await record.drop();
       const why =
         (parseAnswer(r.raw) as { message?: string } | undefined)?.message ?? `engine answered ${r.status}`;
       return `berth: image-tag: ${tag} could not be set: ${why}`;
     }
     this.state.setTag(tag, imageId);
+    await record.keep();
     return undefined;
   }
 
@@ -2533,6 +2635,8 @@ export class GuardProxy {
     const dir = mkdtempSync(join(tmpdir(), 'berth-load-'));
     const file = join(dir, 'archive.tar');
     let written = (): void => undefined;
+    // Records of the archive's tags while the load runs (their images are known only after it).
+    const pending: { drop(): Promise<void> }[] = [];
     try {
       // Spooled and read in one pass: the scanner sees each piece as it goes to the file.
       const scanning = new ArchiveScan();
@@ -2569,6 +2673,7 @@ export class GuardProxy {
       const had = await this.imageIds();
       const fresh = [...tags].filter((t) => !this.state.ownsTag(t));
       for (const t of fresh) this.state.addTag(t);
+      for (const t of tags) pending.push(await this.records.before(t, ANY_IMAGE));
       let up: Upstream;
       try {
         up = await this.upstream('POST', target, {
@@ -2590,8 +2695,10 @@ export class GuardProxy {
       for (const t of tags) {
         const f = loaded.loaded.has(t) ? await this.inspectImage(t).catch(() => undefined) : undefined;
         if (f && !had.has(f.Id)) this.state.builtImages.add(f.Id);
-        if (f) this.state.setTag(t, f.Id);
-        else if (!this.state.settled(t)) this.state.tags.delete(t);
+        if (f) {
+          this.state.setTag(t, f.Id);
+          await (await this.records.before(t, f.Id)).keep();
+        } else if (!this.state.settled(t)) this.state.tags.delete(t);
       }
       res.writeHead(up.status, {
         'Content-Type': up.headers['content-type'] ?? 'application/json',
@@ -2600,6 +2707,8 @@ export class GuardProxy {
       res.end(out);
     } finally {
       written();
+      // A pending record whose tag was recorded with its image since is gone already (404).
+      for (const p of pending) await p.drop();
       rmSync(dir, { recursive: true, force: true });
     }
   }
@@ -2879,6 +2988,9 @@ export class GuardProxy {
     }
     // Images the tenant made, once its tags are gone.
     await this.deleteOwnUnnamed();
+    // The records of its tags, once the tags are gone (another guard that read a tag before it
+    // went finds the record until then).
+    await this.records.dropAll();
     return counts;
   }
 }

@@ -1,0 +1,195 @@
+/**
+ * Records of the tags tenants wrote themselves, shared by every guard on an engine.
+ *
+ * Image tags are one namespace. A tag nobody holds is free to whoever sets it first, and dockerd
+ * runs whatever a name points at: a tenant that tags its own image `node:20` before anyone pulled
+ * it would have it run by the next tenant that names `node:20`. Each guard knows only its own
+ * tenant's claims, so a guard that lets its tenant write a tag (`tag`, a build's `-t`, `commit`,
+ * `import`, `load`) first leaves a record on the engine, where the other guards read it: a volume
+ * named `berth-tag-<key>-<nonce>` whose labels say which tag, which image, which tenant. Tenants
+ * cannot make, see or remove such volumes (the name is reserved, the labels are berth's, and they
+ * carry no tenant label). A pull writes no record: what it brings is the registry's for that name.
+ *
+ * Another tenant's guard takes a name as that tenant's own local image while a record says the
+ * name points at the image it points at now; it then answers as if the name were absent, and lets
+ * its own tenant's pull write over it (see docs/guard.md, Ownership).
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { LABEL_PREFIX, LABEL_ROLE, LABEL_TENANT } from '../common/index.js';
+import { normalizeTag } from './ownership.js';
+
+/** The volume name prefix of records (reserved: no tenant may name a volume so). */
+export const RECORD_PREFIX = 'berth-tag-';
+export const RECORD_ROLE = 'tag-record';
+const LABEL_KEY = `${LABEL_PREFIX}tag.key`;
+const LABEL_NAME = `${LABEL_PREFIX}tag.name`;
+const LABEL_WRITER = `${LABEL_PREFIX}tag.tenant`;
+const LABEL_IMAGE = `${LABEL_PREFIX}tag.image`;
+/** How long a record outlives the tag's next write by the same tenant. */
+export const RECORD_GRACE_MS = 60_000;
+/** A record's image while the write is under way and its image not known yet (a load). */
+export const ANY_IMAGE = '*';
+
+export interface TagRecord {
+  /** The volume that is the record. */
+  readonly volume: string;
+  /** The tag, normalised (normalizeTag). */
+  readonly tag: string;
+  /** The tenant whose guard wrote it. */
+  readonly tenant: string;
+  /** The image ID the tenant set the tag to, or ANY_IMAGE while that is not known yet. */
+  readonly image: string;
+}
+
+/** The label value records of one tag share (a tag can be longer than a label should be). */
+export function tagKey(tag: string): string {
+  return createHash('sha256').update(normalizeTag(tag)).digest('hex').slice(0, 32);
+}
+
+/** The volume create body of a record; `labels` are the guard's own (a run's, for the reaper). */
+export function recordBody(
+  tag: string,
+  tenant: string,
+  image: string,
+  labels: Readonly<Record<string, string>>,
+): { Name: string; Labels: Record<string, string> } {
+  // Not the tenant's volume: it must not show in its lists, nor be removable by it.
+  const own = Object.fromEntries(Object.entries(labels).filter(([k]) => k !== LABEL_TENANT));
+  return {
+    Name: `${RECORD_PREFIX}${tagKey(tag)}-${randomBytes(6).toString('hex')}`,
+    Labels: {
+      ...own,
+      [LABEL_ROLE]: RECORD_ROLE,
+      [LABEL_KEY]: tagKey(tag),
+      [LABEL_NAME]: normalizeTag(tag),
+      [LABEL_WRITER]: tenant,
+      [LABEL_IMAGE]: image,
+    },
+  };
+}
+
+/** The filter that lists the records of one tag. */
+export function recordFilter(tag: string): string {
+  return JSON.stringify({ label: [`${LABEL_ROLE}=${RECORD_ROLE}`, `${LABEL_KEY}=${tagKey(tag)}`] });
+}
+
+/** The filter that lists every record on the engine. */
+export const ALL_RECORDS_FILTER = JSON.stringify({ label: [`${LABEL_ROLE}=${RECORD_ROLE}`] });
+
+/**
+ * The records in a volume list answer. Only volumes a guard made count: a record's name, role and
+ * fields, and no tenant label (every volume a tenant makes carries one).
+ */
+export function parseRecords(answer: unknown): TagRecord[] {
+  const vols = (answer as { Volumes?: unknown } | null)?.Volumes;
+  if (!Array.isArray(vols)) return [];
+  const out: TagRecord[] = [];
+  for (const v of vols as { Name?: unknown; Labels?: Record<string, unknown> | null }[]) {
+    const l = v.Labels ?? {};
+    const [name, tag, tenant, image] = [v.Name, l[LABEL_NAME], l[LABEL_WRITER], l[LABEL_IMAGE]];
+    if (
+      typeof name !== 'string' ||
+      !name.startsWith(RECORD_PREFIX) ||
+      l[LABEL_ROLE] !== RECORD_ROLE ||
+      LABEL_TENANT in l ||
+      typeof tag !== 'string' ||
+      typeof tenant !== 'string' ||
+      typeof image !== 'string'
+    )
+      continue;
+    out.push({ volume: name, tag, tenant, image });
+  }
+  return out;
+}
+
+/**
+ * The record that makes `tag` (naming `image` now) another tenant's local image for `tenant`, if
+ * one does: written by another tenant, for that tag, on that image (or on any, while unsettled).
+ */
+export function foreignRecord(
+  records: readonly TagRecord[],
+  tag: string,
+  image: string,
+  tenant: string,
+): TagRecord | undefined {
+  const t = normalizeTag(tag);
+  return records.find(
+    (r) => r.tenant !== tenant && r.tag === t && (r.image === image || r.image === ANY_IMAGE),
+  );
+}
+
+/** Whether a reference names an image by ID or digest (no tag is looked up for it). */
+export function byIdOrDigest(ref: string): boolean {
+  return ref.includes('@') || /^(sha256:)?[0-9a-f]{64}$/.test(ref);
+}
+
+type Upstream = (method: string, path: string, body?: unknown) => Promise<{ status: number; json: unknown }>;
+
+/** One guard's records: writes its tenant's, reads everyone's. */
+export class TagRecords {
+  /** The records this guard wrote that are still on the engine (tag → volume names, oldest first). */
+  private readonly mine = new Map<string, string[]>();
+  /** When each of them was written (volume name → ms). */
+  private readonly writtenAt = new Map<string, number>();
+
+  constructor(
+    private readonly tenant: string,
+    private readonly labels: Readonly<Record<string, string>>,
+    private readonly upstream: Upstream,
+  ) {}
+
+  /**
+   * Records that the tenant is about to set `tag` to `image` (before the write, so no other guard
+   * sees the tag without its record). `keep` once the tag is set, `drop` when it was not. The
+   * tag's earlier records go at a later `keep`, once RECORD_GRACE_MS old: another guard that read
+   * the name a moment before it moved still finds the record of the image it read.
+   */
+  async before(tag: string, image: string): Promise<{ keep(): Promise<void>; drop(): Promise<void> }> {
+    const t = normalizeTag(tag);
+    const body = recordBody(t, this.tenant, image, this.labels);
+    const r = await this.upstream('POST', '/volumes/create', body);
+    const labels = (r.json as { Labels?: Record<string, string> | null } | null)?.Labels;
+    if (r.status >= 300 || labels?.[LABEL_WRITER] !== this.tenant)
+      throw new Error(`cannot record the tag ${t} for the other guards (engine answered ${r.status})`);
+    const list = this.mine.get(t) ?? [];
+    list.push(body.Name);
+    this.mine.set(t, list);
+    this.writtenAt.set(body.Name, Date.now());
+    return {
+      keep: async () => {
+        const old = Date.now() - RECORD_GRACE_MS;
+        for (const v of [...(this.mine.get(t) ?? [])])
+          if (v !== body.Name && (this.writtenAt.get(v) ?? 0) < old) await this.remove(t, v);
+      },
+      drop: async () => {
+        await this.remove(t, body.Name);
+      },
+    };
+  }
+
+  /** Another tenant's record that makes `tag` (naming `image` now) its local image, if any. */
+  async foreign(tag: string, image: string): Promise<TagRecord | undefined> {
+    const r = await this.upstream('GET', `/volumes?filters=${encodeURIComponent(recordFilter(tag))}`);
+    if (r.status !== 200) throw new Error(`cannot read the tag records (engine answered ${r.status})`);
+    return foreignRecord(parseRecords(r.json), tag, image, this.tenant);
+  }
+
+  /** Removes every record this guard wrote (its tenant's tags are gone). */
+  async dropAll(): Promise<number> {
+    let n = 0;
+    for (const [t, vols] of [...this.mine]) for (const v of [...vols]) if (await this.remove(t, v)) n++;
+    return n;
+  }
+
+  private async remove(tag: string, volume: string): Promise<boolean> {
+    const r = await this.upstream('DELETE', `/volumes/${encodeURIComponent(volume)}`).catch(() => undefined);
+    const gone = r !== undefined && (r.status < 300 || r.status === 404);
+    if (gone) {
+      this.writtenAt.delete(volume);
+      const rest = (this.mine.get(tag) ?? []).filter((v) => v !== volume);
+      if (rest.length === 0) this.mine.delete(tag);
+      else this.mine.set(tag, rest);
+    }
+    return gone;
+  }
+}
