@@ -193,3 +193,17 @@ export class TagRecords {
     return gone;
   }
 }
+
+/**
+ * The tenant that set `ref` (naming `imageId` now) to an image of its own, for a reader outside
+ * every tenant (the runner, picking a job's image): any tenant's record counts. `list` answers the
+ * engine's volume list for a filter.
+ */
+export async function tagWriterOf(
+  list: (filters: string) => Promise<unknown>,
+  ref: string,
+  imageId: string,
+): Promise<string | undefined> {
+  if (byIdOrDigest(ref)) return undefined;
+  return foreignRecord(parseRecords(await list(recordFilter(ref))), ref, imageId, '')?.tenant;
+}

@@ -19,6 +19,7 @@ import {
   networks,
 } from '../engine/index.js';
 import type { DockerClient } from '../engine/index.js';
+import { tagWriterOf } from '../guard/index.js';
 import { dockerAccess } from './access.js';
 import type { DockerAccess } from './access.js';
 import type { JobStatus, RunEvent, StepStatus } from './events.js';
@@ -134,8 +135,25 @@ export class JobRun {
     try {
       mkdirSync(jobDir, { recursive: true, mode: 0o700 });
       cleanups.push(() => Promise.resolve(rmSync(jobDir, { recursive: true, force: true })));
+      // Each image is run by the ID read here: a name is not looked up again at the create.
+      const imageIds = new Map<string, string>();
       for (const img of new Set([job.image, ...job.services.map((s) => s.image)])) {
-        if (await images(client).find(img)) continue;
+        const local = await images(client).find(img);
+        if (local) {
+          // A name a guard's tenant set to an image of its own is not the registry's image.
+          const writer = await tagWriterOf(
+            (filters) => client.json('GET', '/volumes', { query: { filters } }),
+            img,
+            local.Id,
+          );
+          if (writer !== undefined)
+            return {
+              status: 'failed',
+              reason: `image ${img} on the engine was set by the job of tenant ${writer}, not pulled; name the image by digest, or run again once that job ended`,
+            };
+          imageIds.set(img, local.Id);
+          continue;
+        }
         if (img.startsWith(LOCAL_IMAGE_PREFIX)) {
           return {
             status: 'failed',
@@ -148,6 +166,8 @@ export class JobRun {
         } catch (err) {
           return { status: 'failed', reason: `cannot pull image ${img}: ${errorMessage(err)}` };
         }
+        const pulled = await images(client).find(img);
+        if (pulled) imageIds.set(img, pulled.Id);
         // Images the runner pulled for this job go with it (kept if something still uses them).
         cleanups.push(() =>
           images(client)
@@ -178,7 +198,7 @@ export class JobRun {
         cleanups.push(() => containers(client).remove(name, { force: true }));
         await containers(client).create(
           {
-            Image: svc.image,
+            Image: imageIds.get(svc.image) ?? svc.image,
             Cmd: svc.command,
             Env: Object.entries(svc.env).map(([k, v]) => `${k}=${v}`),
             Labels: { ...labels, [LABEL_ROLE]: 'service', 'io.berth.service': svc.name },
@@ -217,7 +237,7 @@ export class JobRun {
       };
       const created = await containers(client).create(
         {
-          Image: job.image,
+          Image: imageIds.get(job.image) ?? job.image,
           Entrypoint: [],
           Cmd: KEEPER,
           Env: Object.entries(env).map(([k, v]) => `${k}=${v}`),

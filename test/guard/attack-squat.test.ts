@@ -16,6 +16,7 @@ import type { GuardHandle } from '../../src/guard/index.js';
 import { SESSION, docker, engine, sessionLabels, tempDir, uniqueName } from '../support/index.js';
 import { expectAbsent, expectRefused, postBuild, postJson, send } from '../support/rawhttp.js';
 import { dockerContext } from '../support/tar.js';
+import { jobStatus, logLines, removeRun, runJson, workspace } from '../runner/helpers.js';
 
 const IMAGE = 'berth-local/busybox';
 const RAW = '/var/run/docker.sock';
@@ -198,6 +199,33 @@ describe('attack: squatting a name another tenant will use', () => {
     assert.deepEqual(rs, []);
     expectAbsent(await postJson(sockB, '/v1.41/containers/create', JSON.stringify({ Image: loaded })));
     assert.equal((await containersOf(tenantB)).length, 0);
+  });
+
+  test('the runner does not run a job in an image a tenant squatted, and runs it by the ID it read', async () => {
+    using ws = workspace(
+      `name: squat\ndocker: none\njobs:\n  use:\n    image: ${squat}\n    steps:\n      - cat /who\n`,
+    );
+    const r = await runJson(ws.file);
+    try {
+      assert.notEqual(r.code, 0, r.stdout);
+      assert.equal(jobStatus(r.events, 'use'), 'failed');
+      assert.ok(!logLines(r.events, 'use').includes('tenant-a'));
+      const finished = r.events.find((e) => e.kind === 'job.finished');
+      assert.match(JSON.stringify(finished), new RegExp(`set by the job of tenant ${tenantA}`));
+    } finally {
+      await removeRun(r.runId);
+    }
+    // The host's own name still runs (by the ID the runner read).
+    using ok = workspace(
+      `name: host\ndocker: none\njobs:\n  use:\n    image: ${hostTag}\n    steps:\n      - echo ran\n`,
+    );
+    const r2 = await runJson(ok.file);
+    try {
+      assert.equal(r2.code, 0, r2.stdout + r2.stderr);
+      assert.deepEqual(logLines(r2.events, 'use'), ['ran']);
+    } finally {
+      await removeRun(r2.runId);
+    }
   });
 
   test("the squatter's cleanup takes its tags and then its records", async () => {
