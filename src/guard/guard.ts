@@ -102,8 +102,22 @@ export async function createGuard(o: GuardOptions): Promise<GuardHandle> {
     inflight.add(p);
     void p.finally(() => inflight.delete(p));
   };
+  // Requests a client pipelines on one connection are handled one after another, so their answers
+  // go in order; and none after an answer that closes the connection (a bulk download's, which
+  // the guard hands to a relay) is handled at all: the client sends it again on a new connection,
+  // and nothing it asked for happened meanwhile (RFC 9112, 9.6).
+  const last = new WeakMap<object, { done: Promise<unknown>; settled: boolean; res: http.ServerResponse }>();
   const handler = (req: http.IncomingMessage, res: http.ServerResponse) => {
-    const p = proxy.handle(req, res);
+    const before = last.get(req.socket);
+    const p =
+      before === undefined || before.settled
+        ? before !== undefined && !before.res.shouldKeepAlive
+          ? Promise.resolve()
+          : proxy.handle(req, res)
+        : before.done.then(() => (before.res.shouldKeepAlive ? proxy.handle(req, res) : undefined));
+    const entry = { done: p.catch(() => undefined), settled: false, res };
+    void entry.done.then(() => (entry.settled = true));
+    last.set(req.socket, entry);
     track(p);
     p.catch((err: unknown) => {
       if (!res.headersSent) {

@@ -1231,18 +1231,16 @@ export class GuardProxy {
           binds.set(k, { refused: e.message });
         }
       }
-      // A health check the image brings runs as the container's own (the rules merge the two).
-      const imageHealthcheck =
-        this.cfg.policy.allow.has('resources') || typeof body.Image !== 'string'
-          ? undefined
-          : (
-              (await this.inspectImage(body.Image).catch(() => undefined)) as
-                { Config?: { Healthcheck?: unknown } | null } | undefined
-            )?.Config?.Healthcheck;
-      // An image name another tenant set to its own image is absent for this tenant (tagrecords.ts).
-      const named = typeof body.Image === 'string' && !byIdOrDigest(body.Image) ? body.Image : undefined;
-      const image = named === undefined ? undefined : await this.inspectImage(named);
+      // The image, read once: its health check runs as the container's own (the rules merge the
+      // two), and a name another tenant set to its own image is absent for this tenant
+      // (tagrecords.ts). A name is looked up again by dockerd, and checked against this afterwards.
+      const ref = typeof body.Image === 'string' ? body.Image : undefined;
+      const named = ref !== undefined && !byIdOrDigest(ref) ? ref : undefined;
+      const image = ref === undefined ? undefined : await this.inspectImage(ref).catch(() => undefined);
       if (named !== undefined && image) await this.assertNotForeignLocal(named, image.Id);
+      const imageHealthcheck = this.cfg.policy.allow.has('resources')
+        ? undefined
+        : (image as { Config?: { Healthcheck?: unknown } | null } | undefined)?.Config?.Healthcheck;
       createdId = await this.oneCreateAtATime(() =>
         this.createChecked(req, res, target, body, refs, {
           volumes,

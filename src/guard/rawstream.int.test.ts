@@ -197,6 +197,42 @@ for (const mode of ['splice', 'javascript'] as const)
       }
     });
 
+    test('a request pipelined behind a download is not handled; pipelined small requests are answered in order', async () => {
+      const victim = await docker(guard.address, ['create', '--network', 'none', IMAGE, 'true']);
+      assert.equal(victim.code, 0, victim.stderr);
+      const id = victim.stdout.trim();
+      const exchange = async (text: string) => {
+        const s = connect(sock);
+        await new Promise((r) => s.once('connect', r));
+        const got: Buffer[] = [];
+        s.on('data', (d: Buffer) => got.push(d));
+        s.write(text);
+        await new Promise((r) => s.once('close', r));
+        return Buffer.concat(got).toString('latin1');
+      };
+      // The download's answer closes the connection; the removal sent behind it never ran.
+      const out = await exchange(
+        `GET /v1.41/containers/${box}/logs?stdout=1 HTTP/1.1\r\nHost: docker\r\n\r\n` +
+          `DELETE /v1.41/containers/${id}?force=1 HTTP/1.1\r\nHost: docker\r\n\r\n`,
+      );
+      assert.match(out.slice(0, 16), /^HTTP\/1\.1 200 /);
+      assert.equal(out.match(/HTTP\/1\.1 \d{3} /g)?.length, 1, 'one answer, the download');
+      assert.ok((await containers(c).find(id)) !== undefined, 'the pipelined removal must not have run');
+      // Small requests pipelined on a kept-alive connection: every one answered, in order.
+      const small = await exchange(
+        `GET /_ping HTTP/1.1\r\nHost: docker\r\n\r\n` +
+          `GET /v1.41/containers/${id}/json HTTP/1.1\r\nHost: docker\r\n\r\n` +
+          `DELETE /v1.41/containers/${id}?force=1 HTTP/1.1\r\nHost: docker\r\n\r\n` +
+          `GET /v1.41/containers/${id}/json HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n`,
+      );
+      assert.deepEqual(
+        small.match(/HTTP\/1\.1 (\d{3}) /g)?.map((l) => l.slice(9, 12)),
+        ['200', '200', '204', '404'],
+        small.slice(0, 400),
+      );
+      assert.equal(await containers(c).find(id), undefined);
+    });
+
     test('only bulk downloads take the byte-for-byte path: other answers keep the connection alive', async () => {
       for (const path of [
         '/_ping',
