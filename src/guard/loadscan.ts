@@ -36,6 +36,8 @@ export interface LoadScan {
   tags: string[];
   /** Why the archive cannot be vouched for; undefined when it can. */
   problem: string | undefined;
+  /** Whether the archive has a manifest.json (without one, dockerd loads the legacy way). */
+  manifest: boolean;
 }
 
 function cstr(b: Buffer, off: number, len: number): string {
@@ -143,6 +145,7 @@ export class LoadScanner {
   }
 
   private problem: string | undefined;
+  private sawManifest = false;
   private header = Buffer.alloc(0);
   /** Bytes of the current entry's data (padded) still to come. */
   private remaining = 0;
@@ -202,7 +205,7 @@ export class LoadScanner {
         this.finishData();
       }
     }
-    return { tags: [...this.tags], problem: this.problem };
+    return { tags: [...this.tags], problem: this.problem, manifest: this.sawManifest };
   }
 
   /** Padding the archive's last entry went without (zero bytes a forwarder must add before an end block). */
@@ -356,6 +359,7 @@ export class LoadScanner {
     } catch {
       return `the archive's ${at} is not JSON berth can read`;
     }
+    if (at === 'manifest.json') this.sawManifest = true;
     for (const t of at === 'manifest.json' ? manifestTags(v) : repositoriesTags(v)) this.tags.add(t);
     return undefined;
   }

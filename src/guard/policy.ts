@@ -424,6 +424,25 @@ export const SAFE_ULIMITS: ReadonlySet<string> = new Set([
   'msgqueue',
 ]);
 
+/** dockerd's default CPU weight (cpu.shares); a tenant may lower it, not raise it. */
+export const MAX_CPU_SHARES = 1024;
+/** The kernel's default block I/O weight. */
+export const MAX_BLKIO_WEIGHT = 500;
+
+/**
+ * Under a memory cap, memory plus swap (`MemorySwap`, -1 for unlimited) may be at most twice the
+ * cap, which is what dockerd sets when it is not given: no swap beyond the cap.
+ */
+function swapUnderCap(r: Record<string, unknown>, max: number | undefined): void {
+  const v = r.MemorySwap;
+  if (max === undefined || typeof v !== 'number' || v === 0) return;
+  if (v < 0 || v > 2 * max)
+    throw new Refusal(
+      'limits',
+      `MemorySwap ${v} is over the tenant's limit ${2 * max} (memory and swap together: twice the memory limit)`,
+    );
+}
+
 /**
  * Settings that take from the host rather than limit the container: exemption from the OOM killer
  * (a negative OomScoreAdj, OomKillDisable) makes the kernel kill host processes first; realtime
@@ -453,6 +472,20 @@ export function checkResources(r: Record<string, unknown>, policy: Policy): void
       'devices',
       Array.isArray(v) && v.length > 0,
       `${f} (limits on host devices) is not allowed`,
+    );
+  }
+  // Weights against other cgroups: above the default, the container takes CPU time or disk I/O
+  // from other tenants' containers that stay within their own limits.
+  for (const [f, max] of [
+    ['CpuShares', MAX_CPU_SHARES],
+    ['BlkioWeight', MAX_BLKIO_WEIGHT],
+  ] as const) {
+    const v = r[f];
+    check(
+      policy,
+      'limits',
+      typeof v === 'number' && v > max,
+      `${f} ${String(v)} is over ${max}, the default weight: it would take from other tenants' containers`,
     );
   }
   for (const u of Array.isArray(r.Ulimits) ? r.Ulimits : []) {
@@ -517,6 +550,8 @@ function checkBuildResources(q: URLSearchParams, out: URLSearchParams, policy: P
     return n;
   };
   const hc: Record<string, unknown> = { Memory: num('memory') };
+  checkResources({ CpuShares: num('cpushares') }, policy);
+  if (!policy.allow.has('limits')) swapUnderCap({ MemorySwap: num('memswap') }, policy.limits.maxMemoryBytes);
   const asked = num('cpuperiod');
   const period = asked > 0 ? asked : 100_000;
   const quota = num('cpuquota');
@@ -567,6 +602,7 @@ export function applyLimits(
     }
   };
   if (!bypass) cpuQuotaUnderCap(hc, l);
+  if (!bypass) swapUnderCap(hc, l.maxMemoryBytes);
   capped('Memory', l.defaultMemoryBytes, l.maxMemoryBytes, 'memory');
   capped('NanoCpus', l.defaultNanoCpus, l.maxNanoCpus, 'CPU (nano CPUs)');
   capped('PidsLimit', l.defaultPidsLimit, l.maxPidsLimit, 'pids limit');
@@ -608,6 +644,7 @@ export function checkContainerUpdate(body: Record<string, unknown>, policy: Poli
   const out = { ...body };
   const l = policy.allow.has('limits') ? {} : policy.limits;
   cpuQuotaUnderCap(out, l);
+  swapUnderCap(out, l.maxMemoryBytes);
   for (const [f, max] of [
     ['Memory', l.maxMemoryBytes],
     ['NanoCpus', l.maxNanoCpus],

@@ -46,6 +46,7 @@ import {
   searchRegistry,
   checkContainerName,
   checkContainerUpdate,
+  checkHealthcheck,
   checkExecCreate,
   checkTopArgs,
   checkNetworkCount,
@@ -419,6 +420,9 @@ export class GuardProxy {
     );
     if (status !== 200 || !(await this.ownsContainer(json.Id, json.Config?.Labels, json.Image)))
       throw new NotFound(`No such container: ${r}`);
+    // One a create of the tenant's is still checking is not the tenant's yet (createdRefusal).
+    if (!this.state.containers.has(json.Id) && this.maybePending(json.Created))
+      throw new NotFound(`No such container: ${r}`);
     return { id: json.Id, name: json.Name.replace(/^\//, ''), user: json.Config?.User ?? '' };
   }
 
@@ -488,6 +492,37 @@ export class GuardProxy {
       );
   }
 
+  /**
+   * A build's `cachefrom` images, read now and sent as the IDs read: dockerd takes a step's result
+   * from them when their history matches, so one another tenant set under a name would put that
+   * tenant's layers into this tenant's image (refused, as for a base). Names the engine does not
+   * have are left out, as dockerd skips them.
+   */
+  private async cacheFromIds(qs: URLSearchParams): Promise<void> {
+    const raw = qs.get('cachefrom');
+    if (raw === null || raw === '') return;
+    let asked: unknown;
+    try {
+      asked = JSON.parse(raw);
+    } catch {
+      throw new Refusal('malformed', 'cachefrom is not a JSON array of image names', 400);
+    }
+    if (!Array.isArray(asked) || !asked.every((x) => typeof x === 'string'))
+      throw new Refusal('malformed', 'cachefrom is not a JSON array of image names', 400);
+    const ids: string[] = [];
+    for (const ref of asked as string[]) {
+      const f = await this.inspectImage(ref).catch(() => undefined);
+      if (!f) continue;
+      if ((await this.foreignLocalTag(ref, f.Id)) !== undefined)
+        throw new Refusal(
+          'build-options',
+          `cache-from ${ref}: another tenant set this name to an image of its own; name the image by digest, or by a tag of yours`,
+        );
+      ids.push(f.Id);
+    }
+    qs.set('cachefrom', JSON.stringify(ids));
+  }
+
   /** The tag `ref` reads as, when another tenant set it to `imageId`, an image of its own. */
   private async foreignLocalTag(ref: string, imageId: string): Promise<string | undefined> {
     if (byIdOrDigest(ref) || this.state.ownsTagAt(ref, imageId)) return undefined;
@@ -501,28 +536,70 @@ export class GuardProxy {
   }
 
   /**
-   * Why a container created from an image name must not stay: dockerd found another image under
-   * the name than the check read (the name moved meanwhile), or another tenant's record now says
-   * the image is that tenant's. Undefined when it may stay.
+   * Why a container dockerd just created must not stay, read from the container itself: between
+   * the checks and the create (which can wait its turn for seconds) names can change what they
+   * name. A named image must still be the image read (and not another tenant's, by its records);
+   * the health check dockerd merged from the image must pass the rules (the image may have
+   * arrived after the check, under an ID the tenant knew beforehand); and every named volume
+   * mounted must be the tenant's (the tenant may have removed its volume meanwhile, and another
+   * tenant made one of that name, or dockerd made a volume of no one's for the create). Answers
+   * the refusal, and the volumes dockerd made for the create that belong to no one.
    */
-  private async createdElsewhere(
+  private async createdRefusal(
     id: string,
-    name: string,
-    checked: string | undefined,
-  ): Promise<Refusal | undefined> {
-    const c = await this.upstreamJson<{ Image?: unknown }>('GET', `/containers/${id}/json`);
-    const image = c.status === 200 && typeof c.json.Image === 'string' ? c.json.Image : undefined;
-    if (image === undefined || image !== checked)
-      return new Refusal(
-        'image-tag',
-        `the image ${name} changed while the container was created; create it again`,
-        409,
-      );
+    facts: { volumes: ReadonlyMap<string, boolean>; image?: { name: string; id: string | undefined } },
+  ): Promise<{ refusal: Refusal; orphans: string[] } | undefined> {
+    const c = await this.upstreamJson<{
+      Image?: unknown;
+      Config?: { Healthcheck?: unknown } | null;
+      Mounts?: { Type?: string; Name?: string }[] | null;
+    }>('GET', `/containers/${id}/json`);
+    if (c.status !== 200)
+      return {
+        refusal: new Refusal(
+          'ownership',
+          `the container could not be read after its create (${c.status})`,
+          409,
+        ),
+        orphans: [],
+      };
+    const refuse = (refusal: Refusal, orphans: string[] = []) => ({ refusal, orphans });
+    if (facts.image) {
+      const image = typeof c.json.Image === 'string' ? c.json.Image : undefined;
+      if (image === undefined || image !== facts.image.id)
+        return refuse(
+          new Refusal(
+            'image-tag',
+            `the image ${facts.image.name} changed while the container was created; create it again`,
+            409,
+          ),
+        );
+      const foreign = await this.foreignLocalTag(facts.image.name, image);
+      if (foreign !== undefined)
+        return refuse(
+          new NotFound(
+            `No such image: ${facts.image.name} (berth: image-tag: another tenant set ${foreign} to an image of its own)`,
+          ),
+        );
+    }
     try {
-      await this.assertNotForeignLocal(name, image);
+      onRequest(() => checkHealthcheck(c.json.Config?.Healthcheck, undefined, this.cfg.policy));
     } catch (err) {
-      if (err instanceof Refusal) return err;
+      if (err instanceof Refusal) return refuse(err);
       throw err;
+    }
+    const mounted = new Set(
+      (c.json.Mounts ?? []).flatMap((m) => (m.Type === 'volume' && m.Name ? [m.Name] : [])),
+    );
+    for (const name of facts.volumes.keys()) {
+      if (!mounted.has(name)) continue;
+      const v = await this.upstreamJson<{ Labels?: Record<string, string> | null }>(
+        'GET',
+        `/volumes/${encodeURIComponent(name)}`,
+      );
+      if (v.status === 200 && this.state.owns(v.json.Labels)) continue;
+      const nobodys = v.status === 200 && Object.keys(v.json.Labels ?? {}).length === 0;
+      return refuse(new NotFound(`get ${name}: no such volume`), nobodys ? [name] : []);
     }
     return undefined;
   }
@@ -1269,6 +1346,19 @@ export class GuardProxy {
   /** The creates in flight, in turn: each counts the tenant's containers after the one before landed. */
   private creates: Promise<unknown> = Promise.resolve();
 
+  /** Container creates sent to the engine whose container is not checked yet (→ when sent, ms). */
+  private readonly pendingCreates = new Map<symbol, number>();
+
+  /**
+   * Whether a container the guard did not create could be one a create in flight just made (not
+   * checked yet): made at most 5 s before the earliest such create was sent (clock margin).
+   */
+  private maybePending(created: string | undefined): boolean {
+    if (this.pendingCreates.size === 0) return false;
+    const at = Date.parse(created ?? '');
+    return !(at < Math.min(...this.pendingCreates.values()) - 5000);
+  }
+
   /**
    * Runs a container create after the tenant's creates before it, where the policy limits the
    * number of containers: otherwise parallel creates would all count the same number and all pass.
@@ -1344,18 +1434,29 @@ export class GuardProxy {
         this.state.claimVolume(vname);
       }
     }
-    const a = await this.upstreamBytes('POST', target, {
-      body: Buffer.from(JSON.stringify(out)),
-      headers: { 'content-type': 'application/json' },
-    });
-    const created = a.status < 300 ? (parseAnswer(a.raw) as { Id?: unknown } | undefined)?.Id : undefined;
-    if (typeof created === 'string' && facts.image) {
-      // The name is looked up again by dockerd: it must have found the image the check read.
-      const moved = await this.createdElsewhere(created, facts.image.name, facts.image.id);
-      if (moved !== undefined) {
-        await this.upstreamJson('DELETE', `/containers/${created}?force=1&v=1`).catch(() => undefined);
-        throw moved;
+    // Until its check below is done, the new container is nobody's to act on (resolveContainer).
+    const pending = Symbol('create');
+    this.pendingCreates.set(pending, Date.now());
+    let created: unknown;
+    let a: SmallAnswer;
+    try {
+      a = await this.upstreamBytes('POST', target, {
+        body: Buffer.from(JSON.stringify(out)),
+        headers: { 'content-type': 'application/json' },
+      });
+      created = a.status < 300 ? (parseAnswer(a.raw) as { Id?: unknown } | undefined)?.Id : undefined;
+      if (typeof created === 'string') {
+        const wrong = await this.createdRefusal(created, facts);
+        if (wrong !== undefined) {
+          await this.upstreamJson('DELETE', `/containers/${created}?force=1&v=1`).catch(() => undefined);
+          // Unforced: a volume someone started to use meanwhile stays.
+          for (const v of wrong.orphans)
+            await this.upstreamJson('DELETE', `/volumes/${encodeURIComponent(v)}`).catch(() => undefined);
+          throw wrong.refusal;
+        }
       }
+    } finally {
+      this.pendingCreates.delete(pending);
     }
     sendSmall(res, 'POST', a);
     if (typeof created === 'string') {
@@ -2014,6 +2115,7 @@ export class GuardProxy {
     qs.delete('q');
     const tags = qs.getAll('t').map((t) => normalizeTag(plainRef(t)));
     for (const t of tags) await this.assertTagWritable(t);
+    await this.cacheFromIds(qs);
     // With the gate, the bases are pulled (where the build would pull them) and checked before
     // the build runs, and the build finds them there: it is not to pull them again.
     const pulls = { always: goBool(qs.get('pull')), platform: qs.get('platform') };
@@ -2657,6 +2759,12 @@ export class GuardProxy {
       });
       if (scan.problem !== undefined)
         throw new Refusal('image-tag', `berth cannot vouch for the tags of this archive: ${scan.problem}`);
+      // Without a manifest dockerd loads the legacy way, which sets the tags without reporting them.
+      if (!scan.manifest && scan.tags.length > 0)
+        throw new Refusal(
+          'image-tag',
+          'the archive has no manifest.json (the legacy format, whose load sets tags without reporting them); save it again with a current docker',
+        );
       // dockerd reads each RepoTag with its own grammar: the name as written is checked too.
       const tags = new Set<string>();
       for (const raw of scan.tags) {
@@ -2672,6 +2780,10 @@ export class GuardProxy {
       const fresh = [...tags].filter((t) => !this.state.ownsTag(t));
       for (const t of fresh) this.state.addTag(t);
       for (const t of tags) pending.push(await this.records.before(t, ANY_IMAGE));
+      // What each name names before the load: one that names another image afterwards keeps a
+      // record of it, reported or not.
+      const was = new Map<string, string | undefined>();
+      for (const t of tags) was.set(t, (await this.inspectImage(t).catch(() => undefined))?.Id);
       let up: Upstream;
       try {
         up = await this.upstream('POST', target, {
@@ -2696,7 +2808,11 @@ export class GuardProxy {
         if (f) {
           this.state.setTag(t, f.Id);
           await (await this.records.before(t, f.Id)).keep();
-        } else if (!this.state.settled(t)) this.state.tags.delete(t);
+        } else {
+          if (!this.state.settled(t)) this.state.tags.delete(t);
+          const now = await this.inspectImage(t).catch(() => undefined);
+          if (now && now.Id !== was.get(t)) await (await this.records.before(t, now.Id)).keep();
+        }
       }
       res.writeHead(up.status, {
         'Content-Type': up.headers['content-type'] ?? 'application/json',
@@ -2988,7 +3104,7 @@ export class GuardProxy {
     await this.deleteOwnUnnamed();
     // The records of its tags, once the tags are gone (another guard that read a tag before it
     // went finds the record until then).
-    await this.records.dropAll();
+    await this.records.dropAll(async (tag) => (await this.inspectImage(tag).catch(() => undefined))?.Id);
     return counts;
   }
 }
@@ -3005,6 +3121,7 @@ class UpstreamStatus extends Error {
 interface ContainerJson {
   Id: string;
   Name: string;
+  Created?: string;
   Image?: string;
   Config?: { Labels?: Record<string, string> | null; User?: string };
 }

@@ -792,3 +792,26 @@ test('tenant networks: slugs that coincide get different names, and their shape 
     'berth-demo_default',
   );
 });
+
+test('weights above the defaults and swap beyond twice the memory cap are refused (rule limits)', () => {
+  const p = defaultPolicy();
+  const capped: Policy = { ...p, limits: { maxMemoryBytes: 1 << 27 } };
+  const refusedAs = (rule: RuleName) => (e: unknown) => e instanceof Refusal && e.rule === rule;
+  assert.throws(() => checkContainerUpdate({ CpuShares: 2048 }, p), refusedAs('limits'));
+  assert.throws(() => checkContainerUpdate({ BlkioWeight: 501 }, p), refusedAs('limits'));
+  assert.doesNotThrow(() => checkContainerUpdate({ CpuShares: 512, BlkioWeight: 100 }, p));
+  // A policy that allows `limits` (a trusted tenant) may set them.
+  assert.doesNotThrow(() => checkContainerUpdate({ CpuShares: 2048 }, { ...p, allow: new Set(['limits']) }));
+  // Swap: unlimited or over twice the cap is refused where there is a memory cap, and only there.
+  assert.throws(() => checkContainerUpdate({ MemorySwap: -1 }, capped), refusedAs('limits'));
+  assert.throws(() => checkContainerUpdate({ MemorySwap: (1 << 28) + 1 }, capped), refusedAs('limits'));
+  assert.doesNotThrow(() => checkContainerUpdate({ MemorySwap: 1 << 28 }, capped));
+  assert.doesNotThrow(() => checkContainerUpdate({ MemorySwap: -1 }, p));
+  const hc = { MemorySwap: -1 };
+  assert.throws(() => applyLimits(hc, capped.limits), refusedAs('limits'));
+  assert.doesNotThrow(() => applyLimits({ MemorySwap: -1 }, capped.limits, undefined, true));
+  const q = (s: string) => new URLSearchParams(s);
+  assert.throws(() => checkBuild(q('cpushares=4096'), {}, p, 'n'), refusedAs('limits'));
+  assert.throws(() => checkBuild(q('memswap=-1'), {}, capped, 'n'), refusedAs('limits'));
+  assert.doesNotThrow(() => checkBuild(q('memswap=-1&cpushares=0'), {}, p, 'n'));
+});

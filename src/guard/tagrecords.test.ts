@@ -1,4 +1,4 @@
-import { describe, test } from 'node:test';
+import { describe, mock, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { LABEL_ROLE, LABEL_TENANT } from '../common/index.js';
 import { checkReservedName, checkVolumeCreate, defaultPolicy } from './policy.js';
@@ -7,6 +7,8 @@ import {
   RECORD_PREFIX,
   byIdOrDigest,
   foreignRecord,
+  RECORD_GRACE_MS,
+  TagRecords,
   parseRecords,
   recordBody,
   recordFilter,
@@ -86,5 +88,58 @@ describe('tag records', () => {
       /reserved for berth/,
     );
     assert.doesNotThrow(() => checkReservedName('volume', 'berth-tagged'));
+  });
+
+  test('a replaced record stays RECORD_GRACE_MS after it was replaced; the cleanup keeps those of names still set', async () => {
+    // An engine of volumes only: create, list by label, delete.
+    const vols = new Map<string, Record<string, string>>();
+    const upstream = (method: string, path: string, body?: unknown) => {
+      if (method === 'POST') {
+        const b = body as { Name: string; Labels: Record<string, string> };
+        vols.set(b.Name, b.Labels);
+        return Promise.resolve({ status: 201, json: { Name: b.Name, Labels: b.Labels } as unknown });
+      }
+      if (method === 'DELETE') {
+        const name = decodeURIComponent(path.split('/').pop() ?? '');
+        return Promise.resolve({ status: vols.delete(name) ? 204 : 404, json: {} as unknown });
+      }
+      const all = [...vols].map(([Name, Labels]) => ({ Name, Labels }));
+      return Promise.resolve({ status: 200, json: { Volumes: all } as unknown });
+    };
+    mock.timers.enable({ apis: ['Date'], now: 1_000_000 });
+    try {
+      const mine = new TagRecords('job-a', {}, upstream);
+      const first = await mine.before('app:1', IMG);
+      await first.keep();
+      mock.timers.tick(10 * RECORD_GRACE_MS); // the first record is old, but not yet replaced
+      await (await mine.before('app:1', OTHER)).keep();
+      const other = new TagRecords('job-b', {}, upstream);
+      assert.ok(
+        await other.foreign('app:1', IMG),
+        'the replaced record still covers a reader of the old image',
+      );
+      mock.timers.tick(RECORD_GRACE_MS + 1);
+      assert.ok(await other.foreign('app:1', IMG), 'nothing removes it before the next write');
+      await (await mine.before('app:1', OTHER)).keep();
+      assert.equal(await other.foreign('app:1', IMG), undefined, 'gone a grace after it was replaced');
+      assert.ok(await other.foreign('app:1', OTHER));
+      // A failed write's record goes at once.
+      const failed = await mine.before('app:2', IMG);
+      await failed.drop();
+      assert.equal(await other.foreign('app:2', IMG), undefined);
+      // Cleanup: the records of a name that still names the recorded image stay; others go.
+      await (await mine.before('gone:1', IMG)).keep();
+      await mine.dropAll((tag) => Promise.resolve(tag === 'app:1' ? OTHER : undefined));
+      assert.ok(await other.foreign('app:1', OTHER));
+      assert.equal(await other.foreign('gone:1', IMG), undefined);
+      // (Both writes of app:1 named OTHER: both records name what the tag names.)
+      assert.deepEqual(
+        [...new Set([...vols.values()].map((l) => `${l['io.berth.tag.name']} ${l['io.berth.tag.image']}`))],
+        [`app:1 ${OTHER}`],
+        'only the records of the name still set are left',
+      );
+    } finally {
+      mock.timers.reset();
+    }
   });
 });

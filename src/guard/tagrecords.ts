@@ -129,8 +129,10 @@ type Upstream = (method: string, path: string, body?: unknown) => Promise<{ stat
 export class TagRecords {
   /** The records this guard wrote that are still on the engine (tag → volume names, oldest first). */
   private readonly mine = new Map<string, string[]>();
-  /** When each of them was written (volume name → ms). */
-  private readonly writtenAt = new Map<string, number>();
+  /** The image each of them names (volume name → image ID or ANY_IMAGE). */
+  private readonly imageOf = new Map<string, string>();
+  /** When a later write of the same tag replaced each (volume name → ms). */
+  private readonly replacedAt = new Map<string, number>();
 
   constructor(
     private readonly tenant: string,
@@ -140,9 +142,10 @@ export class TagRecords {
 
   /**
    * Records that the tenant is about to set `tag` to `image` (before the write, so no other guard
-   * sees the tag without its record). `keep` once the tag is set, `drop` when it was not. The
-   * tag's earlier records go at a later `keep`, once RECORD_GRACE_MS old: another guard that read
-   * the name a moment before it moved still finds the record of the image it read.
+   * sees the tag without its record). `keep` once the tag is set, `drop` when it was not. A
+   * record this `keep` replaces goes at a later `keep` once it was replaced RECORD_GRACE_MS ago:
+   * another guard that read the name a moment before it moved still finds the record of the
+   * image it read.
    */
   async before(tag: string, image: string): Promise<{ keep(): Promise<void>; drop(): Promise<void> }> {
     const t = normalizeTag(tag);
@@ -154,12 +157,16 @@ export class TagRecords {
     const list = this.mine.get(t) ?? [];
     list.push(body.Name);
     this.mine.set(t, list);
-    this.writtenAt.set(body.Name, Date.now());
+    this.imageOf.set(body.Name, image);
     return {
       keep: async () => {
-        const old = Date.now() - RECORD_GRACE_MS;
-        for (const v of [...(this.mine.get(t) ?? [])])
-          if (v !== body.Name && (this.writtenAt.get(v) ?? 0) < old) await this.remove(t, v);
+        const now = Date.now();
+        for (const v of [...(this.mine.get(t) ?? [])]) {
+          if (v === body.Name) continue;
+          const at = this.replacedAt.get(v);
+          if (at === undefined) this.replacedAt.set(v, now);
+          else if (at < now - RECORD_GRACE_MS) await this.remove(t, v);
+        }
       },
       drop: async () => {
         await this.remove(t, body.Name);
@@ -174,10 +181,22 @@ export class TagRecords {
     return foreignRecord(parseRecords(r.json), tag, image, this.tenant);
   }
 
-  /** Removes every record this guard wrote (its tenant's tags are gone). */
-  async dropAll(): Promise<number> {
+  /**
+   * Removes the records this guard wrote (at the tenant's cleanup, once its tags are gone), except
+   * those of a name that still names the image recorded: a tag whose removal failed (dockerd keeps
+   * an image's last tag while a container uses the image) stays marked as the tenant's.
+   * `imageOf` answers what a tag names now.
+   */
+  async dropAll(imageOf: (tag: string) => Promise<string | undefined>): Promise<number> {
     let n = 0;
-    for (const [t, vols] of [...this.mine]) for (const v of [...vols]) if (await this.remove(t, v)) n++;
+    for (const [t, vols] of [...this.mine]) {
+      const now = await imageOf(t);
+      for (const v of [...vols]) {
+        const recorded = this.imageOf.get(v);
+        if (now !== undefined && (recorded === now || recorded === ANY_IMAGE)) continue;
+        if (await this.remove(t, v)) n++;
+      }
+    }
     return n;
   }
 
@@ -185,7 +204,8 @@ export class TagRecords {
     const r = await this.upstream('DELETE', `/volumes/${encodeURIComponent(volume)}`).catch(() => undefined);
     const gone = r !== undefined && (r.status < 300 || r.status === 404);
     if (gone) {
-      this.writtenAt.delete(volume);
+      this.imageOf.delete(volume);
+      this.replacedAt.delete(volume);
       const rest = (this.mine.get(tag) ?? []).filter((v) => v !== volume);
       if (rest.length === 0) this.mine.delete(tag);
       else this.mine.set(tag, rest);

@@ -15,7 +15,7 @@ import { createGuard } from '../../src/guard/index.js';
 import type { GuardHandle } from '../../src/guard/index.js';
 import { SESSION, docker, engine, sessionLabels, tempDir, uniqueName } from '../support/index.js';
 import { expectAbsent, expectRefused, postBuild, postJson, send } from '../support/rawhttp.js';
-import { dockerContext } from '../support/tar.js';
+import { END, dockerContext, entry } from '../support/tar.js';
 import { jobStatus, logLines, removeRun, runJson, workspace } from '../runner/helpers.js';
 
 const IMAGE = 'berth-local/busybox';
@@ -157,6 +157,46 @@ describe('attack: squatting a name another tenant will use', () => {
     expectRefused(built, 'build-options', 'build FROM a squatted name');
     assert.match(built.text, /another tenant set this name/);
     assert.equal(await images(c).find(`${mine}:2`), undefined);
+  });
+
+  test('nor does naming it as a build cache source; the host’s names still serve, by the ID read', async () => {
+    const refused = await postBuild(
+      sockB,
+      dockerContext(`FROM ${IMAGE}\nRUN echo b > /b\n`),
+      `cachefrom=${encodeURIComponent(JSON.stringify([squat]))}`,
+    );
+    expectRefused(refused, 'build-options', 'cache-from a squatted name');
+    assert.match(refused.text, /cache-from/);
+    const ok = await postBuild(
+      sockB,
+      dockerContext(`FROM ${IMAGE}\nRUN echo b > /b\n`),
+      `cachefrom=${encodeURIComponent(JSON.stringify([hostTag, 'no-such-image-anywhere:1']))}`,
+    );
+    assert.equal(ok.status, 200, ok.text);
+    assert.doesNotMatch(ok.text, /errorDetail/, ok.text);
+    expectRefused(
+      await postBuild(sockB, dockerContext(`FROM ${IMAGE}\n`), `cachefrom=${encodeURIComponent('not json')}`),
+      'malformed',
+      'cachefrom that is not JSON',
+      400,
+    );
+  });
+
+  test('a legacy archive (no manifest.json), whose load sets tags unreported, is refused', async () => {
+    const legacy = `${REG}/berth-squat-legacy-${SESSION}`;
+    const archive = Buffer.concat([
+      entry('repositories', JSON.stringify({ [legacy]: { '1': squatId.replace(/^sha256:/, '') } })),
+      END,
+    ]);
+    const r = await send(sockA, {
+      method: 'POST',
+      path: '/v1.41/images/load?quiet=1',
+      headers: [['Content-Type', 'application/x-tar']],
+      body: archive,
+    });
+    expectRefused(r, 'image-tag', 'legacy load');
+    assert.match(r.text, /manifest\.json/);
+    assert.equal(await images(c).find(`${legacy}:1`), undefined);
   });
 
   test("the squatter uses its own name, and the other tenant the host's names and IDs", async () => {
