@@ -510,7 +510,7 @@ export class GuardProxy {
     if (!Array.isArray(asked) || !asked.every((x) => typeof x === 'string'))
       throw new Refusal('malformed', 'cachefrom is not a JSON array of image names', 400);
     const ids: string[] = [];
-    for (const ref of asked as string[]) {
+    for (const ref of asked) {
       const f = await this.inspectImage(ref).catch(() => undefined);
       if (!f) continue;
       if ((await this.foreignLocalTag(ref, f.Id)) !== undefined)

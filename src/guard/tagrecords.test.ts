@@ -97,14 +97,14 @@ describe('tag records', () => {
       if (method === 'POST') {
         const b = body as { Name: string; Labels: Record<string, string> };
         vols.set(b.Name, b.Labels);
-        return Promise.resolve({ status: 201, json: { Name: b.Name, Labels: b.Labels } as unknown });
+        return Promise.resolve({ status: 201, json: { Name: b.Name, Labels: b.Labels } });
       }
       if (method === 'DELETE') {
         const name = decodeURIComponent(path.split('/').pop() ?? '');
-        return Promise.resolve({ status: vols.delete(name) ? 204 : 404, json: {} as unknown });
+        return Promise.resolve({ status: vols.delete(name) ? 204 : 404, json: {} });
       }
       const all = [...vols].map(([Name, Labels]) => ({ Name, Labels }));
-      return Promise.resolve({ status: 200, json: { Volumes: all } as unknown });
+      return Promise.resolve({ status: 200, json: { Volumes: all } });
     };
     mock.timers.enable({ apis: ['Date'], now: 1_000_000 });
     try {
