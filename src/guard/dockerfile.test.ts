@@ -110,9 +110,13 @@ test('COPY --from an image is a base; a stage or an index is not; berth labels a
     'FROM a\nLABEL "io\\.berth\\.role"=dind\n',
     'FROM a\nLABEL ${K}=v\n',
     'FROM a\nONBUILD LABEL io.berth.bench=1\n',
+    // An index of no stage ended before: dockerd might read it as an image name.
+    'FROM a\nCOPY --from=0 /x /x\n',
+    'FROM a\nFROM b\nCOPY --from=5 /x /x\n',
   ])
     assert.ok(readDockerfile(bad).refusals.length > 0, bad);
   assert.deepEqual(readDockerfile('FROM a\nLABEL version=$V other="x y"\n').refusals, []);
+  assert.deepEqual(readDockerfile('FROM a\nFROM b\nCOPY --from=0 /x /x\n').refusals, []);
   assert.ok(triggerRefusals('img', ['LABEL io.berth.role=dind']).length > 0);
 });
 

@@ -288,6 +288,8 @@ export function readDockerfile(
     }
     let seenFrom = false;
     let current: string | undefined;
+    /** The FROMs so far: `COPY --from=<n>` names an earlier stage only below the current one. */
+    let fromCount = 0;
     for (const ins of instructions(text, reading)) {
       refusals.push(...refusalsOf(ins));
       if (ins.keyword === 'arg' && !seenFrom) {
@@ -305,6 +307,7 @@ export function readDockerfile(
       }
       if (ins.keyword === 'from') {
         seenFrom = true;
+        fromCount++;
         // A stage's name is known to the builder once the stage ended, not within it.
         if (current !== undefined) stages.add(current);
         const words = ins.rest.split(/\s+/).filter((w) => w !== '' && !w.startsWith('--'));
@@ -346,6 +349,10 @@ export function readDockerfile(
           if (/["'\\`$]/.test(ref))
             refusals.push(
               `line ${ins.line}: COPY ${w}: berth reads an image COPY takes from only when it is named plainly (no quotes, escape characters or variables)`,
+            );
+          else if (/^[0-9]+$/.test(ref) && Number(ref) >= fromCount - 1)
+            refusals.push(
+              `line ${ins.line}: COPY ${w}: there is no earlier stage ${ref}; berth does not read a number as an image name (dockerd might)`,
             );
           else if (ref !== '' && !/^[0-9]+$/.test(ref) && !stages.has(ref.toLowerCase())) bases.push(ref);
         }

@@ -937,12 +937,15 @@ export class GuardProxy {
           await this.assertTagWritable(target);
           const name = m.params.name ?? '';
           const source = await this.inspectImage(name);
-          if (source) await this.assertNotForeignLocal(name, source.Id);
+          // Answered here: forwarded by name, an image that arrived meanwhile would get the tag
+          // unrecorded.
+          if (!source) throw new NotFound(`No such image: ${name}`);
+          await this.assertNotForeignLocal(name, source.Id);
           // By the ID read: the source name may move meanwhile, and the tag must name what was read.
-          const from = source ? path({ name: source.Id }) : path();
-          const record = target && source ? await this.records.before(target, source.Id) : undefined;
+          const from = path({ name: source.Id });
+          const record = target ? await this.records.before(target, source.Id) : undefined;
           const r = await this.forward(req, res, 'POST', from + q(query), { capture: true });
-          if (r && r.status < 300 && target && source) {
+          if (r && r.status < 300 && target) {
             this.state.setTag(target, source.Id);
             await record?.keep();
           } else await record?.drop();

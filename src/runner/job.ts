@@ -141,16 +141,8 @@ export class JobRun {
         const local = await images(client).find(img);
         if (local) {
           // A name a guard's tenant set to an image of its own is not the registry's image.
-          const writer = await tagWriterOf(
-            (filters) => client.json('GET', '/volumes', { query: { filters } }),
-            img,
-            local.Id,
-          );
-          if (writer !== undefined)
-            return {
-              status: 'failed',
-              reason: `image ${img} on the engine was set by the job of tenant ${writer}, not pulled; name the image by digest, or run again once that job ended`,
-            };
+          const squatted = await squatReason(client, img, local.Id);
+          if (squatted !== undefined) return { status: 'failed', reason: squatted };
           imageIds.set(img, local.Id);
           continue;
         }
@@ -167,7 +159,12 @@ export class JobRun {
           return { status: 'failed', reason: `cannot pull image ${img}: ${errorMessage(err)}` };
         }
         const pulled = await images(client).find(img);
-        if (pulled) imageIds.set(img, pulled.Id);
+        if (pulled) {
+          // A tenant may have set the name between the pull and this look.
+          const squatted = await squatReason(client, img, pulled.Id);
+          if (squatted !== undefined) return { status: 'failed', reason: squatted };
+          imageIds.set(img, pulled.Id);
+        }
         // Images the runner pulled for this job go with it (kept if something still uses them).
         cleanups.push(() =>
           images(client)
@@ -454,6 +451,18 @@ export class JobRun {
       }
     }
   }
+}
+
+/** Why a job may not run `img` (naming `id` now): a guard's tenant set the name to its own image. */
+async function squatReason(client: DockerClient, img: string, id: string): Promise<string | undefined> {
+  const writer = await tagWriterOf(
+    (filters) => client.json('GET', '/volumes', { query: { filters } }),
+    img,
+    id,
+  );
+  return writer === undefined
+    ? undefined
+    : `image ${img} on the engine was set by the job of tenant ${writer}, not pulled; name the image by digest, or run again once that job ended`;
 }
 
 /** Pulls `ref` (repo[:tag] or repo@digest) onto the engine. */
