@@ -482,13 +482,14 @@ export class GuardProxy {
   /**
    * Answers "no such image" for a name another tenant set to an image of its own (a tag record
    * says so): dockerd would run that tenant's image for a name this tenant expects from its
-   * registry, or from the host. A pull (through this guard) writes over such a name.
+   * registry, or from the host. A pull through this guard does not write over it (a tag someone
+   * else owns is pulled by digest), so the tenant names the image by digest meanwhile.
    */
   private async assertNotForeignLocal(ref: string, imageId: string): Promise<void> {
     const tag = await this.foreignLocalTag(ref, imageId);
     if (tag !== undefined)
       throw new NotFound(
-        `No such image: ${ref} (berth: image-tag: another tenant set ${tag} to an image of its own; pull it to get the registry's, or name it by digest)`,
+        `No such image: ${ref} (berth: image-tag: another tenant set ${tag} to an image of its own; name the image by digest)`,
       );
   }
 
