@@ -107,14 +107,19 @@ export async function createGuard(o: GuardOptions): Promise<GuardHandle> {
   // the guard hands to a relay) is handled at all: the client sends it again on a new connection,
   // and nothing it asked for happened meanwhile (RFC 9112, 9.6).
   const last = new WeakMap<object, { done: Promise<unknown>; settled: boolean; res: http.ServerResponse }>();
+  /** Connections whose last answer closes them: nothing more sent on them is handled. */
+  const closing = new WeakSet<object>();
   const handler = (req: http.IncomingMessage, res: http.ServerResponse) => {
-    const before = last.get(req.socket);
-    const p =
-      before === undefined || before.settled
-        ? before !== undefined && !before.res.shouldKeepAlive
-          ? Promise.resolve()
-          : proxy.handle(req, res)
-        : before.done.then(() => (before.res.shouldKeepAlive ? proxy.handle(req, res) : undefined));
+    const socket = req.socket;
+    const before = last.get(socket);
+    const run = (): Promise<void> => {
+      if (closing.has(socket) || (before !== undefined && !before.res.shouldKeepAlive)) {
+        closing.add(socket);
+        return Promise.resolve();
+      }
+      return proxy.handle(req, res);
+    };
+    const p = before === undefined || before.settled ? run() : before.done.then(run);
     const entry = { done: p.catch(() => undefined), settled: false, res };
     void entry.done.then(() => (entry.settled = true));
     last.set(req.socket, entry);
@@ -220,7 +225,12 @@ export async function createGuard(o: GuardOptions): Promise<GuardHandle> {
     // create meanwhile (proxy.stop()).
     const settled = await drained(o.drainMs ?? 10_000);
     if (cleanup) await proxy.cleanup();
-    if (cleanup && !settled && (await drained(o.lateMs ?? 120_000))) await proxy.cleanup();
+    // Once more after that, whether or not everything landed: a request that never settles must
+    // not keep the second pass from removing what a late one made.
+    if (cleanup && !settled) {
+      await drained(o.lateMs ?? 120_000);
+      await proxy.cleanup();
+    }
     // Pins stay while kept containers may start again (a later guard process reaps them).
     if (cleanup) await proxy.pins.releaseAll();
     transport.close();

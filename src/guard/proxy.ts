@@ -489,7 +489,7 @@ export class GuardProxy {
     const tag = await this.foreignLocalTag(ref, imageId);
     if (tag !== undefined)
       throw new NotFound(
-        `No such image: ${ref} (berth: image-tag: another tenant set ${tag} to an image of its own; name the image by digest)`,
+        `No such image: ${ref} (berth: image-tag: another tenant set ${tag} to an image of its own; name the image by digest, or pull it: a pull that finds the registry serving this very image makes the name usable)`,
       );
   }
 
@@ -524,6 +524,9 @@ export class GuardProxy {
     qs.set('cachefrom', JSON.stringify(ids));
   }
 
+  /** Tags this tenant's pull found the registry serving as the engine's image (tag → image ID). */
+  private readonly registryConfirmed = new Map<string, string>();
+
   /** The tag `ref` reads as, when another tenant set it to `imageId`, an image of its own. */
   private async foreignLocalTag(ref: string, imageId: string): Promise<string | undefined> {
     if (byIdOrDigest(ref) || this.state.ownsTagAt(ref, imageId)) return undefined;
@@ -533,6 +536,7 @@ export class GuardProxy {
     } catch {
       return undefined; // not a tag dockerd could look up either
     }
+    if (this.registryConfirmed.get(tag) === imageId) return undefined;
     return (await this.records.foreign(tag, imageId)) ? tag : undefined;
   }
 
@@ -2727,6 +2731,10 @@ export class GuardProxy {
       return fail(
         `berth: image-tag: the registry's ${tag} is not the image the engine's tag names, and that tag belongs to someone else: it was left as it is, and the image was pulled as ${byDigest} only (tag it with a name of your own)`,
       );
+    // The registry serves this very image under the name: whoever set the tag, it is no one's
+    // own image under it (tag records are not read for it from now on).
+    if (this.registryConfirmed.size >= 4096) this.registryConfirmed.clear();
+    this.registryConfirmed.set(normalizeTag(tag), was);
     res.end();
   }
 

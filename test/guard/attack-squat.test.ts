@@ -16,6 +16,8 @@ import type { GuardHandle } from '../../src/guard/index.js';
 import { SESSION, docker, engine, sessionLabels, tempDir, uniqueName } from '../support/index.js';
 import { expectAbsent, expectRefused, postBuild, postJson, send } from '../support/rawhttp.js';
 import { END, dockerContext, entry } from '../support/tar.js';
+import { startRegistry } from '../support/registry.js';
+import type { TestRegistry } from '../support/registry.js';
 import { jobStatus, logLines, removeRun, runJson, workspace } from '../runner/helpers.js';
 
 const IMAGE = 'berth-local/busybox';
@@ -277,5 +279,78 @@ describe('attack: squatting a name another tenant will use', () => {
     // B's guard wrote no record (it set no name).
     await b.close({ cleanup: true });
     assert.deepEqual(await records(), []);
+  });
+});
+
+describe('squatting: a name another tenant set to the registry’s very image', () => {
+  const c = engine();
+  const dir = tempDir('berth-squat-reg-');
+  let registry: TestRegistry;
+  let a: GuardHandle;
+  let b: GuardHandle;
+  let repo = '';
+
+  before(async () => {
+    registry = await startRegistry(dir.path);
+    repo = `${registry.addr}/berth-squat-reg-${SESSION}`;
+    // The registry serves one image under :1 and :latest; the engine has neither name.
+    for (const t of ['1', 'latest']) {
+      await images(c).tag(IMAGE, repo, t);
+      const push = await docker(HOST, ['push', `${repo}:${t}`]);
+      assert.equal(push.code, 0, push.stderr);
+      await images(c).remove(`${repo}:${t}`);
+    }
+    a = await createGuard({
+      tenant: uniqueName('sqr-a'),
+      listen: join(dir.path, 'a.sock'),
+      labels: sessionLabels(),
+    });
+    b = await createGuard({
+      tenant: uniqueName('sqr-b'),
+      listen: join(dir.path, 'b.sock'),
+      labels: sessionLabels(),
+    });
+  });
+
+  after(async () => {
+    await a.close({ cleanup: true }).catch(() => undefined);
+    await b.close({ cleanup: true }).catch(() => undefined);
+    const f = await images(c).find(IMAGE);
+    for (const ref of [...(f?.RepoTags ?? []), ...(f?.RepoDigests ?? [])])
+      if (ref.startsWith(repo))
+        await images(c)
+          .remove(ref)
+          .catch(() => false);
+    await registry.close();
+    dir[Symbol.dispose]();
+  });
+
+  test('is usable by the others once their pull finds the registry serving that image', async () => {
+    const pulled = await docker(a.address, ['pull', `${repo}:1`]);
+    assert.equal(pulled.code, 0, pulled.stderr);
+    const tagged = await docker(a.address, ['tag', `${repo}:1`, `${repo}:latest`]);
+    assert.equal(tagged.code, 0, tagged.stderr);
+    const sockB = b.address.replace(/^unix:\/\//, '');
+    expectAbsent(
+      await postJson(
+        sockB,
+        '/v1.41/containers/create',
+        JSON.stringify({ Image: `${repo}:latest`, Cmd: ['true'] }),
+      ),
+      'before the pull',
+    );
+    const pull = await docker(b.address, ['pull', `${repo}:latest`]);
+    assert.equal(pull.code, 0, pull.stderr);
+    const run = await docker(b.address, [
+      'run',
+      '--rm',
+      '--network',
+      'none',
+      `${repo}:latest`,
+      'echo',
+      'ran',
+    ]);
+    assert.equal(run.code, 0, run.stderr);
+    assert.equal(run.stdout.trim(), 'ran');
   });
 });
