@@ -227,3 +227,16 @@ export async function tagWriterOf(
   if (byIdOrDigest(ref)) return undefined;
   return foreignRecord(parseRecords(await list(recordFilter(ref))), ref, imageId, '')?.tenant;
 }
+
+/**
+ * The tag and image a record's labels name, when they are a record's (for a reaper: a record
+ * whose tag still names its image marks a tag that outlived its tenant's cleanup, and stays).
+ */
+export function recordedTag(
+  labels: Readonly<Record<string, string>> | null | undefined,
+): { tag: string; image: string } | undefined {
+  if (!labels || labels[LABEL_ROLE] !== RECORD_ROLE || LABEL_TENANT in labels) return undefined;
+  const tag = labels[LABEL_NAME];
+  const image = labels[LABEL_IMAGE];
+  return tag !== undefined && image !== undefined ? { tag, image } : undefined;
+}

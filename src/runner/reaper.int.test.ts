@@ -11,7 +11,7 @@ import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { LABEL_TEST_SESSION } from '../common/index.js';
-import { containers } from '../engine/index.js';
+import { containers, images, volumes } from '../engine/index.js';
 import { SESSION, engine, sessionLabels, uniqueName } from '../../test/support/index.js';
 import { RUN_OWNER_FILE, createRunTempRoot, jobTempRoot } from './paths.js';
 import { reap } from './reaper.js';
@@ -98,4 +98,43 @@ test("a build step container's forged run and owner labels do not make a live ru
   });
   assert.deepEqual(forced.runs, [victim]);
   assert.equal(existsSync(victimDir), false);
+});
+
+test("a guard's tag record stays while its tag still names the image recorded, and goes once it does not", async () => {
+  const run = uniqueName('run');
+  runDir(run, 999999999);
+  const tag = `berth-reap-kept-${SESSION}:1`;
+  const { Id: image } = await images(client).inspect('berth-local/busybox');
+  await images(client).tag('berth-local/busybox', tag.split(':')[0] ?? '', '1');
+  const record = (name: string, recorded: string) =>
+    volumes(client).create({
+      Name: `berth-tag-${uniqueName('k')}`,
+      Labels: sessionLabels({
+        ...dead(run),
+        'io.berth.role': 'tag-record',
+        'io.berth.tag.key': 'k',
+        'io.berth.tag.name': recorded,
+        'io.berth.tag.image': name,
+        'io.berth.tag.tenant': 'job-x',
+      }),
+    });
+  const holds = await record(image, tag);
+  const stale = await record(image, `berth-reap-gone-${SESSION}:1`);
+  try {
+    await reap(client, { labelFilter: [`${LABEL_TEST_SESSION}=${SESSION}`] });
+    const left = (await volumes(client).list()).map((v) => v.Name);
+    assert.ok(left.includes(holds.Name), 'the record of a tag that still names its image stays');
+    assert.ok(!left.includes(stale.Name), 'the record of a name that is gone is reaped');
+    await images(client).remove(tag);
+    await reap(client, { labelFilter: [`${LABEL_TEST_SESSION}=${SESSION}`] });
+    assert.ok(!(await volumes(client).list()).some((v) => v.Name === holds.Name), 'reaped once the tag went');
+  } finally {
+    await images(client)
+      .remove(tag)
+      .catch(() => false);
+    for (const v of [holds.Name, stale.Name])
+      await volumes(client)
+        .remove(v)
+        .catch(() => false);
+  }
 });

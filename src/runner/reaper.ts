@@ -16,7 +16,8 @@ import {
   sleep,
   tenantOf,
 } from '../common/index.js';
-import { EngineError, containers, networks, volumes } from '../engine/index.js';
+import { EngineError, containers, images, networks, volumes } from '../engine/index.js';
+import { recordedTag } from '../guard/index.js';
 import type { DockerClient } from '../engine/index.js';
 import type { Store } from './store.js';
 import { jobTempRoot, readRunOwner, runOwnerGone } from './paths.js';
@@ -181,6 +182,19 @@ async function removeLabelled(
   }
   for (const v of await volumes(client).list({ label })) {
     if (!picked(v.Labels)) continue;
+    // A guard's record of a tag its tenant set, where the tag outlived the tenant's cleanup (a
+    // container of someone else's used the image): it keeps marking the name while the name
+    // still names that image, or the next tenant naming it would run the image.
+    const rec = recordedTag(v.Labels);
+    if (
+      rec &&
+      (
+        await images(client)
+          .find(rec.tag)
+          .catch(() => undefined)
+      )?.Id === rec.image
+    )
+      continue;
     try {
       if (await retrying(() => volumes(client).remove(v.Name))) result.volumes++;
     } catch (err) {
