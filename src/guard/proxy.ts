@@ -634,31 +634,55 @@ export class GuardProxy {
 
   ensureNetwork(): Promise<string> {
     this.networkId ??= (async () => {
-      const found = await this.upstreamJson<{ Id: string; Labels?: Record<string, string> | null }>(
-        'GET',
-        `/networks/${encodeURIComponent(this.networkName)}`,
-      );
-      if (found.status === 200) {
-        if (!this.state.owns(found.json.Labels))
+      // Listed, not looked up by name: guards of one tenant in other processes (a kept
+      // environment) may create it at the same moment, and dockerd's duplicate check is not atomic.
+      // Every such guard then settles on the oldest, and removes the one it made if not that one.
+      const named = async () => {
+        const filters = encodeURIComponent(JSON.stringify({ name: [this.networkName] }));
+        const r = await this.upstreamJson<
+          { Id: string; Name?: string; Created?: string; Labels?: Record<string, string> | null }[]
+        >('GET', `/networks?filters=${filters}`);
+        if (r.status !== 200 || !Array.isArray(r.json))
+          throw new Error(`cannot list the networks (engine answered ${r.status})`);
+        const same = r.json.filter((n) => n.Name === this.networkName);
+        if (same.some((n) => !this.state.owns(n.Labels)))
           throw new Refusal(
             'ownership',
             `network ${this.networkName} exists and belongs to someone else`,
             409,
           );
-        return found.json.Id;
-      }
-      const created = await this.upstreamJson<{ Id: string; message?: string }>('POST', '/networks/create', {
-        Name: this.networkName,
-        CheckDuplicate: true,
-        Labels: { ...this.cfg.labels, [LABEL_ROLE]: 'guard-network' },
-      });
-      if (created.status >= 300)
-        throw new Refusal(
-          'ownership',
-          `cannot create the tenant network: ${created.json.message ?? created.status}`,
-          409,
+        return same.sort((a, b) =>
+          (a.Created ?? '') === (b.Created ?? '')
+            ? a.Id.localeCompare(b.Id)
+            : (a.Created ?? '').localeCompare(b.Created ?? ''),
         );
-      return created.json.Id;
+      };
+      let list = await named();
+      let made: string | undefined;
+      if (list.length === 0) {
+        const created = await this.upstreamJson<{ Id?: string; message?: string }>(
+          'POST',
+          '/networks/create',
+          {
+            Name: this.networkName,
+            CheckDuplicate: true,
+            Labels: { ...this.cfg.labels, [LABEL_ROLE]: 'guard-network' },
+          },
+        );
+        made = created.status < 300 ? created.json.Id : undefined;
+        list = await named();
+        if (list.length === 0)
+          throw new Refusal(
+            'ownership',
+            `cannot create the tenant network: ${created.json.message ?? created.status}`,
+            409,
+          );
+      }
+      const [first] = list;
+      if (first === undefined) throw new Error('unreachable: the network list is empty');
+      if (made !== undefined && made !== first.Id)
+        await this.upstreamJson('DELETE', `/networks/${made}`).catch(() => undefined);
+      return first.Id;
     })().then(
       (id) => {
         this.state.networks.add(id);

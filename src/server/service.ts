@@ -387,7 +387,10 @@ class Sampler {
       const s = await this.client.json<StatsJson>('GET', `/containers/${c.Id}/stats`, {
         query: { stream: false },
       });
-      this.svc.recordSample(this.runId, job, Date.now(), cpuPercent(s), s.memory_stats?.usage ?? 0);
+      // A container that ended while its stats were read reports no memory: not a sample.
+      const mem = s.memory_stats?.usage;
+      if (mem === undefined || mem <= 0) return;
+      this.svc.recordSample(this.runId, job, Date.now(), cpuPercent(s), mem);
     } catch {
       /* the job may have just ended */
     }

@@ -12,7 +12,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { LABEL_TENANT } from '../../src/common/index.js';
-import { containers, images, volumes } from '../../src/engine/index.js';
+import { containers, images, networks, volumes } from '../../src/engine/index.js';
 import { createGuard } from '../../src/guard/index.js';
 import type { GuardHandle } from '../../src/guard/index.js';
 import type { Policy } from '../../src/guard/index.js';
@@ -297,4 +297,39 @@ describe('attack: pass 15 (create checks go stale, weights and swap, records at 
         await volumes(c).remove(v.Name);
     }
   });
+});
+
+test('two guards of one tenant making its network at the same moment settle on one', async () => {
+  const c = engine();
+  const dir = tempDir('berth-netrace-');
+  const tenant = uniqueName('netrace');
+  const guards = await Promise.all(
+    ['a', 'b', 'c'].map((n) =>
+      createGuard({ tenant, listen: join(dir.path, `${n}.sock`), labels: sessionLabels() }),
+    ),
+  );
+  try {
+    const made = await Promise.all(
+      guards.map((g) =>
+        postJson(
+          g.address.replace(/^unix:\/\//, ''),
+          '/v1.41/containers/create',
+          JSON.stringify({ Image: IMAGE, Cmd: ['true'] }),
+        ),
+      ),
+    );
+    const nets = new Set<string>();
+    for (const r of made) {
+      assert.equal(r.status, 201, r.text);
+      const id = (JSON.parse(r.text) as { Id: string }).Id;
+      nets.add(Object.keys((await containers(c).inspect(id)).NetworkSettings.Networks ?? {}).join());
+    }
+    assert.equal(nets.size, 1, [...nets].join(' | '));
+    const named = (await networks(c).list({ label: [`${LABEL_TENANT}=${tenant}`] })).map((n) => n.Name);
+    assert.equal(named.length, 1, named.join(', '));
+  } finally {
+    for (const g of guards) await g.close({ cleanup: true });
+    c.close();
+    dir[Symbol.dispose]();
+  }
 });
