@@ -96,7 +96,7 @@ test('a create the engine answers after the cleanup’s first pass is removed by
 test('a handler in flight when the guard closes sends no create afterwards, and leaves nothing', async () => {
   using dir = tempDir('berth-close-race-');
   // The tenant network's lookup is held: the create handler is waiting on it when the guard closes.
-  const g = await heldGuard(dir.path, /^GET \/networks\/berth-/, 'closestart', {
+  const g = await heldGuard(dir.path, /^GET \/networks\?filters=/, 'closestart', {
     drainMs: 100,
     lateMs: 5000,
   });
