@@ -31,7 +31,10 @@ async function owned(tenant: string) {
   }
 }
 
-/** A guard whose engine is reached through a relay that holds requests matching `hold`. */
+/**
+ * A guard whose engine is reached through a relay that holds requests matching `hold` (the tests
+ * time out rather than hang when the guard stops sending such a request).
+ */
 async function heldGuard(
   dir: string,
   hold: RegExp,
@@ -70,48 +73,56 @@ async function settled(relay: Awaited<ReturnType<typeof holdingRelay>>): Promise
   await relay.quiet(500);
 }
 
-test('a create the engine answers after the cleanup’s first pass is removed by a second one', async () => {
-  using dir = tempDir('berth-close-race-');
-  const g = await heldGuard(dir.path, /^POST \/v[\d.]+\/containers\/create/, 'closerace', { drainMs: 200 });
-  try {
-    const volume = await send(g.sock, {
-      method: 'POST',
-      path: '/v1.41/volumes/create',
-      headers: [['Content-Type', 'application/json']],
-      body: '{}',
-    });
-    assert.equal(volume.status, 201, volume.text);
-    // No network: the late create must not fail only because the cleanup removed the network.
-    const create = createContainer(g.sock, { NetworkMode: 'none' });
-    await g.relay.seen;
-    await g.guard.close({ cleanup: true });
-    await create;
-    await settled(g.relay);
-    assert.deepEqual(await owned(g.tenant), { containers: 0, networks: 0, volumes: 0 });
-  } finally {
-    await g.close();
-  }
-});
+test(
+  'a create the engine answers after the cleanup’s first pass is removed by a second one',
+  { timeout: 60_000 },
+  async () => {
+    using dir = tempDir('berth-close-race-');
+    const g = await heldGuard(dir.path, /^POST \/v[\d.]+\/containers\/create/, 'closerace', { drainMs: 200 });
+    try {
+      const volume = await send(g.sock, {
+        method: 'POST',
+        path: '/v1.41/volumes/create',
+        headers: [['Content-Type', 'application/json']],
+        body: '{}',
+      });
+      assert.equal(volume.status, 201, volume.text);
+      // No network: the late create must not fail only because the cleanup removed the network.
+      const create = createContainer(g.sock, { NetworkMode: 'none' });
+      await g.relay.seen;
+      await g.guard.close({ cleanup: true });
+      await create;
+      await settled(g.relay);
+      assert.deepEqual(await owned(g.tenant), { containers: 0, networks: 0, volumes: 0 });
+    } finally {
+      await g.close();
+    }
+  },
+);
 
-test('a handler in flight when the guard closes sends no create afterwards, and leaves nothing', async () => {
-  using dir = tempDir('berth-close-race-');
-  // The tenant network's lookup is held: the create handler is waiting on it when the guard closes.
-  const g = await heldGuard(dir.path, /^GET \/networks\?filters=/, 'closestart', {
-    drainMs: 100,
-    lateMs: 5000,
-  });
-  try {
-    const create = createContainer(g.sock);
-    await g.relay.seen;
-    const closing = Date.now();
-    await g.guard.close({ cleanup: true });
-    await create;
-    await settled(g.relay);
-    assert.deepEqual(await owned(g.tenant), { containers: 0, networks: 0, volumes: 0 });
-    // The held lookup is answered while the close waits for it; the handler must stop there.
-    const late = g.relay.sent.filter((r) => r.at >= closing && r.line.startsWith('POST'));
-    assert.deepEqual(late, [], 'no POST reached the engine once the guard was closing');
-  } finally {
-    await g.close();
-  }
-});
+test(
+  'a handler in flight when the guard closes sends no create afterwards, and leaves nothing',
+  { timeout: 60_000 },
+  async () => {
+    using dir = tempDir('berth-close-race-');
+    // The tenant network's lookup is held: the create handler is waiting on it when the guard closes.
+    const g = await heldGuard(dir.path, /^GET \/networks\?filters=/, 'closestart', {
+      drainMs: 100,
+      lateMs: 5000,
+    });
+    try {
+      const create = createContainer(g.sock);
+      await g.relay.seen;
+      const closing = Date.now();
+      await g.guard.close({ cleanup: true });
+      await create;
+      await settled(g.relay);
+      assert.deepEqual(await owned(g.tenant), { containers: 0, networks: 0, volumes: 0 });
+      // The held lookup is answered while the close waits for it; the handler must stop there.
+      const late = g.relay.sent.filter((r) => r.at >= closing && r.line.startsWith('POST'));
+      assert.deepEqual(late, [], 'no POST reached the engine once the guard was closing');
+    } finally {
+      await g.close();
+    }
+  },
+);
