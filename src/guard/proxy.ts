@@ -486,11 +486,18 @@ export class GuardProxy {
    * else owns is pulled by digest), so the tenant names the image by digest meanwhile.
    */
   private async assertNotForeignLocal(ref: string, imageId: string): Promise<void> {
+    const refusal = await this.foreignLocalRefusal(ref, imageId);
+    if (refusal) throw refusal;
+  }
+
+  /** The 404 for `ref` when another tenant set it to `imageId`, an image of its own. */
+  private async foreignLocalRefusal(ref: string, imageId: string): Promise<NotFound | undefined> {
     const tag = await this.foreignLocalTag(ref, imageId);
-    if (tag !== undefined)
-      throw new NotFound(
-        `No such image: ${ref} (berth: image-tag: another tenant set ${tag} to an image of its own; name the image by digest, or pull it: a pull that finds the registry serving this very image makes the name usable)`,
-      );
+    return tag === undefined
+      ? undefined
+      : new NotFound(
+          `No such image: ${ref} (berth: image-tag: another tenant set ${tag} to an image of its own; name the image by digest, or pull it: a pull that finds the registry serving this very image makes the name usable)`,
+        );
   }
 
   /**
@@ -579,13 +586,8 @@ export class GuardProxy {
             409,
           ),
         );
-      const foreign = await this.foreignLocalTag(facts.image.name, image);
-      if (foreign !== undefined)
-        return refuse(
-          new NotFound(
-            `No such image: ${facts.image.name} (berth: image-tag: another tenant set ${foreign} to an image of its own)`,
-          ),
-        );
+      const foreign = await this.foreignLocalRefusal(facts.image.name, image);
+      if (foreign) return refuse(foreign);
     }
     try {
       onRequest(() => checkHealthcheck(c.json.Config?.Healthcheck, undefined, this.cfg.policy));

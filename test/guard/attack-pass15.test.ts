@@ -26,6 +26,21 @@ const IMAGE = 'berth-local/busybox';
 const HOST = 'unix:///var/run/docker.sock';
 const CREATE = /^POST \S*\/containers\/create/;
 
+/** A container of the host's (created on the raw socket, not started) from `image`; answers its ID. */
+async function hostContainer(image: string): Promise<string> {
+  const r = await docker(HOST, [
+    'create',
+    '--network',
+    'none',
+    '--label',
+    `io.berth.test-session=${SESSION}`,
+    image,
+    'true',
+  ]);
+  assert.equal(r.code, 0, r.stderr);
+  return r.stdout.trim();
+}
+
 describe('attack: pass 15 (create checks go stale, weights and swap, records at a failed cleanup)', () => {
   const c = engine();
   const dir = tempDir('berth-pass15-');
@@ -118,17 +133,7 @@ describe('attack: pass 15 (create checks go stale, weights and swap, records at 
 
   test('an image named by ID that arrives while the create waits brings no health check past the rules', async () => {
     // The image: busybox committed on the host with a 1 ms health check, saved, and removed again.
-    const holder = await docker(HOST, [
-      'create',
-      '--network',
-      'none',
-      '--label',
-      `io.berth.test-session=${SESSION}`,
-      IMAGE,
-      'true',
-    ]);
-    assert.equal(holder.code, 0, holder.stderr);
-    const hid = holder.stdout.trim();
+    const hid = await hostContainer(IMAGE);
     const commit = await docker(HOST, [
       'commit',
       '--change',
@@ -256,7 +261,7 @@ describe('attack: pass 15 (create checks go stale, weights and swap, records at 
     const tenant = uniqueName('p15d');
     const name = `127.0.0.1:1/p15-kept-${SESSION}:1`;
     const g = await createGuard({ tenant, listen: sock, labels: sessionLabels() });
-    let hostContainer = '';
+    let holder = '';
     try {
       const built = await postBuild(
         sock,
@@ -266,17 +271,7 @@ describe('attack: pass 15 (create checks go stale, weights and swap, records at 
       assert.equal(built.status, 200, built.text);
       const id = (await images(c).inspect(name)).Id;
       // A container of the host's uses the image: dockerd keeps the image's last tag at the cleanup.
-      const h = await docker(HOST, [
-        'create',
-        '--network',
-        'none',
-        '--label',
-        `io.berth.test-session=${SESSION}`,
-        id,
-        'true',
-      ]);
-      assert.equal(h.code, 0, h.stderr);
-      hostContainer = h.stdout.trim();
+      holder = await hostContainer(id);
       await g.close({ cleanup: true });
       assert.equal((await images(c).inspect(name)).Id, id, 'the tag stayed (dockerd refused its removal)');
       expectAbsent(
@@ -286,7 +281,7 @@ describe('attack: pass 15 (create checks go stale, weights and swap, records at 
       assert.deepEqual(await containersOf(tenantB), []);
     } finally {
       await g.close({ cleanup: true }).catch(() => undefined);
-      if (hostContainer) await containers(c).remove(hostContainer, { force: true });
+      if (holder) await containers(c).remove(holder, { force: true });
       await images(c)
         .remove(name, true)
         .catch(() => false);
