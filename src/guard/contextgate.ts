@@ -19,11 +19,22 @@ export function dockerfilePaths(option: string | null): Set<string> {
   return out;
 }
 
+/**
+ * Pieces smaller than this are gathered before they go on. A client sends a context of many small
+ * files as many small pieces (the docker CLI writes an HTTP chunk per header and per file): each one
+ * pushed on its own costs a trip through every stream to dockerd's socket.
+ */
+const GATHER_BYTES = 16 * 1024;
+
 export class ContextGate extends Transform {
   private readonly scanner: LoadScanner;
   private readonly archive: ArchiveScan;
   private readonly versions: Buffer[] = [];
   private held = 0;
+  /** Bytes scanned and not yet passed on: small pieces are gathered (see GATHER_BYTES). */
+  private pending: Buffer[] = [];
+  private pendingBytes = 0;
+  private passScheduled = false;
   /** Why the context was stopped; set before the stream fails. */
   refused: Error | undefined;
 
@@ -47,9 +58,16 @@ export class ContextGate extends Transform {
         return undefined;
       },
       emit: (bytes) => {
-        // A gzip context inflates as fast as it likes: it waits while dockerd has not taken
-        // what is already here (a plain one waits through the stream's own backpressure).
-        if (!this.push(bytes)) this.archive.pause();
+        this.pending.push(bytes);
+        this.pendingBytes += bytes.length;
+        if (this.pendingBytes >= GATHER_BYTES) this.passPending();
+        else if (!this.passScheduled) {
+          this.passScheduled = true;
+          setImmediate(() => {
+            this.passScheduled = false;
+            this.passPending();
+          });
+        }
       },
     });
     this.archive = new ArchiveScan(this.scanner, 'build context');
@@ -72,6 +90,7 @@ export class ContextGate extends Transform {
           return this.stop(new Error(`berth cannot read this build context: ${scan.problem}`), done);
         const why = await this.check(this.versions);
         if (why) return this.stop(why, done);
+        this.passPending();
         // The end-of-archive: two zero blocks, as Go's reader expects them (after the last entry's
         // padding, where the archive went without it).
         this.push(Buffer.alloc(this.scanner.unpadded + 1024));
@@ -80,6 +99,17 @@ export class ContextGate extends Transform {
         this.stop(err instanceof Error ? err : new Error(String(err)), done);
       }
     })();
+  }
+
+  /** Passes the gathered pieces on, as one. */
+  private passPending(): void {
+    if (this.pending.length === 0 || this.destroyed) return;
+    const out = this.pending.length === 1 ? this.pending[0] : Buffer.concat(this.pending, this.pendingBytes);
+    this.pending = [];
+    this.pendingBytes = 0;
+    // A gzip context inflates as fast as it likes: it waits while dockerd has not taken what is
+    // already here (a plain one waits through the stream's own backpressure).
+    if (out && !this.push(out)) this.archive.pause();
   }
 
   override _destroy(err: Error | null, done: (error: Error | null) => void): void {

@@ -240,3 +240,34 @@ test('red-team pass 4: a gzip archive that inflates to another compressed stream
   // Fewer inflated bytes than a magic's length are still read (and found truncated).
   assert.match((await scanOf(gzipSync(Buffer.from('abc')))).problem ?? '', /ends in the middle/);
 });
+
+test('what passes on is the archive up to its end block, in about one piece per chunk, however it is cut', () => {
+  const body = Buffer.concat([
+    entry('Dockerfile', 'FROM b\n'),
+    ...Array.from({ length: 200 }, (_, i) => entry(`d/f${i}`, 'x'.repeat(i * 37))),
+    pax({ path: 'long/'.repeat(30) + 'name' }),
+    header('short', 0),
+    entry('empty', ''),
+  ]);
+  // Bytes after the end block are nobody's: they never pass.
+  const archive = Buffer.concat([body, END, entry('after', 'late')]);
+  for (const step of [1, 7, 511, 512, 513, 4096, 65536, archive.length]) {
+    const out: Buffer[] = [];
+    const s = new LoadScanner({
+      watched: new Set(['Dockerfile']),
+      read: () => undefined,
+      emit: (b) => out.push(b),
+    });
+    let chunks = 0;
+    for (let i = 0; i < archive.length; i += step, chunks++) s.write(archive.subarray(i, i + step));
+    assert.equal(s.end().problem, undefined, `step ${step}`);
+    assert.ok(Buffer.concat(out).equals(body), `step ${step}: the bytes before the end block, in order`);
+    // At most two pieces per chunk: the bytes before a header that spans chunks, and that header.
+    assert.ok(out.length <= 2 * chunks, `step ${step}: ${out.length} pieces for ${chunks} chunks`);
+  }
+  // A chunk-sized read of many entries is one piece, not two per entry.
+  const one: Buffer[] = [];
+  const s = new LoadScanner({ watched: new Set(), read: () => undefined, emit: (b) => one.push(b) });
+  s.write(archive);
+  assert.equal(one.length, 1);
+});

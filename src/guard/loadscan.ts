@@ -40,6 +40,12 @@ export interface LoadScan {
   manifest: boolean;
 }
 
+const ZERO_BLOCK = Buffer.alloc(BLOCK);
+
+function isZeroBlock(h: Buffer): boolean {
+  return h.equals(ZERO_BLOCK);
+}
+
 function cstr(b: Buffer, off: number, len: number): string {
   const s = b.subarray(off, off + len);
   const z = s.indexOf(0);
@@ -164,12 +170,19 @@ export class LoadScanner {
   private longLink: string | undefined;
   private readonly symlinks = new Set<string>();
 
+  /**
+   * Reads the next piece. The bytes passed on go to `emit` in as few pieces as the archive allows
+   * (one per chunk, unless a header spans two chunks or the end block sits inside one): a context of
+   * many small files costs a push per chunk, not two per entry.
+   */
   write(chunk: Buffer): void {
+    const emit = this.opts.emit;
     let off = 0;
+    /** Where the bytes of this chunk that pass but were not emitted yet begin. */
+    let run = 0;
     while (off < chunk.length && !this.ended && this.problem === undefined) {
       if (this.remaining > 0) {
         const n = Math.min(this.remaining, chunk.length - off);
-        this.opts.emit?.(chunk.subarray(off, off + n));
         if (this.capture) {
           const useful = Math.max(0, Math.min(n, this.size - this.captured));
           if (useful > 0) this.capture.push(chunk.subarray(off, off + useful));
@@ -180,17 +193,31 @@ export class LoadScanner {
         if (this.remaining === 0) this.finishData();
         continue;
       }
-      const need = BLOCK - this.header.length;
-      const take = chunk.subarray(off, off + need);
-      this.header = this.header.length === 0 ? Buffer.from(take) : Buffer.concat([this.header, take]);
-      off += take.length;
-      if (this.header.length === BLOCK) {
-        const h = this.header;
+      let h: Buffer;
+      if (this.header.length === 0 && chunk.length - off >= BLOCK) {
+        // A header whole in this chunk: read in place.
+        h = chunk.subarray(off, off + BLOCK);
+        if (isZeroBlock(h)) {
+          // The end of the archive: what came before it passes, it does not.
+          if (emit && off > run) emit(chunk.subarray(run, off));
+          off += BLOCK;
+          run = off;
+        } else off += BLOCK;
+      } else {
+        // A header that spans chunks: the bytes before it pass now, the header once it is whole.
+        if (emit && this.header.length === 0 && off > run) emit(chunk.subarray(run, off));
+        const take = chunk.subarray(off, off + BLOCK - this.header.length);
+        this.header = this.header.length === 0 ? Buffer.from(take) : Buffer.concat([this.header, take]);
+        off += take.length;
+        run = off;
+        if (this.header.length < BLOCK) continue;
+        h = this.header;
         this.header = Buffer.alloc(0);
-        if (!h.every((x) => x === 0)) this.opts.emit?.(h);
-        this.onHeader(h);
+        if (emit && !isZeroBlock(h)) emit(h);
       }
+      this.onHeader(h);
     }
+    if (emit && off > run) emit(chunk.subarray(run, off));
   }
 
   end(): LoadScan {
@@ -218,7 +245,7 @@ export class LoadScanner {
   }
 
   private onHeader(h: Buffer): void {
-    if (h.every((x) => x === 0)) {
+    if (isZeroBlock(h)) {
       // Go stops at a zero block (and fails unless another follows): nothing after it is read.
       this.ended = true;
       return;
@@ -268,14 +295,17 @@ export class LoadScanner {
     // An old-style regular entry whose name ends in a slash is a folder to Go (no data).
     if (type === '\0' && name.endsWith('/')) type = '5';
     const at = landing(name);
-    const parts = at.split('/');
-    for (let i = 1; i < parts.length; i++) {
-      if (this.symlinks.has(parts.slice(0, i).join('/')))
-        return this.fail(`the archive writes ${at} through a symbolic link it made`);
+    // (Most contexts make no symbolic link: nothing to look through then.)
+    if (this.symlinks.size > 0) {
+      const parts = at.split('/');
+      for (let i = 1; i < parts.length; i++) {
+        if (this.symlinks.has(parts.slice(0, i).join('/')))
+          return this.fail(`the archive writes ${at} through a symbolic link it made`);
+      }
     }
     // link(2) does not follow a symbolic link it is given: a hard link to one is another symbolic
     // link, which the scanner would not know as one. Refused, as is a link through one.
-    if (type === '1') {
+    if (type === '1' && this.symlinks.size > 0) {
       const target = landing(linkName).split('/');
       for (let i = 1; i <= target.length; i++)
         if (this.symlinks.has(target.slice(0, i).join('/')))

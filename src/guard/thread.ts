@@ -7,6 +7,7 @@
  * guard would; the reaper handles what a killed process leaves.
  */
 import { once } from 'node:events';
+import { setFlagsFromString } from 'node:v8';
 import { Worker } from 'node:worker_threads';
 import { BerthError, errorMessage } from '../common/index.js';
 import type { ErrorCode } from '../common/index.js';
@@ -27,8 +28,26 @@ export function errorFromThread(m: Extract<FromGuardThread, { kind: 'failed' }>)
   return m.code ? new BerthError(m.code, m.message, { hint: m.hint }) : new Error(m.message);
 }
 
+/**
+ * The old generation's first collection limit for the isolates made after this (the guards'
+ * workers; V8 reads it when it sets a heap up). V8 counts the external memory allocated since the
+ * last full collection against that limit, and every piece of an upload is a fresh Buffer of
+ * external memory: with V8's own start (a limit a few MB over a heap of about 8 MB), a guard that
+ * had served a few thousand requests ran a full mark-compact every 20 MB or so of build context,
+ * 28 of them in four 256 MiB uploads, against none with this. The limit is when V8 collects, not
+ * memory it takes: most of a guard's garbage dies young and goes with scavenges.
+ */
+let heapConfigured = false;
+function configureGuardHeaps(): void {
+  if (heapConfigured) return;
+  heapConfigured = true;
+  setFlagsFromString(`--initial-old-space-size=${GUARD_OLD_SPACE_MB}`);
+}
+const GUARD_OLD_SPACE_MB = 64;
+
 /** Starts a guard in a worker thread; resolves once its socket is listening. */
 export async function startGuardThread(o: GuardThreadOptions): Promise<GuardHandle> {
+  configureGuardHeaps();
   const ext = import.meta.url.endsWith('.ts') ? 'ts' : 'js';
   const entry = new URL(`./thread-main.${ext}`, import.meta.url);
   // Run from TypeScript sources (tests, `npm run berth`), the worker registers the loader first.
