@@ -16,6 +16,31 @@ import {
 } from './tagrecords.js';
 import type { TagRecord } from './tagrecords.js';
 
+/** An engine of volumes only (create, inspect, list, delete), and the methods it was asked for. */
+function volumeEngine() {
+  const vols = new Map<string, Record<string, string>>();
+  const calls: string[] = [];
+  const upstream = (method: string, path: string, body?: unknown) => {
+    calls.push(method);
+    if (method === 'POST') {
+      const b = body as { Name: string; Labels: Record<string, string> };
+      vols.set(b.Name, b.Labels);
+      return Promise.resolve({ status: 201, json: { Name: b.Name, Labels: b.Labels } });
+    }
+    const name = decodeURIComponent(path.split('/').pop() ?? '');
+    if (method === 'DELETE') return Promise.resolve({ status: vols.delete(name) ? 204 : 404, json: {} });
+    if (!path.startsWith('/volumes?')) {
+      const labels = vols.get(name);
+      return Promise.resolve(
+        labels ? { status: 200, json: { Name: name, Labels: labels } } : { status: 404, json: {} },
+      );
+    }
+    const all = [...vols].map(([Name, Labels]) => ({ Name, Labels }));
+    return Promise.resolve({ status: 200, json: { Volumes: all } });
+  };
+  return { vols, calls, upstream };
+}
+
 const IMG = `sha256:${'a'.repeat(64)}`;
 const OTHER = `sha256:${'b'.repeat(64)}`;
 
@@ -91,21 +116,7 @@ describe('tag records', () => {
   });
 
   test('a replaced record stays RECORD_GRACE_MS after it was replaced; the cleanup keeps those of names still set', async () => {
-    // An engine of volumes only: create, list by label, delete.
-    const vols = new Map<string, Record<string, string>>();
-    const upstream = (method: string, path: string, body?: unknown) => {
-      if (method === 'POST') {
-        const b = body as { Name: string; Labels: Record<string, string> };
-        vols.set(b.Name, b.Labels);
-        return Promise.resolve({ status: 201, json: { Name: b.Name, Labels: b.Labels } });
-      }
-      if (method === 'DELETE') {
-        const name = decodeURIComponent(path.split('/').pop() ?? '');
-        return Promise.resolve({ status: vols.delete(name) ? 204 : 404, json: {} });
-      }
-      const all = [...vols].map(([Name, Labels]) => ({ Name, Labels }));
-      return Promise.resolve({ status: 200, json: { Volumes: all } });
-    };
+    const { upstream, vols } = volumeEngine();
     mock.timers.enable({ apis: ['Date'], now: 1_000_000 });
     try {
       const mine = new TagRecords('job-a', {}, upstream);
@@ -141,5 +152,35 @@ describe('tag records', () => {
     } finally {
       mock.timers.reset();
     }
+  });
+
+  test('a write of the image a live record of this guard already names keeps that record (none written, none dropped)', async () => {
+    const { upstream, vols, calls } = volumeEngine();
+    const mine = new TagRecords('job-a', {}, upstream);
+    const other = new TagRecords('job-b', {}, upstream);
+    await (await mine.before('app:1', IMG)).keep();
+    assert.equal(vols.size, 1);
+    // The same image again (a cached rebuild): one look, no write; a failed tag keeps the record.
+    calls.length = 0;
+    const again = await mine.before('app:1', IMG);
+    assert.deepEqual(calls, ['GET']);
+    await again.drop();
+    assert.equal(vols.size, 1, 'the record that was there stays');
+    assert.ok(await other.foreign('app:1', IMG));
+    // Another image: a record of its own; back to the first image after that: a new record (the
+    // first one was replaced, and goes after its grace).
+    await (await mine.before('app:1', OTHER)).keep();
+    await (await mine.before('app:1', IMG)).keep();
+    assert.equal(vols.size, 3);
+    // A record the engine lost (its volumes pruned) is written again.
+    vols.clear();
+    await (await mine.before('app:1', IMG)).keep();
+    assert.equal(vols.size, 1);
+    assert.ok(await other.foreign('app:1', IMG));
+    // Pending records (any image) are never reused.
+    calls.length = 0;
+    await mine.before('app:2', ANY_IMAGE);
+    await mine.before('app:2', ANY_IMAGE);
+    assert.deepEqual(calls, ['POST', 'POST']);
   });
 });
