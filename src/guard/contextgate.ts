@@ -60,7 +60,15 @@ export class ContextGate extends Transform {
       emit: (bytes) => {
         this.pending.push(bytes);
         this.pendingBytes += bytes.length;
-        if (this.pendingBytes >= GATHER_BYTES) this.passPending();
+        // Gathered only while the reader keeps up: behind it, a piece goes on at once, so the
+        // stream sees its buffer full and stops taking the upload (red-team pass 17: deferred
+        // pieces left the write side unblocked, and a client sending small pieces faster than
+        // dockerd read them filled the guard's memory).
+        if (
+          this.pendingBytes >= GATHER_BYTES ||
+          this.readableLength + this.pendingBytes >= this.readableHighWaterMark
+        )
+          this.passPending();
         else if (!this.passScheduled) {
           this.passScheduled = true;
           setImmediate(() => {

@@ -3,11 +3,12 @@ import assert from 'node:assert/strict';
 import { Readable } from 'node:stream';
 import { gzipSync } from 'node:zlib';
 import { buffer } from 'node:stream/consumers';
+import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { instructions, readDockerfile, triggerRefusals } from './dockerfile.js';
 import { ContextGate, dockerfilePaths } from './contextgate.js';
 import { LoadScanner } from './loadscan.js';
-import { entry } from '../../test/support/tar.js';
+import { entry, header } from '../../test/support/tar.js';
 
 const END = Buffer.alloc(1024);
 const refused = (text: string) => readDockerfile(text).refusals;
@@ -278,4 +279,22 @@ test('a gzip context inflates only as fast as its reader takes it (no bomb held 
     512 + 512 + size + 1024 + 512 + 1024 - 512 - 512,
     'every byte comes out, end block included',
   );
+});
+
+test('red-team pass 17: a context sent in small pieces to a reader that is behind is held back, not buffered', async () => {
+  const g = new ContextGate(dockerfilePaths(null), () => Promise.resolve(undefined));
+  // dockerd takes the first piece and then reads no more.
+  g.pipe(new Writable({ highWaterMark: 16384, write: () => undefined }));
+  // Pieces of 15 KiB (headers of empty files), one write per turn of the event loop.
+  const piece = Buffer.concat(Array.from({ length: 30 }, (_, i) => header(`f${i}`, 0)));
+  let writes = 0;
+  while (writes < 1000) {
+    writes++;
+    if (!g.write(Buffer.from(piece))) break;
+    await new Promise((r) => setImmediate(r));
+  }
+  assert.ok(writes < 20, `the upload is held back after ${writes} writes`);
+  await new Promise((r) => setImmediate(r));
+  assert.ok(g.readableLength < 4 * piece.length, `the gate holds ${g.readableLength} bytes`);
+  g.destroy();
 });
