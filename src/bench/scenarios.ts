@@ -60,6 +60,36 @@ export async function drain(stream: NodeJS.ReadableStream, stallMs = STALL_MS): 
   return n;
 }
 
+/**
+ * An answer's head, or a failure once `stallMs` passed without one: a contender that holds the
+ * request (HAProxy kept a stalled `docker cp` open upstream, and dockerd served the retry only after
+ * it) fails the repetition rather than holding the bench. An answer that comes later is dropped.
+ */
+export async function answered<T extends NodeJS.ReadableStream>(
+  request: Promise<T>,
+  stallMs = STALL_MS,
+): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  let late = false;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      late = true;
+      reject(new Error(`stalled: no answer for ${stallMs / 1000} s`));
+    }, stallMs);
+  });
+  void request.then(
+    (s) => {
+      if (late) (s as NodeJS.ReadableStream & { destroy?: () => void }).destroy?.();
+    },
+    () => undefined,
+  );
+  try {
+    return await Promise.race([request, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 function mibPerSec(bytes: number, ms: number): number {
   return bytes / MiB / (ms / 1000);
 }
@@ -184,7 +214,7 @@ export const save: Scenario = {
   prepare: ensurePayload,
   async run(c, o) {
     const t0 = performance.now();
-    const res = await c.client.request({ path: '/images/get', query: { names: [payloadTag(o)] } });
+    const res = await answered(c.client.request({ path: '/images/get', query: { names: [payloadTag(o)] } }));
     const bytes = await drain(res);
     return { throughput: mibPerSec(bytes, performance.now() - t0) };
   },
@@ -207,7 +237,7 @@ export const copyOut: Scenario = {
   async run(c) {
     const id = state.get(key('cp', c))?.[0] ?? '';
     const t0 = performance.now();
-    const res = await containers(c.client).getArchive(id, '/payload');
+    const res = await answered(containers(c.client).getArchive(id, '/payload'));
     const bytes = await drain(res);
     return { throughput: mibPerSec(bytes, performance.now() - t0) };
   },
@@ -254,7 +284,7 @@ export const logs: Scenario = {
   async run(c) {
     const id = state.get(key('logs', c))?.[0] ?? '';
     const t0 = performance.now();
-    const res = await containers(c.client).logs(id, { follow: false });
+    const res = await answered(containers(c.client).logs(id, { follow: false }));
     const bytes = await drain(res);
     return { throughput: mibPerSec(bytes, performance.now() - t0) };
   },
