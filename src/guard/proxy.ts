@@ -160,6 +160,11 @@ function send(res: ServerResponse, status: number, body: unknown): void {
 /** Headers of one connection, not of the answer. */
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'proxy-connection']);
 
+/** Whether a failed tag write's status says dockerd wrote nothing: a refusal (4xx), not a 5xx. */
+function notWritten(status: number): boolean {
+  return status >= 400 && status < 500;
+}
+
 /** An engine answer's headers for the client: the hop-by-hop ones dropped, the framing left to set. */
 function answerHeaders(
   engine: Readonly<Record<string, string | string[] | undefined>>,
@@ -974,12 +979,16 @@ export class GuardProxy {
           await this.assertNotForeignLocal(name, source.Id);
           // By the ID read: the source name may move meanwhile, and the tag must name what was read.
           const from = path({ name: source.Id });
-          const record = target ? await this.records.before(target, source.Id) : undefined;
-          const r = await this.forward(req, res, 'POST', from + q(query), { capture: true });
-          if (r && r.status < 300 && target) {
-            this.state.setTag(target, source.Id);
-            await record?.keep();
-          } else await record?.drop();
+          await this.onImage(source.Id, async () => {
+            const record = target ? await this.records.before(target, source.Id) : undefined;
+            const r = await this.forward(req, res, 'POST', from + q(query), { capture: true });
+            if (r && r.status < 300 && target) {
+              this.state.setTag(target, source.Id);
+              await record?.keep();
+            } else if (r && notWritten(r.status)) await record?.drop();
+            // Otherwise dockerd may have written the tag all the same (it answers 500 when the
+            // image went between writing the tag and updating the image): the record stays.
+          });
           return;
         } finally {
           written();
@@ -2093,25 +2102,53 @@ export class GuardProxy {
       throw err;
     }
     const [repo, t] = splitTag(tag);
-    let record: Awaited<ReturnType<TagRecords['before']>>;
-    try {
-      record = await this.records.before(tag, imageId);
-    } catch (err) {
-      return `berth: image-tag: ${tag} could not be set: ${errorMessage(err)}`;
-    }
-    const r = await this.upstreamBytes(
-      'POST',
-      `/images/${encodeURIComponent(imageId)}/tag?repo=${encodeURIComponent(repo)}&tag=${encodeURIComponent(t)}`,
+    return this.onImage(imageId, async () => {
+      let record: Awaited<ReturnType<TagRecords['before']>>;
+      try {
+        record = await this.records.before(tag, imageId);
+      } catch (err) {
+        return `berth: image-tag: ${tag} could not be set: ${errorMessage(err)}`;
+      }
+      const r = await this.upstreamBytes(
+        'POST',
+        `/images/${encodeURIComponent(imageId)}/tag?repo=${encodeURIComponent(repo)}&tag=${encodeURIComponent(t)}`,
+      );
+      if (r.status >= 300) {
+        // Kept unless dockerd surely wrote nothing (see image.tag).
+        if (notWritten(r.status)) await record.drop();
+        const why =
+          (parseAnswer(r.raw) as { message?: string } | undefined)?.message ?? `engine answered ${r.status}`;
+        return `berth: image-tag: ${tag} could not be set: ${why}`;
+      }
+      this.state.setTag(tag, imageId);
+      await record.keep();
+      return undefined;
+    });
+  }
+
+  /** Image operations of this guard under way, by image ID (see onImage). */
+  private readonly imageOps = new Map<string, Promise<unknown>>();
+
+  /**
+   * Runs `fn` after this guard's earlier operations on the image with this ID, and before its later
+   * ones: a tag write and a delete of one image never overlap (red-team pass 18). dockerd writes a
+   * tag before it updates the image, and answers 500 when the image went in between: a tenant that
+   * deleted its image while tagging it, and loaded it back, had a name on its image that no record
+   * said was its.
+   */
+  private async onImage<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    const before = this.imageOps.get(id) ?? Promise.resolve();
+    const run = before.then(fn, fn);
+    const settled = run.then(
+      () => undefined,
+      () => undefined,
     );
-    if (r.status >= 300) {
-      await record.drop();
-      const why =
-        (parseAnswer(r.raw) as { message?: string } | undefined)?.message ?? `engine answered ${r.status}`;
-      return `berth: image-tag: ${tag} could not be set: ${why}`;
+    this.imageOps.set(id, settled);
+    try {
+      return await run;
+    } finally {
+      if (this.imageOps.get(id) === settled) this.imageOps.delete(id);
     }
-    this.state.setTag(tag, imageId);
-    await record.keep();
-    return undefined;
   }
 
   /**
@@ -2899,14 +2936,16 @@ export class GuardProxy {
       // force would take the image from under others' containers.
       qs.set('noprune', '1');
       qs.delete('force');
-      const done = await this.forward(
-        req,
-        res,
-        'DELETE',
-        `${buildPath(m.route, { name: idv }, m.apiVersion)}?${qs.toString()}`,
-        { capture: true },
-      );
-      if (done && done.status < 300) await this.ownImageGone(f);
+      await this.onImage(idv, async () => {
+        const done = await this.forward(
+          req,
+          res,
+          'DELETE',
+          `${buildPath(m.route, { name: idv }, m.apiVersion)}?${qs.toString()}`,
+          { capture: true },
+        );
+        if (done && done.status < 300) await this.ownImageGone(f);
+      });
       return;
     }
     const tag = normalizeTag(name);
@@ -2921,7 +2960,7 @@ export class GuardProxy {
       // A digest reference goes alone (dockerd takes nothing else with it): the tenant's own only.
       if (!this.state.ownsDigestAt(tag, now.Id))
         throw new Refusal('image-tag', `the digest reference ${tag} is not yours to remove`);
-      const r = await this.removeDigestRef(tag, now, `?${qs.toString()}`);
+      const r = await this.onImage(now.Id, () => this.removeDigestRef(tag, now, `?${qs.toString()}`));
       if (r === undefined)
         throw new Refusal(
           'image-tag',
@@ -2937,7 +2976,8 @@ export class GuardProxy {
     }
     // The image goes with its last name: then it must not be a base of a build in progress.
     this.assertNotHeld([tag], tagsOf(now).length + digestsOf(now).length > 1 ? undefined : now.Id);
-    const r = await this.removeTag(tag, now, `?${qs.toString()}`);
+    // The image goes too when this was its last name: after this guard's writes on it.
+    const r = await this.onImage(now.Id, () => this.removeTag(tag, now, `?${qs.toString()}`));
     sendJsonBytes(res, r.status, r.raw, r.headers);
   }
 
@@ -2968,7 +3008,7 @@ export class GuardProxy {
       let progress = false;
       for (const idv of [...this.state.builtImages]) {
         if (this.heldImages.has(idv)) continue; // a base of a build in progress
-        const d = await this.deleteIfUnnamed(idv);
+        const d = await this.onImage(idv, () => this.deleteIfUnnamed(idv));
         if (d === 'kept') continue;
         this.state.builtImages.delete(idv);
         progress = true;

@@ -183,4 +183,16 @@ describe('tag records', () => {
     await mine.before('app:2', ANY_IMAGE);
     assert.deepEqual(calls, ['POST', 'POST']);
   });
+
+  test('red-team pass 18: a record still under way is not reused, so its failed write cannot drop it from under another', async () => {
+    const { upstream, vols } = volumeEngine();
+    const mine = new TagRecords('job-a', {}, upstream);
+    const other = new TagRecords('job-b', {}, upstream);
+    const first = await mine.before('app:1', IMG); // its tag write not answered yet
+    const second = await mine.before('app:1', IMG); // a concurrent write of the same tag and image
+    await second.keep(); // the second write set the tag
+    await first.drop(); // the first one failed
+    assert.ok(await other.foreign('app:1', IMG), 'the tag that was set keeps a record');
+    assert.equal(vols.size, 1);
+  });
 });

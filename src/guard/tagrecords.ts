@@ -133,6 +133,8 @@ export class TagRecords {
   private readonly imageOf = new Map<string, string>();
   /** When a later write of the same tag replaced each (volume name → ms). */
   private readonly replacedAt = new Map<string, number>();
+  /** Records whose write was kept (a record still under way is its own write's to drop). */
+  private readonly settled = new Set<string>();
 
   constructor(
     private readonly tenant: string,
@@ -169,6 +171,7 @@ export class TagRecords {
     }
     return {
       keep: async () => {
+        this.settled.add(name);
         const now = Date.now();
         for (const v of [...(this.mine.get(t) ?? [])]) {
           if (v === name) continue;
@@ -186,8 +189,10 @@ export class TagRecords {
 
   /** This guard's record of `tag` on `image`, not replaced since, that the engine still has. */
   private async stillRecorded(tag: string, image: string): Promise<string | undefined> {
+    // Only a record whose own write was kept (red-team pass 18: a write that reused a record still
+    // under way lost it when that first write failed and dropped it).
     const v = (this.mine.get(tag) ?? []).find(
-      (n) => this.imageOf.get(n) === image && !this.replacedAt.has(n),
+      (n) => this.imageOf.get(n) === image && this.settled.has(n) && !this.replacedAt.has(n),
     );
     if (v === undefined) return undefined;
     const r = await this.upstream('GET', `/volumes/${encodeURIComponent(v)}`);
@@ -230,6 +235,7 @@ export class TagRecords {
     if (gone) {
       this.imageOf.delete(volume);
       this.replacedAt.delete(volume);
+      this.settled.delete(volume);
       const rest = (this.mine.get(tag) ?? []).filter((v) => v !== volume);
       if (rest.length === 0) this.mine.delete(tag);
       else this.mine.set(tag, rest);
