@@ -160,6 +160,14 @@ function send(res: ServerResponse, status: number, body: unknown): void {
 /** Headers of one connection, not of the answer. */
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'proxy-connection']);
 
+/**
+ * The onImage key of the tenant's loads. A load sets its tags inside dockerd, on an image whose ID
+ * the guard does not know before: a delete of that image meanwhile would leave a name that the
+ * load reported but that names nothing (until the image is loaded again), and no record of it. A
+ * guard's loads and deletes take turns (deletes take LOADS first, then the image).
+ */
+const LOADS = 'loads';
+
 /** Whether a failed tag write's status says dockerd wrote nothing: a refusal (4xx), not a 5xx. */
 function notWritten(status: number): boolean {
   return status >= 400 && status < 500;
@@ -2136,6 +2144,13 @@ export class GuardProxy {
    * deleted its image while tagging it, and loaded it back, had a name on its image that no record
    * said was its.
    */
+  /** onImage for several keys, taken in the order given (LOADS first, everywhere). */
+  private onImages<T>(ids: readonly string[], fn: () => Promise<T>): Promise<T> {
+    const [first, ...rest] = ids;
+    if (first === undefined) return fn();
+    return this.onImage(first, () => this.onImages(rest, fn));
+  }
+
   private async onImage<T>(id: string, fn: () => Promise<T>): Promise<T> {
     const before = this.imageOps.get(id) ?? Promise.resolve();
     const run = before.then(fn, fn);
@@ -2851,49 +2866,53 @@ export class GuardProxy {
       written = this.beginTagWrite([...tags]);
       // An untagged image the load makes is the tenant's (removed with its other objects); one the
       // engine had already is not.
-      const had = await this.imageIds();
-      const fresh = [...tags].filter((t) => !this.state.ownsTag(t));
-      for (const t of fresh) this.state.addTag(t);
-      for (const t of tags) pending.push(await this.records.before(t, ANY_IMAGE));
-      // What each name names before the load: one that names another image afterwards keeps a
-      // record of it, reported or not.
-      const was = new Map<string, string | undefined>();
-      for (const t of tags) was.set(t, (await this.inspectImage(t).catch(() => undefined))?.Id);
-      let up: Upstream;
-      try {
-        up = await this.upstream('POST', target, {
-          body: createReadStream(file),
-          headers: { 'content-type': 'application/x-tar', 'content-length': statSync(file).size },
-        });
-      } catch (e) {
-        for (const t of fresh) this.state.tags.delete(t);
-        throw e;
-      }
-      const out = await readAll(up.body);
-      const loaded = new ProgressReport();
-      loaded.feed(out);
-      loaded.end();
-      // A claim holds where the load reported setting the tag; a failed load leaves nothing
-      // claimed, nor a name someone else set meanwhile. Loaded content was made elsewhere (it may
-      // be someone else's too): only the tags are the tenant's.
-      for (const idv of loaded.loadedIds) if (!had.has(idv)) this.state.builtImages.add(idv);
-      for (const t of tags) {
-        const f = loaded.loaded.has(t) ? await this.inspectImage(t).catch(() => undefined) : undefined;
-        if (f && !had.has(f.Id)) this.state.builtImages.add(f.Id);
-        if (f) {
-          this.state.setTag(t, f.Id);
-          await (await this.records.before(t, f.Id)).keep();
-        } else {
-          if (!this.state.settled(t)) this.state.tags.delete(t);
-          const now = await this.inspectImage(t).catch(() => undefined);
-          if (now && now.Id !== was.get(t)) await (await this.records.before(t, now.Id)).keep();
+      // Sent to dockerd only while the tenant deletes no image (see LOADS): a load tags inside
+      // dockerd.
+      await this.onImage(LOADS, async () => {
+        const had = await this.imageIds();
+        const fresh = [...tags].filter((t) => !this.state.ownsTag(t));
+        for (const t of fresh) this.state.addTag(t);
+        for (const t of tags) pending.push(await this.records.before(t, ANY_IMAGE));
+        // What each name names before the load: one that names another image afterwards keeps a
+        // record of it, reported or not.
+        const was = new Map<string, string | undefined>();
+        for (const t of tags) was.set(t, (await this.inspectImage(t).catch(() => undefined))?.Id);
+        let up: Upstream;
+        try {
+          up = await this.upstream('POST', target, {
+            body: createReadStream(file),
+            headers: { 'content-type': 'application/x-tar', 'content-length': statSync(file).size },
+          });
+        } catch (e) {
+          for (const t of fresh) this.state.tags.delete(t);
+          throw e;
         }
-      }
-      res.writeHead(up.status, {
-        'Content-Type': up.headers['content-type'] ?? 'application/json',
-        'Content-Length': out.length,
+        const out = await readAll(up.body);
+        const loaded = new ProgressReport();
+        loaded.feed(out);
+        loaded.end();
+        // A claim holds where the load reported setting the tag; a failed load leaves nothing
+        // claimed, nor a name someone else set meanwhile. Loaded content was made elsewhere (it may
+        // be someone else's too): only the tags are the tenant's.
+        for (const idv of loaded.loadedIds) if (!had.has(idv)) this.state.builtImages.add(idv);
+        for (const t of tags) {
+          const f = loaded.loaded.has(t) ? await this.inspectImage(t).catch(() => undefined) : undefined;
+          if (f && !had.has(f.Id)) this.state.builtImages.add(f.Id);
+          if (f) {
+            this.state.setTag(t, f.Id);
+            await (await this.records.before(t, f.Id)).keep();
+          } else {
+            if (!this.state.settled(t)) this.state.tags.delete(t);
+            const now = await this.inspectImage(t).catch(() => undefined);
+            if (now && now.Id !== was.get(t)) await (await this.records.before(t, now.Id)).keep();
+          }
+        }
+        res.writeHead(up.status, {
+          'Content-Type': up.headers['content-type'] ?? 'application/json',
+          'Content-Length': out.length,
+        });
+        res.end(out);
       });
-      res.end(out);
     } finally {
       written();
       // A pending record whose tag was recorded with its image since is gone already (404).
@@ -2936,7 +2955,7 @@ export class GuardProxy {
       // force would take the image from under others' containers.
       qs.set('noprune', '1');
       qs.delete('force');
-      await this.onImage(idv, async () => {
+      await this.onImages([LOADS, idv], async () => {
         const done = await this.forward(
           req,
           res,
@@ -2960,7 +2979,9 @@ export class GuardProxy {
       // A digest reference goes alone (dockerd takes nothing else with it): the tenant's own only.
       if (!this.state.ownsDigestAt(tag, now.Id))
         throw new Refusal('image-tag', `the digest reference ${tag} is not yours to remove`);
-      const r = await this.onImage(now.Id, () => this.removeDigestRef(tag, now, `?${qs.toString()}`));
+      const r = await this.onImages([LOADS, now.Id], () =>
+        this.removeDigestRef(tag, now, `?${qs.toString()}`),
+      );
       if (r === undefined)
         throw new Refusal(
           'image-tag',
@@ -2977,7 +2998,7 @@ export class GuardProxy {
     // The image goes with its last name: then it must not be a base of a build in progress.
     this.assertNotHeld([tag], tagsOf(now).length + digestsOf(now).length > 1 ? undefined : now.Id);
     // The image goes too when this was its last name: after this guard's writes on it.
-    const r = await this.onImage(now.Id, () => this.removeTag(tag, now, `?${qs.toString()}`));
+    const r = await this.onImages([LOADS, now.Id], () => this.removeTag(tag, now, `?${qs.toString()}`));
     sendJsonBytes(res, r.status, r.raw, r.headers);
   }
 
@@ -3008,7 +3029,7 @@ export class GuardProxy {
       let progress = false;
       for (const idv of [...this.state.builtImages]) {
         if (this.heldImages.has(idv)) continue; // a base of a build in progress
-        const d = await this.onImage(idv, () => this.deleteIfUnnamed(idv));
+        const d = await this.onImages([LOADS, idv], () => this.deleteIfUnnamed(idv));
         if (d === 'kept') continue;
         this.state.builtImages.delete(idv);
         progress = true;

@@ -49,7 +49,7 @@ describe('attack: deleting an image while tagging it (red-team pass 18)', () => 
   after(async () => {
     await a.close({ cleanup: true }).catch(() => undefined);
     await b.close({ cleanup: true }).catch(() => undefined);
-    for (const img of await images(c).list({ reference: [`${repo}:*`] }))
+    for (const img of await images(c).list({ reference: [`${repo}:*`, `${repo}-load:*`] }))
       for (const t of img.RepoTags ?? [])
         if (t.startsWith(`${repo}:`))
           await images(c)
@@ -103,5 +103,53 @@ describe('attack: deleting an image while tagging it (red-team pass 18)', () => 
     // The rounds raced as meant: the tag writes and the deletes both went through in some.
     assert.ok((statuses.get('tag 201') ?? 0) > 0, JSON.stringify([...statuses]));
     assert.ok((statuses.get('delete 200') ?? 0) > 0, JSON.stringify([...statuses]));
+  });
+
+  // The same race through a load, which sets its tags inside dockerd on an image the guard learns
+  // of only afterwards. Loads and deletes now take turns in a guard; this race did not leave a
+  // name without a record before that either (two runs of 30 rounds), so it guards the invariant
+  // rather than proves the change.
+  test('a load of a tagged archive while the image is deleted leaves no name without its record', async () => {
+    const named = `${repo}-load:1`;
+    // An archive that names the image (its manifest's RepoTags), then the name taken off again.
+    const tagged = await send(sockA, {
+      method: 'POST',
+      path: `/v1.41/images/${id}/tag?repo=${repo}-load&tag=1`,
+    });
+    assert.equal(tagged.status, 201, tagged.text);
+    const saved = await send(sockA, { path: `/v1.41/images/get?names=${encodeURIComponent(named)}` });
+    assert.equal(saved.status, 200);
+    const load = () =>
+      send(sockA, {
+        method: 'POST',
+        path: '/v1.41/images/load?quiet=1',
+        headers: [['Content-Type', 'application/x-tar']],
+        body: saved.body,
+      });
+    const statuses = new Map<string, number>();
+    const count = (k: string) => statuses.set(k, (statuses.get(k) ?? 0) + 1);
+    for (let i = 0; i < ROUNDS / 2; i++) {
+      const after = (ms: number, fn: () => Promise<{ status: number }>, what: string) =>
+        (async () => {
+          await new Promise((r) => setTimeout(r, Math.random() * ms));
+          count(`${what} ${(await fn()).status}`);
+        })();
+      await Promise.all([
+        after(4, load, 'load'),
+        after(12, () => send(sockA, { method: 'DELETE', path: `/v1.41/images/${named}` }), 'untag'),
+        after(12, () => send(sockA, { method: 'DELETE', path: `/v1.41/images/${id}` }), 'delete'),
+      ]);
+      const now = await images(c)
+        .inspect(named)
+        .catch(() => undefined);
+      if (now === undefined) continue;
+      const recorded = await volumes(c).list({
+        label: [`io.berth.tag.name=${named}`, `io.berth.tag.image=${now.Id}`],
+      });
+      assert.ok(recorded.length > 0, `round ${i}: ${named} names ${now.Id} with no record`);
+      const create = await postJson(sockB, '/v1.41/containers/create', JSON.stringify({ Image: named }));
+      assert.equal(create.status, 404, `round ${i}: B may not use ${named}: ${create.text}`);
+    }
+    assert.ok((statuses.get('load 200') ?? 0) > 0, JSON.stringify([...statuses]));
   });
 });
