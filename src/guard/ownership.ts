@@ -485,3 +485,16 @@ export class TenantState {
     return this.digests.get(normalizeDigestRef(ref)) === imageId;
   }
 }
+
+/**
+ * A Docker `Created` time (RFC 3339 with up to nine fraction digits, trailing zeros left out, as Go
+ * writes it) as nanoseconds since the epoch; 0 for one that cannot be read. Compared as text,
+ * `…01.12345Z` would sort after `…01.123456789Z`.
+ */
+export function createdNanos(created: string | undefined): bigint {
+  const m = /^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})$/.exec(created ?? '');
+  if (!m) return 0n;
+  const seconds = Date.parse(`${m[1] ?? ''}${m[3] ?? ''}`);
+  if (Number.isNaN(seconds)) return 0n;
+  return BigInt(seconds) * 1_000_000n + BigInt((m[2] ?? '').padEnd(9, '0'));
+}

@@ -32,6 +32,7 @@ import {
   normalizeTag,
   repositoryOf,
   tenantNetworkName,
+  createdNanos,
 } from './ownership.js';
 import {
   Refusal,
@@ -666,11 +667,11 @@ export class GuardProxy {
             `network ${this.networkName} exists and belongs to someone else`,
             409,
           );
-        return same.sort((a, b) =>
-          (a.Created ?? '') === (b.Created ?? '')
-            ? a.Id.localeCompare(b.Id)
-            : (a.Created ?? '').localeCompare(b.Created ?? ''),
-        );
+        // Oldest first, by time (as text, Go's trimmed fractions sort wrong), then by ID.
+        return same.sort((a, b) => {
+          const d = createdNanos(a.Created) - createdNanos(b.Created);
+          return d < 0n ? -1 : d > 0n ? 1 : a.Id.localeCompare(b.Id);
+        });
       };
       let list = await named();
       let made: string | undefined;

@@ -23,6 +23,7 @@ import {
   normalizeTag,
   repositoryOf,
   tenantSlug,
+  createdNanos,
 } from './ownership.js';
 import { labelMatches, parseFilters, untilSeconds } from './proxy.js';
 import { LABEL_TENANT } from '../common/index.js';
@@ -391,4 +392,16 @@ test('container names that read as an ID (12 hex digits or more) are refused; ot
       (e: unknown) => e instanceof Refusal && e.rule === 'ownership',
       bad,
     );
+});
+
+test("Docker's Created times order by time, whatever fraction digits Go left out", () => {
+  // Found by CI: as text, the later time sorted first, and two guards kept different networks.
+  const earlier = '2026-11-24T12:20:01.12345Z';
+  const later = '2026-11-24T12:20:01.123456789Z';
+  assert.ok(earlier.localeCompare(later) > 0, 'as text they sort the wrong way');
+  assert.ok(createdNanos(earlier) < createdNanos(later));
+  assert.equal(createdNanos('2026-11-24T12:20:01Z'), createdNanos('2026-11-24T12:20:01.000000000Z'));
+  assert.equal(createdNanos('2026-11-24T13:20:01.5+01:00'), createdNanos('2026-11-24T12:20:01.5Z'));
+  assert.equal(createdNanos('yesterday'), 0n);
+  assert.equal(createdNanos(undefined), 0n);
 });
