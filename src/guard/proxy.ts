@@ -64,6 +64,7 @@ import type { ImageEvent } from './imagewatch.js';
 import { ArchiveError, ArchiveScan } from './loadscan.js';
 import { ANY_IMAGE, TagRecords, byIdOrDigest } from './tagrecords.js';
 import { ContextGate, dockerfilePaths } from './contextgate.js';
+import { Turns } from './turns.js';
 import { readDockerfile, triggerRefusals } from './dockerfile.js';
 import { PathError, buildPath, matchRoute, normalizePath, splitTarget } from './routes.js';
 import type { Matched } from './routes.js';
@@ -162,12 +163,15 @@ function send(res: ServerResponse, status: number, body: unknown): void {
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'proxy-connection']);
 
 /**
- * The onImage key of the tenant's loads. A load sets its tags inside dockerd, on an image whose ID
- * the guard does not know before: a delete of that image meanwhile would leave a name that the
- * load reported but that names nothing (until the image is loaded again), and no record of it. A
- * guard's loads and deletes take turns (deletes take LOADS first, then the image).
+ * The turn of the tenant's loads. A load sets its tags inside dockerd, on an image whose ID the
+ * guard does not know before: a delete of that image meanwhile would leave a name that the load
+ * reported but that names nothing (until the image is loaded again), and no record of it. A guard's
+ * loads and deletes take turns (a delete takes LOADS first, then its image's turn).
  */
 const LOADS = 'loads';
+/** The turns of a tenant's network creates and (under a container limit) container creates. */
+const NETWORK_CREATES = 'network-creates';
+const CONTAINER_CREATES = 'container-creates';
 
 /** Whether a failed tag write's status says dockerd wrote nothing: a refusal (4xx), not a 5xx. */
 function notWritten(status: number): boolean {
@@ -1037,14 +1041,12 @@ export class GuardProxy {
       case 'network.create': {
         const b = onRequest(() => checkNetworkCreate(this.body('network.create', body), this.cfg.labels, p));
         // One at a time, counted: parallel creates would all see the same count.
-        const turn = this.networkCreates.then(async () => {
+        return this.turns.run(NETWORK_CREATES, async () => {
           checkNetworkCount(await this.tenantNetworkCount(), p);
           const r = await this.forwardJson(req, res, 'POST', path(), b, { capture: true });
           const created = r?.json as { Id?: string } | undefined;
           if (created?.Id) this.state.networks.add(created.Id);
         });
-        this.networkCreates = turn.catch(() => undefined);
-        return turn;
       }
       case 'network.inspect':
       case 'network.delete': {
@@ -1395,8 +1397,11 @@ export class GuardProxy {
     for (const h of [...this.pins.holders]) if (!live.has(h)) await this.pins.detach(h);
   }
 
-  /** The creates in flight, in turn: each counts the tenant's containers after the one before landed. */
-  private creates: Promise<unknown> = Promise.resolve();
+  /**
+   * Operations that take turns: creates under a limit (each counts the tenant's objects after the
+   * one before landed), and a tag write, delete or load of one image (see onImage, LOADS).
+   */
+  private readonly turns = new Turns();
 
   /** Container creates sent to the engine whose container is not checked yet (→ when sent, ms). */
   private readonly pendingCreates = new Map<symbol, number>();
@@ -1417,9 +1422,7 @@ export class GuardProxy {
    */
   private async oneCreateAtATime<T>(create: () => Promise<T>): Promise<T> {
     if (this.cfg.policy.limits.maxContainers === undefined) return create();
-    const turn = this.creates.then(create);
-    this.creates = turn.catch(() => undefined);
-    return turn;
+    return this.turns.run(CONTAINER_CREATES, create);
   }
 
   private async createChecked(
@@ -1577,8 +1580,6 @@ export class GuardProxy {
     for (const [e, c] of this.unstartedExecs) if (c === cid) this.unstartedExecs.delete(e);
     this.execsMade.delete(cid);
   }
-
-  private networkCreates: Promise<unknown> = Promise.resolve();
 
   /** The networks the tenant created that the engine has (its own network not counted). */
   private async tenantNetworkCount(): Promise<number> {
@@ -2135,36 +2136,20 @@ export class GuardProxy {
     });
   }
 
-  /** Image operations of this guard under way, by image ID (see onImage). */
-  private readonly imageOps = new Map<string, Promise<unknown>>();
-
   /**
-   * Runs `fn` after this guard's earlier operations on the image with this ID, and before its later
-   * ones: a tag write and a delete of one image never overlap (red-team pass 18). dockerd writes a
-   * tag before it updates the image, and answers 500 when the image went in between: a tenant that
-   * deleted its image while tagging it, and loaded it back, had a name on its image that no record
-   * said was its.
+   * A tag write, after this guard's earlier operations on the image with this ID and before its
+   * later ones: a tag write and a delete of one image never overlap (red-team pass 18). dockerd
+   * writes a tag before it updates the image, and answers 500 when the image went in between: a
+   * tenant that deleted its image while tagging it, and loaded it back, had a name on its image that
+   * no record said was its.
    */
-  /** onImage for several keys, taken in the order given (LOADS first, everywhere). */
-  private onImages<T>(ids: readonly string[], fn: () => Promise<T>): Promise<T> {
-    const [first, ...rest] = ids;
-    if (first === undefined) return fn();
-    return this.onImage(first, () => this.onImages(rest, fn));
+  private onImage<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    return this.turns.run(id, fn);
   }
 
-  private async onImage<T>(id: string, fn: () => Promise<T>): Promise<T> {
-    const before = this.imageOps.get(id) ?? Promise.resolve();
-    const run = before.then(fn, fn);
-    const settled = run.then(
-      () => undefined,
-      () => undefined,
-    );
-    this.imageOps.set(id, settled);
-    try {
-      return await run;
-    } finally {
-      if (this.imageOps.get(id) === settled) this.imageOps.delete(id);
-    }
+  /** A delete of the image with this ID: after the guard's loads (see LOADS), then as onImage. */
+  private onImageDelete<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    return this.turns.run(LOADS, () => this.turns.run(id, fn));
   }
 
   /**
@@ -2869,7 +2854,7 @@ export class GuardProxy {
       // engine had already is not.
       // Sent to dockerd only while the tenant deletes no image (see LOADS): a load tags inside
       // dockerd.
-      await this.onImage(LOADS, async () => {
+      await this.turns.run(LOADS, async () => {
         const had = await this.imageIds();
         const fresh = [...tags].filter((t) => !this.state.ownsTag(t));
         for (const t of fresh) this.state.addTag(t);
@@ -2956,7 +2941,7 @@ export class GuardProxy {
       // force would take the image from under others' containers.
       qs.set('noprune', '1');
       qs.delete('force');
-      await this.onImages([LOADS, idv], async () => {
+      await this.onImageDelete(idv, async () => {
         const done = await this.forward(
           req,
           res,
@@ -2980,9 +2965,7 @@ export class GuardProxy {
       // A digest reference goes alone (dockerd takes nothing else with it): the tenant's own only.
       if (!this.state.ownsDigestAt(tag, now.Id))
         throw new Refusal('image-tag', `the digest reference ${tag} is not yours to remove`);
-      const r = await this.onImages([LOADS, now.Id], () =>
-        this.removeDigestRef(tag, now, `?${qs.toString()}`),
-      );
+      const r = await this.onImageDelete(now.Id, () => this.removeDigestRef(tag, now, `?${qs.toString()}`));
       if (r === undefined)
         throw new Refusal(
           'image-tag',
@@ -2999,7 +2982,7 @@ export class GuardProxy {
     // The image goes with its last name: then it must not be a base of a build in progress.
     this.assertNotHeld([tag], tagsOf(now).length + digestsOf(now).length > 1 ? undefined : now.Id);
     // The image goes too when this was its last name: after this guard's writes on it.
-    const r = await this.onImages([LOADS, now.Id], () => this.removeTag(tag, now, `?${qs.toString()}`));
+    const r = await this.onImageDelete(now.Id, () => this.removeTag(tag, now, `?${qs.toString()}`));
     sendJsonBytes(res, r.status, r.raw, r.headers);
   }
 
@@ -3030,7 +3013,7 @@ export class GuardProxy {
       let progress = false;
       for (const idv of [...this.state.builtImages]) {
         if (this.heldImages.has(idv)) continue; // a base of a build in progress
-        const d = await this.onImages([LOADS, idv], () => this.deleteIfUnnamed(idv));
+        const d = await this.onImageDelete(idv, () => this.deleteIfUnnamed(idv));
         if (d === 'kept') continue;
         this.state.builtImages.delete(idv);
         progress = true;

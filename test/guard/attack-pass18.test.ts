@@ -31,6 +31,20 @@ describe('attack: deleting an image while tagging it (red-team pass 18)', () => 
   let id = '';
   let archive: Buffer = Buffer.alloc(0);
 
+  /** After a round: a name that names an image has the record of it, and B cannot use the name. */
+  const expectRecordedOrAbsent = async (tag: string, round: number) => {
+    const now = await images(c)
+      .inspect(tag)
+      .catch(() => undefined);
+    if (now === undefined) return;
+    const recorded = await volumes(c).list({
+      label: [`io.berth.tag.name=${tag}`, `io.berth.tag.image=${now.Id}`],
+    });
+    assert.ok(recorded.length > 0, `round ${round}: ${tag} names ${now.Id} with no record`);
+    const create = await postJson(sockB, '/v1.41/containers/create', JSON.stringify({ Image: tag }));
+    assert.equal(create.status, 404, `round ${round}: B may not use ${tag}: ${create.text}`);
+  };
+
   before(async () => {
     const labels = sessionLabels();
     a = await createGuard({ tenant: uniqueName('race-a'), listen: sockA, labels });
@@ -89,16 +103,7 @@ describe('attack: deleting an image while tagging it (red-team pass 18)', () => 
         count(`tag ${r.status}`);
       })();
       await Promise.all([cycle, tagging]);
-      const now = await images(c)
-        .inspect(tag)
-        .catch(() => undefined);
-      if (now === undefined) continue;
-      const recorded = await volumes(c).list({
-        label: [`io.berth.tag.name=${tag}`, `io.berth.tag.image=${now.Id}`],
-      });
-      assert.ok(recorded.length > 0, `round ${i}: ${tag} names ${now.Id} with no record`);
-      const create = await postJson(sockB, '/v1.41/containers/create', JSON.stringify({ Image: tag }));
-      assert.equal(create.status, 404, `round ${i}: B may not use ${tag}: ${create.text}`);
+      await expectRecordedOrAbsent(tag, i);
     }
     // The rounds raced as meant: the tag writes and the deletes both went through in some.
     assert.ok((statuses.get('tag 201') ?? 0) > 0, JSON.stringify([...statuses]));
@@ -139,16 +144,7 @@ describe('attack: deleting an image while tagging it (red-team pass 18)', () => 
         after(12, () => send(sockA, { method: 'DELETE', path: `/v1.41/images/${named}` }), 'untag'),
         after(12, () => send(sockA, { method: 'DELETE', path: `/v1.41/images/${id}` }), 'delete'),
       ]);
-      const now = await images(c)
-        .inspect(named)
-        .catch(() => undefined);
-      if (now === undefined) continue;
-      const recorded = await volumes(c).list({
-        label: [`io.berth.tag.name=${named}`, `io.berth.tag.image=${now.Id}`],
-      });
-      assert.ok(recorded.length > 0, `round ${i}: ${named} names ${now.Id} with no record`);
-      const create = await postJson(sockB, '/v1.41/containers/create', JSON.stringify({ Image: named }));
-      assert.equal(create.status, 404, `round ${i}: B may not use ${named}: ${create.text}`);
+      await expectRecordedOrAbsent(named, i);
     }
     assert.ok((statuses.get('load 200') ?? 0) > 0, JSON.stringify([...statuses]));
   });
