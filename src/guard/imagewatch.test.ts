@@ -36,7 +36,18 @@ test('image events: what each means for claims', () => {
     id: ID,
     atMs: 1000,
   });
+  // A volume's removal names the volume; its other events mean nothing here.
+  assert.deepEqual(imageEventEffect({ Type: 'volume', Action: 'destroy', Actor: { ID: 'berth-tag-x' } }), {
+    kind: 'volumeGone',
+    name: 'berth-tag-x',
+  });
+  assert.deepEqual(imageEventEffect({ Type: 'volume', Action: 'prune', Actor: { ID: '' } }), {
+    kind: 'volumesPruned',
+  });
   for (const ev of [
+    { Type: 'volume', Action: 'mount', Actor: { ID: 'v' } },
+    { Type: 'volume', Action: 'destroy' },
+    { Type: 'volume', Action: 'delete', Actor: { ID } },
     { Action: 'push', Actor: { ID: 'x:1' } },
     { Action: 'delete' },
     { Action: 'tag', Actor: { ID } },
@@ -108,7 +119,10 @@ test('watch: a sync replays the engine’s log since the last event and waits fo
   const first = new URLSearchParams(opened[0]?.split('?')[1] ?? '');
   assert.equal(first.get('since'), '1999999998.000000');
   assert.ok(Number(first.get('until')) > 1_700_000_000);
-  assert.deepEqual(JSON.parse(first.get('filters') ?? ''), { type: ['image'] });
+  assert.deepEqual(JSON.parse(first.get('filters') ?? ''), {
+    type: ['image', 'volume'],
+    event: ['delete', 'untag', 'tag', 'pull', 'destroy', 'prune'],
+  });
   // The next replay starts a second before the newest event seen.
   await w.sync();
   assert.equal(new URLSearchParams(opened[1]?.split('?')[1] ?? '').get('since'), '1999999999.500000');

@@ -6,7 +6,8 @@
  * next time anyone pulled that name (a fourteenth attack pass: the tenant then re-tagged another
  * tenant's fresh pull to its own image, and its cleanup deleted the host's re-pulled image).
  *
- * The watch keeps one `/events` stream open (image events only) and hands every event to the
+ * The watch keeps one `/events` stream open (image events, and volume removals for the tag
+ * records: see tagrecords.ts) and hands every event to the
  * guard in order. Before a decision that rests on a claim, `sync()` replays what the engine logged
  * since the last event the stream brought, up to now (dockerd keeps its last 256 events for such
  * replays; the live stream keeps the window small), and waits until every event was handled.
@@ -28,6 +29,8 @@ export interface ImageEvent {
 /** What the guard makes of an event; see imageEventEffect. */
 export type ImageEventEffect =
   | { kind: 'gone'; id: string; atMs: number }
+  | { kind: 'volumeGone'; name: string }
+  | { kind: 'volumesPruned' }
   | { kind: 'untagged'; id: string }
   | { kind: 'written'; ref: string; atMs: number }
   | { kind: 'none' };
@@ -45,6 +48,13 @@ export function imageEventEffect(ev: ImageEvent): ImageEventEffect {
   const action = ev.Action ?? ev.status ?? '';
   const actor = ev.Actor?.ID ?? ev.id ?? '';
   const atMs = eventMillis(ev);
+  // A volume went (the tag records are volumes: a host that prunes the engine's volumes takes
+  // them too, and the guard that wrote one writes it again). A prune logs one event that names no
+  // volume; a removal, one per volume.
+  if (ev.Type === 'volume') {
+    if (action === 'prune') return { kind: 'volumesPruned' };
+    return action === 'destroy' && actor !== '' ? { kind: 'volumeGone', name: actor } : { kind: 'none' };
+  }
   switch (action) {
     case 'delete':
       return actor === '' ? { kind: 'none' } : { kind: 'gone', id: actor, atMs };
@@ -74,7 +84,18 @@ export interface ImageWatchDeps {
   handle(ev: ImageEvent): Promise<void>;
 }
 
-const FILTER = encodeURIComponent(JSON.stringify({ type: ['image'] }));
+/**
+ * Image events, and volumes' removals and prunes (a volume's other events, mounts at every
+ * container start among them, are not read). Actions are filtered across types, so the image
+ * actions read above and the volume's are named together (an image prune's event means nothing
+ * here: its deletes come one by one).
+ */
+const FILTER = encodeURIComponent(
+  JSON.stringify({
+    type: ['image', 'volume'],
+    event: ['delete', 'untag', 'tag', 'pull', 'destroy', 'prune'],
+  }),
+);
 
 export class ImageWatch {
   /** The newest event time seen (ms), or when the watch began. */

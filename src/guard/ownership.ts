@@ -498,3 +498,26 @@ export function createdNanos(created: string | undefined): bigint {
   if (Number.isNaN(seconds)) return 0n;
   return BigInt(seconds) * 1_000_000n + BigInt((m[2] ?? '').padEnd(9, '0'));
 }
+
+/** What stands for a container the tenant is not to know of, in an engine's message. */
+const HIDDEN = '<hidden>';
+
+/**
+ * dockerd's error messages name the containers in a conflict by ID: the one that has a name (a
+ * create's 409), those using a volume ("volume is in use - [id, …]"), one using an image
+ * ("… by stopped container <id>"). Another tenant's or the host's container is not the tenant's to
+ * learn of (red-team pass 19): each such ID in `message` that `own` (an ID or an ID's prefix →
+ * whether it is one of the tenant's containers) does not know becomes `<hidden>`. Only
+ * IDs where dockerd names containers: after "container", and in a volume's "in use" list (an
+ * image's ID, or one the tenant asked for, stays as it is).
+ */
+export function hideForeignContainers(message: string, own: (idOrPrefix: string) => boolean): string {
+  return message
+    .replace(/\bcontainer ("?)([0-9a-f]{12,64})"?(?![0-9a-f])/g, (all, q: string, id: string) =>
+      own(id) ? all : `container ${q}${HIDDEN}${q}`,
+    )
+    .replace(/in use - \[([0-9a-f, ]*)\]/g, (_all, ids: string) => {
+      const shown = ids.replace(/[0-9a-f]{12,64}/g, (id) => (own(id) ? id : HIDDEN));
+      return `in use - [${shown}]`;
+    });
+}

@@ -446,5 +446,12 @@ export class BindPins {
       await p.ready.catch(() => undefined);
       await unmountPin(p.path);
     }
+    // The process's folder goes too once empty (red-team pass 19: one was left per guard process).
+    // Another guard of this process still pinning keeps it; one pinning later makes it again.
+    try {
+      rmdirSync(join(PINS_DIR, String(process.pid)));
+    } catch {
+      // not empty (another guard's pins), or not there
+    }
   }
 }

@@ -33,6 +33,7 @@ import {
   repositoryOf,
   tenantNetworkName,
   createdNanos,
+  hideForeignContainers,
 } from './ownership.js';
 import {
   Refusal,
@@ -62,7 +63,7 @@ import { spliceHelper, spliceStream } from './bulksplice.js';
 import { ImageWatch, imageEventEffect } from './imagewatch.js';
 import type { ImageEvent } from './imagewatch.js';
 import { ArchiveError, ArchiveScan } from './loadscan.js';
-import { ANY_IMAGE, TagRecords, byIdOrDigest } from './tagrecords.js';
+import { ANY_IMAGE, RECORD_PREFIX, TagRecords, byIdOrDigest } from './tagrecords.js';
 import { ContextGate, dockerfilePaths } from './contextgate.js';
 import { Turns } from './turns.js';
 import { readDockerfile, triggerRefusals } from './dockerfile.js';
@@ -141,12 +142,30 @@ function parseAnswer(raw: Buffer): unknown {
 }
 
 /** A small engine answer as it is, with its headers but this connection's framing. */
-function sendSmall(res: ServerResponse, method: string, a: SmallAnswer): void {
+/**
+ * An engine's error answer with the containers it names that are not the tenant's hidden (see
+ * hideForeignContainers); any other answer as it is.
+ */
+function hidden(status: number, raw: Buffer, hide: ((message: string) => string) | undefined): Buffer {
+  if (hide === undefined || status < 400 || raw.length > 64 * 1024) return raw;
+  const json = parseAnswer(raw);
+  if (!isRecord(json) || typeof json.message !== 'string') return raw;
+  const message = hide(json.message);
+  return message === json.message ? raw : Buffer.from(JSON.stringify({ ...json, message }));
+}
+
+function sendSmall(
+  res: ServerResponse,
+  method: string,
+  a: SmallAnswer,
+  hide?: (message: string) => string,
+): void {
   const out = answerHeaders(a.headers);
+  const raw = hidden(a.status, a.raw, hide);
   // A HEAD answer keeps the engine's length; a de-chunked body gets its own.
-  if (method !== 'HEAD') out['content-length'] = a.raw.length;
+  if (method !== 'HEAD') out['content-length'] = raw.length;
   res.writeHead(a.status, out);
-  res.end(method === 'HEAD' ? undefined : a.raw);
+  res.end(method === 'HEAD' ? undefined : raw);
 }
 
 function send(res: ServerResponse, status: number, body: unknown): void {
@@ -194,9 +213,11 @@ function answerHeaders(
 function sendJsonBytes(
   res: ServerResponse,
   status: number,
-  bytes: Buffer,
+  raw: Buffer,
   engineHeaders: Readonly<Record<string, string | string[] | undefined>> = {},
+  hide?: (message: string) => string,
 ): void {
+  const bytes = hidden(status, raw, hide);
   const out = answerHeaders(engineHeaders);
   out['content-type'] = 'application/json';
   out['content-length'] = bytes.length;
@@ -204,8 +225,18 @@ function sendJsonBytes(
   res.end(bytes);
 }
 
+/**
+ * The request's media type, read as Go's mime.ParseMediaType reads it (what dockerd's form parsing
+ * goes by). Go decodes the header as UTF-8 and trims and lowercases it by Unicode rules, so a
+ * header with bytes past ASCII could name a form to dockerd and not to a check here (red-team pass
+ * 19: `İ` for `i`, a trailing NEL or no-break space): such a header is refused. On ASCII, Go's
+ * TrimSpace and ToLower are JavaScript's.
+ */
 function contentType(h: http.IncomingHttpHeaders): string {
-  return (h['content-type'] ?? '').split(';')[0]?.trim().toLowerCase() ?? '';
+  const v = h['content-type'] ?? '';
+  if (/[^\t\x20-\x7e]/.test(v))
+    throw new BodyError('the Content-Type header holds characters other than printable ASCII');
+  return v.split(';')[0]?.trim().toLowerCase() ?? '';
 }
 
 async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
@@ -317,6 +348,14 @@ export class GuardProxy {
       case 'written':
         this.state.foreignWrite(e.ref, e.atMs);
         return;
+      case 'volumeGone':
+        // One of this guard's tag records, gone without the guard removing it: written again.
+        if (e.name.startsWith(RECORD_PREFIX)) await this.records.restore(e.name);
+        return;
+      case 'volumesPruned':
+        // Not awaited: prunes that come meanwhile share the check (see restoreLost).
+        void this.records.restoreLost().catch(() => undefined);
+        return;
       case 'none':
         return;
     }
@@ -359,6 +398,13 @@ export class GuardProxy {
     this.stopped = true;
     this.imageWatch.close();
   }
+
+  /** An engine's error message without the containers it names that are not the tenant's. */
+  private readonly hide = (message: string): string =>
+    hideForeignContainers(message, (id) => {
+      for (const c of this.state.containers) if (c.startsWith(id)) return true;
+      return false;
+    });
 
   private assertRunning(method: string, evenStopped = false): void {
     if (this.stopped && !evenStopped && !['GET', 'HEAD', 'DELETE'].includes(method))
@@ -888,7 +934,7 @@ export class GuardProxy {
         // dockerd's conflict message names the container that has the name: someone else's ID.
         if (a.status === 409)
           return send(res, 409, { message: 'Conflict. The container name is already in use.' });
-        return sendSmall(res, 'POST', a);
+        return sendSmall(res, 'POST', a, this.hide);
       }
       case 'container.attach':
         throw new Refusal('endpoint', 'attach needs a connection upgrade (Upgrade: tcp)', 400);
@@ -977,7 +1023,7 @@ export class GuardProxy {
             throw new Refusal('image-tag', why.replace(/^berth: image-tag: /, ''));
           }
         }
-        return sendJsonBytes(res, a.status, a.raw, a.headers);
+        return sendJsonBytes(res, a.status, a.raw, a.headers, this.hide);
       }
       case 'image.tag': {
         const target = this.claimTag(query.get('repo'), query.get('tag'));
@@ -1026,7 +1072,7 @@ export class GuardProxy {
         if (r.status < 300 && !this.state.owns(created.Labels))
           throw new NotFound(`get ${name}: no such volume`);
         if (r.status < 300 && created.Name) this.state.claimVolume(created.Name, asked);
-        return sendJsonBytes(res, r.status, r.raw, r.headers);
+        return sendJsonBytes(res, r.status, r.raw, r.headers, this.hide);
       }
       case 'volume.inspect':
       case 'volume.delete': {
@@ -1168,18 +1214,19 @@ export class GuardProxy {
     } = {},
   ): Promise<{ status: number; json: unknown } | undefined> {
     const headers: http.OutgoingHttpHeaders = { ...opts.headers };
-    for (const h of ['x-registry-auth', 'x-registry-config', 'content-type']) {
+    for (const h of ['x-registry-auth', 'x-registry-config']) {
       const v = req.headers[h];
       if (v !== undefined && headers[h] === undefined) headers[h] = v;
     }
-    // dockerd's FormValue parses a multipart/form-data body into form values, past the checks on
-    // the query: a client's body is never forwarded as multipart.
-    if (/^\s*multipart\//i.test(String(headers['content-type'] ?? '')))
-      headers['content-type'] =
-        opts.body && !Buffer.isBuffer(opts.body) ? 'application/x-tar' : 'application/json';
+    // The body's type is the guard's to say, never the client's: dockerd reads a form body (in any
+    // spelling Go's media type parser takes, some of which no check here read as a form: red-team
+    // pass 19) or a multipart one as request options, which win over the query the guard checked.
+    // A body the guard passes is its own JSON, or an archive.
+    if (headers['content-type'] === undefined && opts.body !== undefined)
+      headers['content-type'] = Buffer.isBuffer(opts.body) ? 'application/json' : 'application/x-tar';
     if (opts.small && !opts.capture && (opts.body === undefined || Buffer.isBuffer(opts.body))) {
       const a = await this.upstreamBytes(method, target, { body: opts.body, headers });
-      sendSmall(res, method, a);
+      sendSmall(res, method, a, this.hide);
       return { status: a.status, json: undefined };
     }
     if (opts.body && !Buffer.isBuffer(opts.body) && req.headers['content-length'])
@@ -1200,13 +1247,10 @@ export class GuardProxy {
       } catch {
         json = undefined;
       }
-      if (up.status === 409 && target.includes('/containers/create')) {
-        send(res, 409, { message: 'Conflict. The container name is already in use.' });
-        return { status: 409, json };
-      }
-      outHeaders['content-length'] = buf.length;
+      const out = hidden(up.status, buf, this.hide);
+      outHeaders['content-length'] = out.length;
       res.writeHead(up.status, outHeaders);
-      res.end(buf);
+      res.end(out);
       return { status: up.status, json };
     }
     const length = Number(up.headers['content-length'] ?? NaN);
@@ -1513,7 +1557,7 @@ export class GuardProxy {
     } finally {
       this.pendingCreates.delete(pending);
     }
-    sendSmall(res, 'POST', a);
+    sendSmall(res, 'POST', a, this.hide);
     if (typeof created === 'string') {
       this.state.containers.add(created);
       if (this.state.containers.size >= this.forgetAt) {
@@ -1750,7 +1794,7 @@ export class GuardProxy {
   /** `docker info`: the daemon's, with the container counts of the tenant's containers only. */
   private async info(res: ServerResponse, target: string): Promise<void> {
     const a = await this.upstreamBytes('GET', target);
-    if (a.status !== 200) return sendJsonBytes(res, a.status, a.raw, a.headers);
+    if (a.status !== 200) return sendJsonBytes(res, a.status, a.raw, a.headers, this.hide);
     const info = parseAnswer(a.raw) as Record<string, unknown>;
     const own = await this.ownedContainerList();
     const count = (state: string) => own.filter((c) => c.State === state).length;
@@ -2971,7 +3015,7 @@ export class GuardProxy {
           'image-tag',
           `${tag} is the last name of an image you did not make; removing it would delete that image`,
         );
-      return sendJsonBytes(res, r.status, r.raw, r.headers);
+      return sendJsonBytes(res, r.status, r.raw, r.headers, this.hide);
     }
     if (!this.state.ownsTagAt(tag, now.Id)) {
       const settled = this.state.settled(tag);
@@ -2983,7 +3027,7 @@ export class GuardProxy {
     this.assertNotHeld([tag], tagsOf(now).length + digestsOf(now).length > 1 ? undefined : now.Id);
     // The image goes too when this was its last name: after this guard's writes on it.
     const r = await this.onImageDelete(now.Id, () => this.removeTag(tag, now, `?${qs.toString()}`));
-    sendJsonBytes(res, r.status, r.raw, r.headers);
+    sendJsonBytes(res, r.status, r.raw, r.headers, this.hide);
   }
 
   /** Refuses to remove a tag a build of the tenant's holds as a base (the builder would pull it). */

@@ -24,6 +24,7 @@ import {
   repositoryOf,
   tenantSlug,
   createdNanos,
+  hideForeignContainers,
 } from './ownership.js';
 import { labelMatches, parseFilters, untilSeconds } from './proxy.js';
 import { LABEL_TENANT } from '../common/index.js';
@@ -404,4 +405,36 @@ test("Docker's Created times order by time, whatever fraction digits Go left out
   assert.equal(createdNanos('2026-11-24T13:20:01.5+01:00'), createdNanos('2026-11-24T12:20:01.5Z'));
   assert.equal(createdNanos('yesterday'), 0n);
   assert.equal(createdNanos(undefined), 0n);
+});
+
+test("red-team pass 19: engine errors do not name others' containers; the tenant's own and image IDs stay", () => {
+  const mine = 'a'.repeat(64);
+  const other = 'b'.repeat(64);
+  const own = (id: string) => mine.startsWith(id);
+  const conflict = (id: string) =>
+    `Conflict. The container name "/web" is already in use by container "${id}". You have to remove (or rename) that container to be able to reuse that name.`;
+  assert.equal(
+    hideForeignContainers(conflict(other), own),
+    'Conflict. The container name "/web" is already in use by container "<hidden>". You have to remove (or rename) that container to be able to reuse that name.',
+  );
+  assert.equal(hideForeignContainers(conflict(mine), own), conflict(mine));
+  // A volume in use: dockerd lists the containers (Go's %v of a list: spaces between).
+  assert.equal(
+    hideForeignContainers(`remove data: volume is in use - [${other} ${mine}]`, own),
+    `remove data: volume is in use - [<hidden> ${mine}]`,
+  );
+  // An image in use: short IDs after "container"; the image's own ID stays.
+  assert.equal(
+    hideForeignContainers(
+      `conflict: unable to delete 0123456789ab (must be forced) - image is being used by stopped container ${other.slice(0, 12)}`,
+      own,
+    ),
+    'conflict: unable to delete 0123456789ab (must be forced) - image is being used by stopped container <hidden>',
+  );
+  assert.equal(
+    hideForeignContainers(`No such image: ${other}`, own),
+    `No such image: ${other}`,
+    'an ID the tenant named',
+  );
+  assert.equal(hideForeignContainers(`sha256:${other} is in use`, own), `sha256:${other} is in use`);
 });

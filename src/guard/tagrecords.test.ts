@@ -195,4 +195,49 @@ describe('tag records', () => {
     assert.ok(await other.foreign('app:1', IMG), 'the tag that was set keeps a record');
     assert.equal(vols.size, 1);
   });
+  test('a record removed from under its guard (the host pruned volumes) is written again, same name and fields; its own removals are not', async () => {
+    const { upstream, vols, calls } = volumeEngine();
+    const mine = new TagRecords('job-a', { 'io.berth.run': 'r1' }, upstream);
+    const other = new TagRecords('job-b', {}, upstream);
+    await (await mine.before('app:1', IMG)).keep();
+    const [name] = [...vols.keys()];
+    assert.ok(name);
+    const labels = vols.get(name);
+    vols.clear(); // the host's prune
+    assert.equal(await other.foreign('app:1', IMG), undefined, 'the loss: the tag reads as free');
+    assert.equal(await mine.restore(name), true);
+    assert.deepEqual(vols.get(name), labels);
+    assert.ok(await other.foreign('app:1', IMG));
+    // After a prune (whose event names no volume), every record the engine lost.
+    vols.clear();
+    assert.equal(await mine.restoreLost(), 1);
+    assert.deepEqual(vols.get(name), labels);
+    assert.equal(await mine.restoreLost(), 0, 'none lost now');
+    // Prunes while a check runs: one check more, not one each.
+    vols.clear();
+    calls.length = 0;
+    const checks = [mine.restoreLost(), mine.restoreLost(), mine.restoreLost()];
+    assert.deepEqual(await Promise.all(checks), [1, 1, 1]);
+    assert.deepEqual(calls, ['GET', 'POST', 'GET'], 'two looks, one write');
+    // Not this guard's: nothing written.
+    assert.equal(await mine.restore(`${RECORD_PREFIX}${tagKey('x:1')}-000000000000`), false);
+    assert.equal(vols.size, 1);
+    // A record this guard removed (its tag moved, the grace passed, or the tenant's cleanup) is
+    // not one to restore, even when its removal's event comes while the removal is under way.
+    let open = (): void => undefined;
+    const gate = new Promise<void>((r) => (open = r));
+    const slow = (method: string, path: string, body?: unknown) =>
+      method === 'DELETE' ? gate.then(() => upstream(method, path, body)) : upstream(method, path, body);
+    const mine2 = new TagRecords('job-c', {}, slow);
+    await (await mine2.before('app:2', IMG)).keep();
+    const [, name2] = [...vols.keys()];
+    assert.ok(name2);
+    const dropping = mine2.dropAll(() => Promise.resolve(undefined));
+    await new Promise((r) => setImmediate(r)); // the removal sent, not answered
+    assert.equal(await mine2.restore(name2), false, 'under removal');
+    open();
+    assert.equal(await dropping, 1);
+    assert.equal(await mine2.restore(name2), false, 'removed');
+    assert.equal(vols.has(name2), false);
+  });
 });

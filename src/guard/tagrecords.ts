@@ -52,11 +52,12 @@ export function recordBody(
   tenant: string,
   image: string,
   labels: Readonly<Record<string, string>>,
+  name = `${RECORD_PREFIX}${tagKey(tag)}-${randomBytes(6).toString('hex')}`,
 ): { Name: string; Labels: Record<string, string> } {
   // Not the tenant's volume: it must not show in its lists, nor be removable by it.
   const own = Object.fromEntries(Object.entries(labels).filter(([k]) => k !== LABEL_TENANT));
   return {
-    Name: `${RECORD_PREFIX}${tagKey(tag)}-${randomBytes(6).toString('hex')}`,
+    Name: name,
     Labels: {
       ...own,
       [LABEL_ROLE]: RECORD_ROLE,
@@ -135,6 +136,8 @@ export class TagRecords {
   private readonly replacedAt = new Map<string, number>();
   /** Records whose write was kept (a record still under way is its own write's to drop). */
   private readonly settled = new Set<string>();
+  /** Records this guard is removing (their removal is not a loss to restore). */
+  private readonly removing = new Set<string>();
 
   constructor(
     private readonly tenant: string,
@@ -229,7 +232,67 @@ export class TagRecords {
     return n;
   }
 
+  /**
+   * Writes again a record of this guard's that left the engine without this guard removing it
+   * (the host pruned the engine's volumes, or removed it): until then, another tenant's guard
+   * would take the tag as free. Same name, same fields. Answers whether it was one to restore.
+   */
+  async restore(volume: string): Promise<boolean> {
+    const image = this.imageOf.get(volume);
+    if (image === undefined || this.removing.has(volume)) return false;
+    const tag = [...this.mine].find(([, vols]) => vols.includes(volume))?.[0];
+    if (tag === undefined) return false;
+    const r = await this.upstream(
+      'POST',
+      '/volumes/create',
+      recordBody(tag, this.tenant, image, this.labels, volume),
+    );
+    if (r.status >= 300)
+      throw new Error(`cannot write the record of the tag ${tag} again (engine answered ${r.status})`);
+    return true;
+  }
+
+  /**
+   * Writes again every record of this guard's that the engine no longer has (after a prune), and
+   * answers how many. Prunes that come while a check runs share one more check after it (a tenant
+   * pruning its volumes in a loop makes every guard on the engine look at its records).
+   */
+  restoreLost(): Promise<number> {
+    if (this.lostCheck) {
+      this.lostAgain = true;
+      return this.lostCheck;
+    }
+    const run = async (): Promise<number> => {
+      let n = 0;
+      do {
+        this.lostAgain = false;
+        for (const volume of [...this.imageOf.keys()]) {
+          const r = await this.upstream('GET', `/volumes/${encodeURIComponent(volume)}`);
+          if (r.status === 404 && (await this.restore(volume))) n++;
+        }
+        // A prune's event can come while the loop awaits (TypeScript reads the flag as still false).
+      } while (this.checkAgain());
+      return n;
+    };
+    this.lostCheck = run().finally(() => (this.lostCheck = undefined));
+    return this.lostCheck;
+  }
+  private lostCheck: Promise<number> | undefined;
+  private lostAgain = false;
+  private checkAgain(): boolean {
+    return this.lostAgain;
+  }
+
   private async remove(tag: string, volume: string): Promise<boolean> {
+    this.removing.add(volume);
+    try {
+      return await this.removeNow(tag, volume);
+    } finally {
+      this.removing.delete(volume);
+    }
+  }
+
+  private async removeNow(tag: string, volume: string): Promise<boolean> {
     const r = await this.upstream('DELETE', `/volumes/${encodeURIComponent(volume)}`).catch(() => undefined);
     const gone = r !== undefined && (r.status < 300 || r.status === 404);
     if (gone) {

@@ -245,4 +245,12 @@ describe('attack: bind source swapped for a symlink after the check', () => {
     assert.equal(del.status, 204, del.text);
     rmSync(join(ws, 'r1'), { recursive: true });
   });
+
+  test('the last guard of a process closed, no pin and no pin folder of the process is left', async () => {
+    await guard.close({ cleanup: true });
+    await roots.close({ cleanup: true });
+    assert.deepEqual(pinMounts(), []);
+    // Red-team pass 19: the process's empty folder stayed, one per guard process on a runner.
+    assert.equal(existsSync(PINS), false, `${PINS} is left`);
+  });
 });

@@ -136,6 +136,35 @@ describe('attack: squatting a name another tenant will use', () => {
     assert.equal((await containersOf(tenantB)).length, 0);
   });
 
+  test("a host that prunes the engine's volumes takes the record for a moment only: its guard writes it again", async () => {
+    const byName = (vs: Awaited<ReturnType<typeof records>>) =>
+      vs.map((v) => ({ name: v.Name, labels: v.Labels })).sort((x, y) => x.name.localeCompare(y.name));
+    const before = await records(); // the squatted name's, and the tag of it the test before made
+    assert.equal(before.length, 2, JSON.stringify(before));
+    // The host's prune (on the raw socket; scoped to this suite's records, as the machine is shared).
+    const filters = JSON.stringify({
+      label: ['io.berth.role=tag-record', `io.berth.test-session=${SESSION}`],
+    });
+    const pruned = await send(RAW, {
+      method: 'POST',
+      path: `/v1.41/volumes/prune?filters=${encodeURIComponent(filters)}`,
+    });
+    assert.equal(pruned.status, 200, pruned.text);
+    for (const v of before) assert.ok(pruned.text.includes(v.Name), `the prune removed ${v.Name}`);
+    // A's guard reads the removal from the engine's events and writes the record again.
+    let after: Awaited<ReturnType<typeof records>> = [];
+    for (let i = 0; i < 100 && after.length < before.length; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      after = await records();
+    }
+    assert.deepEqual(byName(after), byName(before), 'the same records, back');
+    expectAbsent(
+      await postJson(sockB, '/v1.41/containers/create', JSON.stringify({ Image: squat })),
+      'create from a squatted name after the prune',
+    );
+    assert.equal((await containersOf(tenantB)).length, 0);
+  });
+
   test('docker run of the name through the other guard never runs the squatter’s image (CLI)', async () => {
     const r = await docker(`unix://${sockB}`, ['run', '--rm', '--network', 'none', squat, 'cat', '/who']);
     assert.notEqual(r.code, 0, r.stdout);

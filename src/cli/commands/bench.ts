@@ -26,6 +26,7 @@ export function registerBench(program: Command): void {
     .option('--scenario <id...>', 'only these scenarios')
     .option('--contender <id...>', `only these contenders (${CONTENDERS.join(', ')})`)
     .option('--payload-mib <n>', 'payload size for save/cp/context (MiB)')
+    .option('--soak-seconds <n>', 'how long the load scenario runs against berth guard (default 300)')
     .option('--out <dir>', 'where to write latest.md and latest.json', 'bench/results')
     .action(
       async (opts: {
@@ -34,6 +35,7 @@ export function registerBench(program: Command): void {
         scenario?: string[];
         contender?: string[];
         payloadMib?: string;
+        soakSeconds?: string;
         out: string;
       }) => {
         const quick = opts.quick === true;
@@ -53,7 +55,7 @@ export function registerBench(program: Command): void {
           contenders,
           payloadMiB: opts.payloadMib ? intOption('payload-mib', opts.payloadMib) : quick ? 16 : 256,
           logsMiB: quick ? 8 : 100,
-          soakSeconds: quick ? 10 : 300,
+          soakSeconds: opts.soakSeconds ? intOption('soak-seconds', opts.soakSeconds) : quick ? 10 : 300,
           loadClients: quick ? 20 : 200,
           outDir: resolve(opts.out),
           log: (line) => process.stderr.write(`${line}\n`),
