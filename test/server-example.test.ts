@@ -26,7 +26,8 @@ import { apiClient, githubPush, makeRepo } from './support/server.js';
 const CHROMIUM = '/usr/bin/chromium';
 const SECRET = 'example-secret-1';
 const TOKEN = 'example-token-1';
-const PROD_NET = tenantNetworkName('env/production');
+// A server run's persistent tenant is its project's own (see confine in src/server/service.ts).
+const PROD_NET = tenantNetworkName('project/webapp/env/production');
 
 describe(
   'berth serve builds the example app from a webhook, live in the dashboard',

@@ -4,8 +4,9 @@
  * copied out, and cleanup of everything whatever happens.
  */
 import { createWriteStream, mkdirSync, rmSync } from 'node:fs';
-import { dirname, join, normalize, posix } from 'node:path';
+import { dirname, join, normalize, posix, sep } from 'node:path';
 import { Writable } from 'node:stream';
+import { LineSplitter } from './lines.js';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
 import { LABEL_JOB, LABEL_ROLE, LOCAL_IMAGE_PREFIX, errorMessage, sleep } from '../common/index.js';
@@ -393,20 +394,14 @@ export class JobRun {
 
   /** A writable that splits output into lines and reports each (masked). */
   private lineSink(step: number, stream: 'stdout' | 'stderr'): Writable {
-    let pending = '';
+    const lines = new LineSplitter((line) => this.logLine(step, stream, line));
     return new Writable({
       write: (chunk: Buffer, _enc, cb) => {
-        pending += chunk.toString('utf8');
-        let nl: number;
-        while ((nl = pending.indexOf('\n')) >= 0) {
-          this.logLine(step, stream, pending.slice(0, nl).replace(/\r$/, ''));
-          pending = pending.slice(nl + 1);
-        }
+        lines.push(chunk);
         cb();
       },
       final: (cb) => {
-        if (pending) this.logLine(step, stream, pending);
-        pending = '';
+        lines.end();
         cb();
       },
     });
@@ -421,7 +416,8 @@ export class JobRun {
         const extract = tar.extract();
         extract.on('entry', (header, stream, next) => {
           const target = normalize(join(dest, header.name));
-          if (!target.startsWith(dest)) {
+          // Inside this job's folder (a sibling whose name starts with the job's is outside).
+          if (target !== dest && !target.startsWith(`${dest}${sep}`)) {
             stream.resume();
             next();
             return;

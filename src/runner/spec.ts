@@ -75,9 +75,18 @@ export interface RunSpec {
 }
 
 /** Reads and validates a pipeline file. Throws PIPELINE_NOT_FOUND / PIPELINE_INVALID. */
-export function loadRunSpec(file: string): RunSpec {
+export function loadRunSpec(file: string, opts: FromPipelineOptions = {}): RunSpec {
   const path = resolve(file);
-  return fromPipeline(loadPipeline(path), path);
+  return fromPipeline(loadPipeline(path), path, opts);
+}
+
+export interface FromPipelineOptions {
+  /**
+   * Why secrets from files may not be read, when they may not: a server run's pipeline comes from
+   * whoever pushed, and a path it names could be anything on the server (`/etc/shadow`, the
+   * server's own store). The message says what to do instead.
+   */
+  refuseSecretFiles?: string;
 }
 
 /** Parses pipeline text; `file` is used for messages and as the workspace anchor. */
@@ -86,11 +95,16 @@ export function parseRunSpec(text: string, file: string): RunSpec {
 }
 
 /** The runner's view of a parsed pipeline. Secrets from files are read here (relative to the file). */
-export function fromPipeline(p: Pipeline, file = p.file): RunSpec {
+export function fromPipeline(p: Pipeline, file = p.file, opts: FromPipelineOptions = {}): RunSpec {
   const workspace = dirname(resolve(file));
   const secretFiles: Record<string, string> = {};
   for (const s of p.secrets) {
     if (s.file === undefined) continue;
+    if (opts.refuseSecretFiles !== undefined)
+      throw new BerthError(
+        'PIPELINE_INVALID',
+        `${file}: secret ${s.name}: not read from ${s.file}: ${opts.refuseSecretFiles}`,
+      );
     try {
       secretFiles[s.name] = readFileSync(resolve(workspace, s.file), 'utf8').replace(/\r?\n$/, '');
     } catch (cause) {

@@ -159,7 +159,9 @@ async function runPage(id) {
   await more();
   draw();
   events(id, async (e) => {
-    if (e.kind === 'runner' && e.event.kind === 'log') { if (e.seq && e.seq > after) { logs.push({ seq: e.seq, job: e.event.job, stream: e.event.stream, text: e.event.line }); after = e.seq; drawLogs(); } return; }
+    // A line right after the last one shown goes on; past a gap (this stream was dropped while the
+    // tab did not keep up, or lines were stored without an event) the gap is read from the API.
+    if (e.kind === 'runner' && e.event.kind === 'log') { if (e.seq === after + 1) { logs.push({ seq: e.seq, job: e.event.job, stream: e.event.stream, text: e.event.line }); after = e.seq; drawLogs(); } else if (e.seq > after + 1) { await more(); drawLogs(); } return; }
     if (e.kind === 'sample') { if (e.job === selected) drawChart(); return; }
     run = await api('/api/runs/' + encodeURIComponent(id)); if (!selected && run.jobs[0]) selected = run.jobs[0].name; draw();
   });

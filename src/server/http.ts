@@ -5,7 +5,7 @@
  */
 import http from 'node:http';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { timingSafeEqual } from 'node:crypto';
+import { createHash, timingSafeEqual } from 'node:crypto';
 import { BerthError, errorMessage } from '../common/index.js';
 import { DASHBOARD_HTML } from './dashboard.js';
 import type { ServerEvent, ServerService } from './service.js';
@@ -13,6 +13,16 @@ import type { ServerStore } from './store.js';
 import { detectForge, isPushEvent, parsePush, verifySignature } from './webhooks.js';
 
 const MAX_BODY = 5 * 1024 * 1024;
+/**
+ * Webhook bodies read at once, before their signature can be checked: each holds up to MAX_BODY,
+ * from anyone who can reach the port (red-team pass 20: 80 stalled senders took the server from 62
+ * to 480 MB). Past this, a delivery is answered 503 (forges retry).
+ */
+const MAX_HOOK_READS = 16;
+/** An event stream whose client does not read is dropped past this much unsent (it reconnects and catches up). */
+const MAX_SSE_BACKLOG = 1024 * 1024;
+/** Event streams open at once. */
+const MAX_SSE_CLIENTS = 64;
 
 class HttpError extends Error {
   constructor(
@@ -34,6 +44,8 @@ function json(res: ServerResponse, status: number, body: unknown): void {
 }
 
 async function readBody(req: IncomingMessage): Promise<Buffer> {
+  if (Number(req.headers['content-length'] ?? 0) > MAX_BODY)
+    throw new HttpError(413, 'request body too large');
   const chunks: Buffer[] = [];
   let n = 0;
   for await (const c of req) {
@@ -56,14 +68,66 @@ async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> 
   }
 }
 
-function tokenOk(req: IncomingMessage, url: URL, token: string | undefined): boolean {
+/**
+ * Whether the request carries the token: in its Authorization header, or, for the event stream
+ * only (a browser's EventSource sends no headers), as `?token=` (elsewhere a token in a URL ends up
+ * in access logs for nothing).
+ */
+function tokenOk(req: IncomingMessage, url: URL, token: string | undefined, inQuery: boolean): boolean {
   if (!token) return true;
   const auth = req.headers.authorization ?? '';
-  const given = auth.startsWith('Bearer ') ? auth.slice(7) : (url.searchParams.get('token') ?? '');
-  const a = Buffer.from(given);
-  const b = Buffer.from(token);
-  return a.length === b.length && timingSafeEqual(a, b);
+  const given = auth.startsWith('Bearer ')
+    ? auth.slice(7)
+    : inQuery
+      ? (url.searchParams.get('token') ?? '')
+      : '';
+  // Both hashed first: the compare takes the same time whatever the lengths.
+  const digest = (v: string) => createHash('sha256').update(v).digest();
+  return timingSafeEqual(digest(given), digest(token));
 }
+
+/** A `limit` query value: a whole number from 1 to `max` (the default when absent). */
+function limitOf(url: URL, fallback: number, max: number): number {
+  const v = url.searchParams.get('limit');
+  if (v === null) return fallback;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1)
+    throw new HttpError(400, `limit must be a whole number from 1 to ${max}, not ${v}`);
+  return Math.min(n, max);
+}
+
+/** An `after` query value: a whole number from 0 (0 when absent). */
+function afterOf(url: URL): number {
+  const v = url.searchParams.get('after');
+  if (v === null) return 0;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0)
+    throw new HttpError(400, `after must be a whole number from 0, not ${v}`);
+  return n;
+}
+
+/** The delivery ID a forge sends with each webhook (the same on every redelivery of it). */
+function deliveryId(headers: http.IncomingHttpHeaders): string | undefined {
+  for (const h of ['x-github-delivery', 'x-gitea-delivery', 'x-gitlab-event-uuid', 'x-gitlab-webhook-uuid']) {
+    const v = headers[h];
+    if (typeof v === 'string' && v !== '') return v.slice(0, 200);
+  }
+  return undefined;
+}
+
+/** The dashboard's headers: no framing (its buttons act with the signed-in token), only its own script. */
+const DASHBOARD_HEADERS = (() => {
+  const script = /<script>([\s\S]*?)<\/script>/.exec(DASHBOARD_HTML)?.[1] ?? '';
+  const hash = createHash('sha256').update(script).digest('base64');
+  return {
+    'Content-Type': 'text/html; charset=utf-8',
+    'Cache-Control': 'no-store',
+    'Content-Security-Policy': `default-src 'self'; script-src 'sha256-${hash}'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'`,
+    'X-Frame-Options': 'DENY',
+    'X-Content-Type-Options': 'nosniff',
+    'Referrer-Policy': 'no-referrer',
+  };
+})();
 
 function badge(label: string, status: string): string {
   const color =
@@ -87,10 +151,21 @@ export interface HttpOptions {
 
 export function createHttpServer(o: HttpOptions): http.Server {
   const { store, service } = o;
+  let hookReads = 0;
+  const open = { streams: 0 };
   const route = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const url = new URL(req.url ?? '/', 'http://berth');
     const method = req.method ?? 'GET';
-    const parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent);
+    const parts = url.pathname
+      .split('/')
+      .filter(Boolean)
+      .map((p) => {
+        try {
+          return decodeURIComponent(p);
+        } catch {
+          throw new HttpError(400, `malformed percent-encoding in ${url.pathname}`);
+        }
+      });
 
     // Dashboard and badge: public.
     if (
@@ -100,7 +175,7 @@ export function createHttpServer(o: HttpOptions): http.Server {
         parts[0] === 'runs' ||
         parts[0] === 'projects')
     ) {
-      res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8', 'Cache-Control': 'no-store' });
+      res.writeHead(200, DASHBOARD_HEADERS);
       res.end(DASHBOARD_HTML);
       return;
     }
@@ -115,8 +190,8 @@ export function createHttpServer(o: HttpOptions): http.Server {
     }
     // Webhooks: authenticated by their signature, not the token.
     if (method === 'POST' && parts[0] === 'hooks' && parts[1] && parts.length === 2) {
+      // Everything that needs no body is checked before the body is read (red-team pass 20).
       const p = await store.project(parts[1]);
-      const body = await readBody(req);
       if (!p) throw new HttpError(404, `no project ${parts[1]}`);
       const forge = detectForge(req.headers);
       if (!forge)
@@ -124,6 +199,17 @@ export function createHttpServer(o: HttpOptions): http.Server {
           400,
           'not a GitHub, Gitea or GitLab webhook (no X-GitHub-Event, X-Gitea-Event or X-Gitlab-Event header)',
         );
+      if (hookReads >= MAX_HOOK_READS) {
+        res.setHeader('Retry-After', '5');
+        throw new HttpError(503, 'too many webhook deliveries arriving at once; send it again');
+      }
+      hookReads++;
+      let body: Buffer;
+      try {
+        body = await readBody(req);
+      } finally {
+        hookReads--;
+      }
       const verdict = verifySignature(forge, req.headers, body, p.secret);
       if (!verdict.ok) throw new HttpError(401, `webhook rejected: ${verdict.reason}`);
       if (!isPushEvent(forge, req.headers))
@@ -137,6 +223,14 @@ export function createHttpServer(o: HttpOptions): http.Server {
       if (push.deleted) return json(res, 202, { message: `ref ${push.ref} was deleted: nothing to build` });
       if (p.branch && push.branch !== p.branch)
         return json(res, 202, { message: `push to ${push.ref} ignored: the project builds ${p.branch}` });
+      // A signed delivery is good forever: whoever saw one (a proxy's log, the forge's delivery
+      // page) could send it again and run (deploy) that old commit again. Each is taken once.
+      const delivery = deliveryId(req.headers);
+      if (delivery !== undefined && !(await store.firstDelivery(p.id, delivery)))
+        throw new HttpError(
+          409,
+          `delivery ${delivery} was taken already (a replay, or the forge sent it again); to build that commit again, re-run its run`,
+        );
       const run = await service.enqueue({
         projectId: p.id,
         trigger: 'webhook',
@@ -148,12 +242,12 @@ export function createHttpServer(o: HttpOptions): http.Server {
       return json(res, 201, run);
     }
     if (parts[0] !== 'api') throw new HttpError(404, `no such page: ${url.pathname}`);
-    if (!tokenOk(req, url, o.token))
+    if (!tokenOk(req, url, o.token, method === 'GET' && parts[1] === 'events'))
       throw new HttpError(401, 'missing or wrong token (Authorization: Bearer …)');
     const [, a, b, c] = parts;
 
     if (method === 'GET' && a === 'events')
-      return sse(req, res, service, url.searchParams.get('run') ?? undefined);
+      return sse(res, service, url.searchParams.get('run') ?? undefined, open);
     if (a === 'projects' && b === undefined) {
       if (method === 'GET')
         return json(
@@ -170,6 +264,7 @@ export function createHttpServer(o: HttpOptions): http.Server {
           secret: typeof body.secret === 'string' ? body.secret : '',
           branch: typeof body.branch === 'string' ? body.branch : undefined,
           pollSeconds: typeof body.pollSeconds === 'number' ? body.pollSeconds : undefined,
+          grants: grantsOf(body.grants),
         });
         const { secret: _s, ...pub } = p;
         return json(res, 201, pub);
@@ -183,11 +278,7 @@ export function createHttpServer(o: HttpOptions): http.Server {
         return json(res, 200, pub);
       }
       if (method === 'GET' && c === 'runs')
-        return json(
-          res,
-          200,
-          await store.runs({ projectId: p.id, limit: Number(url.searchParams.get('limit') ?? 50) }),
-        );
+        return json(res, 200, await store.runs({ projectId: p.id, limit: limitOf(url, 50, 1000) }));
       if (method === 'POST' && c === 'runs') {
         const body = await readJson(req);
         const run = await service.enqueue({
@@ -200,15 +291,15 @@ export function createHttpServer(o: HttpOptions): http.Server {
       }
     }
     if (a === 'runs' && b === undefined && method === 'GET')
-      return json(res, 200, await store.runs({ limit: Number(url.searchParams.get('limit') ?? 50) }));
+      return json(res, 200, await store.runs({ limit: limitOf(url, 50, 1000) }));
     if (a === 'runs' && b !== undefined) {
       const run = await store.run(b);
       if (!run) throw new HttpError(404, `no run ${b}`);
       if (method === 'GET' && c === undefined)
         return json(res, 200, { ...run, jobs: await store.jobs(b), steps: await store.steps(b) });
       if (method === 'GET' && c === 'logs') {
-        const after = Number(url.searchParams.get('after') ?? 0);
-        const limit = Number(url.searchParams.get('limit') ?? 1000);
+        const after = afterOf(url);
+        const limit = limitOf(url, 1000, 10_000);
         return json(
           res,
           200,
@@ -236,11 +327,14 @@ export function createHttpServer(o: HttpOptions): http.Server {
 }
 
 function sse(
-  req: IncomingMessage,
   res: ServerResponse,
   service: ServerService,
   runId: string | undefined,
+  open: { streams: number },
 ): void {
+  if (open.streams >= MAX_SSE_CLIENTS)
+    throw new HttpError(503, `already ${MAX_SSE_CLIENTS} event streams open`);
+  open.streams++;
   res.writeHead(200, {
     'Content-Type': 'text/event-stream',
     'Cache-Control': 'no-store',
@@ -250,12 +344,26 @@ function sse(
   const onEvent = (e: ServerEvent) => {
     const id = e.kind === 'run.queued' || e.kind === 'run.updated' ? e.run.id : e.runId;
     if (runId && id !== runId) return;
+    // A client that does not read is not buffered for without end (red-team pass 20: ten of them
+    // held 1.3 GB during a 28 MB log): it is dropped, and its EventSource reconnects and catches up
+    // from the logs API.
+    if (res.writableLength > MAX_SSE_BACKLOG) {
+      res.destroy();
+      return;
+    }
     res.write(`event: ${e.kind}\ndata: ${JSON.stringify(e)}\n\n`);
   };
   const ping = setInterval(() => res.write(': ping\n\n'), 15_000);
   service.events.on('event', onEvent);
-  req.on('close', () => {
+  res.on('close', () => {
     clearInterval(ping);
     service.events.off('event', onEvent);
+    open.streams--;
   });
+}
+
+function grantsOf(v: unknown): { env?: unknown; docker?: unknown } | undefined {
+  if (v === undefined) return undefined;
+  if (typeof v === 'object' && v !== null && !Array.isArray(v)) return v;
+  throw new HttpError(400, 'grants must be an object: {"env": [names], "docker": [modes]}');
 }

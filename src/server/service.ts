@@ -12,9 +12,9 @@ import { promisify } from 'node:util';
 import { BerthError, LABEL_JOB, LABEL_RUN, errorMessage, tenantOf } from '../common/index.js';
 import { DockerClient, containers } from '../engine/index.js';
 import { effectiveNeeds, loadRunSpec, objectName, reap, runPipeline } from '../runner/index.js';
-import type { RunEvent } from '../runner/index.js';
+import type { RunEvent, RunSpec } from '../runner/index.js';
 import { pickRunsToStart } from './schedule.js';
-import type { Run, RunStatus, ServerStore } from './store.js';
+import type { Project, Run, RunStatus, ServerStore } from './store.js';
 
 const exec = promisify(execFile);
 
@@ -60,6 +60,8 @@ export class ServerService {
   /** At start: runs that were running when the server died are interrupted and their leftovers reaped. */
   async recover(): Promise<string[]> {
     const ids = await this.o.store.interruptRunning();
+    // Workspaces of runs the last server did not finish (nothing runs yet at start: all of them).
+    rmSync(join(this.o.dataDir, 'workspaces'), { recursive: true, force: true });
     if (ids.length) {
       using client = new DockerClient();
       const r = await reap(client, {}).catch((err: unknown) => {
@@ -152,7 +154,12 @@ export class ServerService {
     try {
       if (!project) throw new BerthError('RUN_FAILED', `project ${run.projectId} no longer exists`);
       await checkout(project.repoUrl, ws, run.sha ?? run.branch ?? project.branch ?? undefined);
-      const spec = loadRunSpec(join(ws, 'berth.yml'));
+      const spec = confine(
+        loadRunSpec(join(ws, 'berth.yml'), {
+          refuseSecretFiles: `a server run reads no file a pipeline names (it could be any file on the server); give the project the secret from the server's environment instead: berth project grant ${project.name} --pass-env <NAME>`,
+        }),
+        project,
+      );
       // The job graph is known before anything runs: record it, so the dashboard draws the DAG
       // (every job queued, with what it waits for) from the first moment.
       const needs = effectiveNeeds(spec.jobs);
@@ -174,6 +181,11 @@ export class ServerService {
         signal,
         forceSignal,
         reapFirst: false,
+        // Only what the project was granted of the server's environment (never the server's API
+        // token, nor other projects' secrets, unless an admin named them).
+        env: Object.fromEntries(
+          project.grants.env.flatMap((k) => (process.env[k] === undefined ? [] : [[k, process.env[k]]])),
+        ),
         onEvent: (e) => {
           void this.record(run.id, e);
           if (e.kind === 'run.started') sampler.runnerId = e.runId;
@@ -191,6 +203,7 @@ export class ServerService {
       ]);
     } finally {
       this.needs.delete(run.id);
+      this.logUse.delete(run.id);
       sampler.stopAll();
       await this.o.store.markFinished(run.id, status, exitCode, error);
       rmSync(ws, { recursive: true, force: true });
@@ -241,6 +254,11 @@ export class ServerService {
               finishedAt: t,
               exitCode: e.exitCode ?? null,
             });
+            // Why a job failed before or around its steps (an engine error, a missing image…).
+            if (e.reason)
+              await this.o.store.appendLogs(runId, [
+                { job: e.job, step: null, stream: 'system', text: `berth: ${e.status}: ${e.reason}`, ts: t },
+              ]);
             break;
           case 'step.started':
             await this.o.store.upsertStep({
@@ -267,12 +285,38 @@ export class ServerService {
             });
             break;
           case 'log': {
-            const [line] = await this.o.store.appendLogs(runId, [
-              { job: e.job, step: e.step ?? null, stream: e.stream, text: e.line, ts: t },
-            ]);
-            this.emit({ kind: 'runner', runId, event: e, seq: line?.seq });
+            // A run's log is bounded (red-team pass 20: one run's 200k lines made a 148 MB store):
+            // past the bound, one line says so and the rest is not kept.
+            const kept = this.logBudget(runId, e.line.length);
+            if (kept === 'drop') return;
+            const lines = [{ job: e.job, step: e.step ?? null, stream: e.stream, text: e.line, ts: t }];
+            if (kept === 'last')
+              lines.push({
+                job: e.job,
+                step: e.step ?? null,
+                stream: 'system',
+                text: `berth: the run's log reached ${MAX_RUN_LOG_LINES} lines or ${MAX_RUN_LOG_BYTES / 1024 / 1024} MiB; the rest of it is not kept`,
+                ts: t,
+              });
+            const stored = await this.o.store.appendLogs(runId, lines);
+            for (const [i, line] of stored.entries()) {
+              const event: RunEvent = i === 0 ? e : { ...e, stream: 'system', line: line.text };
+              this.emit({ kind: 'runner', runId, event, seq: line.seq });
+            }
             return;
           }
+          case 'warning':
+            // Shown with the log, where the run's reader looks (a host-mode job's warning among them).
+            await this.o.store.appendLogs(runId, [
+              {
+                job: e.job ?? '(run)',
+                step: null,
+                stream: 'system',
+                text: `berth: warning: ${e.message}`,
+                ts: t,
+              },
+            ]);
+            break;
           default:
             break;
         }
@@ -280,6 +324,19 @@ export class ServerService {
       })
       .catch((err: unknown) => this.o.log?.(`recording ${e.kind} for ${runId}: ${errorMessage(err)}`));
     return this.pending;
+  }
+
+  /** Lines and characters of each run's log kept so far. */
+  private readonly logUse = new Map<string, { lines: number; bytes: number }>();
+
+  /** Whether a run's next log line is kept ('keep'), is the last kept ('last'), or goes ('drop'). */
+  private logBudget(runId: string, length: number): 'keep' | 'last' | 'drop' {
+    const u = this.logUse.get(runId) ?? { lines: 0, bytes: 0 };
+    this.logUse.set(runId, u);
+    if (u.lines >= MAX_RUN_LOG_LINES || u.bytes >= MAX_RUN_LOG_BYTES) return 'drop';
+    u.lines++;
+    u.bytes += length;
+    return u.lines >= MAX_RUN_LOG_LINES || u.bytes >= MAX_RUN_LOG_BYTES ? 'last' : 'keep';
   }
 
   recordSample(runId: string, job: string, ts: number, cpuPercent: number, memBytes: number): void {
@@ -425,3 +482,46 @@ export async function checkout(repoUrl: string, dir: string, rev: string | undef
     );
   }
 }
+
+/** The most of one run's log the server keeps (lines, characters). */
+export const MAX_RUN_LOG_LINES = 200_000;
+export const MAX_RUN_LOG_BYTES = 64 * 1024 * 1024;
+
+/** Modes every project's jobs may use; the others are granted per project (ProjectGrants). */
+const ALWAYS_ALLOWED: readonly string[] = ['guard', 'none'];
+
+/**
+ * A pushed pipeline, held to what its project was granted (red-team pass 20): docker modes beyond
+ * guard and none refused unless granted, and persistent tenants made the project's own
+ * (`project/<name>/<tenant>`: another project's pipeline naming the same tenant gets its own,
+ * and cannot see, exec into or remove the first one's deployment).
+ */
+export function confine(spec: RunSpec, project: Pick<Project, 'name' | 'grants'>): RunSpec {
+  for (const j of spec.jobs) {
+    const mode = j.docker.mode;
+    if (!ALWAYS_ALLOWED.includes(mode) && !(project.grants.docker as readonly string[]).includes(mode))
+      throw new BerthError(
+        'PIPELINE_INVALID',
+        `${spec.file}: jobs.${j.name}.docker: mode ${mode} is not granted to project ${project.name} (${
+          mode === 'host'
+            ? "the host's Docker socket is root on the server"
+            : 'a nested daemon runs with near-full capabilities'
+        }, and the pipeline is whatever was pushed)`,
+        { hint: `an admin can grant it: berth project grant ${project.name} --allow-docker ${mode}` },
+      );
+  }
+  return {
+    ...spec,
+    jobs: spec.jobs.map((j) =>
+      j.docker.tenant === undefined
+        ? j
+        : {
+            ...j,
+            docker: { ...j.docker, tenant: `${PROJECT_TENANT_PREFIX}${project.name}/${j.docker.tenant}` },
+          },
+    ),
+  };
+}
+
+/** Where a server run's persistent tenants live: `project/<project>/<tenant as written>`. */
+export const PROJECT_TENANT_PREFIX = 'project/';

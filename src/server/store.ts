@@ -10,6 +10,41 @@ export type RunStatus = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancell
 export type Trigger = 'webhook' | 'manual' | 'poll' | 'rerun';
 export const FINISHED: readonly RunStatus[] = ['succeeded', 'failed', 'cancelled', 'interrupted'];
 
+/**
+ * What a project's pipelines may have beyond the defaults. A pipeline file comes from whoever can
+ * push to the repository, so by default a server run gets no variable of the server's environment
+ * (`secrets:` names find nothing), reads no secret files, runs jobs in guard or none mode only,
+ * and its persistent tenants are the project's own (`project/<name>/<tenant>`). The admin grants
+ * more per project.
+ */
+export interface ProjectGrants {
+  /** Variables of the server's environment the project's `secrets:` may name. */
+  env: string[];
+  /** Docker modes beyond guard and none (dind: a nested daemon with near-full capabilities; host: root on the host). */
+  docker: ('dind' | 'host')[];
+}
+
+export const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+const GRANTABLE_MODES = ['dind', 'host'] as const;
+
+/** Grants as given (CLI, API), checked: every problem named. */
+export function checkGrants(g: { env?: unknown; docker?: unknown } | undefined): ProjectGrants {
+  const env = g?.env ?? [];
+  const docker = g?.docker ?? [];
+  if (!Array.isArray(env) || env.some((e) => typeof e !== 'string' || !ENV_NAME.test(e)))
+    throw new BerthError('BERTH_USAGE', `grants.env must be a list of environment variable names`, {
+      hint: 'e.g. REGISTRY_PASSWORD (letters, digits, _; not starting with a digit)',
+    });
+  if (!Array.isArray(docker) || docker.some((d) => !(GRANTABLE_MODES as readonly unknown[]).includes(d)))
+    throw new BerthError('BERTH_USAGE', `grants.docker must be a list of: ${GRANTABLE_MODES.join(', ')}`, {
+      hint: 'guard and none are always allowed',
+    });
+  return {
+    env: [...new Set(env as string[])].sort(),
+    docker: [...new Set(docker as ('dind' | 'host')[])].sort(),
+  };
+}
+
 export interface Project {
   id: string;
   name: string;
@@ -18,6 +53,7 @@ export interface Project {
   branch: string | null;
   pollSeconds: number | null;
   createdAt: number;
+  grants: ProjectGrants;
 }
 
 export interface Run {
@@ -97,6 +133,9 @@ CREATE TABLE IF NOT EXISTS samples (
   run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE, job TEXT NOT NULL, ts ${bigint} NOT NULL,
   cpu_percent REAL NOT NULL, mem_bytes ${bigint} NOT NULL);
 CREATE INDEX IF NOT EXISTS samples_job ON samples(run_id, job, ts);
+CREATE TABLE IF NOT EXISTS deliveries (
+  project_id TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE, id TEXT NOT NULL, at ${bigint} NOT NULL,
+  PRIMARY KEY (project_id, id));
 `;
 
 type R = Record<string, unknown>;
@@ -112,7 +151,19 @@ function toProject(r: R): Project {
     branch: s(r.branch),
     pollSeconds: n(r.poll_seconds),
     createdAt: Number(r.created_at),
+    grants: parseGrants(r.grants),
   };
+}
+
+/** A stored grants column; a store from before grants, or an unreadable value, grants nothing. */
+function parseGrants(v: unknown): ProjectGrants {
+  try {
+    return checkGrants(
+      typeof v === 'string' ? (JSON.parse(v) as { env?: unknown; docker?: unknown }) : undefined,
+    );
+  } catch {
+    return { env: [], docker: [] };
+  }
 }
 
 function toRun(r: R): Run {
@@ -144,6 +195,14 @@ export class ServerStore {
 
   static async open(sql: Sql): Promise<ServerStore> {
     await sql.exec(SCHEMA(sql.dialect === 'postgres' ? 'BIGINT' : 'INTEGER'));
+    // Stores made before grants: the column is added (NULL: nothing granted).
+    const cols =
+      sql.dialect === 'postgres'
+        ? await sql.all(
+            "SELECT column_name AS name FROM information_schema.columns WHERE table_name = 'projects'",
+          )
+        : await sql.all("SELECT name FROM pragma_table_info('projects')");
+    if (!cols.some((c) => c.name === 'grants')) await sql.exec('ALTER TABLE projects ADD COLUMN grants TEXT');
     return new ServerStore(sql);
   }
 
@@ -159,7 +218,9 @@ export class ServerStore {
     secret: string;
     branch?: string;
     pollSeconds?: number;
+    grants?: { env?: unknown; docker?: unknown };
   }): Promise<Project> {
+    const grants = checkGrants(p.grants);
     if (!PROJECT_NAME.test(p.name)) {
       throw new BerthError('BERTH_USAGE', `project name ${JSON.stringify(p.name)} is not valid`, {
         hint: 'use lower-case letters, digits, . _ - (max 63), starting with a letter or digit',
@@ -171,8 +232,17 @@ export class ServerStore {
     if (await this.project(p.name)) throw new BerthError('BERTH_USAGE', `project ${p.name} already exists`);
     const id = `p_${randomBytes(6).toString('hex')}`;
     await this.sql.run(
-      'INSERT INTO projects (id, name, repo_url, secret, branch, poll_seconds, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)',
-      [id, p.name, p.repoUrl, p.secret, p.branch ?? null, p.pollSeconds ?? null, Date.now()],
+      'INSERT INTO projects (id, name, repo_url, secret, branch, poll_seconds, created_at, grants) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
+      [
+        id,
+        p.name,
+        p.repoUrl,
+        p.secret,
+        p.branch ?? null,
+        p.pollSeconds ?? null,
+        Date.now(),
+        JSON.stringify(grants),
+      ],
     );
     const created = await this.project(id);
     if (!created) throw new BerthError('STORE_FAILED', `project ${p.name} vanished after insert`);
@@ -187,6 +257,38 @@ export class ServerStore {
 
   async projects(): Promise<Project[]> {
     return (await this.sql.all('SELECT * FROM projects ORDER BY name')).map(toProject);
+  }
+
+  /** Replaces a project's grants. */
+  async setGrants(idOrName: string, g: { env?: unknown; docker?: unknown }): Promise<Project> {
+    const p = await this.project(idOrName);
+    if (!p) throw new BerthError('BERTH_USAGE', `no project ${idOrName}`);
+    await this.sql.run('UPDATE projects SET grants = ? WHERE id = ?', [JSON.stringify(checkGrants(g)), p.id]);
+    return { ...p, grants: checkGrants(g) };
+  }
+
+  /**
+   * Notes a webhook delivery's ID for a project: false when the project already had it (a replay,
+   * or the forge sending it again). IDs older than `keepMs` are forgotten.
+   */
+  async firstDelivery(projectId: string, id: string, keepMs = 30 * 24 * 3600 * 1000): Promise<boolean> {
+    const now = Date.now();
+    await this.sql.run('DELETE FROM deliveries WHERE at < ?', [now - keepMs]);
+    const had = await this.sql.get('SELECT 1 AS x FROM deliveries WHERE project_id = ? AND id = ?', [
+      projectId,
+      id,
+    ]);
+    if (had) return false;
+    try {
+      await this.sql.run('INSERT INTO deliveries (project_id, id, at) VALUES (?, ?, ?)', [
+        projectId,
+        id,
+        now,
+      ]);
+    } catch {
+      return false; // the same delivery, noted by a request at the same moment
+    }
+    return true;
   }
 
   async deleteProject(id: string): Promise<boolean> {

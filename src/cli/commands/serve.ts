@@ -77,12 +77,23 @@ export function registerServe(program: Command): void {
     .requiredOption('--secret <secret>', 'webhook secret (GitHub/Gitea HMAC key, GitLab token)')
     .option('--branch <branch>', 'only build pushes to this branch')
     .option('--poll <seconds>', 'also poll the branch every N seconds (needs --branch)')
+    .option(...PASS_ENV)
+    .option(...ALLOW_DOCKER)
     .option('--data <dir>', 'server data dir', '.berth/server')
     .option('--db <url>', 'server store URL')
     .action(
       async (
         name: string,
-        o: { repo: string; secret: string; branch?: string; poll?: string; data: string; db?: string },
+        o: {
+          repo: string;
+          secret: string;
+          branch?: string;
+          poll?: string;
+          passEnv: string[];
+          allowDocker: string[];
+          data: string;
+          db?: string;
+        },
       ) => {
         if (o.poll !== undefined && !o.branch) {
           throw new BerthError('BERTH_USAGE', '--poll needs --branch (the branch to watch)');
@@ -95,8 +106,30 @@ export function registerServe(program: Command): void {
             secret: o.secret,
             branch: o.branch,
             pollSeconds: o.poll === undefined ? undefined : Math.max(5, positive('poll', o.poll)),
+            grants: { env: o.passEnv, docker: o.allowDocker },
           });
           process.stdout.write(`project ${p.name} (${p.id}): webhook at /hooks/${p.name}\n`);
+        } finally {
+          await store.close();
+        }
+      },
+    );
+  project
+    .command('grant')
+    .description(
+      "set what a project's pipelines may have beyond the defaults (replaces the project's grants; none given: nothing granted)",
+    )
+    .argument('<name>', 'project name')
+    .option(...PASS_ENV)
+    .option(...ALLOW_DOCKER)
+    .option('--data <dir>', 'server data dir', '.berth/server')
+    .option('--db <url>', 'server store URL')
+    .action(
+      async (name: string, o: { passEnv: string[]; allowDocker: string[]; data: string; db?: string }) => {
+        const store = await openStore(o.data, o.db);
+        try {
+          const p = await store.setGrants(name, { env: o.passEnv, docker: o.allowDocker });
+          process.stdout.write(`project ${p.name}: ${grantsText(p.grants)}\n`);
         } finally {
           await store.close();
         }
@@ -110,9 +143,29 @@ export function registerServe(program: Command): void {
       const store = await openStore(o.data, o.db);
       try {
         for (const p of await store.projects())
-          process.stdout.write(`${p.name}\t${p.repoUrl}\t${p.branch ?? '*'}\n`);
+          process.stdout.write(`${p.name}\t${p.repoUrl}\t${p.branch ?? '*'}\t${grantsText(p.grants)}\n`);
       } finally {
         await store.close();
       }
     });
+}
+
+const collect = (v: string, all: string[]): string[] => [...all, ...v.split(',').filter((x) => x !== '')];
+
+const PASS_ENV = [
+  '--pass-env <name>',
+  "a variable of the server's environment the project's pipelines may name in `secrets:` (repeatable; by default none: a pushed berth.yml gets nothing of the server's environment)",
+  collect,
+  [] as string[],
+] as const;
+
+const ALLOW_DOCKER = [
+  '--allow-docker <mode>',
+  "a docker mode beyond guard and none the project's jobs may use: dind or host (host is root on the server; repeatable)",
+  collect,
+  [] as string[],
+] as const;
+
+function grantsText(g: { env: readonly string[]; docker: readonly string[] }): string {
+  return `env: ${g.env.length ? g.env.join(',') : '-'}; docker: guard,none${g.docker.length ? `,${g.docker.join(',')}` : ''}`;
 }
