@@ -6,6 +6,7 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { request } from 'node:http';
 import { join } from 'node:path';
 import { containers, networks, volumes } from '../src/engine/index.js';
 import { startServer } from '../src/server/index.js';
@@ -219,5 +220,53 @@ describe('berth serve: a pushed pipeline gets only what its project was granted'
     await api.settle(id);
     const runs = await api.call<unknown[]>('GET', '/api/projects/p20replay/runs');
     assert.equal(runs.json.length, 1);
+  });
+  test('the HTTP face: bodies checked before they are read, inputs validated, the token not taken from URLs, the page not framable', async () => {
+    const made = await api.call('POST', '/api/projects', {
+      name: 'p20http',
+      repoUrl: join(dir.path, 'none'),
+      secret: SECRET,
+    });
+    assert.equal(made.status, 201);
+    // A declared body is not waited for where the answer needs none of it.
+    const raw = (path: string, headers: Record<string, string>) =>
+      new Promise<{ status: number; body: string }>((resolve, reject) => {
+        const req = request(`${server.url}${path}`, { method: 'POST', headers }, (res) => {
+          let body = '';
+          res.on('data', (d: Buffer) => (body += d.toString()));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+        });
+        req.on('error', reject);
+        req.write('{'); // and never the rest
+      });
+    const big = { 'Content-Type': 'application/json', 'Content-Length': String(6 * 1024 * 1024) };
+    assert.equal((await raw('/hooks/p20-nobody', big)).status, 404);
+    assert.equal((await raw('/hooks/p20http', big)).status, 400, 'no forge header');
+    assert.equal((await raw('/hooks/p20http', { ...big, 'X-GitHub-Event': 'push' })).status, 413);
+    // Inputs.
+    for (const q of ['limit=-1', 'limit=abc', 'limit=1.5'])
+      assert.equal((await api.call('GET', `/api/runs?${q}`)).status, 400, q);
+    assert.equal((await fetch(`${server.url}/api/%E0%A4%A`)).status, 400);
+    for (const body of [{ sha: '--pathspec-from-file=/etc/shadow' }, { branch: '-x' }, { branch: 'a..b' }])
+      assert.equal(
+        (await api.call('POST', '/api/projects/p20http/runs', body)).status,
+        400,
+        JSON.stringify(body),
+      );
+    // The token in a URL: only for the event stream.
+    assert.equal((await fetch(`${server.url}/api/runs?token=${TOKEN}`)).status, 401);
+    const events = new AbortController();
+    const stream = await fetch(`${server.url}/api/events?token=${TOKEN}`, { signal: events.signal });
+    assert.equal(stream.status, 200);
+    events.abort();
+    // The dashboard: its own script only, never in a frame.
+    const page = await fetch(`${server.url}/`);
+    assert.equal(page.headers.get('x-frame-options'), 'DENY');
+    assert.match(
+      page.headers.get('content-security-policy') ?? '',
+      /frame-ancestors 'none'.*|script-src 'sha256-/,
+    );
+    assert.match(page.headers.get('content-security-policy') ?? '', /script-src 'sha256-[A-Za-z0-9+/=]+'/);
+    await page.text();
   });
 });

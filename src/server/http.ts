@@ -13,6 +13,8 @@ import type { ServerStore } from './store.js';
 import { detectForge, isPushEvent, parsePush, verifySignature } from './webhooks.js';
 
 const MAX_BODY = 5 * 1024 * 1024;
+/** A branch a manual run may name (it reaches `git checkout`: never an option, never a range). */
+const BRANCH_NAME = /^[A-Za-z0-9_][A-Za-z0-9_./-]{0,199}$/;
 /**
  * Webhook bodies read at once, before their signature can be checked: each holds up to MAX_BODY,
  * from anyone who can reach the port (red-team pass 20: 80 stalled senders took the server from 62
@@ -281,12 +283,19 @@ export function createHttpServer(o: HttpOptions): http.Server {
         return json(res, 200, await store.runs({ projectId: p.id, limit: limitOf(url, 50, 1000) }));
       if (method === 'POST' && c === 'runs') {
         const body = await readJson(req);
-        const run = await service.enqueue({
-          projectId: p.id,
-          trigger: 'manual',
-          branch: typeof body.branch === 'string' ? body.branch : p.branch,
-          sha: typeof body.sha === 'string' ? body.sha : null,
-        });
+        const sha = body.sha === undefined ? null : body.sha;
+        const branch = body.branch === undefined ? p.branch : body.branch;
+        if (sha !== null && (typeof sha !== 'string' || !/^[0-9a-f]{7,40}$/.test(sha)))
+          throw new HttpError(400, 'sha must be a commit ID (7 to 40 lowercase hex digits)');
+        if (
+          branch !== null &&
+          (typeof branch !== 'string' || !BRANCH_NAME.test(branch) || branch.includes('..'))
+        )
+          throw new HttpError(
+            400,
+            'branch must be a branch name (letters, digits, / _ . -, not starting with - or /)',
+          );
+        const run = await service.enqueue({ projectId: p.id, trigger: 'manual', branch, sha });
         return json(res, 201, run);
       }
     }

@@ -473,8 +473,14 @@ export async function checkout(repoUrl: string, dir: string, rev: string | undef
   if (existsSync(dir)) rmSync(dir, { recursive: true, force: true });
   mkdirSync(dir, { recursive: true });
   try {
-    await exec('git', ['clone', '--quiet', '--no-checkout', repoUrl, dir], { timeout: 300_000 });
-    await exec('git', ['-C', dir, 'checkout', '--quiet', '--detach', rev ?? 'HEAD'], { timeout: 120_000 });
+    // Neither the URL nor the revision is ever read as an option.
+    await exec('git', ['clone', '--quiet', '--no-checkout', '--', repoUrl, dir], { timeout: 300_000 });
+    const { stdout } = await exec(
+      'git',
+      ['-C', dir, 'rev-parse', '--verify', '--end-of-options', `${rev ?? 'HEAD'}^{commit}`],
+      { timeout: 120_000 },
+    );
+    await exec('git', ['-C', dir, 'checkout', '--quiet', '--detach', stdout.trim()], { timeout: 120_000 });
   } catch (err) {
     throw new BerthError(
       'RUN_FAILED',
