@@ -44,6 +44,31 @@ test('kill -9 of the server, then a restart: the run is interrupted, its contain
   const sha = git(repo, 'rev-parse', 'HEAD');
   const add = await berth(['project', 'add', 'long', '--repo', repo, '--secret', SECRET, '--data', data]);
   assert.equal(add.code, 0, add.stderr);
+  // Grants from the CLI: set, shown, refused when unknown, and replaced (none: nothing granted).
+  const grant = await berth([
+    'project',
+    'grant',
+    'long',
+    '--pass-env',
+    'A_KEY',
+    '--allow-docker',
+    'dind',
+    '--data',
+    data,
+  ]);
+  assert.equal(grant.code, 0, grant.stderr);
+  assert.match(
+    (await berth(['project', 'ls', '--data', data])).stdout,
+    /long\t.*\tenv: A_KEY; docker: guard,none,dind/,
+  );
+  const bad = await berth(['project', 'grant', 'long', '--allow-docker', 'privileged', '--data', data]);
+  assert.notEqual(bad.code, 0);
+  assert.match(bad.stderr, /grants\.docker must be a list of: dind, host/);
+  assert.equal((await berth(['project', 'grant', 'long', '--data', data])).code, 0);
+  assert.match(
+    (await berth(['project', 'ls', '--data', data])).stdout,
+    /long\t.*\tenv: -; docker: guard,none\n/,
+  );
   const port = 20000 + Math.floor(Math.random() * 20000);
   let { child, url } = await serve(data, port);
   try {
