@@ -7,6 +7,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { request } from 'node:http';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { containers, networks, volumes } from '../src/engine/index.js';
 import { startServer } from '../src/server/index.js';
@@ -268,5 +269,38 @@ describe('berth serve: a pushed pipeline gets only what its project was granted'
     );
     assert.match(page.headers.get('content-security-policy') ?? '', /script-src 'sha256-[A-Za-z0-9+/=]+'/);
     await page.text();
+  });
+  test("leftovers of a dead runner with the server's labels are reaped while it runs, not only at its start", async () => {
+    const mark = { 'io.berth.test-p20reap': SESSION };
+    const reaping = await startServer({
+      port: 0,
+      dataDir: join(dir.path, 'reaping'),
+      concurrency: 1,
+      token: TOKEN,
+      labels: sessionLabels(mark),
+      reapSeconds: 1,
+    });
+    try {
+      // A job container whose runner (a server that died) is gone: its pid is no process.
+      const { Id } = await containers(c).create({
+        Image: 'berth-local/busybox',
+        Cmd: ['true'],
+        Labels: sessionLabels({
+          ...mark,
+          'io.berth.run': `r-p20-${SESSION.toLowerCase()}`,
+          'io.berth.owner.host': hostname(),
+          'io.berth.owner.pid': '999999999',
+        }),
+        HostConfig: { NetworkMode: 'none' },
+      });
+      let left = true;
+      for (let i = 0; i < 100 && left; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        left = (await containers(c).list({ all: true, filters: { id: [Id] } })).length > 0;
+      }
+      assert.equal(left, false, 'the leftover went');
+    } finally {
+      await reaping.close();
+    }
   });
 });

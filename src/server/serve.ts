@@ -18,6 +18,8 @@ export interface ServeOptions {
   labels?: Record<string, string>;
   /** How often a running job's CPU and memory are sampled (seconds; default 2). */
   sampleSeconds?: number;
+  /** How often leftovers of dead runners are looked for (seconds; default 600). */
+  reapSeconds?: number;
   log?: (line: string) => void;
 }
 
@@ -49,6 +51,7 @@ export async function startServer(o: ServeOptions): Promise<ServerHandle> {
   const addr = http.address() as AddressInfo;
   void service.tick();
   service.startPolling();
+  service.startReaping((o.reapSeconds ?? 600) * 1000);
   return {
     url: `http://${addr.address.includes(':') ? `[${addr.address}]` : addr.address}:${addr.port}`,
     store,

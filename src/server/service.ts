@@ -63,14 +63,30 @@ export class ServerService {
     // Workspaces of runs the last server did not finish (nothing runs yet at start: all of them).
     rmSync(join(this.o.dataDir, 'workspaces'), { recursive: true, force: true });
     if (ids.length) {
-      using client = new DockerClient();
-      const r = await reap(client, {}).catch((err: unknown) => {
-        this.o.log?.(`reaping leftovers failed: ${errorMessage(err)}`);
-        return undefined;
-      });
+      const r = await this.reapLeftovers();
       this.o.log?.(`marked ${ids.length} interrupted run(s); reaped ${r?.containers ?? 0} container(s)`);
     }
     return ids;
+  }
+
+  /**
+   * Leftovers of runs whose runner died (their owner process is gone), with this server's labels:
+   * at start, and then every `everyMs` (red-team pass 20: the reap at start missed a dead server
+   * whose process its parent had not reaped yet, and nothing looked again).
+   */
+  startReaping(everyMs = 10 * 60_000): void {
+    this.reaper = setInterval(() => void this.reapLeftovers(), everyMs);
+    this.reaper.unref();
+  }
+  private reaper: NodeJS.Timeout | undefined;
+
+  private async reapLeftovers(): Promise<{ containers: number } | undefined> {
+    using client = new DockerClient();
+    const labelFilter = Object.entries(this.o.labels ?? {}).map(([k, v]) => `${k}=${v}`);
+    return reap(client, { labelFilter }).catch((err: unknown) => {
+      this.o.log?.(`reaping leftovers failed: ${errorMessage(err)}`);
+      return undefined;
+    });
   }
 
   async enqueue(r: Parameters<ServerStore['enqueue']>[0]): Promise<Run> {
@@ -396,6 +412,7 @@ export class ServerService {
   async stop(): Promise<void> {
     this.stopped = true;
     clearInterval(this.poller);
+    clearInterval(this.reaper);
     for (const a of this.active.values()) a.abort.abort();
     await Promise.all([...this.active.values()].map((a) => a.done));
   }
