@@ -83,7 +83,7 @@ export class ServerService {
   private async reapLeftovers(): Promise<{ containers: number } | undefined> {
     using client = new DockerClient();
     const labelFilter = Object.entries(this.o.labels ?? {}).map(([k, v]) => `${k}=${v}`);
-    return reap(client, { labelFilter }).catch((err: unknown) => {
+    return await reap(client, { labelFilter }).catch((err: unknown) => {
       this.o.log?.(`reaping leftovers failed: ${errorMessage(err)}`);
       return undefined;
     });
