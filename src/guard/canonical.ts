@@ -115,6 +115,7 @@ const A = 'any' as const;
 const strings = { arr: S } as const;
 const strslice = 'strslice' as const;
 const stringMap = { map: S } as const;
+const HOST_CONFIG_ULIMITS: Schema = { arr: { obj: { Name: S, Soft: I, Hard: I } } };
 
 const Resources: Record<string, Schema> = {
   CpuShares: I,
@@ -144,7 +145,7 @@ const Resources: Record<string, Schema> = {
   OomKillDisable: B,
   Init: B,
   PidsLimit: I,
-  Ulimits: { arr: { obj: { Name: S, Soft: I, Hard: I } } },
+  Ulimits: HOST_CONFIG_ULIMITS,
   CpuCount: I,
   CpuPercent: I,
   IOMaximumIOps: I,
@@ -258,6 +259,24 @@ export const CONTAINER_CONFIG: Record<string, Schema> = {
   StopTimeout: I,
   Shell: strslice,
 };
+
+/**
+ * A build's `ulimits` query value (a JSON list of units.Ulimit, whose fields Go matches without
+ * case, the last duplicate winning), decoded as dockerd decodes it: what the checks read, and what
+ * is forwarded in place of the client's text (red-team pass 22: `{"Name":"nofile","NAME":"memlock"}`
+ * was checked as nofile and applied as memlock). Null (the docker CLI's "none") is undefined.
+ */
+export function canonicalUlimits(text: string): unknown[] | undefined {
+  try {
+    JSON.parse(text); // one JSON value, nothing after it (it is put inside an object below)
+  } catch {
+    throw new BodyError('ulimits is not JSON');
+  }
+  const root = canonicalize(`{"U":${text}}`, { obj: { U: HOST_CONFIG_ULIMITS } }, 'ulimits').U;
+  if (root === undefined || root === null) return undefined;
+  if (!Array.isArray(root)) throw new BodyError('ulimits is not a JSON array');
+  return root as unknown[];
+}
 
 export const SCHEMAS = {
   'container.create': {

@@ -6,7 +6,7 @@ import { posix } from 'node:path';
 import type { Decision, PathMap, Policy, RuleName, TenantLimits } from './contracts.js';
 import { LABEL_PREFIX, LABEL_TENANT } from '../common/index.js';
 import { RESERVED_NETWORK, registryOf } from './ownership.js';
-import { BodyError, isRecord } from './canonical.js';
+import { BodyError, canonicalUlimits, isRecord } from './canonical.js';
 
 export const DEFAULT_SAFE_SYSCTLS: readonly string[] = [
   'net.ipv4.ip_unprivileged_port_start',
@@ -500,8 +500,8 @@ export function checkResources(r: Record<string, unknown>, policy: Policy): void
 }
 
 /**
- * A JSON-valued build parameter (`labels`, `ulimits`): undefined when absent (or `null`, where
- * `nullable`), else the value, which must be of the `kind` asked for.
+ * A JSON-valued build parameter (`labels`): undefined when absent (or `null`, where `nullable`),
+ * else the value, which must be of the `kind` asked for.
  */
 function jsonParam(
   q: URLSearchParams,
@@ -509,13 +509,7 @@ function jsonParam(
   kind: 'object',
   nullable?: boolean,
 ): Record<string, unknown> | undefined;
-function jsonParam(
-  q: URLSearchParams,
-  name: string,
-  kind: 'array',
-  nullable?: boolean,
-): unknown[] | undefined;
-function jsonParam(q: URLSearchParams, name: string, kind: 'object' | 'array', nullable = false): unknown {
+function jsonParam(q: URLSearchParams, name: string, kind: 'object', nullable = false): unknown {
   const raw = q.get(name);
   if (!raw) return undefined;
   const bad = () => new Refusal('malformed', `${name} is not a JSON ${kind}`, 400);
@@ -526,8 +520,7 @@ function jsonParam(q: URLSearchParams, name: string, kind: 'object' | 'array', n
     throw bad();
   }
   if (parsed === null && nullable) return undefined;
-  const ok = kind === 'array' ? Array.isArray(parsed) : isRecord(parsed);
-  if (!ok) throw bad();
+  if (!isRecord(parsed)) throw bad();
   return parsed;
 }
 
@@ -537,9 +530,20 @@ function jsonParam(q: URLSearchParams, name: string, kind: 'object' | 'array', n
  * has no nano CPUs). The build API has no pids limit, so a RUN step is not pids-limited.
  */
 function checkBuildResources(q: URLSearchParams, out: URLSearchParams, policy: Policy): void {
-  // The docker CLI sends `null` for none.
-  const ulimits = jsonParam(q, 'ulimits', 'array', true);
-  if (ulimits) checkResources({ Ulimits: ulimits }, policy);
+  // The docker CLI sends `null` for none. Read as dockerd reads it, and forwarded as read.
+  const text = q.get('ulimits');
+  if (text) {
+    let ulimits: unknown[] | undefined;
+    try {
+      ulimits = canonicalUlimits(text);
+    } catch (e) {
+      throw new Refusal('malformed', `ulimits: ${(e as Error).message}`, 400);
+    }
+    if (ulimits) {
+      checkResources({ Ulimits: ulimits }, policy);
+      out.set('ulimits', JSON.stringify(ulimits));
+    } else out.delete('ulimits');
+  }
   // Read as dockerd reads them (strconv.ParseInt, base 10, 64 bits; dockerd takes a value it
   // cannot parse as 0, which is no limit): `1e3`, `0x10` or `1.5` are refused, not read as numbers.
   const num = (name: string): number => {

@@ -3593,11 +3593,9 @@ export function parseFilters(raw: string | null): Map<string, string[]> {
   if (!isRecord(v)) throw new BodyError('filters is not a JSON object');
   for (const [k, val] of Object.entries(v)) {
     if (Array.isArray(val)) out.set(k, val.map(String));
-    else if (isRecord(val))
-      out.set(
-        k,
-        Object.keys(val).filter((x) => val[x] === true),
-      );
+    // The older form, {"label": {"a=b": true}}: dockerd's filters take every key, whatever its
+    // value (red-team pass 22: a false one was left out here, and a prune took more than asked).
+    else if (isRecord(val)) out.set(k, Object.keys(val));
     else throw new BodyError(`filter ${k} is not a list`);
   }
   return out;

@@ -246,6 +246,8 @@ test('prune filters read as Docker does: lists or maps, label / label! / until',
     ],
   );
   assert.equal(parseFilters(null).size, 0);
+  // The older form counts every key, as dockerd's filters do, whatever its value (red-team pass 22).
+  assert.deepEqual(parseFilters('{"label":{"a=b":false,"c":true}}').get('label'), ['a=b', 'c']);
   assert.throws(() => parseFilters('[1]'), BodyError);
   assert.throws(() => parseFilters('{x'), BodyError);
   assert.equal(labelMatches({ a: 'b' }, 'a'), true);

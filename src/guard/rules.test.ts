@@ -754,6 +754,18 @@ test('build resources: ulimits as for containers, memory and CPU filled and capp
     /berth: resources: ulimit rtprio/,
   );
   assert.throws(() => b('ulimits=nope'), /berth: malformed: ulimits/);
+  // Read as Go reads it, keys without case and the last one winning (red-team pass 22), and
+  // forwarded as read: never the client's text.
+  assert.throws(
+    () => b(`ulimits=${encodeURIComponent('[{"Name":"nofile","NAME":"rtprio","Soft":99,"Hard":99}]')}`),
+    /berth: resources: ulimit rtprio/,
+  );
+  assert.equal(
+    b(`ulimits=${encodeURIComponent('[{"name":"nofile","soft":1024,"HARD":1024}]')}`).get('ulimits'),
+    '[{"Name":"nofile","Soft":1024,"Hard":1024}]',
+  );
+  assert.equal(b('ulimits=null').get('ulimits'), null);
+  assert.throws(() => b(`ulimits=${encodeURIComponent('[] , "U": []')}`), /berth: malformed: ulimits/);
   assert.equal(
     b('ulimits=[{"Name":"nofile","Soft":1024,"Hard":1024}]').get('ulimits'),
     '[{"Name":"nofile","Soft":1024,"Hard":1024}]',

@@ -699,6 +699,12 @@ describe('guard attack suite: escape prevention', () => {
     const rt = encodeURIComponent('[{"Name":"rtprio","Soft":99,"Hard":99}]');
     for (const [what, path, body, ct] of [
       ['query ulimits', `/v1.41/build?ulimits=${rt}`, '', 'application/x-tar'],
+      [
+        'query ulimits, the name given twice in two cases (Go takes the last)',
+        `/v1.41/build?ulimits=${encodeURIComponent('[{"Name":"nofile","NAME":"rtprio","Soft":99,"Hard":99}]')}`,
+        '',
+        'application/x-tar',
+      ],
       ['form body ulimits', '/v1.41/build', `ulimits=${rt}`, 'application/x-www-form-urlencoded'],
     ] as const) {
       const res = await send(a.sock, { method: 'POST', path, headers: [['Content-Type', ct]], body });
