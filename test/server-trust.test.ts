@@ -7,6 +7,8 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { request } from 'node:http';
+import type { ClientRequest } from 'node:http';
+import { mkdirSync, readdirSync, symlinkSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { containers, networks, volumes } from '../src/engine/index.js';
@@ -111,6 +113,29 @@ describe('berth serve: a pushed pipeline gets only what its project was granted'
     assert.match(r.log, /granted-arrived/);
     const hex = (s: string) => Buffer.from(s).toString('hex');
     assert.ok(!r.log.includes(hex(TOKEN)) && !r.log.includes(TOKEN));
+    // The runner's own copy of the run (log files, artifacts) is gone: the store keeps the log.
+    assert.deepEqual(readdirSync(join(dir.path, 'data', 'runner', 'runs')), []);
+  });
+
+  test('a berth.yml committed as a link is not followed', async () => {
+    const repo = join(dir.path, 'p20link');
+    mkdirSync(repo, { recursive: true });
+    symlinkSync('/etc/hostname', join(repo, 'berth.yml'));
+    const sha = makeRepo(repo, {});
+    const made = await api.call('POST', '/api/projects', { name: 'p20link', repoUrl: repo, secret: SECRET });
+    assert.equal(made.status, 201);
+    const hook = githubPush(SECRET, repo, sha);
+    const r = await fetch(`${server.url}/hooks/p20link`, {
+      method: 'POST',
+      headers: hook.headers,
+      body: hook.body,
+    });
+    assert.equal(r.status, 201);
+    const run = await api.settle<{ status: string; error: string | null }>(
+      ((await r.json()) as { id: string }).id,
+    );
+    assert.equal(run.status, 'failed');
+    assert.match(run.error ?? '', /berth\.yml is a symbolic link/);
   });
 
   test('a secret file is not read, wherever it points', async () => {
@@ -216,7 +241,17 @@ describe('berth serve: a pushed pipeline gets only what its project was granted'
         body: hook.body,
       });
       assert.equal(again.status, 409, await again.clone().text());
-      assert.match(((await again.json()) as { message: string }).message, /delivery .* was taken already/);
+      assert.match(((await again.json()) as { message: string }).message, /this delivery was taken already/);
+    }
+    // The delivery header is not signed: the same signed body under another ID, or none, is the
+    // same delivery.
+    for (const h of [{ ...hook.headers, 'X-GitHub-Delivery': `other-${SESSION}` }, hook.headers]) {
+      const again = await fetch(`${server.url}/hooks/p20replay`, {
+        method: 'POST',
+        headers: h,
+        body: hook.body,
+      });
+      assert.equal(again.status, 409, await again.clone().text());
     }
     await api.settle(id);
     const runs = await api.call<unknown[]>('GET', '/api/projects/p20replay/runs');
@@ -241,6 +276,26 @@ describe('berth serve: a pushed pipeline gets only what its project was granted'
         req.write('{'); // and never the rest
       });
     const big = { 'Content-Type': 'application/json', 'Content-Length': String(6 * 1024 * 1024) };
+    // One sender holds at most four bodies in reading at once.
+    const slow: ClientRequest[] = [];
+    const hold = () => {
+      const req = request(`${server.url}/hooks/p20http`, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json', 'Content-Length': '100', 'X-GitHub-Event': 'push' },
+      });
+      req.on('error', () => undefined);
+      req.write('{');
+      slow.push(req);
+    };
+    for (let i = 0; i < 4; i++) hold();
+    await new Promise((r) => setTimeout(r, 300));
+    const fifth = await raw('/hooks/p20http', {
+      'Content-Type': 'application/json',
+      'Content-Length': '100',
+      'X-GitHub-Event': 'push',
+    });
+    assert.equal(fifth.status, 503, fifth.body);
+    for (const r of slow) r.destroy();
     assert.equal((await raw('/hooks/p20-nobody', big)).status, 404);
     assert.equal((await raw('/hooks/p20http', big)).status, 400, 'no forge header');
     assert.equal((await raw('/hooks/p20http', { ...big, 'X-GitHub-Event': 'push' })).status, 413);

@@ -3,7 +3,7 @@
  * line, column, dotted path and a message saying what to change; then defaults are applied and
  * matrix jobs expanded.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { LineCounter, isMap, isScalar, isSeq, parseDocument } from 'yaml';
 import type { Node as YamlNode, YAMLMap } from 'yaml';
 import { BerthError } from '../common/index.js';
@@ -50,7 +50,29 @@ export function loadPipeline(path: string): Pipeline {
       hint: 'create a berth.yml (see docs/pipeline.md) or pass the path of one',
     });
   }
+  // Not followed into a device or read past the bound (red-team pass 21: a berth.yml linked to
+  // /dev/zero grew a server to 17 GB).
+  const st = statSync(path);
+  if (!st.isFile())
+    throw new BerthError('PIPELINE_INVALID', `${path}: not a regular file`, {
+      hint: 'a pipeline is a YAML file',
+    });
+  if (st.size > MAX_PIPELINE_BYTES) throw tooBig(path, st.size);
   return parsePipeline(readFileSync(path, 'utf8'), path);
+}
+
+/** The largest pipeline file read (bytes). */
+export const MAX_PIPELINE_BYTES = 1024 * 1024;
+/** The most jobs one `matrix` makes, and the most jobs a pipeline has once its matrices are expanded. */
+export const MAX_MATRIX_JOBS = 256;
+export const MAX_JOBS = 1000;
+
+function tooBig(file: string, size: number): BerthError {
+  return new BerthError(
+    'PIPELINE_INVALID',
+    `${file}: the pipeline file is ${size} bytes; at most ${MAX_PIPELINE_BYTES} are read`,
+    { hint: 'a pipeline that large is not one anyone wrote: split the work, or generate fewer jobs' },
+  );
 }
 
 const DURATION_RE = /^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$/;
@@ -278,6 +300,7 @@ function join(path: string, key: string): string {
 
 /** Parses and validates pipeline text. Throws PipelineError with every problem found. */
 export function parsePipeline(text: string, file: string): Pipeline {
+  if (text.length > MAX_PIPELINE_BYTES) throw tooBig(file, Buffer.byteLength(text));
   const lc = new LineCounter();
   const doc = parseDocument(text, { lineCounter: lc, prettyErrors: false, uniqueKeys: true });
   const c = new Checker(file, lc);
@@ -666,7 +689,16 @@ function parseJob(
       keys.push(k);
       values.push(vals);
     }
-    if (keys.length > 0) matrix = { keys, values };
+    // Counted before anything is expanded (red-team pass 21: seven keys of ten values, 10^7 jobs
+    // from 265 bytes, took a server's heap).
+    const jobs = values.reduce((n, v) => n * v.length, 1);
+    if (jobs > MAX_MATRIX_JOBS)
+      c.at(
+        m[2],
+        `${path}.matrix`,
+        `the matrix makes ${jobs} jobs (the product of its lists' lengths); at most ${MAX_MATRIX_JOBS}`,
+      );
+    else if (keys.length > 0) matrix = { keys, values };
   }
   // ${{ matrix.x }} outside a matrix job, or naming an unknown key.
   checkMatrixRefs(c, node, path, matrix?.keys ?? []);
@@ -724,7 +756,17 @@ function expandAndLink(c: Checker, raws: RawJob[]): JobSpec[] {
   const expanded: (JobSpec & { needsRaw: RawJob['job']['needsRaw']; keyNode: YamlNode })[] = [];
   const byBase = new Map<string, string[]>();
   const seen = new Map<string, string>();
+  let total = 0;
   for (const raw of raws) {
+    total += raw.matrix ? raw.matrix.values.reduce((n, v) => n * v.length, 1) : 1;
+    if (total > MAX_JOBS) {
+      c.at(
+        raw.keyNode,
+        `jobs.${raw.name}`,
+        `the pipeline has more than ${MAX_JOBS} jobs once its matrices are expanded`,
+      );
+      break;
+    }
     const combos = raw.matrix
       ? cartesian(raw.matrix.values).map((vals) =>
           Object.fromEntries(raw.matrix?.keys.map((k, i) => [k, vals[i] ?? '']) ?? []),

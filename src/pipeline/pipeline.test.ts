@@ -10,6 +10,7 @@ import {
   PipelineError,
   formatProblems,
   gitInfo,
+  loadPipeline,
   maskSecrets,
   parseDuration,
   parsePipeline,
@@ -488,6 +489,33 @@ test('resolveSecrets: from the environment or a file next to the pipeline; all m
         err.message ===
           `${file}: missing secrets: TOKEN (not in the environment), KEY (file ${join(dir, 'nope.txt')} cannot be read)`,
     );
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('bounds (red-team pass 21): a matrix of more than 256 jobs, a pipeline of more than 1000, a file over 1 MiB or not a file', () => {
+  const seven = Array.from({ length: 7 }, (_, i) => `      k${i}: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]`).join('\n');
+  assert.deepEqual(problems(`jobs:\n  bomb:\n    matrix:\n${seven}\n    steps: [x]\n`), [
+    "3:5 jobs.bomb.matrix: the matrix makes 10000000 jobs (the product of its lists' lengths); at most 256",
+  ]);
+  // 256 is fine; five such jobs are over the pipeline's 1000.
+  const job = (n: number) =>
+    `  j${n}:\n    matrix:\n      a: [${Array.from({ length: 16 }, (_, i) => i).join(', ')}]\n      b: [${Array.from({ length: 16 }, (_, i) => i).join(', ')}]\n    steps: [x]\n`;
+  assert.equal(parsePipeline(`jobs:\n${job(0)}`, 'berth.yml').jobs.length, 256);
+  const many = problems(`jobs:\n${[0, 1, 2, 3, 4].map(job).join('')}`);
+  assert.deepEqual(many, [
+    '17:3 jobs.j3: the pipeline has more than 1000 jobs once its matrices are expanded',
+  ]);
+  assert.throws(
+    () => parsePipeline(`jobs:\n  a:\n    steps: [x]\n#${'x'.repeat(1024 * 1024)}\n`, 'big.yml'),
+    /big\.yml: the pipeline file is \d+ bytes; at most 1048576 are read/,
+  );
+  const dir = mkdtempSync(join(tmpdir(), 'berth-bounds-'));
+  try {
+    assert.throws(() => loadPipeline(dir), /not a regular file/);
+    writeFileSync(join(dir, 'berth.yml'), `#${'x'.repeat(1024 * 1024 + 1)}\n`);
+    assert.throws(() => loadPipeline(join(dir, 'berth.yml')), /at most 1048576 are read/);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

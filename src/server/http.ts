@@ -21,6 +21,9 @@ const BRANCH_NAME = /^[A-Za-z0-9_][A-Za-z0-9_./-]{0,199}$/;
  * to 480 MB). Past this, a delivery is answered 503 (forges retry).
  */
 const MAX_HOOK_READS = 16;
+/** Of those, from one address; and how long one body may take to arrive. */
+const MAX_HOOK_READS_PER_SENDER = 4;
+const HOOK_BODY_MS = 10_000;
 /** An event stream whose client does not read is dropped past this much unsent (it reconnects and catches up). */
 const MAX_SSE_BACKLOG = 1024 * 1024;
 /** Event streams open at once. */
@@ -45,16 +48,32 @@ function json(res: ServerResponse, status: number, body: unknown): void {
   res.end(text);
 }
 
-async function readBody(req: IncomingMessage): Promise<Buffer> {
+async function readBody(req: IncomingMessage, deadlineMs?: number): Promise<Buffer> {
   if (Number(req.headers['content-length'] ?? 0) > MAX_BODY)
     throw new HttpError(413, 'request body too large');
   const chunks: Buffer[] = [];
   let n = 0;
-  for await (const c of req) {
-    n += (c as Buffer).length;
-    if (n > MAX_BODY) throw new HttpError(413, 'request body too large');
-    chunks.push(c as Buffer);
+  const deadline = { passed: false };
+  const tooLate = () => new HttpError(408, `the body did not arrive within ${(deadlineMs ?? 0) / 1000} s`);
+  const timer =
+    deadlineMs === undefined
+      ? undefined
+      : setTimeout(() => {
+          deadline.passed = true;
+          req.destroy();
+        }, deadlineMs);
+  try {
+    for await (const c of req) {
+      n += (c as Buffer).length;
+      if (n > MAX_BODY) throw new HttpError(413, 'request body too large');
+      chunks.push(c as Buffer);
+    }
+  } catch (err) {
+    throw deadline.passed ? tooLate() : err;
+  } finally {
+    clearTimeout(timer);
   }
+  if (deadline.passed) throw tooLate();
   return Buffer.concat(chunks);
 }
 
@@ -154,6 +173,7 @@ export interface HttpOptions {
 export function createHttpServer(o: HttpOptions): http.Server {
   const { store, service } = o;
   let hookReads = 0;
+  const hookReadsFrom = new Map<string, number>();
   const open = { streams: 0 };
   const route = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const url = new URL(req.url ?? '/', 'http://berth');
@@ -201,16 +221,24 @@ export function createHttpServer(o: HttpOptions): http.Server {
           400,
           'not a GitHub, Gitea or GitLab webhook (no X-GitHub-Event, X-Gitea-Event or X-Gitlab-Event header)',
         );
-      if (hookReads >= MAX_HOOK_READS) {
+      // Slots for bodies being read: a few per sender, and each body has seconds to arrive
+      // (red-team pass 21: 16 slow senders held every slot, and real pushes got 503 for minutes).
+      const from = req.socket.remoteAddress ?? '';
+      const mine = hookReadsFrom.get(from) ?? 0;
+      if (hookReads >= MAX_HOOK_READS || mine >= MAX_HOOK_READS_PER_SENDER) {
         res.setHeader('Retry-After', '5');
         throw new HttpError(503, 'too many webhook deliveries arriving at once; send it again');
       }
       hookReads++;
+      hookReadsFrom.set(from, mine + 1);
       let body: Buffer;
       try {
-        body = await readBody(req);
+        body = await readBody(req, HOOK_BODY_MS);
       } finally {
         hookReads--;
+        const left = (hookReadsFrom.get(from) ?? 1) - 1;
+        if (left > 0) hookReadsFrom.set(from, left);
+        else hookReadsFrom.delete(from);
       }
       const verdict = verifySignature(forge, req.headers, body, p.secret);
       if (!verdict.ok) throw new HttpError(401, `webhook rejected: ${verdict.reason}`);
@@ -227,11 +255,16 @@ export function createHttpServer(o: HttpOptions): http.Server {
         return json(res, 202, { message: `push to ${push.ref} ignored: the project builds ${p.branch}` });
       // A signed delivery is good forever: whoever saw one (a proxy's log, the forge's delivery
       // page) could send it again and run (deploy) that old commit again. Each is taken once.
+      // The delivery header is not signed, so the signed body is what is taken once (red-team
+      // pass 21: the same body under a new delivery ID ran again); the ID too, where there is one.
       const delivery = deliveryId(req.headers);
-      if (delivery !== undefined && !(await store.firstDelivery(p.id, delivery)))
+      const bodyKey = `body:${createHash('sha256').update(body).digest('hex')}`;
+      const firstBody = await store.firstDelivery(p.id, bodyKey);
+      const firstId = delivery === undefined || (await store.firstDelivery(p.id, delivery));
+      if (!firstBody || !firstId)
         throw new HttpError(
           409,
-          `delivery ${delivery} was taken already (a replay, or the forge sent it again); to build that commit again, re-run its run`,
+          `this delivery was taken already${delivery === undefined ? '' : ` (${delivery})`}: a replay, or the forge sent it again; to build that commit again, re-run its run`,
         );
       const run = await service.enqueue({
         projectId: p.id,

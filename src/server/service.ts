@@ -6,7 +6,7 @@
  */
 import { execFile } from 'node:child_process';
 import { EventEmitter } from 'node:events';
-import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { BerthError, LABEL_JOB, LABEL_RUN, errorMessage, tenantOf } from '../common/index.js';
@@ -170,6 +170,13 @@ export class ServerService {
     try {
       if (!project) throw new BerthError('RUN_FAILED', `project ${run.projectId} no longer exists`);
       await checkout(project.repoUrl, ws, run.sha ?? run.branch ?? project.branch ?? undefined);
+      // The pipeline as committed: a link would be followed out of the workspace (red-team pass
+      // 21: berth.yml -> /dev/zero grew the server to 17 GB; other targets echoed in errors).
+      if (lstatSync(join(ws, 'berth.yml'), { throwIfNoEntry: false })?.isSymbolicLink())
+        throw new BerthError(
+          'PIPELINE_INVALID',
+          'berth.yml is a symbolic link: a server run reads the file committed',
+        );
       const spec = confine(
         loadRunSpec(join(ws, 'berth.yml'), {
           refuseSecretFiles: `a server run reads no file a pipeline names (it could be any file on the server); give the project the secret from the server's environment instead: berth project grant ${project.name} --pass-env <NAME>`,
@@ -220,6 +227,10 @@ export class ServerService {
     } finally {
       this.needs.delete(run.id);
       this.logUse.delete(run.id);
+      // The runner's own copy of the run (its log files, the jobs' artifacts): the server keeps the
+      // log in its store, bounded, and a pushed job could otherwise fill the disk (red-team pass 21).
+      if (sampler.runnerId)
+        rmSync(join(this.o.dataDir, 'runner', 'runs', sampler.runnerId), { recursive: true, force: true });
       sampler.stopAll();
       await this.o.store.markFinished(run.id, status, exitCode, error);
       rmSync(ws, { recursive: true, force: true });
@@ -506,6 +517,9 @@ export async function checkout(repoUrl: string, dir: string, rev: string | undef
   }
 }
 
+/** A server run's job without a `timeout` of its own stops after this long. */
+export const SERVER_JOB_TIMEOUT_MS = 60 * 60_000;
+
 /** The most of one run's log the server keeps (lines, characters). */
 export const MAX_RUN_LOG_LINES = 200_000;
 export const MAX_RUN_LOG_BYTES = 64 * 1024 * 1024;
@@ -520,6 +534,12 @@ const ALWAYS_ALLOWED: readonly string[] = ['guard', 'none'];
  * and cannot see, exec into or remove the first one's deployment).
  */
 export function confine(spec: RunSpec, project: Pick<Project, 'name' | 'grants'>): RunSpec {
+  // A job without a timeout of its own gets the server's (a pushed job could run, and write,
+  // for ever).
+  spec = {
+    ...spec,
+    jobs: spec.jobs.map((j) => (j.timeoutMs === undefined ? { ...j, timeoutMs: SERVER_JOB_TIMEOUT_MS } : j)),
+  };
   for (const j of spec.jobs) {
     const mode = j.docker.mode;
     if (!ALWAYS_ALLOWED.includes(mode) && !(project.grants.docker as readonly string[]).includes(mode))

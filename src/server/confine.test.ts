@@ -1,0 +1,39 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { parseRunSpec } from '../runner/index.js';
+import { SERVER_JOB_TIMEOUT_MS, confine } from './service.js';
+
+const spec = (jobs: string) => parseRunSpec(`image: berth-local/busybox\njobs:\n${jobs}`, '/ws/berth.yml');
+const none = { env: [], docker: [] };
+
+test("confine: modes beyond guard and none need the project's grant; the error names it", () => {
+  for (const mode of ['host', 'dind'] as const) {
+    const s = spec(`  j:\n    docker: { mode: ${mode} }\n    steps: [x]\n`);
+    assert.throws(
+      () => confine(s, { name: 'web', grants: none }),
+      (e: Error & { hint?: string }) =>
+        new RegExp(`jobs\\.j\\.docker: mode ${mode} is not granted to project web`).test(e.message) &&
+        (e.hint ?? '').includes(`berth project grant web --allow-docker ${mode}`),
+    );
+    assert.equal(confine(s, { name: 'web', grants: { env: [], docker: [mode] } }).jobs[0]?.docker.mode, mode);
+  }
+  for (const mode of ['guard', 'none'])
+    assert.doesNotThrow(() =>
+      confine(spec(`  j:\n    docker: ${mode}\n    steps: [x]\n`), { name: 'web', grants: none }),
+    );
+});
+
+test("confine: persistent tenants become the project's own; jobs without a timeout get the server's", () => {
+  const s = confine(
+    spec(
+      '  deploy:\n    docker: { mode: guard, tenant: env/production, keep: true }\n    steps: [x]\n' +
+        '  test:\n    timeout: 5m\n    steps: [x]\n',
+    ),
+    { name: 'web', grants: none },
+  );
+  const [deploy, t] = s.jobs;
+  assert.equal(deploy?.docker.tenant, 'project/web/env/production');
+  assert.equal(deploy?.timeoutMs, SERVER_JOB_TIMEOUT_MS);
+  assert.equal(t?.docker.tenant, undefined, 'a job tenant stays per run');
+  assert.equal(t?.timeoutMs, 5 * 60_000);
+});
