@@ -36,4 +36,9 @@ test("confine: persistent tenants become the project's own; jobs without a timeo
   assert.equal(deploy?.timeoutMs, SERVER_JOB_TIMEOUT_MS);
   assert.equal(t?.docker.tenant, undefined, 'a job tenant stays per run');
   assert.equal(t?.timeoutMs, 5 * 60_000);
+  const d = confine(spec('  j:\n    docker: { mode: dind, cache: layers }\n    steps: [x]\n'), {
+    name: 'web',
+    grants: { env: [], docker: ['dind'] },
+  });
+  assert.equal(d.jobs[0]?.docker.cache, 'project-web-layers', "a dind cache is the project's own");
 });

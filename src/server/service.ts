@@ -314,7 +314,7 @@ export class ServerService {
           case 'log': {
             // A run's log is bounded (red-team pass 20: one run's 200k lines made a 148 MB store):
             // past the bound, one line says so and the rest is not kept.
-            const kept = this.logBudget(runId, e.line.length);
+            const kept = this.logBudget(runId, Buffer.byteLength(e.line));
             if (kept === 'drop') return;
             const lines = [{ job: e.job, step: e.step ?? null, stream: e.stream, text: e.line, ts: t }];
             if (kept === 'last')
@@ -520,7 +520,7 @@ export async function checkout(repoUrl: string, dir: string, rev: string | undef
 /** A server run's job without a `timeout` of its own stops after this long. */
 export const SERVER_JOB_TIMEOUT_MS = 60 * 60_000;
 
-/** The most of one run's log the server keeps (lines, characters). */
+/** The most of one run's log the server keeps (lines, bytes of UTF-8). */
 export const MAX_RUN_LOG_LINES = 200_000;
 export const MAX_RUN_LOG_BYTES = 64 * 1024 * 1024;
 
@@ -555,14 +555,18 @@ export function confine(spec: RunSpec, project: Pick<Project, 'name' | 'grants'>
   }
   return {
     ...spec,
-    jobs: spec.jobs.map((j) =>
-      j.docker.tenant === undefined
-        ? j
-        : {
-            ...j,
-            docker: { ...j.docker, tenant: `${PROJECT_TENANT_PREFIX}${project.name}/${j.docker.tenant}` },
-          },
-    ),
+    jobs: spec.jobs.map((j) => ({
+      ...j,
+      docker: {
+        ...j.docker,
+        ...(j.docker.tenant === undefined
+          ? {}
+          : { tenant: `${PROJECT_TENANT_PREFIX}${project.name}/${j.docker.tenant}` }),
+        // A dind layer cache is the project's own too (another project's jobs could fill it with
+        // images under the names this one's builds start from).
+        ...(j.docker.cache === undefined ? {} : { cache: `project-${project.name}-${j.docker.cache}` }),
+      },
+    })),
   };
 }
 
