@@ -2556,6 +2556,9 @@ export class GuardProxy {
   ): Promise<void> {
     const fromSrc = query.get('fromSrc');
     let tag: string | undefined;
+    // An import, and the tag it writes, if any (red-team pass 24: an import without a name was
+    // taken for a pull, and its image was nobody's: kept by the cleanup, not removable by ID).
+    let importing = false;
     let imported: string | undefined;
     let pulled: ((r: ProgressReport) => Promise<void>) | undefined;
     // A pull's tag is the tenant's only if the image it names at the end carries a digest the
@@ -2576,6 +2579,7 @@ export class GuardProxy {
           'importing an image from a URL is not allowed (use docker import - with a file)',
         );
       checkChanges(query.getAll('changes'));
+      importing = true;
       imported = this.claimTag(query.get('repo'), query.get('tag'));
       await this.assertTagWritable(imported);
       // Imported untagged; the tag is set once the image exists (tagMade).
@@ -2622,14 +2626,14 @@ export class GuardProxy {
       await this.forward(req, res, 'POST', `${target}?${query.toString()}`, {
         body: fromSrc === '-' ? req : undefined,
         onData: report.feed,
-        end: imported === undefined,
+        end: !importing,
       });
-      if (imported !== undefined) {
+      if (importing) {
         report.end();
         const [id] = [...report.ids];
         if (id !== undefined) {
           this.state.builtImages.add(id);
-          const message = await this.tagMade(imported, id);
+          const message = imported === undefined ? undefined : await this.tagMade(imported, id);
           if (message !== undefined && !res.destroyed) {
             this.audit('POST', '/images/create', 'deny', { rule: 'image-tag', status: 200, message });
             res.write(`${JSON.stringify({ error: message, errorDetail: { message } })}\n`);
@@ -2937,11 +2941,14 @@ export class GuardProxy {
             if (now && now.Id !== was.get(t)) await (await this.records.before(t, now.Id)).keep();
           }
         }
+        const refusal = await this.undoOwnerLabelled([...this.state.builtImages].filter((i) => !had.has(i)));
+        const answer =
+          refusal === undefined ? out : Buffer.concat([out, Buffer.from(`${JSON.stringify(refusal)}\n`)]);
         res.writeHead(up.status, {
           'Content-Type': up.headers['content-type'] ?? 'application/json',
-          'Content-Length': out.length,
+          'Content-Length': answer.length,
         });
-        res.end(out);
+        res.end(answer);
       });
     } finally {
       written();
@@ -2949,6 +2956,35 @@ export class GuardProxy {
       for (const p of pending) await p.drop();
       rmSync(dir, { recursive: true, force: true });
     }
+  }
+
+  /**
+   * Images a load just made whose config names an owner (`io.berth.tenant`): containers run from
+   * them would carry the label, and a later guard of that tenant would take them for another
+   * guard's (red-team pass 24: a persistent tenant's containers outlived a later guard's cleanup,
+   * unseen by it). Their tags are removed and then they are; the load answers an error line.
+   */
+  private async undoOwnerLabelled(
+    ids: readonly string[],
+  ): Promise<{ error: string; errorDetail: { message: string } } | undefined> {
+    let owner: string | undefined;
+    for (const idv of ids) {
+      const f = await this.inspectImage(idv).catch(() => undefined);
+      const named = f?.Config?.Labels?.[LABEL_TENANT];
+      if (!f || named === undefined || named === '') continue;
+      owner = named;
+      for (const t of tagsOf(f)) {
+        const tag = normalizeTag(t);
+        const now = await this.inspectImage(tag).catch(() => undefined);
+        if (now?.Id === f.Id && this.state.ownsTagAt(tag, f.Id))
+          await this.onImage(f.Id, () => this.removeTag(tag, now));
+      }
+      await this.removeIfUnnamed(idv);
+    }
+    if (owner === undefined) return undefined;
+    const message = `berth: ownership: the loaded image carries the label ${LABEL_TENANT}=${owner}; an image loaded through the guard may not name an owner, so it was removed`;
+    this.audit('POST', '/images/load', 'deny', { rule: 'ownership', status: 200, message });
+    return { error: message, errorDetail: { message } };
   }
 
   private async imageDelete(
