@@ -8,7 +8,17 @@
 //   node scripts/run-tests.mjs [--unit | --integration | --e2e] [file-or-substring …]
 import { spawn, execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readdirSync, readFileSync, statSync, existsSync, mkdirSync, writeFileSync, rmSync } from 'node:fs';
+import {
+  readdirSync,
+  readFileSync,
+  statSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  writeFileSync,
+  rmSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 
 const root = new URL('..', import.meta.url).pathname;
@@ -170,12 +180,19 @@ console.log(
   `berth tests: ${files.length} files, session ${session}, leak check ${strict ? 'strict' : 'session-scoped'}`,
 );
 
+// The runs' stores (berth run keeps them outside the workspace): this session's own, removed after.
+const stateDir = mkdtempSync(join(tmpdir(), 'berth-test-state-'));
 const child = spawn(
   process.execPath,
   ['--import', 'tsx', '--test', `--test-concurrency=${concurrency}`, '--test-reporter=spec', ...files],
-  { cwd: root, stdio: 'inherit', env: { ...process.env, BERTH_TEST_SESSION: session } },
+  {
+    cwd: root,
+    stdio: 'inherit',
+    env: { ...process.env, BERTH_TEST_SESSION: session, BERTH_STATE_DIR: stateDir },
+  },
 );
 const code = await new Promise((resolve) => child.on('exit', (c, sig) => resolve(c ?? (sig ? 1 : 0))));
+rmSync(stateDir, { recursive: true, force: true });
 
 // Leak check. Give asynchronous cleanups a moment to land, then look.
 await new Promise((r) => setTimeout(r, 500));

@@ -25,4 +25,4 @@ export type { ReapOptions, ReapResult } from './reaper.js';
 /** Plug-in point for the docker modes (guard, dind come from their subsystems). */
 export { registerDockerAccess, hasDockerAccess } from './access.js';
 export type { DockerAccess, DockerAccessContext, DockerAccessProvider } from './access.js';
-export { newRunId, objectName } from './paths.js';
+export { defaultStoreDir, newRunId, objectName } from './paths.js';

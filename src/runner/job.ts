@@ -6,7 +6,7 @@
 import { createWriteStream, mkdirSync, rmSync } from 'node:fs';
 import { dirname, join, normalize, posix, sep } from 'node:path';
 import { Writable } from 'node:stream';
-import { LineSplitter } from './lines.js';
+import { LineSplitter, MAX_LINE } from './lines.js';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
 import { LABEL_JOB, LABEL_ROLE, LOCAL_IMAGE_PREFIX, errorMessage, sleep } from '../common/index.js';
@@ -394,7 +394,13 @@ export class JobRun {
 
   /** A writable that splits output into lines and reports each (masked). */
   private lineSink(step: number, stream: 'stdout' | 'stderr'): Writable {
-    const lines = new LineSplitter((line) => this.logLine(step, stream, line));
+    const secrets = this.ctx.secrets;
+    const lines = new LineSplitter(
+      (line) => this.logLine(step, stream, line),
+      MAX_LINE,
+      (text) => maskSecrets(text, secrets),
+      secrets.reduce((n, v) => Math.max(n, v.length), 0),
+    );
     return new Writable({
       write: (chunk: Buffer, _enc, cb) => {
         lines.push(chunk);

@@ -49,3 +49,22 @@ test('lines: many megabytes without a newline are cut in linear time (no re-scan
   assert.equal(out.length, 512);
   assert.ok(out.every((l) => l.length === 64 * 1024));
 });
+
+test('lines: a secret across a cut of a long line is masked whole, never in halves (red-team pass 23)', () => {
+  const secret = 'S3CR3T-VALUE';
+  const mask = (t: string) => t.split(secret).join('***');
+  for (let at = 0; at < 12; at++) {
+    const out: string[] = [];
+    const s = new LineSplitter((l) => out.push(l), 8, mask, secret.length);
+    // The secret starts `at` characters before the first cut, and arrives a character at a time.
+    const text = `${'a'.repeat(8 - Math.min(at, 8))}${secret}${'b'.repeat(20)}`;
+    for (const ch of text) s.push(Buffer.from(ch));
+    s.end();
+    const all = out.join('');
+    assert.ok(
+      !all.includes('S3CR') && !all.includes('VALUE') && !all.includes('CR3T'),
+      `at ${at}: ${JSON.stringify(out)}`,
+    );
+    assert.ok(all.includes('***'), `at ${at}`);
+  }
+});

@@ -1,7 +1,7 @@
 /** Names and host paths of a run's objects. */
-import { hostname, tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { homedir, hostname, tmpdir } from 'node:os';
+import { basename, join, resolve } from 'node:path';
+import { createHash, randomBytes } from 'node:crypto';
 import { lstatSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { pidAlive } from '../common/index.js';
 
@@ -90,4 +90,24 @@ export function readRunOwner(runId: string): RunOwner | undefined {
 /** Whether an owner record names a runner on this host that no longer runs. */
 export function runOwnerGone(owner: RunOwner | undefined, host = hostname()): boolean {
   return owner !== undefined && owner.host === host && !pidAlive(owner.pid);
+}
+
+/**
+ * Where a workspace's runs are stored (the SQLite history, job logs, artifacts) by default:
+ * outside the workspace, which every job can write (red-team pass 23: with the store at
+ * `<workspace>/.berth`, a job replaced its own log file, or its artifacts folder, with a link, and
+ * the runner, as root, wrote into any file or folder of the host). One folder per workspace, under
+ * `$BERTH_STATE_DIR`, else `/var/lib/berth/runs` for root, else `~/.local/state/berth/runs`.
+ */
+export function defaultStoreDir(workspace: string): string {
+  const root =
+    process.env.BERTH_STATE_DIR ??
+    (process.getuid?.() === 0 ? '/var/lib/berth/runs' : join(homedir(), '.local', 'state', 'berth', 'runs'));
+  const abs = resolve(workspace);
+  const key = createHash('sha256').update(abs).digest('hex').slice(0, 12);
+  const name =
+    basename(abs)
+      .replace(/[^A-Za-z0-9_.-]/g, '-')
+      .slice(0, 40) || 'root';
+  return join(root, `${name}-${key}`);
 }

@@ -11,7 +11,7 @@ import { DockerClient } from '../engine/index.js';
 import type { JobStatus, RunEvent, RunStatus } from './events.js';
 import { now } from './events.js';
 import { JobRun } from './job.js';
-import { createRunTempRoot, jobTempRoot, newRunId } from './paths.js';
+import { createRunTempRoot, defaultStoreDir, jobTempRoot, newRunId } from './paths.js';
 import { reap } from './reaper.js';
 import type { DockerMode, JobSpec, RunSpec } from './spec.js';
 import { maskSecrets } from './spec.js';
@@ -29,7 +29,7 @@ export interface RunOptions {
   parallel?: number;
   /** Extra labels on every object (tests add their session label). */
   labels?: Record<string, string>;
-  /** The store folder (default `<workspace>/.berth`). */
+  /** The store folder (default: defaultStoreDir of the workspace, outside it). */
   storeDir?: string;
   /** Where secret values are read from (default process.env). */
   env?: NodeJS.ProcessEnv;
@@ -117,7 +117,7 @@ export async function runPipeline(opts: RunOptions): Promise<RunOutcome> {
   const { spec } = opts;
   const client = opts.client ?? new DockerClient();
   const ownClient = opts.client === undefined;
-  const storeDir = opts.storeDir ?? join(spec.workspace, '.berth');
+  const storeDir = opts.storeDir ?? defaultStoreDir(spec.workspace);
   const store = openStore(storeDir);
   const runId = newRunId();
   const started = Date.now();

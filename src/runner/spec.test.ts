@@ -1,13 +1,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { isBerthError } from '../common/index.js';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { maskSecrets, parseDuration, parseRunSpec } from './spec.js';
 import { effectiveNeeds, selectJobs, shouldRun } from './run.js';
 import { formatEvent, formatters } from './events.js';
 import { isRunIdSegment, isStale, ofRunTenant } from './reaper.js';
+import { defaultStoreDir } from './paths.js';
 
 const FILE = '/repo/berth.yml';
 
@@ -147,4 +148,31 @@ test('the reaper deletes only run folders whose id is one path segment', () => {
   assert.equal(isRunIdSegment('r1'), true);
   for (const bad of ['', '.', '..', '../x', 'a/b', '/tmp', 'a..b', '-x', 'x y'])
     assert.equal(isRunIdSegment(bad), false, bad);
+});
+
+test('red-team pass 23: secret files only from inside the workspace, links resolved', () => {
+  using dir = {
+    path: mkdtempSync(join(tmpdir(), 'berth-spec-')),
+    [Symbol.dispose]() {
+      rmSync(this.path, { recursive: true, force: true });
+    },
+  };
+  const ws = join(dir.path, 'ws');
+  mkdirSync(ws);
+  writeFileSync(join(dir.path, 'outside.txt'), 'host secret\n');
+  writeFileSync(join(ws, 'inside.txt'), 'job secret\n');
+  symlinkSync(join(dir.path, 'outside.txt'), join(ws, 'link.txt'));
+  const spec = (f: string) =>
+    parseRunSpec(`secrets: [{ name: S, file: ${f} }]\njobs:\n  a:\n    steps: [x]\n`, join(ws, 'berth.yml'));
+  assert.equal(spec('inside.txt').secretFiles.S, 'job secret');
+  for (const f of ['../outside.txt', join(dir.path, 'outside.txt'), 'link.txt', '/etc/hostname'])
+    assert.throws(() => spec(f), /is outside the workspace .*; a secret file is read only from inside it/, f);
+});
+
+test('red-team pass 23: the default run store is outside the workspace, one per workspace', () => {
+  const a = defaultStoreDir('/srv/ci/app');
+  assert.ok(!a.startsWith('/srv/ci/app'), a);
+  assert.notEqual(a, defaultStoreDir('/srv/ci/other'));
+  assert.equal(a, defaultStoreDir('/srv/ci/app/'));
+  assert.match(a, /\/app-[0-9a-f]{12}$/);
 });

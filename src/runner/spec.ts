@@ -2,8 +2,8 @@
  * The runner's view of a pipeline (`RunSpec`), mapped from `src/pipeline`'s `Pipeline`, which owns
  * parsing and validation (every problem at once, with file, line, column and what to change).
  */
-import { readFileSync } from 'node:fs';
-import { basename, dirname, resolve } from 'node:path';
+import { readFileSync, realpathSync } from 'node:fs';
+import { basename, dirname, resolve, sep } from 'node:path';
 import { BerthError } from '../common/index.js';
 import { DEFAULT_IMAGE, loadPipeline, maskSecrets as maskLine, parsePipeline } from '../pipeline/index.js';
 import type { Pipeline } from '../pipeline/index.js';
@@ -105,8 +105,22 @@ export function fromPipeline(p: Pipeline, file = p.file, opts: FromPipelineOptio
         'PIPELINE_INVALID',
         `${file}: secret ${s.name}: not read from ${s.file}: ${opts.refuseSecretFiles}`,
       );
+    let path: string;
     try {
-      secretFiles[s.name] = readFileSync(resolve(workspace, s.file), 'utf8').replace(/\r?\n$/, '');
+      path = realpathSync(resolve(workspace, s.file));
+    } catch (cause) {
+      throw new BerthError('PIPELINE_INVALID', `${file}: secret ${s.name}: cannot read ${s.file}`, { cause });
+    }
+    // Only inside the workspace, links resolved (red-team pass 23: a pipeline named /etc/shadow,
+    // and the job got it): whoever wrote the pipeline may not read the runner's machine.
+    const root = realpathSync(workspace);
+    if (!path.startsWith(`${root}${sep}`))
+      throw new BerthError(
+        'PIPELINE_INVALID',
+        `${file}: secret ${s.name}: ${s.file} is outside the workspace ${root}; a secret file is read only from inside it (an untracked file), or pass the secret in the environment`,
+      );
+    try {
+      secretFiles[s.name] = readFileSync(path, 'utf8').replace(/\r?\n$/, '');
     } catch (cause) {
       throw new BerthError('PIPELINE_INVALID', `${file}: secret ${s.name}: cannot read ${s.file}`, { cause });
     }

@@ -1,6 +1,7 @@
 /** `berth run` when things go wrong: failing steps, timeouts, Ctrl-C, a runner killed with -9. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { defaultStoreDir } from '../../src/runner/index.js';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { LABEL_TENANT } from '../../src/common/index.js';
@@ -63,12 +64,12 @@ jobs:
     const finished = r.events.find((e) => e.kind === 'job.finished' && e.job === 'build');
     assert.ok(finished?.kind === 'job.finished' && finished.exitCode === 7);
     // The summary is in the store too.
-    const ls = await berth(['ls', '--json', '--store', join(ws.path, '.berth')]);
+    const ls = await berth(['ls', '--json', '--store', defaultStoreDir(ws.path)]);
     const runs = JSON.parse(ls.stdout) as { id: string; status: string; exit_code: number }[];
     assert.equal(runs[0]?.id, r.runId);
     assert.equal(runs[0]?.status, 'failed');
     assert.equal(runs[0]?.exit_code, 1);
-    const logs = await berth(['logs', r.runId, 'build', '--store', join(ws.path, '.berth')]);
+    const logs = await berth(['logs', r.runId, 'build', '--store', defaultStoreDir(ws.path)]);
     assert.match(logs.stdout, /about to fail/);
     assert.doesNotMatch(logs.stdout, /never-printed/);
   }, ws.file);
@@ -135,7 +136,7 @@ jobs:
     assert.equal(jobStatus(events, 'later'), 'cancelled');
     assert.ok(!logLines(events, 'later').length);
     assert.deepEqual(await leftovers(runId), []);
-    const log = readFileSync(join(ws.path, '.berth', 'runs', runId, 'long.log'), 'utf8');
+    const log = readFileSync(join(defaultStoreDir(ws.path), 'runs', runId, 'long.log'), 'utf8');
     assert.match(log, /got-SIGTERM/);
   } finally {
     if (p.child.exitCode === null) p.child.kill('SIGKILL');
@@ -212,12 +213,12 @@ jobs:
       `job, service, network and the job's own container and volume remain: ${left.join(', ')}`,
     );
     assert.equal(readRunOwner(runId)?.pid, p.child.pid, 'the run folder names its runner');
-    const reaped = await berth(['reap', '--store', join(ws.path, '.berth'), ...LABEL_ARG]);
+    const reaped = await berth(['reap', '--store', defaultStoreDir(ws.path), ...LABEL_ARG]);
     assert.equal(reaped.code, 0, reaped.stderr);
     assert.match(reaped.stdout, new RegExp(`reaped 1 run\\(s\\) \\(${runId}\\)`));
     assert.deepEqual(await leftovers(runId), []);
     assert.equal(existsSync(jobTempRoot(runId)), false, 'the run folder is gone');
-    const ls = await berth(['ls', '--json', '--store', join(ws.path, '.berth')]);
+    const ls = await berth(['ls', '--json', '--store', defaultStoreDir(ws.path)]);
     const runs = JSON.parse(ls.stdout) as { id: string; status: string; jobs: { status: string }[] }[];
     assert.equal(runs[0]?.status, 'abandoned');
     assert.equal(runs[0]?.jobs[0]?.status, 'cancelled');

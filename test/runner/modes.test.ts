@@ -1,6 +1,7 @@
 /** `berth run` in each docker mode: the job gets exactly the Docker its pipeline asks for. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { defaultStoreDir } from '../../src/runner/index.js';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { images } from '../../src/engine/index.js';
@@ -25,10 +26,10 @@ jobs:
     assert.equal(r.code, 0, r.stderr);
     assert.deepEqual(logLines(r.events, 'only'), ['one', 'two', '/workspace', 'no-docker']);
     assert.equal(readFileSync(join(ws.path, 'out.txt'), 'utf8'), 'one\ntwo\n');
-    assert.ok(existsSync(join(ws.path, '.berth', 'berth.db')));
-    const log = readFileSync(join(ws.path, '.berth', 'runs', r.runId, 'only.log'), 'utf8');
+    assert.ok(existsSync(join(defaultStoreDir(ws.path), 'berth.db')));
+    const log = readFileSync(join(defaultStoreDir(ws.path), 'runs', r.runId, 'only.log'), 'utf8');
     assert.match(log, /--- step 2: second\none\ntwo\n/);
-    const artifact = join(ws.path, '.berth', 'runs', r.runId, 'artifacts', 'only', 'out.txt');
+    const artifact = join(defaultStoreDir(ws.path), 'runs', r.runId, 'artifacts', 'only', 'out.txt');
     assert.equal(readFileSync(artifact, 'utf8'), 'one\ntwo\n', 'artifact copied out of the job');
   }, ws.file);
 });

@@ -1,6 +1,7 @@
 /** `berth run` over whole pipelines: parallel jobs, secrets, vars, job selection, invalid files. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { defaultStoreDir } from '../../src/runner/index.js';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { berth } from '../support/index.js';
@@ -71,7 +72,7 @@ jobs:
   try {
     assert.equal(r.code, 0, r.stderr);
     assert.ok(!r.stdout.includes(secret), 'no secret in the live output');
-    const log = readFileSync(join(ws.path, '.berth', 'runs', r.runId, 's.log'), 'utf8');
+    const log = readFileSync(join(defaultStoreDir(ws.path), 'runs', r.runId, 's.log'), 'utf8');
     assert.ok(!log.includes(secret), 'no secret in the saved log');
     assert.deepEqual(logLines(r.events, 's'), [
       'token=***',

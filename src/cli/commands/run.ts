@@ -7,6 +7,7 @@ import { BerthError } from '../../common/index.js';
 import { DockerClient } from '../../engine/index.js';
 import {
   DOCKER_MODES,
+  defaultStoreDir,
   formatDuration,
   formatEvent,
   loadRunSpec,
@@ -23,11 +24,11 @@ import type { Color } from '../output.js';
 const collect = (v: string, prev: string[] = []) => [...prev, v];
 
 /** The run store in `dir`; an error (not a new empty store) when there is none. */
-function existingStore(dir: string) {
-  const path = resolve(dir);
+function existingStore(dir: string | undefined) {
+  const path = resolve(dir ?? defaultStoreDir('.'));
   if (!existsSync(join(path, 'berth.db'))) {
     throw new BerthError('RUN_NOT_FOUND', `no run store in ${path}`, {
-      hint: 'runs are stored in the .berth folder next to the pipeline file; pass --store path/to/.berth',
+      hint: 'run this in the folder of the pipeline file (each workspace has its own store), or pass --store DIR',
     });
   }
   return openStore(path);
@@ -84,7 +85,9 @@ export function registerRun(program: Command): void {
     .addOption(
       new Option('--label <K=V>', 'extra label on every object (tests)').argParser(collect).hideHelp(),
     )
-    .addOption(new Option('--store <dir>', 'the run store folder (default <workspace>/.berth)').hideHelp())
+    .addOption(
+      new Option('--store <dir>', "the run store folder (default: the workspace's, outside it)").hideHelp(),
+    )
     .action(async (file: string, o: RunFlags) => {
       const spec = loadRunSpec(file);
       const parallel = o.parallel === undefined ? undefined : Number(o.parallel);
@@ -183,10 +186,10 @@ export function registerRun(program: Command): void {
   program
     .command('ls')
     .description('list recent runs from the run store')
-    .option('--store <dir>', 'the run store folder', '.berth')
+    .option('--store <dir>', "the run store folder (default: this folder's, as berth run stores it)")
     .option('-n, --limit <n>', 'how many runs', '20')
     .option('--json', 'print JSON')
-    .action((o: { store: string; limit: string; json?: boolean }) => {
+    .action((o: { store?: string; limit: string; json?: boolean }) => {
       using store = existingStore(o.store);
       const runs = store.listRuns(Number(o.limit) || 20);
       if (o.json) {
@@ -224,8 +227,8 @@ export function registerRun(program: Command): void {
     .description('print the saved logs of a run (or one job of it); RUN may be an id prefix or "last"')
     .argument('<run>', 'run id, unique prefix, or last')
     .argument('[job]', 'only this job')
-    .option('--store <dir>', 'the run store folder', '.berth')
-    .action((runRef: string, job: string | undefined, o: { store: string }) => {
+    .option('--store <dir>', "the run store folder (default: this folder's, as berth run stores it)")
+    .action((runRef: string, job: string | undefined, o: { store?: string }) => {
       using store = existingStore(o.store);
       const run = store.resolveRun(runRef);
       const jobs = store.jobs(run.id);
@@ -253,10 +256,10 @@ export function registerRun(program: Command): void {
       '--tenant <name>',
       'remove every container, network and volume of this tenant instead (a kept environment such as env/production)',
     )
-    .option('--store <dir>', 'also mark dead runs in this store as abandoned', '.berth')
+    .option('--store <dir>', "also mark dead runs in this store as abandoned (default: this folder's)")
     .addOption(new Option('--label <K=V>', 'only objects with this label').argParser(collect).hideHelp())
     .action(
-      async (o: { run?: string; force?: boolean; tenant?: string; store: string; label?: string[] }) => {
+      async (o: { run?: string; force?: boolean; tenant?: string; store?: string; label?: string[] }) => {
         using client = new DockerClient();
         if (o.tenant !== undefined && (o.run !== undefined || o.force))
           throw new BerthError(
@@ -270,7 +273,7 @@ export function registerRun(program: Command): void {
           r = await reapTenant(client, o.tenant, o.label);
           process.stdout.write(`removed tenant ${o.tenant}: ${counts(r)}\n`);
         } else {
-          const storeDir = resolve(o.store);
+          const storeDir = resolve(o.store ?? defaultStoreDir('.'));
           const store = existsSync(join(storeDir, 'berth.db')) ? openStore(storeDir) : undefined;
           try {
             r = await reap(client, { runId: o.run, force: o.force, store, labelFilter: o.label });
