@@ -48,7 +48,9 @@ export interface ReapResult {
  */
 export function ofRunTenant(labels: Record<string, string>): boolean {
   const tenant = labels[LABEL_TENANT];
-  return tenant === undefined || tenant.startsWith(`run/${labels[LABEL_RUN] ?? ''}/`);
+  // Empty: the runner's own job and service containers, which set it so (an image's label would
+  // be inherited otherwise).
+  return tenant === undefined || tenant === '' || tenant.startsWith(`run/${labels[LABEL_RUN] ?? ''}/`);
 }
 
 /** Whether objects with these labels belong to a run whose runner is gone. */

@@ -124,6 +124,7 @@ export async function runPipeline(opts: RunOptions): Promise<RunOutcome> {
   const emit = (e: RunEvent) => opts.onEvent?.(e);
   const env = opts.env ?? process.env;
   const secretValues: string[] = [];
+  const logFailed = new Set<string>();
   const secretEnv: Record<string, string> = {};
   for (const [k, v] of Object.entries(spec.secretFiles)) {
     secretEnv[k] = v;
@@ -297,7 +298,8 @@ export async function runPipeline(opts: RunOptions): Promise<RunOutcome> {
             time: now(),
             runId,
             job: j.name,
-            image: j.image,
+            // An image named with a secret's value (a private registry's token in the name).
+            image: maskSecrets(j.image, secretValues),
             docker: j.docker.mode,
           });
           const run = new JobRun({
@@ -313,7 +315,24 @@ export async function runPipeline(opts: RunOptions): Promise<RunOutcome> {
             artifactsDir: join(store.runDir(runId), 'artifacts'),
             graceMs: opts.graceMs ?? 10_000,
             emit: (e) => emit(e),
-            log: (text) => store.appendLog(runId, j.name, text),
+            log: (text) => {
+              // A log file that cannot be written (a full disk) costs the file, not the run: the
+              // runner would die with its containers left (red-team pass 23).
+              try {
+                store.appendLog(runId, j.name, text);
+              } catch (err) {
+                if (!logFailed.has(j.name)) {
+                  logFailed.add(j.name);
+                  emit({
+                    kind: 'warning',
+                    time: now(),
+                    runId,
+                    job: j.name,
+                    message: `log file: ${errorMessage(err)}`,
+                  });
+                }
+              }
+            },
             onStep: (idx, fields) => store.updateStep(runId, j.name, idx, fields),
           });
           const done = run.run().then(

@@ -141,6 +141,8 @@ test('the reaper spares live owners, other hosts and persistent tenants', () => 
   assert.equal(isStale({ ...base, 'io.berth.owner.pid': '999999999' }, 'h2'), false, 'other host');
   assert.equal(ofRunTenant({ ...base, 'io.berth.tenant': 'run/r1/build' }), true);
   assert.equal(ofRunTenant({ ...base, 'io.berth.tenant': 'env/production' }), false);
+  // The runner's own containers set an empty tenant over whatever their image says (pass 23).
+  assert.equal(ofRunTenant({ ...base, 'io.berth.tenant': '' }), true);
 });
 
 test('the reaper deletes only run folders whose id is one path segment', () => {
