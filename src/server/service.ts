@@ -441,8 +441,17 @@ class Sampler {
     private readonly everyMs: number,
   ) {}
 
+  /** Jobs whose stats read is still under way. */
+  private readonly reading = new Set<string>();
+
   start(job: string): void {
-    const t = setInterval(() => void this.sample(job), this.everyMs);
+    // One read at a time per job: on a busy engine a read can outlast the interval, and two
+    // answering together made two samples of one millisecond (seen in CI).
+    const t = setInterval(() => {
+      if (this.reading.has(job)) return;
+      this.reading.add(job);
+      void this.sample(job).finally(() => this.reading.delete(job));
+    }, this.everyMs);
     this.timers.set(job, t);
   }
 
