@@ -20,6 +20,14 @@ describe('attack: pass 24 (images a tenant leaves behind)', () => {
   const c = engine();
   const dir = tempDir('berth-pass24-');
   const made: string[] = [];
+  /** Whether the engine has an image of this reference. */
+  const exists = (ref: string) =>
+    images(c)
+      .inspect(ref)
+      .then(
+        () => true,
+        () => false,
+      );
 
   after(async () => {
     for (const id of made)
@@ -53,29 +61,11 @@ describe('attack: pass 24 (images a tenant leaves behind)', () => {
       made.push(second.stdout.trim());
       const rmi = await docker(g.address, ['rmi', id]);
       assert.equal(rmi.code, 0, rmi.stderr);
-      assert.equal(
-        await images(c)
-          .inspect(id)
-          .then(
-            () => true,
-            () => false,
-          ),
-        false,
-        'removed by ID',
-      );
+      assert.equal(await exists(id), false, 'removed by ID');
     } finally {
       await g.close({ cleanup: true });
     }
-    assert.equal(
-      await images(c)
-        .inspect(made[1] ?? '')
-        .then(
-          () => true,
-          () => false,
-        ),
-      false,
-      'the cleanup removed the unnamed import',
-    );
+    assert.equal(await exists(made[1] ?? ''), false, 'the cleanup removed the unnamed import');
   });
 
   test('a load of an image naming an owner is undone: its tag and image removed, an error answered', async () => {
@@ -99,26 +89,8 @@ describe('attack: pass 24 (images a tenant leaves behind)', () => {
         loaded.stderr + loaded.stdout,
         /berth: ownership: the loaded image carries the label io\.berth\.tenant=/,
       );
-      assert.equal(
-        await images(c)
-          .inspect(tag)
-          .then(
-            () => true,
-            () => false,
-          ),
-        false,
-        'the tag is gone',
-      );
-      assert.equal(
-        await images(c)
-          .inspect(id)
-          .then(
-            () => true,
-            () => false,
-          ),
-        false,
-        'the image is gone',
-      );
+      assert.equal(await exists(tag), false, 'the tag is gone');
+      assert.equal(await exists(id), false, 'the image is gone');
     } finally {
       await g.close({ cleanup: true });
       made.push(id);
