@@ -4,7 +4,7 @@
  * matrix jobs expanded.
  */
 import { existsSync, readFileSync, statSync } from 'node:fs';
-import { LineCounter, isMap, isScalar, isSeq, parseDocument } from 'yaml';
+import { LineCounter, isMap, isScalar, isSeq, parseDocument, visit } from 'yaml';
 import type { Node as YamlNode, YAMLMap } from 'yaml';
 import { BerthError } from '../common/index.js';
 import { DEFAULT_IMAGE, DEFAULT_WORKDIR, DOCKER_MODES, WHEN_VALUES } from './types.js';
@@ -307,6 +307,17 @@ export function parsePipeline(text: string, file: string): Pipeline {
   for (const err of doc.errors) {
     c.at(null, '', `YAML syntax: ${err.message.split('\n')[0] ?? err.message}`, err.pos[0]);
   }
+  // Aliases are not read (a pipeline says what it means where it means it; and `*a` of a list
+  // of lists of `*b`… would multiply). Named here, not as the "empty" value they would read as.
+  visit(doc, {
+    Alias(_key, node) {
+      c.at(
+        node,
+        '',
+        `YAML aliases (\`*${node.source}\`) are not supported in a pipeline: write the value out where it is used (a matrix repeats a job)`,
+      );
+    },
+  });
   if (c.problems.length > 0) throw new PipelineError(sortProblems(c.problems));
 
   const root = doc.contents as YamlNode | null;

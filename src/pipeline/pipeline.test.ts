@@ -520,3 +520,9 @@ test('bounds (red-team pass 21): a matrix of more than 256 jobs, a pipeline of m
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('YAML aliases are named as such, not read as empty values (red-team pass 23)', () => {
+  assert.deepEqual(problems('x: &a [make]\njobs:\n  a:\n    steps: *a\n').slice(-1), [
+    '4:12 : YAML aliases (`*a`) are not supported in a pipeline: write the value out where it is used (a matrix repeats a job)',
+  ]);
+});
