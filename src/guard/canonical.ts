@@ -94,18 +94,21 @@ function decode(v: JValue, s: Schema, path: string, prev?: unknown): unknown {
   return out;
 }
 
-/** Parses and canonicalises a JSON body against a schema. Empty body → `{}` (as dockerd treats it). */
-export function canonicalize(body: string, schema: Schema, root: string): Record<string, unknown> {
-  if (body.trim() === '') return {};
+/** Parses one JSON value and decodes it against a schema, as Go would; null → undefined. */
+function decodeText(text: string, schema: Schema, root: string): unknown {
   let parsed: JValue;
   try {
-    parsed = parseOrdered(body);
+    parsed = parseOrdered(text);
   } catch (err) {
     throw new BodyError(`invalid JSON: ${(err as Error).message}`);
   }
-  if (parsed === null) return {};
-  const out = decode(parsed, schema, root);
-  return (out ?? {}) as Record<string, unknown>;
+  return parsed === null ? undefined : decode(parsed, schema, root);
+}
+
+/** Parses and canonicalises a JSON body against a schema. Empty body → `{}` (as dockerd treats it). */
+export function canonicalize(body: string, schema: Schema, root: string): Record<string, unknown> {
+  if (body.trim() === '') return {};
+  return (decodeText(body, schema, root) ?? {}) as Record<string, unknown>;
 }
 
 const S = 'string' as const;
@@ -267,15 +270,7 @@ export const CONTAINER_CONFIG: Record<string, Schema> = {
  * was checked as nofile and applied as memlock). Null (the docker CLI's "none") is undefined.
  */
 export function canonicalUlimits(text: string): unknown[] | undefined {
-  try {
-    JSON.parse(text); // one JSON value, nothing after it (it is put inside an object below)
-  } catch {
-    throw new BodyError('ulimits is not JSON');
-  }
-  const root = canonicalize(`{"U":${text}}`, { obj: { U: HOST_CONFIG_ULIMITS } }, 'ulimits').U;
-  if (root === undefined || root === null) return undefined;
-  if (!Array.isArray(root)) throw new BodyError('ulimits is not a JSON array');
-  return root as unknown[];
+  return decodeText(text, HOST_CONFIG_ULIMITS, 'ulimits') as unknown[] | undefined;
 }
 
 export const SCHEMAS = {

@@ -63,7 +63,7 @@ import { spliceHelper, spliceStream } from './bulksplice.js';
 import { ImageWatch, imageEventEffect } from './imagewatch.js';
 import type { ImageEvent } from './imagewatch.js';
 import { ArchiveError, ArchiveScan } from './loadscan.js';
-import { ANY_IMAGE, RECORD_PREFIX, TagRecords, byIdOrDigest } from './tagrecords.js';
+import { ANY_IMAGE, TagRecords, byIdOrDigest } from './tagrecords.js';
 import { ContextGate, dockerfilePaths } from './contextgate.js';
 import { Turns } from './turns.js';
 import { readDockerfile, triggerRefusals } from './dockerfile.js';
@@ -141,7 +141,6 @@ function parseAnswer(raw: Buffer): unknown {
   }
 }
 
-/** A small engine answer as it is, with its headers but this connection's framing. */
 /**
  * An engine's error answer with the containers it names that are not the tenant's hidden (see
  * hideForeignContainers); any other answer as it is.
@@ -154,11 +153,15 @@ function hidden(status: number, raw: Buffer, hide: ((message: string) => string)
   return message === json.message ? raw : Buffer.from(JSON.stringify({ ...json, message }));
 }
 
+/**
+ * A small engine answer as it is (an error's foreign containers hidden), with its headers but this
+ * connection's framing.
+ */
 function sendSmall(
   res: ServerResponse,
   method: string,
   a: SmallAnswer,
-  hide?: (message: string) => string,
+  hide: (message: string) => string,
 ): void {
   const out = answerHeaders(a.headers);
   const raw = hidden(a.status, a.raw, hide);
@@ -349,8 +352,9 @@ export class GuardProxy {
         this.state.foreignWrite(e.ref, e.atMs);
         return;
       case 'volumeGone':
-        // One of this guard's tag records, gone without the guard removing it: written again.
-        if (e.name.startsWith(RECORD_PREFIX)) await this.records.restore(e.name);
+        // One of this guard's tag records, gone without the guard removing it: written again
+        // (restore passes over any other volume).
+        await this.records.restore(e.name);
         return;
       case 'volumesPruned':
         // Not awaited: prunes that come meanwhile share the check (see restoreLost).
@@ -931,9 +935,8 @@ export class GuardProxy {
         checkContainerName(query.get('name'));
         const { id: cid } = await this.resolveContainer(m.params.id ?? '');
         const a = await this.upstreamBytes('POST', path({ id: cid }) + q(query));
-        // dockerd's conflict message names the container that has the name: someone else's ID.
-        if (a.status === 409)
-          return send(res, 409, { message: 'Conflict. The container name is already in use.' });
+        // dockerd's conflict message names the container that has the name: hidden, unless it is
+        // the tenant's own.
         return sendSmall(res, 'POST', a, this.hide);
       }
       case 'container.attach':

@@ -5,7 +5,7 @@
 import { execFileSync } from 'node:child_process';
 import { availableParallelism, hostname } from 'node:os';
 import { join } from 'node:path';
-import { mkdirSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { LABEL_OWNER_HOST, LABEL_OWNER_PID, LABEL_RUN, errorMessage } from '../common/index.js';
 import { DockerClient } from '../engine/index.js';
 import type { JobStatus, RunEvent, RunStatus } from './events.js';
@@ -118,8 +118,6 @@ export async function runPipeline(opts: RunOptions): Promise<RunOutcome> {
   const client = opts.client ?? new DockerClient();
   const ownClient = opts.client === undefined;
   const storeDir = opts.storeDir ?? defaultStoreDir(spec.workspace);
-  // Job logs are read by whoever may run berth here, not by every user of the machine.
-  mkdirSync(storeDir, { recursive: true, mode: 0o700 });
   const store = openStore(storeDir);
   const runId = newRunId();
   const started = Date.now();

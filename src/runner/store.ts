@@ -69,7 +69,8 @@ export class Store {
   constructor(dir: string) {
     this.dir = dir;
     try {
-      mkdirSync(join(dir, 'runs'), { recursive: true });
+      // Job logs are read by whoever may run berth here, not by every user of the machine.
+      mkdirSync(join(dir, 'runs'), { recursive: true, mode: 0o700 });
       this.db = new Database(join(dir, 'berth.db'));
       this.db.pragma('journal_mode = WAL');
       this.db.pragma('busy_timeout = 5000');

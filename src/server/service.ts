@@ -353,7 +353,7 @@ export class ServerService {
     return this.pending;
   }
 
-  /** Lines and characters of each run's log kept so far. */
+  /** Lines and bytes of each run's log kept so far. */
   private readonly logUse = new Map<string, { lines: number; bytes: number }>();
 
   /** Whether a run's next log line is kept ('keep'), is the last kept ('last'), or goes ('drop'). */
