@@ -6,7 +6,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 import type { Browser } from 'playwright-core';
@@ -134,7 +134,7 @@ describe(
           'docker: none',
           'jobs:',
           '  a: { steps: ["echo a"] }',
-          '  b: { needs: [a], steps: ["echo b"] }',
+          '  b: { needs: [a], steps: ["echo b > b.txt"], artifacts: [b.txt] }',
           '  c: { needs: [a], steps: ["echo c"] }',
           '  d:',
           '    needs: [b, c]',
@@ -189,6 +189,14 @@ describe(
       );
       assert.deepEqual(points, [samples.length, samples.length]);
       assert.match((await page.textContent('#steps')) ?? '', /passed/);
+      // b's artifact: listed on the finished run's page, downloaded with the token; the server's
+      // line saying what it kept is in the log shown (written after the last log event).
+      const link = await page.waitForSelector('#artifacts a', { timeout: 30_000 });
+      assert.equal(await link.textContent(), 'b.txt');
+      const [download] = await Promise.all([page.waitForEvent('download'), link.click()]);
+      assert.equal(download.suggestedFilename(), 'b.txt');
+      assert.equal(readFileSync(await download.path(), 'utf8'), 'b\n');
+      assert.match((await page.textContent('#log')) ?? '', /artifacts: 1 file\(s\)/);
       await page.screenshot({ path: join(dir.path, 'dag.png'), fullPage: true });
       await page.close();
     });

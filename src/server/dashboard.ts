@@ -1,7 +1,7 @@
 /**
  * The dashboard: one self-contained page (no build step, no external assets) that reads the JSON
  * API and follows the live event stream. Routes: `/` (projects and runs), `/runs/<id>` (a run:
- * jobs, steps, live logs, resource chart, cancel and re-run).
+ * jobs, steps, live logs, resource chart, artifacts to download, cancel and re-run).
  */
 export const DASHBOARD_HTML = `<!doctype html>
 <html lang="en">
@@ -119,11 +119,24 @@ function dag(jobs, selected, allSteps) {
   return '<svg id="dag" width="' + width + '" height="' + height + '" viewBox="0 0 ' + width + ' ' + height + '">' +
     '<defs><marker id="arrow" viewBox="0 0 8 8" refX="7" refY="4" markerWidth="8" markerHeight="8" orient="auto"><path d="M0,0 L8,4 L0,8 z" fill="#484f58"/></marker></defs>' + edges + nodes + '</svg>';
 }
+const size = (n) => n < 1024 ? n + ' B' : n < 1048576 ? (n / 1024).toFixed(1) + ' KiB' : (n / 1048576).toFixed(1) + ' MiB';
+// An artifact is fetched with the token (never put in a URL) and handed to the browser as a download.
+async function download(runId, a) {
+  const r = await fetch('/api/runs/' + encodeURIComponent(runId) + '/artifacts/' + [a.job].concat(a.path.split('/')).map(encodeURIComponent).join('/'), { headers: { 'Authorization': 'Bearer ' + token() } });
+  if (!r.ok) throw new Error((await r.json().catch(() => ({}))).message || r.status);
+  const url = URL.createObjectURL(await r.blob());
+  const link = document.createElement('a');
+  link.href = url; link.download = a.path.split('/').pop();
+  document.body.append(link); link.click(); link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60000);
+}
+const finished = (run) => run.status !== 'queued' && run.status !== 'running';
 async function runPage(id) {
   let run = await api('/api/runs/' + encodeURIComponent(id));
   let selected = run.jobs[0] ? run.jobs[0].name : undefined;
   let after = 0;
   const logs = [];
+  let artifacts = finished(run) ? await api('/api/runs/' + encodeURIComponent(id) + '/artifacts') : [];
   const draw = () => {
     $('#where').textContent = 'run ' + run.id;
     const steps = (job) => run.steps.filter((s) => s.job === job).map((s) => '<li>' + st(s.status) + ' ' + esc(s.name) + ' <span class="muted">' + dur(s.startedAt, s.finishedAt) + '</span></li>').join('');
@@ -133,8 +146,10 @@ async function runPage(id) {
       '<h2>Jobs</h2><div class="dagbox">' + dag(run.jobs, selected, run.steps) + '</div>' +
       (selected ? '<h2>Steps — ' + esc(selected) + '</h2><ul class="steps" id="steps">' + steps(selected) + '</ul>' : '') +
       '<h2>Resources' + (selected ? ' — ' + esc(selected) : '') + '</h2><svg class="chart" id="chart" width="100%" height="120" viewBox="0 0 600 120" preserveAspectRatio="none"></svg>' +
+      (artifacts.length ? '<h2>Artifacts</h2><table id="artifacts"><tr><th>job</th><th>file</th><th>size</th></tr>' + artifacts.map((a, i) => '<tr><td>' + esc(a.job) + '</td><td><a href="#" data-i="' + i + '">' + esc(a.path) + '</a></td><td>' + size(a.size) + '</td></tr>').join('') + '</table>' : '') +
       '<h2>Logs</h2><pre id="log"></pre>';
     for (const el of document.querySelectorAll('#dag .node')) el.onclick = () => { selected = el.dataset.job; draw(); };
+    for (const el of document.querySelectorAll('#artifacts a')) el.onclick = (e) => { e.preventDefault(); download(run.id, artifacts[Number(el.dataset.i)]).catch((err) => { el.textContent += ' (' + err.message + ')'; }); };
     $('#cancel').onclick = async () => { await api('/api/runs/' + run.id + '/cancel', { method: 'POST' }); };
     $('#rerun').onclick = async () => { const r = await api('/api/runs/' + run.id + '/rerun', { method: 'POST' }); location.href = '/runs/' + r.id; };
     drawLogs(); drawChart();
@@ -163,7 +178,10 @@ async function runPage(id) {
     // tab did not keep up, or lines were stored without an event) the gap is read from the API.
     if (e.kind === 'runner' && e.event.kind === 'log') { if (e.seq === after + 1) { logs.push({ seq: e.seq, job: e.event.job, stream: e.event.stream, text: e.event.line }); after = e.seq; drawLogs(); } else if (e.seq > after + 1) { await more(); drawLogs(); } return; }
     if (e.kind === 'sample') { if (e.job === selected) drawChart(); return; }
-    run = await api('/api/runs/' + encodeURIComponent(id)); if (!selected && run.jobs[0]) selected = run.jobs[0].name; draw();
+    run = await api('/api/runs/' + encodeURIComponent(id)); if (!selected && run.jobs[0]) selected = run.jobs[0].name;
+    // Once the run ended: the lines the server wrote after the last log event, and the artifacts.
+    if (finished(run)) { await more(); if (!artifacts.length) artifacts = await api('/api/runs/' + encodeURIComponent(id) + '/artifacts'); }
+    draw();
   });
 }
 const m = location.pathname.match(/^\\/runs\\/([^/]+)/);

@@ -6,7 +6,9 @@
 import http from 'node:http';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createHash, timingSafeEqual } from 'node:crypto';
+import { pipeline } from 'node:stream/promises';
 import { BerthError, errorMessage } from '../common/index.js';
+import { ArtifactNotFound } from './artifacts.js';
 import { DASHBOARD_HTML } from './dashboard.js';
 import type { ServerEvent, ServerService } from './service.js';
 import type { ServerStore } from './store.js';
@@ -353,6 +355,11 @@ export function createHttpServer(o: HttpOptions): http.Server {
         if (!job) throw new HttpError(400, 'samples need ?job=NAME');
         return json(res, 200, await store.samples(b, job));
       }
+      if (method === 'GET' && c === 'artifacts') {
+        const [job, ...path] = parts.slice(4);
+        if (job === undefined) return json(res, 200, await service.artifacts.list(b));
+        return sendArtifact(res, service, b, job, path);
+      }
       if (method === 'POST' && c === 'cancel') return json(res, 200, await service.cancel(b));
       if (method === 'POST' && c === 'rerun') return json(res, 201, await service.rerun(b));
     }
@@ -365,6 +372,40 @@ export function createHttpServer(o: HttpOptions): http.Server {
       if (res.headersSent) res.destroy();
       else json(res, status, { message: errorMessage(err) });
     });
+  });
+}
+
+/**
+ * One artifact, as a download: never rendered by a browser (an artifact is whatever a pushed job
+ * wrote, HTML included), streamed, and cut off if the client goes.
+ */
+async function sendArtifact(
+  res: ServerResponse,
+  service: ServerService,
+  runId: string,
+  job: string,
+  path: string[],
+): Promise<void> {
+  let file;
+  try {
+    file = await service.artifacts.open(runId, job, path);
+  } catch (err) {
+    if (err instanceof ArtifactNotFound) throw new HttpError(404, err.message);
+    throw err;
+  }
+  const name = path[path.length - 1] ?? 'artifact';
+  const ascii = name.replace(/[^\x20-\x7e]|["\\]/g, '_');
+  res.writeHead(200, {
+    'Content-Type': 'application/octet-stream',
+    'Content-Length': file.size,
+    'Content-Disposition': `attachment; filename="${ascii}"; filename*=UTF-8''${encodeURIComponent(name)}`,
+    'X-Content-Type-Options': 'nosniff',
+    'Content-Security-Policy': "default-src 'none'; sandbox",
+    'Cache-Control': 'no-store',
+  });
+  await pipeline(file.stream, res).catch(() => {
+    file.stream.destroy();
+    res.destroy();
   });
 }
 

@@ -4,6 +4,7 @@ import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { createHttpServer } from './http.js';
 import { ServerService } from './service.js';
+import type { ServiceOptions } from './service.js';
 import { openSql } from './sql.js';
 import { ServerStore } from './store.js';
 
@@ -20,6 +21,8 @@ export interface ServeOptions {
   sampleSeconds?: number;
   /** How often leftovers of dead runners are looked for (seconds; default 600). */
   reapSeconds?: number;
+  /** What is kept of runs' artifacts (see ServiceOptions). */
+  artifacts?: ServiceOptions['artifacts'];
   log?: (line: string) => void;
 }
 
@@ -40,6 +43,7 @@ export async function startServer(o: ServeOptions): Promise<ServerHandle> {
     concurrency: o.concurrency,
     labels: o.labels,
     sampleSeconds: o.sampleSeconds,
+    artifacts: o.artifacts,
     log: o.log,
   });
   await service.recover();

@@ -13,6 +13,8 @@ import { BerthError, LABEL_JOB, LABEL_RUN, errorMessage, tenantOf } from '../com
 import { DockerClient, containers } from '../engine/index.js';
 import { effectiveNeeds, loadRunSpec, objectName, reap, runPipeline } from '../runner/index.js';
 import type { RunEvent, RunSpec } from '../runner/index.js';
+import { ArtifactStore } from './artifacts.js';
+import type { ArtifactStoreOptions } from './artifacts.js';
 import { pickRunsToStart } from './schedule.js';
 import type { Project, Run, RunStatus, ServerStore } from './store.js';
 
@@ -33,8 +35,13 @@ export interface ServiceOptions {
   labels?: Record<string, string>;
   /** Seconds between resource samples of running jobs. */
   sampleSeconds?: number;
+  /** What is kept of runs' artifacts (default: the newest 20 runs of each project, 1 GiB a run). */
+  artifacts?: Partial<ArtifactStoreOptions>;
   log?: (line: string) => void;
 }
+
+export const DEFAULT_KEEP_ARTIFACT_RUNS = 20;
+export const DEFAULT_MAX_RUN_ARTIFACT_BYTES = 2 ** 30;
 
 interface Active {
   run: Run;
@@ -49,8 +56,15 @@ export class ServerService {
   private ticking = false;
   private stopped = false;
 
+  /** The artifacts of finished runs (`<data>/artifacts`). */
+  readonly artifacts: ArtifactStore;
+
   constructor(readonly o: ServiceOptions) {
     this.events.setMaxListeners(0);
+    this.artifacts = new ArtifactStore(join(o.dataDir, 'artifacts'), {
+      keepRuns: o.artifacts?.keepRuns ?? DEFAULT_KEEP_ARTIFACT_RUNS,
+      maxRunBytes: o.artifacts?.maxRunBytes ?? DEFAULT_MAX_RUN_ARTIFACT_BYTES,
+    });
   }
 
   private emit(e: ServerEvent): void {
@@ -228,14 +242,49 @@ export class ServerService {
       this.needs.delete(run.id);
       this.logUse.delete(run.id);
       // The runner's own copy of the run (its log files, the jobs' artifacts): the server keeps the
-      // log in its store, bounded, and a pushed job could otherwise fill the disk (red-team pass 21).
-      if (sampler.runnerId)
-        rmSync(join(this.o.dataDir, 'runner', 'runs', sampler.runnerId), { recursive: true, force: true });
+      // log in its store and the artifacts in its own, both bounded; the rest goes (a pushed job
+      // could otherwise fill the disk, red-team pass 21).
+      if (sampler.runnerId) {
+        const runnerCopy = join(this.o.dataDir, 'runner', 'runs', sampler.runnerId);
+        await this.keepArtifacts(run, join(runnerCopy, 'artifacts'));
+        rmSync(runnerCopy, { recursive: true, force: true });
+      }
       sampler.stopAll();
       await this.o.store.markFinished(run.id, status, exitCode, error);
       rmSync(ws, { recursive: true, force: true });
       const now = await this.o.store.run(run.id);
       if (now) this.emit({ kind: 'run.updated', run: now });
+    }
+  }
+
+  /**
+   * Moves a finished run's artifacts into the server's store (within the run's budget, said in its
+   * log) and removes those of the project's runs older than the newest `keepRuns`.
+   */
+  private async keepArtifacts(run: Run, from: string): Promise<void> {
+    const { keepRuns, maxRunBytes } = this.artifacts.opts;
+    const say = (text: string) =>
+      this.o.store.appendLogs(run.id, [{ job: '(server)', step: null, stream: 'system', text }]);
+    try {
+      if (keepRuns > 0) {
+        const kept = await this.artifacts.ingest(run.id, from);
+        if (kept.files > 0 || kept.skipped > 0)
+          await say(
+            `artifacts: ${kept.files} file(s), ${(kept.bytes / 2 ** 20).toFixed(1)} MiB kept` +
+              (kept.skipped > 0
+                ? `; ${kept.skipped} file(s) not kept (over the run's ${(maxRunBytes / 2 ** 20).toFixed(0)} MiB)`
+                : ''),
+          );
+      }
+      const newest = await this.o.store.runs({ projectId: run.projectId, limit: Math.max(keepRuns, 1) });
+      const keep = new Set(keepRuns > 0 ? newest.map((r) => r.id) : []);
+      await this.artifacts.prune(
+        keep,
+        async (id) => (await this.o.store.run(id))?.projectId === run.projectId,
+      );
+    } catch (err) {
+      this.o.log?.(`run ${run.id}: keeping artifacts failed: ${errorMessage(err)}`);
+      await say(`berth: artifacts not kept: ${errorMessage(err)}`).catch(() => undefined);
     }
   }
 

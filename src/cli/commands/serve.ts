@@ -33,6 +33,8 @@ export function registerServe(program: Command): void {
     .option('--concurrency <n>', 'runs at once', '2')
     .option('--token <token>', 'API token (default: $BERTH_TOKEN); webhooks use their own signatures')
     .option('--sample-seconds <n>', 'how often a running job’s CPU and memory are sampled', '2')
+    .option('--keep-artifacts <runs>', 'keep the artifacts of each project’s newest N runs (0: none)', '20')
+    .option('--artifacts-max-mib <n>', 'the most MiB of artifacts one run keeps', '1024')
     .action(
       async (o: {
         port: string;
@@ -42,6 +44,8 @@ export function registerServe(program: Command): void {
         concurrency: string;
         token?: string;
         sampleSeconds: string;
+        keepArtifacts: string;
+        artifactsMaxMib: string;
       }) => {
         const token = o.token ?? process.env.BERTH_TOKEN;
         if (!token)
@@ -55,6 +59,10 @@ export function registerServe(program: Command): void {
           concurrency: Math.max(1, positive('concurrency', o.concurrency)),
           token,
           sampleSeconds: Math.max(1, positive('sample-seconds', o.sampleSeconds)),
+          artifacts: {
+            keepRuns: positive('keep-artifacts', o.keepArtifacts),
+            maxRunBytes: positive('artifacts-max-mib', o.artifactsMaxMib) * 2 ** 20,
+          },
           log: (l) => process.stderr.write(`berth serve: ${l}\n`),
         });
         process.stdout.write(`berth serve: listening on ${server.url}\n`);

@@ -1,0 +1,139 @@
+/**
+ * berth serve keeps its runs' artifacts: a job's `artifacts` are listed and downloaded through the
+ * API (as downloads, never as pages a browser would render), a path cannot leave the run's
+ * artifacts, and a project keeps only its newest runs' artifacts.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { startServer } from '../src/server/index.js';
+import type { ServerHandle } from '../src/server/index.js';
+import { sessionLabels, tempDir } from './support/index.js';
+import { apiClient, makeRepo } from './support/server.js';
+
+const TOKEN = 'artifacts-token';
+const PAGE = '<html><script>document.title = "ran"</script></html>';
+
+describe('berth serve: artifacts', () => {
+  const dir = tempDir('berth-serve-artifacts-');
+  const data = join(dir.path, 'data');
+  let server: ServerHandle;
+  let api: ReturnType<typeof apiClient>;
+
+  before(async () => {
+    makeRepo(join(dir.path, 'repo'), {
+      'berth.yml': [
+        'image: berth-local/busybox',
+        'docker: none',
+        'jobs:',
+        '  build:',
+        '    steps:',
+        '      - mkdir -p out/sub',
+        `      - printf '%s' '${PAGE}' > out/report.html`,
+        '      - printf "run %s\\n" "$BERTH_RUN_ID" > out/sub/run.txt',
+        '      - ln -s /etc/hostname out/host-name',
+        '    artifacts: [out/]',
+        '  quiet:',
+        '    steps: [echo no artifacts]',
+        '',
+      ].join('\n'),
+    });
+    server = await startServer({
+      port: 0,
+      dataDir: data,
+      concurrency: 1,
+      token: TOKEN,
+      labels: sessionLabels(),
+      artifacts: { keepRuns: 2 },
+    });
+    api = apiClient(server.url, TOKEN);
+    const p = await api.call('POST', '/api/projects', {
+      name: 'arts',
+      repoUrl: join(dir.path, 'repo'),
+      secret: 'artifacts-secret',
+    });
+    assert.equal(p.status, 201);
+  });
+
+  after(async () => {
+    await server.close();
+    dir[Symbol.dispose]();
+  });
+
+  const runOnce = async (): Promise<string> => {
+    const r = await api.call<{ id: string }>('POST', '/api/projects/arts/runs', {});
+    assert.equal(r.status, 201);
+    const done = await api.settle<{ status: string }>(r.json.id);
+    assert.equal(done.status, 'succeeded');
+    return r.json.id;
+  };
+  const listOf = async (id: string) =>
+    (await api.call<{ job: string; path: string; size: number }[]>('GET', `/api/runs/${id}/artifacts`)).json;
+  const get = (path: string, token = TOKEN) =>
+    fetch(`${server.url}${path}`, { headers: { Authorization: `Bearer ${token}` } });
+
+  let first = '';
+
+  test("a run's artifacts are listed and downloaded, links left out", async () => {
+    first = await runOnce();
+    const listed = await listOf(first);
+    assert.deepEqual(
+      listed.map((a) => [a.job, a.path]),
+      [
+        ['build', 'out/report.html'],
+        ['build', 'out/sub/run.txt'],
+      ],
+    );
+    assert.equal(listed[0]?.size, Buffer.byteLength(PAGE));
+    const page = await get(`/api/runs/${first}/artifacts/build/out/report.html`);
+    assert.equal(page.status, 200);
+    assert.equal(await page.text(), PAGE);
+    // A job's HTML is a download, not a page of the server's origin.
+    assert.equal(page.headers.get('content-type'), 'application/octet-stream');
+    assert.match(page.headers.get('content-disposition') ?? '', /^attachment; filename="report.html"/);
+    assert.equal(page.headers.get('x-content-type-options'), 'nosniff');
+    assert.match(page.headers.get('content-security-policy') ?? '', /sandbox/);
+    const run = await get(`/api/runs/${first}/artifacts/build/out/sub/run.txt`);
+    const runText = await run.text();
+    assert.match(runText, /^run \S+\n$/);
+    assert.equal(listed[1]?.size, Buffer.byteLength(runText));
+    // The runner's own copy is gone; the server's is under its data folder.
+    assert.ok(existsSync(join(data, 'artifacts', first, 'build', 'out', 'report.html')));
+    const logs = (await api.call<{ text: string }[]>('GET', `/api/runs/${first}/logs?limit=10000`)).json;
+    assert.ok(
+      logs.some((l) => /^artifacts: 2 file\(s\)/.test(l.text)),
+      logs.map((l) => l.text).join('\n'),
+    );
+  });
+
+  test('paths out of the artifacts, links, and requests without the token answer no file', async () => {
+    const base = `/api/runs/${first}/artifacts`;
+    for (const path of [
+      `${base}/build/out/host-name`,
+      `${base}/build/out`,
+      `${base}/build/..%2F..%2F..%2Fserver.db`,
+      `${base}/build/%2e%2e/%2e%2e/%2e%2e/server.db`,
+      `${base}/..%2F..%2Fserver.db/x`,
+      `${base}/quiet/x`,
+      `/api/runs/r_nosuchrun/artifacts/build/out/report.html`,
+    ]) {
+      const r = await get(path);
+      assert.equal(r.status, 404, path);
+      const body = (await r.json()) as { message?: string };
+      assert.equal(typeof body.message, 'string', path);
+    }
+    const anon = await get(`${base}/build/out/report.html`, 'wrong');
+    assert.equal(anon.status, 401);
+    await anon.body?.cancel();
+  });
+
+  test("a project keeps its newest runs' artifacts only", async () => {
+    const second = await runOnce();
+    const third = await runOnce();
+    assert.deepEqual(await listOf(first), []);
+    assert.equal(existsSync(join(data, 'artifacts', first)), false);
+    assert.equal((await listOf(second)).length, 2);
+    assert.equal((await listOf(third)).length, 2);
+  });
+});
