@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
 import type { ChildProcess } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { containers } from '../src/engine/index.js';
 import { BERTH_CMD, berth, engine, start, tempDir } from './support/index.js';
@@ -100,7 +100,13 @@ test('kill -9 of the server, then a restart: the run is interrupted, its contain
       (await containers(c).find(ids[0]!)) !== undefined,
       'kill -9 left the container behind (for the restart to reap)',
     );
+    const entries = (p: string) => (existsSync(p) ? readdirSync(p) : []);
+    assert.equal(entries(join(data, 'workspaces')).length, 1, 'kill -9 left the run workspace');
+    assert.equal(entries(join(data, 'runner', 'runs')).length, 1, "kill -9 left the runner's copy");
     ({ child, url } = await serve(data, port));
+    // The interrupted run's workspace and the runner's copy of it went at the restart.
+    assert.deepEqual(entries(join(data, 'workspaces')), []);
+    assert.deepEqual(entries(join(data, 'runner', 'runs')), []);
     const got = (await (
       await fetch(`${url}/api/runs/${run.id}`, { headers: { Authorization: 'Bearer t0ken' } })
     ).json()) as { status: string };

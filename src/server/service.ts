@@ -74,8 +74,11 @@ export class ServerService {
   /** At start: runs that were running when the server died are interrupted and their leftovers reaped. */
   async recover(): Promise<string[]> {
     const ids = await this.o.store.interruptRunning();
-    // Workspaces of runs the last server did not finish (nothing runs yet at start: all of them).
+    // Workspaces of runs the last server did not finish (nothing runs yet at start: all of them),
+    // and the runner's copies of those runs (their logs are in the store; their artifacts, of a
+    // run cut short, are not kept).
     rmSync(join(this.o.dataDir, 'workspaces'), { recursive: true, force: true });
+    rmSync(join(this.o.dataDir, 'runner', 'runs'), { recursive: true, force: true });
     if (ids.length) {
       const r = await this.reapLeftovers();
       this.o.log?.(`marked ${ids.length} interrupted run(s); reaped ${r?.containers ?? 0} container(s)`);
