@@ -98,4 +98,25 @@ test('malformed payloads are clear errors', () => {
   bad('{"after":"' + sha + '"}', /no "ref"/);
   bad('{"ref":"refs/heads/x","after":"xyz"}', /no valid "after"/);
   bad('[]', /no "ref"/);
+  bad(JSON.stringify({ ref: `refs/heads/${'b'.repeat(250)}`, after: sha }), /longer than 255 characters/);
+});
+
+test('texts kept for display are bounded: a push cannot fill the store with its message', () => {
+  const long = 'x'.repeat(100_000);
+  const p = parsePush(
+    'github',
+    Buffer.from(
+      JSON.stringify({
+        ref: 'refs/heads/main',
+        after: sha,
+        repository: { clone_url: long, full_name: long },
+        head_commit: { message: long },
+        pusher: { name: long },
+      }),
+    ),
+  );
+  for (const v of [p.message, p.repoUrl, p.repoName, p.pusher]) {
+    assert.equal(v?.length, 1000);
+    assert.ok(v.endsWith('…'));
+  }
 });

@@ -122,6 +122,8 @@ export function parsePush(forge: Forge, body: Buffer): PushEvent {
   const root = obj(data);
   const ref = str(root.ref);
   if (!ref) throw new BerthError('BERTH_USAGE', 'webhook payload has no "ref" (is this a push event?)');
+  if (ref.length > MAX_REF)
+    throw new BerthError('BERTH_USAGE', `webhook payload's "ref" is longer than ${MAX_REF} characters`);
   const after = str(root.after) ?? str(root.checkout_sha);
   if (!after || !/^[0-9a-f]{40}$/.test(after)) {
     throw new BerthError('BERTH_USAGE', 'webhook payload has no valid "after" commit SHA (40 hex digits)');
@@ -138,13 +140,22 @@ export function parsePush(forge: Forge, body: Buffer): PushEvent {
       : (str(obj(root.pusher).name) ?? str(obj(root.pusher).login));
   return {
     forge,
-    repoUrl,
-    repoName,
+    repoUrl: clip(repoUrl),
+    repoName: clip(repoName),
     ref,
     branch: ref.startsWith('refs/heads/') ? ref.slice('refs/heads/'.length) : undefined,
     sha: after,
     deleted: root.deleted === true || ZERO_SHA.test(after),
-    message,
-    pusher,
+    message: clip(message),
+    pusher: clip(pusher),
   };
+}
+
+/** The longest ref a push may name (git's own limit is the file system's: 255 bytes a name). */
+const MAX_REF = 255;
+/** Texts of a push kept for display (the commit's first line, names): at most this many characters. */
+const MAX_TEXT = 1000;
+
+function clip(s: string | undefined): string | undefined {
+  return s === undefined || s.length <= MAX_TEXT ? s : `${s.slice(0, MAX_TEXT - 1)}…`;
 }
