@@ -749,8 +749,11 @@ export function checkNetworkCreate(
   if (RESERVED_NETWORK.test(str(body.Name)))
     throw new Refusal('ownership', `network names like ${str(body.Name)} are reserved for berth guards`);
   // dockerd finds a network by its name before an ID prefix: a name like another network's short
-  // ID would take the references of everyone who uses that ID (as for containers).
-  if (/^[0-9a-f]{12,64}$/.test(str(body.Name)))
+  // ID would take the references of everyone who uses that ID (as for containers). And the other
+  // way round, of any length: a container not yet started keeps its networks by name and looks the
+  // name up again at start; once the network of that name is gone, a name of hex digits finds the
+  // network whose ID starts with it (red-team pass 25).
+  if (/^[0-9a-f]{1,64}$/.test(str(body.Name)))
     throw new Refusal(
       'ownership',
       `the network name ${str(body.Name)} reads as a network ID; dockerd would answer to it for every client using that ID (choose a name with a letter outside a-f or a dash)`,

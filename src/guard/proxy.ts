@@ -65,7 +65,7 @@ import type { ImageEvent } from './imagewatch.js';
 import { ArchiveError, ArchiveScan } from './loadscan.js';
 import { ANY_IMAGE, TagRecords, byIdOrDigest } from './tagrecords.js';
 import { ContextGate, dockerfilePaths } from './contextgate.js';
-import { Turns } from './turns.js';
+import { SharedTurns, Turns } from './turns.js';
 import { readDockerfile, triggerRefusals } from './dockerfile.js';
 import { PathError, buildPath, matchRoute, normalizePath, splitTarget } from './routes.js';
 import type { Matched } from './routes.js';
@@ -273,6 +273,9 @@ const MAX_SPLICING = 16;
 const MAX_FOLLOWS = 16;
 /** Downloads relayed byte for byte (see bulk()): large answers the guard never needs to read. */
 const BULK: ReadonlySet<string> = new Set(['container.logs', 'container.export', 'container.archive.get']);
+
+/** The networks dockerd names itself, looked up by name even where an endpoint has an ID. */
+const PREDEFINED_NETWORKS: ReadonlySet<string> = new Set(['bridge', 'host', 'none', 'default']);
 
 /** Sized upstream answers up to this many bytes are read whole and sent in one write. */
 const SMALL_ANSWER = 256 * 1024;
@@ -912,7 +915,20 @@ export class GuardProxy {
         return;
       }
       case 'network.prune':
-        return this.forward(req, res, 'POST', path() + q(withTenantFilter(query, this.cfg.tenant)));
+        // Alone: no start is checking the networks its container will join (startChecked).
+        return this.networkUse.exclusive(async () => {
+          const r = await this.forward(
+            req,
+            res,
+            'POST',
+            path() + q(withTenantFilter(query, this.cfg.tenant)),
+            {
+              capture: true,
+            },
+          );
+          const gone = isRecord(r?.json) ? r.json.NetworksDeleted : undefined;
+          if (Array.isArray(gone) && gone.includes(this.networkName)) await this.forgetTenantNetwork();
+        });
       case 'image.prune':
         return this.imagePrune(res);
       case 'plugin.absent':
@@ -1097,11 +1113,23 @@ export class GuardProxy {
           if (created?.Id) this.state.networks.add(created.Id);
         });
       }
-      case 'network.inspect':
-      case 'network.delete': {
+      case 'network.inspect': {
         const nid = await this.resolveNetwork(m.params.id ?? '');
         return this.forward(req, res, m.route.method, path({ id: nid }) + q(query), { small: true });
       }
+      case 'network.delete':
+        // Alone: no start is checking the networks its container will join (startChecked).
+        return this.networkUse.exclusive(async () => {
+          const nid = await this.resolveNetwork(m.params.id ?? '');
+          const r = await this.forward(req, res, m.route.method, path({ id: nid }) + q(query), {
+            small: true,
+          });
+          if (r && r.status < 300) {
+            this.state.networks.delete(nid);
+            if (this.networkId !== undefined && (await this.networkId.catch(() => undefined)) === nid)
+              await this.forgetTenantNetwork();
+          }
+        });
       case 'network.connect':
       case 'network.disconnect': {
         // Leaving the predefined `none` network (to join a real one) is the tenant's own affair;
@@ -1147,6 +1175,8 @@ export class GuardProxy {
               return this.followLogs(req, res, path({ id: cid }) + q(query));
             return this.bulk(req, res, path({ id: cid }) + q(query), true);
           }
+          if (id === 'container.start' || id === 'container.restart')
+            return this.startChecked(req, res, path({ id: cid }) + q(query), cid);
           const r = m.route.body === 'stream' ? req : undefined;
           let qs = query;
           if (id === 'container.delete') {
@@ -1180,6 +1210,52 @@ export class GuardProxy {
         throw new Refusal('endpoint', `${m.route.method} ${m.path} is not an endpoint berth allows`);
       }
     }
+  }
+
+  /**
+   * A start (or restart) of the tenant's container, once every network it will join is the
+   * tenant's. dockerd keeps the networks of a container not started yet (and those joined while it
+   * was stopped) by name, and looks each name up again at start: full ID, then name, then ID
+   * prefix. The guard resolved them at create or connect, but the network of that name may be gone
+   * since (removed by the tenant, or pruned by the host), and the name then finds whatever has it
+   * now: another tenant's network made under the same name, or one whose ID begins with it
+   * (red-team pass 25). The check and the start run while no network delete or prune of the
+   * tenant's does (networkUse).
+   */
+  private async startChecked(
+    req: IncomingMessage,
+    res: ServerResponse,
+    target: string,
+    cid: string,
+  ): Promise<void> {
+    await this.networkUse.shared(async () => {
+      const c = await this.upstreamJson<{
+        NetworkSettings?: { Networks?: Record<string, { NetworkID?: string } | null> | null } | null;
+      }>('GET', `/containers/${cid}/json`);
+      for (const [name, ep] of Object.entries(c.json.NetworkSettings?.Networks ?? {})) {
+        if (name === 'none') continue;
+        // dockerd prefers the endpoint's network ID where it has one (user-defined networks).
+        const key = ep?.NetworkID && !PREDEFINED_NETWORKS.has(name) ? ep.NetworkID : name;
+        const n = await this.upstreamJson<{ Id?: string; Labels?: Record<string, string> | null }>(
+          'GET',
+          `/networks/${encodeURIComponent(key)}`,
+        );
+        if (n.status !== 200 || !this.state.owns(n.json.Labels))
+          throw new Refusal(
+            'ownership',
+            `the container joins network ${name} when it starts, and ${name} now names no network of yours (it was removed after the container was made or connected); disconnect it from ${name} and connect it to a network of yours`,
+            404,
+          );
+      }
+      await this.forward(req, res, 'POST', target);
+    });
+  }
+
+  /** The tenant network went (through the guard): the next create makes it again. */
+  private async forgetTenantNetwork(): Promise<void> {
+    const id = await this.networkId?.catch(() => undefined);
+    if (id !== undefined) this.state.networks.delete(id);
+    this.networkId = undefined;
   }
 
   async resolveExec(execId: string): Promise<string> {
@@ -1449,6 +1525,9 @@ export class GuardProxy {
    * one before landed), and a tag write, delete or load of one image (see onImage, LOADS).
    */
   private readonly turns = new Turns();
+
+  /** Starts (shared) against the tenant's network deletes and prunes (exclusive): see startChecked. */
+  private readonly networkUse = new SharedTurns();
 
   /** Container creates sent to the engine whose container is not checked yet (→ when sent, ms). */
   private readonly pendingCreates = new Map<symbol, number>();
@@ -3234,6 +3313,18 @@ export class GuardProxy {
     );
     for (const n of Array.isArray(ns.json) ? ns.json : []) {
       if (!this.state.owns(n.Labels)) continue;
+      // The tenant's containers are gone: what is still attached is someone else's (the host's, or
+      // another tenant's that joined before startChecked existed), and would keep the network.
+      const attached = await this.upstreamJson<{ Containers?: Record<string, unknown> | null }>(
+        'GET',
+        `/networks/${n.Id}`,
+      );
+      for (const cid of Object.keys(attached.json.Containers ?? {}))
+        await this.upstreamBytes('POST', `/networks/${n.Id}/disconnect`, {
+          body: Buffer.from(JSON.stringify({ Container: cid, Force: true })),
+          headers: { 'content-type': 'application/json' },
+          evenStopped: true, // a removal, not a create
+        }).catch(() => undefined);
       const r = await this.removeNetwork(n.Id);
       if (r) counts.networks++;
     }

@@ -805,6 +805,17 @@ test('tenant networks: slugs that coincide get different names, and their shape 
   );
 });
 
+test('network names of hex digits alone are refused at any length; names with another letter pass', () => {
+  for (const n of ['a', 'f029', '50e51', 'abcdef012345', 'a'.repeat(64)])
+    assert.throws(
+      () => checkNetworkCreate({ Name: n }, {}, defaultPolicy()),
+      /berth: ownership: the network name .* reads as a network ID/,
+      n,
+    );
+  for (const n of ['app', 'f029-net', 'cafe_default', 'G00D'])
+    assert.equal(checkNetworkCreate({ Name: n }, {}, defaultPolicy()).Name, n);
+});
+
 test('weights above the defaults and swap beyond twice the memory cap are refused (rule limits)', () => {
   const p = defaultPolicy();
   const capped: Policy = { ...p, limits: { maxMemoryBytes: 1 << 27 } };
