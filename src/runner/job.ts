@@ -236,6 +236,10 @@ export class JobRun {
       const jobName = objectName(runId, job.name);
       cleanups.push(() => removeContainerSettled(client, jobName));
       const env = {
+        // docker-compose names a project after its folder, /workspace for every job: two jobs using
+        // compose at once on one engine would take each other's networks, volumes and containers
+        // (red-team pass 25). The pipeline's env or the job's may set another.
+        ...(job.docker.mode === 'none' ? {} : { COMPOSE_PROJECT_NAME: composeProject(runId, job.name) }),
         ...ctx.env,
         BERTH_JOB: job.name,
         BERTH_DOCKER_MODE: job.docker.mode,
@@ -553,4 +557,9 @@ export async function removeNetworkSettled(
       await sleep(200);
     }
   }
+}
+
+/** A compose project name of the job's own: compose keeps lowercase letters, digits, `-` and `_`. */
+export function composeProject(runId: string, job: string): string {
+  return `${runId}-${job}`.toLowerCase().replace(/[^a-z0-9_-]/g, '');
 }

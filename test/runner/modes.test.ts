@@ -19,7 +19,7 @@ jobs:
       - echo one > /workspace/out.txt
       - name: second
         run: echo two >> out.txt && cat out.txt && pwd
-      - test -z "$DOCKER_HOST" && ! test -S /var/run/docker.sock && echo no-docker
+      - test -z "$DOCKER_HOST$COMPOSE_PROJECT_NAME" && ! test -S /var/run/docker.sock && echo no-docker
     artifacts: [out.txt]
 `);
   await runChecked((r) => {
@@ -62,6 +62,7 @@ jobs:
       - docker run -d --network none --name left-running berth-local/busybox sleep 300
       - docker volume create job-volume
       - docker ps --format '{{.Names}}'
+      - echo "compose=$COMPOSE_PROJECT_NAME"
 `);
   await runChecked((r) => {
     assert.equal(r.code, 0, r.stdout + r.stderr);
@@ -70,6 +71,8 @@ jobs:
     assert.ok(lines.includes('left-running'), 'the job sees its own container');
     // The job's own container list shows only what it created, not the job container itself.
     assert.ok(!lines.some((l) => l.startsWith(`berth-${r.runId}`)), lines.join('\n'));
+    // docker-compose projects of their own per job (not /workspace's name, shared by every job).
+    assert.ok(lines.includes(`compose=${r.runId}-g`), lines.join('\n'));
   }, ws.file);
 });
 
