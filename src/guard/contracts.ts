@@ -2,9 +2,9 @@
  * Contracts inside the guard subsystem, shared by its two halves:
  *  - the pure half (request.ts, routes.ts, canonical.ts, policy/*.ts): parses and normalises a
  *    request the way dockerd would read it, and decides on it without touching a daemon;
- *  - the proxy half (server.ts, proxy.ts, ownership.ts, cleanup.ts, guard.ts): HTTP server, upstream
- *    forwarding with backpressure, hijacked streams, ownership state, name/ID resolution, list and
- *    event filtering, cleanup.
+ *  - the proxy half (server.ts, proxy.ts, core.ts, images.ts, build.ts, ownership.ts, cleanup.ts,
+ *    guard.ts): HTTP server, upstream forwarding with backpressure, hijacked streams, ownership
+ *    state, name/ID resolution, list and event filtering, cleanup.
  * Policy decisions are pure functions over a ParsedRequest plus facts the proxy resolved upstream.
  */
 import type { IncomingHttpHeaders } from 'node:http';

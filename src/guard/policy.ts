@@ -941,7 +941,7 @@ export function checkBuild(
   // an image must name no owner (containers inherit its labels), and dockerd's legacy builder makes
   // each label of this parameter a LABEL step of its own, with a container created and removed
   // (~60 ms a build here). A tenant label the client asks for is emptied; one that comes from the
-  // Dockerfile or the base image is caught after the build (see GuardProxy.build).
+  // Dockerfile or the base image is caught after the build (see BuildRoutes.build).
   const merged: Record<string, unknown> = { ...existing };
   for (const [k, v] of Object.entries(labels)) if (k !== LABEL_TENANT) merged[k] = v;
   if (Object.hasOwn(existing, LABEL_TENANT)) merged[LABEL_TENANT] = ''; // names no owner
