@@ -52,9 +52,7 @@ describe('attack: pass 25 (networks looked up again at start)', () => {
     return { ...r, json: (r.text === '' ? undefined : JSON.parse(r.text)) as Record<string, unknown> };
   };
   const attached = async (network: string) =>
-    Object.values((await networks(c).inspect(network)).Containers ?? {}).map(
-      (x) => (x).Name,
-    );
+    Object.values((await networks(c).inspect(network)).Containers ?? {}).map((x) => x.Name);
   const running = async (id: string) => (await containers(c).inspect(id)).State.Running;
 
   test('a created container whose network went cannot start into another tenant’s network of that name', async () => {
