@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { parseRunSpec } from '../runner/index.js';
-import { SERVER_JOB_TIMEOUT_MS, confine } from './service.js';
+import { SERVER_JOB_TIMEOUT_MS, confine, projectCacheKey } from './service.js';
 
 const spec = (jobs: string) => parseRunSpec(`image: berth-local/busybox\njobs:\n${jobs}`, '/ws/berth.yml');
 const none = { env: [], docker: [] };
@@ -40,5 +40,29 @@ test("confine: persistent tenants become the project's own; jobs without a timeo
     name: 'web',
     grants: { env: [], docker: ['dind'] },
   });
-  assert.equal(d.jobs[0]?.docker.cache, 'project-web-layers', "a dind cache is the project's own");
+  assert.equal(
+    d.jobs[0]?.docker.cache,
+    projectCacheKey('web', 'layers'),
+    "a dind cache is the project's own",
+  );
+  assert.match(projectCacheKey('web', 'layers'), /^project-[0-9a-f]{16}-web-layers$/);
+});
+
+test("projects' cache keys never meet, whatever '-' their names hold (red-team pass 26)", () => {
+  // Joined with '-' alone, these pairs shared one cache.
+  assert.notEqual(projectCacheKey('a', 'b-x'), projectCacheKey('a-b', 'x'));
+  assert.notEqual(projectCacheKey('web', 'api-build'), projectCacheKey('web-api', 'build'));
+  const seen = new Map<string, string>();
+  const parts = ['a', 'b', 'a-b', 'b-a', 'a-b-a', 'x.y', 'x', 'y', '-', 'a.b'];
+  for (const p of parts)
+    for (const c of parts) {
+      const key = projectCacheKey(p, c);
+      assert.equal(seen.get(key), undefined, `${p} + ${c} meets ${seen.get(key)}`);
+      seen.set(key, `${p} + ${c}`);
+    }
+  // Long names still give a valid dind cache key (at most 128 characters), and still apart.
+  const long = 'p'.repeat(63);
+  const k1 = projectCacheKey(long, 'c'.repeat(200));
+  assert.ok(k1.length <= 128);
+  assert.notEqual(k1, projectCacheKey(long, `${'c'.repeat(199)}d`));
 });

@@ -5,6 +5,7 @@
  * live feed for the API's event stream.
  */
 import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { existsSync, lstatSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
@@ -625,7 +626,7 @@ export function confine(spec: RunSpec, project: Pick<Project, 'name' | 'grants'>
           : { tenant: `${PROJECT_TENANT_PREFIX}${project.name}/${j.docker.tenant}` }),
         // A dind layer cache is the project's own too (another project's jobs could fill it with
         // images under the names this one's builds start from).
-        ...(j.docker.cache === undefined ? {} : { cache: `project-${project.name}-${j.docker.cache}` }),
+        ...(j.docker.cache === undefined ? {} : { cache: projectCacheKey(project.name, j.docker.cache) }),
       },
     })),
   };
@@ -633,3 +634,13 @@ export function confine(spec: RunSpec, project: Pick<Project, 'name' | 'grants'>
 
 /** Where a server run's persistent tenants live: `project/<project>/<tenant as written>`. */
 export const PROJECT_TENANT_PREFIX = 'project/';
+
+/**
+ * A project's dind cache key: one per (project, cache) pair. Both names may hold `-`, so joining
+ * them alone made (`a`, `b-x`) and (`a-b`, `x`) share one cache (red-team pass 26); a hash of the
+ * pair, at a fixed place, keeps them apart, and the names follow for people reading `berth dind ls`.
+ */
+export function projectCacheKey(project: string, cache: string): string {
+  const pair = createHash('sha256').update(`${project}\0${cache}`).digest('hex').slice(0, 16);
+  return `project-${pair}-${project}-${cache}`.slice(0, 128);
+}
