@@ -19,6 +19,7 @@ export {
   fallbackCaps,
   names as dindNames,
   startScript,
+  validateName,
   validateOptions,
 } from './config.js';
 export type { FailureCause } from './config.js';

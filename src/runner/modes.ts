@@ -2,7 +2,8 @@
  * The guard and dind docker modes, plugged into the runner's provider table.
  */
 import { chmodSync } from 'node:fs';
-import { createServer, connect } from 'node:net';
+import { createHash } from 'node:crypto';
+import { BlockList, createServer, connect, isIPv4 } from 'node:net';
 import type { Socket } from 'node:net';
 import { BerthError, LOCAL_IMAGE_PREFIX } from '../common/index.js';
 import { DockerClient, images, readAll } from '../engine/index.js';
@@ -58,7 +59,7 @@ registerDockerAccess('dind', async (ctx) => {
       registry = fwd.address;
     }
     const dind = await startDind({
-      name: `${ctx.runId}-${ctx.job}`.replace(/[^a-zA-Z0-9_.-]/g, '-'),
+      name: dindName(ctx.runId, ctx.job),
       labels: ctx.labels,
       network: ctx.network,
       socketDir,
@@ -84,6 +85,17 @@ registerDockerAccess('dind', async (ctx) => {
   }
 });
 
+/**
+ * The job's nested daemon's name: `<run>-<job>`, within dind's 128 characters (a long job name is
+ * cut and given a hash of the whole, so two long names stay apart).
+ */
+export function dindName(runId: string, job: string): string {
+  const name = `${runId}-${job}`.replace(/[^a-zA-Z0-9_.-]/g, '-');
+  if (name.length <= 128) return name;
+  const hash = createHash('sha256').update(job).digest('hex').slice(0, 12);
+  return `${name.slice(0, 128 - 13)}-${hash}`;
+}
+
 function isLoopback(hostPort: string): boolean {
   const host = hostPort.replace(/:\d+$/, '');
   return host === 'localhost' || host.startsWith('127.') || host === '[::1]';
@@ -95,17 +107,32 @@ async function forwardRegistry(
   network: string,
   target: string,
 ): Promise<{ address: string; close: () => Promise<void> }> {
-  const info = await client.json<{ IPAM?: { Config?: { Gateway?: string }[] | null } }>(
+  const info = await client.json<{ IPAM?: { Config?: { Gateway?: string; Subnet?: string }[] | null } }>(
     'GET',
     `/networks/${encodeURIComponent(network)}`,
   );
-  const gateway = info.IPAM?.Config?.find((c) => c.Gateway)?.Gateway;
-  if (!gateway)
-    throw new BerthError('RUN_FAILED', `network ${network} has no gateway to forward the registry on`);
+  const config = info.IPAM?.Config?.find((c) => c.Gateway && c.Subnet);
+  const gateway = config?.Gateway;
+  const subnet = /^([0-9.]+)\/(\d+)$/.exec(config?.Subnet ?? '');
+  if (!gateway || !subnet)
+    throw new BerthError('RUN_FAILED', `network ${network} has no IPv4 gateway to forward the registry on`);
+  // The gateway is an address of this host: every container on every network reaches it. Only the
+  // job's own network may use the forwarder (red-team pass 26: a guard tenant's container read
+  // the host's loopback registry through it).
+  const allowed = new BlockList();
+  allowed.addSubnet(subnet[1] ?? '', Number(subnet[2]), 'ipv4');
+  const fromJob = (addr: string | undefined) => {
+    const a = (addr ?? '').replace(/^::ffff:/, '');
+    return isIPv4(a) && allowed.check(a, 'ipv4');
+  };
   const m = /^(.*):(\d+)$/.exec(target);
   const [host, port] = m ? [m[1] ?? '127.0.0.1', Number(m[2])] : [target, 80];
   const sockets = new Set<Socket>();
   const server = createServer((down) => {
+    if (!fromJob(down.remoteAddress)) {
+      down.destroy();
+      return;
+    }
     const up = connect(port, host.replace(/^localhost$/, '127.0.0.1'));
     for (const s of [down, up]) {
       sockets.add(s);
