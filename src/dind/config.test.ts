@@ -48,7 +48,8 @@ test('daemon.json: socket, data root, driver, cgroup parent; optional mtu, mirro
   assert.equal(min['data-root'], '/var/lib/docker');
   assert.equal(min['storage-driver'], 'overlay2');
   assert.equal(min['cgroup-parent'], '/berth-dind-a');
-  assert.equal(min.group, 'root');
+  assert.equal(min.group, '0');
+  assert.equal(daemonJson({ storageDriver: 'vfs', cgroupParent: '/p', socketGroup: 1001 }).group, '1001');
   for (const k of ['mtu', 'registry-mirrors', 'insecure-registries', 'tls', 'tlsverify'])
     assert.equal(k in min, false, k);
   const full = daemonJson({
@@ -106,6 +107,24 @@ test('failure causes are classified from real dockerd log lines', () => {
   ];
   for (const [line, cause] of cases) assert.equal(classifyFailure(line).cause, cause, line);
   assert.match(classifyFailure('driver not supported').hint, /vfs/);
+});
+
+test("a healthy daemon's log is no storage failure (its info lines name the driver)", () => {
+  const healthy = [
+    'time="2026-11-24T15:40:01Z" level=info msg="[graphdriver] using prior storage driver: overlay2"',
+    'time="2026-11-24T15:40:01Z" level=warning msg="Your kernel does not support cgroup blkio weight"',
+    'time="2026-11-24T15:40:02Z" level=info msg="Docker daemon" commit=1 graphdriver(s)=overlay2 version=20.10.24',
+    'time="2026-11-24T15:40:02Z" level=info msg="Daemon has completed initialization"',
+    'time="2026-11-24T15:40:02Z" level=info msg="API listen on /var/run/berth-dind/docker.sock"',
+  ].join('\n');
+  assert.equal(classifyFailure(healthy).cause, 'unknown');
+  // An error line among them still counts.
+  assert.equal(
+    classifyFailure(
+      `${healthy}\ntime="x" level=error msg="failed to mount overlay: invalid argument" storage-driver=overlay2`,
+    ).cause,
+    'storage',
+  );
 });
 
 test('fallback caps: ALL minus what the bounding set lacks', () => {

@@ -20,6 +20,12 @@ export interface DaemonConfigInput {
   mtu?: number;
   tcp?: { port: number; tls: boolean };
   cgroupParent: string;
+  /**
+   * The group (numeric ID) of the daemon's socket: the starting user's, so a user who reaches the
+   * host's engine through its group (not as root) can use the nested daemon too (red-team pass 26:
+   * with `root`, such a user never could). Default 0.
+   */
+  socketGroup?: number;
 }
 
 const NAME_RE = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$/;
@@ -89,7 +95,7 @@ export function daemonJson(i: DaemonConfigInput): Record<string, unknown> {
   const hosts = [`unix://${SOCKET_DIR_IN_CONTAINER}/${SOCKET_NAME}`];
   const cfg: Record<string, unknown> = {
     hosts,
-    group: 'root',
+    group: String(i.socketGroup ?? 0),
     'data-root': '/var/lib/docker',
     'exec-root': '/var/run/docker',
     pidfile: '/var/run/docker.pid',
@@ -177,11 +183,30 @@ export function storageCandidates(asked: string | undefined): string[] {
   return asked ? [asked] : [...STORAGE_DRIVERS];
 }
 
-export type FailureCause = 'storage' | 'iptables' | 'cgroups' | 'privileges' | 'address' | 'tls' | 'unknown';
+export type FailureCause =
+  | 'storage'
+  | 'iptables'
+  | 'cgroups'
+  | 'privileges'
+  | 'address'
+  | 'tls'
+  | 'timeout'
+  | 'socket-permission'
+  | 'unknown';
 
-/** Classifies a failed nested dockerd from its last log lines; answers the cause and a hint. */
+/**
+ * Classifies a failed nested dockerd from its last log lines; answers the cause and a hint. Only
+ * lines that report a problem count: errors and fatal ones of dockerd's log, and lines of other
+ * programs (the start script, a panic). A healthy daemon's info lines name its storage driver
+ * (`graphdriver(s)=overlay2`), which once made every slow start a storage failure (red-team pass
+ * 26).
+ */
 export function classifyFailure(log: string): { cause: FailureCause; hint: string } {
-  const l = log.toLowerCase();
+  const l = log
+    .split('\n')
+    .filter((line) => !/\blevel=/.test(line) || /\blevel=(error|fatal|panic)\b/.test(line))
+    .join('\n')
+    .toLowerCase();
   if (
     /graphdriver|storage.driver|driver not supported|overlay.*(not supported|invalid argument)|fuse-overlayfs|error initializing graphdriver|backing filesystem/.test(
       l,

@@ -2,11 +2,11 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { tmpdir } from 'node:os';
-import { isBerthError } from '../common/index.js';
+import { hostname, tmpdir } from 'node:os';
+import { LABEL_OWNER_HOST, LABEL_OWNER_PID, LABEL_RUN, isBerthError } from '../common/index.js';
 import { containers, readLogs, volumes } from '../engine/index.js';
 import { DOCKER_CLI, docker, engine, run, sessionLabels, uniqueName } from '../../test/support/index.js';
-import { dindNames, startDind, stopDind } from './index.js';
+import { dindNames, purgeCache, startDind, stopDind } from './index.js';
 import type { DindHandle, DindOptions } from './index.js';
 
 const HOST = 'unix:///var/run/docker.sock';
@@ -156,6 +156,47 @@ test('a busy cache is refused, run on an ephemeral volume, or waited for; never 
     const third = await waiting;
     handles.push(third);
     assert.equal(third.cacheVolume, dindNames.cacheVolume(key));
+  } finally {
+    for (const h of handles) await h.close().catch(() => undefined);
+    await volumes(c).remove(dindNames.cacheVolume(key));
+  }
+});
+
+test('a cache held by the daemon of a run whose runner is gone is taken over; a purge of a cache in use names its holder', async () => {
+  const key = uniqueName('ckd');
+  using c = engine();
+  // A pid that was alive a moment ago and is not now: the runner that was killed.
+  const gone = Number((await run('sh', ['-c', 'echo $$'])).stdout.trim());
+  const handles: DindHandle[] = [];
+  try {
+    const orphan = await startDind(
+      opts({
+        cache: key,
+        labels: sessionLabels({
+          [LABEL_RUN]: uniqueName('killedrun'),
+          [LABEL_OWNER_PID]: String(gone),
+          [LABEL_OWNER_HOST]: hostname(),
+        }),
+      }),
+    );
+    handles.push(orphan);
+    await assert.rejects(purgeCache(c, key), (e: unknown) => {
+      assert.ok(isBerthError(e, 'DIND_CACHE_BUSY'), String(e));
+      assert.match(e.message, new RegExp(`in use by the nested daemon "${orphan.name}"`));
+      assert.match(e.hint ?? '', new RegExp(`berth dind down ${orphan.name}`));
+      return true;
+    });
+    const lines: string[] = [];
+    const next = await startDind(
+      opts({ cache: key, cacheBusy: 'wait', cacheWaitMs: 120_000, log: (l) => lines.push(l) }),
+    );
+    handles.push(next);
+    assert.equal(next.cacheVolume, dindNames.cacheVolume(key));
+    assert.ok(
+      lines.some((l) => /belongs to a run whose runner is gone; stopping it/.test(l)),
+      lines.join('\n'),
+    );
+    assert.equal(await containers(c).find(orphan.containerId), undefined, 'the orphan daemon was stopped');
   } finally {
     for (const h of handles) await h.close().catch(() => undefined);
     await volumes(c).remove(dindNames.cacheVolume(key));

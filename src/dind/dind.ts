@@ -20,6 +20,7 @@ import {
   LABEL_ROLE,
   LABEL_RUN,
   LABEL_TENANT,
+  ownerGone,
   sleep,
   tenantOf,
 } from '../common/index.js';
@@ -49,6 +50,7 @@ import {
   storageCandidates,
   validateOptions,
 } from './config.js';
+import type { FailureCause } from './config.js';
 import {
   isOwnCacheLock,
   isOwnCacheVolume,
@@ -77,6 +79,8 @@ export interface DindOptions {
   image?: string;
   /** Keep /var/lib/docker in the named volume berth-dind-cache-<key> across runs. */
   cache?: string;
+  /** The group (numeric ID) that may open the daemon's socket; default: this process's group. */
+  socketGroup?: number;
   /** What to do when another daemon holds the cache: wait (bounded), use a fresh volume, or fail. Default wait. */
   cacheBusy?: 'wait' | 'ephemeral' | 'fail';
   /** How long `cacheBusy: 'wait'` waits; default 10 minutes. */
@@ -294,6 +298,26 @@ async function acquireCacheLock(
       const age = Date.now() - Date.parse((lock as unknown as { Created: string }).Created);
       // Only berth's own sidecar keeps a lock alive (a tenant can name a container berth-dind-*).
       const sidecar = holder ? await containers(client).find(names.sidecar(holder)) : undefined;
+      // The daemon of a run whose runner was killed keeps the lock until someone reaps the run
+      // (red-team pass 26: a waiter sat out its whole wait): it is stopped and the lock taken. A
+      // daemon of `berth dind up` (no run) outlives the command that started it on purpose.
+      if (
+        sidecar &&
+        isOwnSidecar(sidecar.Config.Labels, holder) &&
+        sidecar.Config.Labels?.[LABEL_RUN] !== undefined &&
+        ownerGone(sidecar.Config.Labels)
+      ) {
+        log(
+          `dind: the daemon ${holder} holding the cache "${key}" belongs to a run whose runner is gone; stopping it`,
+        );
+        await stopDind(client, holder, { log, id: sidecar.Id });
+        await containers(client)
+          .remove(lock.Id, { force: true })
+          .catch((err: unknown) => {
+            if (!isNotFound(err)) throw err;
+          });
+        continue;
+      }
       if (!(sidecar && isOwnSidecar(sidecar.Config.Labels, holder)) && age > 30_000) {
         log(`dind: removing the stale cache lock of ${holder || 'an unknown daemon'} on "${key}"`);
         await containers(client)
@@ -328,7 +352,7 @@ async function acquireCacheLock(
         'DIND_CACHE_BUSY',
         `waited ${Math.round(waitMs / 1000)} s for the dind cache "${key}"`,
         {
-          hint: 'use another --cache key or --cache-busy ephemeral',
+          hint: 'use another --cache key or --cache-busy ephemeral; a daemon left by a killed run goes with `berth reap`',
           details: { cache: key },
         },
       );
@@ -543,6 +567,7 @@ export async function startDind(opts: DindOptions): Promise<DindHandle> {
         mtu: opts.mtu,
         tcp: opts.tcp,
         cgroupParent: names.cgroupParent(name),
+        socketGroup: opts.socketGroup ?? process.getgid?.() ?? 0,
       });
       const hostConfig: Record<string, unknown> = { ...priv.hostConfig };
       hostConfig.Binds = [
@@ -669,17 +694,28 @@ async function waitReady(
     }
     const c = await containers(client).inspect(id);
     if (!c.State.Running) return fail(`the nested dockerd exited (code ${c.State.ExitCode})`);
+    // A socket this user may not open stays so: no other driver or wait changes that.
+    if (/EACCES|EPERM/.test(lastProblem))
+      return fail(`cannot open the nested dockerd's socket ${sockPath} (${lastProblem})`, {
+        cause: 'socket-permission',
+        hint: 'the socket belongs to root and the group berth was started with: start berth as a user of that group, or as root',
+      });
+    // Still running, not answering: a slow start, not a failed one (its log says nothing is wrong).
     if (Date.now() > until)
       return fail(
         `the nested dockerd did not answer within ${Math.round(timeoutMs / 1000)} s${lastProblem ? ` (${lastProblem})` : ''}`,
+        {
+          cause: 'timeout',
+          hint: 'the daemon is still starting: give it longer (--timeout), or see its log above for what it waits on',
+        },
       );
     await sleep(50);
   }
-  async function fail(what: string): Promise<never> {
+  async function fail(what: string, known?: { cause: FailureCause; hint: string }): Promise<never> {
     const logs = await readLogs(client, id).catch(() => ({ stdout: '', stderr: '' }));
     const text = `${logs.stdout}\n${logs.stderr}`;
     const lines = lastLines(text, 12);
-    const { cause, hint } = classifyFailure(lines.join('\n'));
+    const { cause, hint } = known ?? classifyFailure(lines.join('\n'));
     throw new BerthError(
       'DIND_START_FAILED',
       `${what}; likely cause: ${cause}\n${lines.map((l) => `  | ${l}`).join('\n')}`,
@@ -796,7 +832,27 @@ export async function purgeCache(client: DockerClient, key: string): Promise<boo
       { details: { volume: name, ...(tenant !== undefined ? { tenant } : {}) } },
     );
   }
-  return volumes(client).remove(name);
+  try {
+    return await volumes(client).remove(name);
+  } catch (err) {
+    if (!isConflict(err)) throw err;
+    // In use: by the daemon that holds the cache's lock (red-team pass 26: the engine's bare 409
+    // came out, with the exit code of an unreachable engine).
+    const holder = await containers(client)
+      .inspect(names.cacheLock(key))
+      .then((c) => c.Config.Labels?.[LABEL_DIND] ?? undefined)
+      .catch(() => undefined);
+    throw new BerthError(
+      'DIND_CACHE_BUSY',
+      `the dind cache "${key}" is in use${holder ? ` by the nested daemon "${holder}"` : ''}; not removing it`,
+      {
+        hint: holder
+          ? `stop it first: berth dind down ${holder}`
+          : 'stop the nested daemon that uses it first (berth dind ls)',
+        details: { volume: name, ...(holder ? { holder } : {}) },
+      },
+    );
+  }
 }
 
 /**
