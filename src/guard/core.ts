@@ -50,6 +50,11 @@ export interface SmallAnswer {
   headers: Readonly<Record<string, string | string[] | undefined>>;
 }
 
+/** A small answer with its body read as JSON (see parseAnswer). */
+export interface JsonAnswer<T> extends SmallAnswer {
+  json: T;
+}
+
 export interface Upstream {
   status: number;
   headers: http.IncomingHttpHeaders;
@@ -101,17 +106,8 @@ export interface ProxyCore {
     opts?: { body?: Buffer; headers?: http.OutgoingHttpHeaders; evenStopped?: boolean },
   ): Promise<SmallAnswer>;
   /** A small answer, whole, with its body read as JSON (see parseAnswer). */
-  // eslint-disable-next-line @typescript-eslint/no-unnecessary-type-parameters -- the caller names the JSON shape it expects
-  upstreamJson<T = unknown>(
-    method: string,
-    path: string,
-    body?: unknown,
-  ): Promise<{
-    status: number;
-    json: T;
-    raw: Buffer;
-    headers: Readonly<Record<string, string | string[] | undefined>>;
-  }>;
+
+  upstreamJson<T = unknown>(method: string, path: string, body?: unknown): Promise<JsonAnswer<T>>;
   /** Forwards a request and pipes the answer back. With `capture`, JSON answers are also returned. */
   forward(
     req: IncomingMessage,

@@ -63,7 +63,7 @@ import {
   send,
   sendJsonBytes,
 } from './core.js';
-import type { ForwardOptions, ProxyConfig, ProxyCore, SmallAnswer, Upstream } from './core.js';
+import type { ForwardOptions, JsonAnswer, ProxyConfig, ProxyCore, SmallAnswer, Upstream } from './core.js';
 import { ImageRoutes } from './images.js';
 import { BuildRoutes } from './build.js';
 
@@ -319,17 +319,7 @@ export class GuardProxy implements ProxyCore {
     return { status: r.status, raw: await readAll(r.body), headers: r.headers };
   }
 
-  // eslint-disable-next-line @typescript-eslint/no-unnecessary-type-parameters -- the caller names the JSON shape it expects
-  async upstreamJson<T = unknown>(
-    method: string,
-    path: string,
-    body?: unknown,
-  ): Promise<{
-    status: number;
-    json: T;
-    raw: Buffer;
-    headers: Readonly<Record<string, string | string[] | undefined>>;
-  }> {
+  async upstreamJson<T = unknown>(method: string, path: string, body?: unknown): Promise<JsonAnswer<T>> {
     const buf = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
     const a = await this.upstreamBytes(method, path, {
       body: buf,
