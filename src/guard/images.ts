@@ -959,6 +959,9 @@ export class ImageRoutes {
         const refusal = await this.undoOwnerLabelled([...this.state.builtImages].filter((i) => !had.has(i)));
         const answer =
           refusal === undefined ? out : Buffer.concat([out, Buffer.from(`${JSON.stringify(refusal)}\n`)]);
+        // The load's pending records go before it answers: a client that looks next finds the
+        // records naming the images (a test did, and once found a pending one still there).
+        for (const p of pending.splice(0)) await p.drop();
         res.writeHead(up.status, {
           'Content-Type': up.headers['content-type'] ?? 'application/json',
           'Content-Length': answer.length,
