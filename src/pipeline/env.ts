@@ -40,10 +40,17 @@ export function stepEnvironment(input: {
   if (run.sha) env.BERTH_COMMIT_SHORT_SHA = run.sha.slice(0, 8);
   if (run.branch) env.BERTH_BRANCH = run.branch;
   if (input.registry) env.BERTH_REGISTRY = input.registry;
-  if (job.matrix)
-    for (const [k, v] of Object.entries(job.matrix))
-      env[`BERTH_MATRIX_${k.toUpperCase().replace(/-/g, '_')}`] = v;
+  Object.assign(env, matrixEnvironment(job.matrix));
   return { ...env, ...pipeline.variables, ...pipeline.env, ...job.env, ...input.secrets };
+}
+
+/** A matrix expansion's values as `BERTH_MATRIX_<KEY>` variables (`node-version` → `NODE_VERSION`). */
+export function matrixEnvironment(
+  matrix: Readonly<Record<string, string>> | undefined,
+): Record<string, string> {
+  return Object.fromEntries(
+    Object.entries(matrix ?? {}).map(([k, v]) => [`BERTH_MATRIX_${k.toUpperCase().replace(/-/g, '_')}`, v]),
+  );
 }
 
 /** Values shorter than this are not masked (masking `1` or `on` would wreck every log line). */

@@ -6,5 +6,12 @@ export * from './types.js';
 export { parsePipeline, loadPipeline, PipelineError, formatProblems, parseDuration } from './parse.js';
 export { plan } from './plan.js';
 export type { Plan } from './plan.js';
-export { stepEnvironment, maskSecrets, gitInfo, resolveSecrets, MIN_SECRET_LENGTH } from './env.js';
+export {
+  stepEnvironment,
+  matrixEnvironment,
+  maskSecrets,
+  gitInfo,
+  resolveSecrets,
+  MIN_SECRET_LENGTH,
+} from './env.js';
 export type { RunContext, GitInfo } from './env.js';

@@ -5,7 +5,13 @@
 import { readFileSync, realpathSync } from 'node:fs';
 import { basename, dirname, resolve, sep } from 'node:path';
 import { BerthError } from '../common/index.js';
-import { DEFAULT_IMAGE, loadPipeline, maskSecrets as maskLine, parsePipeline } from '../pipeline/index.js';
+import {
+  DEFAULT_IMAGE,
+  loadPipeline,
+  maskSecrets as maskLine,
+  matrixEnvironment,
+  parsePipeline,
+} from '../pipeline/index.js';
 import type { Pipeline } from '../pipeline/index.js';
 
 export { DEFAULT_IMAGE };
@@ -145,7 +151,8 @@ export function fromPipeline(p: Pipeline, file = p.file, opts: FromPipelineOptio
         keep: j.docker.keep ?? false,
         cache: j.docker.cache,
       },
-      env: { ...j.env },
+      // A matrix expansion's values come first: the job's own env may set the same names.
+      env: { ...matrixEnvironment(j.matrix), ...j.env },
       workdir: j.workdir,
       services: j.services.map((s) => ({
         name: s.name,

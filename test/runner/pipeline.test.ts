@@ -117,6 +117,31 @@ jobs:
   }
 });
 
+test('a matrix job’s steps get its values as BERTH_MATRIX_<KEY>; the job’s env may set them', async () => {
+  using ws = workspace(`
+name: matrix
+image: berth-local/busybox
+docker: none
+jobs:
+  t:
+    matrix: { node-version: ["18", "20"], os: [linux] }
+    steps: ['echo "node=$BERTH_MATRIX_NODE_VERSION os=$BERTH_MATRIX_OS"']
+  u:
+    matrix: { os: [linux] }
+    env: { BERTH_MATRIX_OS: mine }
+    steps: ['echo "os=$BERTH_MATRIX_OS"']
+`);
+  const r = await runJson(ws.file);
+  try {
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(logLines(r.events, 't-18-linux'), ['node=18 os=linux']);
+    assert.deepEqual(logLines(r.events, 't-20-linux'), ['node=20 os=linux']);
+    assert.deepEqual(logLines(r.events, 'u-linux'), ['os=mine']);
+  } finally {
+    await removeRun(r.runId);
+  }
+});
+
 test('invalid pipelines exit 2 with file, line and what to change, and start nothing', async () => {
   const cases: [string, RegExp][] = [
     [
