@@ -33,7 +33,8 @@ export function stepEnvironment(input: {
     BERTH: 'true',
     BERTH_RUN_ID: run.id,
     BERTH_JOB: job.name,
-    BERTH_WORKSPACE: job.workdir,
+    BERTH_PIPELINE: pipeline.name,
+    BERTH_WORKSPACE: '/workspace',
     BERTH_DOCKER_MODE: job.docker.mode,
   };
   if (run.sha) env.BERTH_COMMIT_SHA = run.sha;

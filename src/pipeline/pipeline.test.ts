@@ -403,6 +403,7 @@ jobs:
       BERTH: 'true',
       BERTH_RUN_ID: 'r1',
       BERTH_JOB: 't-18',
+      BERTH_PIPELINE: p.name,
       BERTH_WORKSPACE: '/workspace',
       BERTH_DOCKER_MODE: 'guard',
       BERTH_COMMIT_SHA: 'abcdef0123456789',
