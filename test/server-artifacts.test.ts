@@ -128,6 +128,44 @@ describe('berth serve: artifacts', () => {
     await anon.body?.cancel();
   });
 
+  test('a file and a folder of one name from two artifact paths fail that artifact, not the server (red-team pass 27)', async () => {
+    makeRepo(join(dir.path, 'clash'), {
+      'berth.yml': [
+        'image: berth-local/busybox',
+        'docker: none',
+        'jobs:',
+        '  clash:',
+        '    steps:',
+        '      - echo hi > a',
+        '      - mkdir -p /tmp/x/a && echo z > /tmp/x/a/b',
+        '    artifacts: [a, /tmp/x/a]',
+        '',
+      ].join('\n'),
+    });
+    assert.equal(
+      (
+        await api.call('POST', '/api/projects', {
+          name: 'clash',
+          repoUrl: join(dir.path, 'clash'),
+          secret: 'artifacts-secret',
+        })
+      ).status,
+      201,
+    );
+    const r = await api.call<{ id: string }>('POST', '/api/projects/clash/runs', {});
+    const done = await api.settle<{ status: string }>(r.json.id);
+    assert.equal(done.status, 'succeeded');
+    assert.deepEqual(
+      (await listOf(r.json.id)).map((a) => a.path),
+      ['a'],
+    );
+    const logs = (await api.call<{ text: string }[]>('GET', `/api/runs/${r.json.id}/logs?limit=10000`)).json;
+    assert.ok(
+      logs.some((l) => /artifact \/tmp\/x\/a: .*(ENOTDIR|EEXIST|not a directory)/i.test(l.text)),
+      logs.map((l) => l.text).join('\n'),
+    );
+  });
+
   test("a project keeps its newest runs' artifacts only", async () => {
     const second = await runOnce();
     const third = await runOnce();
@@ -136,4 +174,54 @@ describe('berth serve: artifacts', () => {
     assert.equal((await listOf(second)).length, 2);
     assert.equal((await listOf(third)).length, 2);
   });
+});
+
+test('berth serve: the runner saves no more artifacts than the server keeps of a run, empty ones included', async () => {
+  const dir = tempDir('berth-serve-budget-');
+  makeRepo(join(dir.path, 'repo'), {
+    'berth.yml': [
+      'image: berth-local/busybox',
+      'docker: none',
+      'jobs:',
+      '  big:',
+      '    steps:',
+      '      - head -c 300000 /dev/zero > big.bin',
+      "      - 'mkdir -p many && for i in $(seq 1 100); do touch many/f$i; done'",
+      '    artifacts: [many, big.bin]',
+      '',
+    ].join('\n'),
+  });
+  const server = await startServer({
+    port: 0,
+    dataDir: join(dir.path, 'data'),
+    concurrency: 1,
+    token: TOKEN,
+    labels: sessionLabels(),
+    artifacts: { keepRuns: 2, maxRunBytes: 64 * 1024 },
+  });
+  try {
+    const api = apiClient(server.url, TOKEN);
+    await api.call('POST', '/api/projects', {
+      name: 'budget',
+      repoUrl: join(dir.path, 'repo'),
+      secret: 'artifacts-secret',
+    });
+    const r = await api.call<{ id: string }>('POST', '/api/projects/budget/runs', {});
+    const settled = await api.settle<{ status: string; error?: string }>(r.json.id);
+    assert.equal(settled.status, 'succeeded', JSON.stringify(settled));
+    const kept = (await api.call<{ path: string }[]>('GET', `/api/runs/${r.json.id}/artifacts`)).json;
+    // A block (4 KiB) for each file and folder, empty ones too: of the 64 KiB, the runner saved the
+    // folder and 15 empty files, then stopped (big.bin is past the budget); the server kept 14 of
+    // them (its job folder and the folder count too).
+    assert.ok(!kept.some((a) => a.path === 'big.bin'));
+    assert.ok(kept.length > 0 && kept.length < 16, `${kept.length} kept`);
+    const logs = (await api.call<{ text: string }[]>('GET', `/api/runs/${r.json.id}/logs?limit=10000`)).json;
+    assert.ok(
+      logs.some((l) => /over the run's budget/.test(l.text)),
+      logs.map((l) => l.text).join('\n'),
+    );
+  } finally {
+    await server.close();
+    dir[Symbol.dispose]();
+  }
 });

@@ -3,7 +3,8 @@
  * long-lived job container with the workspace at /workspace, steps run in order via exec, artifacts
  * copied out, and cleanup of everything whatever happens.
  */
-import { createWriteStream, mkdirSync, rmSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { createWriteStream, existsSync, mkdirSync, rmSync } from 'node:fs';
 import { dirname, join, normalize, posix, sep } from 'node:path';
 import { Writable } from 'node:stream';
 import { LineSplitter, MAX_LINE } from './lines.js';
@@ -48,6 +49,8 @@ export interface JobContext {
   extraLabels: Record<string, string>;
   registry?: string;
   artifactsDir: string;
+  /** What the whole run may still save as artifacts (shared by its jobs), when it is bounded. */
+  artifactBudget?: { left: number } | undefined;
   graceMs: number;
   emit(e: RunEvent): void;
   /** Full (masked) log text for the job's log file. */
@@ -75,6 +78,10 @@ const KEEPER = ['sh', '-c', 'trap "exit 0" TERM INT; while :; do sleep 3600 & wa
 const PIDFILE = '/tmp/.berth-step.pid';
 /** The most of a job's artifacts saved (bytes, as their archive states them). */
 export const MAX_ARTIFACT_BYTES = 2 ** 30;
+/** The most files and folders a job's artifacts hold (an empty one still costs an inode). */
+export const MAX_ARTIFACT_ENTRIES = 10_000;
+/** What an artifact file or folder costs at least against the byte bounds (a block). */
+const ENTRY_COST = 4096;
 const STEP_WRAPPER = `mkdir -p /tmp && echo $$ > ${PIDFILE} && exec sh -e -c "$1"`;
 
 /** A running job that can be stopped from outside (Ctrl-C) or by its timeout. */
@@ -430,61 +437,74 @@ export class JobRun {
 
   private async collectArtifacts(containerId: string): Promise<void> {
     const dest = join(this.ctx.artifactsDir, this.ctx.job.name);
+    const run = this.ctx.artifactBudget;
     let saved = 0;
+    let entries = 0;
     let overBudget = false;
+    const warn = (message: string) =>
+      this.ctx.emit({ kind: 'warning', time: now(), runId: this.ctx.runId, job: this.ctx.job.name, message });
+    if (run !== undefined && run.left <= 0) {
+      warn('artifacts: none are kept for this run');
+      return;
+    }
+    /** Whether an entry of `bytes` fits the job's bounds and the run's; charges it if so. */
+    const take = (bytes: number, name: string): boolean => {
+      const cost = Math.max(bytes, ENTRY_COST);
+      const fits =
+        !overBudget &&
+        entries < MAX_ARTIFACT_ENTRIES &&
+        saved + cost <= MAX_ARTIFACT_BYTES &&
+        (run === undefined || cost <= run.left);
+      if (!fits) {
+        // Bounded (red-team passes 23 and 27: a sparse file became 1.1 GB on the host; 20 000
+        // empty folders cost no byte of the budget): past a bound, nothing more is saved, once said.
+        if (!overBudget)
+          warn(
+            `artifacts: over the ${run === undefined ? `job's ${MAX_ARTIFACT_BYTES / 2 ** 30} GiB` : "run's budget"} or ${MAX_ARTIFACT_ENTRIES} files and folders; ${name} and what follows are not saved`,
+          );
+        overBudget = true;
+        return false;
+      }
+      saved += cost;
+      entries++;
+      if (run) run.left -= cost;
+      return true;
+    };
     for (const p of this.ctx.job.artifacts) {
       const inContainer = posix.isAbsolute(p) ? p : posix.join('/workspace', p);
       try {
         const res = await containers(this.ctx.client).getArchive(containerId, inContainer);
         const extract = tar.extract();
         extract.on('entry', (header, stream, next) => {
-          const target = normalize(join(dest, header.name));
-          // Inside this job's folder (a sibling whose name starts with the job's is outside).
-          if (target !== dest && !target.startsWith(`${dest}${sep}`)) {
+          // A throw here would escape the pipeline below and end the process (red-team pass 27:
+          // a file and a folder of one name, from two paths, took the whole server down).
+          const skip = (err?: Error) => {
             stream.resume();
-            next();
-            return;
-          }
-          if (header.type === 'directory') {
-            mkdirSync(target, { recursive: true });
-            stream.resume();
-            next();
-          } else if (header.type === 'file') {
-            // A job's artifacts are bounded (red-team pass 23: a sparse file of 0 bytes in the
-            // container became 1.1 GB on the host): past the bound, files are skipped, once said.
-            saved += header.size;
-            if (saved > MAX_ARTIFACT_BYTES) {
-              if (!overBudget) {
-                overBudget = true;
-                this.ctx.emit({
-                  kind: 'warning',
-                  time: now(),
-                  runId: this.ctx.runId,
-                  job: this.ctx.job.name,
-                  message: `artifacts: over ${MAX_ARTIFACT_BYTES / 2 ** 30} GiB; ${header.name} and the files after it are not saved`,
-                });
-              }
-              stream.resume();
-              next();
-              return;
+            next(err);
+          };
+          try {
+            const target = normalize(join(dest, header.name));
+            // Inside this job's folder (a sibling whose name starts with the job's is outside).
+            if (target !== dest && !target.startsWith(`${dest}${sep}`)) return skip();
+            if (header.type === 'directory') {
+              if (!existsSync(target) && !take(0, header.name)) return skip();
+              mkdirSync(target, { recursive: true });
+              return skip();
             }
+            if (header.type !== 'file' || !take(header.size, header.name)) return skip();
             mkdirSync(dirname(target), { recursive: true });
-            stream.pipe(createWriteStream(target)).on('finish', next).on('error', next);
-          } else {
-            stream.resume();
-            next();
+            stream
+              .pipe(createWriteStream(target))
+              .on('finish', () => next())
+              .on('error', (err) => skip(err));
+          } catch (err) {
+            skip(err instanceof Error ? err : new Error(String(err)));
           }
         });
         await pipeline(res, extract);
         this.logLine(undefined, 'system', `artifact ${p} saved to ${dest}`);
       } catch (err) {
-        this.ctx.emit({
-          kind: 'warning',
-          time: now(),
-          runId: this.ctx.runId,
-          job: this.ctx.job.name,
-          message: `artifact ${p}: ${errorMessage(err)}`,
-        });
+        warn(`artifact ${p}: ${errorMessage(err)}`);
       }
     }
   }
@@ -559,7 +579,13 @@ export async function removeNetworkSettled(
   }
 }
 
-/** A compose project name of the job's own: compose keeps lowercase letters, digits, `-` and `_`. */
+/**
+ * A compose project name of the job's own: compose keeps lowercase letters, digits, `-` and `_`.
+ * A job name with other characters (`.`) gets a hash of itself, so `a.b` and `ab` stay apart
+ * (red-team pass 27).
+ */
 export function composeProject(runId: string, job: string): string {
-  return `${runId}-${job}`.toLowerCase().replace(/[^a-z0-9_-]/g, '');
+  const name = `${runId}-${job}`.toLowerCase();
+  const kept = name.replace(/[^a-z0-9_-]/g, '');
+  return kept === name ? kept : `${kept}-${createHash('sha256').update(job).digest('hex').slice(0, 8)}`;
 }

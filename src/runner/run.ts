@@ -44,6 +44,12 @@ export interface RunOptions {
   registry?: string;
   /** Reap stale leftovers of dead runners first (default true). */
   reapFirst?: boolean;
+  /**
+   * The most all of the run's jobs together save as artifacts (bytes, each file counted at least
+   * a block): `berth serve` passes what it keeps of a run. Default: each job up to
+   * MAX_ARTIFACT_BYTES, with no bound for the run. 0 saves none.
+   */
+  artifactsMaxBytes?: number;
   onEvent?: (e: RunEvent) => void;
 }
 
@@ -194,6 +200,8 @@ export async function runPipeline(opts: RunOptions): Promise<RunOutcome> {
       jobs: jobs.map((j) => j.name),
       workspace: spec.workspace,
     });
+    // Shared by the run's jobs when the caller bounds the run (see artifactsMaxBytes).
+    const runArtifacts = opts.artifactsMaxBytes === undefined ? undefined : { left: opts.artifactsMaxBytes };
     const baseEnv: Record<string, string> = {
       CI: 'true',
       BERTH: 'true',
@@ -313,6 +321,7 @@ export async function runPipeline(opts: RunOptions): Promise<RunOutcome> {
             extraLabels: { ...opts.labels },
             registry: opts.registry,
             artifactsDir: join(store.runDir(runId), 'artifacts'),
+            artifactBudget: runArtifacts,
             graceMs: opts.graceMs ?? 10_000,
             emit: (e) => emit(e),
             log: (text) => {

@@ -71,14 +71,34 @@ test('a run keeps files up to its budget, in name order, and counts the rest', a
   using dir = scratch();
   const from = join(dir.path, 'runner');
   mkdirSync(join(from, 'j'), { recursive: true });
-  for (const n of ['a', 'b', 'c', 'd']) writeFileSync(join(from, 'j', n), Buffer.alloc(400));
-  const store = new ArtifactStore(join(dir.path, 'store'), { keepRuns: 5, maxRunBytes: 1000 });
+  for (const n of ['a', 'b', 'c', 'd']) writeFileSync(join(from, 'j', n), Buffer.alloc(5000));
+  // Four blocks: the folder j (one block), then a and b (5000 bytes each).
+  const store = new ArtifactStore(join(dir.path, 'store'), { keepRuns: 5, maxRunBytes: 4 * 4096 });
   const kept = await store.ingest('r_b', from);
-  assert.deepEqual(kept, { files: 2, bytes: 800, skipped: 2 });
+  assert.deepEqual(kept, { files: 2, bytes: 10_000, skipped: 2 });
   assert.deepEqual(
     (await store.list('r_b')).map((a) => a.path),
     ['a', 'b'],
   );
+});
+
+test('empty files and folders cost a block each: they cannot fill the disk under the budget (red-team pass 27)', async () => {
+  using dir = scratch();
+  const from = join(dir.path, 'runner');
+  for (let i = 0; i < 200; i++) {
+    const d = join(from, 'j', `d${String(i).padStart(3, '0')}`);
+    mkdirSync(d, { recursive: true });
+    writeFileSync(join(d, 'f'), '');
+  }
+  const store = new ArtifactStore(join(dir.path, 'store'), { keepRuns: 5, maxRunBytes: 64 * 4096 });
+  const kept = await store.ingest('r_e', from);
+  // The job folder, then a folder and its empty file per pair of blocks: 31 of them.
+  assert.equal(kept.files, 31);
+  assert.equal(kept.skipped, 200 - 31);
+  const entries = execFileSync('find', [join(dir.path, 'store', 'r_e')], { encoding: 'utf8' })
+    .trim()
+    .split('\n');
+  assert.ok(entries.length <= 64 + 1, `${entries.length} entries kept`);
 });
 
 test('open refuses every path that is not a stored artifact', async () => {

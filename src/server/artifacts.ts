@@ -21,8 +21,9 @@ export interface Artifact {
 
 export interface IngestResult {
   files: number;
+  /** The kept files' bytes. */
   bytes: number;
-  /** Files left out: over the run's budget. */
+  /** Files left out: over the run's budget (bytes, each file and folder at least a block) or count. */
   skipped: number;
 }
 
@@ -32,6 +33,11 @@ export interface ArtifactStoreOptions {
   /** The most bytes of artifacts one run keeps. */
   maxRunBytes: number;
 }
+
+/** The most files and folders one run keeps (an empty one still costs an inode and a listing row). */
+export const MAX_RUN_ENTRIES = 10_000;
+/** What a kept file or folder costs at least against the byte budget (a block). */
+const ENTRY_COST = 4096;
 
 /** A run's ID as the server's store makes them; anything else names no folder. */
 const RUN_ID = /^r_[a-z0-9]+$/;
@@ -62,6 +68,33 @@ export class ArtifactStore {
   async ingest(runId: string, from: string): Promise<IngestResult> {
     const out: IngestResult = { files: 0, bytes: 0, skipped: 0 };
     const dest = this.runDir(runId);
+    // Every file and folder costs at least a block, and their number is bounded (red-team pass 27:
+    // 20 000 empty folders kept 79 MiB under a 1 MiB budget, as "0.0 MiB").
+    let charged = 0;
+    let entries = 0;
+    const made = new Set<string>();
+    const fits = (bytes: number) =>
+      entries < MAX_RUN_ENTRIES && charged + Math.max(bytes, ENTRY_COST) <= this.opts.maxRunBytes;
+    const charge = (bytes: number) => {
+      charged += Math.max(bytes, ENTRY_COST);
+      entries++;
+    };
+    /** Makes `dir` and the folders above it up to the run's, charging each one made. */
+    const folder = async (dir: string): Promise<boolean> => {
+      if (made.has(dir)) return true;
+      if (dir === dest) {
+        await mkdir(dest, { recursive: true, mode: 0o700 });
+        made.add(dest);
+        return true;
+      }
+      const parent = join(dir, '..');
+      if (!(await folder(parent))) return false;
+      if (!fits(0)) return false;
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+      made.add(dir);
+      charge(0);
+      return true;
+    };
     const walk = async (src: string, to: string, top = false): Promise<void> => {
       let names: string[];
       try {
@@ -75,11 +108,11 @@ export class ArtifactStore {
         const st = await lstat(s);
         if (st.isDirectory()) await walk(s, join(to, name));
         else if (st.isFile() && !top) {
-          if (out.bytes + st.size > this.opts.maxRunBytes) {
+          if (!fits(st.size) || !(await folder(to)) || !fits(st.size)) {
             out.skipped++;
             continue;
           }
-          await mkdir(to, { recursive: true, mode: 0o700 });
+          charge(st.size);
           await rename(s, join(to, name)).catch(async (err: unknown) => {
             // The data folder spans file systems: copied instead.
             if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;

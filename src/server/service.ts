@@ -222,6 +222,9 @@ export class ServerService {
         signal,
         forceSignal,
         reapFirst: false,
+        // The runner's copy is bounded by what the server keeps (red-team pass 27: 1 GiB a job,
+        // while the run lasts, whatever --artifacts-max-mib said).
+        artifactsMaxBytes: this.artifacts.opts.keepRuns > 0 ? this.artifacts.opts.maxRunBytes : 0,
         // Only what the project was granted of the server's environment (never the server's API
         // token, nor other projects' secrets, unless an admin named them).
         env: Object.fromEntries(
