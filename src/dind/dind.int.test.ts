@@ -3,9 +3,23 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { hostname, tmpdir } from 'node:os';
-import { LABEL_OWNER_HOST, LABEL_OWNER_PID, LABEL_RUN, isBerthError } from '../common/index.js';
+import {
+  LABEL_OWNER_HOST,
+  LABEL_OWNER_PID,
+  LABEL_RUN,
+  LABEL_TEST_SESSION,
+  isBerthError,
+} from '../common/index.js';
 import { containers, readLogs, volumes } from '../engine/index.js';
-import { DOCKER_CLI, docker, engine, run, sessionLabels, uniqueName } from '../../test/support/index.js';
+import {
+  DOCKER_CLI,
+  SESSION,
+  docker,
+  engine,
+  run,
+  sessionLabels,
+  uniqueName,
+} from '../../test/support/index.js';
 import { dindNames, purgeCache, startDind, stopDind } from './index.js';
 import type { DindHandle, DindOptions } from './index.js';
 
@@ -172,11 +186,14 @@ test('a cache held by the daemon of a run whose runner is gone is taken over; a 
     const orphan = await startDind(
       opts({
         cache: key,
-        labels: sessionLabels({
+        // Not this session's label: a reaper of this session, running in another test file at
+        // the same moment, would take the stale daemon first (it is stale on purpose).
+        labels: {
+          [LABEL_TEST_SESSION]: `${SESSION}-orphan`,
           [LABEL_RUN]: uniqueName('killedrun'),
           [LABEL_OWNER_PID]: String(gone),
           [LABEL_OWNER_HOST]: hostname(),
-        }),
+        },
       }),
     );
     handles.push(orphan);
@@ -199,6 +216,11 @@ test('a cache held by the daemon of a run whose runner is gone is taken over; a 
     assert.equal(await containers(c).find(orphan.containerId), undefined, 'the orphan daemon was stopped');
   } finally {
     for (const h of handles) await h.close().catch(() => undefined);
+    for (const x of await containers(c).list({
+      all: true,
+      filters: { label: [`${LABEL_TEST_SESSION}=${SESSION}-orphan`] },
+    }))
+      await containers(c).remove(x.Id, { force: true, volumes: true });
     await volumes(c).remove(dindNames.cacheVolume(key));
   }
 });
