@@ -1679,7 +1679,13 @@ export class GuardProxy implements ProxyCore {
           buildPath(m.route, { id: cid }, m.apiVersion) +
           (url.search === '' ? '' : `?${new URLSearchParams(url.search).toString()}`);
       }
-      const upstream = await this.hijackUpstream(target, body);
+      const upstream = await this.hijackUpstream(target, body).catch((err: unknown) => {
+        // dockerd answered without upgrading: a detached exec start (200), or an error (a stopped
+        // container, 409). Its status goes back as it is (it used to be a 502 from the guard).
+        if (err instanceof UpstreamStatus && startedExec !== undefined && err.status < 300)
+          this.unstartedExecs.delete(startedExec);
+        throw err;
+      });
       if (startedExec !== undefined) this.unstartedExecs.delete(startedExec);
       this.audit(method, m.path, 'allow', { status: 101 });
       client.write(
@@ -1689,6 +1695,15 @@ export class GuardProxy implements ProxyCore {
       if (rest.length) upstream.socket.write(rest);
       splice(client, upstream.socket);
     } catch (err) {
+      if (err instanceof UpstreamStatus && err.status < 500) {
+        // The engine's own answer: passed on (with others' container IDs hidden), audited as allowed.
+        this.audit(method, normalized, 'allow', { status: err.status });
+        const text = err.status < 300 ? err.message : JSON.stringify({ message: this.hide(err.message) });
+        client.end(
+          `HTTP/1.1 ${err.status} ${http.STATUS_CODES[err.status] ?? ''}\r\nContent-Type: ${err.status < 300 ? 'text/plain' : 'application/json'}\r\nContent-Length: ${Buffer.byteLength(text)}\r\nConnection: close\r\n\r\n${text}`,
+        );
+        return;
+      }
       const { status, message, rule } =
         err instanceof Refusal
           ? { ...err.decision() }
@@ -1736,7 +1751,7 @@ export class GuardProxy implements ProxyCore {
         r.on('end', () => {
           let msg = Buffer.concat(chunks).toString('utf8');
           try {
-            msg = (JSON.parse(msg) as { message?: string }).message ?? msg;
+            msg = ((JSON.parse(msg) as { message?: string }).message ?? msg).trim();
           } catch {
             /* keep text */
           }

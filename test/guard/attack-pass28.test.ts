@@ -80,4 +80,41 @@ describe('attack: pass 28 (downloads never read)', () => {
     }
     assert.equal(status, 200);
   });
+
+  test('an upgrade dockerd answers without upgrading passes its answer on (a detached exec 200, a paused container 409), not a 502', async () => {
+    const host = `unix://${sock}`;
+    const running = await docker(host, ['run', '-d', '--network', 'none', IMAGE, 'sleep', '300']);
+    assert.equal(running.code, 0, running.stderr);
+    const cid = running.stdout.trim();
+    const exec = await send(sock, {
+      method: 'POST',
+      path: `/v1.41/containers/${cid}/exec`,
+      headers: [['Content-Type', 'application/json']],
+      body: JSON.stringify({ Cmd: ['true'] }),
+    });
+    assert.equal(exec.status, 201, exec.text);
+    const eid = (JSON.parse(exec.text) as { Id: string }).Id;
+    const upgrade: [string, string][] = [
+      ['Content-Type', 'application/json'],
+      ['Connection', 'Upgrade'],
+      ['Upgrade', 'tcp'],
+    ];
+    const detached = await send(sock, {
+      method: 'POST',
+      path: `/v1.41/exec/${eid}/start`,
+      headers: upgrade,
+      body: JSON.stringify({ Detach: true }),
+    });
+    assert.equal(detached.status, 200, detached.text);
+    // A paused container: dockerd answers 409 before it would upgrade.
+    assert.equal((await docker(host, ['pause', cid])).code, 0);
+    const attach = await send(sock, {
+      method: 'POST',
+      path: `/v1.41/containers/${cid}/attach?stream=1&stdout=1`,
+      headers: upgrade,
+    });
+    assert.equal((await docker(host, ['unpause', cid])).code, 0);
+    assert.equal(attach.status, 409, attach.text);
+    assert.match(attach.text, /is paused/);
+  });
 });
