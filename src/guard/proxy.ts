@@ -1666,7 +1666,9 @@ export class GuardProxy implements ProxyCore {
         const len = Number(req.headers['content-length'] ?? '0');
         if (len > MAX_JSON_BODY) throw new Refusal('body', 'body too large', 400);
         body = await readExactly(client, head, len);
-        rest = Buffer.alloc(0);
+        // What came after the body in the same read is the exec's first stdin (red-team pass 28:
+        // it was dropped); what came later was given back to the socket by readExactly.
+        rest = head.length > len ? head.subarray(len) : Buffer.alloc(0);
         const eid = await this.resolveExec(m.params.id ?? '');
         body = Buffer.from(
           JSON.stringify(canonicalize(body.toString('utf8'), SCHEMAS['exec.start'], 'exec.start')),

@@ -117,4 +117,35 @@ describe('attack: pass 28 (downloads never read)', () => {
     assert.equal(attach.status, 409, attach.text);
     assert.match(attach.text, /is paused/);
   });
+
+  test('stdin sent in the same packet as an upgraded exec start reaches the exec', async () => {
+    const host = `unix://${sock}`;
+    const running = await docker(host, ['run', '-d', '--network', 'none', IMAGE, 'sleep', '300']);
+    assert.equal(running.code, 0, running.stderr);
+    const exec = await send(sock, {
+      method: 'POST',
+      path: `/v1.41/containers/${running.stdout.trim()}/exec`,
+      headers: [['Content-Type', 'application/json']],
+      body: JSON.stringify({ Cmd: ['cat'], AttachStdin: true, AttachStdout: true }),
+    });
+    assert.equal(exec.status, 201, exec.text);
+    const eid = (JSON.parse(exec.text) as { Id: string }).Id;
+    const body = JSON.stringify({ Detach: false });
+    const out = await new Promise<string>((resolve, reject) => {
+      const s = connect(sock);
+      const got: Buffer[] = [];
+      s.on('data', (d: Buffer) => got.push(d));
+      s.on('error', reject);
+      s.on('close', () => resolve(Buffer.concat(got).toString('latin1')));
+      // Head, body and the first stdin in one write; then the client's end of input.
+      s.write(
+        `POST /v1.41/exec/${eid}/start HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\n` +
+          `Connection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: ${body.length}\r\n\r\n${body}early-stdin\n`,
+      );
+      setTimeout(() => s.end(), 500);
+      setTimeout(() => s.destroy(), 20_000);
+    });
+    assert.match(out, /^HTTP\/1\.1 101/);
+    assert.match(out, /early-stdin/);
+  });
 });
