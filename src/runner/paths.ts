@@ -2,8 +2,8 @@
 import { homedir, hostname, tmpdir } from 'node:os';
 import { basename, join, resolve } from 'node:path';
 import { createHash, randomBytes } from 'node:crypto';
-import { lstatSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { pidAlive } from '../common/index.js';
+import { chmodSync, lstatSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { BerthError, pidAlive } from '../common/index.js';
 
 /** A new run id: sortable by time, safe in Docker names: 20261123-021900-a1b2. */
 export function newRunId(date = new Date()): string {
@@ -20,11 +20,56 @@ export function objectName(runId: string, job: string, service?: string): string
 }
 
 /**
+ * The folder that holds runs' temp roots, one only this user can write: `/run/berth/runs` for root
+ * (`/run` is root's), `$XDG_RUNTIME_DIR/berth-run` for others, else `$TMPDIR/berth-run-<uid>`. It
+ * used to be `$TMPDIR/berth-run` for everyone: a local user who made that folder first could
+ * swap a run's folder for a link, and the root runner chmodded, mounted and removed any folder of
+ * the host through it (red-team pass 29).
+ */
+export function runTempBase(): string {
+  if (process.geteuid?.() === 0) return '/run/berth/runs';
+  const runtime = process.env.XDG_RUNTIME_DIR;
+  if (runtime !== undefined && runtime !== '') return join(runtime, 'berth-run');
+  return join(tmpdir(), `berth-run-${process.geteuid?.() ?? 'user'}`);
+}
+
+/**
+ * Makes the base (0700) where it is missing and checks it is this user's alone: a folder (not a
+ * link), owned by this user, writable by no one else (a looser mode of our own is tightened).
+ * Throws RUN_FAILED, saying what to remove, otherwise.
+ */
+export function ensureRunTempBase(): string {
+  const base = runTempBase();
+  mkdirSync(base, { recursive: true, mode: 0o700 });
+  const why = runTempBaseProblem(base);
+  if (why !== undefined)
+    throw new BerthError('RUN_FAILED', `the runs' temp folder ${base} ${why}`, {
+      hint: `remove ${base} (berth makes it again, for this user only)`,
+    });
+  return base;
+}
+
+/** Why `base` cannot hold runs' folders (undefined: it can); tightens the mode of our own. */
+export function runTempBaseProblem(base = runTempBase()): string | undefined {
+  let st;
+  try {
+    st = lstatSync(base);
+  } catch {
+    return 'does not exist';
+  }
+  if (!st.isDirectory()) return 'is not a folder (a link, or a file)';
+  const uid = process.geteuid?.();
+  if (uid !== undefined && st.uid !== uid) return `belongs to uid ${st.uid}, not to this user (${uid})`;
+  if ((st.mode & 0o077) !== 0) chmodSync(base, 0o700);
+  return undefined;
+}
+
+/**
  * Host folder for a run's per-job state (guard sockets…). Kept short and outside the workspace:
  * unix socket paths are limited to 107 bytes.
  */
 export function jobTempRoot(runId: string): string {
-  return join(tmpdir(), 'berth-run', runId);
+  return join(runTempBase(), runId);
 }
 
 /**
@@ -45,8 +90,10 @@ export interface RunOwner {
  * the reaper judges the folder by what the runner wrote, never by a label on an engine object.
  */
 export function createRunTempRoot(runId: string, owner: Omit<RunOwner, 'runId'> = ownProcess()): string {
+  ensureRunTempBase();
   const root = jobTempRoot(runId);
-  mkdirSync(root, { recursive: true, mode: 0o700 });
+  // Not recursive: a folder already there (whoever made it) is not taken for this run's.
+  mkdirSync(root, { mode: 0o700 });
   const record: RunOwner = { runId, pid: owner.pid, host: owner.host };
   writeFileSync(join(root, RUN_OWNER_FILE), `${JSON.stringify(record)}\n`, { mode: 0o600 });
   return root;

@@ -1,6 +1,16 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  chownSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -11,6 +21,8 @@ import {
   parseRunOwner,
   readRunOwner,
   runOwnerGone,
+  runTempBase,
+  runTempBaseProblem,
 } from './paths.js';
 import { folderVerdict } from './reaper.js';
 
@@ -67,7 +79,9 @@ test('createRunTempRoot records its owner; readRunOwner reads only a plain folde
       pid: process.pid,
       host: hostname(),
     });
-    createRunTempRoot(runId, { pid: DEAD, host: hostname() });
+    // An existing folder is never taken for a new run's.
+    assert.throws(() => createRunTempRoot(runId, { pid: DEAD, host: hostname() }), /EEXIST/);
+    writeFileSync(join(root, RUN_OWNER_FILE), JSON.stringify({ runId, pid: DEAD, host: hostname() }));
     assert.equal(readRunOwner(runId)?.pid, DEAD);
     writeFileSync(
       join(root, RUN_OWNER_FILE),
@@ -90,5 +104,30 @@ test('createRunTempRoot records its owner; readRunOwner reads only a plain folde
   } finally {
     rmSync(jobTempRoot(linked), { force: true });
     rmSync(target, { recursive: true, force: true });
+  }
+});
+
+test("the runs' temp base is this user's alone: a link or another user's folder is refused, a loose mode tightened (red-team pass 29)", () => {
+  assert.equal(runTempBase(), process.geteuid?.() === 0 ? '/run/berth/runs' : runTempBase());
+  assert.ok(!runTempBase().startsWith(join(tmpdir(), 'berth-run/')), 'never the shared $TMPDIR/berth-run');
+  const dir = mkdtempSync(join(tmpdir(), 'berth-base-'));
+  try {
+    const own = join(dir, 'own');
+    mkdirSync(own, { mode: 0o777 });
+    chmodSync(own, 0o777);
+    assert.equal(runTempBaseProblem(own), undefined);
+    assert.equal(statSync(own).mode & 0o777, 0o700, 'tightened');
+    const link = join(dir, 'link');
+    symlinkSync(own, link);
+    assert.match(runTempBaseProblem(link) ?? '', /not a folder/);
+    if (process.geteuid?.() === 0) {
+      const theirs = join(dir, 'theirs');
+      mkdirSync(theirs);
+      chownSync(theirs, 4321, 4321);
+      assert.match(runTempBaseProblem(theirs) ?? '', /belongs to uid 4321/);
+    }
+    assert.match(runTempBaseProblem(join(dir, 'missing')) ?? '', /does not exist/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -20,7 +20,7 @@ import { EngineError, containers, images, networks, volumes } from '../engine/in
 import { recordedTag } from '../guard/index.js';
 import type { DockerClient } from '../engine/index.js';
 import type { Store } from './store.js';
-import { jobTempRoot, readRunOwner, runOwnerGone } from './paths.js';
+import { jobTempRoot, readRunOwner, runOwnerGone, runTempBaseProblem } from './paths.js';
 import type { RunOwner } from './paths.js';
 
 export interface ReapOptions {
@@ -132,7 +132,10 @@ export async function reap(client: DockerClient, opts: ReapOptions = {}): Promis
       forced: opts.force === true && opts.runId === r,
       host,
     });
-    if (verdict.remove) rmSync(jobTempRoot(r), { recursive: true, force: true });
+    // Only under a base that is this user's alone (runTempBaseProblem): a base someone else made
+    // would send the removal wherever they pointed it (red-team pass 29).
+    if (verdict.remove && runTempBaseProblem() === undefined)
+      rmSync(jobTempRoot(r), { recursive: true, force: true });
     if (verdict.reaped) runs.add(r);
   }
   result.runs = [...runs].sort();
