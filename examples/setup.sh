@@ -5,13 +5,30 @@
 # another loopback address (then run with `--registry ADDR --var REGISTRY=ADDR`).
 set -eu
 ADDR=${BERTH_EXAMPLE_REGISTRY:-127.0.0.1:5000}
-STATE=${BERTH_EXAMPLE_STATE:-/var/tmp/berth-example-registry}
+# The state lives in a folder of this user's own: a fixed folder in a shared place (it used to be
+# /var/tmp/berth-example-registry) could be made first by another local user, who then had this
+# script (often run as root) write through a link of theirs, or kill a process of their choosing.
+STATE=${BERTH_EXAMPLE_STATE:-${XDG_STATE_HOME:-$HOME/.local/state}/berth/example-registry}
 PIDFILE=$STATE/registry.pid
 
 answers() { curl -fsS -m 2 "http://$ADDR/v2/" >/dev/null 2>&1; }
 
+# The state folder must be a real folder of this user's, writable by no one else.
+mkdir -p "$STATE"
+if [ -L "$STATE" ] || [ "$(stat -c %u "$STATE")" != "$(id -u)" ] ||
+  [ -n "$(find "$STATE" -maxdepth 0 -perm /022)" ]; then
+  echo "setup: $STATE is a link, another user's, or writable by others; remove it (or set BERTH_EXAMPLE_STATE)" >&2
+  exit 1
+fi
+chmod 700 "$STATE"
+
 if [ "${1:-}" = stop ]; then
-  if [ -f "$PIDFILE" ] && kill "$(cat "$PIDFILE")" 2>/dev/null; then echo "registry stopped"; fi
+  # Only a docker-registry process of this state (a pid file can name any process).
+  pid=$(cat "$PIDFILE" 2>/dev/null || true)
+  if [ -n "$pid" ] && grep -qs "docker-registry" "/proc/$pid/cmdline" &&
+    grep -qsF "$STATE/config.yml" "/proc/$pid/cmdline" && kill "$pid" 2>/dev/null; then
+    echo "registry stopped"
+  fi
   rm -f "$PIDFILE"
   exit 0
 fi
@@ -46,6 +63,7 @@ storage:
 http:
   addr: $ADDR
 CONF
+rm -f "$STATE/registry.log"
 nohup docker-registry serve "$STATE/config.yml" >"$STATE/registry.log" 2>&1 &
 echo $! > "$PIDFILE"
 i=0

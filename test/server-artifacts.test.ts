@@ -5,7 +5,7 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { startServer } from '../src/server/index.js';
 import type { ServerHandle } from '../src/server/index.js';
@@ -74,6 +74,11 @@ describe('berth serve: artifacts', () => {
     fetch(`${server.url}${path}`, { headers: { Authorization: `Bearer ${token}` } });
 
   let first = '';
+
+  test('the data folder and the store (webhook secrets) are the server user’s only (red-team pass 29)', () => {
+    assert.equal(statSync(data).mode & 0o777, 0o700);
+    assert.equal(statSync(join(data, 'server.db')).mode & 0o777, 0o600);
+  });
 
   test("a run's artifacts are listed and downloaded, links left out", async () => {
     first = await runOnce();

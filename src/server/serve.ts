@@ -1,4 +1,5 @@
 /** `berth serve`: store + service + HTTP, started together and stopped cleanly. */
+import { chmodSync, mkdirSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -36,6 +37,10 @@ export interface ServerHandle {
 
 export async function startServer(o: ServeOptions): Promise<ServerHandle> {
   const dataDir = resolve(o.dataDir);
+  // Workspaces (checked-out code), artifacts and the store: this user's only.
+  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  if ((statSync(dataDir).mode & 0o077) !== 0 && statSync(dataDir).uid === process.geteuid?.())
+    chmodSync(dataDir, 0o700);
   const store = await ServerStore.open(await openSql(o.db ?? `sqlite:${join(dataDir, 'server.db')}`));
   const service = new ServerService({
     store,
