@@ -5,7 +5,7 @@ export { ServerService, checkout, cpuPercent } from './service.js';
 export type { ServerEvent } from './service.js';
 export { ServerStore } from './store.js';
 export type { JobRecord, LogLine, Project, Run, RunStatus, Sample, StepRecord, Trigger } from './store.js';
-export { openPostgres, openSql, openSqlite, parseDbUrl } from './sql.js';
+export { openPostgres, ensurePrivateDir, openSql, openSqlite, parseDbUrl } from './sql.js';
 export { detectForge, isPushEvent, parsePush, verifySignature } from './webhooks.js';
 export type { Forge, PushEvent } from './webhooks.js';
 export { pickRunsToStart } from './schedule.js';

@@ -1,12 +1,11 @@
 /** `berth serve`: store + service + HTTP, started together and stopped cleanly. */
-import { chmodSync, mkdirSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { createHttpServer } from './http.js';
 import { ServerService } from './service.js';
 import type { ServiceOptions } from './service.js';
-import { openSql } from './sql.js';
+import { ensurePrivateDir, openSql } from './sql.js';
 import { ServerStore } from './store.js';
 
 export interface ServeOptions {
@@ -38,9 +37,7 @@ export interface ServerHandle {
 export async function startServer(o: ServeOptions): Promise<ServerHandle> {
   const dataDir = resolve(o.dataDir);
   // Workspaces (checked-out code), artifacts and the store: this user's only.
-  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
-  if ((statSync(dataDir).mode & 0o077) !== 0 && statSync(dataDir).uid === process.geteuid?.())
-    chmodSync(dataDir, 0o700);
+  ensurePrivateDir(dataDir, 'server data folder');
   const store = await ServerStore.open(await openSql(o.db ?? `sqlite:${join(dataDir, 'server.db')}`));
   const service = new ServerService({
     store,

@@ -5,7 +5,16 @@
  */
 import Database from 'better-sqlite3';
 import pg from 'pg';
-import { chmodSync, closeSync, mkdirSync, openSync, statSync } from 'node:fs';
+import {
+  chmodSync,
+  closeSync,
+  constants,
+  fchmodSync,
+  fstatSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+} from 'node:fs';
 import { dirname } from 'node:path';
 import { BerthError } from '../common/index.js';
 
@@ -36,13 +45,62 @@ export function parseDbUrl(
   throw new BerthError('BERTH_USAGE', `--db ${url}: expected sqlite:PATH or postgres://user@host/db`);
 }
 
+/**
+ * Makes `dir` (0700) where it is missing, and checks it is this user's alone: a folder, not a link,
+ * owned by this user; a looser mode of our own is tightened. The server keeps webhook secrets,
+ * checked-out code and artifacts under it: a folder another user made, or a link they planted,
+ * would have berth (often root) write them where that user reads, or chmod and remove what the
+ * link names (red-team pass 30). Throws BERTH_CONFIG naming the folder otherwise.
+ */
+export function ensurePrivateDir(dir: string, what: string, tighten = true): void {
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const st = lstatSync(dir);
+  const uid = process.geteuid?.();
+  const problem = !st.isDirectory()
+    ? 'is not a folder (a link, or a file)'
+    : uid !== undefined && st.uid !== uid
+      ? `belongs to uid ${st.uid}, not to this user (${uid})`
+      : undefined;
+  if (problem !== undefined)
+    throw new BerthError('BERTH_CONFIG', `the ${what} ${dir} ${problem}`, {
+      hint: `use a folder of this user's own (or remove ${dir}: berth makes it)`,
+    });
+  if (tighten && (st.mode & 0o077) !== 0) chmodSync(dir, 0o700);
+}
+
 export function openSqlite(path: string): Sql {
   if (path !== ':memory:') {
     // The store holds projects' webhook secrets: readable by this user only (red-team pass 29: a
     // 0644 file let every local user read them). SQLite gives its -wal and -shm files the same mode.
-    mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
-    closeSync(openSync(path, 'a', 0o600));
-    if ((statSync(path).mode & 0o077) !== 0) chmodSync(path, 0o600);
+    // The store's folder is made private when berth makes it; one that exists (any folder named by
+    // --db) is only checked, never chmodded. The file itself: never through a link, and this user's.
+    const parent = dirname(path);
+    if (lstatSync(parent, { throwIfNoEntry: false }) === undefined)
+      ensurePrivateDir(parent, "server store's folder");
+    else if (!lstatSync(parent).isDirectory())
+      throw new BerthError(
+        'BERTH_CONFIG',
+        `the server store's folder ${parent} is not a folder (a link, or a file)`,
+      );
+    let fd: number;
+    try {
+      fd = openSync(path, constants.O_RDWR | constants.O_CREAT | constants.O_NOFOLLOW, 0o600);
+    } catch (cause) {
+      throw new BerthError('BERTH_CONFIG', `cannot open the server store ${path} (a link is refused)`, {
+        cause,
+      });
+    }
+    try {
+      const st = fstatSync(fd);
+      const uid = process.geteuid?.();
+      if (!st.isFile() || (uid !== undefined && st.uid !== uid))
+        throw new BerthError('BERTH_CONFIG', `the server store ${path} is not a file of this user's own`, {
+          hint: 'use a store of this user (or remove the file)',
+        });
+      if ((st.mode & 0o077) !== 0) fchmodSync(fd, 0o600);
+    } finally {
+      closeSync(fd);
+    }
   }
   const db = new Database(path);
   db.pragma('journal_mode = WAL');

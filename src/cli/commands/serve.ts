@@ -11,7 +11,9 @@ import { BerthError } from '../../common/index.js';
 const serverApi = () => import('../../server/index.js');
 
 async function openStore(data: string, db: string | undefined) {
-  const { ServerStore, openSql } = await serverApi();
+  const { ServerStore, ensurePrivateDir, openSql } = await serverApi();
+  // The same data folder `berth serve` uses: this user's own (it holds the webhook secrets).
+  if (db === undefined) ensurePrivateDir(data, 'server data folder');
   return ServerStore.open(await openSql(db ?? `sqlite:${join(data, 'server.db')}`));
 }
 
