@@ -11,7 +11,7 @@ import { DockerClient } from '../engine/index.js';
 import type { JobStatus, RunEvent, RunStatus } from './events.js';
 import { now } from './events.js';
 import { JobRun } from './job.js';
-import { createRunTempRoot, defaultStoreDir, jobTempRoot, newRunId } from './paths.js';
+import { createRunTempRoot, defaultStoreDir, jobTempRoot, newRunId, runTempBaseProblem } from './paths.js';
 import { reap } from './reaper.js';
 import type { DockerMode, JobSpec, RunSpec } from './spec.js';
 import { maskSecrets } from './spec.js';
@@ -381,7 +381,8 @@ export async function runPipeline(opts: RunOptions): Promise<RunOutcome> {
       opts.signal?.removeEventListener('abort', onCancel);
       opts.forceSignal?.removeEventListener('abort', onForce);
       await Promise.allSettled([...running.values()].map((r) => r.done));
-      rmSync(jobTempRoot(runId), { recursive: true, force: true });
+      // Only under a base of this user's alone (a refused base is someone else's; red-team pass 30).
+      if (runTempBaseProblem() === undefined) rmSync(jobTempRoot(runId), { recursive: true, force: true });
     }
     const list = jobs.map(
       (j) => results.get(j.name) ?? { job: j.name, status: 'cancelled' as const, durationMs: 0 },
