@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { dockerdArgs, engineDown, engineStatus, engineUp } from './index.js';
 import type { EngineLayout } from './index.js';
@@ -35,6 +36,27 @@ test('engine up uses an engine that already answers and starts nothing', async (
   assert.equal(down.action, 'not-started-by-berth');
 });
 
+test('engine down stops only a dockerd: a record whose pid now names another process is dropped, the process left alone', async () => {
+  using dir = tempDir('berth-engine-rec-');
+  const layout: EngineLayout = {
+    stateDir: join(dir.path, 'state'),
+    runDir: join(dir.path, 'run'),
+    socket: join(dir.path, 'run', 'docker.sock'),
+    dockerd: '/usr/sbin/dockerd',
+  };
+  const other = spawn('sleep', ['60'], { stdio: 'ignore' });
+  try {
+    mkdirSync(layout.runDir, { recursive: true });
+    writeFileSync(join(layout.runDir, 'engine.json'), JSON.stringify({ pid: other.pid }));
+    const down = await engineDown({ layout, timeoutMs: 1000 });
+    assert.equal(down.action, 'not-started-by-berth');
+    assert.equal(other.exitCode, null);
+    assert.equal(other.signalCode, null, 'the process the record named was not signalled');
+  } finally {
+    other.kill('SIGKILL');
+  }
+});
+
 test(
   'engine up starts a private dockerd when none answers; idempotent; down stops only what it started',
   { skip: !existsSync('/usr/sbin/dockerd') && 'dockerd is not installed' },
@@ -55,6 +77,7 @@ test(
       const first = await engineUp({ layout, env, dockerdFlags: flags, launcher });
       assert.equal(first.action, 'started');
       assert.ok(first.action === 'started' && existsSync(first.logFile));
+      assert.equal(statSync(first.logFile).mode & 0o777, 0o600, "the daemon's log is root's to read");
       const again = await engineUp({ layout, env, dockerdFlags: flags, launcher });
       assert.equal(again.action, 'existing', 'a second up reuses the running daemon');
       const status = await engineStatus({ layout, env });

@@ -6,7 +6,16 @@
  * `up` started (recorded in a state file next to the pid file).
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  fchmodSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { dirname, join } from 'node:path';
 import { BerthError, deadline, sleep } from '../common/index.js';
 import { DockerClient } from './client.js';
@@ -232,7 +241,9 @@ export async function engineUp(o: UpOptions = {}): Promise<UpResult> {
     mkdirSync(d, { recursive: true });
   if (existsSync(layout.socket)) rmSync(layout.socket, { force: true }); // stale: nothing answered on it
   const args = dockerdArgs(layout, o.dockerdFlags);
-  const fd = openSync(paths.logFile, 'a');
+  // The daemon's log is root's to read (it names containers, images and registries).
+  const fd = openSync(paths.logFile, 'a', 0o600);
+  fchmodSync(fd, 0o600);
   // A stale pid file (from a daemon that was killed) stops dockerd from starting.
   if (existsSync(paths.pidFile)) {
     const old = Number(readFileSync(paths.pidFile, 'utf8').trim());
@@ -290,6 +301,16 @@ async function waitPing(socket: string, ms: number, logFile: string, pid: number
 export type DownResult =
   { action: 'stopped'; pid: number } | { action: 'not-started-by-berth'; detail: string };
 
+/** Whether a running process is a dockerd (its command line's program; where /proc can tell). */
+function isDockerd(pid: number): boolean {
+  try {
+    const argv0 = readFileSync(`/proc/${pid}/cmdline`, 'latin1').split('\0')[0] ?? '';
+    return argv0.endsWith('dockerd');
+  } catch {
+    return true; // no /proc to look in: the record is trusted, as before
+  }
+}
+
 export async function engineDown(o: { layout?: EngineLayout; timeoutMs?: number } = {}): Promise<DownResult> {
   const layout = o.layout ?? defaultLayout();
   const paths = enginePaths(layout);
@@ -299,7 +320,8 @@ export async function engineDown(o: { layout?: EngineLayout; timeoutMs?: number 
       action: 'not-started-by-berth',
       detail: `no record in ${paths.stateFile}: berth did not start the engine, so it leaves it alone`,
     };
-  if (!isAlive(state.pid)) {
+  if (!isAlive(state.pid) || !isDockerd(state.pid)) {
+    // Gone, or the pid now names another process (a pid is reused): nothing of berth's to stop.
     rmSync(paths.stateFile, { force: true });
     return {
       action: 'not-started-by-berth',
