@@ -298,28 +298,19 @@ async function acquireCacheLock(
       const age = Date.now() - Date.parse((lock as unknown as { Created: string }).Created);
       // Only berth's own sidecar keeps a lock alive (a tenant can name a container berth-dind-*).
       const sidecar = holder ? await containers(client).find(names.sidecar(holder)) : undefined;
+      const own = sidecar !== undefined && isOwnSidecar(sidecar.Config.Labels, holder);
       // The daemon of a run whose runner was killed keeps the lock until someone reaps the run
       // (red-team pass 26: a waiter sat out its whole wait): it is stopped and the lock taken. A
       // daemon of `berth dind up` (no run) outlives the command that started it on purpose.
-      if (
-        sidecar &&
-        isOwnSidecar(sidecar.Config.Labels, holder) &&
-        sidecar.Config.Labels?.[LABEL_RUN] !== undefined &&
-        ownerGone(sidecar.Config.Labels)
-      ) {
-        log(
-          `dind: the daemon ${holder} holding the cache "${key}" belongs to a run whose runner is gone; stopping it`,
-        );
-        await stopDind(client, holder, { log, id: sidecar.Id });
-        await containers(client)
-          .remove(lock.Id, { force: true })
-          .catch((err: unknown) => {
-            if (!isNotFound(err)) throw err;
-          });
-        continue;
-      }
-      if (!(sidecar && isOwnSidecar(sidecar.Config.Labels, holder)) && age > 30_000) {
-        log(`dind: removing the stale cache lock of ${holder || 'an unknown daemon'} on "${key}"`);
+      const orphaned =
+        own && sidecar.Config.Labels?.[LABEL_RUN] !== undefined && ownerGone(sidecar.Config.Labels);
+      if (orphaned || (!own && age > 30_000)) {
+        if (orphaned) {
+          log(
+            `dind: the daemon ${holder} holding the cache "${key}" belongs to a run whose runner is gone; stopping it`,
+          );
+          await stopDind(client, holder, { log, id: sidecar.Id });
+        } else log(`dind: removing the stale cache lock of ${holder || 'an unknown daemon'} on "${key}"`);
         await containers(client)
           .remove(lock.Id, { force: true })
           .catch((err: unknown) => {

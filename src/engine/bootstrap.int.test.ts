@@ -7,6 +7,16 @@ import { dockerdArgs, engineDown, engineStatus, engineUp } from './index.js';
 import type { EngineLayout } from './index.js';
 import { tempDir } from '../../test/support/index.js';
 
+/** A private engine layout under `dir`. */
+function layoutIn(dir: string): EngineLayout {
+  return {
+    stateDir: join(dir, 'state'),
+    runDir: join(dir, 'run'),
+    socket: join(dir, 'run', 'docker.sock'),
+    dockerd: '/usr/sbin/dockerd',
+  };
+}
+
 test('dockerd gets its own data root, exec root, pid file and socket', () => {
   const l: EngineLayout = { stateDir: '/s', runDir: '/r', socket: '/r/d.sock', dockerd: '/usr/sbin/dockerd' };
   assert.deepEqual(dockerdArgs(l, ['--iptables=false']), [
@@ -38,12 +48,7 @@ test('engine up uses an engine that already answers and starts nothing', async (
 
 test('engine down stops only a dockerd: a record whose pid now names another process is dropped, the process left alone', async () => {
   using dir = tempDir('berth-engine-rec-');
-  const layout: EngineLayout = {
-    stateDir: join(dir.path, 'state'),
-    runDir: join(dir.path, 'run'),
-    socket: join(dir.path, 'run', 'docker.sock'),
-    dockerd: '/usr/sbin/dockerd',
-  };
+  const layout = layoutIn(dir.path);
   const other = spawn('sleep', ['60'], { stdio: 'ignore' });
   try {
     mkdirSync(layout.runDir, { recursive: true });
@@ -62,12 +67,7 @@ test(
   { skip: !existsSync('/usr/sbin/dockerd') && 'dockerd is not installed' },
   async () => {
     using dir = tempDir('berth-engine-');
-    const layout: EngineLayout = {
-      stateDir: join(dir.path, 'state'),
-      runDir: join(dir.path, 'run'),
-      socket: join(dir.path, 'run', 'docker.sock'),
-      dockerd: '/usr/sbin/dockerd',
-    };
+    const layout = layoutIn(dir.path);
     const env = { ...process.env, DOCKER_HOST: `unix://${layout.socket}` };
     // A private daemon beside the shared one, in its own network namespace (with --bridge none,
     // dockerd deletes docker0 in its namespace: never the host's), without iptables.

@@ -621,9 +621,7 @@ export class GuardProxy implements ProxyCore {
         this.audit(method, normalized, 'deny', { rule: 'malformed', status: 400, message: err.message });
         send(res, 400, { message: `berth: malformed: ${err.message}` });
       } else {
-        // Some errors print whole objects into their message (a Node socket, kilobytes of it).
-        const why = errorMessage(err);
-        const message = why.length > 500 ? `${why.slice(0, 500)}…` : why;
+        const message = failureMessage(err);
         this.audit(method, normalized, 'error', { status: 502, message });
         send(res, 502, { message: `berth: upstream: ${message}` });
       }
@@ -851,8 +849,7 @@ export class GuardProxy implements ProxyCore {
           });
           if (r && r.status < 300) {
             this.state.networks.delete(nid);
-            if (this.networkId !== undefined && (await this.networkId.catch(() => undefined)) === nid)
-              await this.forgetTenantNetwork();
+            if (nid === (await this.networkId?.catch(() => undefined))) await this.forgetTenantNetwork();
           }
         });
       case 'network.connect':
@@ -1651,6 +1648,7 @@ export class GuardProxy implements ProxyCore {
   async upgrade(req: IncomingMessage, client: Duplex, head: Buffer): Promise<void> {
     const method = (req.method ?? 'POST').toUpperCase();
     let normalized = '';
+    let startedExec: string | undefined;
     try {
       const url = requestTarget(req.url);
       normalized = normalizePath(url.path);
@@ -1661,7 +1659,6 @@ export class GuardProxy implements ProxyCore {
       let body: Buffer = Buffer.alloc(0);
       let rest: Buffer = head;
       let target: string;
-      let startedExec: string | undefined;
       if (m.route.id === 'exec.start') {
         const len = Number(req.headers['content-length'] ?? '0');
         if (len > MAX_JSON_BODY) throw new Refusal('body', 'body too large', 400);
@@ -1681,13 +1678,7 @@ export class GuardProxy implements ProxyCore {
           buildPath(m.route, { id: cid }, m.apiVersion) +
           (url.search === '' ? '' : `?${new URLSearchParams(url.search).toString()}`);
       }
-      const upstream = await this.hijackUpstream(target, body).catch((err: unknown) => {
-        // dockerd answered without upgrading: a detached exec start (200), or an error (a stopped
-        // container, 409). Its status goes back as it is (it used to be a 502 from the guard).
-        if (err instanceof UpstreamStatus && startedExec !== undefined && err.status < 300)
-          this.unstartedExecs.delete(startedExec);
-        throw err;
-      });
+      const upstream = await this.hijackUpstream(target, body);
       if (startedExec !== undefined) this.unstartedExecs.delete(startedExec);
       this.audit(method, m.path, 'allow', { status: 101 });
       client.write(
@@ -1698,12 +1689,18 @@ export class GuardProxy implements ProxyCore {
       splice(client, upstream.socket);
     } catch (err) {
       if (err instanceof UpstreamStatus && err.status < 500) {
-        // The engine's own answer: passed on (with others' container IDs hidden), audited as allowed.
+        // dockerd answered without upgrading: a detached exec start (200, the exec started), or an
+        // error (a paused container, 409). Its answer goes back as it is (others' IDs hidden).
+        if (err.status < 300 && startedExec !== undefined) this.unstartedExecs.delete(startedExec);
         this.audit(method, normalized, 'allow', { status: err.status });
-        const text = err.status < 300 ? err.message : JSON.stringify({ message: this.hide(err.message) });
-        client.end(
-          `HTTP/1.1 ${err.status} ${http.STATUS_CODES[err.status] ?? ''}\r\nContent-Type: ${err.status < 300 ? 'text/plain' : 'application/json'}\r\nContent-Length: ${Buffer.byteLength(text)}\r\nConnection: close\r\n\r\n${text}`,
-        );
+        if (err.status < 300) answerRaw(client, err.status, 'text/plain', err.message);
+        else
+          answerRaw(
+            client,
+            err.status,
+            'application/json',
+            JSON.stringify({ message: this.hide(err.message) }),
+          );
         return;
       }
       const { status, message, rule } =
@@ -1711,12 +1708,9 @@ export class GuardProxy implements ProxyCore {
           ? { ...err.decision() }
           : err instanceof BodyError || err instanceof PathError
             ? { status: 400, message: `berth: malformed: ${err.message}`, rule: 'malformed' as RuleName }
-            : { status: 502, message: `berth: upstream: ${errorMessage(err)}`, rule: undefined };
+            : { status: 502, message: `berth: upstream: ${failureMessage(err)}`, rule: undefined };
       this.audit(method, normalized, status === 502 ? 'error' : 'deny', { rule, status, message });
-      const text = JSON.stringify({ message });
-      client.end(
-        `HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? ''}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(text)}\r\nConnection: close\r\n\r\n${text}`,
-      );
+      answerRaw(client, status, 'application/json', JSON.stringify({ message }));
     }
   }
 
@@ -1831,6 +1825,19 @@ export class GuardProxy implements ProxyCore {
     await this.images.cleanup(counts);
     return counts;
   }
+}
+
+/** An error's message for a 502, cut short: some print whole objects (a Node socket, kilobytes). */
+function failureMessage(err: unknown): string {
+  const why = errorMessage(err);
+  return why.length > 500 ? `${why.slice(0, 500)}…` : why;
+}
+
+/** A whole answer written on a raw (not yet upgraded) client connection, which then closes. */
+function answerRaw(client: Duplex, status: number, contentType: string, text: string): void {
+  client.end(
+    `HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? ''}\r\nContent-Type: ${contentType}\r\nContent-Length: ${Buffer.byteLength(text)}\r\nConnection: close\r\n\r\n${text}`,
+  );
 }
 
 class UpstreamStatus extends Error {

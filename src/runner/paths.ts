@@ -2,8 +2,8 @@
 import { homedir, hostname, tmpdir } from 'node:os';
 import { basename, join, resolve } from 'node:path';
 import { createHash, randomBytes } from 'node:crypto';
-import { chmodSync, lstatSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { BerthError, pidAlive } from '../common/index.js';
+import { lstatSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { BerthError, pidAlive, privateDirProblem } from '../common/index.js';
 
 /** A new run id: sortable by time, safe in Docker names: 20261123-021900-a1b2. */
 export function newRunId(date = new Date()): string {
@@ -51,17 +51,7 @@ export function ensureRunTempBase(): string {
 
 /** Why `base` cannot hold runs' folders (undefined: it can); tightens the mode of our own. */
 export function runTempBaseProblem(base = runTempBase()): string | undefined {
-  let st;
-  try {
-    st = lstatSync(base);
-  } catch {
-    return 'does not exist';
-  }
-  if (!st.isDirectory()) return 'is not a folder (a link, or a file)';
-  const uid = process.geteuid?.();
-  if (uid !== undefined && st.uid !== uid) return `belongs to uid ${st.uid}, not to this user (${uid})`;
-  if ((st.mode & 0o077) !== 0) chmodSync(base, 0o700);
-  return undefined;
+  return privateDirProblem(base);
 }
 
 /**

@@ -2,10 +2,10 @@
  * The run history: an embedded SQLite database at `<dir>/berth.db` (WAL) with runs, jobs and steps,
  * and full logs as files under `<dir>/runs/<id>/<job>.log`. The server reads the same store.
  */
-import { appendFileSync, chmodSync, existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { BerthError } from '../common/index.js';
+import { BerthError, privateDirProblem } from '../common/index.js';
 import type { JobStatus, RunStatus, StepStatus } from './events.js';
 
 export interface RunRow {
@@ -72,10 +72,7 @@ export class Store {
       // Job logs are read by whoever may run berth here, not by every user of the machine.
       mkdirSync(join(dir, 'runs'), { recursive: true, mode: 0o700 });
       // A store an older berth made with the default modes is tightened (red-team pass 30).
-      for (const d of [dir, join(dir, 'runs')]) {
-        const st = statSync(d);
-        if ((st.mode & 0o077) !== 0 && st.uid === process.geteuid?.()) chmodSync(d, 0o700);
-      }
+      for (const d of [dir, join(dir, 'runs')]) privateDirProblem(d);
       this.db = new Database(join(dir, 'berth.db'));
       this.db.pragma('journal_mode = WAL');
       this.db.pragma('busy_timeout = 5000');

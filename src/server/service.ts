@@ -283,8 +283,9 @@ export class ServerService {
                 : ''),
           );
       }
-      const newest = await this.o.store.runs({ projectId: run.projectId, limit: Math.max(keepRuns, 1) });
-      const keep = new Set(keepRuns > 0 ? newest.map((r) => r.id) : []);
+      const newest =
+        keepRuns > 0 ? await this.o.store.runs({ projectId: run.projectId, limit: keepRuns }) : [];
+      const keep = new Set(newest.map((r) => r.id));
       await this.artifacts.prune(
         keep,
         async (id) => (await this.o.store.run(id))?.projectId === run.projectId,

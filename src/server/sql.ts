@@ -5,18 +5,9 @@
  */
 import Database from 'better-sqlite3';
 import pg from 'pg';
-import {
-  chmodSync,
-  closeSync,
-  constants,
-  fchmodSync,
-  fstatSync,
-  lstatSync,
-  mkdirSync,
-  openSync,
-} from 'node:fs';
+import { closeSync, constants, fchmodSync, fstatSync, lstatSync, mkdirSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { BerthError } from '../common/index.js';
+import { BerthError, privateDirProblem } from '../common/index.js';
 
 export type SqlValue = string | number | null;
 export type Row = Record<string, unknown>;
@@ -52,20 +43,13 @@ export function parseDbUrl(
  * would have berth (often root) write them where that user reads, or chmod and remove what the
  * link names (red-team pass 30). Throws BERTH_CONFIG naming the folder otherwise.
  */
-export function ensurePrivateDir(dir: string, what: string, tighten = true): void {
+export function ensurePrivateDir(dir: string, what: string): void {
   mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const st = lstatSync(dir);
-  const uid = process.geteuid?.();
-  const problem = !st.isDirectory()
-    ? 'is not a folder (a link, or a file)'
-    : uid !== undefined && st.uid !== uid
-      ? `belongs to uid ${st.uid}, not to this user (${uid})`
-      : undefined;
+  const problem = privateDirProblem(dir);
   if (problem !== undefined)
     throw new BerthError('BERTH_CONFIG', `the ${what} ${dir} ${problem}`, {
       hint: `use a folder of this user's own (or remove ${dir}: berth makes it)`,
     });
-  if (tighten && (st.mode & 0o077) !== 0) chmodSync(dir, 0o700);
 }
 
 export function openSqlite(path: string): Sql {
