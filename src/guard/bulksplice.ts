@@ -15,32 +15,14 @@
  * connection is TLS, or the guard is told so (`bulkRelay: 'javascript'`), it uses rawStream.
  */
 import { spawn } from 'node:child_process';
-import { accessSync, constants } from 'node:fs';
 import type { Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
+import { nativeHelper } from './native.js';
 import { RawStreamError } from './rawstream.js';
 
-/** The compiled helper: next to the built guard (dist/native), or dist/native when run from sources. */
-const CANDIDATES = ['../native/berth-splice', '../../dist/native/berth-splice'];
-
-let found: string | null | undefined;
-
-/** The helper's path, or undefined when it was not built. */
+/** The compiled helper, or undefined when it was not built. */
 export function spliceHelper(): string | undefined {
-  if (found === undefined) {
-    found = null;
-    for (const c of CANDIDATES) {
-      const p = fileURLToPath(new URL(c, import.meta.url));
-      try {
-        accessSync(p, constants.X_OK);
-        found = p;
-        break;
-      } catch {
-        // not there: the next candidate
-      }
-    }
-  }
-  return found ?? undefined;
+  return nativeHelper('berth-splice');
 }
 
 /** Exit codes of berth-splice (see its source). */

@@ -172,4 +172,6 @@ export interface AuditRecord {
   readonly rule?: RuleName | undefined;
   readonly status?: number | undefined;
   readonly message?: string | undefined;
+  /** `front`: answered by the fast front (front.ts), which writes its own lines. */
+  readonly via?: 'front' | undefined;
 }

@@ -12,6 +12,8 @@ import { createTransport, parseEndpoint } from '../engine/index.js';
 import type { AuditRecord, PathMap, Policy } from './contracts.js';
 import { loadPolicyFile } from './policy-file.js';
 import { defaultPolicy } from './policy.js';
+import { frontUnavailable, startFront } from './front.js';
+import type { Front } from './front.js';
 import { GuardProxy } from './proxy.js';
 
 export interface GuardOptions {
@@ -50,6 +52,11 @@ export interface GuardOptions {
    * `javascript` always relays them through the guard's own code (see bulksplice.ts).
    */
   bulkRelay?: 'splice' | 'javascript';
+  /**
+   * The fast front (front.ts): `auto` (default) starts it where it can run (a unix socket on both
+   * ends, berth-front built, the audit a file or stdout); `off` has the guard answer every request.
+   */
+  front?: 'auto' | 'off';
 }
 
 export interface GuardHandle {
@@ -158,6 +165,7 @@ export async function createGuard(o: GuardOptions): Promise<GuardHandle> {
     server = http.createServer(handler);
     address = `unix://${o.listen.replace(/^unix:\/\//, '')}`;
   }
+  let closed = false;
   server.on('upgrade', (req: http.IncomingMessage, socket, head: Buffer) => {
     socket.on('error', () => socket.destroy());
     track(proxy.upgrade(req, socket, head));
@@ -176,31 +184,76 @@ export async function createGuard(o: GuardOptions): Promise<GuardHandle> {
   server.headersTimeout = 60_000;
   server.keepAliveTimeout = 30_000;
 
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    if (tcp) {
-      server.listen(Number(tcp[2]), (tcp[1] ?? '').replace(/^\[|\]$/g, ''), () => resolve());
-    } else {
-      const path = o.listen.replace(/^unix:\/\//, '');
-      mkdirSync(dirname(path), { recursive: true });
-      if (existsSync(path) && statSync(path).isSocket()) rmSync(path);
-      server.listen(path, () => {
-        // Job containers may run as any user: the socket is the job's to use.
-        chmodSync(path, 0o666);
-        resolve();
+  const socketPath = o.listen.replace(/^unix:\/\//, '');
+  /** The guard's own listener, on its socket path (when there is no front, or it ended). */
+  const listenHere = (): Promise<void> =>
+    new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      if (tcp) {
+        server.listen(Number(tcp[2]), (tcp[1] ?? '').replace(/^\[|\]$/g, ''), () => resolve());
+      } else {
+        if (existsSync(socketPath) && statSync(socketPath).isSocket()) rmSync(socketPath);
+        server.listen(socketPath, () => {
+          // Job containers may run as any user: the socket is the job's to use.
+          chmodSync(socketPath, 0o666);
+          resolve();
+        });
+      }
+    });
+  if (!tcp) mkdirSync(dirname(socketPath), { recursive: true });
+  let front: Front | undefined;
+  const noFront =
+    o.front === 'off'
+      ? 'front: off'
+      : frontUnavailable({
+          listenUnix: !tcp,
+          engineUnix: upstream.kind === 'unix',
+          auditStream: o.audit !== undefined && typeof o.audit !== 'string',
+        });
+  if (noFront === undefined && upstream.kind === 'unix') {
+    if (existsSync(socketPath) && statSync(socketPath).isSocket()) rmSync(socketPath);
+    try {
+      front = await startFront({
+        listen: socketPath,
+        engine: upstream.socketPath,
+        tenant: o.tenant,
+        audit: typeof o.audit === 'string' ? o.audit : undefined,
+        onConnection: (socket) => server.emit('connection', socket),
+        onExit: (why) => {
+          // Its connections are gone with it; the guard serves the socket itself from now on.
+          front = undefined;
+          proxy.state.containers.watch(undefined);
+          if (closed) return;
+          process.emitWarning(
+            `berth guard ${o.tenant}: the fast front ended (${why}); the guard listens itself`,
+          );
+          listenHere().catch((err: unknown) =>
+            process.emitWarning(
+              `berth guard ${o.tenant}: cannot listen on ${socketPath}: ${errorMessage(err)}`,
+            ),
+          );
+        },
       });
+      proxy.state.containers.watch(front);
+      // node:http tracks its connections' header timeouts from its 'listening' on.
+      server.emit('listening');
+    } catch (err) {
+      process.emitWarning(`berth guard ${o.tenant}: no fast front (${errorMessage(err)})`);
+      front = undefined;
     }
-  });
+  }
+  if (!front) await listenHere();
   proxy.start();
   const sockets = new Set<import('node:net').Socket>();
   server.on('connection', (s) => {
     sockets.add(s);
     s.on('close', () => sockets.delete(s));
   });
-  let closed = false;
   const close = async (opts: { cleanup?: boolean } = {}): Promise<void> => {
     if (closed) return;
     closed = true;
+    // The front first: no connection comes from it after this.
+    await front?.close();
     await new Promise<void>((resolve) => {
       server.close(() => resolve());
       for (const s of sockets) s.destroy();
@@ -235,7 +288,7 @@ export async function createGuard(o: GuardOptions): Promise<GuardHandle> {
     if (cleanup) await proxy.pins.releaseAll();
     transport.close();
     sink.close();
-    if (!tcp) rmSync(o.listen.replace(/^unix:\/\//, ''), { force: true });
+    if (!tcp) rmSync(socketPath, { force: true });
   };
   return { address, tenant: o.tenant, close, [Symbol.asyncDispose]: () => close() };
 }

@@ -2,6 +2,7 @@
 export { TENANT_NAME, createGuard } from './guard.js';
 export type { GuardHandle, GuardOptions } from './guard.js';
 export { startGuardThread } from './thread.js';
+export { nativeHelper } from './native.js';
 export type { GuardThreadOptions } from './thread.js';
 export { RULES, policyFor } from './policy-file.js';
 export { DEFAULT_SAFE_SYSCTLS, defaultPolicy, translateJobPath } from './policy.js';

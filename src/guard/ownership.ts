@@ -298,9 +298,38 @@ export class TimedMap extends Map<string, string> {
   }
 }
 
+/** A set of IDs that tells a listener what enters and leaves it (the fast front keeps a copy). */
+export class WatchedSet extends Set<string> {
+  private listener: { add(id: string): void; delete(id: string): void } | undefined;
+
+  /** Tells `l` of every ID in the set now, and of each change from now on. */
+  watch(l: { add(id: string): void; delete(id: string): void } | undefined): void {
+    this.listener = l;
+    if (l) for (const id of this) l.add(id);
+  }
+
+  override add(id: string): this {
+    const fresh = !this.has(id);
+    super.add(id);
+    if (fresh) this.listener?.add(id);
+    return this;
+  }
+
+  override delete(id: string): boolean {
+    const had = super.delete(id);
+    if (had) this.listener?.delete(id);
+    return had;
+  }
+
+  override clear(): void {
+    for (const id of this) this.listener?.delete(id);
+    super.clear();
+  }
+}
+
 export class TenantState {
   /** Containers this guard created (their tenant label is ours even when the image also carries it). */
-  readonly containers = new Set<string>();
+  readonly containers = new WatchedSet();
   /**
    * Tags the tenant set, with the image ID its operation set each to (undefined while the operation
    * is in flight). A tag is the tenant's only while dockerd still maps it there: another party may

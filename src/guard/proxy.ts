@@ -50,7 +50,7 @@ import { ImageWatch, imageEventEffect } from './imagewatch.js';
 import type { ImageEvent } from './imagewatch.js';
 import { TagRecords, byIdOrDigest } from './tagrecords.js';
 import { SharedTurns, Turns } from './turns.js';
-import { PathError, buildPath, matchRoute, normalizePath, splitTarget } from './routes.js';
+import { PathError, buildPath, matchRoute, normalizePath, splitTarget, splitVersion } from './routes.js';
 import type { Matched } from './routes.js';
 import {
   NotFound,
@@ -581,7 +581,15 @@ export class GuardProxy implements ProxyCore {
       const url = requestTarget(req.url);
       normalized = normalizePath(url.path);
       const m = matchRoute(method, normalized);
-      if (!m) throw new Refusal('endpoint', `${method} ${normalized} is not an endpoint berth allows`);
+      if (!m) {
+        // dockerd routes /containers/{name:.*}/json: `docker inspect org/image` asks for a
+        // container of that name first, and looks for the image on the 404 (no container name
+        // has a slash).
+        const slashed =
+          method === 'GET' ? /^\/containers\/(.+\/.+)\/json$/.exec(splitVersion(normalized).rest) : null;
+        if (slashed) throw new NotFound(`No such container: ${slashed[1] ?? ''}`);
+        throw new Refusal('endpoint', `${method} ${normalized} is not an endpoint berth allows`);
+      }
       let query = new URLSearchParams(url.search);
       let body: Buffer | undefined;
       const ct = contentType(req.headers);
@@ -1371,9 +1379,10 @@ export class GuardProxy implements ProxyCore {
     } finally {
       this.pendingCreates.delete(pending);
     }
+    // Known before the client hears of it: the fast front answers its first inspect too.
+    if (typeof created === 'string') this.state.containers.add(created);
     sendSmall(res, 'POST', a, this.hide);
     if (typeof created === 'string') {
-      this.state.containers.add(created);
       if (this.state.containers.size >= this.forgetAt) {
         this.forgetAt = Number.POSITIVE_INFINITY; // one pass at a time
         void this.forgetGoneContainers()

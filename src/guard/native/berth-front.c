@@ -1,0 +1,896 @@
+/*
+ * berth-front: the guard's fast front for the requests a CI job makes most (ping, container
+ * inspect, container list), answered without a Node event-loop turn; every other request, and
+ * every connection it is not sure of, goes to the guard itself with the connection's descriptor.
+ *
+ *   berth-front LISTEN_PATH ENGINE_SOCKET_PATH TENANT AUDIT      (fd NODE_CHANNEL_FD: the guard)
+ *
+ * It listens on the tenant's socket (made 0666, as the guard's own). For each connection it peeks
+ * at the next request head (MSG_PEEK: nothing is consumed) and serves it only when the head is in
+ * the narrow shape below; the request is consumed only once its answer is known to be one the
+ * guard would send as it is. Anything else (another endpoint, a body, an upgrade, an odd byte, a
+ * head not yet whole, an answer the guard would change or refuse, an idle connection) hands the
+ * connection to the guard, unread from that request on, over Node's IPC channel (a NODE_HANDLE
+ * message, as Node's own child_process.send of a socket): the guard's node:http then reads it
+ * from that request as from any connection it accepted. No decision is taken here that the guard
+ * would not take: the shapes served are
+ *
+ *   GET|HEAD [/vN.N]/_ping
+ *   GET [/vN.N]/containers/REF/json[?size=B]      answered when its leading Id is one of the
+ *                                                 tenant's containers (the guard tells which)
+ *   GET [/vN.N]/containers/json[?all=B&limit=N&size=B&filters=F]
+ *                                                 sent on with the tenant's label filter added;
+ *                                                 answered when every entry's Id is the tenant's
+ *
+ * with strict HTTP/1.1 syntax (CRLF only, token header names, no Content-Length,
+ * Transfer-Encoding, Upgrade, Expect, TE or Trailer, Connection only keep-alive). The request sent
+ * to the engine is built here from the parsed parts, never the client's bytes.
+ *
+ * From the guard (JSON lines on the channel): {"add":"<64 hex>"} and {"del":"<64 hex>"}, the
+ * containers the guard made for the tenant (once made, a container is the tenant's for good:
+ * labels cannot change; one the guard has not told yet is merely handed over). To the guard:
+ * {"berth":"ready"} once listening, and the handed connections. Each answer it sends is one audit
+ * line, as the guard's, written to AUDIT (a file, `-` for stdout, or `` for none).
+ *
+ * It ends when the channel closes or the guard's thread ends (PR_SET_PDEATHSIG), or on SIGTERM.
+ */
+#define _GNU_SOURCE
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#define HEAD_MAX 8192
+#define MAX_HEADERS 64
+#define MAX_THREADS 128
+/* A connection that sends nothing for this long goes to the guard (its own idle rules). */
+#define IDLE_MS 2000
+/* Engine answers larger than this are the guard's to relay. */
+#define ANSWER_MAX (8 << 20)
+#define TARGET_MAX 2048
+
+static const char *engine_path;
+static const char *tenant;
+static int channel = -1;
+static int audit_fd = -1;
+static pthread_mutex_t channel_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t count_lock = PTHREAD_MUTEX_INITIALIZER;
+static int threads;
+
+/* ------------------------------------------------------------------ the tenant's containers */
+
+#define SET_BUCKETS 4096
+struct node {
+  struct node *next;
+  char id[65];
+};
+static struct node *buckets[SET_BUCKETS];
+static pthread_rwlock_t set_lock = PTHREAD_RWLOCK_INITIALIZER;
+
+static unsigned bucket_of(const char *id) {
+  unsigned h = 2166136261u;
+  for (int i = 0; i < 64; i++) h = (h ^ (unsigned char)id[i]) * 16777619u;
+  return h % SET_BUCKETS;
+}
+
+static int is_hex64(const char *s) {
+  for (int i = 0; i < 64; i++)
+    if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f'))) return 0;
+  return 1;
+}
+
+/* Whether the 64 hex digits at id name a container the guard made for the tenant. */
+static int owned(const char *id) {
+  int found = 0;
+  pthread_rwlock_rdlock(&set_lock);
+  for (struct node *n = buckets[bucket_of(id)]; n; n = n->next)
+    if (memcmp(n->id, id, 64) == 0) {
+      found = 1;
+      break;
+    }
+  pthread_rwlock_unlock(&set_lock);
+  return found;
+}
+
+static void set_add(const char *id) {
+  unsigned b = bucket_of(id);
+  pthread_rwlock_wrlock(&set_lock);
+  struct node *n;
+  for (n = buckets[b]; n; n = n->next)
+    if (memcmp(n->id, id, 64) == 0) break;
+  if (!n && (n = calloc(1, sizeof *n)) != NULL) {
+    memcpy(n->id, id, 64);
+    n->next = buckets[b];
+    buckets[b] = n;
+  }
+  pthread_rwlock_unlock(&set_lock);
+}
+
+static void set_del(const char *id) {
+  unsigned b = bucket_of(id);
+  pthread_rwlock_wrlock(&set_lock);
+  for (struct node **p = &buckets[b]; *p; p = &(*p)->next)
+    if (memcmp((*p)->id, id, 64) == 0) {
+      struct node *gone = *p;
+      *p = gone->next;
+      free(gone);
+      break;
+    }
+  pthread_rwlock_unlock(&set_lock);
+}
+
+/* ------------------------------------------------------------------ the guard's channel */
+
+static int write_all(int fd, const char *p, size_t n) {
+  while (n > 0) {
+    ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return -1;
+    p += w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
+/* Hands a connection to the guard (Node's NODE_HANDLE message, the descriptor attached), then
+   closes this process's copy. Without the guard there is nobody to serve it: it is closed. */
+static void hand_over(int fd) {
+  /* The flag is the open file's, shared with the guard's copy: libuv takes a received descriptor
+     as it comes, and a blocking one would stall the guard's whole event loop on a full socket. */
+  int fl = fcntl(fd, F_GETFL);
+  if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
+    close(fd);
+    return;
+  }
+  static const char msg[] =
+      "{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Socket\",\"msg\":{\"berth\":\"connection\"}}\n";
+  char ctl[CMSG_SPACE(sizeof(int))];
+  memset(ctl, 0, sizeof ctl);
+  struct iovec iov = {(void *)msg, sizeof msg - 1};
+  struct msghdr mh = {0};
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  mh.msg_control = ctl;
+  mh.msg_controllen = sizeof ctl;
+  struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(c), &fd, sizeof(int));
+  pthread_mutex_lock(&channel_lock);
+  ssize_t w;
+  do w = sendmsg(channel, &mh, MSG_NOSIGNAL);
+  while (w < 0 && errno == EINTR);
+  if (w > 0 && (size_t)w < sizeof msg - 1) write_all(channel, msg + w, sizeof msg - 1 - (size_t)w);
+  pthread_mutex_unlock(&channel_lock);
+  close(fd);
+}
+
+/* Reads the guard's messages; its end (the guard closed or died) ends this process. */
+static void *read_channel(void *arg) {
+  (void)arg;
+  char buf[65536];
+  size_t have = 0;
+  for (;;) {
+    ssize_t r = read(channel, buf + have, sizeof buf - have);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) _exit(0);
+    have += (size_t)r;
+    char *start = buf, *nl;
+    while ((nl = memchr(start, '\n', (size_t)(buf + have - start))) != NULL) {
+      *nl = '\0';
+      /* {"add":"<id>"} / {"del":"<id>"}; anything else (Node's own NODE_HANDLE_ACK) is ignored. */
+      if (nl - start == 74 && strncmp(start, "{\"add\":\"", 8) == 0 && is_hex64(start + 8) &&
+          strcmp(start + 72, "\"}") == 0)
+        set_add(start + 8);
+      else if (nl - start == 74 && strncmp(start, "{\"del\":\"", 8) == 0 && is_hex64(start + 8) &&
+               strcmp(start + 72, "\"}") == 0)
+        set_del(start + 8);
+      start = nl + 1;
+    }
+    have = (size_t)(buf + have - start);
+    memmove(buf, start, have);
+    if (have == sizeof buf) have = 0; /* a line this long is no message of ours */
+  }
+  return NULL;
+}
+
+/* ------------------------------------------------------------------ audit */
+
+static void audit(const char *method, const char *path, int status) {
+  if (audit_fd < 0) return;
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  struct tm tm;
+  gmtime_r(&ts.tv_sec, &tm);
+  char line[512];
+  int n = snprintf(line, sizeof line,
+                   "{\"time\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ\",\"tenant\":\"%s\",\"method\":\"%s\","
+                   "\"path\":\"%s\",\"decision\":\"allow\",\"status\":%d,\"via\":\"front\"}\n",
+                   tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                   ts.tv_nsec / 1000000, tenant, method, path, status);
+  if (n > 0 && (size_t)n < sizeof line) {
+    ssize_t w;
+    do w = write(audit_fd, line, (size_t)n);
+    while (w < 0 && errno == EINTR);
+  }
+}
+
+/* ------------------------------------------------------------------ request heads */
+
+enum kind { PING, INSPECT, LIST };
+
+struct request {
+  enum kind kind;
+  int head;                /* bytes of the head, CRLFCRLF included */
+  int is_head;             /* HEAD, not GET */
+  char version[16];        /* "/v1.41" or "" */
+  char path[160];          /* the audit's path: no version, no query */
+  char upstream[TARGET_MAX]; /* the target sent to the engine */
+};
+
+static int tchar(int c) {
+  return isalnum(c) || (c && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
+static int ieq(const char *a, size_t an, const char *b) {
+  return strlen(b) == an && strncasecmp(a, b, an) == 0;
+}
+
+/* Go's httputils.BoolValue input as a plain value: letters and digits only. */
+static int plain_value(const char *v, size_t n, size_t max) {
+  if (n > max) return 0;
+  for (size_t i = 0; i < n; i++)
+    if (!isalnum((unsigned char)v[i])) return 0;
+  return 1;
+}
+
+/* Percent-decodes (and '+' as space, as Go's query parsing) into out; 0 on a bad escape. */
+static int unescape(const char *s, size_t n, char *out, size_t cap, size_t *len) {
+  size_t o = 0;
+  for (size_t i = 0; i < n; i++) {
+    int c = (unsigned char)s[i];
+    if (c == '%') {
+      if (i + 2 >= n) return 0;
+      char h[3] = {s[i + 1], s[i + 2], 0};
+      if (!isxdigit((unsigned char)h[0]) || !isxdigit((unsigned char)h[1])) return 0;
+      c = (int)strtol(h, NULL, 16);
+      i += 2;
+    } else if (c == '+')
+      c = ' ';
+    if (o + 1 >= cap) return 0;
+    out[o++] = (char)c;
+  }
+  out[o] = '\0';
+  *len = o;
+  return 1;
+}
+
+/* Appends s percent-encoded (unreserved characters as they are) to out. */
+static int escape_into(char *out, size_t cap, size_t *o, const char *s) {
+  static const char hex[] = "0123456789ABCDEF";
+  for (; *s; s++) {
+    unsigned char c = (unsigned char)*s;
+    if (isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
+      if (*o + 1 >= cap) return 0;
+      out[(*o)++] = (char)c;
+    } else {
+      if (*o + 3 >= cap) return 0;
+      out[(*o)++] = '%';
+      out[(*o)++] = hex[c >> 4];
+      out[(*o)++] = hex[c & 15];
+    }
+  }
+  out[*o] = '\0';
+  return 1;
+}
+
+/*
+ * A container list's filters, in the one plain shape taken here: an object whose keys (lower-case
+ * letters, '_', '-', '!') each name an array of strings or an object of strings mapped to true,
+ * no key twice, no escape in any string, neither `since` nor `before` (which name a container the
+ * guard resolves). Re-encoded in dockerd's map form with the tenant's label added. 0: not taken.
+ */
+static int tenant_filters(const char *in, char *out, size_t cap) {
+  char keys[16][32];
+  int nkeys = 0, has_label = 0;
+  size_t o = 0;
+  const char *p = in;
+#define WS() while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') p++
+#define PUT(str)                                       \
+  do {                                                 \
+    size_t l_ = strlen(str);                           \
+    if (o + l_ >= cap) return 0;                       \
+    memcpy(out + o, str, l_);                          \
+    o += l_;                                           \
+    out[o] = '\0';                                     \
+  } while (0)
+  WS();
+  if (*p++ != '{') return 0;
+  PUT("{");
+  WS();
+  if (*p == '}') p++;
+  else
+    for (;;) {
+      WS();
+      if (*p++ != '"') return 0;
+      const char *k = p;
+      while (*p && ((*p >= 'a' && *p <= 'z') || *p == '_' || *p == '-' || *p == '!')) p++;
+      size_t kl = (size_t)(p - k);
+      if (*p++ != '"' || kl == 0 || kl >= sizeof keys[0] || nkeys == 16) return 0;
+      for (int i = 0; i < nkeys; i++)
+        if (strlen(keys[i]) == kl && memcmp(keys[i], k, kl) == 0) return 0;
+      memcpy(keys[nkeys], k, kl);
+      keys[nkeys][kl] = '\0';
+      const char *key = keys[nkeys++];
+      if (strcmp(key, "since") == 0 || strcmp(key, "before") == 0) return 0;
+      int label = strcmp(key, "label") == 0;
+      has_label |= label;
+      if (nkeys > 1) PUT(",");
+      PUT("\"");
+      PUT(key);
+      PUT("\":{");
+      WS();
+      if (*p++ != ':') return 0;
+      WS();
+      char close;
+      if (*p == '[') close = ']';
+      else if (*p == '{') close = '}';
+      else return 0;
+      p++;
+      int n = 0;
+      WS();
+      if (*p == close) p++;
+      else
+        for (;;) {
+          WS();
+          if (*p++ != '"') return 0;
+          const char *v = p;
+          while (*p && *p != '"' && *p != '\\' && (unsigned char)*p >= 0x20 && (unsigned char)*p < 0x7f) p++;
+          if (*p != '"') return 0;
+          size_t vl = (size_t)(p - v);
+          p++;
+          if (close == '}') {
+            WS();
+            if (*p++ != ':') return 0;
+            WS();
+            if (strncmp(p, "true", 4) != 0) return 0;
+            p += 4;
+          }
+          if (o + vl + 10 >= cap) return 0;
+          if (n++) out[o++] = ',';
+          out[o++] = '"';
+          memcpy(out + o, v, vl);
+          o += vl;
+          memcpy(out + o, "\":true", 6);
+          o += 6;
+          out[o] = '\0';
+          WS();
+          if (*p == ',') {
+            p++;
+            continue;
+          }
+          if (*p++ != close) return 0;
+          break;
+        }
+      if (label) {
+        if (n) PUT(",");
+        PUT("\"io.berth.tenant=");
+        PUT(tenant);
+        PUT("\":true");
+      }
+      PUT("}");
+      WS();
+      if (*p == ',') {
+        p++;
+        continue;
+      }
+      if (*p++ != '}') return 0;
+      break;
+    }
+  WS();
+  if (*p) return 0;
+  if (!has_label) {
+    if (nkeys) PUT(",");
+    PUT("\"label\":{\"io.berth.tenant=");
+    PUT(tenant);
+    PUT("\":true}");
+  }
+  PUT("}");
+  return 1;
+#undef WS
+#undef PUT
+}
+
+/*
+ * Parses the head at buf[0..n) into r; 1: a request served here, 0: the guard's, -1: not whole yet.
+ */
+static int parse(const char *buf, int n, struct request *r) {
+  const char *end = memmem(buf, (size_t)n, "\r\n\r\n", 4);
+  if (!end) return n >= HEAD_MAX ? 0 : -1;
+  r->head = (int)(end - buf) + 4;
+  /* Every byte of the head printable ASCII, each LF after a CR, no NUL. */
+  for (int i = 0; i < r->head; i++) {
+    unsigned char c = (unsigned char)buf[i];
+    if (c == '\n' ? (i == 0 || buf[i - 1] != '\r') : c == '\r' ? buf[i + 1] != '\n'
+                                                    : (c < 0x20 && c != '\t') || c >= 0x7f)
+      return 0;
+  }
+  const char *p = buf, *line_end = memmem(buf, (size_t)r->head, "\r\n", 2);
+  if (strncmp(p, "GET ", 4) == 0) {
+    r->is_head = 0;
+    p += 4;
+  } else if (strncmp(p, "HEAD ", 5) == 0) {
+    r->is_head = 1;
+    p += 5;
+  } else
+    return 0;
+  const char *target = p;
+  while (p < line_end && *p != ' ') p++;
+  size_t tl = (size_t)(p - target);
+  if (p + 9 != line_end || strncmp(p, " HTTP/1.1", 9) != 0 || tl == 0 || tl >= 1024) return 0;
+  /* Headers: token names, no body, no upgrade, keep-alive only. */
+  int count = 0;
+  for (const char *h = line_end + 2; h < end; count++) {
+    const char *e = memmem(h, (size_t)(end + 2 - h), "\r\n", 2);
+    if (count >= MAX_HEADERS) return 0;
+    const char *colon = h;
+    while (colon < e && tchar((unsigned char)*colon)) colon++;
+    if (colon == h || colon >= e || *colon != ':') return 0;
+    size_t nl = (size_t)(colon - h);
+    const char *v = colon + 1;
+    while (v < e && (*v == ' ' || *v == '\t')) v++;
+    size_t vl = (size_t)(e - v);
+    while (vl && (v[vl - 1] == ' ' || v[vl - 1] == '\t')) vl--;
+    if (ieq(h, nl, "content-length") || ieq(h, nl, "transfer-encoding") || ieq(h, nl, "upgrade") ||
+        ieq(h, nl, "expect") || ieq(h, nl, "te") || ieq(h, nl, "trailer"))
+      return 0;
+    if ((ieq(h, nl, "connection") || ieq(h, nl, "proxy-connection")) && !ieq(v, vl, "keep-alive"))
+      return 0;
+    h = e + 2;
+  }
+  /* The target: an optional /vN.N, the path, a query of known names only. */
+  char t[1024];
+  memcpy(t, target, tl);
+  t[tl] = '\0';
+  char *q = strchr(t, '?');
+  if (q) *q++ = '\0';
+  char *path = t;
+  r->version[0] = '\0';
+  if (path[0] == '/' && path[1] == 'v' && isdigit((unsigned char)path[2])) {
+    char *s = path + 2;
+    while (isdigit((unsigned char)*s)) s++;
+    if (*s++ != '.' || !isdigit((unsigned char)*s)) return 0;
+    while (isdigit((unsigned char)*s)) s++;
+    if (*s != '/' || (size_t)(s - path) >= sizeof r->version) return 0;
+    memcpy(r->version, path, (size_t)(s - path));
+    r->version[s - path] = '\0';
+    path = s;
+  }
+  if (strcmp(path, "/_ping") == 0) {
+    if (q) return 0;
+    r->kind = PING;
+    strcpy(r->path, "/_ping");
+    snprintf(r->upstream, sizeof r->upstream, "%s/_ping", r->version);
+    return 1;
+  }
+  if (r->is_head) return 0;
+  if (strcmp(path, "/containers/json") == 0) {
+    r->kind = LIST;
+    strcpy(r->path, "/containers/json");
+    size_t o = 0;
+    char *u = r->upstream;
+    o = (size_t)snprintf(u, sizeof r->upstream, "%s/containers/json?", r->version);
+    int seen_all = 0, seen_limit = 0, seen_size = 0, seen_filters = 0;
+    char decoded[1024], filters[1400];
+    filters[0] = '\0';
+    for (char *part = q, *next; part && *part; part = next) {
+      next = strchr(part, '&');
+      if (next) *next++ = '\0';
+      char *eq = strchr(part, '=');
+      if (!eq) return 0;
+      *eq = '\0';
+      const char *val = eq + 1;
+      size_t vl = strlen(val);
+      if (strcmp(part, "all") == 0 && !seen_all++ && plain_value(val, vl, 8)) {
+        if (o + vl + 6 >= sizeof r->upstream) return 0;
+        o += (size_t)sprintf(u + o, "all=%s&", val);
+      } else if (strcmp(part, "size") == 0 && !seen_size++ && plain_value(val, vl, 8)) {
+        if (o + vl + 7 >= sizeof r->upstream) return 0;
+        o += (size_t)sprintf(u + o, "size=%s&", val);
+      } else if (strcmp(part, "limit") == 0 && !seen_limit++ && vl > 0 && vl <= 6 &&
+                 strspn(val, "-0123456789") == vl) {
+        o += (size_t)sprintf(u + o, "limit=%s&", val);
+      } else if (strcmp(part, "filters") == 0 && !seen_filters++) {
+        size_t dl;
+        if (!unescape(val, vl, decoded, sizeof decoded, &dl) || strlen(decoded) != dl) return 0;
+        if (dl > 0 && !tenant_filters(decoded, filters, sizeof filters)) return 0;
+      } else
+        return 0;
+    }
+    if (filters[0] == '\0' && !tenant_filters("{}", filters, sizeof filters)) return 0;
+    if (o + 8 >= sizeof r->upstream) return 0;
+    memcpy(u + o, "filters=", 9);
+    o += 8;
+    return escape_into(u, sizeof r->upstream, &o, filters);
+  }
+  if (strncmp(path, "/containers/", 12) == 0) {
+    char *ref = path + 12, *slash = strchr(ref, '/');
+    if (!slash || strcmp(slash, "/json") != 0) return 0;
+    size_t rl = (size_t)(slash - ref);
+    if (rl == 0 || rl > 128 || !isalnum((unsigned char)ref[0])) return 0;
+    for (size_t i = 0; i < rl; i++)
+      if (!isalnum((unsigned char)ref[i]) && !strchr("_.-", ref[i])) return 0;
+    r->kind = INSPECT;
+    snprintf(r->path, sizeof r->path, "/containers/%.*s/json", (int)rl, ref);
+    int n2 = snprintf(r->upstream, sizeof r->upstream, "%s/containers/%.*s/json", r->version, (int)rl, ref);
+    if (q && *q) {
+      if (strncmp(q, "size=", 5) != 0 || !plain_value(q + 5, strlen(q + 5), 8)) return 0;
+      snprintf(r->upstream + n2, sizeof r->upstream - (size_t)n2, "?%s", q);
+    }
+    return 1;
+  }
+  return 0;
+}
+
+/* ------------------------------------------------------------------ the engine's answers */
+
+struct answer {
+  int status;
+  char headers[2048]; /* the engine's end-to-end headers, as lines, Content-Type aside */
+  size_t headers_len;
+  char *body;
+  size_t len, cap;
+};
+
+static int engine_connect(void) {
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  struct sockaddr_un a = {.sun_family = AF_UNIX};
+  if (strlen(engine_path) >= sizeof a.sun_path) {
+    close(fd);
+    return -1;
+  }
+  strcpy(a.sun_path, engine_path);
+  if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+/* A buffered reader over the engine's connection. */
+struct reader {
+  int fd;
+  char buf[65536];
+  size_t at, have;
+};
+
+static int fill(struct reader *rd) {
+  if (rd->at < rd->have) return 1;
+  ssize_t r;
+  do r = read(rd->fd, rd->buf, sizeof rd->buf);
+  while (r < 0 && errno == EINTR);
+  if (r <= 0) return 0;
+  rd->at = 0;
+  rd->have = (size_t)r;
+  return 1;
+}
+
+/* One line (CRLF stripped) into out; 0 on EOF or a line too long. */
+static int read_line(struct reader *rd, char *out, size_t cap) {
+  size_t o = 0;
+  for (;;) {
+    if (!fill(rd)) return 0;
+    char c = rd->buf[rd->at++];
+    if (c == '\n') {
+      if (o && out[o - 1] == '\r') o--;
+      out[o] = '\0';
+      return 1;
+    }
+    if (o + 1 >= cap) return 0;
+    out[o++] = c;
+  }
+}
+
+static int read_exact(struct reader *rd, struct answer *a, size_t n) {
+  if (a->len + n > ANSWER_MAX) return 0;
+  if (a->len + n + 1 > a->cap) {
+    size_t cap = a->cap ? a->cap : 65536;
+    while (cap < a->len + n + 1) cap *= 2;
+    char *b = realloc(a->body, cap);
+    if (!b) return 0;
+    a->body = b;
+    a->cap = cap;
+  }
+  while (n > 0) {
+    if (!fill(rd)) return 0;
+    size_t take = rd->have - rd->at < n ? rd->have - rd->at : n;
+    memcpy(a->body + a->len, rd->buf + rd->at, take);
+    rd->at += take;
+    a->len += take;
+    n -= take;
+  }
+  return 1;
+}
+
+/* Reads one answer (head and body) from the engine; 0 when it could not (the connection is then
+   of no further use). keep: whether the engine keeps the connection open after it. */
+static int read_answer(struct reader *rd, struct answer *a, int is_head, int *keep) {
+  char line[4096];
+  a->len = 0;
+  a->headers_len = 0;
+  *keep = 1;
+  if (!read_line(rd, line, sizeof line) || strncmp(line, "HTTP/1.1 ", 9) != 0) return 0;
+  a->status = atoi(line + 9);
+  long long length = -1;
+  int chunked = 0;
+  for (;;) {
+    if (!read_line(rd, line, sizeof line)) return 0;
+    if (line[0] == '\0') break;
+    char *colon = strchr(line, ':');
+    if (!colon) return 0;
+    size_t nl = (size_t)(colon - line);
+    char *v = colon + 1;
+    while (*v == ' ') v++;
+    if (ieq(line, nl, "content-length")) length = atoll(v);
+    else if (ieq(line, nl, "transfer-encoding")) chunked = strcasecmp(v, "chunked") == 0 ? 1 : -1;
+    else if (ieq(line, nl, "connection")) *keep = strcasecmp(v, "close") != 0;
+    else if (!ieq(line, nl, "keep-alive") && !ieq(line, nl, "content-type") &&
+             !ieq(line, nl, "proxy-connection") && !ieq(line, nl, "upgrade")) {
+      size_t l = strlen(line);
+      if (a->headers_len + l + 2 < sizeof a->headers) {
+        memcpy(a->headers + a->headers_len, line, l);
+        memcpy(a->headers + a->headers_len + l, "\r\n", 2);
+        a->headers_len += l + 2;
+      }
+    }
+  }
+  if (chunked < 0) return 0;
+  if (is_head || a->status == 204 || a->status == 304) return 1;
+  if (chunked) {
+    for (;;) {
+      if (!read_line(rd, line, sizeof line)) return 0;
+      char *endp;
+      unsigned long long n = strtoull(line, &endp, 16);
+      if (endp == line || (*endp && *endp != ';')) return 0;
+      if (n == 0) {
+        do
+          if (!read_line(rd, line, sizeof line)) return 0;
+        while (line[0] != '\0');
+        return 1;
+      }
+      if (n > ANSWER_MAX || !read_exact(rd, a, (size_t)n)) return 0;
+      if (!read_line(rd, line, sizeof line) || line[0] != '\0') return 0;
+    }
+  }
+  if (length < 0) {
+    /* Until the engine closes: not a shape its JSON answers take. */
+    return 0;
+  }
+  if (length > ANSWER_MAX) return 0;
+  return read_exact(rd, a, (size_t)length);
+}
+
+/* Whether the answer opens with {"Id":"<hex64>" of an owned container. */
+static int inspect_owned(const struct answer *a) {
+  if (a->len < 72 || memcmp(a->body, "{\"Id\":\"", 7) != 0 || !is_hex64(a->body + 7) ||
+      a->body[71] != '"')
+    return 0;
+  return owned(a->body + 7);
+}
+
+/* Whether every entry of a container list is an owned container (dockerd writes Id first). */
+static int list_owned(const struct answer *a) {
+  const char *s = a->body;
+  size_t n = a->len, i = 0;
+  while (n && (s[n - 1] == '\n' || s[n - 1] == ' ')) n--;
+  if (n < 2 || s[0] != '[' || s[n - 1] != ']') return 0;
+  int depth = 0;
+  for (i = 0; i < n; i++) {
+    char c = s[i];
+    if (c == '"') {
+      for (i++; i < n && s[i] != '"'; i++)
+        if (s[i] == '\\') i++;
+      if (i >= n) return 0;
+    } else if (c == '[' || c == '{') {
+      if (depth == 1) {
+        if (c != '{' || i + 72 > n || memcmp(s + i, "{\"Id\":\"", 7) != 0 || !is_hex64(s + i + 7) ||
+            s[i + 71] != '"' || !owned(s + i + 7))
+          return 0;
+      }
+      depth++;
+    } else if (c == ']' || c == '}') {
+      if (--depth < 0) return 0;
+      if (depth == 0 && i != n - 1) return 0;
+    }
+  }
+  return depth == 0;
+}
+
+/* ------------------------------------------------------------------ one connection */
+
+static int wait_readable(int fd, int ms) {
+  struct pollfd p = {fd, POLLIN, 0};
+  for (;;) {
+    int r = poll(&p, 1, ms);
+    if (r < 0 && errno == EINTR) continue;
+    return r;
+  }
+}
+
+static void *serve(void *arg) {
+  int fd = (int)(intptr_t)arg;
+  static __thread char head[HEAD_MAX];
+  struct request *rq = malloc(sizeof *rq);
+  struct reader *rd = malloc(sizeof *rd);
+  struct answer a = {0};
+  char *out = NULL;
+  size_t out_cap = 0;
+  int engine = -1, handed = 0;
+  if (!rq || !rd) goto hand;
+  for (;;) {
+    int ready = wait_readable(fd, IDLE_MS);
+    if (ready == 0) goto hand; /* idle: the guard's own keep-alive rules */
+    if (ready < 0) break;
+    ssize_t n;
+    do n = recv(fd, head, sizeof head, MSG_PEEK);
+    while (n < 0 && errno == EINTR);
+    if (n <= 0) break; /* gone, or half-closed with nothing more asked */
+    if (parse(head, (int)n, rq) != 1) goto hand;
+    int keep = 0, ok = 0;
+    for (int attempt = 0; attempt < 2 && !ok; attempt++) {
+      if (engine < 0) {
+        if ((engine = engine_connect()) < 0) goto hand;
+        rd->fd = engine;
+        rd->at = rd->have = 0;
+      }
+      char req[TARGET_MAX + 64];
+      int rl = snprintf(req, sizeof req, "%s %s HTTP/1.1\r\nHost: docker\r\n\r\n",
+                        rq->is_head ? "HEAD" : "GET", rq->upstream);
+      if (rl >= (int)sizeof req) goto hand;
+      if (write_all(engine, req, (size_t)rl) == 0 && read_answer(rd, &a, rq->is_head, &keep)) ok = 1;
+      else {
+        /* A kept connection the engine closed meanwhile: once more on a new one. */
+        close(engine);
+        engine = -1;
+      }
+    }
+    if (!ok) goto hand;
+    if (!keep) {
+      close(engine);
+      engine = -1;
+    }
+    int serve_it = a.status == 200 && (rq->kind == PING || (rq->kind == INSPECT && inspect_owned(&a)) ||
+                                       (rq->kind == LIST && list_owned(&a)));
+    if (!serve_it) goto hand;
+    /* The request is consumed only now: it is this answer's. */
+    size_t got = 0;
+    while (got < (size_t)rq->head) {
+      ssize_t r = recv(fd, head, (size_t)rq->head - got, 0);
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) goto done;
+      got += (size_t)r;
+    }
+    size_t need = a.headers_len + a.len + 128;
+    if (need > out_cap) {
+      char *b = realloc(out, need);
+      if (!b) goto done;
+      out = b;
+      out_cap = need;
+    }
+    const char *type = rq->kind == PING ? "text/plain; charset=utf-8" : "application/json";
+    int hl = snprintf(out, out_cap, "HTTP/1.1 200 OK\r\n%.*sContent-Type: %s\r\nContent-Length: %zu\r\n\r\n",
+                      (int)a.headers_len, a.headers, type, a.len);
+    if (hl < 0) goto done;
+    size_t total = (size_t)hl;
+    if (!rq->is_head) {
+      memcpy(out + total, a.body, a.len);
+      total += a.len;
+    }
+    if (write_all(fd, out, total) != 0) goto done;
+    audit(rq->is_head ? "HEAD" : "GET", rq->path, 200);
+  }
+  goto done;
+hand:
+  handed = 1;
+  hand_over(fd);
+done:
+  if (!handed) close(fd);
+  if (engine >= 0) close(engine);
+  free(a.body);
+  free(out);
+  free(rq);
+  free(rd);
+  pthread_mutex_lock(&count_lock);
+  threads--;
+  pthread_mutex_unlock(&count_lock);
+  return NULL;
+}
+
+/* ------------------------------------------------------------------ main */
+
+int main(int argc, char **argv) {
+  if (argc != 5) {
+    fprintf(stderr, "usage: berth-front LISTEN_PATH ENGINE_SOCKET_PATH TENANT AUDIT\n");
+    return 64;
+  }
+  prctl(PR_SET_PDEATHSIG, SIGTERM);
+  signal(SIGPIPE, SIG_IGN);
+  const char *listen_path = argv[1];
+  engine_path = argv[2];
+  tenant = argv[3];
+  for (const char *t = tenant; *t; t++)
+    if (!isalnum((unsigned char)*t) && !strchr("_./-", *t)) return 64;
+  const char *chan = getenv("NODE_CHANNEL_FD");
+  if (!chan) {
+    fprintf(stderr, "berth-front: no NODE_CHANNEL_FD (it is started by the guard)\n");
+    return 64;
+  }
+  channel = atoi(chan);
+  if (strcmp(argv[4], "-") == 0) audit_fd = 1;
+  else if (argv[4][0] != '\0') {
+    audit_fd = open(argv[4], O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0666);
+    if (audit_fd < 0) {
+      fprintf(stderr, "berth-front: %s: %s\n", argv[4], strerror(errno));
+      return 1;
+    }
+  }
+  int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_un a = {.sun_family = AF_UNIX};
+  if (lfd < 0 || strlen(listen_path) >= sizeof a.sun_path) {
+    fprintf(stderr, "berth-front: cannot listen on %s\n", listen_path);
+    return 1;
+  }
+  strcpy(a.sun_path, listen_path);
+  if (bind(lfd, (struct sockaddr *)&a, sizeof a) < 0 || listen(lfd, 511) < 0 ||
+      chmod(listen_path, 0666) < 0) {
+    fprintf(stderr, "berth-front: %s: %s\n", listen_path, strerror(errno));
+    return 1;
+  }
+  pthread_t t;
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  pthread_attr_setstacksize(&attr, 256 * 1024);
+  if (pthread_create(&t, &attr, read_channel, NULL) != 0) return 1;
+  static const char ready[] = "{\"berth\":\"ready\"}\n";
+  pthread_mutex_lock(&channel_lock);
+  if (write_all(channel, ready, sizeof ready - 1) != 0) return 1;
+  pthread_mutex_unlock(&channel_lock);
+  for (;;) {
+    int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        usleep(10000);
+        continue;
+      }
+      return 1;
+    }
+    pthread_mutex_lock(&count_lock);
+    int room = threads < MAX_THREADS;
+    if (room) threads++;
+    pthread_mutex_unlock(&count_lock);
+    if (!room || pthread_create(&t, &attr, serve, (void *)(intptr_t)fd) != 0) {
+      if (room) {
+        pthread_mutex_lock(&count_lock);
+        threads--;
+        pthread_mutex_unlock(&count_lock);
+      }
+      hand_over(fd);
+    }
+  }
+}

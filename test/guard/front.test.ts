@@ -1,0 +1,213 @@
+/**
+ * The guard's fast front against the real engine: what it answers is what the guard would answer
+ * (the tenant's own containers only, as the audit shows), everything else still goes the guard's
+ * way, a front that dies leaves a guard that listens itself, and a closing guard leaves neither
+ * the front nor its socket. (src/guard/front.int.test.ts tests the front alone, attacks included.)
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { containers } from '../../src/engine/index.js';
+import { createGuard, nativeHelper } from '../../src/guard/index.js';
+import type { GuardHandle } from '../../src/guard/index.js';
+import { docker, engine, sessionLabels, tempDir, uniqueName } from '../support/index.js';
+import { rawRequest } from '../support/rawhttp.js';
+
+const IMAGE = 'berth-local/busybox';
+
+/** berth-front processes whose parent is this process. */
+function fronts(): number[] {
+  const out: number[] = [];
+  for (const pid of readdirSync('/proc')) {
+    if (!/^\d+$/.test(pid)) continue;
+    try {
+      const m = /^\d+ \((.*)\) \S+ (\d+)/.exec(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+      if (m?.[1] === 'berth-front' && Number(m[2]) === process.pid) out.push(Number(pid));
+    } catch {
+      /* gone meanwhile */
+    }
+  }
+  return out;
+}
+
+interface Line {
+  method: string;
+  path: string;
+  decision: string;
+  status?: number;
+  via?: string;
+}
+
+describe('guard: the fast front on the real engine', () => {
+  const c = engine();
+  const dir = tempDir('berth-front-e2e-');
+  const sock = join(dir.path, 'g.sock');
+  const auditFile = join(dir.path, 'audit.log');
+  let guard: GuardHandle;
+  let mine = '';
+  let host = '';
+  const audit = (): Line[] =>
+    readFileSync(auditFile, 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as Line);
+
+  before(async () => {
+    assert.ok(nativeHelper('berth-front'), 'berth-front is built (npm run build)');
+    guard = await createGuard({
+      tenant: uniqueName('front'),
+      listen: sock,
+      labels: sessionLabels(),
+      audit: auditFile,
+    });
+    const r = await docker(guard.address, [
+      'create',
+      '--name',
+      uniqueName('mine'),
+      '--network',
+      'none',
+      IMAGE,
+      'true',
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    mine = r.stdout.trim();
+    host = (
+      await containers(c).create({
+        Image: IMAGE,
+        Cmd: ['true'],
+        Labels: sessionLabels(),
+        HostConfig: { NetworkMode: 'none' },
+      })
+    ).Id;
+  });
+
+  after(async () => {
+    await guard.close({ cleanup: true });
+    await containers(c)
+      .remove(host, { force: true })
+      .catch(() => undefined);
+    c.close();
+    dir[Symbol.dispose]();
+  });
+
+  test('the CLI gets its ping, inspect and ps answered by the front; the answers are the engine’s', async () => {
+    assert.equal(fronts().length, 1, 'one front for the guard');
+    const before = audit().length;
+    const i = await docker(guard.address, ['inspect', '-f', '{{.Id}} {{.Config.Image}}', mine]);
+    assert.equal(i.code, 0, i.stderr);
+    assert.equal(i.stdout.trim(), `${mine} ${IMAGE}`);
+    const ps = await docker(guard.address, ['ps', '-aq', '--no-trunc']);
+    assert.equal(ps.code, 0, ps.stderr);
+    assert.deepEqual(ps.stdout.trim().split('\n'), [mine], 'only the tenant’s container');
+    const lines = audit().slice(before);
+    const byFront = lines.filter((l) => l.via === 'front').map((l) => `${l.method} ${l.path}`);
+    assert.ok(byFront.includes(`GET /containers/${mine}/json`), JSON.stringify(lines));
+    assert.ok(byFront.includes('GET /containers/json'), JSON.stringify(lines));
+    assert.ok(
+      byFront.some((l) => l.endsWith('/_ping')),
+      JSON.stringify(lines),
+    );
+    // The same bytes as the engine's own answer.
+    const direct = await rawRequest(
+      '/var/run/docker.sock',
+      `GET /v1.41/containers/${mine}/json HTTP/1.1\r\nHost: d\r\n\r\n`,
+    );
+    const through = await rawRequest(sock, `GET /v1.41/containers/${mine}/json HTTP/1.1\r\nHost: d\r\n\r\n`);
+    assert.equal(through.status, 200);
+    assert.deepEqual(JSON.parse(through.text), JSON.parse(direct.text));
+  });
+
+  test('the host’s container, by name, ID or prefix, and the docker CLI’s image inspect: the guard answers, as before', async () => {
+    const name = uniqueName('hostbox');
+    await c.json('POST', `/containers/${host}/rename`, { query: { name } });
+    const before = audit().length;
+    for (const ref of [host, host.slice(0, 12), name]) {
+      const r = await rawRequest(sock, `GET /v1.41/containers/${ref}/json HTTP/1.1\r\nHost: d\r\n\r\n`);
+      assert.equal(r.status, 404, ref);
+      assert.doesNotMatch(r.text, /"Id"|"Config"/, ref);
+    }
+    const list = await rawRequest(
+      sock,
+      `GET /v1.41/containers/json?all=1&filters=${encodeURIComponent(JSON.stringify({ id: [host] }))} HTTP/1.1\r\nHost: d\r\n\r\n`,
+    );
+    assert.deepEqual(JSON.parse(list.text), [], 'a list that names the host’s container finds nothing');
+    const lines = audit().slice(before);
+    assert.ok(
+      lines
+        .filter((l) => l.path.includes(host.slice(0, 12)) || l.path.includes(name))
+        .every((l) => l.via === undefined),
+      'the front answered none of the host container’s inspects',
+    );
+    // `docker inspect org/image` asks for a container of that name first: 404, then the image.
+    const img = await docker(guard.address, ['inspect', '-f', '{{.Id}}', IMAGE]);
+    assert.equal(img.code, 0, img.stderr);
+    assert.match(img.stdout.trim(), /^sha256:[0-9a-f]{64}$/);
+  });
+
+  test('a connection the front hands over keeps working for every kind of request, in order', async () => {
+    const r = await docker(guard.address, [
+      'run',
+      '--rm',
+      '--network',
+      'none',
+      IMAGE,
+      'sh',
+      '-c',
+      'echo hello',
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout.trim(), 'hello');
+    const cp = await docker(guard.address, ['cp', `${mine}:/bin/busybox`, join(dir.path, 'bb')]);
+    assert.equal(cp.code, 0, cp.stderr);
+    assert.ok(existsSync(join(dir.path, 'bb')));
+  });
+
+  test('a front that dies leaves a guard that listens on the same socket itself', async () => {
+    const [pid] = fronts();
+    assert.ok(pid);
+    process.kill(pid, 'SIGKILL');
+    const end = Date.now() + 10_000;
+    let ok = false;
+    while (!ok && Date.now() < end) {
+      const r = await docker(guard.address, ['inspect', '-f', '{{.Id}}', mine]);
+      ok = r.code === 0 && r.stdout.trim() === mine;
+      if (!ok) await new Promise((res) => setTimeout(res, 200));
+    }
+    assert.ok(ok, 'the guard serves again');
+    assert.equal(fronts().length, 0);
+    const before = audit().length;
+    await docker(guard.address, ['inspect', mine]);
+    assert.ok(
+      audit()
+        .slice(before)
+        .every((l) => l.via === undefined),
+      'the guard answers everything now',
+    );
+  });
+
+  test('a closing guard leaves no front and no socket; `front: off` starts none', async () => {
+    const other = await createGuard({
+      tenant: uniqueName('front-close'),
+      listen: join(dir.path, 'c.sock'),
+      labels: sessionLabels(),
+    });
+    assert.equal(fronts().length, 1);
+    await other.close({ cleanup: true });
+    assert.equal(fronts().length, 0);
+    assert.equal(existsSync(join(dir.path, 'c.sock')), false);
+    const off = await createGuard({
+      tenant: uniqueName('front-off'),
+      listen: join(dir.path, 'o.sock'),
+      labels: sessionLabels(),
+      front: 'off',
+    });
+    try {
+      assert.equal(fronts().length, 0);
+      const r = await docker(off.address, ['version', '-f', '{{.Server.APIVersion}}']);
+      assert.equal(r.code, 0, r.stderr);
+    } finally {
+      await off.close({ cleanup: true });
+    }
+  });
+});
