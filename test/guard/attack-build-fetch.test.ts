@@ -251,7 +251,10 @@ describe('attack: builds that make the daemon fetch from the host’s network', 
     const tag = `berth-fetch-${SESSION}:race`;
     made.push(tag);
     const running = build(
-      context(`FROM berth-local/busybox AS first\nRUN sleep 4\nFROM ${mine}\nRUN true\n`),
+      // A step no earlier run cached: the first stage must really take its 4 s.
+      context(
+        `FROM berth-local/busybox AS first\nRUN echo ${SESSION}-${Date.now()} && sleep 4\nFROM ${mine}\nRUN true\n`,
+      ),
       `t=${encodeURIComponent(tag)}`,
     );
     // Once the context passed (the first stage is running), the tenant tries to point its tag at
