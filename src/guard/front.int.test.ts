@@ -1,8 +1,10 @@
 /**
  * berth-front alone, against a scripted engine: this test process is the guard (the front's IPC
- * parent, receiving the connections it hands over). It checks what the front answers, what it
- * sends the engine (built from parsed parts, never the client's bytes), and that everything else
- * reaches the guard unread from the first request the front did not answer. The front is built
+ * parent, receiving the connections it hands over, and the front's own connections to it). The
+ * fake guard answers whatever reaches it with status 299 and the very bytes it got, so a client
+ * sees whether the front answered (200 from the engine) or the guard did, and with which bytes.
+ * It checks what the front answers, what it sends the engine (built from parsed parts, never the
+ * client's bytes), and that everything else reaches the guard byte for byte. The front is built
  * here with AddressSanitizer and UBSan where the compiler has them, and fed garbage.
  */
 import { after, before, describe, test } from 'node:test';
@@ -83,12 +85,6 @@ function frontBinary(dir: string): { bin: string; sanitized: boolean } {
   return { bin: built, sanitized: false };
 }
 
-interface Handed {
-  socket: Socket;
-  /** What the connection still had unread when it arrived, read for a moment. */
-  unread: Promise<string>;
-}
-
 /** Sends bytes on a fresh connection; collects what comes back until `until` holds or it closes. */
 async function exchange(
   path: string,
@@ -139,21 +135,58 @@ describe('berth-front against a scripted engine', () => {
   let child: ChildProcess;
   let stderr = '';
   let sanitized = false;
-  const handed: Handed[] = [];
-  let handedWaiters: (() => void)[] = [];
+  /** Every connection the guard got from the front. */
+  const guardSockets = new Set<Socket>();
+  /** What the fake guard received, one entry per answer it gave. */
+  const guardGot: string[] = [];
+  /** Connections whose bytes start so are kept, unanswered, for the test (`manual`). */
+  const manual: Socket[] = [];
 
-  /** The next connection the front hands over (within ms). */
-  async function nextHanded(ms = 5000): Promise<Handed> {
-    const end = Date.now() + ms;
-    while (handed.length === 0 && Date.now() < end)
-      await new Promise<void>((r) => {
-        handedWaiters.push(r);
-        setTimeout(r, 100);
-      });
-    const h = handed.shift();
-    assert.ok(h, 'the front handed the connection over');
-    return h;
-  }
+  /**
+   * The fake guard: answers what it got once nothing more came for 60 ms, with 299 and those
+   * bytes. `/chunked` and `/close` in the request line get a chunked answer, or one with
+   * `Connection: close`; `/unframed` an answer that ends with its connection.
+   */
+  const serveGuard = (socket: Socket) => {
+    guardSockets.add(socket);
+    socket.on('close', () => guardSockets.delete(socket));
+    socket.on('error', () => undefined);
+    let got = '';
+    let timer: NodeJS.Timeout | undefined;
+    socket.on('data', (d: Buffer) => {
+      got += d.toString('latin1');
+      if (got.startsWith('POST /manual')) {
+        if (!manual.includes(socket)) manual.push(socket);
+        return;
+      }
+      clearTimeout(timer);
+      timer = setTimeout(() => {
+        const bytes = got;
+        got = '';
+        guardGot.push(bytes);
+        const line = bytes.slice(0, bytes.indexOf('\r\n'));
+        if (line.includes('/chunked'))
+          socket.write(
+            `HTTP/1.1 299 Guard\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n${bytes.length.toString(16)}\r\n${bytes}\r\n0\r\n\r\n`,
+            'latin1',
+          );
+        else if (line.includes('/unframed')) socket.end(`HTTP/1.1 299 Guard\r\n\r\n${bytes}`, 'latin1');
+        else
+          socket.write(
+            `HTTP/1.1 299 Guard\r\n${line.includes('/close') ? 'Connection: close\r\n' : ''}Content-Length: ${Buffer.byteLength(bytes, 'latin1')}\r\n\r\n${bytes}`,
+            'latin1',
+          );
+        if (line.includes('/close')) socket.end();
+      }, 60);
+    });
+  };
+
+  /** The bytes the guard answered, as the client got them (answers with status 299). */
+  const byGuard = (got: string) =>
+    answers(got)
+      .filter((a) => a.status === 299)
+      .map((a) => a.body);
+  const byFront = (got: string) => answers(got).filter((a) => a.status !== 299);
 
   const tell = (m: object) => child.send(m);
   /** Lets the front's channel thread read what was sent (the channel is ordered; a ping answers after it). */
@@ -173,6 +206,7 @@ describe('berth-front against a scripted engine', () => {
       stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
       env: {
         ...process.env,
+        BERTH_FRONT_IDLE_MS: '1500',
         ASAN_OPTIONS: 'detect_leaks=0:abort_on_error=1',
         UBSAN_OPTIONS: 'halt_on_error=1:print_stacktrace=1',
       },
@@ -181,14 +215,7 @@ describe('berth-front against a scripted engine', () => {
     child.on('message', (m: unknown, handle: unknown) => {
       if (!handle) return;
       assert.deepEqual(m, { berth: 'connection' });
-      const socket = handle as Socket;
-      let unread = '';
-      socket.on('data', (d: Buffer) => (unread += d.toString('latin1')));
-      socket.on('error', () => undefined);
-      handed.push({ socket, unread: new Promise((r) => setTimeout(() => r(unread), 150)) });
-      const w = handedWaiters;
-      handedWaiters = [];
-      for (const f of w) f();
+      serveGuard(handle as Socket);
     });
     const [m] = (await once(child, 'message')) as [unknown];
     assert.deepEqual(m, { berth: 'ready' });
@@ -197,7 +224,7 @@ describe('berth-front against a scripted engine', () => {
   after(async () => {
     const alive = child.exitCode === null && child.signalCode === null;
     child.kill('SIGTERM');
-    for (const h of handed) h.socket.destroy();
+    for (const sock of guardSockets) sock.destroy();
     await engine.close();
     dir[Symbol.dispose]();
     assert.ok(alive, `the front was still running at the end: ${stderr}`);
@@ -255,7 +282,7 @@ describe('berth-front against a scripted engine', () => {
     );
   });
 
-  test("an inspect is answered only for a container the guard said is the tenant's; any other goes to the guard unread", async () => {
+  test("an inspect is answered only for a container the guard said is the tenant's; the guard answers any other, with the client's bytes", async () => {
     const doc = (id: string) => `{"Id":"${id}","Name":"/x","Config":{"Labels":{"a":"}{\\"Id\\""}}}`;
     engine.script = (t) => {
       const ref = /containers\/([^/]+)\/json/.exec(t)?.[1] ?? '';
@@ -266,41 +293,36 @@ describe('berth-front against a scripted engine', () => {
     const ask = (ref: string, q = '') =>
       `GET /v1.41/containers/${ref}/json${q} HTTP/1.1\r\nHost: docker\r\n\r\n`;
     // Before the guard says so, even its own container is the guard's to answer.
-    let r = await exchange(listen, ask('mine'), () => false, 300);
-    let h = await nextHanded();
-    assert.equal(await h.unread, ask('mine'));
-    assert.equal(r.got, '');
+    let r = await exchange(listen, ask('mine'), (g) => answers(g).length === 1);
+    assert.deepEqual(byGuard(r.got), [ask('mine')]);
     r.socket.destroy();
-    h.socket.destroy();
 
     tell({ add: MINE });
     tell({ add: MINE2 });
     await synced();
-    r = await exchange(listen, ask('mine', '?size=1') + ask(MINE), (g) => answers(g).length === 2);
+    // One connection: the front's answers and the guard's, in the order asked.
+    r = await exchange(
+      listen,
+      ask('mine', '?size=1') + ask('other') + ask(MINE) + ask('gone') + ask('abc'),
+      (g) => answers(g).length === 5,
+    );
     r.socket.destroy();
-    const [a, b] = answers(r.got);
-    assert.equal(a?.status, 200);
-    assert.equal(a?.body, doc(MINE), 'the body as the engine sent it (its chunked framing undone)');
-    assert.match(a?.head ?? '', /\r\nContent-Type: application\/json\r\n/);
-    assert.equal(b?.body, doc(MINE));
+    const all = answers(r.got);
+    assert.deepEqual(
+      all.map((a) => a.status),
+      [200, 299, 200, 299, 299],
+    );
+    assert.equal(all[0]?.body, doc(MINE), 'the body as the engine sent it (its chunked framing undone)');
+    assert.match(all[0]?.head ?? '', /\r\nContent-Type: application\/json\r\n/);
+    assert.equal(all[2]?.body, doc(MINE));
+    assert.deepEqual(byGuard(r.got), [ask('other'), ask('gone'), ask('abc')]);
     assert.ok(engine.heads.includes(`GET /v1.41/containers/mine/json?size=1 HTTP/1.1\r\nHost: docker`));
-
-    for (const ref of ['other', 'gone', 'abc']) {
-      r = await exchange(listen, ask(ref), () => false, 300);
-      h = await nextHanded();
-      assert.equal(await h.unread, ask(ref), ref);
-      assert.equal(r.got, '', `${ref}: nothing answered by the front`);
-      r.socket.destroy();
-      h.socket.destroy();
-    }
 
     tell({ del: MINE });
     await synced();
-    r = await exchange(listen, ask(MINE), () => false, 300);
-    h = await nextHanded();
-    assert.equal(await h.unread, ask(MINE), 'forgotten: the guard answers');
+    r = await exchange(listen, ask(MINE), (g) => answers(g).length === 1);
+    assert.deepEqual(byGuard(r.got), [ask(MINE)], 'forgotten: the guard answers');
     r.socket.destroy();
-    h.socket.destroy();
     tell({ add: MINE });
     await synced();
   });
@@ -347,15 +369,16 @@ describe('berth-front against a scripted engine', () => {
     assert.equal(answers(r.got)[0]?.body, '[]\n', 'an empty list is the answer as it is');
 
     entries = [MINE, OTHER];
-    r = await exchange(listen, ask('?all=1'), () => false, 300);
-    const h = await nextHanded();
-    assert.equal(await h.unread, ask('?all=1'), 'an entry not known to be the tenant’s: the guard answers');
-    assert.equal(r.got, '');
+    r = await exchange(listen, ask('?all=1'), (g) => answers(g).length === 1);
+    assert.deepEqual(
+      byGuard(r.got),
+      [ask('?all=1')],
+      'an entry not known to be the tenant’s: the guard answers',
+    );
     r.socket.destroy();
-    h.socket.destroy();
   });
 
-  test('every head outside the narrow shapes reaches the guard with not one byte read', async () => {
+  test('every request outside the narrow shapes reaches the guard byte for byte; the front answers none of them', async () => {
     engine.script = () => ({ head: 'HTTP/1.1 200 OK', body: 'OK' });
     const enc = (o: unknown) => encodeURIComponent(JSON.stringify(o));
     const odd = [
@@ -366,8 +389,11 @@ describe('berth-front against a scripted engine', () => {
       'GET /_ping HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n',
       'GET /_ping HTTP/1.1\r\nConnection: close\r\n\r\n',
       'GET /_ping HTTP/1.1\r\nExpect: 100-continue\r\n\r\n',
+      'GET /_ping HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx',
+      'GET /_ping HTTP/1.1\r\nContent-Length: +1\r\n\r\nx',
       'GET /_ping HTTP/1.0\r\n\r\n',
       'get /_ping HTTP/1.1\r\n\r\n',
+      'PATCH /_ping HTTP/1.1\r\n\r\n',
       'GET http://x/_ping HTTP/1.1\r\n\r\n',
       'GET /_ping?x=1 HTTP/1.1\r\n\r\n',
       'GET //_ping HTTP/1.1\r\n\r\n',
@@ -388,7 +414,11 @@ describe('berth-front against a scripted engine', () => {
       `GET /containers/json?filters=${enc({ label: { a: false } })} HTTP/1.1\r\n\r\n`,
       `GET /containers/json?filters=${enc({ label: 'a' })} HTTP/1.1\r\n\r\n`,
       `GET /containers/json?filters=${encodeURIComponent('{"label":["a"]} x')} HTTP/1.1\r\n\r\n`,
-      'POST /containers/create HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}',
+      'POST /containers/create HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}',
+      'DELETE /containers/abc?force=1 HTTP/1.1\r\n\r\n',
+      'GET /containers/abc/logs?follow=1 HTTP/1.1\r\n\r\n',
+      'POST /exec/abc/start HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}',
+      `POST /build HTTP/1.1\r\nContent-Length: 70000\r\n\r\n${'x'.repeat(70000)}`,
       'GET /_ping HTTP/1.1\r\nHost: \x00\r\n\r\n',
       'GET /_ping HTTP/1.1\r\nHost: \x80\r\n\r\n',
       'GET /_ping HTTP/1.1\r\nBad Name: x\r\n\r\n',
@@ -396,85 +426,109 @@ describe('berth-front against a scripted engine', () => {
       `GET /_ping HTTP/1.1\r\nX: ${'a'.repeat(9000)}\r\n\r\n`,
     ];
     for (const bytes of odd) {
-      const r = await exchange(listen, bytes, () => false, 250);
-      const h = await nextHanded();
-      assert.equal(await h.unread, bytes, JSON.stringify(bytes.slice(0, 80)));
-      assert.equal(r.got, '', `${JSON.stringify(bytes.slice(0, 80))}: nothing answered by the front`);
+      const what = JSON.stringify(bytes.slice(0, 80));
+      const r = await exchange(
+        listen,
+        bytes,
+        (g) => byFront(g).length > 0 || byGuard(g).join('').length >= bytes.length,
+        3000,
+      );
       r.socket.destroy();
-      h.socket.destroy();
+      assert.deepEqual(byFront(r.got), [], `${what}: answered by the front`);
+      assert.ok(byGuard(r.got).join('') === bytes, `${what}: the guard got other bytes`);
     }
   });
 
-  test('pipelined: the front answers its requests in order and hands the rest over from the first it does not take', async () => {
+  test('pipelined: the front answers its requests, the guard the others, in the order asked', async () => {
     engine.script = () => ({ head: 'HTTP/1.1 200 OK', body: 'OK' });
     const ping = 'GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n';
     const post =
       'POST /containers/create HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}';
-    const r = await exchange(listen, ping + ping + post + ping, (g) => answers(g).length === 2);
-    const h = await nextHanded();
-    assert.equal(answers(r.got).length, 2);
-    assert.equal(await h.unread, post + ping);
+    const del = 'DELETE /containers/abc HTTP/1.1\r\n\r\n';
+    const r = await exchange(listen, ping + ping + post + ping + del + ping, (g) => answers(g).length === 6);
     r.socket.destroy();
-    h.socket.destroy();
+    assert.deepEqual(
+      answers(r.got).map((a) => a.status),
+      [200, 200, 299, 200, 299, 200],
+    );
+    assert.deepEqual(byGuard(r.got), [post, del]);
+  });
+
+  test("the guard's answers come back as the guard framed them: chunked, closing the connection, unframed", async () => {
+    const ask = (path: string, extra = '') => `GET ${path} HTTP/1.1\r\nHost: x\r\n${extra}\r\n`;
+    let r = await exchange(listen, ask('/chunked') + ask('/plain'), (g) => answers(g).length === 2);
+    r.socket.destroy();
+    assert.match(r.got, /^HTTP\/1\.1 299 Guard\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n/);
+    assert.match(r.got, /0\r\n\r\nHTTP\/1\.1 299 Guard\r\nContent-Length: \d+\r\n\r\nGET \/plain/);
+    // An answer that closes: the client's connection ends with it, and what it sent after is not answered.
+    r = await exchange(listen, ask('/close') + ask('/plain'));
+    assert.deepEqual(byGuard(r.got), [ask('/close')]);
+    assert.ok(r.socket.destroyed || r.socket.readableEnded, 'the connection ended');
+    r.socket.destroy();
+    r = await exchange(listen, ask('/unframed'));
+    assert.equal(r.got, `HTTP/1.1 299 Guard\r\n\r\n${ask('/unframed')}`);
+    r.socket.destroy();
   });
 
   test("the engine's failures: an error answer, a closed connection, an answer it cannot read", async () => {
     const ping = 'GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n';
     engine.script = () => ({ head: 'HTTP/1.1 500 Internal Server Error', body: '{"message":"x"}' });
-    let r = await exchange(listen, ping, () => false, 250);
-    let h = await nextHanded();
-    assert.equal(await h.unread, ping, 'a ping the engine failed: the guard answers it');
+    let r = await exchange(listen, ping, (g) => answers(g).length === 1);
+    assert.deepEqual(byGuard(r.got), [ping], 'a ping the engine failed: the guard answers it');
     r.socket.destroy();
-    h.socket.destroy();
     // An engine that closes after each answer: the next request opens a new connection.
     engine.script = () => ({ head: 'HTTP/1.1 200 OK', body: 'OK', close: true });
     r = await exchange(listen, ping + ping + ping, (g) => answers(g).length === 3);
-    assert.equal(answers(r.got).length, 3);
+    assert.deepEqual(
+      answers(r.got).map((a) => a.status),
+      [200, 200, 200],
+    );
     r.socket.destroy();
     // Engine answers that are no HTTP the front reads: the guard's.
     engine.script = () => ({ head: 'HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip', body: 'OK' });
-    r = await exchange(listen, ping, () => false, 250);
-    h = await nextHanded();
-    assert.equal(await h.unread, ping);
+    r = await exchange(listen, ping, (g) => answers(g).length === 1);
+    assert.deepEqual(byGuard(r.got), [ping]);
     r.socket.destroy();
-    h.socket.destroy();
   });
 
   test("a handed connection is the guard's to write without blocking: a client that reads nothing holds up no event loop", async () => {
     const c = connect(listen);
     await once(c, 'connect');
-    c.write('POST /containers/create HTTP/1.1\r\nContent-Length: 0\r\n\r\n');
+    c.write('POST /manual HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n');
     c.pause();
-    const h = await nextHanded();
-    await h.unread;
+    const end = Date.now() + 5000;
+    while (manual.length === 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
+    const h = manual.shift();
+    assert.ok(h, 'handed over');
     // 8 MiB onto a socket whose client reads nothing: a blocking descriptor would stop this process here.
-    h.socket.write(Buffer.alloc(8 << 20));
+    h.write(Buffer.alloc(8 << 20));
     const ticked = await Promise.race([
       new Promise<boolean>((r) => setTimeout(() => r(true), 50)),
       new Promise<boolean>((r) => setTimeout(() => r(false), 5000).unref()),
     ]);
     assert.equal(ticked, true);
-    assert.ok(h.socket.writableLength > 0, 'the write waits in the guard, not in a blocked call');
+    assert.ok(h.writableLength > 0, 'the write waits in the guard, not in a blocked call');
     c.destroy();
-    h.socket.destroy();
+    h.destroy();
   });
 
-  test('a connection idle for two seconds, and a client that half-closes after its request', async () => {
+  test('a kept-alive connection idle too long is closed; a client that half-closes after its request gets its answer', async () => {
     const s = connect(listen);
     await once(s, 'connect');
-    const h = await nextHanded(4000);
-    assert.equal(await h.unread, '', 'idle: handed over as it is');
-    s.destroy();
-    h.socket.destroy();
+    const t0 = Date.now();
+    await once(s, 'close');
+    assert.ok(Date.now() - t0 >= 1000, 'closed once idle (1.5 s here)');
 
     engine.script = () => ({ head: 'HTTP/1.1 200 OK', body: 'OK' });
-    const c = connect(listen);
-    await once(c, 'connect');
-    let got = '';
-    c.on('data', (d: Buffer) => (got += d.toString('latin1')));
-    c.end('GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n');
-    await once(c, 'close');
-    assert.equal(answers(got)[0]?.body, 'OK', 'the answer came before the front closed its side');
+    for (const req of ['GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n', 'DELETE /containers/abc HTTP/1.1\r\n\r\n']) {
+      const c = connect(listen);
+      await once(c, 'connect');
+      let got = '';
+      c.on('data', (d: Buffer) => (got += d.toString('latin1')));
+      c.end(req);
+      await once(c, 'close');
+      assert.equal(answers(got).length, 1, `${req}: the answer came before the front closed its side`);
+    }
   });
 
   test('garbage: random heads and bytes neither crash the front nor get an answer the guard would not give; then the engine goes', async () => {
@@ -482,6 +536,8 @@ describe('berth-front against a scripted engine', () => {
     const pieces = [
       'GET ',
       'HEAD ',
+      'POST ',
+      'DELETE ',
       '/v1.41',
       '/_ping',
       '/containers/',
@@ -506,6 +562,7 @@ describe('berth-front against a scripted engine', () => {
       '\r',
       ': ',
       'Host',
+      'Content-Length: 3',
       'Connection: keep-alive',
       '\x00',
       '\xff',
@@ -524,20 +581,17 @@ describe('berth-front against a scripted engine', () => {
         bytes += (b[0] ?? 0) % 5 === 0 ? b.toString('latin1') : (pieces[(b[1] ?? 0) % pieces.length] ?? '');
       }
       if (i % 2 === 0) bytes += '\r\n\r\n';
-      const r = await exchange(listen, bytes, (g) => g.length > 0, 60);
-      for (const a of answers(r.got)) assert.equal(a.status, 200, JSON.stringify(bytes));
+      const r = await exchange(listen, bytes, (g) => g.length > 0, 100);
+      for (const a of answers(r.got)) assert.ok(a.status === 200 || a.status === 299, JSON.stringify(bytes));
       r.socket.destroy();
-      for (const h of handed.splice(0)) h.socket.destroy();
     }
     assert.equal(child.exitCode, null, stderr);
-    // No engine at all (it went away): the guard answers, and says why.
+    // No engine at all (it went away): the guard answers.
     await engine.close();
     const ping = 'GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n';
-    const r = await exchange(listen, ping, () => false, 250);
-    const h = await nextHanded();
-    assert.equal(await h.unread, ping);
+    const r = await exchange(listen, ping, (g) => answers(g).length === 1);
+    assert.deepEqual(byGuard(r.got), [ping]);
     r.socket.destroy();
-    h.socket.destroy();
     if (!sanitized) console.log('# berth-front ran without sanitizers (the compiler has none)');
   });
 });

@@ -48,15 +48,23 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
 #define HEAD_MAX 8192
+/* Bodies the front passes to the guard itself, whole (a create's JSON); larger ones go with the
+   connection. Under a socket buffer: writing one to the guard never waits on the guard reading. */
+#define RELAY_BODY_MAX (64 * 1024)
+#define PEEK_MAX (HEAD_MAX + RELAY_BODY_MAX)
 #define MAX_HEADERS 64
 #define MAX_THREADS 128
-/* A connection that sends nothing for this long goes to the guard (its own idle rules). */
-#define IDLE_MS 2000
+/* A kept-alive connection idle this long is closed, as node:http closes its own (keepAliveTimeout). */
+#define IDLE_MS_DEFAULT 30000
+static int idle_ms = IDLE_MS_DEFAULT;
+/* The front's own connection to the guard is renewed when idle this long (under node:http's 30 s). */
+#define GUARD_IDLE_S 10
 /* Engine answers larger than this are the guard's to relay. */
 #define ANSWER_MAX (8 << 20)
 #define TARGET_MAX 2048
@@ -140,6 +148,25 @@ static int write_all(int fd, const char *p, size_t n) {
     if (w <= 0) return -1;
     p += w;
     n -= (size_t)w;
+  }
+  return 0;
+}
+
+/* writev until all of it is written. */
+static int write_iov(int fd, struct iovec *iov, int n) {
+  while (n > 0) {
+    ssize_t w = writev(fd, iov, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return -1;
+    while (n > 0 && (size_t)w >= iov->iov_len) {
+      w -= (ssize_t)iov->iov_len;
+      iov++;
+      n--;
+    }
+    if (n > 0) {
+      iov->iov_base = (char *)iov->iov_base + w;
+      iov->iov_len -= (size_t)w;
+    }
   }
   return 0;
 }
@@ -231,10 +258,13 @@ static void audit(const char *method, const char *path, int status) {
 /* ------------------------------------------------------------------ request heads */
 
 enum kind { PING, INSPECT, LIST };
+/* What parse() says of a request head. */
+enum verdict { INCOMPLETE = -1, HAND = 0, FAST = 1, RELAY = 2 };
 
 struct request {
   enum kind kind;
   int head;                /* bytes of the head, CRLFCRLF included */
+  int body;                /* bytes of the body (Content-Length), whole in the peeked bytes */
   int is_head;             /* HEAD, not GET */
   char version[16];        /* "/v1.41" or "" */
   char path[160];          /* the audit's path: no version, no query */
@@ -414,53 +444,96 @@ static int tenant_filters(const char *in, char *out, size_t cap) {
 #undef PUT
 }
 
+static int target_shape(const char *target, size_t tl, struct request *r);
+
+/* Answers the guard streams, holds open or hands to a helper: their connections go to it whole. */
+static int streaming(const char *target, size_t tl) {
+  static const char *const last[] = {"logs",  "attach", "ws",   "events", "wait", "stats", "export",
+                                     "archive", "get",  "load", "build",  "push", NULL};
+  size_t pl = 0;
+  while (pl < tl && target[pl] != '?') pl++;
+  size_t at = pl;
+  while (at > 0 && target[at - 1] != '/') at--;
+  const char *seg = target + at;
+  size_t sl = pl - at;
+  for (int i = 0; last[i]; i++)
+    if (strlen(last[i]) == sl && strncmp(seg, last[i], sl) == 0) return 1;
+  /* An exec's start (attach), a pull or import (/images/create). */
+  if (sl == 5 && strncmp(seg, "start", 5) == 0 && memmem(target, pl, "/exec/", 6)) return 1;
+  if (sl == 6 && strncmp(seg, "create", 6) == 0 && memmem(target, pl, "/images/", 8)) return 1;
+  return 0;
+}
+
 /*
- * Parses the head at buf[0..n) into r; 1: a request served here, 0: the guard's, -1: not whole yet.
+ * Parses the request at buf[0..n) into r: FAST, one the front answers (below); RELAY, one it
+ * passes to the guard on its own connection to it and whose answer it passes back (every other
+ * request in strict syntax, with its body whole in buf, that is not a stream); HAND, the
+ * connection goes to the guard; INCOMPLETE, not whole yet (the connection goes to the guard too).
  */
 static int parse(const char *buf, int n, struct request *r) {
-  const char *end = memmem(buf, (size_t)n, "\r\n\r\n", 4);
-  if (!end) return n >= HEAD_MAX ? 0 : -1;
+  const char *end = memmem(buf, (size_t)(n < HEAD_MAX ? n : HEAD_MAX), "\r\n\r\n", 4);
+  if (!end) return n >= HEAD_MAX ? HAND : INCOMPLETE;
   r->head = (int)(end - buf) + 4;
+  r->body = 0;
   /* Every byte of the head printable ASCII, each LF after a CR, no NUL. */
   for (int i = 0; i < r->head; i++) {
     unsigned char c = (unsigned char)buf[i];
     if (c == '\n' ? (i == 0 || buf[i - 1] != '\r') : c == '\r' ? buf[i + 1] != '\n'
                                                     : (c < 0x20 && c != '\t') || c >= 0x7f)
-      return 0;
+      return HAND;
   }
   const char *p = buf, *line_end = memmem(buf, (size_t)r->head, "\r\n", 2);
+  int get = 0;
+  r->is_head = 0;
   if (strncmp(p, "GET ", 4) == 0) {
-    r->is_head = 0;
+    get = 1;
     p += 4;
   } else if (strncmp(p, "HEAD ", 5) == 0) {
-    r->is_head = 1;
+    get = r->is_head = 1;
     p += 5;
+  } else if (strncmp(p, "POST ", 5) == 0 || strncmp(p, "PUT ", 4) == 0 || strncmp(p, "DELETE ", 7) == 0) {
+    p = strchr(p, ' ') + 1;
   } else
-    return 0;
+    return HAND;
   const char *target = p;
   while (p < line_end && *p != ' ') p++;
   size_t tl = (size_t)(p - target);
-  if (p + 9 != line_end || strncmp(p, " HTTP/1.1", 9) != 0 || tl == 0 || tl >= 1024) return 0;
-  /* Headers: token names, no body, no upgrade, keep-alive only. */
-  int count = 0;
+  if (p + 9 != line_end || strncmp(p, " HTTP/1.1", 9) != 0 || tl == 0 || tl >= 1024 || target[0] != '/')
+    return HAND;
+  /* Headers: token names; one Content-Length of plain digits at most; no other framing, no
+     upgrade, keep-alive only. */
+  int count = 0, lengths = 0;
   for (const char *h = line_end + 2; h < end; count++) {
     const char *e = memmem(h, (size_t)(end + 2 - h), "\r\n", 2);
-    if (count >= MAX_HEADERS) return 0;
+    if (count >= MAX_HEADERS) return HAND;
     const char *colon = h;
     while (colon < e && tchar((unsigned char)*colon)) colon++;
-    if (colon == h || colon >= e || *colon != ':') return 0;
+    if (colon == h || colon >= e || *colon != ':') return HAND;
     size_t nl = (size_t)(colon - h);
     const char *v = colon + 1;
     while (v < e && (*v == ' ' || *v == '\t')) v++;
     size_t vl = (size_t)(e - v);
     while (vl && (v[vl - 1] == ' ' || v[vl - 1] == '\t')) vl--;
-    if (ieq(h, nl, "content-length") || ieq(h, nl, "transfer-encoding") || ieq(h, nl, "upgrade") ||
-        ieq(h, nl, "expect") || ieq(h, nl, "te") || ieq(h, nl, "trailer"))
-      return 0;
-    if ((ieq(h, nl, "connection") || ieq(h, nl, "proxy-connection")) && !ieq(v, vl, "keep-alive"))
-      return 0;
+    if (ieq(h, nl, "content-length")) {
+      if (lengths++ || vl == 0 || vl > 6 || strspn(v, "0123456789") < vl) return HAND;
+      r->body = atoi(v);
+      if (r->body > RELAY_BODY_MAX) return HAND;
+    } else if (ieq(h, nl, "transfer-encoding") || ieq(h, nl, "upgrade") || ieq(h, nl, "expect") ||
+               ieq(h, nl, "te") || ieq(h, nl, "trailer"))
+      return HAND;
+    else if ((ieq(h, nl, "connection") || ieq(h, nl, "proxy-connection")) && !ieq(v, vl, "keep-alive"))
+      return HAND;
     h = e + 2;
   }
+  if (r->head + r->body > n) return n >= PEEK_MAX ? HAND : INCOMPLETE;
+  int relay = streaming(target, tl) ? HAND : RELAY;
+  if (!get || lengths) return relay;
+  int fast = target_shape(target, tl, r);
+  return fast ? FAST : relay;
+}
+
+/* Whether a GET or HEAD target is one the front answers itself; fills r's paths. */
+static int target_shape(const char *target, size_t tl, struct request *r) {
   /* The target: an optional /vN.N, the path, a query of known names only. */
   char t[1024];
   memcpy(t, target, tl);
@@ -720,6 +793,166 @@ static int list_owned(const struct answer *a) {
   return depth == 0;
 }
 
+/* ------------------------------------------------------------------ requests passed to the guard */
+
+/* The front's own connection to the guard for one client: one end of a socketpair, the other
+   handed to the guard as a connection of its own (the guard checks each request as any other). */
+struct link {
+  int fd;
+  time_t used;
+  struct reader rd;
+};
+
+static int link_open(struct link *l) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) return -1;
+  hand_over(sv[1]);
+  l->fd = l->rd.fd = sv[0];
+  l->rd.at = l->rd.have = 0;
+  return 0;
+}
+
+static void link_close(struct link *l) {
+  if (l->fd >= 0) close(l->fd);
+  l->fd = -1;
+}
+
+static int send_all(int fd, const char *p, size_t n) { return write_all(fd, p, n); }
+
+/* Copies n bytes from the reader to fd. */
+static int copy_n(struct reader *rd, int fd, unsigned long long n) {
+  while (n > 0) {
+    if (!fill(rd)) return -1;
+    size_t take = rd->have - rd->at < n ? rd->have - rd->at : (size_t)n;
+    if (send_all(fd, rd->buf + rd->at, take) != 0) return -1;
+    rd->at += take;
+    n -= take;
+  }
+  return 0;
+}
+
+/* Copies one line (CRLF included) from the reader to fd; the line, CRLF stripped, into out. */
+static int copy_line(struct reader *rd, int fd, char *out, size_t cap) {
+  if (!read_line(rd, out, cap)) return -1;
+  size_t l = strlen(out);
+  if (send_all(fd, out, l) != 0 || send_all(fd, "\r\n", 2) != 0) return -1;
+  return 0;
+}
+
+/* Both ways until both ends are done (an upgraded stream, an answer that ends with its
+   connection); what the reader holds already goes first. */
+static void both_ways(int client, struct link *l) {
+  if (l->rd.at < l->rd.have && send_all(client, l->rd.buf + l->rd.at, l->rd.have - l->rd.at) != 0) return;
+  l->rd.at = l->rd.have = 0;
+  int open_in = 1, open_out = 1; /* client -> guard, guard -> client */
+  char buf[65536];
+  while (open_in || open_out) {
+    struct pollfd p[2] = {{client, (short)(open_in ? POLLIN : 0), 0}, {l->fd, (short)(open_out ? POLLIN : 0), 0}};
+    if (poll(p, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      return;
+    }
+    if (open_in && (p[0].revents & (POLLIN | POLLHUP | POLLERR))) {
+      ssize_t r = recv(client, buf, sizeof buf, 0);
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) {
+        open_in = 0;
+        shutdown(l->fd, SHUT_WR);
+      } else if (send_all(l->fd, buf, (size_t)r) != 0)
+        return;
+    }
+    if (open_out && (p[1].revents & (POLLIN | POLLHUP | POLLERR))) {
+      ssize_t r = recv(l->fd, buf, sizeof buf, 0);
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) {
+        open_out = 0;
+        shutdown(client, SHUT_WR);
+        /* The answer ended with its connection: nothing the client sends after it is answered. */
+        return;
+      }
+      if (send_all(client, buf, (size_t)r) != 0) return;
+    }
+  }
+}
+
+/*
+ * Passes the request at req[0..len) (head and body, still unread on the client's connection) to
+ * the guard and its answer back. 0: the client's connection goes on; 1: it is done (the answer
+ * ended it); -1: nothing was consumed or answered (the connection goes to the guard).
+ */
+static int relay(int client, const char *req, size_t len, int is_head, struct link *l) {
+  char line[8192];
+  int got_status = 0;
+  for (int attempt = 0; attempt < 2 && !got_status; attempt++) {
+    if (l->fd >= 0 && time(NULL) - l->used > GUARD_IDLE_S) link_close(l);
+    if (l->fd < 0 && link_open(l) < 0) return -1;
+    l->used = time(NULL);
+    /* The guard closed a connection it had kept (or never took it): once more on a new one. */
+    if (send_all(l->fd, req, len) != 0 || !read_line(&l->rd, line, sizeof line)) {
+      link_close(l);
+      continue;
+    }
+    got_status = 1;
+  }
+  if (!got_status) return -1;
+  /* The guard answers: the request is the answer's. */
+  size_t got = 0;
+  char sink[4096];
+  while (got < len) {
+    size_t want = len - got < sizeof sink ? len - got : sizeof sink;
+    ssize_t r = recv(client, sink, want, 0);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return 1;
+    got += (size_t)r;
+  }
+  if (strncmp(line, "HTTP/1.1 ", 9) != 0 || strlen(line) < 12) return 1;
+  int status = atoi(line + 9);
+  if (send_all(client, line, strlen(line)) != 0 || send_all(client, "\r\n", 2) != 0) return 1;
+  long long length = -1;
+  int chunked = 0, closes = 0;
+  for (;;) {
+    if (copy_line(&l->rd, client, line, sizeof line) != 0) return 1;
+    if (line[0] == '\0') break;
+    char *colon = strchr(line, ':');
+    if (!colon) continue;
+    size_t nl = (size_t)(colon - line);
+    char *v = colon + 1;
+    while (*v == ' ') v++;
+    if (ieq(line, nl, "content-length")) length = atoll(v);
+    else if (ieq(line, nl, "transfer-encoding")) chunked = strcasecmp(v, "chunked") == 0;
+    else if (ieq(line, nl, "connection")) closes = strcasecmp(v, "close") == 0;
+  }
+  if (status == 101 || (!is_head && status != 204 && status != 304 && !chunked && length < 0)) {
+    both_ways(client, l);
+    link_close(l);
+    return 1;
+  }
+  if (!is_head && status != 204 && status != 304) {
+    if (chunked) {
+      for (;;) {
+        if (copy_line(&l->rd, client, line, sizeof line) != 0) return 1;
+        char *endp;
+        unsigned long long n = strtoull(line, &endp, 16);
+        if (endp == line) return 1;
+        if (n == 0) {
+          do
+            if (copy_line(&l->rd, client, line, sizeof line) != 0) return 1;
+          while (line[0] != '\0');
+          break;
+        }
+        if (copy_n(&l->rd, client, n + 2) != 0) return 1;
+      }
+    } else if (copy_n(&l->rd, client, (unsigned long long)length) != 0)
+      return 1;
+  }
+  l->used = time(NULL);
+  if (closes) {
+    link_close(l);
+    return 1;
+  }
+  return 0;
+}
+
 /* ------------------------------------------------------------------ one connection */
 
 static int wait_readable(int fd, int ms) {
@@ -733,23 +966,28 @@ static int wait_readable(int fd, int ms) {
 
 static void *serve(void *arg) {
   int fd = (int)(intptr_t)arg;
-  static __thread char head[HEAD_MAX];
+  static __thread char head[PEEK_MAX];
+  struct link guard = {.fd = -1};
   struct request *rq = malloc(sizeof *rq);
   struct reader *rd = malloc(sizeof *rd);
   struct answer a = {0};
-  char *out = NULL;
-  size_t out_cap = 0;
   int engine = -1, handed = 0;
   if (!rq || !rd) goto hand;
   for (;;) {
-    int ready = wait_readable(fd, IDLE_MS);
-    if (ready == 0) goto hand; /* idle: the guard's own keep-alive rules */
-    if (ready < 0) break;
+    int ready = wait_readable(fd, idle_ms);
+    if (ready <= 0) break; /* idle: closed, as node:http closes a kept-alive connection */
     ssize_t n;
     do n = recv(fd, head, sizeof head, MSG_PEEK);
     while (n < 0 && errno == EINTR);
     if (n <= 0) break; /* gone, or half-closed with nothing more asked */
-    if (parse(head, (int)n, rq) != 1) goto hand;
+    int verdict = parse(head, (int)n, rq);
+    if (verdict == RELAY) {
+      int r = relay(fd, head, (size_t)(rq->head + rq->body), rq->is_head, &guard);
+      if (r < 0) goto hand;
+      if (r > 0) goto done;
+      continue;
+    }
+    if (verdict != FAST) goto hand;
     int keep = 0, ok = 0;
     for (int attempt = 0; attempt < 2 && !ok; attempt++) {
       if (engine < 0) {
@@ -775,7 +1013,13 @@ static void *serve(void *arg) {
     }
     int serve_it = a.status == 200 && (rq->kind == PING || (rq->kind == INSPECT && inspect_owned(&a)) ||
                                        (rq->kind == LIST && list_owned(&a)));
-    if (!serve_it) goto hand;
+    if (!serve_it) {
+      /* The guard's to answer (another's container, an error): on the front's connection to it. */
+      int r = relay(fd, head, (size_t)rq->head, rq->is_head, &guard);
+      if (r < 0) goto hand;
+      if (r > 0) goto done;
+      continue;
+    }
     /* The request is consumed only now: it is this answer's. */
     size_t got = 0;
     while (got < (size_t)rq->head) {
@@ -784,23 +1028,14 @@ static void *serve(void *arg) {
       if (r <= 0) goto done;
       got += (size_t)r;
     }
-    size_t need = a.headers_len + a.len + 128;
-    if (need > out_cap) {
-      char *b = realloc(out, need);
-      if (!b) goto done;
-      out = b;
-      out_cap = need;
-    }
+    char out[sizeof a.headers + 160];
     const char *type = rq->kind == PING ? "text/plain; charset=utf-8" : "application/json";
-    int hl = snprintf(out, out_cap, "HTTP/1.1 200 OK\r\n%.*sContent-Type: %s\r\nContent-Length: %zu\r\n\r\n",
+    int hl = snprintf(out, sizeof out, "HTTP/1.1 200 OK\r\n%.*sContent-Type: %s\r\nContent-Length: %zu\r\n\r\n",
                       (int)a.headers_len, a.headers, type, a.len);
-    if (hl < 0) goto done;
-    size_t total = (size_t)hl;
-    if (!rq->is_head) {
-      memcpy(out + total, a.body, a.len);
-      total += a.len;
-    }
-    if (write_all(fd, out, total) != 0) goto done;
+    if (hl < 0 || hl >= (int)sizeof out) goto done;
+    /* Head and body in one call, the body from where it was read. */
+    struct iovec iov[2] = {{out, (size_t)hl}, {a.body, rq->is_head ? 0 : a.len}};
+    if (write_iov(fd, iov, 2) != 0) goto done;
     audit(rq->is_head ? "HEAD" : "GET", rq->path, 200);
   }
   goto done;
@@ -809,9 +1044,9 @@ hand:
   hand_over(fd);
 done:
   if (!handed) close(fd);
+  link_close(&guard);
   if (engine >= 0) close(engine);
   free(a.body);
-  free(out);
   free(rq);
   free(rd);
   pthread_mutex_lock(&count_lock);
@@ -840,6 +1075,8 @@ int main(int argc, char **argv) {
     return 64;
   }
   channel = atoi(chan);
+  const char *idle = getenv("BERTH_FRONT_IDLE_MS");
+  if (idle && atoi(idle) > 0) idle_ms = atoi(idle);
   if (strcmp(argv[4], "-") == 0) audit_fd = 1;
   else if (argv[4][0] != '\0') {
     audit_fd = open(argv[4], O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0666);
