@@ -1,38 +1,49 @@
 /*
  * berth-front: the guard's fast front for the requests a CI job makes most (ping, container
- * inspect, container list), answered without a Node event-loop turn; every other request, and
- * every connection it is not sure of, goes to the guard itself with the connection's descriptor.
+ * inspect, container list), answered without a Node event-loop turn. Every other request goes to
+ * the guard itself, byte for byte.
  *
  *   berth-front LISTEN_PATH ENGINE_SOCKET_PATH TENANT AUDIT      (fd NODE_CHANNEL_FD: the guard)
  *
- * It listens on the tenant's socket (made 0666, as the guard's own). For each connection it peeks
- * at the next request head (MSG_PEEK: nothing is consumed) and serves it only when the head is in
- * the narrow shape below; the request is consumed only once its answer is known to be one the
- * guard would send as it is. Anything else (another endpoint, a body, an upgrade, an odd byte, a
- * head not yet whole, an answer the guard would change or refuse, an idle connection) hands the
- * connection to the guard, unread from that request on, over Node's IPC channel (a NODE_HANDLE
- * message, as Node's own child_process.send of a socket): the guard's node:http then reads it
- * from that request as from any connection it accepted. No decision is taken here that the guard
- * would not take: the shapes served are
+ * It listens on the tenant's socket (made 0666, as the guard's own) with a thread per connection.
+ * For each request it peeks at the head (MSG_PEEK: nothing is consumed) and parses it:
+ *
+ *   - FAST: one of the shapes below, answered here once the engine's answer is known to be one
+ *     the guard would send as it is. Otherwise the request goes to the guard (RELAY).
+ *   - RELAY: any other request in strict syntax whose body (Content-Length only, at most 64 KiB)
+ *     has arrived whole and that is not a stream. It goes to the guard, unchanged, on the front's
+ *     own connection to it, and the guard's answer comes back as the guard framed it. The front's
+ *     connection is one end of a socketpair whose other end the guard got as a connection, so the
+ *     guard checks these requests as any other. The client keeps its connection to the front.
+ *   - HAND: anything else (odd syntax, chunked or large bodies, upgrades, streams, a head that has
+ *     not arrived whole). The connection goes to the guard for good, unread from that request on.
+ *
+ * Connections and socketpair ends reach the guard over Node's IPC channel, as NODE_HANDLE messages
+ * (the format of Node's own child_process.send of a socket), made non-blocking first.
+ *
+ * The shapes answered here:
  *
  *   GET|HEAD [/vN.N]/_ping
- *   GET [/vN.N]/containers/REF/json[?size=B]      answered when its leading Id is one of the
- *                                                 tenant's containers (the guard tells which)
+ *   GET [/vN.N]/containers/REF/json[?size=B]      when its leading Id is one of the tenant's
+ *                                                 containers (the guard tells which)
  *   GET [/vN.N]/containers/json[?all=B&limit=N&size=B&filters=F]
  *                                                 sent on with the tenant's label filter added;
  *                                                 answered when every entry's Id is the tenant's
  *
- * with strict HTTP/1.1 syntax (CRLF only, token header names, no Content-Length,
- * Transfer-Encoding, Upgrade, Expect, TE or Trailer, Connection only keep-alive). The request sent
- * to the engine is built here from the parsed parts, never the client's bytes.
+ * Strict HTTP/1.1 syntax means CRLF only and token header names, with no Transfer-Encoding,
+ * Upgrade, Expect, TE or Trailer, and Connection only keep-alive. The request sent to the engine
+ * is built here from the parsed parts, never from the client's bytes.
  *
- * From the guard (JSON lines on the channel): {"add":"<64 hex>"} and {"del":"<64 hex>"}, the
- * containers the guard made for the tenant (once made, a container is the tenant's for good:
- * labels cannot change; one the guard has not told yet is merely handed over). To the guard:
- * {"berth":"ready"} once listening, and the handed connections. Each answer it sends is one audit
- * line, as the guard's, written to AUDIT (a file, `-` for stdout, or `` for none).
+ * Messages on the channel are JSON lines:
+ *   - From the guard: {"add":"<64 hex>"} and {"del":"<64 hex>"}, the containers the guard made
+ *     for the tenant. Once made, a container is the tenant's for good, since labels cannot change.
+ *     One the guard has not reported yet only takes the slower way.
+ *   - To the guard: {"berth":"ready"} once listening, then the connections.
  *
- * It ends when the channel closes or the guard's thread ends (PR_SET_PDEATHSIG), or on SIGTERM.
+ * Each answer given here is one audit line, as the guard writes them, to AUDIT: a file, `-` for
+ * stdout, or `` for none.
+ *
+ * It ends when the channel closes, when the guard's thread ends (PR_SET_PDEATHSIG), or on SIGTERM.
  */
 #define _GNU_SOURCE
 #include <ctype.h>
