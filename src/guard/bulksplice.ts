@@ -16,7 +16,6 @@
  */
 import { spawn } from 'node:child_process';
 import type { Socket } from 'node:net';
-import { fileURLToPath } from 'node:url';
 import { nativeHelper } from './native.js';
 import { RawStreamError } from './rawstream.js';
 

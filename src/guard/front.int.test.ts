@@ -12,8 +12,8 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { connect, createServer } from 'node:net';
-import type { Server, Socket } from 'node:net';
+import { Socket, connect, createServer } from 'node:net';
+import type { Server } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -213,9 +213,9 @@ describe('berth-front against a scripted engine', () => {
     });
     child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
     child.on('message', (m: unknown, handle: unknown) => {
-      if (!handle) return;
+      if (!(handle instanceof Socket)) return;
       assert.deepEqual(m, { berth: 'connection' });
-      serveGuard(handle as Socket);
+      serveGuard(handle);
     });
     const [m] = (await once(child, 'message')) as [unknown];
     assert.deepEqual(m, { berth: 'ready' });

@@ -13,7 +13,7 @@
  */
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
-import type { Socket } from 'node:net';
+import { Socket } from 'node:net';
 import { nativeHelper } from './native.js';
 
 export interface FrontOptions {
@@ -99,9 +99,8 @@ export async function startFront(o: FrontOptions): Promise<Front> {
       reject(new Error(why));
     });
   });
-  child.on('message', (_m: unknown, handle: unknown) => {
-    if (handle === undefined || handle === null) return;
-    const socket = handle as Socket;
+  child.on('message', (_m: unknown, socket: unknown) => {
+    if (!(socket instanceof Socket)) return;
     // As the sockets node:http's own server accepts (the guard answers a half-closed client).
     socket.allowHalfOpen = true;
     if (closing) socket.destroy();

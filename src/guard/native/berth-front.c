@@ -1112,7 +1112,7 @@ int main(int argc, char **argv) {
   pthread_attr_t attr;
   pthread_attr_init(&attr);
   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-  pthread_attr_setstacksize(&attr, 256 * 1024);
+  pthread_attr_setstacksize(&attr, 512 * 1024);
   if (pthread_create(&t, &attr, read_channel, NULL) != 0) return 1;
   static const char ready[] = "{\"berth\":\"ready\"}\n";
   pthread_mutex_lock(&channel_lock);
