@@ -15,7 +15,7 @@ import { once } from 'node:events';
 import { Socket, connect, createServer } from 'node:net';
 import type { Server } from 'node:net';
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tempDir } from '../../test/support/index.js';
 import { nativeHelper } from './native.js';
@@ -141,6 +141,8 @@ describe('berth-front against a scripted engine', () => {
   const guardGot: string[] = [];
   /** Connections whose bytes start so are kept, unanswered, for the test (`manual`). */
   const manual: Socket[] = [];
+  /** Connections that asked for `/hold`: the fake guard never answers them. */
+  const held: Socket[] = [];
 
   /**
    * The fake guard: answers what it got once nothing more came for 60 ms, with 299 and those
@@ -148,13 +150,22 @@ describe('berth-front against a scripted engine', () => {
    * `Connection: close`; `/unframed` an answer that ends with its connection.
    */
   const serveGuard = (socket: Socket) => {
+    // As front.ts sets it up for the guard: a client that half-closes still gets its answer.
+    socket.allowHalfOpen = true;
     guardSockets.add(socket);
     socket.on('close', () => guardSockets.delete(socket));
     socket.on('error', () => undefined);
+    // A client that half-closed is answered, then its connection ends (as node:http does).
+    let ended = false;
+    socket.on('end', () => (ended = true));
     let got = '';
     let timer: NodeJS.Timeout | undefined;
     socket.on('data', (d: Buffer) => {
       got += d.toString('latin1');
+      if (got.startsWith('GET /hold')) {
+        held.push(socket);
+        return;
+      }
       if (got.startsWith('POST /manual')) {
         if (!manual.includes(socket)) manual.push(socket);
         return;
@@ -176,7 +187,7 @@ describe('berth-front against a scripted engine', () => {
             `HTTP/1.1 299 Guard\r\n${line.includes('/close') ? 'Connection: close\r\n' : ''}Content-Length: ${Buffer.byteLength(bytes, 'latin1')}\r\n\r\n${bytes}`,
             'latin1',
           );
-        if (line.includes('/close')) socket.end();
+        if (line.includes('/close') || ended) socket.end();
       }, 60);
     });
   };
@@ -338,7 +349,7 @@ describe('berth-front against a scripted engine', () => {
       body: `[${entries.map((id) => `{"Id":"${id}","Names":["/[{x"],"Labels":{"k":"{\\"Id\\":\\"${OTHER}\\"}"}}`).join(',')}]\n`,
       chunked: true,
     });
-    const filters = encodeURIComponent(JSON.stringify({ label: ['a=b'], status: { exited: true } }));
+    const filters = encodeURIComponent(JSON.stringify({ label: { 'a=b': true }, status: { exited: true } }));
     const ask = (q: string) => `GET /v1.41/containers/json${q} HTTP/1.1\r\nHost: docker\r\n\r\n`;
     let r = await exchange(
       listen,
@@ -359,9 +370,22 @@ describe('berth-front against a scripted engine', () => {
       label: { 'a=b': true, 'io.berth.tenant=t1': true },
       status: { exited: true },
     });
+    // No filters: the guard's own default form (dockerd's legacy arrays).
     assert.deepEqual(JSON.parse(sent[1]?.searchParams.get('filters') ?? ''), {
-      label: { 'io.berth.tenant=t1': true },
+      label: ['io.berth.tenant=t1'],
     });
+    // Arrays stay arrays: the form the client chose is the form sent (the guard forwards it so).
+    engine.heads.length = 0;
+    const legacy = encodeURIComponent(JSON.stringify({ label: ['a=b'], status: ['exited'] }));
+    r = await exchange(listen, ask(`?filters=${legacy}`), (g) => answers(g).length === 1);
+    r.socket.destroy();
+    assert.equal(answers(r.got)[0]?.status, 200);
+    assert.deepEqual(
+      JSON.parse(
+        new URL(`http://x${engine.heads[0]?.split(' ')[1] ?? ''}`).searchParams.get('filters') ?? '',
+      ),
+      { label: ['a=b', 'io.berth.tenant=t1'], status: ['exited'] },
+    );
 
     entries = [];
     r = await exchange(listen, ask(''), (g) => answers(g).length === 1);
@@ -414,6 +438,13 @@ describe('berth-front against a scripted engine', () => {
       `GET /containers/json?filters=${enc({ label: { a: false } })} HTTP/1.1\r\n\r\n`,
       `GET /containers/json?filters=${enc({ label: 'a' })} HTTP/1.1\r\n\r\n`,
       `GET /containers/json?filters=${encodeURIComponent('{"label":["a"]} x')} HTTP/1.1\r\n\r\n`,
+      `GET /containers/json?filters=${enc({ label: ['a'], status: { exited: true } })} HTTP/1.1\r\nHost: x\r\n\r\n`,
+      'GET /_ping HTTP/1.1\r\n\r\n',
+      'GET /_ping HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n',
+      'GET /_p\ting HTTP/1.1\r\nHost: x\r\n\r\n',
+      'GET /containers/abc/logs/?follow=1 HTTP/1.1\r\nHost: x\r\n\r\n',
+      'GET /containers/abc/log%73?follow=1 HTTP/1.1\r\nHost: x\r\n\r\n',
+      'GET //events HTTP/1.1\r\nHost: x\r\n\r\n',
       'POST /containers/create HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}',
       'DELETE /containers/abc?force=1 HTTP/1.1\r\n\r\n',
       'GET /containers/abc/logs?follow=1 HTTP/1.1\r\n\r\n',
@@ -443,8 +474,8 @@ describe('berth-front against a scripted engine', () => {
     engine.script = () => ({ head: 'HTTP/1.1 200 OK', body: 'OK' });
     const ping = 'GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n';
     const post =
-      'POST /containers/create HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}';
-    const del = 'DELETE /containers/abc HTTP/1.1\r\n\r\n';
+      'POST /containers/create HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}';
+    const del = 'DELETE /containers/abc HTTP/1.1\r\nHost: x\r\n\r\n';
     const r = await exchange(listen, ping + ping + post + ping + del + ping, (g) => answers(g).length === 6);
     r.socket.destroy();
     assert.deepEqual(
@@ -510,6 +541,45 @@ describe('berth-front against a scripted engine', () => {
     assert.ok(h.writableLength > 0, 'the write waits in the guard, not in a blocked call');
     c.destroy();
     h.destroy();
+  });
+
+  test('a client that hangs up while the guard answers it: the front closes its connection to the guard', async () => {
+    const c = connect(listen);
+    await once(c, 'connect');
+    c.write('GET /hold HTTP/1.1\r\nHost: x\r\n\r\n');
+    const end = Date.now() + 5000;
+    while (held.length === 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
+    const g = held.shift();
+    assert.ok(g, 'the request reached the guard');
+    const gone = once(g, 'end');
+    const before = guardSockets.size;
+    c.destroy();
+    await Promise.race([
+      gone,
+      new Promise((_, j) =>
+        setTimeout(() => j(new Error('the guard’s connection stayed open')), 5000).unref(),
+      ),
+    ]);
+    // Not sent again on a new connection: the guard had it once.
+    await new Promise((r) => setTimeout(r, 200));
+    assert.ok(guardSockets.size <= before, 'no new connection to the guard for it');
+    assert.equal(held.length, 0, 'the request reached the guard once');
+    g.destroy();
+  });
+
+  test('a link at the socket path: the front does not start, and changes nothing it names', async () => {
+    const victim = join(dir.path, 'victim');
+    writeFileSync(victim, 'x', { mode: 0o600 });
+    const path = join(dir.path, 'linked.sock');
+    symlinkSync(victim, path);
+    const bin = nativeHelper('berth-front');
+    assert.ok(bin);
+    const f = spawn(bin, [path, engine.path, TENANT, ''], { stdio: ['ignore', 'ignore', 'pipe', 'ipc'] });
+    const [code] = (await once(f, 'exit')) as [number];
+    assert.notEqual(code, 0);
+    assert.equal(statSync(victim).mode & 0o777, 0o600);
+    // Where it can bind, the socket is 0666 from the start (its umask; no chmod by path).
+    assert.equal(statSync(listen).mode & 0o777, 0o666);
   });
 
   test('a kept-alive connection idle too long is closed; a client that half-closes after its request gets its answer', async () => {

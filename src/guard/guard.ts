@@ -185,17 +185,25 @@ export async function createGuard(o: GuardOptions): Promise<GuardHandle> {
   server.keepAliveTimeout = 30_000;
 
   const socketPath = o.listen.replace(/^unix:\/\//, '');
-  /** The guard's own listener, on its socket path (when there is no front, or it ended). */
-  const listenHere = (): Promise<void> =>
+  /** Removes a socket left at the path (a link is removed itself, never followed). */
+  const clearPath = () => {
+    if (existsSync(socketPath) && statSync(socketPath).isSocket()) rmSync(socketPath);
+  };
+  /**
+   * The guard's own listener, on its socket path (when there is no front). `chmod`: made the job's
+   * to use (0666) by path, which is safe only while no job can reach the folder (before it starts):
+   * the job could put a link there meanwhile and have the guard chmod whatever it names.
+   */
+  const listenHere = (chmod: boolean): Promise<void> =>
     new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       if (tcp) {
         server.listen(Number(tcp[2]), (tcp[1] ?? '').replace(/^\[|\]$/g, ''), () => resolve());
       } else {
-        if (existsSync(socketPath) && statSync(socketPath).isSocket()) rmSync(socketPath);
+        clearPath();
         server.listen(socketPath, () => {
           // Job containers may run as any user: the socket is the job's to use.
-          chmodSync(socketPath, 0o666);
+          if (chmod) chmodSync(socketPath, 0o666);
           resolve();
         });
       }
@@ -210,39 +218,59 @@ export async function createGuard(o: GuardOptions): Promise<GuardHandle> {
           engineUnix: upstream.kind === 'unix',
           auditStream: o.audit !== undefined && typeof o.audit !== 'string',
         });
+  const warn = (what: string) => process.emitWarning(`berth guard ${o.tenant}: ${what}`);
+  /** Front restarts left: a front that keeps dying is not started again and again. */
+  let restarts = 3;
+  /** Starts the front (it makes the socket 0666 at bind, by its umask: nothing is chmodded by path). */
+  const frontHere = async (engine: string): Promise<Front> => {
+    clearPath();
+    const f = await startFront({
+      listen: socketPath,
+      engine,
+      tenant: o.tenant,
+      audit: typeof o.audit === 'string' ? o.audit : undefined,
+      onConnection: (socket) => server.emit('connection', socket),
+      onExit: (why) => {
+        // Its own connections are cut; those it handed over stay.
+        front = undefined;
+        proxy.state.containers.watch(undefined);
+        if (closed) return;
+        if (restarts-- > 0) {
+          warn(`the fast front ended (${why}); starting it again`);
+          frontHere(engine).then(
+            (g) => {
+              if (closed) void g.close();
+              else front = g;
+            },
+            (err: unknown) => {
+              // The job may be running: the socket is not chmodded by path (see listenHere), and
+              // only its owner can use it from now on.
+              warn(`the fast front could not start again (${errorMessage(err)}); the guard listens itself`);
+              listenHere(false).catch((e: unknown) =>
+                warn(`cannot listen on ${socketPath}: ${errorMessage(e)}`),
+              );
+            },
+          );
+        } else {
+          warn(`the fast front ended (${why}) again; the guard listens itself`);
+          listenHere(false).catch((e: unknown) => warn(`cannot listen on ${socketPath}: ${errorMessage(e)}`));
+        }
+      },
+    });
+    proxy.state.containers.watch(f);
+    return f;
+  };
   if (noFront === undefined && upstream.kind === 'unix') {
-    if (existsSync(socketPath) && statSync(socketPath).isSocket()) rmSync(socketPath);
     try {
-      front = await startFront({
-        listen: socketPath,
-        engine: upstream.socketPath,
-        tenant: o.tenant,
-        audit: typeof o.audit === 'string' ? o.audit : undefined,
-        onConnection: (socket) => server.emit('connection', socket),
-        onExit: (why) => {
-          // Its connections are gone with it; the guard serves the socket itself from now on.
-          front = undefined;
-          proxy.state.containers.watch(undefined);
-          if (closed) return;
-          process.emitWarning(
-            `berth guard ${o.tenant}: the fast front ended (${why}); the guard listens itself`,
-          );
-          listenHere().catch((err: unknown) =>
-            process.emitWarning(
-              `berth guard ${o.tenant}: cannot listen on ${socketPath}: ${errorMessage(err)}`,
-            ),
-          );
-        },
-      });
-      proxy.state.containers.watch(front);
+      front = await frontHere(upstream.socketPath);
       // node:http tracks its connections' header timeouts from its 'listening' on.
       server.emit('listening');
     } catch (err) {
-      process.emitWarning(`berth guard ${o.tenant}: no fast front (${errorMessage(err)})`);
+      warn(`no fast front (${errorMessage(err)})`);
       front = undefined;
     }
   }
-  if (!front) await listenHere();
+  if (!front) await listenHere(true);
   proxy.start();
   const sockets = new Set<import('node:net').Socket>();
   server.on('connection', (s) => {

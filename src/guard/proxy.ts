@@ -684,7 +684,7 @@ export class GuardProxy implements ProxyCore {
         return this.forwardJson(req, res, 'POST', path(), login);
       }
       case 'system.events':
-        return this.events(res, path() + q(query));
+        return this.events(req, res, path() + q(query));
       case 'system.df':
         return this.df(res, path() + q(query));
       case 'container.list':
@@ -1539,7 +1539,7 @@ export class GuardProxy implements ProxyCore {
 
   // ---------------------------------------------------------------- events and df
 
-  private async events(res: ServerResponse, target: string): Promise<void> {
+  private async events(req: IncomingMessage, res: ServerResponse, target: string): Promise<void> {
     const up = await this.upstream('GET', target);
     if (up.status !== 200) {
       res.writeHead(up.status, up.headers);
@@ -1555,6 +1555,13 @@ export class GuardProxy implements ProxyCore {
       up.body.destroy();
       lines.destroy();
     });
+    // A client that closes its side is gone (as for a followed log): a quiet stream would never
+    // find out, and each held an engine connection and dockerd's subscription (red-team pass 31).
+    const gone = (): void => {
+      req.socket.destroy();
+    };
+    req.socket.once('end', gone);
+    res.once('close', () => req.socket.off('end', gone));
     up.body.on('error', (e) => lines.destroy(e));
     try {
       for await (const ev of lines) {

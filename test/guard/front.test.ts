@@ -6,7 +6,9 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import { once } from 'node:events';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { containers } from '../../src/engine/index.js';
 import { createGuard, nativeHelper } from '../../src/guard/index.js';
@@ -163,7 +165,7 @@ describe('guard: the fast front on the real engine', () => {
     assert.ok(existsSync(join(dir.path, 'bb')));
   });
 
-  test('a front that dies leaves a guard that listens on the same socket itself', async () => {
+  test('a front that dies is started again: same socket, still 0666 (set at bind, never by path)', async () => {
     const [pid] = fronts();
     assert.ok(pid);
     process.kill(pid, 'SIGKILL');
@@ -171,30 +173,52 @@ describe('guard: the fast front on the real engine', () => {
     let ok = false;
     while (!ok && Date.now() < end) {
       const r = await docker(guard.address, ['inspect', '-f', '{{.Id}}', mine]);
-      ok = r.code === 0 && r.stdout.trim() === mine;
+      ok = r.code === 0 && r.stdout.trim() === mine && fronts().length === 1 && fronts()[0] !== pid;
       if (!ok) await new Promise((res) => setTimeout(res, 200));
     }
-    assert.ok(ok, 'the guard serves again');
-    assert.equal(fronts().length, 0);
+    assert.ok(ok, 'a new front serves');
+    assert.equal(statSync(sock).mode & 0o777, 0o666);
     const before = audit().length;
     await docker(guard.address, ['inspect', mine]);
     assert.ok(
       audit()
         .slice(before)
-        .every((l) => l.via === undefined),
-      'the guard answers everything now',
+        .some((l) => l.via === 'front'),
+      'the new front answers',
     );
   });
 
+  test('clients that close an idle event stream leave no engine connection behind (red-team pass 31)', async () => {
+    const fds = () => readdirSync('/proc/self/fd').length;
+    const start = fds();
+    const clients = [];
+    for (let i = 0; i < 10; i++) {
+      const s = connect(sock);
+      await once(s, 'connect');
+      s.write('GET /v1.41/events HTTP/1.1\r\nHost: d\r\n\r\n');
+      await once(s, 'data');
+      clients.push(s);
+    }
+    assert.ok(fds() >= start + 10, 'the streams are open');
+    for (const s of clients) s.end();
+    const end = Date.now() + 10_000;
+    while (fds() > start + 2 && Date.now() < end) await new Promise((r) => setTimeout(r, 100));
+    assert.ok(fds() <= start + 2, `${fds() - start} descriptors more than before`);
+  });
+
   test('a closing guard leaves no front and no socket; `front: off` starts none', async () => {
+    const n = fronts().length;
     const other = await createGuard({
       tenant: uniqueName('front-close'),
       listen: join(dir.path, 'c.sock'),
       labels: sessionLabels(),
     });
-    assert.equal(fronts().length, 1);
-    await other.close({ cleanup: true });
-    assert.equal(fronts().length, 0);
+    try {
+      assert.equal(fronts().length, n + 1);
+    } finally {
+      await other.close({ cleanup: true });
+    }
+    assert.equal(fronts().length, n);
     assert.equal(existsSync(join(dir.path, 'c.sock')), false);
     const off = await createGuard({
       tenant: uniqueName('front-off'),
@@ -203,7 +227,7 @@ describe('guard: the fast front on the real engine', () => {
       front: 'off',
     });
     try {
-      assert.equal(fronts().length, 0);
+      assert.equal(fronts().length, n);
       const r = await docker(off.address, ['version', '-f', '{{.Server.APIVersion}}']);
       assert.equal(r.code, 0, r.stderr);
     } finally {

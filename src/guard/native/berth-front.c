@@ -77,7 +77,7 @@ static int idle_ms = IDLE_MS_DEFAULT;
 /* The front's own connection to the guard is renewed when idle this long (under node:http's 30 s). */
 #define GUARD_IDLE_S 10
 /* Engine answers larger than this are the guard's to relay. */
-#define ANSWER_MAX (8 << 20)
+#define ANSWER_MAX (4 << 20)
 #define TARGET_MAX 2048
 
 static const char *engine_path;
@@ -346,7 +346,7 @@ static int escape_into(char *out, size_t cap, size_t *o, const char *s) {
  */
 static int tenant_filters(const char *in, char *out, size_t cap) {
   char keys[16][32];
-  int nkeys = 0, has_label = 0;
+  int nkeys = 0, has_label = 0, form = 0; /* form: 1 arrays (dockerd's legacy), 2 maps; not mixed */
   size_t o = 0;
   const char *p = in;
 #define WS() while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') p++
@@ -379,10 +379,6 @@ static int tenant_filters(const char *in, char *out, size_t cap) {
       if (strcmp(key, "since") == 0 || strcmp(key, "before") == 0) return 0;
       int label = strcmp(key, "label") == 0;
       has_label |= label;
-      if (nkeys > 1) PUT(",");
-      PUT("\"");
-      PUT(key);
-      PUT("\":{");
       WS();
       if (*p++ != ':') return 0;
       WS();
@@ -391,6 +387,14 @@ static int tenant_filters(const char *in, char *out, size_t cap) {
       else if (*p == '{') close = '}';
       else return 0;
       p++;
+      /* One form throughout, kept as the client wrote it (the guard forwards it so). */
+      int this_form = close == ']' ? 1 : 2;
+      if (form && form != this_form) return 0;
+      form = this_form;
+      if (nkeys > 1) PUT(",");
+      PUT("\"");
+      PUT(key);
+      PUT(form == 1 ? "\":[" : "\":{");
       int n = 0;
       WS();
       if (*p == close) p++;
@@ -415,8 +419,11 @@ static int tenant_filters(const char *in, char *out, size_t cap) {
           out[o++] = '"';
           memcpy(out + o, v, vl);
           o += vl;
-          memcpy(out + o, "\":true", 6);
-          o += 6;
+          out[o++] = '"';
+          if (form == 2) {
+            memcpy(out + o, ":true", 5);
+            o += 5;
+          }
           out[o] = '\0';
           WS();
           if (*p == ',') {
@@ -430,9 +437,9 @@ static int tenant_filters(const char *in, char *out, size_t cap) {
         if (n) PUT(",");
         PUT("\"io.berth.tenant=");
         PUT(tenant);
-        PUT("\":true");
+        PUT(form == 2 ? "\":true" : "\"");
       }
-      PUT("}");
+      PUT(form == 1 ? "]" : "}");
       WS();
       if (*p == ',') {
         p++;
@@ -445,9 +452,10 @@ static int tenant_filters(const char *in, char *out, size_t cap) {
   if (*p) return 0;
   if (!has_label) {
     if (nkeys) PUT(",");
-    PUT("\"label\":{\"io.berth.tenant=");
+    PUT("\"label\":");
+    PUT(form == 2 ? "{\"io.berth.tenant=" : "[\"io.berth.tenant=");
     PUT(tenant);
-    PUT("\":true}");
+    PUT(form == 2 ? "\":true}" : "\"]");
   }
   PUT("}");
   return 1;
@@ -456,6 +464,23 @@ static int tenant_filters(const char *in, char *out, size_t cap) {
 }
 
 static int target_shape(const char *target, size_t tl, struct request *r);
+
+/* A path the guard routes as it reads (no escape, no empty or dot segment, no trailing slash):
+   so what streaming() sees is what the guard sees. */
+static int canonical(const char *target, size_t tl) {
+  size_t pl = 0;
+  while (pl < tl && target[pl] != '?') pl++;
+  if (pl == 0 || (pl > 1 && target[pl - 1] == '/')) return 0;
+  for (size_t i = 0; i < pl; i++) {
+    if (target[i] == '%' || target[i] == '\\') return 0;
+    if (target[i] != '/') continue;
+    if (i + 1 < pl && target[i + 1] == '/') return 0;
+    if (i + 1 < pl && target[i + 1] == '.' && (i + 2 == pl || target[i + 2] == '/' ||
+                                             (target[i + 2] == '.' && (i + 3 == pl || target[i + 3] == '/'))))
+      return 0;
+  }
+  return 1;
+}
 
 /* Answers the guard streams, holds open or hands to a helper: their connections go to it whole. */
 static int streaming(const char *target, size_t tl) {
@@ -511,9 +536,11 @@ static int parse(const char *buf, int n, struct request *r) {
   size_t tl = (size_t)(p - target);
   if (p + 9 != line_end || strncmp(p, " HTTP/1.1", 9) != 0 || tl == 0 || tl >= 1024 || target[0] != '/')
     return HAND;
+  for (size_t i = 0; i < tl; i++)
+    if ((unsigned char)target[i] <= 0x20 || (unsigned char)target[i] >= 0x7f) return HAND;
   /* Headers: token names; one Content-Length of plain digits at most; no other framing, no
      upgrade, keep-alive only. */
-  int count = 0, lengths = 0;
+  int count = 0, lengths = 0, hosts = 0;
   for (const char *h = line_end + 2; h < end; count++) {
     const char *e = memmem(h, (size_t)(end + 2 - h), "\r\n", 2);
     if (count >= MAX_HEADERS) return HAND;
@@ -525,6 +552,7 @@ static int parse(const char *buf, int n, struct request *r) {
     while (v < e && (*v == ' ' || *v == '\t')) v++;
     size_t vl = (size_t)(e - v);
     while (vl && (v[vl - 1] == ' ' || v[vl - 1] == '\t')) vl--;
+    if (ieq(h, nl, "host")) hosts++;
     if (ieq(h, nl, "content-length")) {
       if (lengths++ || vl == 0 || vl > 6 || strspn(v, "0123456789") < vl) return HAND;
       r->body = atoi(v);
@@ -536,8 +564,10 @@ static int parse(const char *buf, int n, struct request *r) {
       return HAND;
     h = e + 2;
   }
+  /* node:http answers a request without exactly one Host 400 (and so must the front). */
+  if (hosts != 1) return HAND;
   if (r->head + r->body > n) return n >= PEEK_MAX ? HAND : INCOMPLETE;
-  int relay = streaming(target, tl) ? HAND : RELAY;
+  int relay = !canonical(target, tl) || streaming(target, tl) ? HAND : RELAY;
   if (!get || lengths) return relay;
   int fast = target_shape(target, tl, r);
   return fast ? FAST : relay;
@@ -658,12 +688,29 @@ static int engine_connect(void) {
 /* A buffered reader over the engine's connection. */
 struct reader {
   int fd;
+  /* While waiting on fd: a descriptor whose hang-up ends the wait (the client, while the guard
+     answers it), or -1. */
+  int watch;
+  int hup; /* the watched descriptor hung up */
   char buf[65536];
   size_t at, have;
 };
 
 static int fill(struct reader *rd) {
   if (rd->at < rd->have) return 1;
+  if (rd->watch >= 0) {
+    struct pollfd p[2] = {{rd->fd, POLLIN, 0}, {rd->watch, 0, 0}};
+    for (;;) {
+      int n = poll(p, 2, -1);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return 0;
+      if (p[1].revents & (POLLHUP | POLLERR)) {
+        rd->hup = 1;
+        return 0;
+      }
+      if (p[0].revents) break;
+    }
+  }
   ssize_t r;
   do r = read(rd->fd, rd->buf, sizeof rd->buf);
   while (r < 0 && errno == EINTR);
@@ -768,6 +815,15 @@ static int read_answer(struct reader *rd, struct answer *a, int is_head, int *ke
   return read_exact(rd, a, (size_t)length);
 }
 
+/* A large answer's buffer is not kept for the connection's next request. */
+static void trim(struct answer *a) {
+  if (a->cap > 256 * 1024) {
+    free(a->body);
+    a->body = NULL;
+    a->cap = 0;
+  }
+}
+
 /* Whether the answer opens with {"Id":"<hex64>" of an owned container. */
 static int inspect_owned(const struct answer *a) {
   if (a->len < 72 || memcmp(a->body, "{\"Id\":\"", 7) != 0 || !is_hex64(a->body + 7) ||
@@ -819,6 +875,7 @@ static int link_open(struct link *l) {
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) return -1;
   hand_over(sv[1]);
   l->fd = l->rd.fd = sv[0];
+  l->rd.watch = -1;
   l->rd.at = l->rd.have = 0;
   return 0;
 }
@@ -858,7 +915,8 @@ static void both_ways(int client, struct link *l) {
   int open_in = 1, open_out = 1; /* client -> guard, guard -> client */
   char buf[65536];
   while (open_in || open_out) {
-    struct pollfd p[2] = {{client, (short)(open_in ? POLLIN : 0), 0}, {l->fd, (short)(open_out ? POLLIN : 0), 0}};
+    /* A side that is done is left out (a hang-up is reported whatever the events asked). */
+    struct pollfd p[2] = {{open_in ? client : -1, POLLIN, 0}, {open_out ? l->fd : -1, POLLIN, 0}};
     if (poll(p, 2, -1) < 0) {
       if (errno == EINTR) continue;
       return;
@@ -891,15 +949,33 @@ static void both_ways(int client, struct link *l) {
  * the guard and its answer back. 0: the client's connection goes on; 1: it is done (the answer
  * ended it); -1: nothing was consumed or answered (the connection goes to the guard).
  */
+static int relay_once(int client, const char *req, size_t len, int is_head, struct link *l);
+
 static int relay(int client, const char *req, size_t len, int is_head, struct link *l) {
+  /* A client that hangs up while the guard answers: the guard's connection goes too (the guard
+     then ends what it was doing for it, as for its own clients). */
+  l->rd.watch = client;
+  int r = relay_once(client, req, len, is_head, l);
+  l->rd.watch = -1;
+  if (r != 0) link_close(l);
+  return r;
+}
+
+static int relay_once(int client, const char *req, size_t len, int is_head, struct link *l) {
   char line[8192];
   int got_status = 0;
   for (int attempt = 0; attempt < 2 && !got_status; attempt++) {
     if (l->fd >= 0 && time(NULL) - l->used > GUARD_IDLE_S) link_close(l);
-    if (l->fd < 0 && link_open(l) < 0) return -1;
+    if (l->fd < 0) {
+      if (link_open(l) < 0) return -1;
+      l->rd.watch = client;
+    }
     l->used = time(NULL);
-    /* The guard closed a connection it had kept (or never took it): once more on a new one. */
+    /* The guard closed a connection it had kept (or never took it): once more on a new one. Not
+       when the client went away meanwhile: the guard has its request, and is told so. */
+    l->rd.hup = 0;
     if (send_all(l->fd, req, len) != 0 || !read_line(&l->rd, line, sizeof line)) {
+      if (l->rd.hup) return 1;
       link_close(l);
       continue;
     }
@@ -1004,6 +1080,7 @@ static void *serve(void *arg) {
       if (engine < 0) {
         if ((engine = engine_connect()) < 0) goto hand;
         rd->fd = engine;
+        rd->watch = -1;
         rd->at = rd->have = 0;
       }
       char req[TARGET_MAX + 64];
@@ -1025,6 +1102,7 @@ static void *serve(void *arg) {
     int serve_it = a.status == 200 && (rq->kind == PING || (rq->kind == INSPECT && inspect_owned(&a)) ||
                                        (rq->kind == LIST && list_owned(&a)));
     if (!serve_it) {
+      trim(&a);
       /* The guard's to answer (another's container, an error): on the front's connection to it. */
       int r = relay(fd, head, (size_t)rq->head, rq->is_head, &guard);
       if (r < 0) goto hand;
@@ -1047,6 +1125,7 @@ static void *serve(void *arg) {
     /* Head and body in one call, the body from where it was read. */
     struct iovec iov[2] = {{out, (size_t)hl}, {a.body, rq->is_head ? 0 : a.len}};
     if (write_iov(fd, iov, 2) != 0) goto done;
+    trim(&a);
     audit(rq->is_head ? "HEAD" : "GET", rq->path, 200);
   }
   goto done;
@@ -1103,8 +1182,10 @@ int main(int argc, char **argv) {
     return 1;
   }
   strcpy(a.sun_path, listen_path);
-  if (bind(lfd, (struct sockaddr *)&a, sizeof a) < 0 || listen(lfd, 511) < 0 ||
-      chmod(listen_path, 0666) < 0) {
+  /* The socket is the job's to use (0666), set at bind by the umask: a chmod by path would follow
+     a link the job put in its place meanwhile (the folder is the job's; red-team pass 31). */
+  umask(0111);
+  if (bind(lfd, (struct sockaddr *)&a, sizeof a) < 0 || listen(lfd, 511) < 0) {
     fprintf(stderr, "berth-front: %s: %s\n", listen_path, strerror(errno));
     return 1;
   }
