@@ -235,26 +235,21 @@ export async function createGuard(o: GuardOptions): Promise<GuardHandle> {
         front = undefined;
         proxy.state.containers.watch(undefined);
         if (closed) return;
-        if (restarts-- > 0) {
-          warn(`the fast front ended (${why}); starting it again`);
-          frontHere(engine).then(
-            (g) => {
-              if (closed) void g.close();
-              else front = g;
-            },
-            (err: unknown) => {
-              // The job may be running: the socket is not chmodded by path (see listenHere), and
-              // only its owner can use it from now on.
-              warn(`the fast front could not start again (${errorMessage(err)}); the guard listens itself`);
-              listenHere(false).catch((e: unknown) =>
-                warn(`cannot listen on ${socketPath}: ${errorMessage(e)}`),
-              );
-            },
-          );
-        } else {
-          warn(`the fast front ended (${why}) again; the guard listens itself`);
+        // The job may be running: the guard's own listener is not chmodded by path (see
+        // listenHere), and only the socket's owner can use it from then on.
+        const alone = (what: string) => {
+          warn(`${what}; the guard listens itself`);
           listenHere(false).catch((e: unknown) => warn(`cannot listen on ${socketPath}: ${errorMessage(e)}`));
-        }
+        };
+        if (restarts-- <= 0) return alone(`the fast front ended (${why}) again`);
+        warn(`the fast front ended (${why}); starting it again`);
+        frontHere(engine).then(
+          (g) => {
+            if (closed) void g.close();
+            else front = g;
+          },
+          (err: unknown) => alone(`the fast front could not start again (${errorMessage(err)})`),
+        );
       },
     });
     proxy.state.containers.watch(f);

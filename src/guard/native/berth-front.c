@@ -759,6 +759,28 @@ static int read_exact(struct reader *rd, struct answer *a, size_t n) {
 
 /* Reads one answer (head and body) from the engine; 0 when it could not (the connection is then
    of no further use). keep: whether the engine keeps the connection open after it. */
+/* How an answer is framed, from its header lines. chunked: 1 chunked, -1 another coding. */
+struct framing {
+  long long length;
+  int chunked;
+  int closes;
+};
+
+/* Reads one header line into f when it frames the answer: 1 it did, 0 another header, -1 no
+   header at all (no colon). */
+static int header_framing(const char *line, struct framing *f) {
+  const char *colon = strchr(line, ':');
+  if (!colon) return -1;
+  size_t nl = (size_t)(colon - line);
+  const char *v = colon + 1;
+  while (*v == ' ') v++;
+  if (ieq(line, nl, "content-length")) f->length = atoll(v);
+  else if (ieq(line, nl, "transfer-encoding")) f->chunked = strcasecmp(v, "chunked") == 0 ? 1 : -1;
+  else if (ieq(line, nl, "connection")) f->closes = strcasecmp(v, "close") == 0;
+  else return 0;
+  return 1;
+}
+
 static int read_answer(struct reader *rd, struct answer *a, int is_head, int *keep) {
   char line[4096];
   a->len = 0;
@@ -766,21 +788,16 @@ static int read_answer(struct reader *rd, struct answer *a, int is_head, int *ke
   *keep = 1;
   if (!read_line(rd, line, sizeof line) || strncmp(line, "HTTP/1.1 ", 9) != 0) return 0;
   a->status = atoi(line + 9);
-  long long length = -1;
-  int chunked = 0;
+  struct framing f = {-1, 0, 0};
   for (;;) {
     if (!read_line(rd, line, sizeof line)) return 0;
     if (line[0] == '\0') break;
-    char *colon = strchr(line, ':');
-    if (!colon) return 0;
-    size_t nl = (size_t)(colon - line);
-    char *v = colon + 1;
-    while (*v == ' ') v++;
-    if (ieq(line, nl, "content-length")) length = atoll(v);
-    else if (ieq(line, nl, "transfer-encoding")) chunked = strcasecmp(v, "chunked") == 0 ? 1 : -1;
-    else if (ieq(line, nl, "connection")) *keep = strcasecmp(v, "close") != 0;
-    else if (!ieq(line, nl, "keep-alive") && !ieq(line, nl, "content-type") &&
-             !ieq(line, nl, "proxy-connection") && !ieq(line, nl, "upgrade")) {
+    int framing = header_framing(line, &f);
+    if (framing < 0) return 0;
+    if (framing) continue;
+    size_t nl = (size_t)(strchr(line, ':') - line);
+    if (!ieq(line, nl, "keep-alive") && !ieq(line, nl, "content-type") && !ieq(line, nl, "proxy-connection") &&
+        !ieq(line, nl, "upgrade")) {
       size_t l = strlen(line);
       if (a->headers_len + l + 2 < sizeof a->headers) {
         memcpy(a->headers + a->headers_len, line, l);
@@ -789,9 +806,11 @@ static int read_answer(struct reader *rd, struct answer *a, int is_head, int *ke
       }
     }
   }
-  if (chunked < 0) return 0;
+  *keep = !f.closes;
+  long long length = f.length;
+  if (f.chunked < 0) return 0;
   if (is_head || a->status == 204 || a->status == 304) return 1;
-  if (chunked) {
+  if (f.chunked) {
     for (;;) {
       if (!read_line(rd, line, sizeof line)) return 0;
       char *endp;
@@ -885,14 +904,24 @@ static void link_close(struct link *l) {
   l->fd = -1;
 }
 
-static int send_all(int fd, const char *p, size_t n) { return write_all(fd, p, n); }
+/* Reads and drops the n bytes of a request peeked at (its answer is decided). 0: the client went. */
+static int consume(int fd, size_t n) {
+  char sink[4096];
+  while (n > 0) {
+    ssize_t r = recv(fd, sink, n < sizeof sink ? n : sizeof sink, 0);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return 0;
+    n -= (size_t)r;
+  }
+  return 1;
+}
 
 /* Copies n bytes from the reader to fd. */
 static int copy_n(struct reader *rd, int fd, unsigned long long n) {
   while (n > 0) {
     if (!fill(rd)) return -1;
     size_t take = rd->have - rd->at < n ? rd->have - rd->at : (size_t)n;
-    if (send_all(fd, rd->buf + rd->at, take) != 0) return -1;
+    if (write_all(fd, rd->buf + rd->at, take) != 0) return -1;
     rd->at += take;
     n -= take;
   }
@@ -903,14 +932,14 @@ static int copy_n(struct reader *rd, int fd, unsigned long long n) {
 static int copy_line(struct reader *rd, int fd, char *out, size_t cap) {
   if (!read_line(rd, out, cap)) return -1;
   size_t l = strlen(out);
-  if (send_all(fd, out, l) != 0 || send_all(fd, "\r\n", 2) != 0) return -1;
+  if (write_all(fd, out, l) != 0 || write_all(fd, "\r\n", 2) != 0) return -1;
   return 0;
 }
 
 /* Both ways until both ends are done (an upgraded stream, an answer that ends with its
    connection); what the reader holds already goes first. */
 static void both_ways(int client, struct link *l) {
-  if (l->rd.at < l->rd.have && send_all(client, l->rd.buf + l->rd.at, l->rd.have - l->rd.at) != 0) return;
+  if (l->rd.at < l->rd.have && write_all(client, l->rd.buf + l->rd.at, l->rd.have - l->rd.at) != 0) return;
   l->rd.at = l->rd.have = 0;
   int open_in = 1, open_out = 1; /* client -> guard, guard -> client */
   char buf[65536];
@@ -927,7 +956,7 @@ static void both_ways(int client, struct link *l) {
       if (r <= 0) {
         open_in = 0;
         shutdown(l->fd, SHUT_WR);
-      } else if (send_all(l->fd, buf, (size_t)r) != 0)
+      } else if (write_all(l->fd, buf, (size_t)r) != 0)
         return;
     }
     if (open_out && (p[1].revents & (POLLIN | POLLHUP | POLLERR))) {
@@ -939,7 +968,7 @@ static void both_ways(int client, struct link *l) {
         /* The answer ended with its connection: nothing the client sends after it is answered. */
         return;
       }
-      if (send_all(client, buf, (size_t)r) != 0) return;
+      if (write_all(client, buf, (size_t)r) != 0) return;
     }
   }
 }
@@ -949,18 +978,6 @@ static void both_ways(int client, struct link *l) {
  * the guard and its answer back. 0: the client's connection goes on; 1: it is done (the answer
  * ended it); -1: nothing was consumed or answered (the connection goes to the guard).
  */
-static int relay_once(int client, const char *req, size_t len, int is_head, struct link *l);
-
-static int relay(int client, const char *req, size_t len, int is_head, struct link *l) {
-  /* A client that hangs up while the guard answers: the guard's connection goes too (the guard
-     then ends what it was doing for it, as for its own clients). */
-  l->rd.watch = client;
-  int r = relay_once(client, req, len, is_head, l);
-  l->rd.watch = -1;
-  if (r != 0) link_close(l);
-  return r;
-}
-
 static int relay_once(int client, const char *req, size_t len, int is_head, struct link *l) {
   char line[8192];
   int got_status = 0;
@@ -974,7 +991,7 @@ static int relay_once(int client, const char *req, size_t len, int is_head, stru
     /* The guard closed a connection it had kept (or never took it): once more on a new one. Not
        when the client went away meanwhile: the guard has its request, and is told so. */
     l->rd.hup = 0;
-    if (send_all(l->fd, req, len) != 0 || !read_line(&l->rd, line, sizeof line)) {
+    if (write_all(l->fd, req, len) != 0 || !read_line(&l->rd, line, sizeof line)) {
       if (l->rd.hup) return 1;
       link_close(l);
       continue;
@@ -983,39 +1000,24 @@ static int relay_once(int client, const char *req, size_t len, int is_head, stru
   }
   if (!got_status) return -1;
   /* The guard answers: the request is the answer's. */
-  size_t got = 0;
-  char sink[4096];
-  while (got < len) {
-    size_t want = len - got < sizeof sink ? len - got : sizeof sink;
-    ssize_t r = recv(client, sink, want, 0);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) return 1;
-    got += (size_t)r;
-  }
+  if (!consume(client, len)) return 1;
   if (strncmp(line, "HTTP/1.1 ", 9) != 0 || strlen(line) < 12) return 1;
   int status = atoi(line + 9);
-  if (send_all(client, line, strlen(line)) != 0 || send_all(client, "\r\n", 2) != 0) return 1;
-  long long length = -1;
-  int chunked = 0, closes = 0;
+  if (write_all(client, line, strlen(line)) != 0 || write_all(client, "\r\n", 2) != 0) return 1;
+  struct framing f = {-1, 0, 0};
   for (;;) {
     if (copy_line(&l->rd, client, line, sizeof line) != 0) return 1;
     if (line[0] == '\0') break;
-    char *colon = strchr(line, ':');
-    if (!colon) continue;
-    size_t nl = (size_t)(colon - line);
-    char *v = colon + 1;
-    while (*v == ' ') v++;
-    if (ieq(line, nl, "content-length")) length = atoll(v);
-    else if (ieq(line, nl, "transfer-encoding")) chunked = strcasecmp(v, "chunked") == 0;
-    else if (ieq(line, nl, "connection")) closes = strcasecmp(v, "close") == 0;
+    header_framing(line, &f);
   }
-  if (status == 101 || (!is_head && status != 204 && status != 304 && !chunked && length < 0)) {
+  /* Another coding than chunked, or no length: the answer ends with its connection. */
+  if (status == 101 || (!is_head && status != 204 && status != 304 && f.chunked <= 0 && f.length < 0)) {
     both_ways(client, l);
     link_close(l);
     return 1;
   }
   if (!is_head && status != 204 && status != 304) {
-    if (chunked) {
+    if (f.chunked > 0) {
       for (;;) {
         if (copy_line(&l->rd, client, line, sizeof line) != 0) return 1;
         char *endp;
@@ -1029,15 +1031,25 @@ static int relay_once(int client, const char *req, size_t len, int is_head, stru
         }
         if (copy_n(&l->rd, client, n + 2) != 0) return 1;
       }
-    } else if (copy_n(&l->rd, client, (unsigned long long)length) != 0)
+    } else if (copy_n(&l->rd, client, (unsigned long long)f.length) != 0)
       return 1;
   }
   l->used = time(NULL);
-  if (closes) {
+  if (f.closes) {
     link_close(l);
     return 1;
   }
   return 0;
+}
+
+static int relay(int client, const char *req, size_t len, int is_head, struct link *l) {
+  /* A client that hangs up while the guard answers: the guard's connection goes too (the guard
+     then ends what it was doing for it, as for its own clients). */
+  l->rd.watch = client;
+  int r = relay_once(client, req, len, is_head, l);
+  l->rd.watch = -1;
+  if (r != 0) link_close(l);
+  return r;
 }
 
 /* ------------------------------------------------------------------ one connection */
@@ -1049,6 +1061,61 @@ static int wait_readable(int fd, int ms) {
     if (r < 0 && errno == EINTR) continue;
     return r;
   }
+}
+
+/* What answer() did with a FAST request. */
+enum outcome { ANSWERED, GUARDS, HANDED, GONE };
+
+/*
+ * A FAST request: asks the engine (on the connection's own engine connection, opened or renewed
+ * as needed) and answers when the answer is one the guard would send as it is. GUARDS: the
+ * guard's to answer; HANDED: the connection is the guard's (no engine); GONE: the client went.
+ */
+static enum outcome answer(int fd, const struct request *rq, struct reader *rd, int *engine,
+                           struct answer *a) {
+  int keep = 0, ok = 0;
+  for (int attempt = 0; attempt < 2 && !ok; attempt++) {
+    if (*engine < 0) {
+      if ((*engine = engine_connect()) < 0) return HANDED;
+      rd->fd = *engine;
+      rd->watch = -1;
+      rd->at = rd->have = 0;
+    }
+    char req[TARGET_MAX + 64];
+    int rl = snprintf(req, sizeof req, "%s %s HTTP/1.1\r\nHost: docker\r\n\r\n", rq->is_head ? "HEAD" : "GET",
+                      rq->upstream);
+    if (rl >= (int)sizeof req) return HANDED;
+    if (write_all(*engine, req, (size_t)rl) == 0 && read_answer(rd, a, rq->is_head, &keep)) ok = 1;
+    else {
+      /* A kept connection the engine closed meanwhile: once more on a new one. */
+      close(*engine);
+      *engine = -1;
+    }
+  }
+  if (!ok) return HANDED;
+  if (!keep) {
+    close(*engine);
+    *engine = -1;
+  }
+  int mine = a->status == 200 && (rq->kind == PING || (rq->kind == INSPECT && inspect_owned(a)) ||
+                                   (rq->kind == LIST && list_owned(a)));
+  if (!mine) {
+    trim(a);
+    return GUARDS;
+  }
+  /* The request is consumed only now: it is this answer's. */
+  if (!consume(fd, (size_t)rq->head)) return GONE;
+  char out[sizeof a->headers + 160];
+  const char *type = rq->kind == PING ? "text/plain; charset=utf-8" : "application/json";
+  int hl = snprintf(out, sizeof out, "HTTP/1.1 200 OK\r\n%.*sContent-Type: %s\r\nContent-Length: %zu\r\n\r\n",
+                    (int)a->headers_len, a->headers, type, a->len);
+  if (hl < 0 || hl >= (int)sizeof out) return GONE;
+  /* Head and body in one call, the body from where it was read. */
+  struct iovec iov[2] = {{out, (size_t)hl}, {a->body, rq->is_head ? 0 : a->len}};
+  if (write_iov(fd, iov, 2) != 0) return GONE;
+  trim(a);
+  audit(rq->is_head ? "HEAD" : "GET", rq->path, 200);
+  return ANSWERED;
 }
 
 static void *serve(void *arg) {
@@ -1068,65 +1135,19 @@ static void *serve(void *arg) {
     while (n < 0 && errno == EINTR);
     if (n <= 0) break; /* gone, or half-closed with nothing more asked */
     int verdict = parse(head, (int)n, rq);
-    if (verdict == RELAY) {
-      int r = relay(fd, head, (size_t)(rq->head + rq->body), rq->is_head, &guard);
-      if (r < 0) goto hand;
-      if (r > 0) goto done;
-      continue;
-    }
-    if (verdict != FAST) goto hand;
-    int keep = 0, ok = 0;
-    for (int attempt = 0; attempt < 2 && !ok; attempt++) {
-      if (engine < 0) {
-        if ((engine = engine_connect()) < 0) goto hand;
-        rd->fd = engine;
-        rd->watch = -1;
-        rd->at = rd->have = 0;
-      }
-      char req[TARGET_MAX + 64];
-      int rl = snprintf(req, sizeof req, "%s %s HTTP/1.1\r\nHost: docker\r\n\r\n",
-                        rq->is_head ? "HEAD" : "GET", rq->upstream);
-      if (rl >= (int)sizeof req) goto hand;
-      if (write_all(engine, req, (size_t)rl) == 0 && read_answer(rd, &a, rq->is_head, &keep)) ok = 1;
-      else {
-        /* A kept connection the engine closed meanwhile: once more on a new one. */
-        close(engine);
-        engine = -1;
-      }
-    }
-    if (!ok) goto hand;
-    if (!keep) {
-      close(engine);
-      engine = -1;
-    }
-    int serve_it = a.status == 200 && (rq->kind == PING || (rq->kind == INSPECT && inspect_owned(&a)) ||
-                                       (rq->kind == LIST && list_owned(&a)));
-    if (!serve_it) {
-      trim(&a);
-      /* The guard's to answer (another's container, an error): on the front's connection to it. */
-      int r = relay(fd, head, (size_t)rq->head, rq->is_head, &guard);
-      if (r < 0) goto hand;
-      if (r > 0) goto done;
-      continue;
-    }
-    /* The request is consumed only now: it is this answer's. */
-    size_t got = 0;
-    while (got < (size_t)rq->head) {
-      ssize_t r = recv(fd, head, (size_t)rq->head - got, 0);
-      if (r < 0 && errno == EINTR) continue;
-      if (r <= 0) goto done;
-      got += (size_t)r;
-    }
-    char out[sizeof a.headers + 160];
-    const char *type = rq->kind == PING ? "text/plain; charset=utf-8" : "application/json";
-    int hl = snprintf(out, sizeof out, "HTTP/1.1 200 OK\r\n%.*sContent-Type: %s\r\nContent-Length: %zu\r\n\r\n",
-                      (int)a.headers_len, a.headers, type, a.len);
-    if (hl < 0 || hl >= (int)sizeof out) goto done;
-    /* Head and body in one call, the body from where it was read. */
-    struct iovec iov[2] = {{out, (size_t)hl}, {a.body, rq->is_head ? 0 : a.len}};
-    if (write_iov(fd, iov, 2) != 0) goto done;
-    trim(&a);
-    audit(rq->is_head ? "HEAD" : "GET", rq->path, 200);
+    size_t pass; /* the bytes of a request the guard answers */
+    if (verdict == RELAY) pass = (size_t)(rq->head + rq->body);
+    else if (verdict == FAST) {
+      int f = answer(fd, rq, rd, &engine, &a);
+      if (f == ANSWERED) continue;
+      if (f == GONE) goto done;
+      if (f == HANDED) goto hand;
+      pass = (size_t)rq->head; /* the guard's to answer (another's container, an error) */
+    } else
+      goto hand;
+    int r = relay(fd, head, pass, rq->is_head, &guard);
+    if (r < 0) goto hand;
+    if (r > 0) goto done;
   }
   goto done;
 hand:
