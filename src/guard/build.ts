@@ -18,6 +18,7 @@ import { ContextGate, dockerfilePaths } from './contextgate.js';
 import { readDockerfile, triggerRefusals } from './dockerfile.js';
 import { goBool, onRequest } from './core.js';
 import type { ProxyConfig, ProxyCore, Upstream } from './core.js';
+import type { UploadLink } from './upload.js';
 import { plainRef } from './images.js';
 import type { BuildHold, ImageFacts, ImageRoutes } from './images.js';
 
@@ -227,17 +228,23 @@ export class BuildRoutes {
     qs.delete('t');
     // The context goes through the gate: dockerd gets its end only once the Dockerfile passed. A
     // policy that allows the rule (a trusted tenant) sends it as it comes.
+    // A context the fast front holds (upload.ts) goes from it to the engine, as the gate passes it.
+    const link = this.core.uploadLink(req);
     const gate = this.cfg.policy.allow.has('build-options')
       ? undefined
-      : new ContextGate(dockerfilePaths(qs.get('dockerfile')), (versions) =>
-          this.contextRefusal(
-            versions,
-            firstHeader(req.headers['x-registry-config']),
-            qs.get('buildargs'),
-            hold,
-            pulls,
-          ),
+      : new ContextGate(
+          dockerfilePaths(qs.get('dockerfile')),
+          (versions) =>
+            this.contextRefusal(
+              versions,
+              firstHeader(req.headers['x-registry-config']),
+              qs.get('buildargs'),
+              hold,
+              pulls,
+            ),
+          link,
         );
+    if (!gate) link?.stop();
     const release = (): void => {
       hold.closed = true;
       for (const r of hold.releases.splice(0)) r();
@@ -259,7 +266,7 @@ export class BuildRoutes {
     try {
       // A build without the gate (a trusted tenant's) compares with the images the engine has now.
       const had = gate ? undefined : await this.images.imageIds();
-      await this.buildHeld(req, res, target, qs, { had, hold, quiet, tags, gate, release });
+      await this.buildHeld(req, res, target, qs, { had, hold, quiet, tags, gate, release, link });
     } finally {
       release();
       if (counted) this.buildsInFlight--;
@@ -286,6 +293,7 @@ export class BuildRoutes {
       tags: string[];
       gate: ContextGate | undefined;
       release: () => void;
+      link: UploadLink | undefined;
     },
   ): Promise<void> {
     const { hold, quiet, tags, gate, release } = b;
@@ -300,6 +308,7 @@ export class BuildRoutes {
     try {
       up = await this.core.upstream('POST', `${target}?${qs.toString()}`, {
         body: gate ?? req,
+        connection: b.link,
         headers: {
           // Always a tar: with a multipart/form-data type, dockerd would read build options
           // (networkmode, remote, t…) from the body, past every check on the query.

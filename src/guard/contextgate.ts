@@ -26,6 +26,26 @@ export function dockerfilePaths(option: string | null): Set<string> {
  */
 const GATHER_BYTES = 16 * 1024;
 
+/**
+ * Where the context's bytes go when the fast front holds them (an UploadLink, upload.ts): the gate
+ * passes them by count, and says when it passes no more of them.
+ */
+export interface ContextPassage {
+  /** The next n bytes may go to the engine. */
+  credit(n: number): void;
+  /** No more of the client's bytes go to the engine by count (the gate pushes what passes). */
+  stop(): void;
+  /** The next n bytes are to be copied to the gate. */
+  request(n: number): void;
+  /** The next n bytes (after those requested) are not: a file's data the gate passes unread. */
+  skip(n: number): void;
+}
+
+/** How far ahead of the gate's reading the front may copy the context. */
+const WINDOW = 1024 * 1024;
+/** A file's data is passed unread when at least this much of it lies beyond the window. */
+const SKIP_MIN = 256 * 1024;
+
 export class ContextGate extends Transform {
   private readonly scanner: LoadScanner;
   private readonly archive: ArchiveScan;
@@ -42,9 +62,24 @@ export class ContextGate extends Transform {
    * `check` gets every version of the Dockerfile the context holds and answers why the build may
    * not run (an Error to fail with), or undefined.
    */
+  /** Whether the passage (when there is one) still takes the context's bytes by count. */
+  private passing: boolean;
+  /** Body offsets: of the next byte the gate reads, and the end of what the passage was told of. */
+  private consumed = 0;
+  private requested = 0;
+  /** Bytes the passage skips, from body offset `at` (the copy goes on after them). */
+  private skipping: { at: number; len: number } | undefined;
+
+  /**
+   * With a passage, a plain context's bytes are passed by count and not pushed: the front holds
+   * them and sends them to the engine. A compressed context (the gate passes it inflated) and the
+   * bytes after the scanner stopped are not the front's to send: the passage is told to stop, and
+   * the gate pushes what passes itself.
+   */
   constructor(
     watched: ReadonlySet<string>,
     private readonly check: (dockerfiles: readonly Buffer[]) => Promise<Error | undefined>,
+    private readonly passage?: ContextPassage,
   ) {
     super();
     this.scanner = new LoadScanner({
@@ -58,6 +93,7 @@ export class ContextGate extends Transform {
         return undefined;
       },
       emit: (bytes) => {
+        if (this.passing && this.archive.compression === 'none') return this.passage?.credit(bytes.length);
         this.pending.push(bytes);
         this.pendingBytes += bytes.length;
         // Gathered only while the reader keeps up: behind it, a piece goes on at once, so the
@@ -79,10 +115,69 @@ export class ContextGate extends Transform {
       },
     });
     this.archive = new ArchiveScan(this.scanner, 'build context');
+    this.passing = passage !== undefined;
+    this.plan();
   }
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
-    this.archive.write(chunk, () => done());
+    const skip = this.skipping;
+    if (skip !== undefined && this.consumed + chunk.length > skip.at) {
+      // The copy goes on after bytes the passage skips: what comes before them is read (a plain
+      // archive is read at once), then the copy's rest, which follows them.
+      const before = skip.at - this.consumed;
+      this.archive.write(chunk.subarray(0, before), () => undefined);
+      this.consumed = skip.at;
+      this.reachSkip();
+      return this._transform(chunk.subarray(before), _enc, done);
+    }
+    this.archive.write(chunk, () => {
+      this.consumed += chunk.length;
+      this.reachSkip();
+      this.plan();
+      done();
+    });
+  }
+
+  /**
+   * Once the gate has read up to bytes the passage skips, they are passed over (and passed on) at
+   * once: the front sends them to the engine only as they are credited, and the copy goes on only
+   * after them.
+   */
+  private reachSkip(): void {
+    const skip = this.skipping;
+    if (skip === undefined || this.consumed !== skip.at) return;
+    this.scanner.skip(skip.len);
+    this.passage?.credit(skip.len);
+    this.consumed += skip.len;
+    this.skipping = undefined;
+    this.plan();
+  }
+
+  /**
+   * What the passage is told next: to stop, once nothing more of the client's bytes passes by
+   * count; to skip the rest of a large file's data beyond the window; to copy more of it.
+   */
+  private plan(): void {
+    if (!this.passing) return;
+    const kind = this.archive.compression;
+    if ((kind !== undefined && kind !== 'none') || this.scanner.stopped || this.archive.broken) {
+      this.passing = false;
+      this.passage?.stop();
+      return;
+    }
+    if (this.skipping === undefined && kind === 'none') {
+      const end = this.consumed + this.scanner.skippable;
+      if (end - this.requested >= SKIP_MIN) {
+        this.skipping = { at: this.requested, len: end - this.requested };
+        this.passage?.skip(this.skipping.len);
+        this.requested = end;
+      }
+    }
+    const ahead = this.requested - this.consumed - (this.skipping?.len ?? 0);
+    if (ahead < WINDOW / 2) {
+      this.passage?.request(WINDOW - ahead);
+      this.requested += WINDOW - ahead;
+    }
   }
 
   override _read(size: number): void {
@@ -94,6 +189,12 @@ export class ContextGate extends Transform {
     void (async () => {
       try {
         const scan = await this.archive.end();
+        // The copy ended before bytes the passage was to skip: the archive ends inside a file.
+        if (this.skipping !== undefined)
+          return this.stop(
+            new Error('berth cannot read this build context: the archive ends in the middle of an entry'),
+            done,
+          );
         if (scan.problem !== undefined)
           return this.stop(new Error(`berth cannot read this build context: ${scan.problem}`), done);
         const why = await this.check(this.versions);

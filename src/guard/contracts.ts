@@ -172,6 +172,9 @@ export interface AuditRecord {
   readonly rule?: RuleName | undefined;
   readonly status?: number | undefined;
   readonly message?: string | undefined;
-  /** `front`: answered by the fast front (front.ts), which writes its own lines. */
-  readonly via?: 'front' | undefined;
+  /**
+   * `front`: answered by the fast front (front.ts), which writes its own lines; `upload`: a
+   * build whose context the front carried (upload.ts), answered by the guard.
+   */
+  readonly via?: 'front' | 'upload' | undefined;
 }

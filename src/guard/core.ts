@@ -18,6 +18,7 @@ import { Refusal } from './policy.js';
 import { PathError } from './routes.js';
 import type { TagRecords } from './tagrecords.js';
 import type { Turns } from './turns.js';
+import type { UploadLink } from './upload.js';
 
 export interface ProxyConfig {
   tenant: string;
@@ -97,8 +98,15 @@ export interface ProxyCore {
   upstream(
     method: string,
     path: string,
-    opts?: { body?: Buffer | Readable; headers?: http.OutgoingHttpHeaders; evenStopped?: boolean },
+    opts?: {
+      body?: Buffer | Readable;
+      headers?: http.OutgoingHttpHeaders;
+      evenStopped?: boolean;
+      connection?: UploadLink | undefined;
+    },
   ): Promise<Upstream>;
+  /** The upload channel of a build request the fast front passed (upload.ts), if it came that way. */
+  uploadLink(req: IncomingMessage): UploadLink | undefined;
   /** A small answer, whole: status, bytes and headers. */
   upstreamBytes(
     method: string,

@@ -26,6 +26,8 @@ export interface FrontOptions {
   audit: string | undefined;
   /** A connection for the guard, unread from the next request on. */
   onConnection: (socket: Socket) => void;
+  /** A build context's channel (upload.ts), named by the build request that will claim it. */
+  onUpload: (id: string, socket: Socket) => void;
   /** The front ended while the guard had not closed it (the guard then listens itself). */
   onExit: (why: string) => void;
 }
@@ -99,11 +101,13 @@ export async function startFront(o: FrontOptions): Promise<Front> {
       reject(new Error(why));
     });
   });
-  child.on('message', (_m: unknown, socket: unknown) => {
+  child.on('message', (m: unknown, socket: unknown) => {
     if (!(socket instanceof Socket)) return;
     // As the sockets node:http's own server accepts (the guard answers a half-closed client).
     socket.allowHalfOpen = true;
+    const upload = typeof m === 'object' && m !== null ? (m as { berth?: unknown; id?: unknown }) : {};
     if (closing) socket.destroy();
+    else if (upload.berth === 'upload' && typeof upload.id === 'string') o.onUpload(upload.id, socket);
     else o.onConnection(socket);
   });
   void exit.then((why) => {

@@ -230,6 +230,7 @@ export async function createGuard(o: GuardOptions): Promise<GuardHandle> {
       tenant: o.tenant,
       audit: typeof o.audit === 'string' ? o.audit : undefined,
       onConnection: (socket) => server.emit('connection', socket),
+      onUpload: (id, socket) => proxy.uploads.offer(id, socket),
       onExit: (why) => {
         // Its own connections are cut; those it handed over stay.
         front = undefined;

@@ -235,6 +235,28 @@ export class LoadScanner {
     return { tags: [...this.tags], problem: this.problem, manifest: this.sawManifest };
   }
 
+  /**
+   * Bytes from here on the scanner does not need to see: the rest of a file's data (and padding)
+   * that it does not read. 0 when it needs the next byte.
+   */
+  get skippable(): number {
+    if (this.ended || this.problem !== undefined || this.header.length > 0 || this.capture) return 0;
+    return this.remaining;
+  }
+
+  /** Passes over n of the skippable bytes (see skippable) without seeing them. */
+  skip(n: number): void {
+    if (n <= 0) return;
+    if (n > this.skippable) throw new Error('the scanner cannot skip bytes it needs');
+    this.remaining -= n;
+    if (this.remaining === 0) this.finishData();
+  }
+
+  /** Whether the scanner reads no further: the archive ended, or cannot be vouched for. */
+  get stopped(): boolean {
+    return this.ended || this.problem !== undefined;
+  }
+
   /** Padding the archive's last entry went without (zero bytes a forwarder must add before an end block). */
   get unpadded(): number {
     return this.missingPadding;
@@ -416,6 +438,16 @@ export class ArchiveScan {
   private failed: Error | undefined;
   /** Reads the first bytes a gzip archive inflates to (called once enough came, or at its end). */
   private innerHead: (() => void) | undefined;
+
+  /** The archive's compression, once its first bytes came. */
+  get compression(): Compression | undefined {
+    return this.kind;
+  }
+
+  /** Whether reading failed (a compression other than gzip, a broken gzip stream). */
+  get broken(): boolean {
+    return this.failed !== undefined;
+  }
 
   write(chunk: Buffer, taken: () => void): void {
     if (this.failed) return taken();

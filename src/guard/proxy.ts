@@ -66,6 +66,8 @@ import {
 import type { ForwardOptions, JsonAnswer, ProxyConfig, ProxyCore, SmallAnswer, Upstream } from './core.js';
 import { ImageRoutes } from './images.js';
 import { BuildRoutes } from './build.js';
+import { UploadChannels } from './upload.js';
+import type { UploadLink } from './upload.js';
 
 export type { ProxyConfig } from './core.js';
 export { platformMatches } from './build.js';
@@ -166,6 +168,10 @@ const SMALL_ANSWER = 256 * 1024;
 
 export class GuardProxy implements ProxyCore {
   readonly state: TenantState;
+  /** Upload channels the fast front handed over (upload.ts). */
+  readonly uploads = new UploadChannels();
+  /** The upload channel of a build request the front passed (claimed in handle). */
+  private readonly uploadLinks = new WeakMap<IncomingMessage, UploadLink>();
   private networkId: Promise<string> | undefined;
   readonly networkName: string;
 
@@ -268,6 +274,7 @@ export class GuardProxy implements ProxyCore {
   stop(): void {
     this.stopped = true;
     this.imageWatch.close();
+    this.uploads.close();
   }
 
   /** An engine's error message without the containers it names that are not the tenant's. */
@@ -285,10 +292,21 @@ export class GuardProxy implements ProxyCore {
   upstream(
     method: string,
     path: string,
-    opts: { body?: Buffer | Readable; headers?: http.OutgoingHttpHeaders; evenStopped?: boolean } = {},
+    opts: {
+      body?: Buffer | Readable;
+      headers?: http.OutgoingHttpHeaders;
+      evenStopped?: boolean;
+      /** The connection to the engine to send it on (an upload channel), instead of a new one. */
+      connection?: UploadLink | undefined;
+    } = {},
   ): Promise<Upstream> {
     this.assertRunning(method, opts.evenStopped);
-    const base = this.cfg.transport.requestOptions();
+    const base: http.RequestOptions = { ...this.cfg.transport.requestOptions() };
+    const link = opts.connection;
+    if (link) {
+      base.agent = undefined;
+      base.createConnection = () => link;
+    }
     return new Promise((resolve, reject) => {
       const headers: http.OutgoingHttpHeaders = {
         ...(base.headers as http.OutgoingHttpHeaders | undefined),
@@ -297,6 +315,8 @@ export class GuardProxy implements ProxyCore {
       if (Buffer.isBuffer(opts.body)) headers['content-length'] = opts.body.length;
       const req = this.cfg.transport.request({ ...base, method, path, headers });
       req.on('error', reject);
+      // Through an upload channel the head goes at once: the front passes the context only after it.
+      if (link) req.flushHeaders();
       req.on('response', (res) =>
         resolve({ status: res.statusCode ?? 502, headers: res.headers, body: res }),
       );
@@ -561,7 +581,7 @@ export class GuardProxy implements ProxyCore {
     method: string,
     path: string,
     decision: AuditRecord['decision'],
-    extra: { rule?: RuleName; status?: number; message?: string } = {},
+    extra: { rule?: RuleName; status?: number; message?: string; via?: 'upload' | undefined } = {},
   ): void {
     if (!this.cfg.audit) return;
     this.cfg.audit({
@@ -577,7 +597,15 @@ export class GuardProxy implements ProxyCore {
   async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const method = (req.method ?? 'GET').toUpperCase();
     let normalized = '';
+    let link: UploadLink | undefined;
     try {
+      // A build whose context the front moves (upload.ts): the channel it names.
+      const upload = req.headers['x-berth-upload'];
+      if (upload !== undefined) {
+        link = await this.uploads.claim(String(upload));
+        if (!link) throw new BodyError('the request names an upload channel berth does not know');
+        this.uploadLinks.set(req, link);
+      }
       const url = requestTarget(req.url);
       normalized = normalizePath(url.path);
       const m = matchRoute(method, normalized);
@@ -593,6 +621,9 @@ export class GuardProxy implements ProxyCore {
       let query = new URLSearchParams(url.search);
       let body: Buffer | undefined;
       const ct = contentType(req.headers);
+      // Only a build's context gate reads an upload by the front's window: any other reading of
+      // the body (form values) gets all of it.
+      if (link && (m.route.id !== 'image.build' || ct === 'application/x-www-form-urlencoded')) link.stop();
       if (ct === 'application/x-www-form-urlencoded' && ['POST', 'PUT', 'PATCH'].includes(method)) {
         // Go's ParseForm: body values come first and win over the query.
         const form = new URLSearchParams((await readBody(req, MAX_JSON_BODY)).toString('utf8'));
@@ -615,7 +646,7 @@ export class GuardProxy implements ProxyCore {
       // Decisions that rest on the tenant's image claims see every image event up to now first.
       if (CLAIM_ROUTES.has(m.route.id)) await this.imageWatch.sync();
       await this.dispatch(m, req, res, query, body);
-      this.audit(method, m.path, 'allow', { status: res.statusCode });
+      this.audit(method, m.path, 'allow', { status: res.statusCode, ...(link ? { via: 'upload' } : {}) });
     } catch (err) {
       if (err instanceof Refusal) {
         const d = err.decision();
@@ -623,6 +654,7 @@ export class GuardProxy implements ProxyCore {
           rule: err.rule,
           status: d.status,
           message: d.message,
+          ...(link ? { via: 'upload' } : {}),
         });
         send(res, d.status, { message: d.message });
       } else if (err instanceof BodyError || err instanceof PathError) {
@@ -633,7 +665,14 @@ export class GuardProxy implements ProxyCore {
         this.audit(method, normalized, 'error', { status: 502, message });
         send(res, 502, { message: `berth: upstream: ${message}` });
       }
+    } finally {
+      link?.destroy();
     }
+  }
+
+  /** The upload channel of a build request the front passed, if it came that way. */
+  uploadLink(req: IncomingMessage): UploadLink | undefined {
+    return this.uploadLinks.get(req);
   }
 
   body(id: SchemaRoute, body: Buffer | undefined): Record<string, unknown> {

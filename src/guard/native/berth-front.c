@@ -57,6 +57,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -79,6 +80,8 @@ static int idle_ms = IDLE_MS_DEFAULT;
 /* Engine answers larger than this are the guard's to relay. */
 #define ANSWER_MAX (4 << 20)
 #define TARGET_MAX 2048
+/* The header naming an upload's channel to the guard (upload()); the front's alone. */
+#define UPLOAD_HEADER "x-berth-upload"
 
 static const char *engine_path;
 static const char *tenant;
@@ -184,7 +187,7 @@ static int write_iov(int fd, struct iovec *iov, int n) {
 
 /* Hands a connection to the guard (Node's NODE_HANDLE message, the descriptor attached), then
    closes this process's copy. Without the guard there is nobody to serve it: it is closed. */
-static void hand_over(int fd) {
+static void hand_over_as(int fd, const char *msg, size_t len) {
   /* The flag is the open file's, shared with the guard's copy: libuv takes a received descriptor
      as it comes, and a blocking one would stall the guard's whole event loop on a full socket. */
   int fl = fcntl(fd, F_GETFL);
@@ -192,11 +195,9 @@ static void hand_over(int fd) {
     close(fd);
     return;
   }
-  static const char msg[] =
-      "{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Socket\",\"msg\":{\"berth\":\"connection\"}}\n";
   char ctl[CMSG_SPACE(sizeof(int))];
   memset(ctl, 0, sizeof ctl);
-  struct iovec iov = {(void *)msg, sizeof msg - 1};
+  struct iovec iov = {(void *)msg, len};
   struct msghdr mh = {0};
   mh.msg_iov = &iov;
   mh.msg_iovlen = 1;
@@ -211,9 +212,15 @@ static void hand_over(int fd) {
   ssize_t w;
   do w = sendmsg(channel, &mh, MSG_NOSIGNAL);
   while (w < 0 && errno == EINTR);
-  if (w > 0 && (size_t)w < sizeof msg - 1) write_all(channel, msg + w, sizeof msg - 1 - (size_t)w);
+  if (w > 0 && (size_t)w < len) write_all(channel, msg + w, len - (size_t)w);
   pthread_mutex_unlock(&channel_lock);
   close(fd);
+}
+
+static void hand_over(int fd) {
+  static const char msg[] =
+      "{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Socket\",\"msg\":{\"berth\":\"connection\"}}\n";
+  hand_over_as(fd, msg, sizeof msg - 1);
 }
 
 /* Reads the guard's messages; its end (the guard closed or died) ends this process. */
@@ -270,12 +277,14 @@ static void audit(const char *method, const char *path, int status) {
 
 enum kind { PING, INSPECT, LIST };
 /* What parse() says of a request head. */
-enum verdict { INCOMPLETE = -1, HAND = 0, FAST = 1, RELAY = 2 };
+enum verdict { INCOMPLETE = -1, HAND = 0, FAST = 1, RELAY = 2, UPLOAD = 3 };
 
 struct request {
   enum kind kind;
   int head;                /* bytes of the head, CRLFCRLF included */
   int body;                /* bytes of the body (Content-Length), whole in the peeked bytes */
+  int chunked;             /* an UPLOAD's body is chunked (else it has `length` bytes) */
+  long long length;        /* an UPLOAD's Content-Length */
   int is_head;             /* HEAD, not GET */
   char version[16];        /* "/v1.41" or "" */
   char path[160];          /* the audit's path: no version, no query */
@@ -472,6 +481,12 @@ static int canonical(const char *target, size_t tl) {
   while (pl < tl && target[pl] != '?') pl++;
   if (pl == 0 || (pl > 1 && target[pl - 1] == '/')) return 0;
   for (size_t i = 0; i < pl; i++) {
+    /* An escaped colon (clients escape an image ID's sha256:) is the only escape let through: it
+       cannot make a segment, a dot or a stream's name. */
+    if (target[i] == '%' && i + 2 < pl && target[i + 1] == '3' && (target[i + 2] == 'A' || target[i + 2] == 'a')) {
+      i += 2;
+      continue;
+    }
     if (target[i] == '%' || target[i] == '\\') return 0;
     if (target[i] != '/') continue;
     if (i + 1 < pl && target[i + 1] == '/') return 0;
@@ -480,6 +495,18 @@ static int canonical(const char *target, size_t tl) {
       return 0;
   }
   return 1;
+}
+
+/* Whether a target's path is [/vN.N]/build (a query may follow). */
+static int build_target(const char *target, size_t tl) {
+  size_t pl = 0;
+  while (pl < tl && target[pl] != '?') pl++;
+  size_t at = 0;
+  if (pl > 2 && target[1] == 'v' && isdigit((unsigned char)target[2])) {
+    at = 2;
+    while (at < pl && (isdigit((unsigned char)target[at]) || target[at] == '.')) at++;
+  }
+  return pl - at == 6 && strncmp(target + at, "/build", 6) == 0;
 }
 
 /* Answers the guard streams, holds open or hands to a helper: their connections go to it whole. */
@@ -540,7 +567,9 @@ static int parse(const char *buf, int n, struct request *r) {
     if ((unsigned char)target[i] <= 0x20 || (unsigned char)target[i] >= 0x7f) return HAND;
   /* Headers: token names; one Content-Length of plain digits at most; no other framing, no
      upgrade, keep-alive only. */
-  int count = 0, lengths = 0, hosts = 0;
+  int count = 0, lengths = 0, hosts = 0, codings = 0, closes = 0;
+  long long length = 0;
+  r->chunked = 0;
   for (const char *h = line_end + 2; h < end; count++) {
     const char *e = memmem(h, (size_t)(end + 2 - h), "\r\n", 2);
     if (count >= MAX_HEADERS) return HAND;
@@ -554,18 +583,32 @@ static int parse(const char *buf, int n, struct request *r) {
     while (vl && (v[vl - 1] == ' ' || v[vl - 1] == '\t')) vl--;
     if (ieq(h, nl, "host")) hosts++;
     if (ieq(h, nl, "content-length")) {
-      if (lengths++ || vl == 0 || vl > 6 || strspn(v, "0123456789") < vl) return HAND;
-      r->body = atoi(v);
-      if (r->body > RELAY_BODY_MAX) return HAND;
-    } else if (ieq(h, nl, "transfer-encoding") || ieq(h, nl, "upgrade") || ieq(h, nl, "expect") ||
-               ieq(h, nl, "te") || ieq(h, nl, "trailer"))
+      if (lengths++ || vl == 0 || vl > 15 || strspn(v, "0123456789") < vl) return HAND;
+      length = strtoll(v, NULL, 10);
+    } else if (ieq(h, nl, "transfer-encoding")) {
+      /* chunked alone, once: the only coding an upload's body may have here. */
+      if (codings++ || !ieq(v, vl, "chunked")) return HAND;
+      r->chunked = 1;
+    } else if (ieq(h, nl, "upgrade") || ieq(h, nl, "expect") || ieq(h, nl, "te") || ieq(h, nl, "trailer") ||
+               ieq(h, nl, UPLOAD_HEADER))
       return HAND;
-    else if ((ieq(h, nl, "connection") || ieq(h, nl, "proxy-connection")) && !ieq(v, vl, "keep-alive"))
-      return HAND;
+    else if ((ieq(h, nl, "connection") || ieq(h, nl, "proxy-connection")) && !ieq(v, vl, "keep-alive")) {
+      /* close: an upload's connection ends with its answer (the guard's answer says so too). */
+      if (!ieq(h, nl, "connection") || !ieq(v, vl, "close")) return HAND;
+      closes = 1;
+    }
     h = e + 2;
   }
   /* node:http answers a request without exactly one Host 400 (and so must the front). */
-  if (hosts != 1) return HAND;
+  if (hosts != 1 || (lengths && codings)) return HAND;
+  /* A build context: its body goes to the engine from here, and a copy to the guard (upload()). */
+  if (strncmp(buf, "POST ", 5) == 0 && (r->chunked || length > 0) && canonical(target, tl) &&
+      build_target(target, tl)) {
+    r->length = length;
+    return UPLOAD;
+  }
+  if (r->chunked || closes || length > RELAY_BODY_MAX) return HAND;
+  r->body = (int)length;
   if (r->head + r->body > n) return n >= PEEK_MAX ? HAND : INCOMPLETE;
   int relay = !canonical(target, tl) || streaming(target, tl) ? HAND : RELAY;
   if (!get || lengths) return relay;
@@ -978,8 +1021,11 @@ static void both_ways(int client, struct link *l) {
  * the guard and its answer back. 0: the client's connection goes on; 1: it is done (the answer
  * ended it); -1: nothing was consumed or answered (the connection goes to the guard).
  */
+#define LINE_MAX 8192
+static int copy_answer(int client, char *line, int is_head, struct link *l);
+
 static int relay_once(int client, const char *req, size_t len, int is_head, struct link *l) {
-  char line[8192];
+  char line[LINE_MAX];
   int got_status = 0;
   for (int attempt = 0; attempt < 2 && !got_status; attempt++) {
     if (l->fd >= 0 && time(NULL) - l->used > GUARD_IDLE_S) link_close(l);
@@ -1001,12 +1047,17 @@ static int relay_once(int client, const char *req, size_t len, int is_head, stru
   if (!got_status) return -1;
   /* The guard answers: the request is the answer's. */
   if (!consume(client, len)) return 1;
+  return copy_answer(client, line, is_head, l);
+}
+
+/* Copies the guard's answer, whose status line is read (into line), to the client; as relay_once. */
+static int copy_answer(int client, char *line, int is_head, struct link *l) {
   if (strncmp(line, "HTTP/1.1 ", 9) != 0 || strlen(line) < 12) return 1;
   int status = atoi(line + 9);
   if (write_all(client, line, strlen(line)) != 0 || write_all(client, "\r\n", 2) != 0) return 1;
   struct framing f = {-1, 0, 0};
   for (;;) {
-    if (copy_line(&l->rd, client, line, sizeof line) != 0) return 1;
+    if (copy_line(&l->rd, client, line, LINE_MAX) != 0) return 1;
     if (line[0] == '\0') break;
     header_framing(line, &f);
   }
@@ -1019,13 +1070,13 @@ static int relay_once(int client, const char *req, size_t len, int is_head, stru
   if (!is_head && status != 204 && status != 304) {
     if (f.chunked > 0) {
       for (;;) {
-        if (copy_line(&l->rd, client, line, sizeof line) != 0) return 1;
+        if (copy_line(&l->rd, client, line, LINE_MAX) != 0) return 1;
         char *endp;
         unsigned long long n = strtoull(line, &endp, 16);
         if (endp == line) return 1;
         if (n == 0) {
           do
-            if (copy_line(&l->rd, client, line, sizeof line) != 0) return 1;
+            if (copy_line(&l->rd, client, line, LINE_MAX) != 0) return 1;
           while (line[0] != '\0');
           break;
         }
@@ -1050,6 +1101,453 @@ static int relay(int client, const char *req, size_t len, int is_head, struct li
   l->rd.watch = -1;
   if (r != 0) link_close(l);
   return r;
+}
+
+/* ------------------------------------------------------------------ build contexts */
+
+/*
+ * An upload (POST /build): the context goes from the client to the engine through pipes, moved by
+ * the kernel, and a copy of it to the guard, which reads and checks it as ever and says how much
+ * of it the engine may have. Three parties, each on its own descriptor:
+ *
+ *   - the guard gets the request on the link (the head with its framing rewritten to chunked and
+ *     an x-berth-upload header naming the channel, then the body's copy), and answers it there;
+ *   - the channel (a socketpair whose other end the guard got as an upload) carries the guard's
+ *     messages for the engine: `W n` and n bytes to write to it (the request's head the guard made,
+ *     the context's end, everything when the guard sends the context itself), `C n` to pass the
+ *     context's next n bytes on to it, `S` to pass no more of them (the guard stopped reading the
+ *     context, or sends it itself); the engine's answer comes back on it as it comes;
+ *   - the engine's connection is made on the guard's first `W`.
+ *
+ * Only the guard says what the engine gets: the front passes on nothing the guard has not read
+ * first, and no byte that the guard did not pass (the end-of-archive block the guard holds back
+ * until the Dockerfile passed its check, whatever follows it).
+ */
+
+#define UPLOAD_PIPE (1 << 20)
+#define CHUNK_LINE_MAX 20
+/* The most of the body moved at once: small enough that the copy, the guard's reading and the
+   engine's writes overlap. */
+#define PIECE (256 * 1024)
+
+#define SEGMENTS 64
+
+struct upload {
+  int channel;   /* the front's end of the upload channel */
+  int pass;      /* read end of the pipe of bytes the engine may get (-1 once `S` came) */
+  int engine;    /* -1 until the guard's first W */
+  pthread_t answer;
+  int answering; /* the answer thread runs */
+  /* What the guard said of the body's next bytes, in order (R: copy them to it, K: not), until it
+     said S or went (free: every byte is copied from then on). The client's thread takes them. */
+  pthread_mutex_t lock;
+  pthread_cond_t said;
+  struct segment {
+    char kind;
+    unsigned long long left;
+  } segments[SEGMENTS];
+  int first, count, free;
+};
+
+/* Adds what the guard said of the next bytes; 0 when there is no room (the guard broke the protocol). */
+static int segment_add(struct upload *u, char kind, unsigned long long n) {
+  pthread_mutex_lock(&u->lock);
+  int ok = u->count < SEGMENTS;
+  if (ok && !u->free && n > 0) {
+    u->segments[(u->first + u->count) % SEGMENTS] = (struct segment){kind, n};
+    u->count++;
+  }
+  pthread_cond_signal(&u->said);
+  pthread_mutex_unlock(&u->lock);
+  return ok;
+}
+
+static void segments_free(struct upload *u) {
+  pthread_mutex_lock(&u->lock);
+  u->free = 1;
+  pthread_cond_signal(&u->said);
+  pthread_mutex_unlock(&u->lock);
+}
+
+/* The kind of the body's next bytes and how many of them (waiting for the guard to say); 'F' once
+   free. */
+static char segment_next(struct upload *u, unsigned long long *n) {
+  pthread_mutex_lock(&u->lock);
+  while (u->count == 0 && !u->free) pthread_cond_wait(&u->said, &u->lock);
+  char kind = 'F';
+  if (u->count > 0) {
+    kind = u->segments[u->first].kind;
+    *n = u->segments[u->first].left;
+  }
+  pthread_mutex_unlock(&u->lock);
+  return kind;
+}
+
+/* n bytes of the first segment were moved. */
+static void segment_took(struct upload *u, unsigned long long n) {
+  pthread_mutex_lock(&u->lock);
+  if (u->count > 0) {
+    struct segment *g = &u->segments[u->first];
+    g->left -= n < g->left ? n : g->left;
+    if (g->left == 0) {
+      u->first = (u->first + 1) % SEGMENTS;
+      u->count--;
+    }
+  }
+  pthread_mutex_unlock(&u->lock);
+}
+
+static void pipe_size(int fd) {
+  fcntl(fd, F_SETPIPE_SZ, UPLOAD_PIPE);
+}
+
+/* Room for a few pieces in flight on a socket the front writes the context to. */
+static void sndbuf(int fd) {
+  int size = 4 << 20;
+  setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+}
+
+/* Moves up to n bytes from the pipe in to fd (blocking), stopping when either end failed or
+   ended; how many it moved. */
+static unsigned long long splice_upto(int in, int fd, unsigned long long n) {
+  unsigned long long moved = 0;
+  while (moved < n) {
+    size_t want = n - moved < (1 << 20) ? (size_t)(n - moved) : (1 << 20);
+    ssize_t m = splice(in, NULL, fd, NULL, want, SPLICE_F_MOVE);
+    if (m < 0 && errno == EINTR) continue;
+    if (m <= 0) break;
+    moved += (unsigned long long)m;
+  }
+  return moved;
+}
+
+/* Moves exactly n bytes from the pipe in to fd; -1 when it could not. */
+static int splice_n(int in, int fd, unsigned long long n) {
+  return splice_upto(in, fd, n) == n ? 0 : -1;
+}
+
+/* The engine's answer, as it comes, to the guard. */
+static void *answer_side(void *arg) {
+  struct upload *u = arg;
+  char buf[65536];
+  for (;;) {
+    ssize_t r = read(u->engine, buf, sizeof buf);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0 || write_all(u->channel, buf, (size_t)r) != 0) break;
+  }
+  shutdown(u->channel, SHUT_WR);
+  return NULL;
+}
+
+/* The guard's messages for the engine, in their order, until the guard closes the channel. */
+static void *engine_side(void *arg) {
+  struct upload *u = arg;
+  struct reader *rd = malloc(sizeof *rd);
+  char line[64];
+  if (!rd) goto end;
+  rd->fd = u->channel;
+  rd->watch = -1;
+  rd->at = rd->have = 0;
+  while (read_line(rd, line, sizeof line)) {
+    char *endp = NULL;
+    unsigned long long n = 0;
+    if (line[0] == 'W' || line[0] == 'C' || line[0] == 'R' || line[0] == 'K') {
+      n = strtoull(line + 1 + (line[1] == ' '), &endp, 10);
+      if (line[1] != ' ' || endp == line + 2 || *endp) break;
+    } else if (strcmp(line, "S") != 0)
+      break;
+    if (line[0] == 'R' || line[0] == 'K') {
+      if (!segment_add(u, line[0], n)) break;
+    } else if (line[0] == 'W') {
+      if (u->engine < 0) {
+        if ((u->engine = engine_connect()) < 0) break;
+        sndbuf(u->engine);
+        u->answering = pthread_create(&u->answer, NULL, answer_side, u) == 0;
+        if (!u->answering) break;
+      }
+      if (copy_n(rd, u->engine, n) != 0) break;
+    } else if (line[0] == 'C') {
+      /* The next n bytes of the context, as one chunk (the guard's head says chunked). */
+      char size[24];
+      int sl = snprintf(size, sizeof size, "%llx\r\n", n);
+      if (u->engine < 0 || u->pass < 0 || n == 0 || write_all(u->engine, size, (size_t)sl) != 0 ||
+          splice_n(u->pass, u->engine, n) != 0 || write_all(u->engine, "\r\n", 2) != 0)
+        break;
+    } else {
+      /* S: every byte is copied to the guard from now on; the client's writes to the pipe fail
+         (EPIPE), and it stops filling it. */
+      segments_free(u);
+      if (u->pass >= 0) close(u->pass);
+      u->pass = -1;
+    }
+  }
+end:
+  free(rd);
+  segments_free(u);
+  /* The guard is done (or gave up): the engine gets nothing more, a context cut short builds nothing. */
+  if (u->pass >= 0) close(u->pass);
+  u->pass = -1;
+  if (u->engine >= 0) shutdown(u->engine, SHUT_RDWR);
+  if (u->answering) pthread_join(u->answer, NULL);
+  if (u->engine >= 0) close(u->engine);
+  shutdown(u->channel, SHUT_RDWR);
+  return NULL;
+}
+
+/* Reads one chunk-size line of the client's body ("hex" CRLF, nothing else); -1 on bad syntax. */
+static long long chunk_size(int fd) {
+  char line[CHUNK_LINE_MAX + 2];
+  size_t got = 0;
+  /* A line that arrived whole is read in one call (peeked first); otherwise byte by byte. */
+  ssize_t n;
+  do n = recv(fd, line, sizeof line, MSG_PEEK);
+  while (n < 0 && errno == EINTR);
+  if (n <= 0) return -1;
+  char *crlf = memmem(line, (size_t)n, "\r\n", 2);
+  if (crlf) {
+    got = (size_t)(crlf - line) + 2;
+    if (!consume(fd, got)) return -1;
+  } else {
+    for (;;) {
+      if (got >= sizeof line) return -1;
+      do n = recv(fd, line + got, 1, 0);
+      while (n < 0 && errno == EINTR);
+      if (n <= 0) return -1;
+      got++;
+      if (got >= 2 && line[got - 2] == '\r' && line[got - 1] == '\n') break;
+    }
+  }
+  size_t digits = got - 2;
+  if (digits == 0 || digits > 15) return -1;
+  long long v = 0;
+  for (size_t i = 0; i < digits; i++) {
+    int c = (unsigned char)line[i];
+    if (!isxdigit(c)) return -1;
+    v = v * 16 + (isdigit(c) ? c - '0' : (tolower(c) - 'a' + 10));
+  }
+  return v;
+}
+
+static int expect_crlf(int fd) {
+  char two[2];
+  size_t got = 0;
+  while (got < 2) {
+    ssize_t n = recv(fd, two + got, 2 - got, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return -1;
+    got += (size_t)n;
+  }
+  return two[0] == '\r' && two[1] == '\n' ? 0 : -1;
+}
+
+/* Writes n bytes of the pipe in to the guard's link as one chunk. */
+static int chunk_to(int fd, int in, size_t n) {
+  char size[24];
+  int sl = snprintf(size, sizeof size, "%zx\r\n", n);
+  return write_all(fd, size, (size_t)sl) != 0 || splice_n(in, fd, n) != 0 || write_all(fd, "\r\n", 2) != 0 ? -1
+                                                                                                           : 0;
+}
+
+/* Reads and drops n bytes of the client's body (the engine side took no more of it). */
+static int drop_n(int fd, size_t n) {
+  char sink[4096];
+  while (n > 0) {
+    ssize_t r = read(fd, sink, n < sizeof sink ? n : sizeof sink);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return -1;
+    n -= (size_t)r;
+  }
+  return 0;
+}
+
+/*
+ * Moves n bytes of the body from the client, as the guard said of them: R, a copy to the guard (as
+ * one chunk on its link) and the same bytes to the pass pipe; K, to the pass pipe only (the guard
+ * passes them unread: a file's data it skips); once free, to the guard only. -1: the client or the
+ * guard's link failed.
+ */
+static int body_piece(struct upload *u, int client, int stage[2], int copy[2], int *pass_w, int link, long long n) {
+  while (n > 0) {
+    unsigned long long said = 0;
+    char kind = segment_next(u, &said);
+    size_t want = (size_t)(n < PIECE ? n : PIECE);
+    if (kind != 'F' && said < want) want = (size_t)said;
+    if (kind == 'K') {
+      /* Straight to the engine side (or dropped, when it takes no more). */
+      ssize_t got;
+      if (*pass_w >= 0) {
+        do got = splice(client, NULL, *pass_w, NULL, want, SPLICE_F_MOVE);
+        while (got < 0 && errno == EINTR);
+        if (got < 0 && errno == EPIPE) {
+          close(*pass_w);
+          *pass_w = -1;
+          continue;
+        }
+        if (got <= 0) return -1;
+      } else {
+        if (drop_n(client, want) != 0) return -1;
+        got = (ssize_t)want;
+      }
+      segment_took(u, (unsigned long long)got);
+      n -= got;
+      continue;
+    }
+    ssize_t got = splice(client, NULL, stage[1], NULL, want, SPLICE_F_MOVE);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) return -1;
+    n -= got;
+    if (kind != 'F') segment_took(u, (unsigned long long)got);
+    size_t left = (size_t)got;
+    while (left > 0) {
+      ssize_t t;
+      if (kind != 'F' && *pass_w >= 0) {
+        /* Duplicated into the copy pipe, then moved on: both get the same bytes. */
+        do t = tee(stage[0], copy[1], left, 0);
+        while (t < 0 && errno == EINTR);
+        if (t <= 0) return -1;
+      } else {
+        do t = splice(stage[0], NULL, copy[1], NULL, left, SPLICE_F_MOVE);
+        while (t < 0 && errno == EINTR);
+        if (t <= 0) return -1;
+      }
+      if (chunk_to(link, copy[0], (size_t)t) != 0) return -1;
+      if (kind != 'F' && *pass_w >= 0) {
+        unsigned long long moved = splice_upto(stage[0], *pass_w, (unsigned long long)t);
+        if (moved < (unsigned long long)t) {
+          /* The engine side takes no more (S, or the guard is gone): what the stage holds of the
+             bytes just copied is dropped. */
+          close(*pass_w);
+          *pass_w = -1;
+          if (drop_n(stage[0], (size_t)t - (size_t)moved) != 0) return -1;
+        }
+      }
+      left -= (size_t)t;
+    }
+  }
+  return 0;
+}
+
+/*
+ * An UPLOAD request (its head peeked at in req[0..rq->head)). 0: the client's connection goes on;
+ * 1: it is done; -1: nothing was consumed (the connection goes to the guard).
+ */
+static int upload(int client, const char *req, const struct request *rq, struct link *l) {
+  /* The head as the guard gets it: the client's, its framing chunked, the channel named. */
+  unsigned char raw[16];
+  char id[33];
+  if (getrandom(raw, sizeof raw, 0) != (ssize_t)sizeof raw) return -1;
+  for (int i = 0; i < 16; i++) snprintf(id + 2 * i, 3, "%02x", raw[i]);
+  char head[HEAD_MAX + 128];
+  size_t hl = 0;
+  const char *end = req + rq->head - 2; /* the empty line's CRLF */
+  for (const char *h = req; h < end;) {
+    const char *e = memmem(h, (size_t)(end - h), "\r\n", 2);
+    const char *colon = memchr(h, ':', (size_t)(e - h));
+    size_t nl = colon ? (size_t)(colon - h) : 0;
+    if (h == req || !(ieq(h, nl, "content-length") || ieq(h, nl, "transfer-encoding"))) {
+      memcpy(head + hl, h, (size_t)(e + 2 - h));
+      hl += (size_t)(e + 2 - h);
+    }
+    h = e + 2;
+  }
+  hl += (size_t)snprintf(head + hl, sizeof head - hl, "Transfer-Encoding: chunked\r\n" UPLOAD_HEADER ": %s\r\n\r\n", id);
+
+  int stage[2] = {-1, -1}, copy[2] = {-1, -1}, pass[2] = {-1, -1}, sv[2] = {-1, -1};
+  if (pipe2(stage, O_CLOEXEC) < 0 || pipe2(copy, O_CLOEXEC) < 0 || pipe2(pass, O_CLOEXEC) < 0 ||
+      socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+    goto unused;
+  pipe_size(stage[1]);
+  pipe_size(copy[1]);
+  pipe_size(pass[1]);
+  /* The link: fresh when it idled (the guard may have closed it), once more when the head finds
+     it closed. */
+  int sent = 0;
+  for (int attempt = 0; attempt < 2 && !sent; attempt++) {
+    if (l->fd >= 0 && time(NULL) - l->used > GUARD_IDLE_S) link_close(l);
+    if (l->fd < 0 && link_open(l) < 0) break;
+    l->used = time(NULL);
+    if (write_all(l->fd, head, hl) == 0) sent = 1;
+    else link_close(l);
+  }
+  if (!sent) goto unused;
+  sndbuf(l->fd);
+  /* The channel goes to the guard after the head: it waits for a channel its request names. */
+  char msg[160];
+  int ml = snprintf(msg, sizeof msg,
+                    "{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Socket\",\"msg\":{\"berth\":\"upload\",\"id\":\"%s\"}}\n", id);
+  hand_over_as(sv[1], msg, (size_t)ml);
+  sv[1] = -1;
+  struct upload u = {.channel = sv[0], .pass = pass[0], .engine = -1};
+  pthread_mutex_init(&u.lock, NULL);
+  pthread_cond_init(&u.said, NULL);
+  pass[0] = -1;
+  pthread_t side;
+  if (pthread_create(&side, NULL, engine_side, &u) != 0) {
+    close(u.pass);
+    close(sv[0]);
+    sv[0] = -1;
+    link_close(l);
+    goto unused;
+  }
+  int outcome = 1, ok = consume(client, (size_t)rq->head);
+  /* The body, as it comes. */
+  if (ok && rq->chunked) {
+    for (;;) {
+      long long n = chunk_size(client);
+      if (n < 0) {
+        ok = 0;
+        break;
+      }
+      if (n == 0) {
+        ok = expect_crlf(client) == 0; /* no trailers */
+        break;
+      }
+      if (body_piece(&u, client, stage, copy, &pass[1], l->fd, n) != 0 || expect_crlf(client) != 0) {
+        ok = 0;
+        break;
+      }
+    }
+  } else if (ok)
+    ok = body_piece(&u, client, stage, copy, &pass[1], l->fd, rq->length) == 0;
+  if (pass[1] >= 0) close(pass[1]);
+  pass[1] = -1;
+  /* The body's end; or, when it could not be passed whole, the end of the guard's request (it
+     answered already, without reading on, or it gets a request cut short). */
+  if (!ok || write_all(l->fd, "0\r\n\r\n", 5) != 0) {
+    ok = 0;
+    shutdown(l->fd, SHUT_WR);
+  }
+  /* The guard's answer, as relay() passes one; the connection ends after it when the body did not
+     go whole. */
+  char line[LINE_MAX];
+  l->rd.watch = client;
+  l->rd.hup = 0;
+  if (read_line(&l->rd, line, sizeof line)) {
+    int r = copy_answer(client, line, 0, l);
+    outcome = ok ? r : 1;
+  }
+  l->rd.watch = -1;
+  /* A body cut short or malformed, an answer not passed whole: the guard's request ends with its
+     connection, and the client's connection ends. */
+  if (outcome != 0) link_close(l);
+  shutdown(u.channel, SHUT_RDWR);
+  pthread_join(side, NULL);
+  pthread_mutex_destroy(&u.lock);
+  pthread_cond_destroy(&u.said);
+  close(u.channel);
+  for (int i = 0; i < 2; i++) {
+    close(stage[i]);
+    close(copy[i]);
+  }
+  return outcome;
+unused:
+  for (int i = 0; i < 2; i++) {
+    if (stage[i] >= 0) close(stage[i]);
+    if (copy[i] >= 0) close(copy[i]);
+    if (pass[i] >= 0) close(pass[i]);
+    if (sv[i] >= 0) close(sv[i]);
+  }
+  return -1;
 }
 
 /* ------------------------------------------------------------------ one connection */
@@ -1136,6 +1634,12 @@ static void *serve(void *arg) {
     if (n <= 0) break; /* gone, or half-closed with nothing more asked */
     int verdict = parse(head, (int)n, rq);
     size_t pass; /* the bytes of a request the guard answers */
+    if (verdict == UPLOAD) {
+      int r = upload(fd, head, rq, &guard);
+      if (r < 0) goto hand;
+      if (r > 0) goto done;
+      continue;
+    }
     if (verdict == RELAY) pass = (size_t)(rq->head + rq->body);
     else if (verdict == FAST) {
       int f = answer(fd, rq, rd, &engine, &a);
