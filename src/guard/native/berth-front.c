@@ -15,6 +15,9 @@
  *     own connection to it, and the guard's answer comes back as the guard framed it. The front's
  *     connection is one end of a socketpair whose other end the guard got as a connection, so the
  *     guard checks these requests as any other. The client keeps its connection to the front.
+ *   - UPLOAD: a build (POST [/vN.N]/build) in strict syntax with a chunked or sized body. The front
+ *     carries its context to the engine and copies to the guard what the guard reads of it; the
+ *     guard says which bytes the engine gets (see upload()).
  *   - HAND: anything else (odd syntax, chunked or large bodies, upgrades, streams, a head that has
  *     not arrived whole). The connection goes to the guard for good, unread from that request on.
  *
@@ -31,7 +34,8 @@
  *                                                 answered when every entry's Id is the tenant's
  *
  * Strict HTTP/1.1 syntax means CRLF only and token header names, with no Transfer-Encoding,
- * Upgrade, Expect, TE or Trailer, and Connection only keep-alive. The request sent to the engine
+ * Upgrade, Expect, TE or Trailer, and Connection only keep-alive (an upload may be chunked, and may
+ * say Connection: close). The request sent to the engine
  * is built here from the parsed parts, never from the client's bytes.
  *
  * Messages on the channel are JSON lines:
@@ -1132,6 +1136,9 @@ static int relay(int client, const char *req, size_t len, int is_head, struct li
 
 #define SEGMENTS 64
 
+/* An upload's two threads of its own (set up in main): small stacks, joined, not detached. */
+static pthread_attr_t small_stack;
+
 struct upload {
   int channel;   /* the front's end of the upload channel */
   int pass;      /* read end of the pipe of bytes the engine may get (-1 once `S` came) */
@@ -1262,7 +1269,7 @@ static void *engine_side(void *arg) {
       if (u->engine < 0) {
         if ((u->engine = engine_connect()) < 0) break;
         sndbuf(u->engine);
-        u->answering = pthread_create(&u->answer, NULL, answer_side, u) == 0;
+        u->answering = pthread_create(&u->answer, &small_stack, answer_side, u) == 0;
         if (!u->answering) break;
       }
       if (copy_n(rd, u->engine, n) != 0) break;
@@ -1482,7 +1489,7 @@ static int upload(int client, const char *req, const struct request *rq, struct 
   pthread_cond_init(&u.said, NULL);
   pass[0] = -1;
   pthread_t side;
-  if (pthread_create(&side, NULL, engine_side, &u) != 0) {
+  if (pthread_create(&side, &small_stack, engine_side, &u) != 0) {
     close(u.pass);
     close(sv[0]);
     sv[0] = -1;
@@ -1719,6 +1726,8 @@ int main(int argc, char **argv) {
   pthread_attr_init(&attr);
   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
   pthread_attr_setstacksize(&attr, 512 * 1024);
+  pthread_attr_init(&small_stack);
+  pthread_attr_setstacksize(&small_stack, 256 * 1024);
   if (pthread_create(&t, &attr, read_channel, NULL) != 0) return 1;
   static const char ready[] = "{\"berth\":\"ready\"}\n";
   pthread_mutex_lock(&channel_lock);
