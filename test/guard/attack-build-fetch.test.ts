@@ -15,7 +15,7 @@ import { images } from '../../src/engine/index.js';
 import { createGuard, defaultPolicy } from '../../src/guard/index.js';
 import type { GuardHandle } from '../../src/guard/index.js';
 import { SESSION, docker, engine, sessionLabels, tempDir, uniqueName } from '../support/index.js';
-import { expectRefused, messageOf, send } from '../support/rawhttp.js';
+import { expectRefused, messageOf, postBuild, send } from '../support/rawhttp.js';
 import { startRegistry } from '../support/registry.js';
 import { startHostService } from '../support/hostservice.js';
 import type { HostService } from '../support/hostservice.js';
@@ -63,18 +63,7 @@ describe('attack: builds that make the daemon fetch from the host’s network', 
   });
 
   const build = (context: Buffer, query = '') =>
-    send(
-      sock,
-      {
-        method: 'POST',
-        path: `/v1.41/build?${query}`,
-        headers: [['Content-Type', 'application/x-tar']],
-        body: context,
-        framing: 'chunked',
-        chunks: [700, 300],
-      },
-      { timeoutMs: 60_000 },
-    );
+    postBuild(sock, context, query, { framing: 'chunked', chunks: [700, 300], timeoutMs: 60_000 });
   const context = (dockerfile: string | Buffer, name = 'Dockerfile', extra: Buffer[] = []) =>
     Buffer.concat([entry('local.txt', 'local\n'), ...extra, entry(name, dockerfile), END]);
 

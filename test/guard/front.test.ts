@@ -13,25 +13,10 @@ import { join } from 'node:path';
 import { containers } from '../../src/engine/index.js';
 import { createGuard, nativeHelper } from '../../src/guard/index.js';
 import type { GuardHandle } from '../../src/guard/index.js';
-import { docker, engine, sessionLabels, tempDir, uniqueName } from '../support/index.js';
+import { docker, engine, frontProcesses, sessionLabels, tempDir, uniqueName } from '../support/index.js';
 import { rawRequest } from '../support/rawhttp.js';
 
 const IMAGE = 'berth-local/busybox';
-
-/** berth-front processes whose parent is this process. */
-function fronts(): number[] {
-  const out: number[] = [];
-  for (const pid of readdirSync('/proc')) {
-    if (!/^\d+$/.test(pid)) continue;
-    try {
-      const m = /^\d+ \((.*)\) \S+ (\d+)/.exec(readFileSync(`/proc/${pid}/stat`, 'utf8'));
-      if (m?.[1] === 'berth-front' && Number(m[2]) === process.pid) out.push(Number(pid));
-    } catch {
-      /* gone meanwhile */
-    }
-  }
-  return out;
-}
 
 interface Line {
   method: string;
@@ -94,7 +79,7 @@ describe('guard: the fast front on the real engine', () => {
   });
 
   test('the CLI gets its ping, inspect and ps answered by the front; the answers are the engine’s', async () => {
-    assert.equal(fronts().length, 1, 'one front for the guard');
+    assert.equal(frontProcesses().length, 1, 'one front for the guard');
     const before = audit().length;
     const i = await docker(guard.address, ['inspect', '-f', '{{.Id}} {{.Config.Image}}', mine]);
     assert.equal(i.code, 0, i.stderr);
@@ -166,14 +151,18 @@ describe('guard: the fast front on the real engine', () => {
   });
 
   test('a front that dies is started again: same socket, still 0666 (set at bind, never by path)', async () => {
-    const [pid] = fronts();
+    const [pid] = frontProcesses();
     assert.ok(pid);
     process.kill(pid, 'SIGKILL');
     const end = Date.now() + 10_000;
     let ok = false;
     while (!ok && Date.now() < end) {
       const r = await docker(guard.address, ['inspect', '-f', '{{.Id}}', mine]);
-      ok = r.code === 0 && r.stdout.trim() === mine && fronts().length === 1 && fronts()[0] !== pid;
+      ok =
+        r.code === 0 &&
+        r.stdout.trim() === mine &&
+        frontProcesses().length === 1 &&
+        frontProcesses()[0] !== pid;
       if (!ok) await new Promise((res) => setTimeout(res, 200));
     }
     assert.ok(ok, 'a new front serves');
@@ -207,18 +196,18 @@ describe('guard: the fast front on the real engine', () => {
   });
 
   test('a closing guard leaves no front and no socket; `front: off` starts none', async () => {
-    const n = fronts().length;
+    const n = frontProcesses().length;
     const other = await createGuard({
       tenant: uniqueName('front-close'),
       listen: join(dir.path, 'c.sock'),
       labels: sessionLabels(),
     });
     try {
-      assert.equal(fronts().length, n + 1);
+      assert.equal(frontProcesses().length, n + 1);
     } finally {
       await other.close({ cleanup: true });
     }
-    assert.equal(fronts().length, n);
+    assert.equal(frontProcesses().length, n);
     assert.equal(existsSync(join(dir.path, 'c.sock')), false);
     const off = await createGuard({
       tenant: uniqueName('front-off'),
@@ -227,7 +216,7 @@ describe('guard: the fast front on the real engine', () => {
       front: 'off',
     });
     try {
-      assert.equal(fronts().length, n);
+      assert.equal(frontProcesses().length, n);
       const r = await docker(off.address, ['version', '-f', '{{.Server.APIVersion}}']);
       assert.equal(r.code, 0, r.stderr);
     } finally {

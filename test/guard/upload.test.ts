@@ -17,8 +17,16 @@ import { gzipSync } from 'node:zlib';
 import { images } from '../../src/engine/index.js';
 import { createGuard, nativeHelper } from '../../src/guard/index.js';
 import type { GuardHandle } from '../../src/guard/index.js';
-import { SESSION, docker, engine, sessionLabels, tempDir, uniqueName } from '../support/index.js';
-import { buildRequest, expectRefused, messageOf, rawRequest, send } from '../support/rawhttp.js';
+import {
+  SESSION,
+  docker,
+  engine,
+  frontProcesses,
+  sessionLabels,
+  tempDir,
+  uniqueName,
+} from '../support/index.js';
+import { buildRequest, expectRefused, messageOf, postBuild, rawRequest, send } from '../support/rawhttp.js';
 import type { RawResponse } from '../support/rawhttp.js';
 import { END, entry, header } from '../support/tar.js';
 
@@ -33,21 +41,6 @@ interface Line {
 }
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
-
-/** berth-front processes whose parent is this process. */
-function fronts(): number[] {
-  const out: number[] = [];
-  for (const pid of readdirSync('/proc')) {
-    if (!/^\d+$/.test(pid)) continue;
-    try {
-      const m = /^\d+ \((.*)\) \S+ (\d+)/.exec(readFileSync(`/proc/${pid}/stat`, 'utf8'));
-      if (m?.[1] === 'berth-front' && Number(m[2]) === process.pid) out.push(Number(pid));
-    } catch {
-      /* gone meanwhile */
-    }
-  }
-  return out;
-}
 
 /** The image ID a build's progress stream reports last, if any. */
 function builtId(r: RawResponse): string | undefined {
@@ -98,18 +91,7 @@ describe('guard: build contexts carried by the fast front', () => {
     return r.stdout.trim().split('\n').filter(Boolean).sort();
   };
   const post = (context: Buffer, query = '', framing: 'length' | 'chunked' = 'length', chunks?: number[]) =>
-    send(
-      sock,
-      {
-        method: 'POST',
-        path: `/v1.41/build?${query}`,
-        headers: [['Content-Type', 'application/x-tar']],
-        body: context,
-        framing,
-        ...(chunks ? { chunks } : {}),
-      },
-      { timeoutMs: 120_000 },
-    );
+    postBuild(sock, context, query, { framing, ...(chunks ? { chunks } : {}) });
 
   before(async () => {
     assert.ok(nativeHelper('berth-front'), 'berth-front is built (npm run build)');
@@ -119,7 +101,7 @@ describe('guard: build contexts carried by the fast front', () => {
       labels: sessionLabels(),
       audit: auditFile,
     });
-    assert.equal(fronts().length, 1, 'the guard runs its front');
+    assert.equal(frontProcesses().length, 1, 'the guard runs its front');
   });
 
   after(async () => {
@@ -235,7 +217,7 @@ describe('guard: build contexts carried by the fast front', () => {
   });
 
   test('a client gone halfway: nothing is built, and the front and the guard carry on', async () => {
-    const [front] = fronts();
+    const [front] = frontProcesses();
     assert.ok(front);
     const threads = () => readdirSync(`/proc/${front}/task`).length;
     const idle = threads();

@@ -4,7 +4,7 @@
  */
 import { execFile, spawn } from 'node:child_process';
 import type { SpawnOptions } from 'node:child_process';
-import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { mkdtempSync, rmSync, existsSync, readFileSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -100,4 +100,19 @@ export function docker(
 /** Starts a long-running program; the caller must stop it. */
 export function start(file: string, args: readonly string[], opts: SpawnOptions = {}) {
   return spawn(file, args, { stdio: ['ignore', 'pipe', 'pipe'], ...opts });
+}
+
+/** The pids of berth-front processes (the guard's fast front) whose parent is this process. */
+export function frontProcesses(): number[] {
+  const out: number[] = [];
+  for (const pid of readdirSync('/proc')) {
+    if (!/^\d+$/.test(pid)) continue;
+    try {
+      const m = /^\d+ \((.*)\) \S+ (\d+)/.exec(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+      if (m?.[1] === 'berth-front' && Number(m[2]) === process.pid) out.push(Number(pid));
+    } catch {
+      /* gone meanwhile */
+    }
+  }
+  return out;
 }

@@ -251,7 +251,17 @@ export function expectAbsent(res: RawResponse, what = ''): void {
 }
 
 /** `POST /build` of a plain tar context over a unix socket (the guard's or the engine's). */
-export function postBuild(socketPath: string, context: Buffer, query = '', timeoutMs = 120_000) {
+export function postBuild(
+  socketPath: string,
+  context: Buffer,
+  query = '',
+  opts: number | { timeoutMs?: number; framing?: 'length' | 'chunked'; chunks?: readonly number[] } = {},
+) {
+  const {
+    timeoutMs = 120_000,
+    framing = 'length',
+    chunks,
+  } = typeof opts === 'number' ? { timeoutMs: opts } : opts;
   return send(
     socketPath,
     {
@@ -259,6 +269,8 @@ export function postBuild(socketPath: string, context: Buffer, query = '', timeo
       path: `/v1.41/build?${query}`,
       headers: [['Content-Type', 'application/x-tar']],
       body: context,
+      framing,
+      ...(chunks ? { chunks } : {}),
     },
     { timeoutMs },
   );
