@@ -228,8 +228,10 @@ export class BuildRoutes {
     qs.delete('t');
     // The context goes through the gate: dockerd gets its end only once the Dockerfile passed. A
     // policy that allows the rule (a trusted tenant) sends it as it comes.
-    // A context the fast front holds (upload.ts) goes from it to the engine, as the gate passes it.
+    // A context the fast front holds (upload.ts) goes from it to the engine, as the gate passes it
+    // (unless the front was told to stop already: a form body was read first).
     const link = this.core.uploadLink(req);
+    const passage = link && !link.stopped ? link : undefined;
     const gate = this.cfg.policy.allow.has('build-options')
       ? undefined
       : new ContextGate(
@@ -242,9 +244,13 @@ export class BuildRoutes {
               hold,
               pulls,
             ),
-          link,
+          passage,
         );
     if (!gate) link?.stop();
+    // The gate's refusal is read from gate.refused wherever it matters; its 'error' event must
+    // never go unheard, also after the engine answered early and the upload's relay let go of it
+    // (an unheard one ended the guard's thread: red-team pass 32).
+    gate?.on('error', () => undefined);
     const release = (): void => {
       hold.closed = true;
       for (const r of hold.releases.splice(0)) r();

@@ -18,6 +18,8 @@ import type { JValue } from './json.js';
 
 const BLOCK = 512;
 const MAX_META = 8 * 1024 * 1024;
+/** Go's archive/tar maxSpecialFileSize: PAX records and GNU long names. */
+const MAX_SPECIAL = 1024 * 1024;
 const WATCHED = new Set(['manifest.json', 'repositories']);
 
 export type Compression = 'none' | 'gzip' | 'bzip2' | 'xz' | 'zstd';
@@ -288,6 +290,9 @@ export class LoadScanner {
     if (!Number.isSafeInteger(size) || size < 0) return this.fail('an entry has a size berth cannot read');
     // Sparse entries put maps before (or in) their data: not read here, so not vouched for.
     if (type === 'S') return this.fail('the archive has a sparse entry, which berth does not read');
+    // Go's reader refuses a PAX record block or a GNU long name over 1 MiB (header field too long):
+    // the scanner refuses it first, so dockerd is never the one to end a context early.
+    if ('gxLK'.includes(type) && size > MAX_SPECIAL) return this.fail('a PAX header or long name over 1 MiB');
     // Meta entries describe the next one. Go's reader returns a global header as an entry of its
     // own, which drops what earlier meta entries said.
     if (type === 'g') {

@@ -14,6 +14,16 @@ const failed = (err: unknown): FromGuardThread =>
 if (port) {
   try {
     const guard = await createGuard(workerData as GuardThreadOptions);
+    // A failure nothing caught ends the guard in order: the tenant's objects are removed (unless
+    // it keeps them), the host hears of it, and the thread ends.
+    const fail = (err: unknown): void => {
+      guard.close().finally(() => {
+        send(failed(err));
+        process.exit(1);
+      });
+    };
+    process.on('uncaughtException', fail);
+    process.on('unhandledRejection', fail);
     // The only message the host sends is `close` (ToGuardThread).
     port.once('message', (m: ToGuardThread) => {
       guard.close({ cleanup: m.cleanup }).then(

@@ -60,6 +60,11 @@ export async function startGuardThread(o: GuardThreadOptions): Promise<GuardHand
         )
       : new Worker(entry, { workerData: o });
   const exit = once(worker, 'exit').then(([code]) => code as number);
+  // A guard's thread that fails is that tenant's guard gone, never the process that hosts the
+  // others (an error event nobody hears is thrown in the host: red-team pass 32).
+  worker.on('error', (err) =>
+    process.emitWarning(`berth guard ${o.tenant}: its thread failed: ${errorMessage(err)}`),
+  );
   let exited = false;
   void exit.then(() => (exited = true));
   /** The worker's next message; an 'error' rejects it (once's own rule), and so does its end. */

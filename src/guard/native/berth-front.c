@@ -60,6 +60,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/random.h>
 #include <sys/socket.h>
@@ -76,6 +77,8 @@
 #define PEEK_MAX (HEAD_MAX + RELAY_BODY_MAX)
 #define MAX_HEADERS 64
 #define MAX_THREADS 128
+/* Uploads carried at once (each runs two threads besides its connection's). */
+#define MAX_UPLOADS 32
 /* A kept-alive connection idle this long is closed, as node:http closes its own (keepAliveTimeout). */
 #define IDLE_MS_DEFAULT 30000
 static int idle_ms = IDLE_MS_DEFAULT;
@@ -94,6 +97,7 @@ static int audit_fd = -1;
 static pthread_mutex_t channel_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t count_lock = PTHREAD_MUTEX_INITIALIZER;
 static int threads;
+static int uploads;
 
 /* ------------------------------------------------------------------ the tenant's containers */
 
@@ -1176,11 +1180,25 @@ static void segments_free(struct upload *u) {
   pthread_mutex_unlock(&u->lock);
 }
 
-/* The kind of the body's next bytes and how many of them (waiting for the guard to say); 'F' once
-   free. */
-static char segment_next(struct upload *u, unsigned long long *n) {
+/* Whether the client hung up (both ways). */
+static int gone(int client) {
+  struct pollfd p = {client, 0, 0};
+  return poll(&p, 1, 0) > 0 && (p.revents & (POLLHUP | POLLERR));
+}
+
+/* The kind of the body's next bytes and how many of them (waiting for the guard to say, while the
+   client is there); 'F' once free, 'X' when the client hung up meanwhile. */
+static char segment_next(struct upload *u, unsigned long long *n, int client) {
   pthread_mutex_lock(&u->lock);
-  while (u->count == 0 && !u->free) pthread_cond_wait(&u->said, &u->lock);
+  while (u->count == 0 && !u->free) {
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    t.tv_sec += 1;
+    if (pthread_cond_timedwait(&u->said, &u->lock, &t) == ETIMEDOUT && gone(client)) {
+      pthread_mutex_unlock(&u->lock);
+      return 'X';
+    }
+  }
   char kind = 'F';
   if (u->count > 0) {
     kind = u->segments[u->first].kind;
@@ -1367,24 +1385,116 @@ static int drop_n(int fd, size_t n) {
   return 0;
 }
 
+/* Waits until fd is ready for events; -1 when the client hung up meanwhile (or poll failed). */
+static int wait_or_gone(int fd, short events, int client) {
+  struct pollfd p[2] = {{fd, events, 0}, {client, 0, 0}};
+  for (;;) {
+    int n = poll(p, 2, -1);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 || (p[1].revents & (POLLHUP | POLLERR))) return -1;
+    if (p[0].revents) return 0;
+  }
+}
+
+/*
+ * Puts n bytes into the pass pipe (non-blocking), from the stage pipe (in >= 0) or from buf. While
+ * the pipe is full it waits for the engine side, watching the client: a client that hangs up meanwhile
+ * ends the upload (-1). 1: the engine side takes no more (the pipe's reader is gone; `moved` says
+ * how much went); 0: all of it went.
+ */
+static int to_pass(int pass_w, int in, const char *buf, size_t n, int client, size_t *moved) {
+  *moved = 0;
+  while (*moved < n) {
+    ssize_t m = in >= 0 ? splice(in, NULL, pass_w, NULL, n - *moved, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+                        : write(pass_w, buf + *moved, n - *moved);
+    if (m > 0) *moved += (size_t)m;
+    else if (m < 0 && errno == EINTR) continue;
+    else if (m < 0 && errno == EAGAIN) {
+      if (wait_or_gone(pass_w, POLLOUT, client) != 0) return -1;
+    } else if (m < 0 && errno == EPIPE)
+      return 1;
+    else
+      return -1;
+  }
+  return 0;
+}
+
+/* The client's ready bytes, once there is one; -1 when it ended or hung up. */
+static long client_ready(int client) {
+  struct pollfd p = {client, POLLIN, 0};
+  for (;;) {
+    int n = poll(&p, 1, -1);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return -1;
+    break;
+  }
+  int avail = 0;
+  if (ioctl(client, FIONREAD, &avail) < 0 || avail <= 0) return -1;
+  return avail;
+}
+
+/* Pieces smaller than this are read and written, not spliced: a pipe holds few buffers (one per
+   splice), and written bytes share them. */
+#define SMALL 4096
+
 /*
  * Moves n bytes of the body from the client, as the guard said of them: R, a copy to the guard (as
  * one chunk on its link) and the same bytes to the pass pipe; K, to the pass pipe only (the guard
  * passes them unread: a file's data it skips); once free, to the guard only. -1: the client or the
  * guard's link failed.
+ *
+ * The guard credits a tar header only once it is whole: the bytes of one sent in tiny pieces must
+ * not fill the pass pipe's buffers before the rest of it reaches the guard (red-team pass 32). Small
+ * pieces are therefore written (written bytes share a pipe's pages), and larger ones spliced.
  */
 static int body_piece(struct upload *u, int client, int stage[2], int copy[2], int *pass_w, int link, long long n) {
   while (n > 0) {
     unsigned long long said = 0;
-    char kind = segment_next(u, &said);
+    char kind = segment_next(u, &said, client);
+    if (kind == 'X') return -1;
     size_t want = (size_t)(n < PIECE ? n : PIECE);
     if (kind != 'F' && said < want) want = (size_t)said;
+    long avail = client_ready(client);
+    if (avail < 0) return -1;
+    int pass = kind != 'F' && *pass_w >= 0;
+    size_t moved = 0;
+    if ((size_t)avail < want) want = (size_t)avail;
+    if (want < SMALL) {
+      char small[SMALL];
+      size_t m = want;
+      ssize_t r;
+      do r = read(client, small, m);
+      while (r < 0 && errno == EINTR);
+      if (r <= 0) return -1;
+      m = (size_t)r;
+      if (kind != 'K') {
+        char size[24];
+        int sl = snprintf(size, sizeof size, "%zx\r\n", m);
+        struct iovec iov[3] = {{size, (size_t)sl}, {small, m}, {"\r\n", 2}};
+        if (write_iov(link, iov, 3) != 0) return -1;
+      }
+      if (kind != 'F') segment_took(u, m);
+      n -= (long long)m;
+      if (pass) {
+        int r2 = to_pass(*pass_w, -1, small, m, client, &moved);
+        if (r2 < 0) return -1;
+        if (r2 > 0) {
+          close(*pass_w);
+          *pass_w = -1;
+        }
+      }
+      continue;
+    }
     if (kind == 'K') {
       /* Straight to the engine side (or dropped, when it takes no more). */
       ssize_t got;
-      if (*pass_w >= 0) {
-        do got = splice(client, NULL, *pass_w, NULL, want, SPLICE_F_MOVE);
+      if (pass) {
+        do got = splice(client, NULL, *pass_w, NULL, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
         while (got < 0 && errno == EINTR);
+        if (got < 0 && errno == EAGAIN) {
+          if (wait_or_gone(*pass_w, POLLOUT, client) != 0) return -1;
+          continue;
+        }
         if (got < 0 && errno == EPIPE) {
           close(*pass_w);
           *pass_w = -1;
@@ -1407,7 +1517,8 @@ static int body_piece(struct upload *u, int client, int stage[2], int copy[2], i
     size_t left = (size_t)got;
     while (left > 0) {
       ssize_t t;
-      if (kind != 'F' && *pass_w >= 0) {
+      pass = kind != 'F' && *pass_w >= 0;
+      if (pass) {
         /* Duplicated into the copy pipe, then moved on: both get the same bytes. */
         do t = tee(stage[0], copy[1], left, 0);
         while (t < 0 && errno == EINTR);
@@ -1418,14 +1529,15 @@ static int body_piece(struct upload *u, int client, int stage[2], int copy[2], i
         if (t <= 0) return -1;
       }
       if (chunk_to(link, copy[0], (size_t)t) != 0) return -1;
-      if (kind != 'F' && *pass_w >= 0) {
-        unsigned long long moved = splice_upto(stage[0], *pass_w, (unsigned long long)t);
-        if (moved < (unsigned long long)t) {
+      if (pass) {
+        int r2 = to_pass(*pass_w, stage[0], NULL, (size_t)t, client, &moved);
+        if (r2 < 0) return -1;
+        if (r2 > 0) {
           /* The engine side takes no more (S, or the guard is gone): what the stage holds of the
              bytes just copied is dropped. */
           close(*pass_w);
           *pass_w = -1;
-          if (drop_n(stage[0], (size_t)t - (size_t)moved) != 0) return -1;
+          if (drop_n(stage[0], (size_t)t - moved) != 0) return -1;
         }
       }
       left -= (size_t)t;
@@ -1466,6 +1578,8 @@ static int upload(int client, const char *req, const struct request *rq, struct 
   pipe_size(stage[1]);
   pipe_size(copy[1]);
   pipe_size(pass[1]);
+  /* The pass pipe is written without blocking: while it is full, the client is watched (body_piece). */
+  fcntl(pass[1], F_SETFL, O_NONBLOCK);
   /* The link: fresh when it idled (the guard may have closed it), once more when the head finds
      it closed. */
   int sent = 0;
@@ -1642,7 +1756,16 @@ static void *serve(void *arg) {
     int verdict = parse(head, (int)n, rq);
     size_t pass; /* the bytes of a request the guard answers */
     if (verdict == UPLOAD) {
+      /* Each upload runs two threads more: past the cap, the connection goes to the guard. */
+      pthread_mutex_lock(&count_lock);
+      int room = uploads < MAX_UPLOADS;
+      if (room) uploads++;
+      pthread_mutex_unlock(&count_lock);
+      if (!room) goto hand;
       int r = upload(fd, head, rq, &guard);
+      pthread_mutex_lock(&count_lock);
+      uploads--;
+      pthread_mutex_unlock(&count_lock);
       if (r < 0) goto hand;
       if (r > 0) goto done;
       continue;
