@@ -17,10 +17,13 @@ if (port) {
     // A failure nothing caught ends the guard in order: the tenant's objects are removed (unless
     // it keeps them), the host hears of it, and the thread ends.
     const fail = (err: unknown): void => {
-      guard.close().finally(() => {
-        send(failed(err));
-        process.exit(1);
-      });
+      void guard
+        .close()
+        .catch(() => undefined)
+        .finally(() => {
+          send(failed(err));
+          process.exit(1);
+        });
     };
     process.on('uncaughtException', fail);
     process.on('unhandledRejection', fail);
