@@ -7,5 +7,5 @@ export type { GuardThreadOptions } from './thread.js';
 export { RULES, policyFor } from './policy-file.js';
 export { DEFAULT_SAFE_SYSCTLS, defaultPolicy, translateJobPath } from './policy.js';
 export { normalizeTag, tenantNetworkName, tenantSlug } from './ownership.js';
-export { recordedTag, tagWriterOf } from './tagrecords.js';
+export { recordedTag, recordsOf, tagWriterOf } from './tagrecords.js';
 export type { AuditRecord, Decision, PathMap, Policy, RuleName, TenantLimits } from './contracts.js';

@@ -340,6 +340,11 @@ export async function tagWriterOf(
  * The tag and image a record's labels name, when they are a record's (for a reaper: a record
  * whose tag still names its image marks a tag that outlived its tenant's cleanup, and stays).
  */
+/** The label filter of the records a tenant's guard wrote (`berth reap --tenant` looks at them). */
+export function recordsOf(tenant: string): string[] {
+  return [`${LABEL_ROLE}=${RECORD_ROLE}`, `${LABEL_WRITER}=${tenant}`];
+}
+
 export function recordedTag(
   labels: Readonly<Record<string, string>> | null | undefined,
 ): { tag: string; image: string } | undefined {

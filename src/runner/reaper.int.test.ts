@@ -14,7 +14,7 @@ import { LABEL_TEST_SESSION } from '../common/index.js';
 import { containers, images, volumes } from '../engine/index.js';
 import { SESSION, engine, sessionLabels, uniqueName } from '../../test/support/index.js';
 import { RUN_OWNER_FILE, createRunTempRoot, jobTempRoot } from './paths.js';
-import { reap } from './reaper.js';
+import { reap, reapTenant } from './reaper.js';
 
 const client = engine();
 const made = { containers: [] as string[], dirs: [] as string[] };
@@ -128,6 +128,40 @@ test("a guard's tag record stays while its tag still names the image recorded, a
     await images(client).remove(tag);
     await reap(client, { labelFilter: [`${LABEL_TEST_SESSION}=${SESSION}`] });
     assert.ok(!(await volumes(client).list()).some((v) => v.Name === holds.Name), 'reaped once the tag went');
+  } finally {
+    await images(client)
+      .remove(tag)
+      .catch(() => false);
+    for (const v of [holds.Name, stale.Name])
+      await volumes(client)
+        .remove(v)
+        .catch(() => false);
+  }
+});
+
+test('berth reap --tenant also takes the records of tags its guard wrote, once their tags are gone', async () => {
+  const tenant = uniqueName('gone-guard');
+  const tag = `berth-reap-tenant-${SESSION}:1`;
+  const { Id: image } = await images(client).inspect('berth-local/busybox');
+  await images(client).tag('berth-local/busybox', tag.split(':')[0] ?? '', '1');
+  const record = (recorded: string) =>
+    volumes(client).create({
+      Name: `berth-tag-${uniqueName('t')}`,
+      Labels: sessionLabels({
+        'io.berth.role': 'tag-record',
+        'io.berth.tag.key': 'k',
+        'io.berth.tag.name': recorded,
+        'io.berth.tag.image': image,
+        'io.berth.tag.tenant': tenant,
+      }),
+    });
+  const holds = await record(tag);
+  const stale = await record(`berth-reap-tenant-gone-${SESSION}:1`);
+  try {
+    await reapTenant(client, tenant, [`${LABEL_TEST_SESSION}=${SESSION}`]);
+    const left = (await volumes(client).list()).map((v) => v.Name);
+    assert.ok(left.includes(holds.Name), 'the record of a tag that still names its image stays');
+    assert.ok(!left.includes(stale.Name), 'the record of a tag that is gone is reaped');
   } finally {
     await images(client)
       .remove(tag)

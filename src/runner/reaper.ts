@@ -17,7 +17,7 @@ import {
   tenantOf,
 } from '../common/index.js';
 import { EngineError, containers, images, networks, volumes } from '../engine/index.js';
-import { recordedTag } from '../guard/index.js';
+import { recordedTag, recordsOf } from '../guard/index.js';
 import type { DockerClient } from '../engine/index.js';
 import type { Store } from './store.js';
 import { jobTempRoot, readRunOwner, runOwnerGone, runTempBaseProblem } from './paths.js';
@@ -154,6 +154,9 @@ export async function reapTenant(
 ): Promise<ReapResult> {
   const result: ReapResult = { runs: [], containers: 0, networks: 0, volumes: 0, errors: [] };
   await removeLabelled(client, [`${LABEL_TENANT}=${tenant}`, ...labelFilter], result, () => true);
+  // The records of tags its guard wrote (they carry no tenant label): a guard that died before its
+  // cleanup left them, and each one whose tag no longer names its image goes (removeLabelled).
+  await removeLabelled(client, [...recordsOf(tenant), ...labelFilter], result, () => true);
   return result;
 }
 
