@@ -100,26 +100,39 @@ test("a build step container's forged run and owner labels do not make a live ru
   assert.equal(existsSync(victimDir), false);
 });
 
+/** A guard's record of a tag (as tagrecords.ts writes one): `recorded` set to `image` by `tenant`. */
+const tagRecord = (image: string, recorded: string, tenant: string, extra: Record<string, string> = {}) =>
+  volumes(client).create({
+    Name: `berth-tag-${uniqueName('k')}`,
+    Labels: sessionLabels({
+      ...extra,
+      'io.berth.role': 'tag-record',
+      'io.berth.tag.key': 'k',
+      'io.berth.tag.name': recorded,
+      'io.berth.tag.image': image,
+      'io.berth.tag.tenant': tenant,
+    }),
+  });
+
+/** Removes the test's tag and records, whatever the test left of them. */
+async function dropTagAndRecords(tag: string, records: string[]): Promise<void> {
+  await images(client)
+    .remove(tag)
+    .catch(() => false);
+  for (const v of records)
+    await volumes(client)
+      .remove(v)
+      .catch(() => false);
+}
+
 test("a guard's tag record stays while its tag still names the image recorded, and goes once it does not", async () => {
   const run = uniqueName('run');
   runDir(run, 999999999);
   const tag = `berth-reap-kept-${SESSION}:1`;
   const { Id: image } = await images(client).inspect('berth-local/busybox');
   await images(client).tag('berth-local/busybox', tag.split(':')[0] ?? '', '1');
-  const record = (name: string, recorded: string) =>
-    volumes(client).create({
-      Name: `berth-tag-${uniqueName('k')}`,
-      Labels: sessionLabels({
-        ...dead(run),
-        'io.berth.role': 'tag-record',
-        'io.berth.tag.key': 'k',
-        'io.berth.tag.name': recorded,
-        'io.berth.tag.image': name,
-        'io.berth.tag.tenant': 'job-x',
-      }),
-    });
-  const holds = await record(image, tag);
-  const stale = await record(image, `berth-reap-gone-${SESSION}:1`);
+  const holds = await tagRecord(image, tag, 'job-x', dead(run));
+  const stale = await tagRecord(image, `berth-reap-gone-${SESSION}:1`, 'job-x', dead(run));
   try {
     await reap(client, { labelFilter: [`${LABEL_TEST_SESSION}=${SESSION}`] });
     const left = (await volumes(client).list()).map((v) => v.Name);
@@ -129,13 +142,7 @@ test("a guard's tag record stays while its tag still names the image recorded, a
     await reap(client, { labelFilter: [`${LABEL_TEST_SESSION}=${SESSION}`] });
     assert.ok(!(await volumes(client).list()).some((v) => v.Name === holds.Name), 'reaped once the tag went');
   } finally {
-    await images(client)
-      .remove(tag)
-      .catch(() => false);
-    for (const v of [holds.Name, stale.Name])
-      await volumes(client)
-        .remove(v)
-        .catch(() => false);
+    await dropTagAndRecords(tag, [holds.Name, stale.Name]);
   }
 });
 
@@ -144,31 +151,14 @@ test('berth reap --tenant also takes the records of tags its guard wrote, once t
   const tag = `berth-reap-tenant-${SESSION}:1`;
   const { Id: image } = await images(client).inspect('berth-local/busybox');
   await images(client).tag('berth-local/busybox', tag.split(':')[0] ?? '', '1');
-  const record = (recorded: string) =>
-    volumes(client).create({
-      Name: `berth-tag-${uniqueName('t')}`,
-      Labels: sessionLabels({
-        'io.berth.role': 'tag-record',
-        'io.berth.tag.key': 'k',
-        'io.berth.tag.name': recorded,
-        'io.berth.tag.image': image,
-        'io.berth.tag.tenant': tenant,
-      }),
-    });
-  const holds = await record(tag);
-  const stale = await record(`berth-reap-tenant-gone-${SESSION}:1`);
+  const holds = await tagRecord(image, tag, tenant);
+  const stale = await tagRecord(image, `berth-reap-tenant-gone-${SESSION}:1`, tenant);
   try {
     await reapTenant(client, tenant, [`${LABEL_TEST_SESSION}=${SESSION}`]);
     const left = (await volumes(client).list()).map((v) => v.Name);
     assert.ok(left.includes(holds.Name), 'the record of a tag that still names its image stays');
     assert.ok(!left.includes(stale.Name), 'the record of a tag that is gone is reaped');
   } finally {
-    await images(client)
-      .remove(tag)
-      .catch(() => false);
-    for (const v of [holds.Name, stale.Name])
-      await volumes(client)
-        .remove(v)
-        .catch(() => false);
+    await dropTagAndRecords(tag, [holds.Name, stale.Name]);
   }
 });
