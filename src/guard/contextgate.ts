@@ -58,10 +58,6 @@ export class ContextGate extends Transform {
   /** Why the context was stopped; set before the stream fails. */
   refused: Error | undefined;
 
-  /**
-   * `check` gets every version of the Dockerfile the context holds and answers why the build may
-   * not run (an Error to fail with), or undefined.
-   */
   /** Whether the passage (when there is one) still takes the context's bytes by count. */
   private passing: boolean;
   /** Body offsets: of the next byte the gate reads, and the end of what the passage was told of. */
@@ -71,6 +67,9 @@ export class ContextGate extends Transform {
   private skipping: { at: number; len: number } | undefined;
 
   /**
+   * `check` gets every version of the Dockerfile the context holds and answers why the build may
+   * not run (an Error to fail with), or undefined.
+   *
    * With a passage, a plain context's bytes are passed by count and not pushed: the front holds
    * them and sends them to the engine. A compressed context (the gate passes it inflated) and the
    * bytes after the scanner stopped are not the front's to send: the passage is told to stop, and
@@ -128,6 +127,7 @@ export class ContextGate extends Transform {
       this.archive.write(chunk.subarray(0, before), () => undefined);
       this.consumed = skip.at;
       this.reachSkip();
+      // The rest (even none of it) is read below, and what the passage is told next with it.
       return this._transform(chunk.subarray(before), _enc, done);
     }
     this.archive.write(chunk, () => {
@@ -141,7 +141,7 @@ export class ContextGate extends Transform {
   /**
    * Once the gate has read up to bytes the passage skips, they are passed over (and passed on) at
    * once: the front sends them to the engine only as they are credited, and the copy goes on only
-   * after them.
+   * after them. The caller then plans what comes next.
    */
   private reachSkip(): void {
     const skip = this.skipping;
@@ -150,7 +150,6 @@ export class ContextGate extends Transform {
     this.passage?.credit(skip.len);
     this.consumed += skip.len;
     this.skipping = undefined;
-    this.plan();
   }
 
   /**

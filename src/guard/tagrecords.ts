@@ -336,15 +336,15 @@ export async function tagWriterOf(
   return foreignRecord(parseRecords(await list(recordFilter(ref))), ref, imageId, '')?.tenant;
 }
 
-/**
- * The tag and image a record's labels name, when they are a record's (for a reaper: a record
- * whose tag still names its image marks a tag that outlived its tenant's cleanup, and stays).
- */
 /** The label filter of the records a tenant's guard wrote (`berth reap --tenant` looks at them). */
 export function recordsOf(tenant: string): string[] {
   return [`${LABEL_ROLE}=${RECORD_ROLE}`, `${LABEL_WRITER}=${tenant}`];
 }
 
+/**
+ * The tag and image a record's labels name, when they are a record's (for a reaper: a record
+ * whose tag still names its image marks a tag that outlived its tenant's cleanup, and stays).
+ */
 export function recordedTag(
   labels: Readonly<Record<string, string>> | null | undefined,
 ): { tag: string; image: string } | undefined {

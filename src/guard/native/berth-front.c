@@ -955,11 +955,12 @@ static void link_close(struct link *l) {
   l->fd = -1;
 }
 
-/* Reads and drops the n bytes of a request peeked at (its answer is decided). 0: the client went. */
+/* Reads and drops n bytes (a request peeked at whose answer is decided, bytes the engine side takes
+   no more of). 0: the end came first. */
 static int consume(int fd, size_t n) {
   char sink[4096];
   while (n > 0) {
-    ssize_t r = recv(fd, sink, n < sizeof sink ? n : sizeof sink, 0);
+    ssize_t r = read(fd, sink, n < sizeof sink ? n : sizeof sink);
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) return 0;
     n -= (size_t)r;
@@ -1251,6 +1252,14 @@ static int splice_n(int in, int fd, unsigned long long n) {
   return splice_upto(in, fd, n) == n ? 0 : -1;
 }
 
+/* Writes n bytes of the pipe in to fd as one HTTP chunk (to the guard's link, or the engine). */
+static int chunk_to(int fd, int in, size_t n) {
+  char size[24];
+  int sl = snprintf(size, sizeof size, "%zx\r\n", n);
+  return write_all(fd, size, (size_t)sl) != 0 || splice_n(in, fd, n) != 0 || write_all(fd, "\r\n", 2) != 0 ? -1
+                                                                                                           : 0;
+}
+
 /* The engine's answer, as it comes, to the guard. */
 static void *answer_side(void *arg) {
   struct upload *u = arg;
@@ -1293,11 +1302,7 @@ static void *engine_side(void *arg) {
       if (copy_n(rd, u->engine, n) != 0) break;
     } else if (line[0] == 'C') {
       /* The next n bytes of the context, as one chunk (the guard's head says chunked). */
-      char size[24];
-      int sl = snprintf(size, sizeof size, "%llx\r\n", n);
-      if (u->engine < 0 || u->pass < 0 || n == 0 || write_all(u->engine, size, (size_t)sl) != 0 ||
-          splice_n(u->pass, u->engine, n) != 0 || write_all(u->engine, "\r\n", 2) != 0)
-        break;
+      if (u->engine < 0 || u->pass < 0 || n == 0 || chunk_to(u->engine, u->pass, (size_t)n) != 0) break;
     } else {
       /* S: every byte is copied to the guard from now on; the client's writes to the pipe fail
          (EPIPE), and it stops filling it. */
@@ -1365,25 +1370,6 @@ static int expect_crlf(int fd) {
   return two[0] == '\r' && two[1] == '\n' ? 0 : -1;
 }
 
-/* Writes n bytes of the pipe in to the guard's link as one chunk. */
-static int chunk_to(int fd, int in, size_t n) {
-  char size[24];
-  int sl = snprintf(size, sizeof size, "%zx\r\n", n);
-  return write_all(fd, size, (size_t)sl) != 0 || splice_n(in, fd, n) != 0 || write_all(fd, "\r\n", 2) != 0 ? -1
-                                                                                                           : 0;
-}
-
-/* Reads and drops n bytes of the client's body (the engine side took no more of it). */
-static int drop_n(int fd, size_t n) {
-  char sink[4096];
-  while (n > 0) {
-    ssize_t r = read(fd, sink, n < sizeof sink ? n : sizeof sink);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) return -1;
-    n -= (size_t)r;
-  }
-  return 0;
-}
 
 /* Waits until fd is ready for events; -1 when the client hung up meanwhile (or poll failed). */
 static int wait_or_gone(int fd, short events, int client) {
@@ -1502,7 +1488,7 @@ static int body_piece(struct upload *u, int client, int stage[2], int copy[2], i
         }
         if (got <= 0) return -1;
       } else {
-        if (drop_n(client, want) != 0) return -1;
+        if (!consume(client, want)) return -1;
         got = (ssize_t)want;
       }
       segment_took(u, (unsigned long long)got);
@@ -1537,7 +1523,7 @@ static int body_piece(struct upload *u, int client, int stage[2], int copy[2], i
              bytes just copied is dropped. */
           close(*pass_w);
           *pass_w = -1;
-          if (drop_n(stage[0], (size_t)t - moved) != 0) return -1;
+          if (!consume(stage[0], (size_t)t - moved)) return -1;
         }
       }
       left -= (size_t)t;
