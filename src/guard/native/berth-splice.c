@@ -16,6 +16,16 @@
  *
  * Backpressure is the kernel's: data leaves the engine's socket only as fast as the client's
  * socket takes it (the pipe between them holds at most 1 MiB).
+ *
+ * When the engine's socket runs dry, the program naps for DRY_NAP_NS once before it waits in poll.
+ * dockerd sends an answer in many small writes, and a reader waiting in poll is woken for each
+ * one; on a small VM these wake-ups cost more than the moving does (perf: 9% of all cycles of a
+ * `docker cp` went to dockerd waking its reader). A napping reader is on no wait queue, so the
+ * engine's writes wake nobody, and the next splice takes what came meanwhile in one piece. For a
+ * 256 MiB `docker cp` on a 2-core VM this took polls from about 7400 to 750 and the whole
+ * machine's CPU time per copy from above the raw socket's to below it. A nap is short enough
+ * (with the kernel's default timer slack, under 0.1 ms) that the engine's socket buffer does not
+ * fill at any rate a daemon writes, and an answer that pauses for long waits in poll as before.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -29,11 +39,13 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #define CLIENT 3
 #define PIPE_CAP (1 << 20)
 #define HEAD_MAX (64 * 1024)
+#define DRY_NAP_NS 20000L
 
 static void fail(int code, const char *what) {
   fprintf(stderr, "berth-splice: %s: %s\n", what, strerror(errno));
@@ -155,13 +167,16 @@ int main(int argc, char **argv) {
   if (cap <= 0) cap = 65536;
 
   size_t held = 0;
-  int ended = 0;
+  int ended = 0, napped = 0;
   for (;;) {
     int want_in = 0, want_out = 0;
     if (!ended && held < (size_t)cap) {
       ssize_t n = splice(up, NULL, p[1], NULL, (size_t)cap - held, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-      if (n > 0) held += (size_t)n;
-      else if (n == 0) ended = 1;
+      if (n > 0) {
+        held += (size_t)n;
+        napped = 0;
+      } else if (n == 0)
+        ended = 1;
       else if (errno == EAGAIN) want_in = 1;
       else if (errno != EINTR) fail(3, "read from the engine");
     }
@@ -173,6 +188,11 @@ int main(int argc, char **argv) {
     }
     if (ended && held == 0) return 0;
     if (want_out && (want_in || ended || held >= (size_t)cap)) wait_for(CLIENT, POLLOUT);
-    else if (want_in && held == 0) wait_for(up, POLLIN);
+    else if (want_in && held == 0 && !napped) {
+      const struct timespec nap = {0, DRY_NAP_NS};
+      napped = 1;
+      nanosleep(&nap, NULL);
+    } else if (want_in && held == 0)
+      wait_for(up, POLLIN);
   }
 }
