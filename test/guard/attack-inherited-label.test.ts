@@ -9,14 +9,14 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { LABEL_TENANT } from '../../src/common/index.js';
 import { containers, images } from '../../src/engine/index.js';
 import { createGuard } from '../../src/guard/index.js';
 import type { GuardHandle } from '../../src/guard/index.js';
 import { DOCKER_CLI, docker, engine, sessionLabels, SESSION, tempDir, uniqueName } from '../support/index.js';
-import { expectAbsent, send } from '../support/rawhttp.js';
+import { expectAbsent, postJson, send } from '../support/rawhttp.js';
 
 const IMAGE = 'berth-local/busybox';
 
@@ -28,6 +28,13 @@ describe('attack: a host container run from an image that carries the attackerâ€
   const repo = `berth-inherit-${SESSION}`;
   const forged = `${repo}:forged`;
   const sock = join(dir.path, 'a.sock');
+  const auditFile = join(dir.path, 'audit.log');
+  const auditLines = (): { path: string; via?: string }[] =>
+    readFileSync(auditFile, 'utf8')
+      .trim()
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as { path: string; via?: string });
   let guard: GuardHandle;
   let running = '';
   let stopped = '';
@@ -63,7 +70,7 @@ describe('attack: a host container run from an image that carries the attackerâ€
     stopped = await mk(uniqueName('inhstop'), false);
     const labels = (await containers(c).inspect(running)).Config.Labels ?? {};
     assert.equal(labels[LABEL_TENANT], tenant, 'the host container does carry the attackerâ€™s label');
-    guard = await createGuard({ tenant, listen: sock, labels: sessionLabels() });
+    guard = await createGuard({ tenant, listen: sock, labels: sessionLabels(), audit: auditFile });
   });
 
   after(async () => {
@@ -152,6 +159,68 @@ describe('attack: a host container run from an image that carries the attackerâ€
     assert.ok(!prune.text.includes(stopped), prune.text);
     const cli = await docker(guard.address, ['container', 'prune', '-f']);
     assert.equal(cli.code, 0, cli.stderr);
+    await hostIntact();
+  });
+
+  test('lists leave it out when the attackerâ€™s own entries carry backslashes and quotes', async () => {
+    // The front answers a list itself only when every entry is the tenant's, and it skips strings
+    // to find the entries. A skip that takes every quote after a backslash for an escaped one
+    // reads a value ending in a backslash as going on, and from there reads strings as structure
+    // and structure as strings, until an escaped quote puts it back in step. Between the two, the
+    // next entries go by unseen. Here the host's container, made between the attacker's two, is
+    // listed (newest first) between them.
+    const markKey = `berth-skip-${SESSION}`;
+    const create = async (labels: Record<string, string>) => {
+      const made = await postJson(
+        sock,
+        '/v1.41/containers/create',
+        JSON.stringify({
+          Image: IMAGE,
+          Cmd: ['true'],
+          Labels: { [markKey]: 'x', ...labels },
+          HostConfig: { NetworkMode: 'none' },
+        }),
+      );
+      assert.equal(made.status, 201, made.text);
+      return (JSON.parse(made.text) as { Id: string }).Id;
+    };
+    // Kept alive, as clients send them: the front hands a request that closes to the guard.
+    const list = async (label: string) => {
+      const filters = encodeURIComponent(JSON.stringify({ label: [label] }));
+      const from = auditLines().length;
+      const r = await send(sock, {
+        path: `/v1.41/containers/json?all=1&filters=${filters}`,
+        headers: [['Connection', 'keep-alive']],
+      });
+      assert.equal(r.status, 200, r.text);
+      const via = auditLines()
+        .slice(from)
+        .find((l) => l.path === '/containers/json')?.via;
+      return { ids: (JSON.parse(r.text) as { Id: string }[]).map((e) => e.Id), via };
+    };
+    const mine: string[] = [];
+    let between = '';
+    try {
+      mine.push(await create({ q: 'in "step" again', own: '' }));
+      between = (
+        await containers(c).create({
+          Image: forged,
+          Cmd: ['true'],
+          Labels: { ...sessionLabels(), [markKey]: 'x' },
+          HostConfig: { NetworkMode: 'none' },
+        })
+      ).Id;
+      mine.push(await create({ a: 'ends in a backslash\\', own: '' }));
+      const own = await list('own');
+      assert.deepEqual(own.ids, [...mine].reverse());
+      assert.equal(own.via, 'front', 'the front answers a list of the attackerâ€™s two itself');
+      const all = await list(markKey);
+      assert.deepEqual(all.ids, [...mine].reverse(), 'the hostâ€™s container is not listed');
+      assert.notEqual(all.via, 'front', 'the guard answers a list that holds the hostâ€™s container');
+    } finally {
+      for (const id of mine) await send(sock, { method: 'DELETE', path: `/v1.41/containers/${id}?force=1` });
+      if (between) await containers(c).remove(between, { force: true });
+    }
     await hostIntact();
   });
 

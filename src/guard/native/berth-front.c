@@ -902,6 +902,21 @@ static int inspect_owned(const struct answer *a) {
   return owned(a->body + 7);
 }
 
+/* The index of the quote that closes the JSON string opened at s[open], or 0 when it is not closed.
+   Most of a list's bytes are in strings, so they are skipped with memchr, not byte by byte; a
+   quote ends the string when an even number of backslashes precedes it. */
+static size_t string_end(const char *s, size_t n, size_t open) {
+  for (size_t from = open + 1; from < n;) {
+    const char *q = memchr(s + from, '"', n - from);
+    if (!q) return 0;
+    size_t at = (size_t)(q - s), escapes = 0;
+    while (s[at - 1 - escapes] == '\\') escapes++; /* stops at the opening quote at the latest */
+    if (escapes % 2 == 0) return at;
+    from = at + 1;
+  }
+  return 0;
+}
+
 /* Whether every entry of a container list is an owned container (dockerd writes Id first). */
 static int list_owned(const struct answer *a) {
   const char *s = a->body;
@@ -912,9 +927,8 @@ static int list_owned(const struct answer *a) {
   for (i = 0; i < n; i++) {
     char c = s[i];
     if (c == '"') {
-      for (i++; i < n && s[i] != '"'; i++)
-        if (s[i] == '\\') i++;
-      if (i >= n) return 0;
+      i = string_end(s, n, i);
+      if (i == 0) return 0;
     } else if (c == '[' || c == '{') {
       if (depth == 1) {
         if (c != '{' || i + 72 > n || memcmp(s + i, "{\"Id\":\"", 7) != 0 || !is_hex64(s + i + 7) ||
