@@ -6,7 +6,6 @@ import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import {
-  resolveSecrets,
   PipelineError,
   formatProblems,
   gitInfo,
@@ -15,7 +14,6 @@ import {
   parseDuration,
   parsePipeline,
   plan,
-  stepEnvironment,
 } from './index.js';
 
 /** Problems of `text` as `line:col path: message` strings (throws if the text is valid). */
@@ -376,49 +374,6 @@ test('plan: topological layers, and --job selection pulls in what is needed', ()
   assert.throws(() => plan(p, { only: ['nope'] }), /no job named `nope`/);
 });
 
-test('stepEnvironment: CI variables, then variables, pipeline env, job env (job wins), secrets', () => {
-  const p = parsePipeline(
-    `variables: { V: v, A: var }
-env: { A: pipeline, B: pipeline }
-jobs:
-  t:
-    matrix: { node: [18] }
-    env: { B: job }
-    steps: [x]
-`,
-    'f',
-  );
-  const job = p.jobs[0];
-  assert.ok(job);
-  assert.deepEqual(
-    stepEnvironment({
-      pipeline: p,
-      job,
-      run: { id: 'r1', sha: 'abcdef0123456789', branch: 'main' },
-      registry: 'localhost:5000',
-      secrets: { TOKEN: 's3cret' },
-    }),
-    {
-      CI: 'true',
-      BERTH: 'true',
-      BERTH_RUN_ID: 'r1',
-      BERTH_JOB: 't-18',
-      BERTH_PIPELINE: p.name,
-      BERTH_WORKSPACE: '/workspace',
-      BERTH_DOCKER_MODE: 'guard',
-      BERTH_COMMIT_SHA: 'abcdef0123456789',
-      BERTH_COMMIT_SHORT_SHA: 'abcdef01',
-      BERTH_BRANCH: 'main',
-      BERTH_REGISTRY: 'localhost:5000',
-      BERTH_MATRIX_NODE: '18',
-      V: 'v',
-      A: 'pipeline',
-      B: 'job',
-      TOKEN: 's3cret',
-    },
-  );
-});
-
 test('maskSecrets: longest first, short values ignored, multi-line values line by line', () => {
   assert.equal(maskSecrets('token=abcd1234 and abcd', ['abcd', 'abcd1234']), 'token=*** and ***');
   assert.equal(maskSecrets('x=1 on', ['1', 'on', '']), 'x=1 on');
@@ -467,32 +422,6 @@ test('empty strings are named as such', () => {
     '3:12 jobs.a.image: expected an image name, found an empty string',
     '4:20 jobs.a.steps[0].run: expected a shell command, found an empty string',
   ]);
-});
-
-test('resolveSecrets: from the environment or a file next to the pipeline; all missing ones named', () => {
-  const dir = mkdtempSync(join(tmpdir(), 'berth-secrets-'));
-  try {
-    writeFileSync(join(dir, 'key.txt'), 'file-secret\n');
-    const file = join(dir, 'berth.yml');
-    const p = parsePipeline(
-      'secrets: [TOKEN, { name: KEY, file: key.txt }]\njobs:\n  a: { steps: [x] }\n',
-      file,
-    );
-    assert.deepEqual(resolveSecrets(p, { TOKEN: 'env-secret' }), { TOKEN: 'env-secret', KEY: 'file-secret' });
-    const q = parsePipeline(
-      'secrets: [TOKEN, { name: KEY, file: nope.txt }]\njobs:\n  a: { steps: [x] }\n',
-      file,
-    );
-    assert.throws(
-      () => resolveSecrets(q, {}),
-      (err: unknown) =>
-        err instanceof Error &&
-        err.message ===
-          `${file}: missing secrets: TOKEN (not in the environment), KEY (file ${join(dir, 'nope.txt')} cannot be read)`,
-    );
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
 });
 
 test('bounds (red-team pass 21): a matrix of more than 256 jobs, a pipeline of more than 1000, a file over 1 MiB or not a file', () => {

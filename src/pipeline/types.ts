@@ -44,7 +44,7 @@ export interface JobSpec {
   steps: StepSpec[];
   /** Top-level services merged with the job's (job wins by name). */
   services: ServiceSpec[];
-  /** The job's own env (pipeline env is separate; `stepEnvironment` merges them). */
+  /** The job's own env (pipeline env is separate; the runner merges them, docs/pipeline.md). */
   env: Record<string, string>;
   /** Default /workspace. */
   workdir: string;

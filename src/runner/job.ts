@@ -44,6 +44,9 @@ export interface JobContext {
   workspace: string;
   /** Environment for every step (pipeline env, vars, secrets, CI variables). */
   env: Record<string, string>;
+  /** The secrets by name, set again over the job's env: a secret wins over every env (docs/pipeline.md). */
+  secretEnv: Record<string, string>;
+  /** The secrets' values, masked in every log line. */
   secrets: string[];
   labels: Record<string, string>;
   extraLabels: Record<string, string>;
@@ -251,6 +254,7 @@ export class JobRun {
         BERTH_JOB: job.name,
         BERTH_DOCKER_MODE: job.docker.mode,
         ...job.env,
+        ...ctx.secretEnv,
         ...access.env,
       };
       const created = await containers(client).create(

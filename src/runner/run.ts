@@ -2,12 +2,12 @@
  * `berth run`: schedules a pipeline's jobs over its DAG (independent jobs in parallel), runs each
  * with JobRun, records everything in the store, and reports events.
  */
-import { execFileSync } from 'node:child_process';
 import { availableParallelism, hostname } from 'node:os';
 import { join } from 'node:path';
 import { rmSync } from 'node:fs';
 import { LABEL_OWNER_HOST, LABEL_OWNER_PID, LABEL_RUN, errorMessage } from '../common/index.js';
 import { DockerClient } from '../engine/index.js';
+import { gitInfo } from '../pipeline/index.js';
 import type { JobStatus, RunEvent, RunStatus } from './events.js';
 import { now } from './events.js';
 import { JobRun } from './job.js';
@@ -103,22 +103,6 @@ export function shouldRun(when: JobSpec['when'], deps: readonly JobStatus[]): bo
   return deps.every((s) => s === 'passed');
 }
 
-function gitInfo(dir: string): { commit: string | null; branch: string | null } {
-  const git = (args: string[]) => {
-    try {
-      return (
-        execFileSync('git', ['-C', dir, ...args], {
-          encoding: 'utf8',
-          stdio: ['ignore', 'pipe', 'ignore'],
-        }).trim() || null
-      );
-    } catch {
-      return null;
-    }
-  };
-  return { commit: git(['rev-parse', 'HEAD']), branch: git(['rev-parse', '--abbrev-ref', 'HEAD']) };
-}
-
 export async function runPipeline(opts: RunOptions): Promise<RunOutcome> {
   const { spec } = opts;
   const client = opts.client ?? new DockerClient();
@@ -156,6 +140,8 @@ export async function runPipeline(opts: RunOptions): Promise<RunOutcome> {
     [LABEL_OWNER_HOST]: hostname(),
   };
   const git = gitInfo(spec.workspace);
+  const commit = git?.sha ?? null;
+  const branch = git?.branch ?? null;
   try {
     // Fail fast (ENGINE_UNREACHABLE, exit 69) rather than failing every job one by one.
     await client.ping();
@@ -185,8 +171,8 @@ export async function runPipeline(opts: RunOptions): Promise<RunOutcome> {
         file: spec.file,
         workspace: spec.workspace,
         started_at: new Date(started).toISOString(),
-        commit_sha: git.commit,
-        branch: git.branch,
+        commit_sha: commit,
+        branch,
         owner_pid: process.pid,
         owner_host: hostname(),
       },
@@ -208,8 +194,8 @@ export async function runPipeline(opts: RunOptions): Promise<RunOutcome> {
       BERTH_RUN_ID: runId,
       BERTH_PIPELINE: spec.name,
       BERTH_WORKSPACE: '/workspace',
-      ...(git.commit ? { BERTH_COMMIT_SHA: git.commit, BERTH_COMMIT_SHORT_SHA: git.commit.slice(0, 8) } : {}),
-      ...(git.branch ? { BERTH_BRANCH: git.branch } : {}),
+      ...(commit ? { BERTH_COMMIT_SHA: commit, BERTH_COMMIT_SHORT_SHA: commit.slice(0, 8) } : {}),
+      ...(branch ? { BERTH_BRANCH: branch } : {}),
       ...spec.variables,
       ...opts.vars,
       ...spec.env,
@@ -316,6 +302,7 @@ export async function runPipeline(opts: RunOptions): Promise<RunOutcome> {
             job: j,
             workspace: spec.workspace,
             env: baseEnv,
+            secretEnv,
             secrets: secretValues,
             labels,
             extraLabels: { ...opts.labels },

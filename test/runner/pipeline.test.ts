@@ -53,6 +53,32 @@ test('independent jobs run in parallel, each with its own network and service na
   }
 });
 
+test('what steps see, later wins: CI variables, variables, --var, env, job env, secrets', async () => {
+  using ws = workspace(`
+name: precedence
+image: berth-local/busybox
+docker: none
+variables: { A: variables, B: variables, C: variables, D: variables, E: variables, CI: variables }
+env: { C: top-env, D: top-env, E: top-env }
+secrets: [E]
+jobs:
+  p:
+    env: { D: job-env, E: job-env }
+    steps:
+      - echo "A=$A B=$B C=$C D=$D E-length=\${#E} CI=$CI job=$BERTH_JOB"
+`);
+  const secret = 'the-secret-of-e';
+  const r = await runJson(ws.file, ['--var', 'B=var', '--var', 'C=var'], { E: secret });
+  try {
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(logLines(r.events, 'p'), [
+      `A=variables B=var C=top-env D=job-env E-length=${secret.length} CI=variables job=p`,
+    ]);
+  } finally {
+    await removeRun(r.runId);
+  }
+});
+
 test('secrets are masked in live output (JSON and text) and saved logs; --var reaches the steps', async () => {
   using ws = workspace(`
 name: secrets
