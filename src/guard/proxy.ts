@@ -1540,7 +1540,27 @@ export class GuardProxy implements ProxyCore {
         ? await this.ownedContainers(arr)
         : arr.filter((x) => this.state.owns(x.Labels));
     if (kept.length === arr.length && Array.isArray(json)) return sendJsonBytes(res, 200, raw, headers);
+    const limit = Number(query.get('limit') ?? '');
+    if (id === 'container.list' && Number.isInteger(limit) && limit > 0 && arr.length >= limit)
+      return send(res, 200, await this.limitedList(target, qs, limit));
     send(res, 200, kept);
+  }
+
+  /**
+   * A container list with `limit` whose answer held containers that are not the tenant's: those
+   * used up part of the limit (the engine applies it before the guard filters), so the list is
+   * asked again without it (and with `all`, which a limit implies) and cut to the limit once
+   * filtered. The engine lists the newest first.
+   */
+  private async limitedList(target: string, qs: URLSearchParams, limit: number): Promise<unknown[]> {
+    const again = new URLSearchParams(qs);
+    again.delete('limit');
+    again.set('all', '1');
+    const { status, json } = await this.upstreamJson<unknown[]>('GET', `${target}?${again.toString()}`);
+    if (status !== 200 || !Array.isArray(json))
+      throw new Error(`cannot list the tenant's containers (engine answered ${status})`);
+    const arr = json as { Id: string; ImageID?: string; Labels?: Record<string, string> | null }[];
+    return (await this.ownedContainers(arr)).slice(0, limit);
   }
 
   /**

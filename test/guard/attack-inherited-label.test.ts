@@ -162,7 +162,7 @@ describe('attack: a host container run from an image that carries the attackerâ€
     await hostIntact();
   });
 
-  test('lists leave it out when the attackerâ€™s own entries carry backslashes and quotes', async () => {
+  test('lists leave it out when the attackerâ€™s own entries carry backslashes and quotes, or a limit applies', async () => {
     // The front answers a list itself only when every entry is the tenant's, and it skips strings
     // to find the entries. A skip that takes every quote after a backslash for an escaped one
     // reads a value ending in a backslash as going on, and from there reads strings as structure
@@ -185,11 +185,11 @@ describe('attack: a host container run from an image that carries the attackerâ€
       return (JSON.parse(made.text) as { Id: string }).Id;
     };
     // Kept alive, as clients send them: the front hands a request that closes to the guard.
-    const list = async (label: string) => {
+    const list = async (label: string, limit?: number) => {
       const filters = encodeURIComponent(JSON.stringify({ label: [label] }));
       const from = auditLines().length;
       const r = await send(sock, {
-        path: `/v1.41/containers/json?all=1&filters=${filters}`,
+        path: `/v1.41/containers/json?${limit === undefined ? 'all=1' : `limit=${limit}`}&filters=${filters}`,
         headers: [['Connection', 'keep-alive']],
       });
       assert.equal(r.status, 200, r.text);
@@ -217,6 +217,10 @@ describe('attack: a host container run from an image that carries the attackerâ€
       const all = await list(markKey);
       assert.deepEqual(all.ids, [...mine].reverse(), 'the hostâ€™s container is not listed');
       assert.notEqual(all.via, 'front', 'the guard answers a list that holds the hostâ€™s container');
+      // The engine applies a limit before the guard filters: the host's container must not use
+      // up part of it (red-team pass 33).
+      assert.deepEqual((await list(markKey, 2)).ids, [...mine].reverse(), 'limit=2 gives the attackerâ€™s two');
+      assert.deepEqual((await list(markKey, 1)).ids, [mine[1]], 'limit=1 gives the newest');
     } finally {
       for (const id of mine) await send(sock, { method: 'DELETE', path: `/v1.41/containers/${id}?force=1` });
       if (between) await containers(c).remove(between, { force: true });
