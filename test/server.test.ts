@@ -35,6 +35,7 @@ describe('berth serve', () => {
         '    steps:',
         '      - echo "hello from run $BERTH_RUN_ID"',
         '      - cat message.txt',
+        '      - echo "on $BERTH_BRANCH at $BERTH_COMMIT_SHA"',
         '',
       ].join('\n'),
     );
@@ -132,6 +133,8 @@ describe('berth serve', () => {
     const text = logs.map((l) => l.text).join('\n');
     assert.match(text, /hello from run \S+/);
     assert.match(text, /pushed content/);
+    // The checkout is detached (the pushed commit); the branch is the push's.
+    assert.ok(text.includes(`on main at ${sha}`), text);
     const page = (await (
       await fetch(`${server.url}/api/runs/${run.id}/logs?after=1&limit=1`, {
         headers: { Authorization: `Bearer ${TOKEN}` },

@@ -25,6 +25,11 @@ export interface RunOptions {
   docker?: DockerMode;
   /** `--var K=V`: environment for every step. */
   vars?: Record<string, string>;
+  /**
+   * The branch the run is for, where the workspace's checkout does not say it: a detached HEAD,
+   * as a server run's checkout of the pushed commit always is (BERTH_BRANCH).
+   */
+  branch?: string;
   /** Concurrent jobs (default: CPU count). */
   parallel?: number;
   /** Extra labels on every object (tests add their session label). */
@@ -141,7 +146,7 @@ export async function runPipeline(opts: RunOptions): Promise<RunOutcome> {
   };
   const git = gitInfo(spec.workspace);
   const commit = git?.sha ?? null;
-  const branch = git?.branch ?? null;
+  const branch = git?.branch ?? opts.branch ?? null;
   try {
     // Fail fast (ENGINE_UNREACHABLE, exit 69) rather than failing every job one by one.
     await client.ping();

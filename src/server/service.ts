@@ -217,6 +217,8 @@ export class ServerService {
         });
       const outcome = await runPipeline({
         spec,
+        // The checkout is detached: the branch is the one the push or the manual run named.
+        branch: run.branch ?? undefined,
         storeDir: join(this.o.dataDir, 'runner'),
         labels: this.o.labels,
         signal,
