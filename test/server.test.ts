@@ -155,6 +155,44 @@ describe('berth serve', () => {
     assert.match(await page2.text(), /<title>berth<\/title>/);
   });
 
+  test('a job that overwrites its checkout’s git objects leaves the project’s repository intact', async () => {
+    // Red-team pass 34: a clone of a local path hardlinks the source's object files, and a job
+    // (root in its container, the workspace mounted) could rewrite them: another project's next
+    // run, or the next clone of the repository, would then check out what the job wrote.
+    const src = join(dir.path, 'tamper-src');
+    mkdirSync(src, { recursive: true });
+    git(src, 'init', '-q', '-b', 'main');
+    const pipeline = [
+      'image: berth-local/busybox',
+      'docker: none',
+      'jobs:',
+      '  tamper:',
+      '    steps:',
+      '      - find /workspace/.git/objects -type f | while read f; do chmod u+w "$f"; echo tampered > "$f"; done',
+      '      - echo "overwrote $(find /workspace/.git/objects -type f | wc -l) object files"',
+      '',
+    ].join('\n');
+    writeFileSync(join(src, 'berth.yml'), pipeline);
+    git(src, 'add', '.');
+    git(src, 'commit', '-q', '-m', 'tamper');
+    const head = git(src, 'rev-parse', 'HEAD');
+    const p = await server.store.createProject({ name: 'tamper', repoUrl: src, secret: SECRET });
+    const run = await server.service.enqueue({
+      projectId: p.id,
+      trigger: 'manual',
+      branch: 'main',
+      sha: head,
+    });
+    let status = 'queued';
+    for (let i = 0; i < 600 && (status === 'queued' || status === 'running'); i++) {
+      await new Promise((res) => setTimeout(res, 100));
+      status = (await server.store.runs({ projectId: p.id }))[0]?.status ?? 'queued';
+    }
+    assert.equal(status, 'succeeded', `run ${run.id}`);
+    git(src, 'fsck', '--full', '--strict');
+    assert.equal(git(src, 'show', 'HEAD:berth.yml'), pipeline.trim());
+  });
+
   test('polling a branch queues a run when its head moves, and only then', async () => {
     const p = await server.store.createProject({
       name: 'polled',

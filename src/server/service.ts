@@ -569,8 +569,13 @@ export async function checkout(repoUrl: string, dir: string, rev: string | undef
   if (existsSync(dir)) rmSync(dir, { recursive: true, force: true });
   mkdirSync(dir, { recursive: true });
   try {
-    // Neither the URL nor the revision is ever read as an option.
-    await exec('git', ['clone', '--quiet', '--no-checkout', '--', repoUrl, dir], { timeout: 300_000 });
+    // Neither the URL nor the revision is ever read as an option. `--no-local`: a clone of a local
+    // path would hardlink the source's object files into the workspace, where a job (root in its
+    // container) could rewrite them, and with them what every later clone checks out, another
+    // project's included (red-team pass 34). Through git's transport the objects are the clone's own.
+    await exec('git', ['clone', '--quiet', '--no-local', '--no-checkout', '--', repoUrl, dir], {
+      timeout: 300_000,
+    });
     const { stdout } = await exec(
       'git',
       ['-C', dir, 'rev-parse', '--verify', '--end-of-options', `${rev ?? 'HEAD'}^{commit}`],
