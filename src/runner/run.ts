@@ -116,7 +116,17 @@ export async function runPipeline(opts: RunOptions): Promise<RunOutcome> {
   const store = openStore(storeDir);
   const runId = newRunId();
   const started = Date.now();
-  const emit = (e: RunEvent) => opts.onEvent?.(e);
+  // Text an event quotes from the pipeline or from what a job made (a step's name, an artifact's
+  // path in a warning) may hold a secret: it is masked as log lines are, for every reader of the
+  // events (the CLI, the server's log and event stream).
+  const emit = (e: RunEvent) =>
+    opts.onEvent?.(
+      e.kind === 'warning'
+        ? { ...e, message: maskSecrets(e.message, secretValues) }
+        : e.kind === 'step.started' || e.kind === 'step.finished'
+          ? { ...e, name: maskSecrets(e.name, secretValues) }
+          : e,
+    );
   const env = opts.env ?? process.env;
   const secretValues: string[] = [];
   const logFailed = new Set<string>();

@@ -53,6 +53,37 @@ test('independent jobs run in parallel, each with its own network and service na
   }
 });
 
+test('a warning or step name that quotes a secret is masked in the events (red-team pass 34)', async () => {
+  // An artifact path named after the secret that is a folder in one artifact and a file in the
+  // other: collecting them fails, and the warning quotes the path.
+  using ws = workspace(`
+name: warned
+image: berth-local/busybox
+docker: none
+secrets: [API_KEY]
+jobs:
+  clash:
+    steps:
+      - name: made with key-0123456789
+        run: mkdir -p a/d1 "b/d1/$API_KEY" && echo a > "a/d1/$API_KEY"
+    artifacts: [a/d1, b/d1]
+`);
+  const secret = 'key-0123456789';
+  const r = await runJson(ws.file, [], { API_KEY: secret });
+  try {
+    assert.ok(!r.stdout.includes(secret) && !r.stderr.includes(secret), r.stdout + r.stderr);
+    const warnings = r.events.flatMap((e) => (e.kind === 'warning' ? [e.message] : []));
+    assert.ok(
+      warnings.some((m) => m.includes('***')),
+      `a warning quoting the masked path: ${JSON.stringify(warnings)}`,
+    );
+    const names = r.events.flatMap((e) => (e.kind === 'step.started' ? [e.name] : []));
+    assert.deepEqual(names, ['made with ***']);
+  } finally {
+    await removeRun(r.runId);
+  }
+});
+
 test('what steps see, later wins: CI variables, variables, --var, env, job env, secrets', async () => {
   using ws = workspace(`
 name: precedence
