@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import { request } from 'node:http';
 import type { ClientRequest } from 'node:http';
 import { mkdirSync, readdirSync, symlinkSync } from 'node:fs';
+import { connect } from 'node:net';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { containers, networks, volumes } from '../src/engine/index.js';
@@ -303,6 +304,18 @@ describe('berth serve: a pushed pipeline gets only what its project was granted'
     for (const q of ['limit=-1', 'limit=abc', 'limit=1.5'])
       assert.equal((await api.call('GET', `/api/runs?${q}`)).status, 400, q);
     assert.equal((await fetch(`${server.url}/api/%E0%A4%A`)).status, 400);
+    // A target node passes on that is no URL (red-team pass 34: it was a 500).
+    const target = await new Promise<string>((resolve, reject) => {
+      const u = new URL(server.url);
+      const s = connect(Number(u.port), u.hostname, () =>
+        s.end('GET http://[::1 HTTP/1.1\r\nHost: x\r\n\r\n'),
+      );
+      let out = '';
+      s.on('data', (d: Buffer) => (out += d.toString()));
+      s.on('end', () => resolve(out));
+      s.on('error', reject);
+    });
+    assert.match(target, /^HTTP\/1\.1 400 /, target);
     for (const body of [{ sha: '--pathspec-from-file=/etc/shadow' }, { branch: '-x' }, { branch: 'a..b' }])
       assert.equal(
         (await api.call('POST', '/api/projects/p20http/runs', body)).status,

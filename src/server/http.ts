@@ -178,7 +178,13 @@ export function createHttpServer(o: HttpOptions): http.Server {
   const hookReadsFrom = new Map<string, number>();
   const open = { streams: 0 };
   const route = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
-    const url = new URL(req.url ?? '/', 'http://berth');
+    let url: URL;
+    try {
+      // An absolute-form target is parsed as it is: `http://[::1` is no URL at all.
+      url = new URL(req.url ?? '/', 'http://berth');
+    } catch {
+      throw new HttpError(400, 'malformed request target');
+    }
     const method = req.method ?? 'GET';
     const parts = url.pathname
       .split('/')
