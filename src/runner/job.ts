@@ -462,10 +462,15 @@ export class JobRun {
       if (!fits) {
         // Bounded (red-team passes 23 and 27: a sparse file became 1.1 GB on the host; 20 000
         // empty folders cost no byte of the budget): past a bound, nothing more is saved, once said.
-        if (!overBudget)
-          warn(
-            `artifacts: over the ${run === undefined ? `job's ${MAX_ARTIFACT_BYTES / 2 ** 30} GiB` : "run's budget"} or ${MAX_ARTIFACT_ENTRIES} files and folders; ${name} and what follows are not saved`,
-          );
+        if (!overBudget) {
+          const bound =
+            entries >= MAX_ARTIFACT_ENTRIES
+              ? `${MAX_ARTIFACT_ENTRIES} files and folders`
+              : saved + cost > MAX_ARTIFACT_BYTES
+                ? `the job's ${MAX_ARTIFACT_BYTES / 2 ** 30} GiB`
+                : "the run's budget";
+          warn(`artifacts: over ${bound}; ${name} and what follows are not saved`);
+        }
         overBudget = true;
         return false;
       }

@@ -84,6 +84,30 @@ jobs:
   }
 });
 
+test('artifacts past the bound on files and folders: the warning names that bound', async () => {
+  using ws = workspace(`
+name: many
+image: berth-local/busybox
+docker: none
+jobs:
+  many:
+    steps:
+      - mkdir out && cd out && seq 1 10050 | xargs touch
+    artifacts: [out]
+`);
+  const r = await runJson(ws.file);
+  try {
+    assert.equal(r.code, 0, r.stderr);
+    const warnings = r.events.flatMap((e) => (e.kind === 'warning' ? [e.message] : []));
+    assert.ok(
+      warnings.some((m) => /^artifacts: over 10000 files and folders; /.test(m)),
+      JSON.stringify(warnings),
+    );
+  } finally {
+    await removeRun(r.runId);
+  }
+});
+
 test('what steps see, later wins: CI variables, variables, --var, env, job env, secrets', async () => {
   using ws = workspace(`
 name: precedence
