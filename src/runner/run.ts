@@ -116,19 +116,23 @@ export async function runPipeline(opts: RunOptions): Promise<RunOutcome> {
   const store = openStore(storeDir);
   const runId = newRunId();
   const started = Date.now();
-  // Text an event quotes from the pipeline or from what a job made (a step's name, an artifact's
-  // path in a warning) may hold a secret: it is masked as log lines are, for every reader of the
-  // events (the CLI, the server's log and event stream).
-  const emit = (e: RunEvent) =>
+  const secretValues: string[] = [];
+  // Text an event quotes from the pipeline or from what a job made (an image's name, a step's, an
+  // artifact's path in a warning) may hold a secret: it is masked as log lines are, here, for
+  // every reader of the events (the CLI, the server's log and event stream).
+  const emit = (e: RunEvent) => {
+    const mask = (text: string) => maskSecrets(text, secretValues);
     opts.onEvent?.(
       e.kind === 'warning'
-        ? { ...e, message: maskSecrets(e.message, secretValues) }
+        ? { ...e, message: mask(e.message) }
         : e.kind === 'step.started' || e.kind === 'step.finished'
-          ? { ...e, name: maskSecrets(e.name, secretValues) }
-          : e,
+          ? { ...e, name: mask(e.name) }
+          : e.kind === 'job.started'
+            ? { ...e, image: mask(e.image) }
+            : e,
     );
+  };
   const env = opts.env ?? process.env;
-  const secretValues: string[] = [];
   const logFailed = new Set<string>();
   const secretEnv: Record<string, string> = {};
   for (const [k, v] of Object.entries(spec.secretFiles)) {
@@ -307,8 +311,7 @@ export async function runPipeline(opts: RunOptions): Promise<RunOutcome> {
             time: now(),
             runId,
             job: j.name,
-            // An image named with a secret's value (a private registry's token in the name).
-            image: maskSecrets(j.image, secretValues),
+            image: j.image, // masked by emit: a private registry's token may be in the name
             docker: j.docker.mode,
           });
           const run = new JobRun({

@@ -6,14 +6,22 @@
  * through the guard) so attacks are checked for "nothing happened upstream", not only their status.
  */
 import assert from 'node:assert/strict';
-import { mkdirSync, readFileSync, symlinkSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { LABEL_TENANT } from '../../src/common/index.js';
 import { containers, images, networks, volumes } from '../../src/engine/index.js';
 import type { DockerClient } from '../../src/engine/index.js';
 import { createGuard } from '../../src/guard/index.js';
 import type { AuditRecord, GuardHandle } from '../../src/guard/index.js';
-import { docker, engine, sessionLabels, SESSION, tempDir, uniqueName } from '../support/index.js';
+import {
+  auditRecords,
+  docker,
+  engine,
+  sessionLabels,
+  SESSION,
+  tempDir,
+  uniqueName,
+} from '../support/index.js';
 
 export const IMAGE = 'berth-local/busybox';
 
@@ -243,13 +251,7 @@ export async function setupArena(prefix: string): Promise<Arena> {
       const now = await snapshot();
       assert.deepEqual(now, before, `${what}: something changed upstream`);
     };
-    const audit = (): AuditRecord[] =>
-      existsSync(auditPath)
-        ? readFileSync(auditPath, 'utf8')
-            .split('\n')
-            .filter(Boolean)
-            .map((l) => JSON.parse(l) as AuditRecord)
-        : [];
+    const audit = () => auditRecords(auditPath);
     return {
       c,
       dir,

@@ -9,13 +9,22 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { LABEL_TENANT } from '../../src/common/index.js';
 import { containers, images } from '../../src/engine/index.js';
 import { createGuard } from '../../src/guard/index.js';
 import type { GuardHandle } from '../../src/guard/index.js';
-import { DOCKER_CLI, docker, engine, sessionLabels, SESSION, tempDir, uniqueName } from '../support/index.js';
+import {
+  auditRecords,
+  DOCKER_CLI,
+  docker,
+  engine,
+  sessionLabels,
+  SESSION,
+  tempDir,
+  uniqueName,
+} from '../support/index.js';
 import { expectAbsent, postJson, send } from '../support/rawhttp.js';
 
 const IMAGE = 'berth-local/busybox';
@@ -29,12 +38,7 @@ describe('attack: a host container run from an image that carries the attackerâ€
   const forged = `${repo}:forged`;
   const sock = join(dir.path, 'a.sock');
   const auditFile = join(dir.path, 'audit.log');
-  const auditLines = (): { path: string; via?: string }[] =>
-    readFileSync(auditFile, 'utf8')
-      .trim()
-      .split('\n')
-      .filter(Boolean)
-      .map((l) => JSON.parse(l) as { path: string; via?: string });
+  const auditLines = () => auditRecords(auditFile);
   let guard: GuardHandle;
   let running = '';
   let stopped = '';

@@ -6,16 +6,16 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, readFileSync, symlinkSync } from 'node:fs';
+import { mkdirSync, symlinkSync } from 'node:fs';
 import { connect } from 'node:net';
 import type { Socket } from 'node:net';
 import { join } from 'node:path';
 import { LABEL_TENANT } from '../../src/common/index.js';
 import { containers, images, networks, volumes } from '../../src/engine/index.js';
 import { createGuard } from '../../src/guard/index.js';
-import type { AuditRecord } from '../../src/guard/index.js';
 import {
   BERTH_CMD,
+  auditRecords,
   SESSION,
   docker,
   engine,
@@ -142,10 +142,7 @@ test('berth guard CLI: attacks refused and audited; SIGTERM removes only the ten
     // SIGTERM: own objects gone, others survive.
     child.kill('SIGTERM');
     assert.equal(await exited, 0);
-    const audit = readFileSync(auditPath, 'utf8')
-      .split('\n')
-      .filter(Boolean)
-      .map((l) => JSON.parse(l) as AuditRecord);
+    const audit = auditRecords(auditPath);
     for (const rule of ['privileged', 'binds', 'namespaces', 'capabilities', 'image-tag'])
       assert.ok(
         audit.some((r) => r.rule === rule && r.decision === 'deny' && r.tenant === tenant),

@@ -6,25 +6,25 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import { once } from 'node:events';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { containers } from '../../src/engine/index.js';
 import { createGuard, nativeHelper } from '../../src/guard/index.js';
 import type { GuardHandle } from '../../src/guard/index.js';
-import { docker, engine, frontProcesses, sessionLabels, tempDir, uniqueName } from '../support/index.js';
+import {
+  auditRecords,
+  docker,
+  engine,
+  frontProcesses,
+  sessionLabels,
+  tempDir,
+  uniqueName,
+} from '../support/index.js';
 import { rawRequest } from '../support/rawhttp.js';
 
 const IMAGE = 'berth-local/busybox';
-
-interface Line {
-  method: string;
-  path: string;
-  decision: string;
-  status?: number;
-  via?: string;
-}
 
 describe('guard: the fast front on the real engine', () => {
   const c = engine();
@@ -34,11 +34,7 @@ describe('guard: the fast front on the real engine', () => {
   let guard: GuardHandle;
   let mine = '';
   let host = '';
-  const audit = (): Line[] =>
-    readFileSync(auditFile, 'utf8')
-      .trim()
-      .split('\n')
-      .map((l) => JSON.parse(l) as Line);
+  const audit = () => auditRecords(auditFile);
 
   before(async () => {
     assert.ok(nativeHelper('berth-front'), 'berth-front is built (npm run build)');

@@ -19,6 +19,7 @@ import { createGuard, nativeHelper } from '../../src/guard/index.js';
 import type { GuardHandle } from '../../src/guard/index.js';
 import {
   SESSION,
+  auditRecords,
   docker,
   engine,
   frontProcesses,
@@ -26,19 +27,12 @@ import {
   tempDir,
   uniqueName,
 } from '../support/index.js';
+import type { AuditRecord } from '../../src/guard/index.js';
 import { buildRequest, expectRefused, messageOf, postBuild, rawRequest, send } from '../support/rawhttp.js';
 import type { RawResponse } from '../support/rawhttp.js';
 import { END, entry, header } from '../support/tar.js';
 
 const MiB = 1024 * 1024;
-
-interface Line {
-  method: string;
-  path: string;
-  decision: string;
-  status?: number;
-  via?: string;
-}
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
@@ -55,13 +49,9 @@ describe('guard: build contexts carried by the fast front', () => {
   const auditFile = join(dir.path, 'audit.log');
   const big = randomBytes(6 * MiB);
   let guard: GuardHandle;
-  const audit = (): Line[] =>
-    readFileSync(auditFile, 'utf8')
-      .split('\n')
-      .filter(Boolean)
-      .map((l) => JSON.parse(l) as Line);
+  const audit = () => auditRecords(auditFile);
   /** The audit lines of builds since line `from`, once there is one (written after the answer). */
-  const builds = async (from: number): Promise<Line[]> => {
+  const builds = async (from: number): Promise<AuditRecord[]> => {
     const end = Date.now() + 5000;
     for (;;) {
       const lines = audit()

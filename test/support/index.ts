@@ -10,12 +10,22 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { DockerClient } from '../../src/engine/index.js';
 import { LABEL_TEST_SESSION } from '../../src/common/index.js';
+import type { AuditRecord } from '../../src/guard/index.js';
 
 export const ROOT = new URL('../../', import.meta.url).pathname;
 export const SESSION = process.env.BERTH_TEST_SESSION ?? `ts${randomBytes(4).toString('hex')}`;
 /** Debian's docker CLI (API 1.41); the tests drive the real client, not a mock. */
 export const DOCKER_CLI = existsSync('/usr/bin/docker') ? '/usr/bin/docker' : 'docker';
 export const BERTH_BIN = join(ROOT, 'dist/cli/main.js');
+
+/** The guard's audit log at `path`, one record per line (none before the first line is written). */
+export function auditRecords(path: string): AuditRecord[] {
+  if (!existsSync(path)) return [];
+  return readFileSync(path, 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as AuditRecord);
+}
 
 /** Labels that mark an object as made by this test session. */
 export function sessionLabels(extra: Record<string, string> = {}): Record<string, string> {
