@@ -14,8 +14,9 @@ import { join } from 'node:path';
 import { LABEL_TENANT } from '../../src/common/index.js';
 import { containers, images } from '../../src/engine/index.js';
 import { createGuard } from '../../src/guard/index.js';
-import type { GuardHandle } from '../../src/guard/index.js';
+import type { AuditRecord, GuardHandle } from '../../src/guard/index.js';
 import {
+  auditAfter,
   auditRecords,
   DOCKER_CLI,
   docker,
@@ -197,9 +198,8 @@ describe('attack: a host container run from an image that carries the attackerâ€
         headers: [['Connection', 'keep-alive']],
       });
       assert.equal(r.status, 200, r.text);
-      const via = auditLines()
-        .slice(from)
-        .find((l) => l.path === '/containers/json')?.via;
+      const isList = (l: AuditRecord) => l.path === '/containers/json';
+      const via = (await auditAfter(auditFile, from, isList)).find(isList)?.via;
       return { ids: (JSON.parse(r.text) as { Id: string }[]).map((e) => e.Id), via };
     };
     const mine: string[] = [];

@@ -12,8 +12,9 @@ import { connect } from 'node:net';
 import { join } from 'node:path';
 import { containers } from '../../src/engine/index.js';
 import { createGuard, nativeHelper } from '../../src/guard/index.js';
-import type { GuardHandle } from '../../src/guard/index.js';
+import type { AuditRecord, GuardHandle } from '../../src/guard/index.js';
 import {
+  auditAfter,
   auditRecords,
   docker,
   engine,
@@ -83,7 +84,8 @@ describe('guard: the fast front on the real engine', () => {
     const ps = await docker(guard.address, ['ps', '-aq', '--no-trunc']);
     assert.equal(ps.code, 0, ps.stderr);
     assert.deepEqual(ps.stdout.trim().split('\n'), [mine], 'only the tenant’s container');
-    const lines = audit().slice(before);
+    const isPs = (l: AuditRecord) => l.via === 'front' && l.path === '/containers/json';
+    const lines = await auditAfter(auditFile, before, isPs);
     const byFront = lines.filter((l) => l.via === 'front').map((l) => `${l.method} ${l.path}`);
     assert.ok(byFront.includes(`GET /containers/${mine}/json`), JSON.stringify(lines));
     assert.ok(byFront.includes('GET /containers/json'), JSON.stringify(lines));
@@ -166,9 +168,7 @@ describe('guard: the fast front on the real engine', () => {
     const before = audit().length;
     await docker(guard.address, ['inspect', mine]);
     assert.ok(
-      audit()
-        .slice(before)
-        .some((l) => l.via === 'front'),
+      (await auditAfter(auditFile, before, (l) => l.via === 'front')).some((l) => l.via === 'front'),
       'the new front answers',
     );
   });

@@ -19,6 +19,7 @@ import { createGuard, nativeHelper } from '../../src/guard/index.js';
 import type { GuardHandle } from '../../src/guard/index.js';
 import {
   SESSION,
+  auditAfter,
   auditRecords,
   docker,
   engine,
@@ -50,17 +51,10 @@ describe('guard: build contexts carried by the fast front', () => {
   const big = randomBytes(6 * MiB);
   let guard: GuardHandle;
   const audit = () => auditRecords(auditFile);
+  const isBuild = (l: AuditRecord) => l.path === '/build';
   /** The audit lines of builds since line `from`, once there is one (written after the answer). */
-  const builds = async (from: number): Promise<AuditRecord[]> => {
-    const end = Date.now() + 5000;
-    for (;;) {
-      const lines = audit()
-        .slice(from)
-        .filter((l) => l.path === '/build');
-      if (lines.length > 0 || Date.now() > end) return lines;
-      await new Promise((res) => setTimeout(res, 20));
-    }
-  };
+  const builds = async (from: number): Promise<AuditRecord[]> =>
+    (await auditAfter(auditFile, from, isBuild)).filter(isBuild);
   /** A file of the image, read back through the guard (create, cp, remove). */
   const fileOf = async (image: string, path: string): Promise<Buffer> => {
     const made = await docker(guard.address, ['create', '--network', 'none', image, 'x']);

@@ -27,6 +27,24 @@ export function auditRecords(path: string): AuditRecord[] {
     .map((l) => JSON.parse(l) as AuditRecord);
 }
 
+/**
+ * The audit records written after the first `from`, once one of them matches `until` (or after
+ * five seconds, whatever is there). The front writes its line after the answer is sent, so a client
+ * can hold the answer before the line is in the file.
+ */
+export async function auditAfter(
+  path: string,
+  from: number,
+  until: (r: AuditRecord) => boolean,
+): Promise<AuditRecord[]> {
+  const end = Date.now() + 5000;
+  for (;;) {
+    const records = auditRecords(path).slice(from);
+    if (records.some(until) || Date.now() > end) return records;
+    await new Promise((res) => setTimeout(res, 20));
+  }
+}
+
 /** Labels that mark an object as made by this test session. */
 export function sessionLabels(extra: Record<string, string> = {}): Record<string, string> {
   return { [LABEL_TEST_SESSION]: SESSION, ...extra };
