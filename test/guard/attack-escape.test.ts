@@ -11,7 +11,7 @@ import { isDeepStrictEqual } from 'node:util';
 import { containers, networks, volumes } from '../../src/engine/index.js';
 import { buildRequest, expectRefused, messageOf, rawRequest, send } from '../support/rawhttp.js';
 import type { RawResponse } from '../support/rawhttp.js';
-import { docker, uniqueName } from '../support/index.js';
+import { auditAfter, docker, uniqueName } from '../support/index.js';
 import { IMAGE, setupArena } from './attack-harness.js';
 import type { Arena } from './attack-harness.js';
 
@@ -893,11 +893,7 @@ describe('guard attack suite: escape prevention', () => {
   test('audit: a denied request is one JSON line naming the rule, decision deny', async () => {
     await createRefused('audit probe', `{"Image":"${IMAGE}","HostConfig":{"Privileged":true}}`, 'privileged');
     // The audit file is written asynchronously; give the stream a moment to flush.
-    let lines = a.audit();
-    for (let i = 0; i < 50 && !lines.some((l) => l.rule === 'privileged'); i++) {
-      await new Promise((r) => setTimeout(r, 100));
-      lines = a.audit();
-    }
+    const lines = await auditAfter(a.auditPath, 0, (l) => l.rule === 'privileged');
     const deny = lines.find((l) => l.rule === 'privileged' && l.decision === 'deny');
     assert.ok(deny, `no deny line for privileged in ${lines.length} audit lines`);
     assert.equal(deny.tenant, a.tenant);
