@@ -1,7 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { PassThrough } from 'node:stream';
-import { answered, drain } from './scenarios.js';
+import type { DockerClient } from '../engine/index.js';
+import { answered, apiRoundTrip, drain } from './scenarios.js';
+import type { BenchOptions, Contender, ContenderId } from './types.js';
 
 test('a drained stream that stops flowing fails instead of holding the bench', async () => {
   const flowing = new PassThrough();
@@ -28,4 +30,41 @@ test('a request whose answer does not come fails instead of holding the bench', 
   deliver(late);
   await new Promise((r) => setImmediate(r));
   assert.ok(late.destroyed);
+});
+
+test('the API round trips take every contender’s requests in turn, one by one', async () => {
+  const calls: string[] = [];
+  const fake = (id: ContenderId): Contender => {
+    let made = 0;
+    const client = {
+      ping: () => {
+        calls.push(`${id} ping`);
+        return Promise.resolve({});
+      },
+      json: (method: string, path: string) => {
+        if (method === 'POST') return Promise.resolve({ Id: `${id}-${made++}`, Warnings: null });
+        calls.push(`${id} ${path === '/containers/json' ? 'list' : 'inspect'}`);
+        return Promise.resolve(path === '/containers/json' ? [] : {});
+      },
+    } as unknown as DockerClient;
+    return { id, title: id, dockerHost: '', client, shared: true, stop: () => Promise.resolve() };
+  };
+  const cs = [fake('raw'), fake('guard')];
+  const o = { quick: true } as BenchOptions;
+  for (const c of cs) await apiRoundTrip.prepare?.(c, o);
+  const values = await apiRoundTrip.runTogether?.(cs, o);
+  assert.ok(values, 'the API scenario runs its contenders together');
+  // 20 warm-up rounds (ping and inspect, a list every fourth: 90 calls for two), then 50 pings,
+  // 13 lists (n / 4 rounded up) and 50 inspects, each round raw then guard.
+  assert.equal(calls.length, 90 + 2 * (50 + 13 + 50));
+  const timed = calls.slice(90);
+  for (let i = 0; i < timed.length; i += 2) {
+    assert.match(timed[i] ?? '', /^raw /);
+    assert.equal(timed[i + 1], (timed[i] ?? '').replace('raw', 'guard'));
+  }
+  assert.deepEqual([...new Set(timed.map((t) => t.split(' ')[1]))], ['ping', 'list', 'inspect']);
+  for (const c of cs) {
+    const v = values.get(c.id);
+    assert.ok(v && Number.isFinite(v.list_p50) && Number.isFinite(v.inspect_p99), c.id);
+  }
 });

@@ -60,6 +60,12 @@ export interface Scenario {
   prepare?(c: Contender, o: BenchOptions): Promise<void>;
   /** One repetition: returns metric -> value for this contender. */
   run(c: Contender, o: BenchOptions): Promise<Record<string, number>>;
+  /**
+   * One repetition over all the contenders at once, their requests taken in turn (in the order
+   * given), in place of `run` for each: for latencies the engine's own drift between blocks of
+   * requests is as large as what a proxy adds. Returns metric -> value per contender.
+   */
+  runTogether?(cs: readonly Contender[], o: BenchOptions): Promise<Map<ContenderId, Record<string, number>>>;
   /** Once per contender after the repetitions. */
   cleanup?(c: Contender, o: BenchOptions): Promise<void>;
   readonly metrics: Readonly<Record<string, { unit: Measurement['unit']; better: Measurement['better'] }>>;
