@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { PassThrough } from 'node:stream';
 import type { DockerClient } from '../engine/index.js';
-import { answered, apiRoundTrip, drain } from './scenarios.js';
+import { answered, apiRoundTrip, apiTogether, drain } from './scenarios.js';
 import type { BenchOptions, Contender, ContenderId } from './types.js';
 
 test('a drained stream that stops flowing fails instead of holding the bench', async () => {
@@ -32,7 +32,7 @@ test('a request whose answer does not come fails instead of holding the bench', 
   assert.ok(late.destroyed);
 });
 
-test('the API round trips take every contender’s requests in turn, one by one', async () => {
+test('the API round trips take the contenders in turns: each measures until its turn is over', async () => {
   const calls: string[] = [];
   const fake = (id: ContenderId): Contender => {
     let made = 0;
@@ -52,19 +52,35 @@ test('the API round trips take every contender’s requests in turn, one by one'
   const cs = [fake('raw'), fake('guard')];
   const o = { quick: true } as BenchOptions;
   for (const c of cs) await apiRoundTrip.prepare?.(c, o);
-  const values = await apiRoundTrip.runTogether?.(cs, o);
-  assert.ok(values, 'the API scenario runs its contenders together');
-  // 20 warm-up rounds (ping and inspect, a list every fourth: 90 calls for two), then 50 pings,
-  // 13 lists (n / 4 rounded up) and 50 inspects, each round raw then guard.
-  assert.equal(calls.length, 90 + 2 * (50 + 13 + 50));
-  const timed = calls.slice(90);
+  const runs = async (turnMs: number) => {
+    calls.length = 0;
+    const values = await apiTogether(cs, o, turnMs);
+    for (const c of cs) {
+      const v = values.get(c.id);
+      assert.ok(v && Number.isFinite(v.list_p50) && Number.isFinite(v.inspect_p99), c.id);
+    }
+    // 20 warm-up rounds (ping and inspect, a list every fourth: 90 calls for two), then the
+    // measured ones: 50 pings, 13 lists (n / 4 rounded up) and 50 inspects each.
+    assert.equal(calls.length, 90 + 2 * (50 + 13 + 50));
+    return calls.slice(90);
+  };
+  // Turns shorter than a request: one request each, raw then guard.
+  const timed = await runs(0);
   for (let i = 0; i < timed.length; i += 2) {
     assert.match(timed[i] ?? '', /^raw /);
     assert.equal(timed[i + 1], (timed[i] ?? '').replace('raw', 'guard'));
   }
   assert.deepEqual([...new Set(timed.map((t) => t.split(' ')[1]))], ['ping', 'list', 'inspect']);
-  for (const c of cs) {
-    const v = values.get(c.id);
-    assert.ok(v && Number.isFinite(v.list_p50) && Number.isFinite(v.inspect_p99), c.id);
-  }
+  // Turns longer than a whole kind: all of raw's, then all of guard's.
+  assert.deepEqual(
+    (await runs(60_000)).map((t) => t.split(' ').reverse().join(' ')),
+    [
+      ...Array<string>(50).fill('ping raw'),
+      ...Array<string>(50).fill('ping guard'),
+      ...Array<string>(13).fill('list raw'),
+      ...Array<string>(13).fill('list guard'),
+      ...Array<string>(50).fill('inspect raw'),
+      ...Array<string>(50).fill('inspect guard'),
+    ],
+  );
 });
