@@ -1,7 +1,7 @@
 /**
  * The benchmark scenarios. Each runs against one contender at a time; the driver alternates
  * contenders within every repetition so drift on the machine hits all of them alike. The API round
- * trips go further: every contender's requests are taken in turn, one by one (`runTogether`).
+ * trips go further: the contenders take turns of about 50 ms within a repetition (`runTogether`).
  */
 import { performance } from 'node:perf_hooks';
 import { Writable } from 'node:stream';
