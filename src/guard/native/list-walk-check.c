@@ -1,7 +1,9 @@
 /*
  * Differential check of list-walk.h: its block walk against the front's earlier walk (a byte at a
  * time between strings, each string skipped to the first quote not preceded by an odd number of
- * backslashes), over generated container lists and mutations of them. Run by
+ * backslashes; with the rule both have since red-team pass 35, that the array holds objects only,
+ * written here as a check of each byte between entries), over generated container lists and
+ * mutations of them. Run by
  * src/guard/list-walk.test.ts, built with AddressSanitizer and UBSan where the compiler has them,
  * and once more with BERTH_NO_SIMD (the portable mask builder).
  *
@@ -43,8 +45,14 @@ static int reference_walk(const char *s, size_t n) {
   while (n && (s[n - 1] == '\n' || s[n - 1] == ' ')) n--;
   if (n < 2 || s[0] != '[' || s[n - 1] != ']') return 0;
   int depth = 0;
+  char prev = 0; /* inside the array, between entries: the last of [ , } there */
   for (size_t i = 0; i < n; i++) {
     char c = s[i];
+    if (depth == 1 && c != ' ' && c != '\t' && c != '\n' && c != '\r') {
+      /* Objects only, a comma between two: nothing else between the array's brackets. */
+      if (c == '{' ? prev != '[' && prev != ',' : c == ',' ? prev != '}' : c != ']' || prev == ',') return 0;
+      prev = c;
+    }
     if (c == '"') {
       i = reference_string_end(s, n, i);
       if (i == 0) return 0;
@@ -52,9 +60,10 @@ static int reference_walk(const char *s, size_t n) {
       if (depth == 1 && (c != '{' || i + 72 > n || memcmp(s + i, "{\"Id\":\"", 7) != 0 ||
                          !is_hex64(s + i + 7) || s[i + 71] != '"' || !owned(s + i + 7)))
         return 0;
-      depth++;
+      if (depth++ == 0) prev = '[';
     } else if (c == ']' || c == '}') {
       if (--depth < 0) return 0;
+      if (depth == 1) prev = '}';
       if (depth == 0 && i != n - 1) return 0;
     }
   }
@@ -169,6 +178,38 @@ int main(int argc, char **argv) {
   }
   rng = strtoull(argv[1], NULL, 10) * 2654435761u + 1;
   long count = atol(argv[2]), accepted = 0, rejected = 0;
+  /* Known answers first: an owned entry is {"Id":"a…"}, a foreign one {"Id":"f…"}. */
+  char mine[80], other[80];
+  snprintf(mine, sizeof mine, "{\"Id\":\"%.64s\"}", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa");
+  snprintf(other, sizeof other, "{\"Id\":\"%.64s\"}", "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff");
+  struct {
+    const char *what;
+    char list[400];
+    int want;
+  } known[] = {
+      {"empty", "[]\n", 1},
+      {"one of the tenant's", "", 1},
+      {"a foreign entry", "", 0},
+      {"a scalar", "[1]", 0},
+      {"a string holding a foreign entry (red-team pass 35)", "", 0},
+      {"a string between entries", "", 0},
+      {"a trailing comma", "", 0},
+  };
+  snprintf(known[1].list, sizeof known[1].list, "[%s, %s]\n", mine, mine);
+  snprintf(known[2].list, sizeof known[2].list, "[%s,%s]", mine, other);
+  snprintf(known[4].list, sizeof known[4].list, "[%s,\"{\\\"Id\\\":\\\"%.64s\\\"}\"]", mine,
+           other + 7);
+  snprintf(known[5].list, sizeof known[5].list, "[%s,\"x\",%s]", mine, mine);
+  snprintf(known[6].list, sizeof known[6].list, "[%s,]", mine);
+  for (size_t k = 0; k < sizeof known / sizeof known[0]; k++) {
+    size_t len = strlen(known[k].list);
+    int ref = reference_walk(known[k].list, len), got = list_owned_walk(known[k].list, len);
+    if (ref != known[k].want || got != known[k].want) {
+      fprintf(stderr, "%s: %s: reference %d, block walk %d, want %d\n", known[k].what, known[k].list, ref, got,
+              known[k].want);
+      return 1;
+    }
+  }
   struct buf o = {0};
   for (long i = 0; i < count; i++) {
     list(&o);
