@@ -198,6 +198,8 @@ const PLAIN = 0;
 const QUOTE = 1;
 const OPEN = 2;
 const CLOSE = 3;
+/** JSON's white space: space, tab, line feed, carriage return. */
+const WHITE = new Set([0x20, 0x09, 0x0a, 0x0d]);
 const JSON_BYTE = new Uint8Array(256);
 JSON_BYTE[0x22] = QUOTE;
 JSON_BYTE[0x7b] = OPEN;
@@ -225,6 +227,14 @@ function idAt(b: Buffer, i: number): string | undefined {
 export function listedContainerIds(answer: Buffer): string[] | undefined {
   const n = answer.length;
   if (answer[0] !== 0x5b) return undefined;
+  // The array holds objects only, a comma between two (red-team pass 35: a string entry holding
+  // a foreign container's JSON was otherwise taken as no entry at all).
+  const next = (i: number): number => {
+    for (i++; i < n; i++) if (!WHITE.has(answer[i] as number)) return i;
+    return n;
+  };
+  const first = answer[next(0)];
+  if (first !== 0x7b && first !== 0x5d) return undefined;
   const ids: string[] = [];
   let depth = 0;
   for (let i = 0; i < n; i++) {
@@ -248,6 +258,10 @@ export function listedContainerIds(answer: Buffer): string[] | undefined {
     } else {
       depth--;
       if (depth < 0) return undefined;
+      if (depth === 1) {
+        const after = next(i);
+        if (answer[after] === 0x2c ? answer[next(after)] !== 0x7b : answer[after] !== 0x5d) return undefined;
+      }
       if (depth === 0) {
         if (
           answer[i] !== 0x5d ||

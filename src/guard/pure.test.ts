@@ -291,6 +291,10 @@ test('a container list answer’s entry IDs are read by following its structure,
   const text = (v: unknown) => Buffer.from(`${JSON.stringify(v)}\n`);
   assert.deepEqual(listedContainerIds(text([entry(1), entry(2)])), [hex(1), hex(2)]);
   assert.deepEqual(listedContainerIds(text([])), []);
+  assert.deepEqual(listedContainerIds(Buffer.from(`[ {"Id":"${hex(1)}"} ,\n {"Id":"${hex(2)}"} ]`)), [
+    hex(1),
+    hex(2),
+  ]);
   // IDs planted in labels, names and commands (quotes, backslashes and braces escaped by the
   // engine's encoder) are not entries.
   const planted = `"},{"Id":"${hex(9)}","x":"\\`;
@@ -306,6 +310,12 @@ test('a container list answer’s entry IDs are read by following its structure,
     Buffer.from(`[{"Names":[],"Id":"${hex(1)}"}]`),
     Buffer.from(`[{"Id":"${hex(0xabc).toUpperCase()}"}]`),
     Buffer.from(`[{"Id":"${hex(1)}"},["x"]]`),
+    // Scalars between entries, or instead of them (red-team pass 35).
+    Buffer.from(`[{"Id":"${hex(1)}"},"{\\"Id\\":\\"${hex(2)}\\"}"]`),
+    Buffer.from(`["x",{"Id":"${hex(1)}"}]`),
+    Buffer.from(`[{"Id":"${hex(1)}"} 1]`),
+    Buffer.from(`[{"Id":"${hex(1)}"},]`),
+    Buffer.from(`[1]`),
     Buffer.from(`[{"Id":"${hex(1)}"}`),
     Buffer.from(`[{"Id":"${hex(1)}"}] x`),
     Buffer.from(`[{"Id":"${hex(1)}","a":"unterminated}]`),
