@@ -52,9 +52,9 @@ test('the API round trips take the contenders in turns: each measures until its 
   const cs = [fake('raw'), fake('guard')];
   const o = { quick: true } as BenchOptions;
   for (const c of cs) await apiRoundTrip.prepare?.(c, o);
-  const runs = async (turnMs: number) => {
+  const runs = async (turnMs: number, shuffle = <T>(xs: T[]) => xs) => {
     calls.length = 0;
-    const values = await apiTogether(cs, o, turnMs);
+    const values = await apiTogether(cs, o, turnMs, shuffle);
     for (const c of cs) {
       const v = values.get(c.id);
       assert.ok(v && Number.isFinite(v.list_p50) && Number.isFinite(v.inspect_p99), c.id);
@@ -71,6 +71,17 @@ test('the API round trips take the contenders in turns: each measures until its 
     assert.equal(timed[i + 1], (timed[i] ?? '').replace('raw', 'guard'));
   }
   assert.deepEqual([...new Set(timed.map((t) => t.split(' ')[1]))], ['ping', 'list', 'inspect']);
+  // Each round in a new order: here reversed every other round.
+  let round = 0;
+  const swapped = await runs(0, <T>(xs: T[]) => (round++ % 2 ? xs.reverse() : xs));
+  assert.deepEqual(swapped.slice(0, 6), [
+    'raw ping',
+    'guard ping',
+    'guard ping',
+    'raw ping',
+    'raw ping',
+    'guard ping',
+  ]);
   // Turns longer than a whole kind: all of raw's, then all of guard's.
   assert.deepEqual(
     (await runs(60_000)).map((t) => t.split(' ').reverse().join(' ')),
