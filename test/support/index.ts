@@ -28,7 +28,7 @@ export function auditRecords(path: string): AuditRecord[] {
 }
 
 /**
- * The audit records written after the first `from`, once one of them matches `until` (or after
+ * The audit records written after the first `from`, once `count` of them match `until` (or after
  * five seconds, whatever is there). The front writes its line after the answer is sent, so a client
  * can hold the answer before the line is in the file.
  */
@@ -36,11 +36,12 @@ export async function auditAfter(
   path: string,
   from: number,
   until: (r: AuditRecord) => boolean,
+  count = 1,
 ): Promise<AuditRecord[]> {
   const end = Date.now() + 5000;
   for (;;) {
     const records = auditRecords(path).slice(from);
-    if (records.some(until) || Date.now() > end) return records;
+    if (records.filter(until).length >= count || Date.now() > end) return records;
     await new Promise((res) => setTimeout(res, 20));
   }
 }
