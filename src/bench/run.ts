@@ -125,38 +125,30 @@ export async function runBench(
       for (let rep = 0; rep < (sc.once ? 1 : o.reps); rep++) {
         // Rotate the order each repetition so no contender always runs first (warm caches, drift).
         const order = ready.map((_, i) => ready[(i + rep) % ready.length] as Contender);
-        const record = (c: Contender, values: Record<string, number>) => {
-          for (const [metric, v] of Object.entries(values)) {
-            const k = `${c.id}\u0000${metric}`;
-            samples.set(k, [...(samples.get(k) ?? []), v]);
-          }
-        };
-        if (sc.runTogether && order.length > 0) {
-          for (let attempt = 1; attempt <= 2 && !stopping(); attempt++) {
-            try {
-              const values = await sc.runTogether(order, o);
-              for (const c of order) record(c, values.get(c.id) ?? {});
-              break;
-            } catch (err) {
-              const id = `${sc.id}#${rep + 1}`;
-              const again = attempt === 1 ? ', running it again' : '';
-              o.log(`  repetition ${rep + 1} failed: ${errorMessage(err)}${again}`);
-              (attempt === 1 ? retried : skipped).push({ id, reason: errorMessage(err) });
-            }
-          }
-          continue;
-        }
-        for (const c of order) {
+        // The repetition's units: all the contenders at once where the scenario measures them
+        // together, else one contender each.
+        const together = sc.runTogether?.bind(sc);
+        type Unit = { who?: string; measure: () => Promise<Map<string, Record<string, number>>> };
+        const units: Unit[] = together
+          ? [{ measure: () => together(order, o) }]
+          : order.map((c) => ({ who: c.id, measure: async () => new Map([[c.id, await sc.run(c, o)]]) }));
+        for (const u of units) {
           // A failed repetition is run once more; the report lists both failures if that fails too.
           // Interrupted: the cleanup is under way and the contenders are going; measure nothing more.
           for (let attempt = 1; attempt <= 2 && !stopping(); attempt++) {
             try {
-              record(c, await sc.run(c, o));
+              for (const [id, values] of await u.measure())
+                for (const [metric, v] of Object.entries(values)) {
+                  const k = `${id}\u0000${metric}`;
+                  samples.set(k, [...(samples.get(k) ?? []), v]);
+                }
               break;
             } catch (err) {
-              const id = `${sc.id}/${c.id}#${rep + 1}`;
               const again = attempt === 1 ? ', running it again' : '';
-              o.log(`  ${c.id}: repetition ${rep + 1} failed: ${errorMessage(err)}${again}`);
+              o.log(
+                `  ${u.who ? `${u.who}: ` : ''}repetition ${rep + 1} failed: ${errorMessage(err)}${again}`,
+              );
+              const id = `${sc.id}${u.who ? `/${u.who}` : ''}#${rep + 1}`;
               (attempt === 1 ? retried : skipped).push({ id, reason: errorMessage(err) });
             }
           }

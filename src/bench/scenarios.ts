@@ -102,13 +102,6 @@ async function removeAll(client: DockerClient, ids: readonly string[]): Promise<
   for (const id of ids) await containers(client).remove(id, { force: true, volumes: true });
 }
 
-/**
- * `count` measurements for each of `each`, taken in turns: a contender measures until `turnMs` has
- * passed (one at least), then the next one measures, and so on round until each has its count.
- * Each round takes them in a new random order (`shuffle`): in a fixed order the raw socket always
- * came after a nested daemon's turn, which left the host's dockerd idle, and its first lists of
- * each turn were the slower for it (0.1 ms on the median, to every proxy's advantage).
- */
 /** xs in a random order (Fisher–Yates). */
 function shuffled<T>(xs: T[]): T[] {
   for (let i = xs.length - 1; i > 0; i--) {
@@ -118,6 +111,13 @@ function shuffled<T>(xs: T[]): T[] {
   return xs;
 }
 
+/**
+ * `count` measurements for each of `each`, taken in turns: a contender measures until `turnMs` has
+ * passed (one at least), then the next one measures, and so on round until each has its count.
+ * Each round takes them in a new random order (`shuffle`): in a fixed order the raw socket always
+ * came after a nested daemon's turn, which left the host's dockerd idle, and its first lists of
+ * each turn were the slower for it (0.1 ms on the median, to every proxy's advantage).
+ */
 async function inTurns<E>(
   count: number,
   each: readonly E[],
