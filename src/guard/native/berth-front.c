@@ -117,11 +117,7 @@ static unsigned bucket_of(const char *id) {
   return (unsigned)((((a ^ (b * 0x9E3779B97F4A7C15ull)) * 0xD6E8FEB86659FD93ull) >> 32) % SET_BUCKETS);
 }
 
-static int is_hex64(const char *s) {
-  for (int i = 0; i < 64; i++)
-    if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f'))) return 0;
-  return 1;
-}
+#include "list-walk.h" /* is_hex64, list_owned_walk (with owned, below) */
 
 /* Whether the 64 hex digits at id name a container the guard made for the tenant. */
 static int owned(const char *id) {
@@ -135,8 +131,6 @@ static int owned(const char *id) {
   pthread_rwlock_unlock(&set_lock);
   return found;
 }
-
-#include "list-walk.h"
 
 static void set_add(const char *id) {
   unsigned b = bucket_of(id);

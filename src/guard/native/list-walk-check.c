@@ -16,16 +16,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int is_hex64(const char *s) {
-  for (int i = 0; i < 64; i++)
-    if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f'))) return 0;
-  return 1;
-}
+
+#include "list-walk.h"
 
 /* The tenant's containers here: IDs that do not start with f. */
 static int owned(const char *id) { return id[0] != 'f'; }
-
-#include "list-walk.h"
 
 /* ------------------------------------------------------------------ the reference walk */
 

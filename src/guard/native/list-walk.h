@@ -1,7 +1,7 @@
 /*
  * The front's walk over a container list: whether every entry is one of the tenant's containers.
  * Included by berth-front.c and by list-walk-check.c (its differential test), which define
- * is_hex64() and owned() before including it.
+ * owned().
  *
  * The list is JSON as dockerd writes it: an array of objects, each opening with its "Id". The walk
  * finds the brackets and braces outside strings, keeps the depth, and checks each object that
@@ -33,8 +33,15 @@
 #include <emmintrin.h>
 #endif
 
-static int is_hex64(const char *s);
+/* Defined by the includer: whether the 64 hex digits at id name one of the tenant's containers. */
 static int owned(const char *id);
+
+/* Whether s opens with 64 lower-case hex digits (a full container ID, as dockerd writes it). */
+static int is_hex64(const char *s) {
+  for (int i = 0; i < 64; i++)
+    if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f'))) return 0;
+  return 1;
+}
 
 /* Bit i of each mask: byte i of the 64 at p is a quote; a backslash; a bracket or brace. */
 static void block_masks(const unsigned char *p, uint64_t *quotes, uint64_t *escapes, uint64_t *brackets) {
