@@ -15,9 +15,9 @@ import { once } from 'node:events';
 import { Socket, connect, createServer } from 'node:net';
 import type { Server } from 'node:net';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { tempDir } from '../../test/support/index.js';
+import { auditAfter, tempDir } from '../../test/support/index.js';
 import { nativeHelper } from './native.js';
 
 const TENANT = 't1';
@@ -264,13 +264,7 @@ describe('berth-front against a scripted engine', () => {
       'HEAD /_ping HTTP/1.1\r\nHost: docker',
     ]);
     // The audit line follows the answer: it may land a moment after the client has it.
-    const read = () =>
-      existsSync(audit) ? readFileSync(audit, 'utf8').trim().split('\n').filter(Boolean) : [];
-    for (const end = Date.now() + 5000; read().length < 2 && Date.now() < end;)
-      await new Promise((r) => setTimeout(r, 20));
-    const lines = read()
-      .slice(-2)
-      .map((l) => JSON.parse(l) as object);
+    const lines = (await auditAfter(audit, 0, () => true, 2)).slice(-2);
     assert.deepEqual(
       lines.map((l) => ({ ...l, time: 'T' })),
       [
