@@ -81,6 +81,62 @@ test('the Markdown names the machine, the skipped contenders, and shows ratio an
   assert.match(md, /- a note/);
 });
 
+test('with rounds recorded, a contender is compared with the raw socket round by round', () => {
+  // Raw drifts from 100 to 300 MiB/s; the guard is 0.9 of raw in every round but the fourth,
+  // which it lacks (that round failed twice). The ratio of the medians would say 158/200 = 0.79.
+  const rawSamples = [100, 300, 150, 250, 200, 120, 280];
+  const guardSamples = [90, 270, 135, 180, 108, 252];
+  const m = (contender: 'raw' | 'guard', samples: number[], rounds: number[]) => ({
+    scenario: 'cp',
+    metric: 'throughput',
+    unit: 'MiB/s' as const,
+    better: 'higher' as const,
+    contender,
+    samples,
+    rounds,
+  });
+  const run: BenchReport = {
+    ...report,
+    measurements: [
+      m('raw', rawSamples, [0, 1, 2, 3, 4, 5, 6]),
+      m('guard', guardSamples, [0, 1, 2, 4, 5, 6]),
+      {
+        scenario: 'api',
+        metric: 'list_p50',
+        unit: 'ms',
+        better: 'lower',
+        contender: 'raw',
+        samples: [4, 4.4, 4.2, 4.1, 4.3, 4.5],
+        rounds: [0, 1, 2, 3, 4, 5],
+      },
+      {
+        scenario: 'api',
+        metric: 'list_p50',
+        unit: 'ms',
+        better: 'lower',
+        contender: 'guard',
+        samples: [4.1, 4.51, 4.32, 4.21, 4.4, 4.62],
+        rounds: [0, 1, 2, 3, 4, 5],
+      },
+    ],
+  };
+  const r = rows(run);
+  const cp = r.find((x) => x.contender === 'guard' && x.scenario === 'cp');
+  assert.equal(cp?.pairs, 6);
+  assert.ok(Math.abs((cp?.ratio ?? 0) - 0.9) < 1e-9);
+  assert.ok(Math.abs((cp?.ratioInterval?.low ?? 0) - 0.9) < 1e-9);
+  const list = r.find((x) => x.contender === 'guard' && x.scenario === 'api');
+  assert.ok(Math.abs((list?.delta ?? 0) - 0.11) < 1e-9);
+  assert.ok(Math.abs((list?.deltaInterval?.low ?? 0) - 0.1) < 1e-9);
+  assert.ok(Math.abs((list?.deltaInterval?.high ?? 0) - 0.12) < 1e-9);
+  const md = toMarkdown(run, {});
+  assert.match(md, /\| throughput \(MiB\/s\) \| 200 ±65 \| 158 ±[0-9.]+ \(0\.9× \[0\.9–0\.9\]\) \|/);
+  assert.match(
+    md,
+    /\| list_p50 \(ms\) \| [0-9.]+ ±[0-9.]+ \| [0-9.]+ ±[0-9.]+ \([0-9.]+×, \+0\.11 ms \[\+0\.1, \+0\.12\]\) \|/,
+  );
+});
+
 test('the HAProxy contender filters by path prefix only, after stripping the version', () => {
   const cfg = haproxyConfig('/tmp/h.sock', '/var/run/docker.sock');
   assert.match(cfg, /bind unix@\/tmp\/h\.sock mode 666/);

@@ -1,5 +1,5 @@
 /** Renders benchmark results as Markdown and JSON. Pure. */
-import { fmt, summarize } from './stats.js';
+import { fmt, medianInterval, paired, summarize } from './stats.js';
 import type { ContenderId, Measurement } from './types.js';
 
 export interface MachineInfo {
@@ -38,19 +38,27 @@ export interface Row {
   median: number;
   iqr: number;
   n: number;
-  /** Median relative to the raw socket's median for the same metric (undefined without raw). */
+  /**
+   * Relative to the raw socket (undefined without raw): the median of the ratios of samples taken
+   * in the same round, where the driver recorded rounds; else the ratio of the two medians.
+   */
   ratio: number | undefined;
+  /** The same for the difference (this minus raw), in the metric's unit. */
+  delta: number | undefined;
+  /** Rounds in which both this contender and the raw socket were measured. */
+  pairs: number;
+  /** 95% distribution-free intervals for the median ratio and difference (from 6 pairs). */
+  ratioInterval: { low: number; high: number } | undefined;
+  deltaInterval: { low: number; high: number } | undefined;
 }
 
 export function rows(report: BenchReport): Row[] {
-  const raw = new Map<string, number>();
-  for (const m of report.measurements) {
-    if (m.contender === 'raw') raw.set(`${m.scenario}/${m.metric}`, summarize(m.samples).median);
-  }
+  const raw = new Map<string, Measurement>();
+  for (const m of report.measurements) if (m.contender === 'raw') raw.set(`${m.scenario}/${m.metric}`, m);
   return report.measurements.map((m) => {
     const s = summarize(m.samples);
     const base = raw.get(`${m.scenario}/${m.metric}`);
-    return {
+    const row: Row = {
       scenario: m.scenario,
       metric: m.metric,
       unit: m.unit,
@@ -58,9 +66,33 @@ export function rows(report: BenchReport): Row[] {
       median: s.median,
       iqr: s.iqr,
       n: s.n,
-      ratio: base === undefined || base === 0 ? undefined : s.median / base,
+      ratio: undefined,
+      delta: undefined,
+      pairs: 0,
+      ratioInterval: undefined,
+      deltaInterval: undefined,
     };
+    if (!base) return row;
+    const ratios = paired(base, m, (x, b) => x / b).filter((r) => Number.isFinite(r));
+    const deltas = paired(base, m, (x, b) => x - b).filter((d) => Number.isFinite(d));
+    if (ratios.length > 0) {
+      row.pairs = ratios.length;
+      row.ratio = summarize(ratios).median;
+      row.delta = summarize(deltas).median;
+      row.ratioInterval = medianInterval(ratios);
+      row.deltaInterval = medianInterval(deltas);
+      return row;
+    }
+    const b = summarize(base.samples).median;
+    row.ratio = b === 0 ? undefined : s.median / b;
+    row.delta = s.median - b;
+    return row;
   });
+}
+
+/** A signed difference as the report prints it: +0.116, −0.02. */
+function signed(x: number): string {
+  return `${x >= 0 ? '+' : '−'}${fmt(Math.abs(x))}`;
 }
 
 export function toMarkdown(report: BenchReport, titles: Record<string, string>): string {
@@ -69,7 +101,7 @@ export function toMarkdown(report: BenchReport, titles: Record<string, string>):
   out.push('# berth benchmark');
   out.push('');
   out.push(
-    `${report.date} · ${m.cores} cores · ${m.memoryGiB.toFixed(1)} GiB · engine ${m.engineVersion} (API ${m.apiVersion}, ${m.storageDriver}) · kernel ${m.kernel} · node ${m.node} · ${report.mode} mode, ${report.reps} repetition(s), contenders alternated within each repetition`,
+    `${report.date} · ${m.cores} cores · ${m.memoryGiB.toFixed(1)} GiB · engine ${m.engineVersion} (API ${m.apiVersion}, ${m.storageDriver}) · kernel ${m.kernel} · node ${m.node} · ${report.mode} mode, ${report.reps} repetition(s), each contender once per round in a new random order`,
   );
   out.push('');
   out.push(
@@ -87,7 +119,7 @@ export function toMarkdown(report: BenchReport, titles: Record<string, string>):
   }
   out.push('');
   out.push(
-    'Each cell: median ± half the interquartile range over the repetitions, then in brackets the ratio to the raw socket measured in the same run (and, for times, the difference in ms). Times: lower is better; throughputs: higher is better.',
+    "Each cell: median ± half the interquartile range over the rounds; then, in parentheses, the comparison with the raw socket in the same run: the median over the rounds of this contender's sample divided by (for times, also minus) the raw socket's sample of the same round, and in square brackets a 95% confidence interval for that median (distribution-free: order statistics of the per-round values; given from 6 rounds on). Times: lower is better; throughputs: higher is better.",
   );
   const all = rows(report);
   const scenarios = [...new Set(all.map((r) => r.scenario))];
@@ -106,16 +138,16 @@ export function toMarkdown(report: BenchReport, titles: Record<string, string>):
         const r = here.find((x) => x.metric === metric && x.contender === c);
         if (!r || r.n === 0 || !Number.isFinite(r.median)) return '–';
         const spread = r.n > 1 ? ` ±${fmt(r.iqr / 2)}` : '';
-        const base = here.find((x) => x.metric === metric && x.contender === 'raw');
-        const delta =
-          r.unit === 'ms' && base && Number.isFinite(base.median)
-            ? `, ${r.median >= base.median ? '+' : '−'}${fmt(Math.abs(r.median - base.median))} ms`
-            : '';
-        const ratio =
-          c !== 'raw' && r.ratio !== undefined && Number.isFinite(r.ratio)
-            ? ` (${fmt(r.ratio)}×${delta})`
-            : '';
-        return `${fmt(r.median)}${spread}${ratio}`;
+        if (c === 'raw' || r.ratio === undefined || !Number.isFinite(r.ratio))
+          return `${fmt(r.median)}${spread}`;
+        // Times: the difference is what the targets name, so it gets the interval; else the ratio.
+        const ms = r.unit === 'ms' && r.delta !== undefined && Number.isFinite(r.delta);
+        const ri = r.ratioInterval;
+        const di = r.deltaInterval;
+        const compared = ms
+          ? `${fmt(r.ratio)}×, ${signed(r.delta ?? 0)} ms${di ? ` [${signed(di.low)}, ${signed(di.high)}]` : ''}`
+          : `${fmt(r.ratio)}×${ri ? ` [${fmt(ri.low)}–${fmt(ri.high)}]` : ''}`;
+        return `${fmt(r.median)}${spread} (${compared})`;
       });
       out.push(`| ${metric} (${unit}) | ${cells.join(' | ')} |`);
     }

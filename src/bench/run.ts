@@ -1,6 +1,8 @@
 /**
  * The benchmark driver: starts every available contender, runs each scenario against each of them
- * in alternating order for several repetitions, and writes bench/results/latest.{md,json}.
+ * in rounds (every contender once per round, in a new random order each), and writes
+ * bench/results/latest.{md,json}. Each sample keeps its round, so the report compares contenders
+ * round by round.
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
@@ -12,7 +14,7 @@ import { berthDindContender, plainDindContender } from './nested.js';
 import type { BenchReport, MachineInfo } from './report.js';
 import { toMarkdown } from './report.js';
 import { reapBench } from './reap.js';
-import { ALL_SCENARIOS } from './scenarios.js';
+import { ALL_SCENARIOS, shuffled } from './scenarios.js';
 import type { BenchOptions, Contender, ContenderId, Measurement, Scenario } from './types.js';
 
 export type ContenderFactory = { id: ContenderId; start: () => Promise<Contender> };
@@ -121,50 +123,19 @@ export async function runBench(
           o.log(`  ${c.id}: prepare failed: ${errorMessage(err)}`);
         }
       }
-      const samples = new Map<string, number[]>();
-      for (let rep = 0; rep < (sc.once ? 1 : o.reps); rep++) {
-        // Rotate the order each repetition so no contender always runs first (warm caches, drift).
-        const order = ready.map((_, i) => ready[(i + rep) % ready.length] as Contender);
-        // The repetition's units: all the contenders at once where the scenario measures them
-        // together, else one contender each.
-        const together = sc.runTogether?.bind(sc);
-        type Unit = { who?: string; measure: () => Promise<Map<string, Record<string, number>>> };
-        const units: Unit[] = together
-          ? [{ measure: () => together(order, o) }]
-          : order.map((c) => ({ who: c.id, measure: async () => new Map([[c.id, await sc.run(c, o)]]) }));
-        for (const u of units) {
-          // A failed repetition is run once more; the report lists both failures if that fails too.
-          // Interrupted: the cleanup is under way and the contenders are going; measure nothing more.
-          for (let attempt = 1; attempt <= 2 && !stopping(); attempt++) {
-            try {
-              for (const [id, values] of await u.measure())
-                for (const [metric, v] of Object.entries(values)) {
-                  const k = `${id}\u0000${metric}`;
-                  samples.set(k, [...(samples.get(k) ?? []), v]);
-                }
-              break;
-            } catch (err) {
-              const again = attempt === 1 ? ', running it again' : '';
-              o.log(
-                `  ${u.who ? `${u.who}: ` : ''}repetition ${rep + 1} failed: ${errorMessage(err)}${again}`,
-              );
-              const id = `${sc.id}${u.who ? `/${u.who}` : ''}#${rep + 1}`;
-              (attempt === 1 ? retried : skipped).push({ id, reason: errorMessage(err) });
-            }
-          }
-        }
-      }
+      const samples = await measureRounds(sc, ready, o, { stopping, retried, skipped });
       for (const c of ready) {
         for (const [metric, spec] of Object.entries(sc.metrics)) {
-          const s = samples.get(`${c.id}\u0000${metric}`);
-          if (s?.length)
+          const s = samples.get(c.id)?.get(metric);
+          if (s?.values.length)
             measurements.push({
               scenario: sc.id,
               metric,
               unit: spec.unit,
               better: spec.better,
               contender: c.id,
-              samples: s,
+              samples: s.values,
+              rounds: s.rounds,
             });
         }
         try {
@@ -217,4 +188,65 @@ export function writeReport(
   writeFileSync(md, toMarkdown(report, titles));
   writeFileSync(json, `${JSON.stringify(report, null, 2)}\n`);
   return { md, json };
+}
+
+/** Samples of one scenario: contender -> metric -> values, each with the round it was taken in. */
+export type RoundSamples = Map<string, Map<string, { values: number[]; rounds: number[] }>>;
+
+/**
+ * Runs a scenario's rounds over the contenders that are ready: every contender once per round, in
+ * a new random order each round (`shuffle`), or all at once where the scenario measures them
+ * together. A failed unit is run once more in the same round; failures go to `retried` (the first)
+ * and `skipped` (the second).
+ */
+export async function measureRounds(
+  sc: Scenario,
+  ready: readonly Contender[],
+  o: BenchOptions,
+  run: {
+    stopping: () => boolean;
+    retried: { id: string; reason: string }[];
+    skipped: { id: string; reason: string }[];
+    shuffle?: <T>(xs: T[]) => T[];
+  },
+): Promise<RoundSamples> {
+  const samples: RoundSamples = new Map();
+  const shuffle = run.shuffle ?? shuffled;
+  const rounds = sc.once ? 1 : o.reps * (o.quick ? 1 : (sc.roundsPerRep ?? 1));
+  for (let round = 0; round < rounds; round++) {
+    // A new random order each round: no contender always runs first (warm caches, drift), and
+    // none always follows the same other (a nested daemon's turn leaves the host's idle).
+    const order = shuffle([...ready]);
+    // The round's units: all the contenders at once where the scenario measures them together,
+    // else one contender each.
+    const together = sc.runTogether?.bind(sc);
+    type Unit = { who?: string; measure: () => Promise<Map<string, Record<string, number>>> };
+    const units: Unit[] = together
+      ? [{ measure: () => together(order, o) }]
+      : order.map((c) => ({ who: c.id, measure: async () => new Map([[c.id, await sc.run(c, o)]]) }));
+    for (const u of units) {
+      // Interrupted: the cleanup is under way and the contenders are going; measure nothing more.
+      for (let attempt = 1; attempt <= 2 && !run.stopping(); attempt++) {
+        try {
+          for (const [id, values] of await u.measure()) {
+            const mine = samples.get(id) ?? new Map<string, { values: number[]; rounds: number[] }>();
+            samples.set(id, mine);
+            for (const [metric, v] of Object.entries(values)) {
+              const s = mine.get(metric) ?? { values: [], rounds: [] };
+              s.values.push(v);
+              s.rounds.push(round);
+              mine.set(metric, s);
+            }
+          }
+          break;
+        } catch (err) {
+          const again = attempt === 1 ? ', running it again' : '';
+          o.log(`  ${u.who ? `${u.who}: ` : ''}round ${round + 1} failed: ${errorMessage(err)}${again}`);
+          const id = `${sc.id}${u.who ? `/${u.who}` : ''}#${round + 1}`;
+          (attempt === 1 ? run.retried : run.skipped).push({ id, reason: errorMessage(err) });
+        }
+      }
+    }
+  }
+  return samples;
 }

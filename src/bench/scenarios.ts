@@ -3,6 +3,8 @@
  * contenders within every repetition so drift on the machine hits all of them alike. The API round
  * trips go further: the contenders take turns of about 50 ms within a repetition (`runTogether`).
  */
+import { spawn } from 'node:child_process';
+import { closeSync, existsSync, openSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -103,7 +105,7 @@ async function removeAll(client: DockerClient, ids: readonly string[]): Promise<
 }
 
 /** xs in a random order (Fisher–Yates). */
-function shuffled<T>(xs: T[]): T[] {
+export function shuffled<T>(xs: T[]): T[] {
   for (let i = xs.length - 1; i > 0; i--) {
     const j = Math.floor(Math.random() * (i + 1));
     [xs[i], xs[j]] = [xs[j] as T, xs[i] as T];
@@ -216,6 +218,7 @@ export async function apiTogether(
 
 export const apiRoundTrip: Scenario = {
   id: 'api',
+  roundsPerRep: 2,
   title: 'API round trip (/_ping, container list with 50 containers, inspect)',
   metrics: {
     ping_p50: { unit: 'ms', better: 'lower' },
@@ -289,23 +292,86 @@ async function ensurePayload(c: Contender, o: BenchOptions): Promise<void> {
   await images(c.client).build(ctx, { t: `${repo}:${t}`, rm: true, labels: JSON.stringify(labels(c)) });
 }
 
+/**
+ * Rounds per repetition of the stream scenarios: one transfer's throughput varies by about a
+ * fifth from the next on a 2-core VM (dockerd's own pace), so the default 5 repetitions take 20
+ * pairs.
+ */
+const STREAM_ROUNDS = 4;
+
+/** The docker CLI the download scenarios run (Debian's, as the compatibility tests use). */
+export const DOCKER_CLI = '/usr/bin/docker';
+
+/**
+ * Runs the docker CLI against a contender with its output thrown away (`/dev/null`, so no reader
+ * of ours is in the path) and answers how long it took, from start to exit, in ms. Fails on a
+ * non-zero exit or when it takes longer than `limitMs` (a stalled download kills it).
+ */
+export async function timedCli(c: Contender, args: readonly string[], limitMs = STALL_MS): Promise<number> {
+  const devnull = openSync('/dev/null', 'w');
+  try {
+    const t0 = performance.now();
+    const child = spawn(DOCKER_CLI, args, {
+      env: {
+        PATH: process.env.PATH ?? '/usr/bin:/bin',
+        HOME: process.env.HOME ?? '/',
+        DOCKER_HOST: c.dockerHost,
+      },
+      stdio: ['ignore', devnull, 'pipe'],
+    });
+    let stderr = '';
+    child.stderr?.on('data', (b: Buffer) => (stderr += b.toString()));
+    const timer = setTimeout(() => child.kill('SIGKILL'), limitMs);
+    const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve, reject) => {
+      child.once('error', reject);
+      child.once('close', (cd, sig) => resolve([cd, sig]));
+    }).finally(() => clearTimeout(timer));
+    if (code !== 0)
+      throw new Error(
+        signal === 'SIGKILL'
+          ? `docker ${args[0]}: stalled, killed after ${limitMs / 1000} s`
+          : `docker ${args[0]} exited with ${code ?? signal}: ${stderr.trim()}`,
+      );
+    return performance.now() - t0;
+  } finally {
+    closeSync(devnull);
+  }
+}
+
+/** Whether the download scenarios can also time the docker CLI here. */
+function haveCli(): boolean {
+  return existsSync(DOCKER_CLI);
+}
+
 export const save: Scenario = {
   id: 'save',
+  roundsPerRep: STREAM_ROUNDS,
   title: 'docker save of an image with a large payload',
-  metrics: { throughput: { unit: 'MiB/s', better: 'higher' } },
+  metrics: {
+    throughput: { unit: 'MiB/s', better: 'higher' },
+    cli_throughput: { unit: 'MiB/s', better: 'higher' },
+  },
   prepare: ensurePayload,
   async run(c, o) {
     const t0 = performance.now();
     const res = await answered(c.client.request({ path: '/images/get', query: { names: [payloadTag(o)] } }));
     const bytes = await drain(res);
-    return { throughput: mibPerSec(bytes, performance.now() - t0) };
+    const out = { throughput: mibPerSec(bytes, performance.now() - t0) };
+    // The same archive through `docker save` (to stdout, thrown away): the CLI's own requests and
+    // reads, the client the issue's users run.
+    if (!haveCli()) return out;
+    return { ...out, cli_throughput: mibPerSec(bytes, await timedCli(c, ['save', payloadTag(o)])) };
   },
 };
 
 export const copyOut: Scenario = {
   id: 'cp',
+  roundsPerRep: STREAM_ROUNDS,
   title: 'docker cp of a large file out of a container',
-  metrics: { throughput: { unit: 'MiB/s', better: 'higher' } },
+  metrics: {
+    throughput: { unit: 'MiB/s', better: 'higher' },
+    cli_throughput: { unit: 'MiB/s', better: 'higher' },
+  },
   async prepare(c, o) {
     await ensurePayload(c, o);
     const { Id } = await containers(c.client).create({
@@ -321,7 +387,10 @@ export const copyOut: Scenario = {
     const t0 = performance.now();
     const res = await answered(containers(c.client).getArchive(id, '/payload'));
     const bytes = await drain(res);
-    return { throughput: mibPerSec(bytes, performance.now() - t0) };
+    const out = { throughput: mibPerSec(bytes, performance.now() - t0) };
+    // `docker cp ID:/payload -` writes the same tar to stdout (thrown away).
+    if (!haveCli()) return out;
+    return { ...out, cli_throughput: mibPerSec(bytes, await timedCli(c, ['cp', `${id}:/payload`, '-'])) };
   },
   async cleanup(c) {
     await removeAll(c.client, state.get(key('cp', c)) ?? []);
@@ -330,6 +399,7 @@ export const copyOut: Scenario = {
 
 export const buildContextUpload: Scenario = {
   id: 'context',
+  roundsPerRep: STREAM_ROUNDS,
   title: 'Build context upload',
   metrics: { throughput: { unit: 'MiB/s', better: 'higher' } },
   async run(c, o) {
@@ -345,6 +415,7 @@ export const buildContextUpload: Scenario = {
 
 export const logs: Scenario = {
   id: 'logs',
+  roundsPerRep: STREAM_ROUNDS,
   title: 'docker logs of a large output',
   metrics: { throughput: { unit: 'MiB/s', better: 'higher' } },
   async prepare(c, o) {

@@ -46,6 +46,11 @@ export interface Measurement {
   better: 'lower' | 'higher';
   contender: ContenderId;
   samples: number[];
+  /**
+   * The round each sample was taken in (same index as `samples`). Contenders measured in the same
+   * round ran back to back, so the report compares them pair by pair.
+   */
+  rounds?: number[];
   note?: string;
 }
 
@@ -54,6 +59,12 @@ export interface Scenario {
   readonly title: string;
   /** Run once whatever the repetition count (long scenarios such as the soak). */
   readonly once?: boolean;
+  /**
+   * Rounds per repetition in a full run (1 by default): each round measures every contender once,
+   * in a new random order. A single transfer's throughput varies by a fifth from one to the next on
+   * a small VM, so a ratio to the raw socket needs many pairs before its interval is narrow.
+   */
+  readonly roundsPerRep?: number;
   /** Contenders it applies to (all by default). */
   readonly applies?: (c: Contender) => boolean;
   /** Once per contender before the repetitions. */

@@ -22,7 +22,11 @@ export function registerBench(program: Command): void {
       '--quick',
       'run each scenario once with small payloads; fails if anything could not be measured (checks the bench still runs)',
     )
-    .option('--reps <n>', 'repetitions per scenario', '5')
+    .option(
+      '--reps <n>',
+      'repetitions per scenario (a repetition is one round of every contender; the stream and API scenarios take several)',
+      '5',
+    )
     .option('--scenario <id...>', 'only these scenarios')
     .option('--contender <id...>', `only these contenders (${CONTENDERS.join(', ')})`)
     .option('--payload-mib <n>', 'payload size for save/cp/context (MiB)')

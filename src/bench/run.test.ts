@@ -1,0 +1,135 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { DockerClient } from '../engine/index.js';
+import { measureRounds } from './run.js';
+import type { BenchOptions, Contender, ContenderId, Scenario } from './types.js';
+
+const client = new DockerClient({ env: { DOCKER_HOST: 'unix:///nonexistent/berth-bench-test.sock' } });
+const fake = (id: ContenderId): Contender => ({
+  id,
+  title: id,
+  dockerHost: 'unix:///nonexistent',
+  client,
+  shared: true,
+  stop: () => Promise.resolve(),
+});
+const contenders = [fake('raw'), fake('haproxy'), fake('guard')];
+const options = (quick: boolean): BenchOptions => ({
+  quick,
+  reps: 2,
+  only: [],
+  contenders: [],
+  payloadMiB: 1,
+  logsMiB: 1,
+  soakSeconds: 1,
+  loadClients: 1,
+  outDir: '/nonexistent',
+  log: () => undefined,
+});
+const metrics = { throughput: { unit: 'MiB/s', better: 'higher' } } as const;
+
+test('each round measures every contender once, in the order the shuffle gives, and keeps the round', async () => {
+  const calls: string[] = [];
+  let n = 0;
+  const sc: Scenario = {
+    id: 'fake',
+    title: 'fake',
+    roundsPerRep: 3,
+    metrics,
+    run(c) {
+      calls.push(c.id);
+      return Promise.resolve({ throughput: ++n });
+    },
+  };
+  let shuffles = 0;
+  // Odd rounds reversed, even rounds as given: the driver must take the order from the shuffle.
+  const shuffle = <T>(xs: T[]): T[] => (shuffles++ % 2 ? xs.reverse() : xs);
+  const retried: { id: string; reason: string }[] = [];
+  const skipped: { id: string; reason: string }[] = [];
+  const s = await measureRounds(sc, contenders, options(false), {
+    stopping: () => false,
+    retried,
+    skipped,
+    shuffle,
+  });
+  assert.equal(shuffles, 6);
+  assert.deepEqual(calls.slice(0, 6), ['raw', 'haproxy', 'guard', 'guard', 'haproxy', 'raw']);
+  assert.equal(calls.length, 18);
+  for (const c of contenders) assert.deepEqual(s.get(c.id)?.get('throughput')?.rounds, [0, 1, 2, 3, 4, 5]);
+  // Round 1 ran guard first: its value is the fourth call's.
+  assert.equal(s.get('guard')?.get('throughput')?.values[1], 4);
+  assert.deepEqual(retried, []);
+  assert.deepEqual(skipped, []);
+
+  // Quick mode: one round per repetition.
+  calls.length = 0;
+  await measureRounds(sc, contenders, options(true), { stopping: () => false, retried, skipped });
+  assert.equal(calls.length, 6);
+});
+
+test('a failed unit is run again in the same round; a second failure leaves that round out', async () => {
+  // The driver shuffles once per round: that tells the scenario which round it is in.
+  let round = -1;
+  const tries = new Map<string, number>();
+  const sc: Scenario = {
+    id: 'fake',
+    title: 'fake',
+    roundsPerRep: 3,
+    metrics,
+    run(c) {
+      const t = (tries.get(`${c.id}#${round}`) ?? 0) + 1;
+      tries.set(`${c.id}#${round}`, t);
+      // The guard fails once in round 2 and twice in round 4.
+      if (c.id === 'guard' && ((round === 2 && t === 1) || round === 4))
+        return Promise.reject(new Error(`stalled (try ${t})`));
+      return Promise.resolve({ throughput: round });
+    },
+  };
+  const retried: { id: string; reason: string }[] = [];
+  const skipped: { id: string; reason: string }[] = [];
+  const s = await measureRounds(sc, contenders, options(false), {
+    stopping: () => false,
+    retried,
+    skipped,
+    shuffle: (xs) => {
+      round++;
+      return xs;
+    },
+  });
+  assert.deepEqual(s.get('guard')?.get('throughput'), { values: [0, 1, 2, 3, 5], rounds: [0, 1, 2, 3, 5] });
+  assert.deepEqual(s.get('raw')?.get('throughput')?.rounds, [0, 1, 2, 3, 4, 5]);
+  assert.deepEqual(retried, [
+    { id: 'fake/guard#3', reason: 'stalled (try 1)' },
+    { id: 'fake/guard#5', reason: 'stalled (try 1)' },
+  ]);
+  assert.deepEqual(skipped, [{ id: 'fake/guard#5', reason: 'stalled (try 2)' }]);
+  assert.equal(tries.get('guard#4'), 2);
+  assert.equal(tries.get('raw#4'), 1);
+});
+
+test('a scenario measured together records each contender under the round', async () => {
+  const orders: string[][] = [];
+  const sc: Scenario = {
+    id: 'fake',
+    title: 'fake',
+    roundsPerRep: 2,
+    metrics: { p50: { unit: 'ms', better: 'lower' } },
+    run: () => Promise.reject(new Error('not used')),
+    runTogether(cs) {
+      orders.push(cs.map((c) => c.id));
+      return Promise.resolve(new Map(cs.map((c, i) => [c.id, { p50: orders.length * 10 + i }])));
+    },
+  };
+  const s = await measureRounds(sc, contenders.slice(0, 2), options(false), {
+    stopping: () => false,
+    retried: [],
+    skipped: [],
+    shuffle: (xs) => xs.reverse(),
+  });
+  assert.deepEqual(
+    orders,
+    Array.from({ length: 4 }, () => ['haproxy', 'raw']),
+  );
+  assert.deepEqual(s.get('raw')?.get('p50'), { values: [11, 21, 31, 41], rounds: [0, 1, 2, 3] });
+  assert.deepEqual(s.get('haproxy')?.get('p50'), { values: [10, 20, 30, 40], rounds: [0, 1, 2, 3] });
+});
