@@ -133,3 +133,50 @@ test('a scenario measured together records each contender under the round', asyn
   assert.deepEqual(s.get('raw')?.get('p50'), { values: [11, 21, 31, 41], rounds: [0, 1, 2, 3] });
   assert.deepEqual(s.get('haproxy')?.get('p50'), { values: [10, 20, 30, 40], rounds: [0, 1, 2, 3] });
 });
+
+test('a contender that fails two rounds in a row gets no more rounds of that scenario', async () => {
+  const calls = new Map<string, number>();
+  let round = -1;
+  const sc: Scenario = {
+    id: 'fake',
+    title: 'fake',
+    roundsPerRep: 3,
+    metrics,
+    run(c) {
+      calls.set(c.id, (calls.get(c.id) ?? 0) + 1);
+      // The guard stalls from round 1 on; HAProxy fails round 0 and round 2 only (never twice in a row).
+      if (c.id === 'guard' && round >= 1) return Promise.reject(new Error('stalled'));
+      if (c.id === 'haproxy' && (round === 0 || round === 2)) return Promise.reject(new Error('flaky'));
+      return Promise.resolve({ throughput: round });
+    },
+  };
+  const retried: { id: string; reason: string }[] = [];
+  const skipped: { id: string; reason: string }[] = [];
+  const logged: string[] = [];
+  const s = await measureRounds(
+    sc,
+    contenders,
+    { ...options(false), log: (l) => logged.push(l) },
+    {
+      stopping: () => false,
+      retried,
+      skipped,
+      shuffle: (xs) => {
+        round++;
+        return xs;
+      },
+    },
+  );
+  // Round 0 measured, rounds 1 and 2 failed twice each: four tries, then none.
+  assert.equal(calls.get('guard'), 1 + 2 + 2);
+  assert.deepEqual(s.get('guard')?.get('throughput')?.rounds, [0]);
+  assert.deepEqual(
+    skipped.filter((x) => x.id.startsWith('fake/guard')).map((x) => x.id),
+    ['fake/guard#2', 'fake/guard#3', 'fake/guard'],
+  );
+  assert.match(skipped.at(-1)?.reason ?? '', /failed two rounds in a row \(last: stalled\)/);
+  assert.ok(logged.some((l) => l.includes('guard: failed two rounds in a row')));
+  // HAProxy failed rounds 0 and 2 (twice each), with a measured round between: it keeps its rounds.
+  assert.deepEqual(s.get('haproxy')?.get('throughput')?.rounds, [1, 3, 4, 5]);
+  assert.deepEqual(s.get('raw')?.get('throughput')?.rounds, [0, 1, 2, 3, 4, 5]);
+});

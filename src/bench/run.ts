@@ -197,7 +197,9 @@ export type RoundSamples = Map<string, Map<string, { values: number[]; rounds: n
  * Runs a scenario's rounds over the contenders that are ready: every contender once per round, in
  * a new random order each round (`shuffle`), or all at once where the scenario measures them
  * together. A failed unit is run once more in the same round; failures go to `retried` (the first)
- * and `skipped` (the second).
+ * and `skipped` (the second). A contender that fails two rounds in a row (both tries of each) gets
+ * no more rounds of this scenario: HAProxy, once a `docker cp` stalled in it, held every later
+ * one of that container too, and each round then cost a minute of waiting for nothing.
  */
 export async function measureRounds(
   sc: Scenario,
@@ -213,10 +215,12 @@ export async function measureRounds(
   const samples: RoundSamples = new Map();
   const shuffle = run.shuffle ?? shuffled;
   const rounds = sc.once ? 1 : o.reps * (o.quick ? 1 : (sc.roundsPerRep ?? 1));
-  for (let round = 0; round < rounds; round++) {
+  const failedInARow = new Map<string, number>();
+  let left = [...ready];
+  for (let round = 0; round < rounds && left.length > 0; round++) {
     // A new random order each round: no contender always runs first (warm caches, drift), and
     // none always follows the same other (a nested daemon's turn leaves the host's idle).
-    const order = shuffle([...ready]);
+    const order = shuffle([...left]);
     // The round's units: all the contenders at once where the scenario measures them together,
     // else one contender each.
     const together = sc.runTogether?.bind(sc);
@@ -225,6 +229,8 @@ export async function measureRounds(
       ? [{ measure: () => together(order, o) }]
       : order.map((c) => ({ who: c.id, measure: async () => new Map([[c.id, await sc.run(c, o)]]) }));
     for (const u of units) {
+      let measured = false;
+      let lastError = '';
       // Interrupted: the cleanup is under way and the contenders are going; measure nothing more.
       for (let attempt = 1; attempt <= 2 && !run.stopping(); attempt++) {
         try {
@@ -238,14 +244,25 @@ export async function measureRounds(
               mine.set(metric, s);
             }
           }
+          measured = true;
           break;
         } catch (err) {
+          lastError = errorMessage(err);
           const again = attempt === 1 ? ', running it again' : '';
-          o.log(`  ${u.who ? `${u.who}: ` : ''}round ${round + 1} failed: ${errorMessage(err)}${again}`);
+          o.log(`  ${u.who ? `${u.who}: ` : ''}round ${round + 1} failed: ${lastError}${again}`);
           const id = `${sc.id}${u.who ? `/${u.who}` : ''}#${round + 1}`;
-          (attempt === 1 ? run.retried : run.skipped).push({ id, reason: errorMessage(err) });
+          (attempt === 1 ? run.retried : run.skipped).push({ id, reason: lastError });
         }
       }
+      if (u.who === undefined || run.stopping()) continue;
+      const who = u.who;
+      const inARow = measured ? 0 : (failedInARow.get(who) ?? 0) + 1;
+      failedInARow.set(who, inARow);
+      if (inARow < 2) continue;
+      left = left.filter((c) => c.id !== who);
+      const reason = `failed two rounds in a row (last: ${lastError}); no more rounds of it`;
+      o.log(`  ${who}: ${reason}`);
+      run.skipped.push({ id: `${sc.id}/${who}`, reason });
     }
   }
   return samples;
