@@ -1,7 +1,8 @@
 /**
- * The benchmark scenarios. Each runs against one contender at a time; the driver alternates
- * contenders within every repetition so drift on the machine hits all of them alike. The API round
- * trips go further: the contenders take turns of about 50 ms within a repetition (`runTogether`).
+ * The benchmark scenarios. Each runs against one contender at a time; the driver measures every
+ * contender once per round, in a new random order, so drift on the machine hits all of them alike
+ * and the report can compare them round by round. The API round trips go further: the contenders
+ * take turns of about 50 ms within a round (`runTogether`).
  */
 import { spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync } from 'node:fs';

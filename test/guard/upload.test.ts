@@ -69,10 +69,21 @@ describe('guard: build contexts carried by the fast front', () => {
       await docker(guard.address, ['rm', '-f', id]);
     }
   };
-  const tenantImages = async (): Promise<string[]> => {
-    const r = await docker(guard.address, ['images', '-aq', '--no-trunc']);
+  // Other test files build on the same engine at the same time, so "no image is made" looks for
+  // images that carry the test's own label, set right after FROM: every step a build runs past
+  // FROM makes an image with it (before, it compared every image the engine had).
+  const marked = (dockerfile: string, marker: string): string =>
+    dockerfile.replace('\n', `\nLABEL berth-test.upload=${marker}\n`);
+  const imagesMarked = async (marker: string): Promise<string[]> => {
+    const r = await docker(guard.address, [
+      'images',
+      '-aq',
+      '--no-trunc',
+      '--filter',
+      `label=berth-test.upload=${marker}`,
+    ]);
     assert.equal(r.code, 0, r.stderr);
-    return r.stdout.trim().split('\n').filter(Boolean).sort();
+    return r.stdout.trim().split('\n').filter(Boolean);
   };
   const post = (context: Buffer, query = '', framing: 'length' | 'chunked' = 'length', chunks?: number[]) =>
     postBuild(sock, context, query, { framing, ...(chunks ? { chunks } : {}) });
@@ -185,13 +196,13 @@ describe('guard: build contexts carried by the fast front', () => {
   });
 
   test('a PAX block over 1 MiB (which Go refuses) is refused by the guard first; the guard serves on (red-team pass 32)', async () => {
+    const marker = uniqueName('mark');
     const records = Buffer.alloc(MiB + 512, 0x20);
     const context = Buffer.concat([
       entry('PaxHeaders/g', records, 'g'),
-      entry('Dockerfile', 'FROM berth-local/busybox\nADD http://127.0.0.1:9/x /x\n'),
+      entry('Dockerfile', marked('FROM berth-local/busybox\nADD http://127.0.0.1:9/x /x\n', marker)),
       END,
     ]);
-    const before = await tenantImages();
     for (let i = 0; i < 3; i++) {
       const r = await post(context, '', 'chunked', [MiB]);
       assert.ok(r.status === 400 || r.status === 403, `${r.status} ${r.text.slice(0, 300)}`);
@@ -199,7 +210,7 @@ describe('guard: build contexts carried by the fast front', () => {
     }
     const ping = await rawRequest(sock, 'GET /_ping HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n');
     assert.equal(ping.status, 200, 'the guard serves on');
-    assert.deepEqual(await tenantImages(), before, 'no image is made');
+    assert.deepEqual(await imagesMarked(marker), [], 'no image is made');
   });
 
   test('a compressed context is read whole by the guard, and builds as before', async () => {
@@ -238,43 +249,43 @@ describe('guard: build contexts carried by the fast front', () => {
   });
 
   test('a Dockerfile after a large file passed unread is still read, and refused', async () => {
+    const marker = uniqueName('mark');
     const tag = `berth-upload-${SESSION}:late`;
     const context = Buffer.concat([
       entry('big', big),
-      entry('Dockerfile', 'FROM berth-local/busybox\nADD http://127.0.0.1:9/x /x\n'),
+      entry('Dockerfile', marked('FROM berth-local/busybox\nADD http://127.0.0.1:9/x /x\n', marker)),
       END,
     ]);
-    const before = await tenantImages();
     const r = await post(context, `t=${encodeURIComponent(tag)}`, 'chunked', [MiB]);
     expectRefused(r, 'build-options', 'a URL the daemon would fetch, in a Dockerfile after a large file');
     assert.equal(await images(c).find(tag), undefined, 'no image is tagged');
-    assert.deepEqual(await tenantImages(), before, 'no image is made');
+    assert.deepEqual(await imagesMarked(marker), [], 'no image is made');
   });
 
   test('a context cut short inside a file passed unread builds nothing', async () => {
+    const marker = uniqueName('mark');
     const context = Buffer.concat([
-      entry('Dockerfile', 'FROM scratch\nCOPY big /big\n'),
+      entry('Dockerfile', marked('FROM scratch\nCOPY big /big\n', marker)),
       header('big', big.length),
       big.subarray(0, 2 * MiB),
     ]);
-    const before = await tenantImages();
     const r = await post(context, '', 'chunked', [MiB]);
     assert.equal(builtId(r), undefined, 'no image is reported');
     assert.ok(
       r.status >= 400 || r.text.includes('"errorDetail"'),
       `the build fails: ${r.text.slice(0, 300)}`,
     );
-    assert.deepEqual(await tenantImages(), before, 'no image is made');
+    assert.deepEqual(await imagesMarked(marker), [], 'no image is made');
   });
 
   test('a client gone halfway: nothing is built, and the front and the guard carry on', async () => {
+    const marker = uniqueName('mark');
     const [front] = frontProcesses();
     assert.ok(front);
     const threads = () => readdirSync(`/proc/${front}/task`).length;
     const idle = threads();
-    const before = await tenantImages();
     const context = Buffer.concat([
-      entry('Dockerfile', 'FROM scratch\nCOPY big /big\n'),
+      entry('Dockerfile', marked('FROM scratch\nCOPY big /big\n', marker)),
       entry('big', big),
       END,
     ]);
@@ -296,13 +307,19 @@ describe('guard: build contexts carried by the fast front', () => {
     s.destroy();
     while (threads() > idle && Date.now() < end) await new Promise((res) => setTimeout(res, 50));
     assert.ok(threads() <= idle, 'the front’s threads for it ended');
-    assert.deepEqual(await tenantImages(), before, 'no image is made');
+    assert.deepEqual(await imagesMarked(marker), [], 'no image is made');
     const r = await post(
-      Buffer.concat([entry('Dockerfile', 'FROM scratch\nCOPY f /f\n'), entry('f', 'f\n'), END]),
+      Buffer.concat([
+        entry('Dockerfile', marked('FROM scratch\nCOPY f /f\n', marker)),
+        entry('f', 'f\n'),
+        END,
+      ]),
     );
     assert.equal(r.status, 200);
     const id = builtId(r);
     assert.ok(id, r.text.slice(-300));
+    // The check above can see a build: this one's images carry the label.
+    assert.ok((await imagesMarked(marker)).includes(id), 'a build that ran is seen by its label');
     await images(c).remove(id, true);
   });
 
