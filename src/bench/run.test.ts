@@ -27,20 +27,22 @@ const options = (quick: boolean): BenchOptions => ({
   log: () => undefined,
 });
 const metrics = { throughput: { unit: 'MiB/s', better: 'higher' } } as const;
+/** A scenario of three rounds a repetition that measures with `run`. */
+const fakeScenario = (run: Scenario['run']): Scenario => ({
+  id: 'fake',
+  title: 'fake',
+  roundsPerRep: 3,
+  metrics,
+  run,
+});
 
 test('each round measures every contender once, in the order the shuffle gives, and keeps the round', async () => {
   const calls: string[] = [];
   let n = 0;
-  const sc: Scenario = {
-    id: 'fake',
-    title: 'fake',
-    roundsPerRep: 3,
-    metrics,
-    run(c) {
-      calls.push(c.id);
-      return Promise.resolve({ throughput: ++n });
-    },
-  };
+  const sc = fakeScenario((c) => {
+    calls.push(c.id);
+    return Promise.resolve({ throughput: ++n });
+  });
   let shuffles = 0;
   // Odd rounds reversed, even rounds as given: the driver must take the order from the shuffle.
   const shuffle = <T>(xs: T[]): T[] => (shuffles++ % 2 ? xs.reverse() : xs);
@@ -71,20 +73,14 @@ test('a failed unit is run again in the same round; a second failure leaves that
   // The driver shuffles once per round: that tells the scenario which round it is in.
   let round = -1;
   const tries = new Map<string, number>();
-  const sc: Scenario = {
-    id: 'fake',
-    title: 'fake',
-    roundsPerRep: 3,
-    metrics,
-    run(c) {
-      const t = (tries.get(`${c.id}#${round}`) ?? 0) + 1;
-      tries.set(`${c.id}#${round}`, t);
-      // The guard fails once in round 2 and twice in round 4.
-      if (c.id === 'guard' && ((round === 2 && t === 1) || round === 4))
-        return Promise.reject(new Error(`stalled (try ${t})`));
-      return Promise.resolve({ throughput: round });
-    },
-  };
+  const sc = fakeScenario((c) => {
+    const t = (tries.get(`${c.id}#${round}`) ?? 0) + 1;
+    tries.set(`${c.id}#${round}`, t);
+    // The guard fails once in round 2 and twice in round 4.
+    if (c.id === 'guard' && ((round === 2 && t === 1) || round === 4))
+      return Promise.reject(new Error(`stalled (try ${t})`));
+    return Promise.resolve({ throughput: round });
+  });
   const retried: { id: string; reason: string }[] = [];
   const skipped: { id: string; reason: string }[] = [];
   const s = await measureRounds(sc, contenders, options(false), {
@@ -137,19 +133,13 @@ test('a scenario measured together records each contender under the round', asyn
 test('a contender that fails two rounds in a row gets no more rounds of that scenario', async () => {
   const calls = new Map<string, number>();
   let round = -1;
-  const sc: Scenario = {
-    id: 'fake',
-    title: 'fake',
-    roundsPerRep: 3,
-    metrics,
-    run(c) {
-      calls.set(c.id, (calls.get(c.id) ?? 0) + 1);
-      // The guard stalls from round 1 on; HAProxy fails round 0 and round 2 only (never twice in a row).
-      if (c.id === 'guard' && round >= 1) return Promise.reject(new Error('stalled'));
-      if (c.id === 'haproxy' && (round === 0 || round === 2)) return Promise.reject(new Error('flaky'));
-      return Promise.resolve({ throughput: round });
-    },
-  };
+  const sc = fakeScenario((c) => {
+    calls.set(c.id, (calls.get(c.id) ?? 0) + 1);
+    // The guard stalls from round 1 on; HAProxy fails round 0 and round 2 only (never twice in a row).
+    if (c.id === 'guard' && round >= 1) return Promise.reject(new Error('stalled'));
+    if (c.id === 'haproxy' && (round === 0 || round === 2)) return Promise.reject(new Error('flaky'));
+    return Promise.resolve({ throughput: round });
+  });
   const retried: { id: string; reason: string }[] = [];
   const skipped: { id: string; reason: string }[] = [];
   const logged: string[] = [];
