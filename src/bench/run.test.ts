@@ -27,6 +27,27 @@ const options = (quick: boolean): BenchOptions => ({
   log: () => undefined,
 });
 const metrics = { throughput: { unit: 'MiB/s', better: 'higher' } } as const;
+/** Runs a scenario's rounds over the three fake contenders; answers the samples and the failures. */
+async function measure(
+  sc: Scenario,
+  {
+    quick = false,
+    shuffle,
+    log,
+  }: { quick?: boolean; shuffle?: <T>(xs: T[]) => T[]; log?: (l: string) => void } = {},
+  cs: readonly Contender[] = contenders,
+) {
+  const retried: { id: string; reason: string }[] = [];
+  const skipped: { id: string; reason: string }[] = [];
+  const o = { ...options(quick), ...(log ? { log } : {}) };
+  const s = await measureRounds(sc, cs, o, {
+    stopping: () => false,
+    retried,
+    skipped,
+    ...(shuffle ? { shuffle } : {}),
+  });
+  return { s, retried, skipped };
+}
 /** A scenario of three rounds a repetition that measures with `run`. */
 const fakeScenario = (run: Scenario['run']): Scenario => ({
   id: 'fake',
@@ -46,14 +67,7 @@ test('each round measures every contender once, in the order the shuffle gives, 
   let shuffles = 0;
   // Odd rounds reversed, even rounds as given: the driver must take the order from the shuffle.
   const shuffle = <T>(xs: T[]): T[] => (shuffles++ % 2 ? xs.reverse() : xs);
-  const retried: { id: string; reason: string }[] = [];
-  const skipped: { id: string; reason: string }[] = [];
-  const s = await measureRounds(sc, contenders, options(false), {
-    stopping: () => false,
-    retried,
-    skipped,
-    shuffle,
-  });
+  const { s, retried, skipped } = await measure(sc, { shuffle });
   assert.equal(shuffles, 6);
   assert.deepEqual(calls.slice(0, 6), ['raw', 'haproxy', 'guard', 'guard', 'haproxy', 'raw']);
   assert.equal(calls.length, 18);
@@ -65,7 +79,7 @@ test('each round measures every contender once, in the order the shuffle gives, 
 
   // Quick mode: one round per repetition.
   calls.length = 0;
-  await measureRounds(sc, contenders, options(true), { stopping: () => false, retried, skipped });
+  await measure(sc, { quick: true });
   assert.equal(calls.length, 6);
 });
 
@@ -81,12 +95,7 @@ test('a failed unit is run again in the same round; a second failure leaves that
       return Promise.reject(new Error(`stalled (try ${t})`));
     return Promise.resolve({ throughput: round });
   });
-  const retried: { id: string; reason: string }[] = [];
-  const skipped: { id: string; reason: string }[] = [];
-  const s = await measureRounds(sc, contenders, options(false), {
-    stopping: () => false,
-    retried,
-    skipped,
+  const { s, retried, skipped } = await measure(sc, {
     shuffle: (xs) => {
       round++;
       return xs;
@@ -116,12 +125,7 @@ test('a scenario measured together records each contender under the round', asyn
       return Promise.resolve(new Map(cs.map((c, i) => [c.id, { p50: orders.length * 10 + i }])));
     },
   };
-  const s = await measureRounds(sc, contenders.slice(0, 2), options(false), {
-    stopping: () => false,
-    retried: [],
-    skipped: [],
-    shuffle: (xs) => xs.reverse(),
-  });
+  const { s } = await measure(sc, { shuffle: (xs) => xs.reverse() }, contenders.slice(0, 2));
   assert.deepEqual(
     orders,
     Array.from({ length: 4 }, () => ['haproxy', 'raw']),
@@ -140,23 +144,14 @@ test('a contender that fails two rounds in a row gets no more rounds of that sce
     if (c.id === 'haproxy' && (round === 0 || round === 2)) return Promise.reject(new Error('flaky'));
     return Promise.resolve({ throughput: round });
   });
-  const retried: { id: string; reason: string }[] = [];
-  const skipped: { id: string; reason: string }[] = [];
   const logged: string[] = [];
-  const s = await measureRounds(
-    sc,
-    contenders,
-    { ...options(false), log: (l) => logged.push(l) },
-    {
-      stopping: () => false,
-      retried,
-      skipped,
-      shuffle: (xs) => {
-        round++;
-        return xs;
-      },
+  const { s, skipped } = await measure(sc, {
+    log: (l) => logged.push(l),
+    shuffle: (xs) => {
+      round++;
+      return xs;
     },
-  );
+  });
   // Round 0 measured, rounds 1 and 2 failed twice each: four tries, then none.
   assert.equal(calls.get('guard'), 1 + 2 + 2);
   assert.deepEqual(s.get('guard')?.get('throughput')?.rounds, [0]);

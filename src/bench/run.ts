@@ -217,14 +217,14 @@ export async function measureRounds(
   const rounds = sc.once ? 1 : o.reps * (o.quick ? 1 : (sc.roundsPerRep ?? 1));
   const failedInARow = new Map<string, number>();
   let left = [...ready];
+  // The round's units: all the contenders at once where the scenario measures them together,
+  // else one contender each.
+  const together = sc.runTogether?.bind(sc);
+  type Unit = { who?: string; measure: () => Promise<Map<string, Record<string, number>>> };
   for (let round = 0; round < rounds && left.length > 0; round++) {
     // A new random order each round: no contender always runs first (warm caches, drift), and
     // none always follows the same other (a nested daemon's turn leaves the host's idle).
     const order = shuffle([...left]);
-    // The round's units: all the contenders at once where the scenario measures them together,
-    // else one contender each.
-    const together = sc.runTogether?.bind(sc);
-    type Unit = { who?: string; measure: () => Promise<Map<string, Record<string, number>>> };
     const units: Unit[] = together
       ? [{ measure: () => together(order, o) }]
       : order.map((c) => ({ who: c.id, measure: async () => new Map([[c.id, await sc.run(c, o)]]) }));
@@ -234,16 +234,7 @@ export async function measureRounds(
       // Interrupted: the cleanup is under way and the contenders are going; measure nothing more.
       for (let attempt = 1; attempt <= 2 && !run.stopping(); attempt++) {
         try {
-          for (const [id, values] of await u.measure()) {
-            const mine = samples.get(id) ?? new Map<string, { values: number[]; rounds: number[] }>();
-            samples.set(id, mine);
-            for (const [metric, v] of Object.entries(values)) {
-              const s = mine.get(metric) ?? { values: [], rounds: [] };
-              s.values.push(v);
-              s.rounds.push(round);
-              mine.set(metric, s);
-            }
-          }
+          for (const [id, values] of await u.measure()) keep(samples, id, values, round);
           measured = true;
           break;
         } catch (err) {
@@ -266,4 +257,16 @@ export async function measureRounds(
     }
   }
   return samples;
+}
+
+/** Adds one contender's values of a round to `samples`. */
+function keep(samples: RoundSamples, id: string, values: Record<string, number>, round: number): void {
+  const mine = samples.get(id) ?? new Map<string, { values: number[]; rounds: number[] }>();
+  samples.set(id, mine);
+  for (const [metric, v] of Object.entries(values)) {
+    const s = mine.get(metric) ?? { values: [], rounds: [] };
+    s.values.push(v);
+    s.rounds.push(round);
+    mine.set(metric, s);
+  }
 }

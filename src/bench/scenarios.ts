@@ -12,6 +12,7 @@ import { pipeline } from 'node:stream/promises';
 import { LABEL_BENCH, benchLabels } from './reap.js';
 import type { DockerClient } from '../engine/index.js';
 import { containers, encodeFilters, images } from '../engine/index.js';
+import { DOCKER_CLI } from '../images/index.js';
 import { MiB, buildContext } from './payload.js';
 import { summarize } from './stats.js';
 import { load } from './load.js';
@@ -299,9 +300,6 @@ async function ensurePayload(c: Contender, o: BenchOptions): Promise<void> {
  * pairs.
  */
 const STREAM_ROUNDS = 4;
-
-/** The docker CLI the download scenarios run (Debian's, as the compatibility tests use). */
-export const DOCKER_CLI = '/usr/bin/docker';
 
 /**
  * Runs the docker CLI against a contender with its output thrown away (`/dev/null`, so no reader

@@ -54,7 +54,8 @@ export interface BuildOptions {
 }
 
 const BUSYBOX_BIN = ['/bin/busybox', '/usr/bin/busybox'];
-const DOCKER_CLI = '/usr/bin/docker';
+/** Debian's docker CLI: copied into the tools image, and run by the bench's download scenarios. */
+export const DOCKER_CLI = '/usr/bin/docker';
 
 function sha256File(path: string): string {
   return createHash('sha256').update(readFileSync(path)).digest('hex');

@@ -1,5 +1,5 @@
 /** Public API of the images subsystem: the berth-local/* images, built from this machine's files. */
-export { contextFromFiles, ensureLocalImages } from './build.js';
+export { DOCKER_CLI, contextFromFiles, ensureLocalImages } from './build.js';
 export type { BuildOptions, BuildResult } from './build.js';
 export {
   DIND_PACKAGES,

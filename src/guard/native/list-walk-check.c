@@ -16,7 +16,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-
 #include "list-walk.h"
 
 /* The tenant's containers here: IDs that do not start with f. */
