@@ -8,7 +8,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { LABEL_RUN } from '../src/common/index.js';
-import { encodeFilters, readAll } from '../src/engine/index.js';
+import { encodeFilters } from '../src/engine/index.js';
 import { startServer } from '../src/server/index.js';
 import type { ServerHandle } from '../src/server/index.js';
 import { engine, sessionLabels, tempDir, uniqueName } from './support/index.js';
@@ -18,30 +18,44 @@ const TOKEN = 'queue-token-1';
 /** Marks what this file's server makes, so the engine's event log can be read for it alone. */
 const MARK = 'io.berth.test-server';
 
-/** The runner run ids of the containers this server's runs created between two times (s). */
-async function containerRunsBetween(mark: string, since: number, until: number): Promise<string[]> {
+/**
+ * Watches the engine's live event stream for containers this server's runs create; `stop()`
+ * returns the runner run id of each one seen. Live, not replayed with `since`/`until`: dockerd
+ * keeps only its last 256 events for replay, and the other test files running beside this one
+ * push older events out of that buffer on a busy engine.
+ */
+async function watchContainerCreates(mark: string): Promise<{ stop(): Promise<string[]> }> {
   const c = engine();
-  try {
-    const res = await c.request({
-      path: '/events',
-      query: {
-        since: String(since),
-        until: String(until),
-        filters: encodeFilters({ type: ['container'], event: ['create'], label: [`${MARK}=${mark}`] }),
-      },
-    });
-    return (await readAll(res))
-      .toString('utf8')
-      .split('\n')
-      .filter((l) => l.trim())
-      .map(
-        (l) =>
-          (JSON.parse(l) as { Actor: { Attributes: Record<string, string> } }).Actor.Attributes[LABEL_RUN] ??
-          '',
-      );
-  } finally {
-    c.close();
-  }
+  const abort = new AbortController();
+  // dockerd sends the headers as soon as it has subscribed, so nothing created after this
+  // resolves is missed.
+  const res = await c.request({
+    path: '/events',
+    query: { filters: encodeFilters({ type: ['container'], event: ['create'], label: [`${MARK}=${mark}`] }) },
+    signal: abort.signal,
+  });
+  let text = '';
+  res.setEncoding('utf8');
+  res.on('data', (chunk: string) => (text += chunk));
+  res.on('error', () => undefined);
+  return {
+    async stop() {
+      // Events already published reach the stream within milliseconds; give them a moment.
+      await new Promise((r) => setTimeout(r, 200));
+      abort.abort();
+      res.destroy();
+      c.close();
+      return text
+        .split('\n')
+        .filter((l) => l.trim())
+        .map(
+          (l) =>
+            (JSON.parse(l) as { Actor: { Attributes: Record<string, string> } }).Actor.Attributes[
+              LABEL_RUN
+            ] ?? '',
+        );
+    },
+  };
 }
 
 interface RunJson {
@@ -101,7 +115,7 @@ describe('berth serve: queue, re-run, job graph, resource samples', () => {
   });
 
   test('cancel while queued: it never starts; the run ahead completes; re-run builds the commit again', async () => {
-    const since = Math.floor(Date.now() / 1000) - 1;
+    const creates = await watchContainerCreates(mark);
     const first = (await api.call<RunJson>('POST', '/api/projects/q/runs', { sha })).json;
     const second = (await api.call<RunJson>('POST', '/api/projects/q/runs', { sha })).json;
     // One slot: the second waits behind the first.
@@ -122,7 +136,7 @@ describe('berth serve: queue, re-run, job graph, resource samples', () => {
     assert.deepEqual((await api.call<unknown[]>('GET', `/api/runs/${second.id}/logs`)).json, []);
     // No container was ever created for the cancelled run: every container made while both were
     // in play belongs to one runner run (the first's) — one per job.
-    const made = await containerRunsBetween(mark, since, Math.ceil(Date.now() / 1000) + 1);
+    const made = await creates.stop();
     assert.equal(made.length, 4, `containers created: ${made.join(', ')}`);
     assert.equal(new Set(made).size, 1, `containers of more than one run: ${made.join(', ')}`);
 
