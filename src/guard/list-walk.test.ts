@@ -1,6 +1,7 @@
 /**
  * The front's container-list walk (native/list-walk.h) against the walk it replaced, on generated
- * lists and mutations of them (native/list-walk-check.c): the same verdict on every input. Built
+ * lists and mutations of them (native/list-walk-check.c): the same verdict on every input, walked
+ * whole or fed in pieces as an answer arrives. Built
  * with AddressSanitizer and UBSan where the compiler has them, once with the SIMD mask builder
  * (where the machine has SSE2) and once with the portable one.
  */
@@ -33,7 +34,7 @@ for (const [name, defines] of [
   ['SIMD masks', []],
   ['portable masks', ['-DBERTH_NO_SIMD']],
 ] as const) {
-  test(`list walk, ${name}: the same verdict as the byte walk on 200000 generated lists`, () => {
+  test(`list walk, ${name}: the same verdict as the byte walk on 200000 generated lists, whole and fed in pieces`, () => {
     using dir = tempDir('berth-list-walk-');
     const bin = build(dir.path, 'list-walk-check', [...defines]);
     const r = spawnSync(bin, ['20261125', '200000'], {
@@ -45,11 +46,13 @@ for (const [name, defines] of [
       },
     });
     assert.equal(r.status, 0, `${r.stdout}${r.stderr}`);
-    const m = /^inputs (\d+) accepted (\d+) rejected (\d+) differ (\d+)$/m.exec(r.stdout);
+    const m = /^inputs (\d+) accepted (\d+) rejected (\d+) differ (\d+) fed (\d+)$/m.exec(r.stdout);
     assert.ok(m, r.stdout);
-    const [inputs, accepted, rejected, differ] = m.slice(1).map(Number);
+    const [inputs, accepted, rejected, differ, fed] = m.slice(1).map(Number);
     assert.equal(inputs, 200000);
     assert.equal(differ, 0);
+    // The walk fed in pieces went into most lists before their end (not only ever the whole one).
+    assert.ok((fed ?? 0) > 50000, r.stdout);
     // Both verdicts well represented: a generator that only made one kind would check little.
     assert.ok((accepted ?? 0) > 50000 && (rejected ?? 0) > 50000, r.stdout);
   });

@@ -117,19 +117,38 @@ static unsigned bucket_of(const char *id) {
   return (unsigned)((((a ^ (b * 0x9E3779B97F4A7C15ull)) * 0xD6E8FEB86659FD93ull) >> 32) % SET_BUCKETS);
 }
 
-#include "list-walk.h" /* is_hex64, list_owned_walk (with owned, below) */
+#include "list-walk.h" /* is_hex64, the list walk (with owned_all, below) */
 
-/* Whether the 64 hex digits at id name a container the guard made for the tenant. */
-static int owned(const char *id) {
-  int found = 0;
-  pthread_rwlock_rdlock(&set_lock);
+/* Whether the 64 hex digits at id name a container the guard made for the tenant (the set's lock
+   held). */
+static int owned_locked(const char *id) {
   for (struct node *n = buckets[bucket_of(id)]; n; n = n->next)
-    if (memcmp(n->id, id, 64) == 0) {
-      found = 1;
-      break;
-    }
+    if (memcmp(n->id, id, 64) == 0) return 1;
+  return 0;
+}
+
+static int owned(const char *id) {
+  pthread_rwlock_rdlock(&set_lock);
+  int found = owned_locked(id);
   pthread_rwlock_unlock(&set_lock);
   return found;
+}
+
+/* Whether the IDs at s + at[k] are all owned: the lock taken once, and each ID's bucket, then its
+   first node, asked of memory for all of them before any is compared (the misses overlap). */
+static int owned_all(const char *s, const size_t *at, int n) {
+  unsigned b[LIST_BATCH];
+  for (int k = 0; k < n; k++) {
+    b[k] = bucket_of(s + at[k]);
+    __builtin_prefetch(&buckets[b[k]]);
+  }
+  pthread_rwlock_rdlock(&set_lock);
+  for (int k = 0; k < n; k++)
+    if (buckets[b[k]]) __builtin_prefetch(buckets[b[k]]);
+  int all = 1;
+  for (int k = 0; k < n && all; k++) all = owned_locked(s + at[k]);
+  pthread_rwlock_unlock(&set_lock);
+  return all;
 }
 
 static void set_add(const char *id) {
@@ -741,12 +760,17 @@ struct reader {
      answers it), or -1. */
   int watch;
   int hup; /* the watched descriptor hung up */
+  /* Work for the wait, done before each read (the reader has nothing left, so the read may wait
+     for the engine): walking the part of a list that has come. */
+  void (*idle)(void *);
+  void *idle_arg;
   char buf[65536];
   size_t at, have;
 };
 
 static int fill(struct reader *rd) {
   if (rd->at < rd->have) return 1;
+  if (rd->idle) rd->idle(rd->idle_arg);
   if (rd->watch >= 0) {
     struct pollfd p[2] = {{rd->fd, POLLIN, 0}, {rd->watch, 0, 0}};
     for (;;) {
@@ -901,7 +925,16 @@ static int inspect_owned(const struct answer *a) {
 }
 
 /* Whether every entry of a container list is an owned container: list-walk.h. */
-static int list_owned(const struct answer *a) { return list_owned_walk(a->body, a->len); }
+/* A list's walk, fed what has come of the answer while the rest is on its way. */
+struct list_feed {
+  struct list_walk walk;
+  const struct answer *a;
+};
+
+static void list_fed(void *arg) {
+  struct list_feed *f = arg;
+  list_walk_feed(&f->walk, f->a->body, f->a->len);
+}
 
 /* ------------------------------------------------------------------ requests passed to the guard */
 
@@ -1254,6 +1287,7 @@ static void *engine_side(void *arg) {
   if (!rd) goto end;
   rd->fd = u->channel;
   rd->watch = -1;
+  rd->idle = NULL;
   rd->at = rd->have = 0;
   while (read_line(rd, line, sizeof line)) {
     char *endp = NULL;
@@ -1652,6 +1686,8 @@ enum outcome { ANSWERED, GUARDS, HANDED, GONE };
 static enum outcome answer(int fd, const struct request *rq, struct reader *rd, int *engine,
                            struct answer *a) {
   int keep = 0, ok = 0;
+  struct list_feed feed = {.a = a};
+  rd->idle_arg = &feed;
   for (int attempt = 0; attempt < 2 && !ok; attempt++) {
     if (*engine < 0) {
       if ((*engine = engine_connect()) < 0) return HANDED;
@@ -1663,6 +1699,8 @@ static enum outcome answer(int fd, const struct request *rq, struct reader *rd, 
     int rl = snprintf(req, sizeof req, "%s %s HTTP/1.1\r\nHost: docker\r\n\r\n", rq->is_head ? "HEAD" : "GET",
                       rq->upstream);
     if (rl >= (int)sizeof req) return HANDED;
+    list_walk_start(&feed.walk);
+    rd->idle = rq->kind == LIST ? list_fed : NULL;
     if (write_all(*engine, req, (size_t)rl) == 0 && read_answer(rd, a, rq->is_head, &keep)) ok = 1;
     else {
       /* A kept connection the engine closed meanwhile: once more on a new one. */
@@ -1670,19 +1708,18 @@ static enum outcome answer(int fd, const struct request *rq, struct reader *rd, 
       *engine = -1;
     }
   }
+  rd->idle = NULL;
   if (!ok) return HANDED;
   if (!keep) {
     close(*engine);
     *engine = -1;
   }
   int mine = a->status == 200 && (rq->kind == PING || (rq->kind == INSPECT && inspect_owned(a)) ||
-                                   (rq->kind == LIST && list_owned(a)));
+                                   (rq->kind == LIST && list_walk_end(&feed.walk, a->body, a->len)));
   if (!mine) {
     trim(a);
     return GUARDS;
   }
-  /* The request is consumed only now: it is this answer's. */
-  if (!consume(fd, (size_t)rq->head)) return GONE;
   char out[sizeof a->headers + 160];
   const char *type = rq->kind == PING ? "text/plain; charset=utf-8" : "application/json";
   int hl = snprintf(out, sizeof out, "HTTP/1.1 200 OK\r\n%.*sContent-Type: %s\r\nContent-Length: %zu\r\n\r\n",
@@ -1691,6 +1728,10 @@ static enum outcome answer(int fd, const struct request *rq, struct reader *rd, 
   /* Head and body in one call, the body from where it was read. */
   struct iovec iov[2] = {{out, (size_t)hl}, {a->body, rq->is_head ? 0 : a->len}};
   if (write_iov(fd, iov, 2) != 0) return GONE;
+  /* The request is consumed only now that it is answered (its fate was open until then), and
+     after the answer went: the client is already reading it. Its next request, if it sent one,
+     waits behind this one's bytes. */
+  if (!consume(fd, (size_t)rq->head)) return GONE;
   trim(a);
   audit(rq->is_head ? "HEAD" : "GET", rq->path, 200);
   return ANSWERED;
@@ -1705,6 +1746,7 @@ static void *serve(void *arg) {
   struct answer a = {0};
   int engine = -1, handed = 0;
   if (!rq || !rd) goto hand;
+  rd->idle = NULL;
   for (;;) {
     int ready = wait_readable(fd, idle_ms);
     if (ready <= 0) break; /* idle: closed, as node:http closes a kept-alive connection */

@@ -1,5 +1,6 @@
 /*
- * Differential check of list-walk.h: its block walk against the front's earlier walk (a byte at a
+ * Differential check of list-walk.h: its block walk, whole and fed in pieces as the list arrives,
+ * against the front's earlier walk (a byte at a
  * time between strings, each string skipped to the first quote not preceded by an odd number of
  * backslashes; with the rule both have since red-team pass 35, that the array holds objects only,
  * written here as a check of each byte between entries), over generated container lists and
@@ -7,7 +8,9 @@
  * src/guard/list-walk.test.ts, built with AddressSanitizer and UBSan where the compiler has them,
  * and once more with BERTH_NO_SIMD (the portable mask builder).
  *
- *   list-walk-check SEED COUNT     prints: inputs N accepted A rejected R differ D
+ *   list-walk-check SEED COUNT     prints: inputs N accepted A rejected R differ D fed F
+ *
+ * (F: inputs whose pieces the fed walk went into before the end, without a step failing.)
  *
  * Exits 1 at the first input on which the walks differ, printing it (hex) on stderr.
  */
@@ -20,6 +23,11 @@
 
 /* The tenant's containers here: IDs that do not start with f. */
 static int owned(const char *id) { return id[0] != 'f'; }
+static int owned_all(const char *s, const size_t *at, int n) {
+  for (int k = 0; k < n; k++)
+    if (!owned(s + at[k])) return 0;
+  return 1;
+}
 
 /* ------------------------------------------------------------------ the reference walk */
 
@@ -122,7 +130,10 @@ static void entry(struct buf *o, int foreign) {
   string_value(o);
   puts_(o, "],\"Command\":");
   string_value(o);
-  puts_(o, ",\"Created\":1795571456,\"Ports\":[],\"Labels\":{");
+  /* Deeper entries now and then: ports and mounts are arrays of objects in dockerd's lists. */
+  puts_(o, below(3) ? ",\"Created\":1795571456,\"Ports\":[],\"Labels\":{"
+                    : ",\"Created\":1795571456,\"Ports\":[{\"PrivatePort\":80,\"Type\":\"tcp\"},{\"IP\":{\"a\":[[]]}}],"
+                      "\"Labels\":{");
   for (uint32_t k = below(4), i = 0; i < k; i++) {
     if (i) puts_(o, ",");
     string_value(o);
@@ -137,7 +148,8 @@ static void list(struct buf *o) {
   o->len = 0;
   puts_(o, "[");
   int foreign = below(3) == 0;
-  for (uint32_t k = below(8), i = 0; i < k; i++) {
+  /* Now and then a long one: more entries than the walk looks up at once. */
+  for (uint32_t k = below(32) == 0 ? below(160) : below(8), i = 0; i < k; i++) {
     if (i) puts_(o, ",");
     entry(o, foreign && below(4) == 0);
   }
@@ -188,6 +200,8 @@ int main(int argc, char **argv) {
       {"a string holding a foreign entry (red-team pass 35)", "", 0},
       {"a string between entries", "", 0},
       {"a trailing comma", "", 0},
+      /* The first array's `]` ends a block: a walk fed up to it must not take it for the end. */
+      {"a second array after the first", "", 0},
   };
   snprintf(known[1].list, sizeof known[1].list, "[%s, %s]\n", mine, mine);
   snprintf(known[2].list, sizeof known[2].list, "[%s,%s]", mine, other);
@@ -195,16 +209,28 @@ int main(int argc, char **argv) {
            other + 7);
   snprintf(known[5].list, sizeof known[5].list, "[%s,\"x\",%s]", mine, mine);
   snprintf(known[6].list, sizeof known[6].list, "[%s,]", mine);
+  snprintf(known[7].list, sizeof known[7].list, "[%s%*s][%s]", mine, 127 - 1 - (int)strlen(mine), "", mine);
   for (size_t k = 0; k < sizeof known / sizeof known[0]; k++) {
     size_t len = strlen(known[k].list);
     int ref = reference_walk(known[k].list, len), got = list_owned_walk(known[k].list, len);
-    if (ref != known[k].want || got != known[k].want) {
-      fprintf(stderr, "%s: %s: reference %d, block walk %d, want %d\n", known[k].what, known[k].list, ref, got,
-              known[k].want);
+    /* Fed a byte more each time, as if each arrived on its own; then fed once, at each length. */
+    struct list_walk w;
+    list_walk_start(&w);
+    for (size_t avail = 1; avail < len; avail++) list_walk_feed(&w, known[k].list, avail);
+    int pieces = list_walk_end(&w, known[k].list, len);
+    for (size_t avail = 1; avail < len && pieces == known[k].want; avail++) {
+      list_walk_start(&w);
+      list_walk_feed(&w, known[k].list, avail);
+      pieces = list_walk_end(&w, known[k].list, len);
+    }
+    if (ref != known[k].want || got != known[k].want || pieces != known[k].want) {
+      fprintf(stderr, "%s: %s: reference %d, block walk %d, fed %d, want %d\n", known[k].what, known[k].list, ref,
+              got, pieces, known[k].want);
       return 1;
     }
   }
   struct buf o = {0};
+  long fed = 0;
   for (long i = 0; i < count; i++) {
     list(&o);
     if (below(2)) mutate(&o);
@@ -213,11 +239,30 @@ int main(int argc, char **argv) {
     if (!s) abort();
     memcpy(s, o.b, o.len);
     int want = reference_walk(s, o.len), got = list_owned_walk(s, o.len);
-    if (want != got) {
-      fprintf(stderr, "differ on input %ld (reference %d, block walk %d):\n", i, want, got);
+    /* Fed in up to three pieces first, each from an exact-size copy of what has arrived (freed
+       before the next: the walk must keep no pointer into a piece), then ended on the whole. Now
+       and then (short lists) a byte at a time instead, from the list itself: every block end the
+       list could arrive at. */
+    struct list_walk w;
+    list_walk_start(&w);
+    if (o.len <= 8192 && below(8) == 0)
+      for (size_t avail = 1; avail < o.len; avail++) list_walk_feed(&w, s, avail);
+    else
+      for (uint32_t k = below(4), j = 0, avail = 0; j < k; j++) {
+        avail += below((uint32_t)(o.len - avail) + 1);
+        char *piece = malloc(avail ? avail : 1);
+        if (!piece) abort();
+        memcpy(piece, s, avail);
+        list_walk_feed(&w, piece, avail);
+        free(piece);
+      }
+    if (w.at > 0 && !w.failed) fed++;
+    int pieces = list_walk_end(&w, s, o.len);
+    if (want != got || want != pieces) {
+      fprintf(stderr, "differ on input %ld (reference %d, block walk %d, fed %d):\n", i, want, got, pieces);
       for (size_t k = 0; k < o.len; k++) fprintf(stderr, "%02x", (unsigned char)s[k]);
       fprintf(stderr, "\n");
-      printf("inputs %ld accepted %ld rejected %ld differ 1\n", i + 1, accepted, rejected);
+      printf("inputs %ld accepted %ld rejected %ld differ 1 fed %ld\n", i + 1, accepted, rejected, fed);
       free(s);
       free(o.b);
       return 1;
@@ -227,6 +272,6 @@ int main(int argc, char **argv) {
     free(s);
   }
   free(o.b);
-  printf("inputs %ld accepted %ld rejected %ld differ 0\n", count, accepted, rejected);
+  printf("inputs %ld accepted %ld rejected %ld differ 0 fed %ld\n", count, accepted, rejected, fed);
   return 0;
 }
