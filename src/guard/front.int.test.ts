@@ -383,6 +383,15 @@ describe('berth-front against a scripted engine', () => {
       ),
       { label: ['a=b', 'io.berth.tenant=t1'], status: ['exited'] },
     );
+    // limit and size pass on as written, in the client's order, the filters after them.
+    engine.heads.length = 0;
+    r = await exchange(listen, ask('?limit=3&size=true&all=0'), (g) => answers(g).length === 1);
+    r.socket.destroy();
+    assert.equal(answers(r.got)[0]?.status, 200);
+    assert.equal(
+      engine.heads[0],
+      `GET /v1.41/containers/json?limit=3&size=true&all=0&filters=${encodeURIComponent(JSON.stringify({ label: ['io.berth.tenant=t1'] }))} HTTP/1.1\r\nHost: docker`,
+    );
 
     entries = [];
     r = await exchange(listen, ask(''), (g) => answers(g).length === 1);

@@ -324,6 +324,30 @@ static int ieq(const char *a, size_t an, const char *b) {
   return strlen(b) == an && strncasecmp(a, b, an) == 0;
 }
 
+/* Appends s[0..n) to out at *o, a NUL kept after it; 0 when that does not fit in cap. The answer's
+   path builds its strings with these, not printf: a thread woken for a request runs with cold
+   caches, and printf's machinery cost more there than everything else in the parse. */
+static int app(char *out, size_t cap, size_t *o, const char *s, size_t n) {
+  if (*o + n >= cap) return 0;
+  memcpy(out + *o, s, n);
+  *o += n;
+  out[*o] = '\0';
+  return 1;
+}
+
+static int app_str(char *out, size_t cap, size_t *o, const char *s) { return app(out, cap, o, s, strlen(s)); }
+
+static int app_dec(char *out, size_t cap, size_t *o, size_t v) {
+  char d[24];
+  size_t i = sizeof d;
+  do d[--i] = (char)('0' + v % 10);
+  while ((v /= 10) != 0);
+  return app(out, cap, o, d + i, sizeof d - i);
+}
+
+/* The value of a hex digit (one isxdigit took). */
+static int hex_digit(int c) { return c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10; }
+
 /* Go's httputils.BoolValue input as a plain value: letters and digits only. */
 static int plain_value(const char *v, size_t n, size_t max) {
   if (n > max) return 0;
@@ -339,9 +363,8 @@ static int unescape(const char *s, size_t n, char *out, size_t cap, size_t *len)
     int c = (unsigned char)s[i];
     if (c == '%') {
       if (i + 2 >= n) return 0;
-      char h[3] = {s[i + 1], s[i + 2], 0};
-      if (!isxdigit((unsigned char)h[0]) || !isxdigit((unsigned char)h[1])) return 0;
-      c = (int)strtol(h, NULL, 16);
+      if (!isxdigit((unsigned char)s[i + 1]) || !isxdigit((unsigned char)s[i + 2])) return 0;
+      c = hex_digit((unsigned char)s[i + 1]) * 16 + hex_digit((unsigned char)s[i + 2]);
       i += 2;
     } else if (c == '+')
       c = ' ';
@@ -665,16 +688,17 @@ static int target_shape(const char *target, size_t tl, struct request *r) {
     if (q) return 0;
     r->kind = PING;
     strcpy(r->path, "/_ping");
-    snprintf(r->upstream, sizeof r->upstream, "%s/_ping", r->version);
-    return 1;
+    size_t o = 0;
+    return app_str(r->upstream, sizeof r->upstream, &o, r->version) &&
+           app_str(r->upstream, sizeof r->upstream, &o, "/_ping");
   }
   if (r->is_head) return 0;
   if (strcmp(path, "/containers/json") == 0) {
     r->kind = LIST;
     strcpy(r->path, "/containers/json");
-    size_t o = 0;
+    size_t o = 0, cap = sizeof r->upstream;
     char *u = r->upstream;
-    o = (size_t)snprintf(u, sizeof r->upstream, "%s/containers/json?", r->version);
+    if (!app_str(u, cap, &o, r->version) || !app_str(u, cap, &o, "/containers/json?")) return 0;
     int seen_all = 0, seen_limit = 0, seen_size = 0, seen_filters = 0;
     char decoded[1024], filters[1400];
     filters[0] = '\0';
@@ -687,14 +711,12 @@ static int target_shape(const char *target, size_t tl, struct request *r) {
       const char *val = eq + 1;
       size_t vl = strlen(val);
       if (strcmp(part, "all") == 0 && !seen_all++ && plain_value(val, vl, 8)) {
-        if (o + vl + 6 >= sizeof r->upstream) return 0;
-        o += (size_t)sprintf(u + o, "all=%s&", val);
+        if (!app_str(u, cap, &o, "all=") || !app(u, cap, &o, val, vl) || !app(u, cap, &o, "&", 1)) return 0;
       } else if (strcmp(part, "size") == 0 && !seen_size++ && plain_value(val, vl, 8)) {
-        if (o + vl + 7 >= sizeof r->upstream) return 0;
-        o += (size_t)sprintf(u + o, "size=%s&", val);
+        if (!app_str(u, cap, &o, "size=") || !app(u, cap, &o, val, vl) || !app(u, cap, &o, "&", 1)) return 0;
       } else if (strcmp(part, "limit") == 0 && !seen_limit++ && vl > 0 && vl <= 6 &&
                  strspn(val, "-0123456789") == vl) {
-        o += (size_t)sprintf(u + o, "limit=%s&", val);
+        if (!app_str(u, cap, &o, "limit=") || !app(u, cap, &o, val, vl) || !app(u, cap, &o, "&", 1)) return 0;
       } else if (strcmp(part, "filters") == 0 && !seen_filters++) {
         size_t dl;
         if (!unescape(val, vl, decoded, sizeof decoded, &dl) || strlen(decoded) != dl) return 0;
@@ -703,10 +725,7 @@ static int target_shape(const char *target, size_t tl, struct request *r) {
         return 0;
     }
     if (filters[0] == '\0' && !tenant_filters("{}", filters, sizeof filters)) return 0;
-    if (o + 8 >= sizeof r->upstream) return 0;
-    memcpy(u + o, "filters=", 9);
-    o += 8;
-    return escape_into(u, sizeof r->upstream, &o, filters);
+    return app_str(u, cap, &o, "filters=") && escape_into(u, cap, &o, filters);
   }
   if (strncmp(path, "/containers/", 12) == 0) {
     char *ref = path + 12, *slash = strchr(ref, '/');
@@ -716,11 +735,14 @@ static int target_shape(const char *target, size_t tl, struct request *r) {
     for (size_t i = 0; i < rl; i++)
       if (!isalnum((unsigned char)ref[i]) && !strchr("_.-", ref[i])) return 0;
     r->kind = INSPECT;
-    snprintf(r->path, sizeof r->path, "/containers/%.*s/json", (int)rl, ref);
-    int n2 = snprintf(r->upstream, sizeof r->upstream, "%s/containers/%.*s/json", r->version, (int)rl, ref);
+    size_t p = 0, o = 0, cap = sizeof r->upstream;
+    if (!app_str(r->path, sizeof r->path, &p, "/containers/") || !app(r->path, sizeof r->path, &p, ref, rl) ||
+        !app_str(r->path, sizeof r->path, &p, "/json") || !app_str(r->upstream, cap, &o, r->version) ||
+        !app_str(r->upstream, cap, &o, r->path))
+      return 0;
     if (q && *q) {
       if (strncmp(q, "size=", 5) != 0 || !plain_value(q + 5, strlen(q + 5), 8)) return 0;
-      snprintf(r->upstream + n2, sizeof r->upstream - (size_t)n2, "?%s", q);
+      if (!app(r->upstream, cap, &o, "?", 1) || !app_str(r->upstream, cap, &o, q)) return 0;
     }
     return 1;
   }
@@ -1696,12 +1718,14 @@ static enum outcome answer(int fd, const struct request *rq, struct reader *rd, 
       rd->at = rd->have = 0;
     }
     char req[TARGET_MAX + 64];
-    int rl = snprintf(req, sizeof req, "%s %s HTTP/1.1\r\nHost: docker\r\n\r\n", rq->is_head ? "HEAD" : "GET",
-                      rq->upstream);
-    if (rl >= (int)sizeof req) return HANDED;
+    size_t rl = 0;
+    if (!app_str(req, sizeof req, &rl, rq->is_head ? "HEAD " : "GET ") ||
+        !app_str(req, sizeof req, &rl, rq->upstream) ||
+        !app_str(req, sizeof req, &rl, " HTTP/1.1\r\nHost: docker\r\n\r\n"))
+      return HANDED;
     list_walk_start(&feed.walk);
     rd->idle = rq->kind == LIST ? list_fed : NULL;
-    if (write_all(*engine, req, (size_t)rl) == 0 && read_answer(rd, a, rq->is_head, &keep)) ok = 1;
+    if (write_all(*engine, req, rl) == 0 && read_answer(rd, a, rq->is_head, &keep)) ok = 1;
     else {
       /* A kept connection the engine closed meanwhile: once more on a new one. */
       close(*engine);
@@ -1721,12 +1745,15 @@ static enum outcome answer(int fd, const struct request *rq, struct reader *rd, 
     return GUARDS;
   }
   char out[sizeof a->headers + 160];
-  const char *type = rq->kind == PING ? "text/plain; charset=utf-8" : "application/json";
-  int hl = snprintf(out, sizeof out, "HTTP/1.1 200 OK\r\n%.*sContent-Type: %s\r\nContent-Length: %zu\r\n\r\n",
-                    (int)a->headers_len, a->headers, type, a->len);
-  if (hl < 0 || hl >= (int)sizeof out) return GONE;
+  size_t hl = 0;
+  if (!app_str(out, sizeof out, &hl, "HTTP/1.1 200 OK\r\n") || !app(out, sizeof out, &hl, a->headers, a->headers_len) ||
+      !app_str(out, sizeof out, &hl, "Content-Type: ") ||
+      !app_str(out, sizeof out, &hl, rq->kind == PING ? "text/plain; charset=utf-8" : "application/json") ||
+      !app_str(out, sizeof out, &hl, "\r\nContent-Length: ") || !app_dec(out, sizeof out, &hl, a->len) ||
+      !app_str(out, sizeof out, &hl, "\r\n\r\n"))
+    return GONE;
   /* Head and body in one call, the body from where it was read. */
-  struct iovec iov[2] = {{out, (size_t)hl}, {a->body, rq->is_head ? 0 : a->len}};
+  struct iovec iov[2] = {{out, hl}, {a->body, rq->is_head ? 0 : a->len}};
   if (write_iov(fd, iov, 2) != 0) return GONE;
   /* The request is consumed only now that it is answered (its fate was open until then), and
      after the answer went: the client is already reading it. Its next request, if it sent one,

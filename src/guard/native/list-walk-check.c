@@ -43,6 +43,13 @@ static size_t reference_string_end(const char *s, size_t n, size_t open) {
   return 0;
 }
 
+/* Its own check of an ID's digits, so that the block walk's (is_hex64) is checked too. */
+static int reference_hex64(const char *s) {
+  for (int i = 0; i < 64; i++)
+    if (!strchr("0123456789abcdef", s[i]) || s[i] == '\0') return 0;
+  return 1;
+}
+
 static int reference_walk(const char *s, size_t n) {
   while (n && (s[n - 1] == '\n' || s[n - 1] == ' ')) n--;
   if (n < 2 || s[0] != '[' || s[n - 1] != ']') return 0;
@@ -60,7 +67,7 @@ static int reference_walk(const char *s, size_t n) {
       if (i == 0) return 0;
     } else if (c == '[' || c == '{') {
       if (depth == 1 && (c != '{' || i + 72 > n || memcmp(s + i, "{\"Id\":\"", 7) != 0 ||
-                         !is_hex64(s + i + 7) || s[i + 71] != '"' || !owned(s + i + 7)))
+                         !reference_hex64(s + i + 7) || s[i + 71] != '"' || !owned(s + i + 7)))
         return 0;
       if (depth++ == 0) prev = '[';
     } else if (c == ']' || c == '}') {
@@ -98,8 +105,9 @@ static void put(struct buf *o, const char *s, size_t n) {
 }
 static void puts_(struct buf *o, const char *s) { put(o, s, strlen(s)); }
 
-/* The bytes that matter to the walk, and some that do not. */
-static const char SPECIAL[] = "\"\\{}[]ax \n,:";
+/* The bytes that matter to the walk, some that do not, and some just outside an ID's digits (a
+   byte from 0x80 up among them). */
+static const char SPECIAL[] = "\"\\{}[]ax \n,:/`gF\xe9";
 
 /* A JSON string of random length and bytes, escaped as Go escapes them. */
 static void string_value(struct buf *o) {

@@ -47,9 +47,21 @@ static int owned_all(const char *s, const size_t *at, int n);
 
 /* Whether s opens with 64 lower-case hex digits (a full container ID, as dockerd writes it). */
 static int is_hex64(const char *s) {
+#if defined(__SSE2__) && !defined(BERTH_NO_SIMD)
+  /* Signed compares: bytes from 0x80 up are negative, below '0', so out of both ranges. */
+  __m128i bad = _mm_setzero_si128();
+  for (int k = 0; k < 4; k++) {
+    __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(s + 16 * k));
+    __m128i digit = _mm_and_si128(_mm_cmpgt_epi8(v, _mm_set1_epi8('0' - 1)), _mm_cmplt_epi8(v, _mm_set1_epi8('9' + 1)));
+    __m128i letter = _mm_and_si128(_mm_cmpgt_epi8(v, _mm_set1_epi8('a' - 1)), _mm_cmplt_epi8(v, _mm_set1_epi8('f' + 1)));
+    bad = _mm_or_si128(bad, _mm_andnot_si128(_mm_or_si128(digit, letter), _mm_set1_epi8(-1)));
+  }
+  return _mm_movemask_epi8(bad) == 0;
+#else
   for (int i = 0; i < 64; i++)
     if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f'))) return 0;
   return 1;
+#endif
 }
 
 /* Bit i of each mask: byte i of the 64 at p is a quote; a backslash; an opening bracket or brace;
@@ -165,7 +177,9 @@ static int list_bracket(struct list_walk *w, size_t i) {
   }
   if (--w->depth < 0) return 0;
   if (w->depth == 1) {
-    /* An entry closed: then `]`, or `,` and the next entry's `{` (no scalar between entries). */
+    /* An entry closed: then `]`, or `,` and the next entry's `{` (no scalar between entries). As
+       dockerd writes it, with no space between. */
+    if (i + 2 < w->n && w->s[i + 1] == ',' && w->s[i + 2] == '{') return 1;
     char next = list_next(w, i);
     if (next == ',') {
       const char *comma = memchr(w->s + i + 1, ',', w->n - i - 1);
