@@ -138,3 +138,40 @@ test('the HAProxy contender filters by path prefix only, after stripping the ver
   assert.match(cfg, /http-request deny unless allowed/);
   assert.doesNotMatch(cfg, /plugins|swarm|secrets/);
 });
+
+test('a metric that is already a difference from the raw socket gets its own median and interval', () => {
+  // Six rounds of a proxy's per-request added time; the raw socket has no samples of it.
+  const added = [0.12, 0.09, 0.1, 0.11, 0.13, 0.08];
+  const run: BenchReport = {
+    ...report,
+    measurements: [
+      {
+        scenario: 'api',
+        metric: 'list_p50',
+        unit: 'ms',
+        better: 'lower',
+        contender: 'raw',
+        samples: [9, 9, 9, 9, 9, 9],
+        rounds: [0, 1, 2, 3, 4, 5],
+      },
+      {
+        scenario: 'api',
+        metric: 'list_added_p50',
+        unit: 'ms',
+        better: 'lower',
+        contender: 'guard',
+        samples: added,
+        rounds: [0, 1, 2, 3, 4, 5],
+        versus: 'raw',
+      },
+    ],
+  };
+  const row = rows(run).find((x) => x.metric === 'list_added_p50');
+  assert.ok(row);
+  assert.equal(row.ratio, undefined);
+  assert.ok(Math.abs((row.delta ?? 0) - 0.105) < 1e-9);
+  // Six values: the interval is their range (coverage 1 − 2/64).
+  assert.deepEqual([row.deltaInterval?.low, row.deltaInterval?.high], [0.08, 0.13]);
+  const md = toMarkdown(run, {});
+  assert.match(md, /\| list_added_p50 \(ms\) \| – \| \+0\.105 ms \[\+0\.08, \+0\.13\] \|/);
+});

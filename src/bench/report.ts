@@ -72,6 +72,13 @@ export function rows(report: BenchReport): Row[] {
       ratioInterval: undefined,
       deltaInterval: undefined,
     };
+    if (m.versus === 'raw') {
+      // Already differences from the raw socket, request by request: their median over the rounds.
+      row.delta = s.median;
+      row.pairs = s.n;
+      row.deltaInterval = medianInterval(m.samples);
+      return row;
+    }
     if (!base) return row;
     const ratios = paired(base, m, (x, b) => x / b).filter((r) => Number.isFinite(r));
     const deltas = paired(base, m, (x, b) => x - b).filter((d) => Number.isFinite(d));
@@ -119,7 +126,7 @@ export function toMarkdown(report: BenchReport, titles: Record<string, string>):
   }
   out.push('');
   out.push(
-    "Each cell: median ± half the interquartile range over the rounds; then, in parentheses, the comparison with the raw socket in the same run: the median over the rounds of this contender's sample divided by (for times, also minus) the raw socket's sample of the same round, and in square brackets a 95% confidence interval for that median (distribution-free: order statistics of the per-round values; given from 6 rounds on). Times: lower is better; throughputs: higher is better.",
+    "Each cell: median ± half the interquartile range over the rounds; then, in parentheses, the comparison with the raw socket in the same run: the median over the rounds of this contender's sample divided by (for times, also minus) the raw socket's sample of the same round, and in square brackets a 95% confidence interval for that median (distribution-free: order statistics of the per-round values; given from 6 rounds on). A metric named *_added_* is itself a difference from the raw socket, request by request (each request paired with the raw socket's of the same cycle): its cell gives the median over the rounds of each round's median difference, and the interval. Times: lower is better; throughputs: higher is better.",
   );
   const all = rows(report);
   const scenarios = [...new Set(all.map((r) => r.scenario))];
@@ -138,6 +145,10 @@ export function toMarkdown(report: BenchReport, titles: Record<string, string>):
         const r = here.find((x) => x.metric === metric && x.contender === c);
         if (!r || r.n === 0 || !Number.isFinite(r.median)) return '–';
         const spread = r.n > 1 ? ` ±${fmt(r.iqr / 2)}` : '';
+        if (r.ratio === undefined && r.delta !== undefined && r.pairs > 0) {
+          const di = r.deltaInterval;
+          return `${signed(r.delta)} ms${di ? ` [${signed(di.low)}, ${signed(di.high)}]` : ''}`;
+        }
         if (c === 'raw' || r.ratio === undefined || !Number.isFinite(r.ratio))
           return `${fmt(r.median)}${spread}`;
         // Times: the difference is what the targets name, so it gets the interval; else the ratio.

@@ -136,6 +136,7 @@ export async function runBench(
               contender: c.id,
               samples: s.values,
               rounds: s.rounds,
+              ...(spec.versus ? { versus: spec.versus } : {}),
             });
         }
         try {

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { fmt, medianInterval, paired, quantile, slope, summarize } from './stats.js';
+import { fmt, medianDifference, medianInterval, paired, quantile, slope, summarize } from './stats.js';
 
 test('quantiles interpolate between ranks', () => {
   assert.equal(quantile([1, 2, 3, 4], 0.5), 2.5);
@@ -79,4 +79,11 @@ test('pairing matches samples by round and skips rounds one side lacks', () => {
     paired({ samples: [1, 2] }, other, (o, b) => o - b),
     [],
   );
+});
+
+test('the median difference pairs samples by index, over the indexes both series have', () => {
+  // Differences 1, 3, 2 (the fourth sample has no partner): median 2. The difference of the two
+  // medians would be 25 − 11 = 14.
+  assert.equal(medianDifference([11, 23, 32, 99], [10, 20, 30]), 2);
+  assert.ok(Number.isNaN(medianDifference([], [1])));
 });

@@ -57,6 +57,15 @@ export function fmt(x: number, digits = 3): string {
 }
 
 /**
+ * The median of xs[k] − base[k] over the indexes both have: the typical difference between two
+ * series taken side by side (sample k of each in the same cycle).
+ */
+export function medianDifference(xs: readonly number[], base: readonly number[]): number {
+  const n = Math.min(xs.length, base.length);
+  return summarize(Array.from({ length: n }, (_, k) => (xs[k] ?? NaN) - (base[k] ?? NaN))).median;
+}
+
+/**
  * A distribution-free confidence interval for the median of `samples`: the order statistics
  * x(k) and x(n+1-k) with the largest k for which P(Binomial(n, 1/2) < k) ≤ (1 - confidence) / 2,
  * so that the interval holds the true median with at least `confidence` whatever the samples'

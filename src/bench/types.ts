@@ -51,6 +51,11 @@ export interface Measurement {
    * round ran back to back, so the report compares them pair by pair.
    */
   rounds?: number[];
+  /**
+   * 'raw': each sample is already this contender's difference from the raw socket, taken request
+   * by request in the same cycle (the raw socket has no samples of it).
+   */
+  versus?: 'raw';
   note?: string;
 }
 
@@ -79,5 +84,7 @@ export interface Scenario {
   runTogether?(cs: readonly Contender[], o: BenchOptions): Promise<Map<ContenderId, Record<string, number>>>;
   /** Once per contender after the repetitions. */
   cleanup?(c: Contender, o: BenchOptions): Promise<void>;
-  readonly metrics: Readonly<Record<string, { unit: Measurement['unit']; better: Measurement['better'] }>>;
+  readonly metrics: Readonly<
+    Record<string, { unit: Measurement['unit']; better: Measurement['better']; versus?: 'raw' }>
+  >;
 }
