@@ -114,13 +114,20 @@ export async function runBench(
       const targets = started.filter((c) => sc.applies?.(c) ?? true);
       o.log(`scenario ${sc.id}: ${sc.title} (${targets.map((c) => c.id).join(', ')})`);
       const ready: Contender[] = [];
+      const unprepared = sc.prepareTogether
+        ? await sc.prepareTogether(targets, o)
+        : new Map<ContenderId, Error>();
       for (const c of targets) {
         try {
+          const failed = unprepared.get(c.id);
+          if (failed) throw failed;
           await sc.prepare?.(c, o);
           ready.push(c);
         } catch (err) {
           skipped.push({ id: `${sc.id}/${c.id}`, reason: errorMessage(err) });
           o.log(`  ${c.id}: prepare failed: ${errorMessage(err)}`);
+          // What a prepare made for it before it failed goes now, not at the bench's end.
+          if (unprepared.has(c.id)) await sc.cleanup?.(c, o).catch(() => undefined);
         }
       }
       const samples = await measureRounds(sc, ready, o, { stopping, retried, skipped });

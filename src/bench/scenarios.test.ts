@@ -51,7 +51,7 @@ test('the API round trips take the contenders in turns: each measures until its 
   };
   const cs = [fake('raw'), fake('guard')];
   const o = { quick: true } as BenchOptions;
-  for (const c of cs) await apiRoundTrip.prepare?.(c, o);
+  assert.equal((await apiRoundTrip.prepareTogether?.(cs, o))?.size, 0);
   const runs = async (turnMs: number, shuffle = <T>(xs: T[]) => xs) => {
     calls.length = 0;
     const values = await apiTogether(cs, o, turnMs, shuffle);
@@ -97,4 +97,38 @@ test('the API round trips take the contenders in turns: each measures until its 
       ...Array<string>(50).fill('inspect guard'),
     ],
   );
+});
+
+test('the API scenario makes its containers in turns, one per contender at a time; a contender whose create fails is left out', async () => {
+  const creates: string[] = [];
+  const fake = (id: ContenderId, failAt = Infinity): Contender => {
+    let made = 0;
+    const client = {
+      json: () => {
+        if (made === failAt) return Promise.reject(new Error(`${id}: no more`));
+        creates.push(id);
+        return Promise.resolve({ Id: `${id}-${made++}`, Warnings: null });
+      },
+    } as unknown as DockerClient;
+    return { id, title: id, dockerHost: '', client, shared: true, stop: () => Promise.resolve() };
+  };
+  const failed = await apiRoundTrip.prepareTogether?.([fake('raw'), fake('haproxy', 3), fake('guard')], {
+    quick: true,
+  } as BenchOptions);
+  assert.deepEqual([...(failed?.keys() ?? [])], ['haproxy']);
+  assert.match(failed?.get('haproxy')?.message ?? '', /no more/);
+  assert.deepEqual(creates.slice(0, 9), [
+    'raw',
+    'haproxy',
+    'guard',
+    'raw',
+    'haproxy',
+    'guard',
+    'raw',
+    'haproxy',
+    'guard',
+  ]);
+  assert.deepEqual(creates.slice(9, 13), ['raw', 'guard', 'raw', 'guard']);
+  assert.equal(creates.filter((c) => c === 'raw').length, 50);
+  assert.equal(creates.filter((c) => c === 'guard').length, 50);
 });

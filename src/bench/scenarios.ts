@@ -243,18 +243,32 @@ export const apiRoundTrip: Scenario = {
     inspect_p50: { unit: 'ms', better: 'lower' },
     inspect_p99: { unit: 'ms', better: 'lower' },
   },
-  async prepare(c) {
-    const ids: string[] = [];
-    for (let i = 0; i < 50; i++) {
-      const r = await containers(c.client).create({
-        Image: BUSYBOX,
-        Cmd: ['true'],
-        Labels: labels(c),
-        HostConfig: { NetworkMode: 'none' },
-      });
-      ids.push(r.Id);
-    }
-    state.set(key('api', c), ids);
+  /**
+   * 50 containers each, made in turns (one for each contender, then the next): with the raw
+   * socket's made first, the front waited 44–130 µs longer for dockerd's first byte than the raw
+   * socket's client, request by request; with the guard's made first, or the same 50 for both,
+   * not at all. Made one contender after another, the later ones would pay for their place in
+   * dockerd's order.
+   */
+  async prepareTogether(cs) {
+    const failed = new Map<ContenderId, Error>();
+    for (const c of cs) state.set(key('api', c), []);
+    for (let i = 0; i < 50; i++)
+      for (const c of cs) {
+        if (failed.has(c.id)) continue;
+        try {
+          const r = await containers(c.client).create({
+            Image: BUSYBOX,
+            Cmd: ['true'],
+            Labels: labels(c),
+            HostConfig: { NetworkMode: 'none' },
+          });
+          state.get(key('api', c))?.push(r.Id);
+        } catch (err) {
+          failed.set(c.id, err instanceof Error ? err : new Error(String(err)));
+        }
+      }
+    return failed;
   },
   async run(c, o) {
     return (await apiTogether([c], o)).get(c.id) ?? {};

@@ -74,6 +74,11 @@ export interface Scenario {
   readonly applies?: (c: Contender) => boolean;
   /** Once per contender before the repetitions. */
   prepare?(c: Contender, o: BenchOptions): Promise<void>;
+  /**
+   * In place of `prepare`: once for all the contenders, so that what it makes for each can be made
+   * in turns. Answers, per contender that could not be prepared, why.
+   */
+  prepareTogether?(cs: readonly Contender[], o: BenchOptions): Promise<Map<ContenderId, Error>>;
   /** One repetition: returns metric -> value for this contender. */
   run(c: Contender, o: BenchOptions): Promise<Record<string, number>>;
   /**
