@@ -202,8 +202,8 @@ static inline int list_step(struct list_walk *w, size_t i, int closing) {
 }
 
 /* Walks the blocks from w->at while they start before `end` (a last short one zero-padded); 0 at
-   the first step that fails. The state is kept in locals while it walks (list_bracket, called
-   through w, does not touch it). */
+   the first step that fails. Where it is (at, in_string, escaped) is kept in locals while it walks
+   (list_bracket, called through w, keeps the depth and the IDs, not those). */
 static int list_walk_blocks(struct list_walk *w, size_t end) {
   unsigned char tail[64];
   uint64_t in_string = w->in_string;
