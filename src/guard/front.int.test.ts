@@ -201,12 +201,37 @@ describe('berth-front against a scripted engine', () => {
 
   const tell = (m: object) => child.send(m);
   /** Lets the front's channel thread read what was sent (the channel is ordered; a ping answers after it). */
-  const synced = async () => {
+  /**
+   * Waits until the front answers an inspect of each of `known` itself and leaves each of
+   * `forgotten` to the guard. The front reads the guard's messages on a thread of its own, in no
+   * order with any request (a ping's round trip was not enough under CI load).
+   */
+  const synced = async (known: readonly string[], forgotten: readonly string[] = []) => {
     const script = engine.script;
-    engine.script = () => ({ head: 'HTTP/1.1 200 OK', body: 'OK' });
-    const r = await exchange(listen, 'GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n', (g) => g.endsWith('OK'));
-    r.socket.destroy();
-    engine.script = script;
+    engine.script = (t) => ({
+      head: 'HTTP/1.1 200 OK',
+      body: `{"Id":"${/containers\/([^/]+)\/json/.exec(t)?.[1] ?? ''}"}`,
+    });
+    try {
+      const wanted: [string, number][] = [
+        ...known.map((id): [string, number] => [id, 200]),
+        ...forgotten.map((id): [string, number] => [id, 299]),
+      ];
+      for (const [id, status] of wanted)
+        for (let i = 0; ; i++) {
+          const r = await exchange(
+            listen,
+            `GET /v1.41/containers/${id}/json HTTP/1.1\r\nHost: x\r\n\r\n`,
+            (g) => answers(g).length === 1,
+          );
+          r.socket.destroy();
+          if (answers(r.got)[0]?.status === status) break;
+          assert.ok(i < 100, `the front did not take in the guard's word on ${id}`);
+          await new Promise((resolve) => setTimeout(resolve, 20));
+        }
+    } finally {
+      engine.script = script;
+    }
   };
 
   before(async () => {
@@ -307,7 +332,7 @@ describe('berth-front against a scripted engine', () => {
 
     tell({ add: MINE });
     tell({ add: MINE2 });
-    await synced();
+    await synced([MINE, MINE2]);
     // One connection: the front's answers and the guard's, in the order asked.
     r = await exchange(
       listen,
@@ -327,18 +352,18 @@ describe('berth-front against a scripted engine', () => {
     assert.ok(engine.heads.includes(`GET /v1.41/containers/mine/json?size=1 HTTP/1.1\r\nHost: docker`));
 
     tell({ del: MINE });
-    await synced();
+    await synced([], [MINE]);
     r = await exchange(listen, ask(MINE), (g) => answers(g).length === 1);
     assert.deepEqual(byGuard(r.got), [ask(MINE)], 'forgotten: the guard answers');
     r.socket.destroy();
     tell({ add: MINE });
-    await synced();
+    await synced([MINE]);
   });
 
   test("a list goes to the engine with the tenant's label added; it is answered only when every entry is the tenant's", async () => {
     tell({ add: MINE });
     tell({ add: MINE2 });
-    await synced();
+    await synced([MINE, MINE2]);
     let entries = [MINE, MINE2];
     engine.heads.length = 0;
     engine.script = () => ({
