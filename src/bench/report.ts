@@ -47,6 +47,8 @@ export interface Row {
   delta: number | undefined;
   /** Rounds in which both this contender and the raw socket were measured. */
   pairs: number;
+  /** The metric is itself a difference from the raw socket (Measurement.versus). */
+  versus?: 'raw';
   /** 95% distribution-free intervals for the median ratio and difference (from 6 pairs). */
   ratioInterval: { low: number; high: number } | undefined;
   deltaInterval: { low: number; high: number } | undefined;
@@ -74,6 +76,7 @@ export function rows(report: BenchReport): Row[] {
     };
     if (m.versus === 'raw') {
       // Already differences from the raw socket, request by request: their median over the rounds.
+      row.versus = 'raw';
       row.delta = s.median;
       row.pairs = s.n;
       row.deltaInterval = medianInterval(m.samples);
@@ -145,9 +148,9 @@ export function toMarkdown(report: BenchReport, titles: Record<string, string>):
         const r = here.find((x) => x.metric === metric && x.contender === c);
         if (!r || r.n === 0 || !Number.isFinite(r.median)) return '–';
         const spread = r.n > 1 ? ` ±${fmt(r.iqr / 2)}` : '';
-        if (r.ratio === undefined && r.delta !== undefined && r.pairs > 0) {
+        if (r.versus === 'raw') {
           const di = r.deltaInterval;
-          return `${signed(r.delta)} ms${di ? ` [${signed(di.low)}, ${signed(di.high)}]` : ''}`;
+          return `${signed(r.delta ?? r.median)} ${r.unit}${di ? ` [${signed(di.low)}, ${signed(di.high)}]` : ''}`;
         }
         if (c === 'raw' || r.ratio === undefined || !Number.isFinite(r.ratio))
           return `${fmt(r.median)}${spread}`;

@@ -1,8 +1,9 @@
 /**
  * The benchmark scenarios. Each runs against one contender at a time; the driver measures every
  * contender once per round, in a new random order, so drift on the machine hits all of them alike
- * and the report can compare them round by round. The API round trips go further: the contenders
- * take turns of about 50 ms within a round (`runTogether`).
+ * and the report can compare them round by round. The API round trips go further: within a round
+ * the contenders take turns of about 50 ms for pings and inspects, and lists a cycle at a time
+ * (`runTogether`).
  */
 import { spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync } from 'node:fs';

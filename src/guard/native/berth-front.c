@@ -407,13 +407,9 @@ static int tenant_filters(const char *in, char *out, size_t cap) {
   size_t o = 0;
   const char *p = in;
 #define WS() while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') p++
-#define PUT(str)                                       \
-  do {                                                 \
-    size_t l_ = strlen(str);                           \
-    if (o + l_ >= cap) return 0;                       \
-    memcpy(out + o, str, l_);                          \
-    o += l_;                                           \
-    out[o] = '\0';                                     \
+#define PUT(str)                             \
+  do {                                       \
+    if (!app_str(out, cap, &o, str)) return 0; \
   } while (0)
   WS();
   if (*p++ != '{') return 0;
