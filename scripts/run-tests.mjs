@@ -12,6 +12,7 @@ import {
   readdirSync,
   readFileSync,
   statSync,
+  lstatSync,
   existsSync,
   mkdirSync,
   mkdtempSync,
@@ -106,8 +107,17 @@ function sessionProcesses() {
 
 // Live sessions are registered by pid, so a run can tell a dead run's leftovers (a run killed
 // mid-way cannot clean up after itself) from a neighbour's objects, and remove them first.
-const sessionsDir = '/tmp/berth-test-sessions';
-mkdirSync(sessionsDir, { recursive: true });
+// One folder per user, made private and checked as ours: in a shared /tmp another user could have
+// made it first and fed us pids (or a symlink).
+const sessionsDir = join(tmpdir(), `berth-test-sessions-${process.getuid?.() ?? 'user'}`);
+mkdirSync(sessionsDir, { recursive: true, mode: 0o700 });
+{
+  const st = lstatSync(sessionsDir);
+  if (!st.isDirectory() || (process.getuid && st.uid !== process.getuid()) || (st.mode & 0o077) !== 0) {
+    console.error(`${sessionsDir} is not a private folder of this user; remove it and run again`);
+    process.exit(2);
+  }
+}
 const sessionFile = join(sessionsDir, session);
 writeFileSync(sessionFile, String(process.pid));
 const alive = (pid) => {

@@ -12,6 +12,8 @@ import { containers, images } from '../../src/engine/index.js';
 import { expectAbsent, expectRefused, messageOf, rawRequest, send } from '../support/rawhttp.js';
 import type { RawResponse } from '../support/rawhttp.js';
 import { SESSION, docker, uniqueName } from '../support/index.js';
+import { parseEvents, replayWindow } from '../support/events.js';
+import type { EngineEvent } from '../support/events.js';
 import { IMAGE, setupArena } from './attack-harness.js';
 import type { Arena } from './attack-harness.js';
 
@@ -276,33 +278,37 @@ describe('guard attack suite: isolation', () => {
   });
 
   test('events are scoped: no event about others’ objects reaches the attacker', async () => {
-    // Something happens to a victim during the window (directly on the engine).
-    await a.c.json('POST', `/containers/${a.v.hostRunning}/pause`);
-    await a.c.json('POST', `/containers/${a.v.hostRunning}/unpause`);
-    const until = Math.floor(Date.now() / 1000) + 1;
-    await new Promise((r) => setTimeout(r, 1200));
-    const r = await send(a.sock, { path: `/v1.41/events?since=${t0}&until=${until}` }, { timeoutMs: 20_000 });
-    assert.equal(r.status, 200, r.text.slice(0, 200));
-    const events = r.text
-      .split('\n')
-      .filter(Boolean)
-      .map(
-        (l) =>
-          JSON.parse(l) as {
-            Type: string;
-            Action: string;
-            Actor: { ID: string; Attributes?: Record<string, string> };
-          },
-      );
+    // Something happens to a victim and to the attacker's own container in the window (the victim
+    // directly on the engine); the engine's own replay of the window must hold both.
+    const w = await replayWindow({
+      sock: a.sock,
+      engine: a.c,
+      act: async () => {
+        for (const id of [a.v.hostRunning, own]) {
+          await a.c.json('POST', `/containers/${id}/pause`);
+          await a.c.json('POST', `/containers/${id}/unpause`);
+        }
+      },
+      complete: (engine) =>
+        engine.some((e) => e.Actor.ID === a.v.hostRunning && e.Action === 'pause') &&
+        engine.some((e) => e.Actor.ID === own && e.Action === 'pause'),
+    });
     const victims = new Set(Object.values(a.v));
-    const leaked = events.filter(
-      (e) => victims.has(e.Actor.ID) || Object.values(e.Actor.Attributes ?? {}).some((v) => victims.has(v)),
-    );
-    assert.deepEqual(leaked, [], 'events about others’ objects leaked');
+    const leaked = (events: EngineEvent[]) =>
+      events.filter(
+        (e) => victims.has(e.Actor.ID) || Object.values(e.Actor.Attributes ?? {}).some((v) => victims.has(v)),
+      );
+    assert.ok(leaked(w.engine).length > 0, 'the engine’s own replay shows the victim’s events (control)');
+    assert.deepEqual(leaked(w.events), [], 'events about others’ objects leaked');
     assert.ok(
-      events.some((e) => e.Actor.ID === own),
+      w.events.some((e) => e.Actor.ID === own && e.Action === 'pause'),
       'the attacker’s own events are there (control)',
     );
+    // And whatever the engine still keeps of the suite so far (the attacks above) shows none either.
+    const until = (Date.now() / 1000 + 0.3).toFixed(3);
+    const r = await send(a.sock, { path: `/v1.41/events?since=${t0}&until=${until}` }, { timeoutMs: 20_000 });
+    assert.equal(r.status, 200, r.text.slice(0, 200));
+    assert.deepEqual(leaked(parseEvents(r.text)), [], 'events about others’ objects leaked (suite)');
   });
 
   test('prune is scoped: others’ stopped containers, unused volumes and networks survive', async () => {

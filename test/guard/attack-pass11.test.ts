@@ -19,6 +19,8 @@ import { createGuard, defaultPolicy } from '../../src/guard/index.js';
 import type { GuardHandle } from '../../src/guard/index.js';
 import { SESSION, engine, sessionLabels, tempDir, uniqueName } from '../support/index.js';
 import { expectAbsent, expectRefused, messageOf, postJson, send } from '../support/rawhttp.js';
+import { replayWindow } from '../support/events.js';
+import type { EngineEvent } from '../support/events.js';
 
 const IMAGE = 'berth-local/busybox';
 
@@ -321,47 +323,70 @@ describe('attack: pass 11 (names, labels, ports, health checks, execs, networks,
     hostObjects.volumes.push(name);
     expectAbsent(await send(sock, { method: 'GET', path: `/v1.41/volumes/${name}` }));
     // Not in the tenant's events either.
-    const since = Math.floor(Date.now() / 1000) - 1;
-    const user = await containers(c).create({
-      Image: IMAGE,
-      Cmd: ['true'],
-      Labels: sessionLabels(),
-      HostConfig: { Binds: [`${name}:/v`], NetworkMode: 'none' },
+    const w = await replayWindow({
+      sock,
+      engine: c,
+      act: async () => {
+        const user = await containers(c).create({
+          Image: IMAGE,
+          Cmd: ['true'],
+          Labels: sessionLabels(),
+          HostConfig: { Binds: [`${name}:/v`], NetworkMode: 'none' },
+        });
+        hostObjects.containers.push(user.Id);
+        await containers(c).start(user.Id);
+        await containers(c).wait(user.Id);
+      },
+      complete: (engine) => engine.some((e) => e.Type === 'volume' && e.Actor.ID === name),
     });
-    hostObjects.containers.push(user.Id);
-    await containers(c).start(user.Id);
-    await containers(c).wait(user.Id);
-    const until = Math.floor(Date.now() / 1000) + 1;
-    const ev = await send(sock, { method: 'GET', path: `/v1.41/events?since=${since}&until=${until}` });
-    assert.equal(ev.status, 200);
     assert.ok(
-      !ev.text.includes(name),
-      `the tenant saw the host volume's events: ${messageOf(ev) ?? ev.text.slice(0, 300)}`,
+      !w.tenant.text.includes(name),
+      `the tenant saw the host volume's events: ${messageOf(w.tenant) ?? w.tenant.text.slice(0, 300)}`,
     );
   });
 
   test('an events replay shows nothing someone else did under a volume name before the tenant took it', async () => {
-    const name = uniqueName('p11ev');
-    const since = Math.floor(Date.now() / 1000) - 1;
-    await volumes(c).create({ Name: name, Labels: sessionLabels() });
-    const user = await containers(c).create({
-      Image: IMAGE,
-      Cmd: ['true'],
-      Labels: sessionLabels(),
-      HostConfig: { Binds: [`${name}:/v`], NetworkMode: 'none' },
+    const w = await replayWindow({
+      sock,
+      engine: c,
+      act: async () => {
+        const name = uniqueName('p11ev');
+        await volumes(c).create({ Name: name, Labels: sessionLabels() });
+        const user = await containers(c).create({
+          Image: IMAGE,
+          Cmd: ['true'],
+          Labels: sessionLabels(),
+          HostConfig: { Binds: [`${name}:/v`], NetworkMode: 'none' },
+        });
+        await containers(c).start(user.Id);
+        await containers(c).wait(user.Id);
+        await containers(c).remove(user.Id, { force: true });
+        await volumes(c).remove(name);
+        await new Promise((resolve) => setTimeout(resolve, 20));
+        const v = await postJson(sock, '/v1.41/volumes/create', JSON.stringify({ Name: name }));
+        assert.equal(v.status, 201, v.text);
+        return { name, user: user.Id };
+      },
+      complete: (engine, made) =>
+        engine.some((e) => e.Actor.ID === made.user && e.Action === 'create') &&
+        engine.some((e) => e.Type === 'volume' && e.Actor.ID === made.name && e.Action === 'mount'),
+      discard: async (made) => {
+        await send(sock, { method: 'DELETE', path: `/v1.41/volumes/${made.name}` });
+      },
     });
-    await containers(c).start(user.Id);
-    await containers(c).wait(user.Id);
-    await containers(c).remove(user.Id, { force: true });
-    await volumes(c).remove(name);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-    assert.equal((await postJson(sock, '/v1.41/volumes/create', JSON.stringify({ Name: name }))).status, 201);
-    const until = Math.floor(Date.now() / 1000) + 1;
-    const ev = await send(sock, { method: 'GET', path: `/v1.41/events?since=${since}&until=${until}` });
-    assert.equal(ev.status, 200);
-    assert.ok(!ev.text.includes(user.Id), 'the host container’s mount events reached the tenant');
-    // The tenant's own create of the name is its event.
-    assert.match(ev.text, new RegExp(`"Action":"create".*"ID":"${name}"|"ID":"${name}".*"Action":"create"`));
+    const { name, user } = w.made;
+    assert.ok(!w.tenant.text.includes(user), 'the host container’s mount events reached the tenant');
+    // The tenant's own create of the name is its event; the host's before it are not (dockerd logs
+    // a volume's create again when a container is made with it).
+    const creates = (events: EngineEvent[]) =>
+      events.filter((e) => e.Type === 'volume' && e.Action === 'create' && e.Actor.ID === name);
+    const all = creates(w.engine);
+    assert.ok(all.length >= 2, 'the engine shows the host’s create and the tenant’s (control)');
+    assert.deepEqual(
+      creates(w.events).map((e) => e.timeNano),
+      [all.at(-1)?.timeNano],
+      `the tenant sees its own create only: ${w.tenant.text.slice(0, 300)}`,
+    );
     await send(sock, { method: 'DELETE', path: `/v1.41/volumes/${name}` });
   });
 });

@@ -17,6 +17,8 @@ import { createGuard, defaultPolicy } from '../../src/guard/index.js';
 import type { GuardHandle } from '../../src/guard/index.js';
 import { SESSION, docker, engine, sessionLabels, tempDir, uniqueName } from '../support/index.js';
 import { expectRefused, postBuild, postJson, send } from '../support/rawhttp.js';
+import { replayWindow } from '../support/events.js';
+import type { EngineEvent } from '../support/events.js';
 import { startRegistry } from '../support/registry.js';
 import { startHostService } from '../support/hostservice.js';
 import type { HostService } from '../support/hostservice.js';
@@ -211,20 +213,39 @@ describe('attack: pass 12 (COPY --from, inherited health checks, moved bases, fo
   });
 
   test('an events replay shows nothing someone else did under a tag before the tenant took it', async () => {
-    const name = `berth-p12-evtag-${SESSION}`;
-    const since = Math.floor(Date.now() / 1000) - 1;
-    await images(c).tag('berth-local/tools', name, 'v1');
-    await images(c).remove(`${name}:v1`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-    const t = await send(sock, { method: 'POST', path: `/v1.41/images/${IMAGE}/tag?repo=${name}&tag=v1` });
-    assert.equal(t.status, 201, t.text);
-    const until = Math.floor(Date.now() / 1000) + 1;
-    const ev = await send(sock, { method: 'GET', path: `/v1.41/events?since=${since}&until=${until}` });
-    assert.equal(ev.status, 200);
     const tools = (await images(c).inspect('berth-local/tools')).Id;
-    assert.ok(!ev.text.includes(tools), 'the host’s old tag events reached the tenant');
-    assert.match(ev.text, new RegExp(`"name":"${name}:v1"`), 'the tenant’s own tag event is shown');
-    await send(sock, { method: 'DELETE', path: `/v1.41/images/${name}:v1` });
+    const tagged = (events: EngineEvent[], name: string) =>
+      events.filter((e) => e.Action === 'tag' && e.Actor.Attributes?.name === `${name}:v1`);
+    const w = await replayWindow({
+      sock,
+      engine: c,
+      act: async () => {
+        // The host sets the tag on another image, and then on the very image the tenant will tag.
+        const name = `berth-${uniqueName('p12-evtag')}`;
+        for (const image of ['berth-local/tools', IMAGE]) {
+          await images(c).tag(image, name, 'v1');
+          await images(c).remove(`${name}:v1`);
+        }
+        await new Promise((resolve) => setTimeout(resolve, 20));
+        const t = await send(sock, {
+          method: 'POST',
+          path: `/v1.41/images/${IMAGE}/tag?repo=${name}&tag=v1`,
+        });
+        assert.equal(t.status, 201, t.text);
+        return name;
+      },
+      complete: (engine, name) => tagged(engine, name).length === 3,
+      discard: async (name) => {
+        await send(sock, { method: 'DELETE', path: `/v1.41/images/${name}:v1` });
+      },
+    });
+    assert.ok(!w.tenant.text.includes(tools), 'the host’s old tag events reached the tenant');
+    assert.deepEqual(
+      tagged(w.events, w.made).map((e) => e.timeNano),
+      [tagged(w.engine, w.made).at(-1)?.timeNano],
+      `the tenant sees its own tag event only: ${w.tenant.text.slice(0, 300)}`,
+    );
+    await send(sock, { method: 'DELETE', path: `/v1.41/images/${w.made}:v1` });
   });
 
   test('pass 13: health check commands, container logs and cp -a are bounded', async () => {
