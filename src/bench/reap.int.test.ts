@@ -11,19 +11,23 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { hostname, tmpdir } from 'node:os';
 import { LABEL_TEST_SESSION } from '../common/index.js';
-import { containers } from '../engine/index.js';
+import { containers, networks } from '../engine/index.js';
 import { dindNames } from '../dind/index.js';
 import { SESSION, engine, sessionLabels, uniqueName } from '../../test/support/index.js';
 import { reapBench } from './reap.js';
 
 const client = engine();
-const made = { containers: [] as string[], dirs: [] as string[] };
+const made = { containers: [] as string[], networks: [] as string[], dirs: [] as string[] };
 const scope = { labelFilter: [`${LABEL_TEST_SESSION}=${SESSION}`] };
 
 after(async () => {
   for (const id of made.containers)
     await containers(client)
       .remove(id, { force: true, volumes: true })
+      .catch(() => undefined);
+  for (const n of made.networks)
+    await networks(client)
+      .remove(n)
       .catch(() => undefined);
   for (const d of made.dirs) rmSync(d, { recursive: true, force: true });
   client.close();
@@ -116,4 +120,46 @@ test('reapBench never stops a sidecar that a stale container merely names in its
   assert.equal(await containers(client).find(step), undefined, 'the stale step container itself goes');
   assert.ok(await containers(client).find(side), 'the sidecar it names stays');
   assert.ok(existsSync(join(dir, 'keep.txt')));
+});
+
+test('reapBench removes what a killed bench’s guard tenant left, and no other tenant’s objects', async () => {
+  const dead = '999999998';
+  const owner = { 'io.berth.owner.pid': dead, 'io.berth.owner.host': hostname() };
+  const left = { ...owner, 'io.berth.bench': 'guard', 'io.berth.tenant': `bench-${dead}` };
+  const net = uniqueName('rbnet');
+  await networks(client).create({
+    Name: net,
+    Labels: sessionLabels({ ...left, 'io.berth.role': 'guard-network' }),
+  });
+  made.networks.push(net);
+  const box = await container(uniqueName('rbg'), left);
+  // Left a sidecar's labels by that tenant: removed as a container, never stopped as a daemon.
+  const name = uniqueName('rbgs');
+  const dir = hostDir();
+  const side = await container(dindNames.sidecar(name), { ...sidecarLabels(name, dir), ...left });
+  const kept = [
+    // Another tenant's, however labelled.
+    await container(uniqueName('rbk'), { ...left, 'io.berth.tenant': 'x' }),
+    await container(uniqueName('rbk'), { ...left, 'io.berth.tenant': `bench-${process.pid}` }),
+    // The tenant name of a bench whose owner is not that bench.
+    await container(uniqueName('rbk'), { ...left, 'io.berth.tenant': 'bench-1' }),
+    // Not the guard contender's.
+    await container(uniqueName('rbk'), { ...left, 'io.berth.bench': 'bench' }),
+    // The live bench's own guard tenant (its guard removes those itself).
+    await container(uniqueName('rbk'), {
+      ...left,
+      'io.berth.tenant': `bench-${process.pid}`,
+      'io.berth.owner.pid': String(process.pid),
+    }),
+  ];
+  const r = await reapBench(client, scope);
+  assert.deepEqual(r.errors, []);
+  assert.equal(r.containers, 2);
+  assert.equal(r.networks, 1);
+  assert.equal(await containers(client).find(box), undefined);
+  assert.equal(await containers(client).find(side), undefined);
+  assert.deepEqual(await networks(client).list({ name: [net] }), []);
+  for (const id of kept) assert.ok(await containers(client).find(id), `kept ${id}`);
+  assert.ok(existsSync(join(dir, 'keep.txt')), 'the labelled dir is left alone');
+  assert.ok(!r.notes.some((n) => n.includes(dir)), r.notes.join('\n'));
 });

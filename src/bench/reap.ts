@@ -4,8 +4,9 @@
  * next bench removes them before it measures anything. A bench interrupted by SIGINT/SIGTERM cleans
  * up itself (see `onInterrupt` in run.ts).
  *
- * The bench never makes objects that name a guard tenant; those are skipped whatever other
- * `io.berth.*` labels they carry (a tenant can set any of them but its own tenant label).
+ * Objects that name a guard tenant are skipped whatever other `io.berth.*` labels they carry (a
+ * tenant can set any of them but its own tenant label), except what the bench's own guard
+ * contender's tenant left behind a killed bench (`benchTenantLeft`).
  */
 import {
   LABEL_OWNER_PID,
@@ -30,6 +31,24 @@ export function benchLabels(extra: Record<string, string> = {}): Record<string, 
   return { [LABEL_ROLE]: 'bench', [LABEL_BENCH]: 'bench', ...ownerLabels(), ...extra };
 }
 
+/**
+ * What the guard contender's tenant (`bench-<pid of the bench>`) left when the bench was killed
+ * with it: the guard's own network, and objects the scenarios made through it. Those carry the
+ * tenant label, which the reaper otherwise never touches; these it may, as only a guard serving
+ * that tenant name can set it, and its owner (the bench) is gone. Never the live bench's own: a
+ * guard child removes its tenant's objects itself when the bench stops it.
+ */
+function benchTenantLeft(l: Record<string, string> | null | undefined): boolean {
+  const pid = l?.[LABEL_OWNER_PID];
+  return (
+    pid !== undefined &&
+    /^[1-9][0-9]*$/.test(pid) &&
+    l?.[LABEL_BENCH] === 'guard' &&
+    tenantOf(l) === `bench-${pid}` &&
+    ownerGone(l)
+  );
+}
+
 export interface BenchReapResult {
   containers: number;
   networks: number;
@@ -42,7 +61,8 @@ export interface BenchReapResult {
 /**
  * Removes bench objects whose owner is gone (or, with `all`, every bench object of this process
  * too: the interrupt path uses it for what its own run made). `labelFilter` (`k=v`) narrows it
- * further (e.g. a test session). Objects that name a guard tenant are never touched.
+ * further (e.g. a test session). Objects that name a guard tenant are never touched, but for a
+ * killed bench's guard tenant.
  */
 export async function reapBench(
   client: DockerClient,
@@ -50,8 +70,9 @@ export async function reapBench(
 ): Promise<BenchReapResult> {
   const label = [LABEL_BENCH, ...(opts.labelFilter ?? [])];
   const mine = (l: Record<string, string> | null | undefined) =>
-    tenantOf(l) === undefined &&
-    (ownerGone(l) || (opts.includeOwn === true && l?.[LABEL_OWNER_PID] === String(process.pid)));
+    (tenantOf(l) === undefined &&
+      (ownerGone(l) || (opts.includeOwn === true && l?.[LABEL_OWNER_PID] === String(process.pid)))) ||
+    benchTenantLeft(l);
   const out: BenchReapResult = { containers: 0, networks: 0, volumes: 0, errors: [], notes: [] };
   const attempt = async (what: string, fn: () => Promise<unknown>, count: () => void) => {
     try {
@@ -67,6 +88,8 @@ export async function reapBench(
     // daemon, with its socket dir and cache lock; one whose labels merely name a daemon (a
     // tenant's build step container carries any io.berth.* labels and no tenant label) is at
     // most removed itself, never used to stop another container.
+    // Never a tenant's container (ownSidecarName names none): a killed bench's guard tenant's
+    // containers are only removed.
     const dind = ownSidecarName(c);
     if (dind !== undefined)
       await attempt(
