@@ -1,6 +1,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { PassThrough } from 'node:stream';
+import { once } from 'node:events';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { connect, createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import {
   DockerClient,
   EngineError,
@@ -8,6 +13,7 @@ import {
   compareApiVersions,
   containers,
   exec,
+  parseEndpoint,
   system,
 } from './index.js';
 import { sessionLabels, uniqueName } from '../../test/support/index.js';
@@ -76,5 +82,31 @@ test('hijacked exec: stdin is piped, half-closed, and the exit code comes back',
     assert.equal(Buffer.concat(out).toString(), 'HELLO BERTH\n');
   } finally {
     await containers(c).remove(created.Id);
+  }
+});
+
+test('the version check reuses its connection: ping, then requests, on one kept-alive connection', async () => {
+  // A counting relay in front of the engine.
+  const dir = mkdtempSync(join(tmpdir(), 'berth-relay-'));
+  const path = join(dir, 'docker.sock');
+  let connections = 0;
+  const relay = createServer((client) => {
+    connections++;
+    const upstream = connect(parseEndpoint(process.env).url.replace(/^unix:\/\//, ''));
+    client.pipe(upstream).pipe(client);
+    client.on('error', () => upstream.destroy());
+    upstream.on('error', () => client.destroy());
+  });
+  relay.listen(path);
+  await once(relay, 'listening');
+  try {
+    using c = new DockerClient({ env: { DOCKER_HOST: `unix://${path}` } });
+    await system(c).version();
+    await system(c).version();
+    await c.json('GET', '/containers/json', { query: { limit: 1 } });
+    assert.equal(connections, 1);
+  } finally {
+    relay.close();
+    rmSync(dir, { recursive: true, force: true });
   }
 });

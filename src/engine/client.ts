@@ -100,7 +100,9 @@ export class DockerClient {
 
   async ping(signal?: AbortSignal): Promise<PingResult> {
     const res = await this.request({ path: '/_ping', unversioned: true, signal, timeoutMs: 10_000 });
-    res.resume();
+    // Read to its end before the next request goes, so that request reuses this connection instead
+    // of opening a second one (and leaving this one idle in the pool).
+    await readAll(res);
     const h = res.headers;
     const header = (name: string): string | undefined => {
       const v = h[name];

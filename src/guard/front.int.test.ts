@@ -632,6 +632,46 @@ describe('berth-front against a scripted engine', () => {
     }
   });
 
+  test('300 kept-alive connections at once are all answered by the front: idle ones do not push the next clients to the guard', async () => {
+    // Client pools keep idle connections (a Node agent two per client that pings first); with 128
+    // threads at most, the bench's load of 200 clients had every request go to the guard.
+    engine.script = () => ({ head: 'HTTP/1.1 200 OK', body: 'OK' });
+    const held = await Promise.all(
+      Array.from({ length: 300 }, () =>
+        exchange(listen, 'GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n', (g) => answers(g).length === 1),
+      ),
+    );
+    try {
+      const statuses = held.map(({ got }) => answers(got)[0]?.status);
+      assert.deepEqual(
+        statuses.filter((s) => s !== 200),
+        [],
+        'every connection answered by the front (the fake guard would say 299)',
+      );
+      // And they are still the front's: a second ping on each, while all are held.
+      const again = await Promise.all(
+        held.map(async ({ socket }) => {
+          let got = '';
+          const answered = new Promise<void>((resolve) =>
+            socket.on('data', (d: Buffer) => {
+              got += d.toString('latin1');
+              if (answers(got).length === 1) resolve();
+            }),
+          );
+          socket.write('GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n');
+          await answered;
+          return answers(got)[0]?.status;
+        }),
+      );
+      assert.deepEqual(
+        again.filter((s) => s !== 200),
+        [],
+      );
+    } finally {
+      for (const { socket } of held) socket.destroy();
+    }
+  });
+
   test('garbage: random heads and bytes neither crash the front nor get an answer the guard would not give; then the engine goes', async () => {
     engine.script = () => ({ head: 'HTTP/1.1 200 OK', body: '[]' });
     const pieces = [
