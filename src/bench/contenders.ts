@@ -130,7 +130,10 @@ export function rssOf(pid: number): number | undefined {
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     const ppid = parentOf(Number(entry));
-    if (ppid !== undefined) children.set(ppid, [...(children.get(ppid) ?? []), Number(entry)]);
+    if (ppid === undefined) continue;
+    const siblings = children.get(ppid);
+    if (siblings) siblings.push(Number(entry));
+    else children.set(ppid, [Number(entry)]);
   }
   let total = own;
   const todo = [...(children.get(pid) ?? [])];

@@ -200,7 +200,6 @@ describe('berth-front against a scripted engine', () => {
   const byFront = (got: string) => answers(got).filter((a) => a.status !== 299);
 
   const tell = (m: object) => child.send(m);
-  /** Lets the front's channel thread read what was sent (the channel is ordered; a ping answers after it). */
   /**
    * Waits until the front answers an inspect of each of `known` itself and leaves each of
    * `forgotten` to the guard. The front reads the guard's messages on a thread of its own, in no

@@ -79,7 +79,8 @@
 /* Connection threads at once. A kept-alive connection holds its thread while idle, and client pools
  * keep idle ones (a Node agent holds two per client that pings first): with 128, the bench's load of
  * 200 clients had every list and inspect go to the guard. A thread's stack is 512 KiB of address
- * space, little of it touched; past KEEP_THREADS an answer's buffer is freed after each answer. */
+ * space, little of it touched; threads started past KEEP_THREADS keep no answer buffer between
+ * requests. */
 #define MAX_THREADS 1024
 #define KEEP_THREADS 128
 /* Uploads carried at once (each runs two threads besides its connection's). */
@@ -930,14 +931,14 @@ static int read_answer(struct reader *rd, struct answer *a, int is_head, int *ke
   return read_exact(rd, a, (size_t)length);
 }
 
-/* A large answer's buffer is not kept for the connection's next request, and none is once more
-   than KEEP_THREADS connections are held: idle kept-alive connections then cost little more than
-   their threads' touched stack. */
+/* Whether this connection's thread keeps its answer buffer between requests: set once when the
+   thread starts, true for the first KEEP_THREADS held at once. */
+static __thread int keeps_buffer;
+
+/* A large answer's buffer is not kept for the connection's next request, and none is by the
+   connections past KEEP_THREADS: kept buffers stay within KEEP_THREADS x 256 KiB. */
 static void trim(struct answer *a) {
-  pthread_mutex_lock(&count_lock);
-  int many = threads > KEEP_THREADS;
-  pthread_mutex_unlock(&count_lock);
-  if (a->cap > 256 * 1024 || (many && a->cap > 0)) {
+  if (a->cap > 256 * 1024 || (!keeps_buffer && a->cap > 0)) {
     free(a->body);
     a->body = NULL;
     a->cap = 0;
@@ -1772,6 +1773,9 @@ static enum outcome answer(int fd, const struct request *rq, struct reader *rd, 
 
 static void *serve(void *arg) {
   int fd = (int)(intptr_t)arg;
+  pthread_mutex_lock(&count_lock);
+  keeps_buffer = threads <= KEEP_THREADS;
+  pthread_mutex_unlock(&count_lock);
   static __thread char head[PEEK_MAX];
   struct link guard = {.fd = -1};
   struct request *rq = malloc(sizeof *rq);
