@@ -6,11 +6,12 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import { once } from 'node:events';
 import { connect } from 'node:net';
 import type { Socket } from 'node:net';
 import { join } from 'node:path';
+import { rssOf } from '../../src/bench/index.js';
 import { containers } from '../../src/engine/index.js';
 import { createGuard, nativeHelper } from '../../src/guard/index.js';
 import type { AuditRecord, GuardHandle } from '../../src/guard/index.js';
@@ -181,8 +182,7 @@ describe('guard: the fast front on the real engine', () => {
     // as it started (136 KiB, whether it used them or not), it held about 170 KiB.
     const [pid] = frontProcesses();
     assert.ok(pid);
-    const rss = () =>
-      Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]) * 1024;
+    const rss = () => rssOf(pid) ?? Number.NaN;
     /** Asks on a kept-alive connection; answers the status once the whole answer came. */
     const ask = async (s: Socket, target: string): Promise<number> => {
       let got = Buffer.alloc(0);
